@@ -1,0 +1,233 @@
+//! Command line and environment: every option `--foo-bar` also reads `DAGSNAP_FOO_BAR`;
+//! a flag on the command line wins over the environment.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dagsnap",
+    version,
+    about = "Publish a git repository to readers as atomic, immutable snapshots behind a symlink.",
+    long_about = None,
+)]
+pub struct Cli {
+    /// Log format: text for people, json for log collectors; auto picks text on a terminal.
+    #[arg(long, global = true, env = "DAGSNAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    /// Log level or filter (error, warn, info, debug, trace; or a tracing filter like "dagsnap=debug").
+    #[arg(long, global = true, env = "DAGSNAP_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Keep the link pointing at the latest commit of a ref (a loop; --one-time for init containers).
+    Sync(SyncArgs),
+    /// Show what is live under a root.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RootArgs {
+    /// Directory to publish into (created if missing); may be a shared volume.
+    #[arg(long, env = "DAGSNAP_ROOT")]
+    pub root: PathBuf,
+
+    /// Name of the link inside the root that readers use (Airflow's dags_folder points at it).
+    #[arg(long, env = "DAGSNAP_LINK", default_value = "current")]
+    pub link: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Repository to follow: https://..., ssh://..., git@host:path, file://... or a local path.
+    #[arg(long, env = "DAGSNAP_REPO")]
+    pub repo: String,
+
+    /// Branch, tag (annotated tags are peeled) or full commit id; unset follows the remote's HEAD.
+    #[arg(long = "ref", env = "DAGSNAP_REF")]
+    pub git_ref: Option<String>,
+
+    /// Commits of history to fetch; 0 fetches all history.
+    #[arg(long, env = "DAGSNAP_DEPTH", default_value_t = 1)]
+    pub depth: u32,
+
+    /// Private git cache on local disk (never under --root). Default: under $XDG_CACHE_HOME,
+    /// ~/.cache or /tmp, keyed by repository and root.
+    #[arg(long, env = "DAGSNAP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Time between polls of the remote.
+    #[arg(long, env = "DAGSNAP_PERIOD", default_value = "10s", value_parser = parse_positive_duration)]
+    pub period: Duration,
+
+    /// Exit 0 after the first successful sync (for init containers); exit 1 if it fails.
+    #[arg(long, env = "DAGSNAP_ONE_TIME")]
+    pub one_time: bool,
+
+    /// Upper bound for one cycle (fetch, checkout, publish); a cycle that takes longer is
+    /// abandoned and counts as a failure.
+    #[arg(long, env = "DAGSNAP_SYNC_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
+    pub sync_timeout: Duration,
+
+    /// Consecutive failed cycles tolerated before exiting non-zero; -1 never exits (backs off
+    /// and retries). Default: -1, or 0 with --one-time.
+    #[arg(long, env = "DAGSNAP_MAX_FAILURES", allow_negative_numbers = true)]
+    pub max_failures: Option<i64>,
+
+    /// Longest wait between retries after failures (backoff doubles from --period up to this).
+    #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration)]
+    pub backoff_max: Duration,
+
+    /// How long to wait for another publisher holding the root's lock before skipping a cycle.
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+impl SyncArgs {
+    /// Consecutive failures tolerated: `None` means never give up.
+    pub fn failure_budget(&self) -> Option<u64> {
+        match self.max_failures {
+            Some(n) if n < 0 => None,
+            Some(n) => Some(n as u64),
+            None if self.one_time => Some(0),
+            None => None,
+        }
+    }
+
+    /// The cache directory: as given, or a default on local disk keyed by repository and root
+    /// so that two publishers on one host, each for its own root, never collide.
+    pub fn cache_dir(&self, display_url: &str) -> PathBuf {
+        if let Some(dir) = &self.cache_dir {
+            return dir.clone();
+        }
+        let root =
+            std::fs::canonicalize(&self.root.root).unwrap_or_else(|_| self.root.root.clone());
+        let key = format!(
+            "{:016x}",
+            fnv1a(format!("{display_url}\n{}", root.display()).as_bytes())
+        );
+        default_cache_base().join("dagsnap").join(key)
+    }
+}
+
+/// `$XDG_CACHE_HOME`, else `$HOME/.cache`, else the temp dir: whichever is writable first.
+/// Containers often run as a uid without a home (HOME=/), so the fallback matters.
+fn default_cache_base() -> PathBuf {
+    let candidates = [
+        std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty() && Path::new(h) != Path::new("/"))
+            .map(|h| PathBuf::from(h).join(".cache")),
+    ];
+    for candidate in candidates.into_iter().flatten() {
+        let probe = nearest_existing(&candidate);
+        if nix::unistd::access(&probe, nix::unistd::AccessFlags::W_OK).is_ok() {
+            return candidate;
+        }
+    }
+    std::env::temp_dir()
+}
+
+fn nearest_existing(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            break;
+        }
+    }
+    p
+}
+
+/// Stable across releases and platforms (unlike `DefaultHasher`), so a cache keeps its name.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long, env = "DAGSNAP_JSON")]
+    pub json: bool,
+}
+
+/// Durations like `10s`, `1m30s`, `500ms`, `2h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "invalid duration '{text}' ({e}); use a number with a unit, like 10s, 1m30s or 500ms"
+        )
+    })
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "invalid duration '{text}': must be greater than zero"
+        ));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_operator_notation() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        let err = parse_duration("10 parsecs").unwrap_err();
+        assert!(err.contains("like 10s"), "{err}");
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn one_time_gives_up_on_first_failure_unless_told_otherwise() {
+        let parse = |args: &[&str]| match Cli::parse_from(args).command {
+            Command::Sync(s) => s.failure_budget(),
+            _ => unreachable!(),
+        };
+        let base = ["dagsnap", "sync", "--repo", "r", "--root", "/x"];
+        assert_eq!(parse(&base), None);
+        assert_eq!(parse(&[&base[..], &["--one-time"]].concat()), Some(0));
+        assert_eq!(
+            parse(&[&base[..], &["--one-time", "--max-failures", "3"]].concat()),
+            Some(3)
+        );
+        assert_eq!(
+            parse(&[&base[..], &["--max-failures", "-1"]].concat()),
+            None
+        );
+    }
+
+    #[test]
+    fn cache_key_is_stable() {
+        assert_eq!(fnv1a(b"dagsnap"), fnv1a(b"dagsnap"));
+        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
+    }
+}

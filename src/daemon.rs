@@ -1,0 +1,231 @@
+//! The sync loop: when to run a cycle, how long to let it run, what to do when it fails, and
+//! how to stop.
+//!
+//! Cycles run one at a time on a blocking thread (gix is blocking). The loop itself only waits:
+//! for the cycle, for its deadline, for the next poll, and for signals.
+//!
+//! - SIGTERM / SIGINT: raise the cycle's interrupt flag, let the cycle finish or abandon its
+//!   staging directory, exit 0. A publish that already reached the link swap completes.
+//! - SIGHUP: start the next cycle now.
+//! - A failed cycle leaves the link alone, is logged, and is retried after a jittered
+//!   exponential backoff; only a configured failure budget makes the process exit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::progress::{Reporter, Style};
+use crate::publish::{Outcome, PublishError, Publisher};
+
+/// When and how persistently to sync.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub period: Duration,
+    pub sync_timeout: Duration,
+    /// Consecutive failures tolerated before giving up; `None` retries forever.
+    pub failure_budget: Option<u64>,
+    pub backoff_max: Duration,
+    pub one_time: bool,
+}
+
+/// How the loop ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// A signal asked us to stop, or `--one-time` succeeded.
+    Clean,
+    /// The failure budget ran out.
+    GaveUp { failures: u64, last_error: String },
+}
+
+/// After SIGTERM, how long a cycle in flight may take to wind down before the process exits
+/// anyway (Kubernetes sends SIGKILL 30 s after SIGTERM by default). Whatever it leaves behind
+/// is a staging directory, which the next start removes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std::io::Result<Exit> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let reporter = Reporter::start(style);
+    let redactor = publisher.remote().redactor().clone();
+    let mut publisher = Some(publisher);
+    let mut failures: u64 = 0;
+
+    loop {
+        let Some(mut owned) = publisher.take() else {
+            // Only reachable if a cycle's thread panicked and took the publisher with it.
+            return Ok(Exit::GaveUp {
+                failures,
+                last_error: "internal error: the sync worker was lost".into(),
+            });
+        };
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let mut task = tokio::task::spawn_blocking({
+            let interrupt = Arc::clone(&interrupt);
+            let tree = reporter.shared_tree();
+            move || {
+                let result = owned.cycle(&tree, &interrupt);
+                (owned, result)
+            }
+        });
+
+        let deadline = tokio::time::sleep(schedule.sync_timeout);
+        tokio::pin!(deadline);
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        let (mut timed_out, mut terminating) = (false, false);
+        let joined = loop {
+            tokio::select! {
+                joined = &mut task => break joined,
+                _ = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    interrupt.store(true, Ordering::Relaxed);
+                    tracing::warn!(timeout = %humantime::format_duration(schedule.sync_timeout), "sync cycle exceeded --sync-timeout, abandoning it");
+                }
+                _ = terminate(&mut sigterm, &mut sigint), if !terminating => {
+                    terminating = true;
+                    interrupt.store(true, Ordering::Relaxed);
+                    grace.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                    tracing::info!("stop requested; finishing or abandoning the cycle in flight");
+                }
+                _ = &mut grace, if terminating => {
+                    tracing::warn!("cycle did not stop within {}; exiting, its staging directory is removed on the next start", humantime::format_duration(SHUTDOWN_GRACE));
+                    return Ok(Exit::Clean);
+                }
+            }
+        };
+
+        let (owned, result) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                return Ok(Exit::GaveUp {
+                    failures: failures + 1,
+                    last_error: format!("internal error in the sync worker: {e}"),
+                })
+            }
+        };
+        publisher = Some(owned);
+
+        let failed = match result {
+            Ok(outcome) => {
+                failures = 0;
+                report(&outcome);
+                if schedule.one_time {
+                    return Ok(Exit::Clean);
+                }
+                None
+            }
+            Err(e) if e.is_cancelled() && terminating => return Ok(Exit::Clean),
+            Err(e) if e.is_cancelled() && timed_out => Some(format!(
+                "sync cycle took longer than --sync-timeout {}; raise it if the repository is large or the network slow",
+                humantime::format_duration(schedule.sync_timeout)
+            )),
+            Err(e) => Some(redactor.redact(&render(&e))),
+        };
+        if terminating {
+            return Ok(Exit::Clean);
+        }
+
+        let wait = match failed {
+            None => schedule.period,
+            Some(message) => {
+                failures += 1;
+                if schedule
+                    .failure_budget
+                    .is_some_and(|budget| failures > budget)
+                {
+                    return Ok(Exit::GaveUp {
+                        failures,
+                        last_error: message,
+                    });
+                }
+                let wait = backoff(schedule.period, schedule.backoff_max, failures);
+                tracing::error!(error = %message, consecutive_failures = failures, retry_in = %humantime::format_duration(round_ms(wait)), "sync failed; the published snapshot is unchanged");
+                wait
+            }
+        };
+
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = terminate(&mut sigterm, &mut sigint) => {
+                tracing::info!("stop requested; exiting");
+                return Ok(Exit::Clean);
+            }
+            _ = sighup.recv() => tracing::info!("SIGHUP received; syncing now"),
+        }
+    }
+}
+
+async fn terminate(
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+}
+
+fn report(outcome: &Outcome) {
+    match outcome {
+        Outcome::Unchanged { commit } => tracing::debug!(%commit, "up to date"),
+        Outcome::Published {
+            commit,
+            previous,
+            built,
+            elapsed,
+        } => tracing::info!(
+            %commit,
+            previous = previous.as_deref().unwrap_or("none"),
+            files = built.map(|b| b.files),
+            bytes = built.map(|b| b.bytes),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "published"
+        ),
+        Outcome::Superseded { commit, current } => tracing::info!(
+            %commit,
+            %current,
+            "another publisher already published a newer state of the remote; link left alone"
+        ),
+    }
+}
+
+fn render(error: &PublishError) -> String {
+    crate::source::error_chain(error)
+}
+
+/// Exponential backoff from `period`, capped at `max`, with "equal jitter" (half fixed, half
+/// random) so that publishers that failed together do not retry together.
+fn backoff(period: Duration, max: Duration, failures: u64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20) as u32;
+    let full = period
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(max.max(period));
+    let half = full / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps_and_jitters() {
+        let period = Duration::from_secs(10);
+        let max = Duration::from_secs(300);
+        for failures in 1..=30 {
+            let wait = backoff(period, max, failures);
+            let full = (period * 2u32.pow((failures - 1).min(20) as u32)).min(max);
+            assert!(
+                wait >= full / 2 && wait <= full,
+                "failures={failures} wait={wait:?}"
+            );
+        }
+    }
+}

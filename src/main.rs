@@ -1,0 +1,102 @@
+//! The `dagsnap` binary: parse the command line, run the command, and render any error once.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use dagsnap::cli::{Cli, Command, StatusArgs, SyncArgs};
+use dagsnap::daemon::{self, Exit, Schedule};
+use dagsnap::progress::Style;
+use dagsnap::publish::Publisher;
+use dagsnap::source::{error_chain, Remote, Target};
+use dagsnap::status;
+use dagsnap::store::Root;
+
+/// Exit codes: 0 success or clean stop; 1 the sync failed (or nothing is live, for `status`);
+/// 2 the command line, root or cache is unusable and retrying will not help.
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let style = match dagsnap::logging::init(cli.log_format, &cli.log_level) {
+        Ok(style) => style,
+        Err(message) => {
+            eprintln!("dagsnap: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match cli.command {
+        Command::Sync(args) => sync(args, style),
+        Command::Status(args) => show_status(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err((code, message)) => {
+            tracing::error!("{message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Outcome = Result<u8, (u8, String)>;
+
+fn usage<E: std::fmt::Display>(e: E) -> (u8, String) {
+    (EXIT_USAGE, e.to_string())
+}
+
+fn sync(args: SyncArgs, style: Style) -> Outcome {
+    let target = Target::parse(args.git_ref.as_deref()).map_err(usage)?;
+    let remote = Remote::new(&args.repo, target, args.depth).map_err(usage)?;
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let cache_dir = args.cache_dir(&remote.display_url());
+    tracing::info!(
+        repo = %remote.display_url(),
+        r#ref = %remote.target,
+        depth = remote.depth,
+        root = %root.path().display(),
+        link = %root.link_path().display(),
+        cache = %cache_dir.display(),
+        period = %humantime::format_duration(args.period),
+        one_time = args.one_time,
+        "dagsnap sync starting"
+    );
+    let redactor = remote.redactor().clone();
+    let publisher = Publisher::open(root, remote, &cache_dir, args.lock_timeout)
+        .map_err(|e| (EXIT_USAGE, redactor.redact(&error_chain(&e))))?;
+    let schedule = Schedule {
+        period: args.period,
+        sync_timeout: args.sync_timeout,
+        failure_budget: args.failure_budget(),
+        backoff_max: args.backoff_max,
+        one_time: args.one_time,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
+    match runtime.block_on(daemon::run(publisher, schedule, style)) {
+        Ok(Exit::Clean) => Ok(0),
+        Ok(Exit::GaveUp {
+            failures,
+            last_error,
+        }) => Err((
+            EXIT_FAILED,
+            format!("giving up after {failures} failed sync(s): {last_error}"),
+        )),
+        Err(e) => Err((EXIT_FAILED, format!("cannot install signal handlers: {e}"))),
+    }
+}
+
+fn show_status(args: StatusArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let status = status::gather(&root).map_err(usage)?;
+    if args.json {
+        let json =
+            serde_json::to_string_pretty(&status).map_err(|e| (EXIT_FAILED, e.to_string()))?;
+        println!("{json}");
+    } else {
+        print!("{}", status::render_text(&status));
+    }
+    Ok(if status.is_healthy() { 0 } else { EXIT_FAILED })
+}

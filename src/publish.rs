@@ -1,0 +1,263 @@
+//! One sync cycle: observe the remote, build the snapshot if needed, move the link.
+//!
+//! [`Publisher`] ties a [`Cache`] (private git state) to a [`Root`] (what readers see). It is
+//! driven by the daemon loop, one [`Publisher::cycle`] at a time, on a blocking thread.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::snapshot::{self, Built, SnapshotError};
+use crate::source::{Cache, Observation, Remote, SourceError};
+use crate::store::{Cause, Installed, Manifest, Publication, Root, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cache directory {} is inside the root {}; readers would see git state. Put --cache-dir on local disk outside the root", cache.display(), root.display())]
+    CacheInsideRoot {
+        cache: std::path::PathBuf,
+        root: std::path::PathBuf,
+    },
+}
+
+impl PublishError {
+    /// True for an error caused by an interrupt (signal or sync timeout) rather than a fault.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Source(SourceError::Cancelled)
+                | PublishError::Snapshot(SnapshotError::Cancelled)
+        )
+    }
+
+    /// True if the cache's object database looks damaged, so re-creating it is the repair.
+    fn means_cache_is_damaged(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Snapshot(SnapshotError::Tree { .. })
+                | PublishError::Source(SourceError::Object { .. })
+        )
+    }
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The link already shows the remote's commit; nothing was written.
+    Unchanged { commit: String },
+    /// The link now shows `commit`.
+    Published {
+        commit: String,
+        previous: Option<String>,
+        /// `None` when the snapshot already existed (built earlier or by another publisher).
+        built: Option<Built>,
+        elapsed: Duration,
+    },
+    /// Another publisher had already published a newer observation; the link was left alone.
+    Superseded { commit: String, current: String },
+}
+
+/// Publishes one repository into one root.
+#[derive(Debug)]
+pub struct Publisher {
+    root: Root,
+    remote: Remote,
+    cache: Cache,
+    lock_timeout: Duration,
+}
+
+impl Publisher {
+    /// Adopt the root and open the private cache. Every problem found here is one the operator
+    /// has to fix (wrong path, foreign files, cache shared by mistake), so it is returned for a
+    /// clear exit rather than retried.
+    pub fn open(
+        root: Root,
+        remote: Remote,
+        cache_dir: &Path,
+        lock_timeout: Duration,
+    ) -> Result<Publisher, PublishError> {
+        refuse_cache_inside_root(cache_dir, root.path())?;
+        root.adopt()?;
+        let cache = Cache::open(cache_dir, &remote)?;
+        Ok(Publisher {
+            root,
+            remote,
+            cache,
+            lock_timeout,
+        })
+    }
+
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// Run one cycle. A failure at any step leaves the link where it was.
+    ///
+    /// 1. Ask the remote for the target commit, fetching it into the cache if it is new.
+    /// 2. If the link already points at that commit's complete snapshot: done, nothing written.
+    /// 3. Unless the snapshot exists already, build it in a staging directory and install it.
+    ///    An interrupt here abandons the staging directory (deleted on the way out).
+    /// 4. Under the root's lock, re-read what is published and move the link unless another
+    ///    publisher already published a newer observation of the remote (never backward).
+    pub fn cycle(
+        &mut self,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Outcome, PublishError> {
+        let started = Instant::now();
+        let result = self.cycle_inner(progress, interrupt, started);
+        if let Err(e) = &result {
+            if e.means_cache_is_damaged() {
+                tracing::warn!(cache = %self.cache.dir().display(), "re-creating the cache after a read error; the next cycle fetches again");
+                if let Err(reset) = self.cache.reset() {
+                    tracing::warn!(error = %reset, "could not re-create the cache");
+                }
+            }
+        }
+        result
+    }
+
+    fn cycle_inner(
+        &mut self,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+        started: Instant,
+    ) -> Result<Outcome, PublishError> {
+        let observation = self.cache.update(&self.remote, progress, interrupt)?;
+        let commit = observation.commit.to_string();
+        let current = self.root.current()?;
+        if let Some(current) = &current {
+            if current.commit == commit && current.complete {
+                return Ok(Outcome::Unchanged { commit });
+            }
+            if !current.complete {
+                tracing::warn!(commit = %current.commit, "the published snapshot is missing (deleted by hand?); republishing");
+            }
+        }
+
+        let built = if self.root.has_snapshot(&commit) {
+            None
+        } else {
+            Some(self.build(&observation, progress, interrupt)?)
+        };
+
+        let lock = self.root.lock(self.lock_timeout)?;
+        // Re-read under the lock: another publisher may have moved the link meanwhile.
+        let current = self.root.current()?;
+        if let Some(current) = current.as_ref().filter(|c| c.complete) {
+            if current.commit == commit {
+                return Ok(Outcome::Unchanged { commit });
+            }
+            if let Some(state) = self.root.state()? {
+                // The record may be newer than the link (a publisher died between the two
+                // writes); comparing against the record keeps us from undercutting it anyway.
+                if state.commit != commit && state.observed_at > observation.observed_at {
+                    return Ok(Outcome::Superseded {
+                        commit,
+                        current: current.commit.clone(),
+                    });
+                }
+            }
+        }
+        let publication = Publication {
+            commit: commit.clone(),
+            cause: Cause::Sync,
+            observed_at: observation.observed_at,
+            published_at: SystemTime::now(),
+            host: crate::fsutil::hostname(),
+            pid: std::process::id(),
+            repo: self.remote.display_url(),
+            ref_name: observation.ref_name.clone(),
+        };
+        self.root.publish(&lock, &publication)?;
+        Ok(Outcome::Published {
+            commit,
+            previous: current.map(|c| c.commit),
+            built,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn build(
+        &self,
+        observation: &Observation,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Built, PublishError> {
+        let info = self.cache.commit_info(observation.commit)?;
+        let tree =
+            gix::ObjectId::from_hex(info.tree.as_bytes()).map_err(|e| SourceError::Object {
+                commit: observation.commit,
+                cause: e.to_string(),
+            })?;
+        let staging = self.root.begin_staging()?;
+        let built = snapshot::build(
+            &self.cache.repo(),
+            tree,
+            staging.path(),
+            progress,
+            interrupt,
+        )?;
+        if interrupt.load(Ordering::Relaxed) {
+            return Err(SnapshotError::Cancelled.into());
+        }
+        let manifest = Manifest {
+            commit: info.commit,
+            tree: info.tree,
+            subject: info.subject,
+            author: info.author,
+            commit_time: info.commit_time,
+            files: built.files,
+            bytes: built.bytes,
+            materialized_at: SystemTime::now(),
+            materialized_by: format!("{} pid {}", crate::fsutil::hostname(), std::process::id()),
+        };
+        if self.root.install(staging, &manifest)? == Installed::AlreadyThere {
+            tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
+        }
+        Ok(built)
+    }
+}
+
+/// The cache holds a `.git`-like repository and a lock file: both must stay where readers
+/// cannot see them.
+fn refuse_cache_inside_root(cache: &Path, root: &Path) -> Result<(), PublishError> {
+    let absolute = |p: &Path| -> std::path::PathBuf {
+        // The cache may not exist yet: resolve its nearest existing ancestor.
+        let mut existing = p.to_path_buf();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (
+                existing.file_name().map(|n| n.to_owned()),
+                existing.parent(),
+            ) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut resolved = existing.canonicalize().unwrap_or(existing);
+        resolved.extend(rest.iter().rev());
+        resolved
+    };
+    let (cache_abs, root_abs) = (absolute(cache), absolute(root));
+    if cache_abs.starts_with(&root_abs) {
+        return Err(PublishError::CacheInsideRoot {
+            cache: cache.to_path_buf(),
+            root: root.to_path_buf(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,621 @@
+//! The git side: what to follow on the remote, and the private cache that gix fetches into.
+//!
+//! Three concepts, one type each (after cargo's git source):
+//! - [`Target`]: what `--ref` names — the remote's HEAD, a branch or tag, or one commit.
+//! - [`Remote`]: the repository URL, its redactor, the target and the fetch depth.
+//! - [`Cache`]: a bare repository on local disk owned by exactly one publisher process.
+//!
+//! The cache is never on the shared volume and never seen by readers; it holds the only git
+//! state dagsnap has. Each cycle asks the remote for the target's commit (handshake + ls-refs)
+//! and stops there if that commit is already in the cache, so an idle poll costs one round trip
+//! and no writes. Only a new commit causes a pack to be negotiated and received.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use gix::ObjectId;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, Context, IoError};
+use crate::lock::{FileLock, LockError};
+use crate::redact::Redactor;
+
+/// The local ref every fetch writes to. Keeping exactly one ref means the cache's ref store
+/// never grows and negotiation always has the previous tip as a "have".
+const TARGET_REF: &str = "refs/dagsnap/target";
+const CACHE_LAYOUT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cache directory {} is in use by another dagsnap process{}; give each publisher its own --cache-dir", dir.display(), holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    CacheInUse {
+        dir: PathBuf,
+        holder: Option<String>,
+    },
+    #[error("cannot lock cache directory {}: {source}", dir.display())]
+    CacheLock {
+        dir: PathBuf,
+        #[source]
+        source: LockError,
+    },
+    #[error(transparent)]
+    CacheIo(#[from] IoError),
+    #[error("cache repository {} is unusable: {cause}; delete the directory and dagsnap will re-create it", dir.display())]
+    CacheRepo { dir: PathBuf, cause: String },
+    #[error("cannot {during} {url}: {cause}; check the URL, that the server is reachable, and the credentials")]
+    Remote {
+        during: &'static str,
+        url: String,
+        cause: String,
+    },
+    #[error(
+        "ref '{wanted}' does not exist in {url}{}; check --ref",
+        known_refs_suffix(known)
+    )]
+    RefNotFound {
+        wanted: String,
+        url: String,
+        known: Vec<String>,
+    },
+    #[error("{url} has no commits yet (its HEAD is unborn); push a commit or set --ref to an existing branch")]
+    EmptyRemote { url: String },
+    #[error("{what} in {url} is a {kind}, not a commit; point --ref at a commit, branch or tag")]
+    NotACommit {
+        what: String,
+        url: String,
+        kind: String,
+    },
+    #[error("cannot read commit {commit} from the cache: {cause}")]
+    Object { commit: ObjectId, cause: String },
+    #[error("interrupted")]
+    Cancelled,
+}
+
+fn known_refs_suffix(known: &[String]) -> String {
+    if known.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
+    let more = if known.len() > shown.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    format!(" (it has: {}{more})", shown.join(", "))
+}
+
+/// What `--ref` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Whatever branch the remote's HEAD points at (`--ref` unset).
+    RemoteHead,
+    /// A branch or tag, short (`main`, `v1.2`) or full (`refs/heads/main`).
+    Name(String),
+    /// One fixed commit, by full hex id.
+    Commit(ObjectId),
+}
+
+impl Target {
+    /// Parse `--ref`. A 40-hex-digit value is a commit; anything else names a ref, validated
+    /// the way git validates ref names so that a typo fails here instead of at every poll.
+    pub fn parse(value: Option<&str>) -> Result<Target, String> {
+        let Some(value) = value
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && *v != "HEAD")
+        else {
+            return Ok(Target::RemoteHead);
+        };
+        if value.len() == 40 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return ObjectId::from_hex(value.as_bytes())
+                .map(Target::Commit)
+                .map_err(|e| format!("invalid commit id '{value}': {e}"));
+        }
+        gix::refs::PartialName::try_from(value).map_err(|e| {
+            format!(
+                "invalid ref name '{value}': {e}; use a branch, a tag or a full 40-digit commit id"
+            )
+        })?;
+        Ok(Target::Name(value.to_string()))
+    }
+
+    /// The ref names to try, in order of preference, for a name that is not fully qualified.
+    /// A branch wins over a tag of the same name: following a branch is what a sync tool is for.
+    fn candidates(name: &str) -> Vec<String> {
+        if name.starts_with("refs/") {
+            vec![name.to_string()]
+        } else {
+            vec![format!("refs/heads/{name}"), format!("refs/tags/{name}")]
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::RemoteHead => f.write_str("HEAD"),
+            Target::Name(name) => f.write_str(name),
+            Target::Commit(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// The repository to follow.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The URL as gix receives it (a plain path is made absolute first).
+    url: String,
+    redactor: Redactor,
+    pub target: Target,
+    /// Commits of history to fetch; 0 means all.
+    pub depth: u32,
+}
+
+impl Remote {
+    pub fn new(url: &str, target: Target, depth: u32) -> Result<Remote, String> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err("--repo is empty; give the repository URL or path".into());
+        }
+        let url = absolutize_local_path(url);
+        gix::url::parse(gix::bstr::BStr::new(url.as_str())).map_err(|e| {
+            format!(
+                "invalid repository URL '{}': {e}",
+                Redactor::for_url(&url).redact(&url)
+            )
+        })?;
+        Ok(Remote {
+            redactor: Redactor::for_url(&url),
+            url,
+            target,
+            depth,
+        })
+    }
+
+    /// The URL with credentials masked, fit for logs and the root's records.
+    pub fn display_url(&self) -> String {
+        self.redactor.redact(&self.url)
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    fn shallow(&self) -> gix::remote::fetch::Shallow {
+        match std::num::NonZeroU32::new(self.depth) {
+            Some(depth) => gix::remote::fetch::Shallow::DepthAtRemote(depth),
+            None => gix::remote::fetch::Shallow::NoChange,
+        }
+    }
+}
+
+/// A relative local path means "relative to where I ran dagsnap"; gix would resolve it
+/// elsewhere, so pin it down. URLs and scp-like `host:path` are left alone.
+fn absolutize_local_path(url: &str) -> String {
+    let looks_local = !url.contains("://")
+        && (url.starts_with('.') || url.starts_with('/') || !url.contains(':'));
+    if !looks_local || url.starts_with('/') {
+        return url.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(url).to_string_lossy().into_owned(),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// What the remote said the target was, and when we asked.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub commit: ObjectId,
+    /// The full ref name that matched (`refs/heads/main`), or the commit id for a fixed commit.
+    pub ref_name: String,
+    /// When the question was sent. The remote's answer reflects a state at least this recent,
+    /// which is what the never-backward rule compares.
+    pub observed_at: SystemTime,
+    /// Whether a pack was received this time (false for an unchanged poll).
+    pub fetched: bool,
+}
+
+/// Metadata of a commit, for manifests and status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub commit: String,
+    pub tree: String,
+    pub subject: String,
+    pub author: String,
+    /// Committer date, seconds since the epoch (UTC).
+    pub commit_time: i64,
+}
+
+/// What the cache was created for; a mismatch means the directory is re-initialized.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct CacheRecord {
+    layout: u32,
+    url: String,
+    depth: u32,
+}
+
+/// A publisher's private bare repository plus the lock that makes it private.
+pub struct Cache {
+    dir: PathBuf,
+    repo: gix::ThreadSafeRepository,
+    record: CacheRecord,
+    /// The full ref name a short `--ref` resolved to, so later polls need one connection only.
+    resolved: Option<String>,
+    _lock: FileLock,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("dir", &self.dir).finish()
+    }
+}
+
+impl Cache {
+    /// Lock `dir` for this process and open (or create, or repair) the bare repository in it.
+    ///
+    /// Steps, each idempotent so that a crash at any point is repaired by the next start:
+    /// 1. create `dir`, take `dir/lock` without waiting (a second process gets `CacheInUse`);
+    /// 2. if `dir/cache.json` (the completion marker, written last) is missing or was made for
+    ///    another URL or depth, delete `dir/repo.git`: a half-initialized or foreign repository
+    ///    is cheaper to re-fetch than to diagnose;
+    /// 3. open `repo.git`, or initialize it and then write the marker.
+    pub fn open(dir: &Path, remote: &Remote) -> Result<Cache, SourceError> {
+        std::fs::create_dir_all(dir).at("create cache directory", dir)?;
+        let lock = match FileLock::acquire(&dir.join("lock"), Duration::ZERO) {
+            Ok(lock) => lock,
+            Err(LockError::Busy { holder, .. }) => {
+                return Err(SourceError::CacheInUse {
+                    dir: dir.to_path_buf(),
+                    holder,
+                })
+            }
+            Err(source) => {
+                return Err(SourceError::CacheLock {
+                    dir: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let record = CacheRecord {
+            layout: CACHE_LAYOUT_VERSION,
+            url: remote.display_url(),
+            depth: remote.depth,
+        };
+        let marker = dir.join("cache.json");
+        let repo_dir = dir.join("repo.git");
+        let existing: Option<CacheRecord> = std::fs::read(&marker)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let repo = match existing {
+            Some(found) if found == record => match open_repo(&repo_dir) {
+                Ok(repo) => repo,
+                Err(cause) => {
+                    tracing::warn!(cache = %repo_dir.display(), %cause, "cache repository unreadable, re-creating it");
+                    init_repo(&repo_dir, &marker, &record)?
+                }
+            },
+            Some(_) => {
+                tracing::info!(cache = %dir.display(), "cache was made for another repository or depth, re-creating it");
+                init_repo(&repo_dir, &marker, &record)?
+            }
+            None => init_repo(&repo_dir, &marker, &record)?,
+        };
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            repo,
+            record,
+            resolved: None,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A thread-local handle on the cache's repository, for reading trees and blobs.
+    pub fn repo(&self) -> gix::Repository {
+        self.repo.to_thread_local()
+    }
+
+    /// Wipe and re-create the repository, e.g. after gix reported corrupt objects.
+    pub fn reset(&mut self) -> Result<(), SourceError> {
+        let marker = self.dir.join("cache.json");
+        self.repo = init_repo(&self.dir.join("repo.git"), &marker, &self.record)?;
+        self.resolved = None;
+        Ok(())
+    }
+
+    /// Ask the remote for the target's commit and make sure the cache holds it.
+    ///
+    /// An unchanged poll ends after the ref listing: the commit is already here, so no pack is
+    /// negotiated and nothing is written. A fixed commit that is already here needs no
+    /// connection at all.
+    pub fn update(
+        &mut self,
+        remote: &Remote,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Observation, SourceError> {
+        let observed_at = SystemTime::now();
+        let repo = self.repo();
+        if let Target::Commit(id) = &remote.target {
+            if repo.has_object(id) {
+                return Ok(Observation {
+                    commit: *id,
+                    ref_name: id.to_string(),
+                    observed_at,
+                    fetched: false,
+                });
+            }
+        }
+        let spec_source = match (&remote.target, &self.resolved) {
+            (Target::RemoteHead, _) => "HEAD".to_string(),
+            (Target::Commit(id), _) => id.to_string(),
+            (Target::Name(_), Some(full)) => full.clone(),
+            (Target::Name(name), None) => {
+                let full = self.resolve_name(&repo, remote, name, progress, interrupt)?;
+                self.resolved = Some(full.clone());
+                full
+            }
+        };
+        let result = fetch_if_needed(&repo, remote, &spec_source, progress, interrupt);
+        if let Err(SourceError::RefNotFound { .. }) = &result {
+            // The branch may have been deleted and a tag of that name created; look again next time.
+            self.resolved = None;
+        }
+        let (commit, ref_name, fetched) = result?;
+        Ok(Observation {
+            commit,
+            ref_name,
+            observed_at,
+            fetched,
+        })
+    }
+
+    /// Find which full ref a short `--ref` names on the remote (one ls-refs, no fetch).
+    fn resolve_name(
+        &self,
+        repo: &gix::Repository,
+        remote: &Remote,
+        name: &str,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<String, SourceError> {
+        let candidates = Target::candidates(name);
+        let specs: Vec<String> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("+{c}:refs/dagsnap/candidate/{i}"))
+            .collect();
+        let git_remote = make_remote(repo, remote, &specs)?;
+        let connection = git_remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| remote_error(remote, "connect to", &e, interrupt))?;
+        let (ref_map, _handshake) = connection
+            .ref_map(progress.add_child("list refs"), Default::default())
+            .map_err(|e| remote_error(remote, "list refs of", &e, interrupt))?;
+        let advertised: Vec<String> = ref_map
+            .remote_refs
+            .iter()
+            .map(|r| r.unpack().0.to_string())
+            .collect();
+        let found = candidates
+            .into_iter()
+            .find(|c| advertised.iter().any(|a| a == c));
+        if let Some(full) = &found {
+            if advertised.len() > 1 && name != full {
+                let others: Vec<&String> = advertised.iter().filter(|a| *a != full).collect();
+                tracing::warn!(r#ref = %name, using = %full, ignoring = ?others, "--ref is ambiguous; following the branch. Give the full ref name to silence this");
+            }
+        }
+        found.ok_or_else(|| SourceError::RefNotFound {
+            wanted: name.to_string(),
+            url: remote.display_url(),
+            known: advertised,
+        })
+    }
+
+    /// Commit metadata for the manifest.
+    pub fn commit_info(&self, commit: ObjectId) -> Result<CommitInfo, SourceError> {
+        let repo = self.repo();
+        let object_error = |cause: String| SourceError::Object { commit, cause };
+        let commit_obj = repo
+            .find_commit(commit)
+            .map_err(|e| object_error(error_chain(&e)))?;
+        let tree = commit_obj
+            .tree_id()
+            .map_err(|e| object_error(error_chain(&e)))?;
+        let subject = commit_obj
+            .message()
+            .map(|m| m.summary().to_string())
+            .unwrap_or_default();
+        let author = commit_obj
+            .author()
+            .map(|a| format!("{} <{}>", a.name, a.email))
+            .unwrap_or_default();
+        let commit_time = commit_obj.time().map(|t| t.seconds).unwrap_or(0);
+        Ok(CommitInfo {
+            commit: commit.to_string(),
+            tree: tree.to_string(),
+            subject,
+            author,
+            commit_time,
+        })
+    }
+}
+
+fn open_repo(dir: &Path) -> Result<gix::ThreadSafeRepository, String> {
+    gix::open::Options::default()
+        .config_overrides(cache_config())
+        .open(dir)
+        .map_err(|e| error_chain(&e))
+}
+
+fn init_repo(
+    dir: &Path,
+    marker: &Path,
+    record: &CacheRecord,
+) -> Result<gix::ThreadSafeRepository, SourceError> {
+    match std::fs::remove_file(marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(IoError::new("remove", marker, e).into())
+        }
+        _ => {}
+    }
+    fsutil::remove_tree(dir)?;
+    let repo_error = |e: gix::Error| SourceError::CacheRepo {
+        dir: dir.to_path_buf(),
+        cause: error_chain(&e),
+    };
+    gix::init_bare(dir).map_err(repo_error)?;
+    let repo = gix::open::Options::default()
+        .config_overrides(cache_config())
+        .open(dir)
+        .map_err(repo_error)?;
+    let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+    fsutil::write_atomically(marker, &bytes)?;
+    Ok(repo)
+}
+
+/// Configuration applied in memory to every open of the cache.
+fn cache_config() -> Vec<&'static str> {
+    vec![
+        "protocol.version=2",
+        // Never wait for a password or host-key prompt: a sidecar has no one to answer it.
+        "core.sshCommand=ssh -o BatchMode=yes -o ConnectTimeout=30",
+        "gitoxide.userAgent=dagsnap",
+        // A shallow cache is the point; a server that is itself shallow is fine.
+        "clone.rejectShallow=false",
+    ]
+}
+
+/// A gix remote for `remote.url` that fetches exactly `specs` and no tags.
+fn make_remote<'r>(
+    repo: &'r gix::Repository,
+    remote: &Remote,
+    specs: &[String],
+) -> Result<gix::Remote<'r>, SourceError> {
+    let invalid = |e: gix::Error| SourceError::Remote {
+        during: "set up a fetch from",
+        url: remote.display_url(),
+        cause: remote.redactor().redact(&error_chain(&e)),
+    };
+    repo.remote_at(remote.url.as_str())
+        .map_err(invalid)?
+        .with_fetch_tags(gix::remote::fetch::Tags::None)
+        .with_refspecs(
+            specs.iter().map(String::as_str),
+            gix::remote::Direction::Fetch,
+        )
+        .map_err(invalid)
+}
+
+/// Run one fetch exchange for `spec_source`: handshake and ref listing always, pack
+/// negotiation only if the advertised commit is not in the cache yet.
+///
+/// Returns the commit, the full name of the ref that matched, and whether a pack came in.
+fn fetch_if_needed(
+    repo: &gix::Repository,
+    remote: &Remote,
+    spec_source: &str,
+    progress: &gix::progress::tree::Root,
+    interrupt: &AtomicBool,
+) -> Result<(ObjectId, String, bool), SourceError> {
+    let git_remote = make_remote(repo, remote, &[format!("+{spec_source}:{TARGET_REF}")])?;
+    let connection = git_remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| remote_error(remote, "connect to", &e, interrupt))?;
+    let prepare = connection
+        .prepare_fetch(progress.add_child("list refs"), Default::default())
+        .map_err(|e| remote_error(remote, "list refs of", &e, interrupt))?;
+
+    let ref_map = prepare.ref_map();
+    let mapping = ref_map.mappings.iter().find(|m| {
+        matches!(
+            m.spec_index,
+            gix::protocol::fetch::refmap::SpecIndex::ExplicitInRemote(_)
+        )
+    });
+    let Some(mapping) = mapping else {
+        return Err(SourceError::RefNotFound {
+            wanted: spec_source.to_string(),
+            url: remote.display_url(),
+            known: ref_map
+                .remote_refs
+                .iter()
+                .map(|r| r.unpack().0.to_string())
+                .collect(),
+        });
+    };
+    let ref_name = mapping
+        .remote
+        .as_target()
+        .or_else(|| mapping.remote.as_name())
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| spec_source.to_string());
+    let Some(commit) = mapping.remote.peeled_id().map(|id| id.to_owned()) else {
+        return Err(SourceError::EmptyRemote {
+            url: remote.display_url(),
+        });
+    };
+
+    let fetched = if repo.has_object(commit) {
+        // Unchanged (or already fetched by an earlier cycle): dropping `prepare` ends the
+        // conversation with a flush, without negotiating a pack.
+        drop(prepare);
+        false
+    } else {
+        prepare
+            .with_shallow(remote.shallow())
+            .receive(progress.add_child("fetch"), interrupt)
+            .map_err(|e| remote_error(remote, "fetch from", &e, interrupt))?;
+        true
+    };
+
+    let object = repo.find_header(commit).map_err(|e| SourceError::Remote {
+        during: "find the fetched commit from",
+        url: remote.display_url(),
+        cause: format!("{commit} is missing after the fetch: {}", error_chain(&e)),
+    })?;
+    if object.kind() != gix::object::Kind::Commit {
+        return Err(SourceError::NotACommit {
+            what: ref_name,
+            url: remote.display_url(),
+            kind: object.kind().to_string(),
+        });
+    }
+    Ok((commit, ref_name, fetched))
+}
+
+fn remote_error(
+    remote: &Remote,
+    during: &'static str,
+    err: &gix::Error,
+    interrupt: &AtomicBool,
+) -> SourceError {
+    if interrupt.load(Ordering::Relaxed) {
+        return SourceError::Cancelled;
+    }
+    SourceError::Remote {
+        during,
+        url: remote.display_url(),
+        cause: remote.redactor().redact(&error_chain(err)),
+    }
+}
+
+/// `err` and its causes on one line, without repeating a cause its parent already quotes.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,149 @@
+//! `dagsnap status`: what readers see right now, from the root alone.
+//!
+//! Works from any pod that mounts the root, read-only mounts included: it reads the link, the
+//! snapshot's manifest and the publication record, and writes nothing.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::store::{rfc3339, Root, StoreError};
+
+/// The live publication, as shown to operators.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub root: String,
+    pub link: String,
+    /// False when nothing has been published yet.
+    pub published: bool,
+    /// False when the link points at a snapshot that no longer exists.
+    pub complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<String>,
+    /// Seconds since publication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub ref_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+impl Status {
+    /// True when readers are served a complete snapshot.
+    pub fn is_healthy(&self) -> bool {
+        self.published && self.complete
+    }
+}
+
+pub fn gather(root: &Root) -> Result<Status, StoreError> {
+    root.require_initialized()?;
+    let current = root.current()?;
+    let mut status = Status {
+        root: root.path().display().to_string(),
+        link: root.link_path().display().to_string(),
+        published: current.is_some(),
+        complete: current.as_ref().is_some_and(|c| c.complete),
+        commit: None,
+        subject: None,
+        author: None,
+        commit_date: None,
+        published_at: None,
+        age_seconds: None,
+        published_by: None,
+        cause: None,
+        repo: None,
+        ref_name: None,
+        files: None,
+        bytes: None,
+    };
+    let Some(current) = current else {
+        return Ok(status);
+    };
+    if let Some(manifest) = root.manifest(&current.commit)? {
+        status.subject = Some(manifest.subject);
+        status.author = Some(manifest.author);
+        status.commit_date = Some(rfc3339::format(
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(manifest.commit_time.max(0) as u64),
+        ));
+        status.files = Some(manifest.files);
+        status.bytes = Some(manifest.bytes);
+        status.published_at = Some(rfc3339::format(manifest.materialized_at));
+    }
+    // The record describes the link only if it names the same commit (a crash between writing
+    // the record and moving the link leaves them apart).
+    if let Some(state) = root.state()?.filter(|s| s.commit == current.commit) {
+        status.published_at = Some(rfc3339::format(state.published_at));
+        status.age_seconds = SystemTime::now()
+            .duration_since(state.published_at)
+            .ok()
+            .map(|d| d.as_secs());
+        status.published_by = Some(format!("{} pid {}", state.host, state.pid));
+        status.cause = Some(format!("{:?}", state.cause).to_lowercase());
+        status.repo = Some(state.repo);
+        status.ref_name = Some(state.ref_name);
+    }
+    status.commit = Some(current.commit);
+    Ok(status)
+}
+
+pub fn render_text(status: &Status) -> String {
+    if !status.published {
+        return format!("nothing published yet under {}\n", status.root);
+    }
+    let mut out = String::new();
+    let mut line = |label: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            out.push_str(&format!("{label:<13}{value}\n"));
+        }
+    };
+    line("link:", Some(&status.link));
+    line("commit:", status.commit.as_deref());
+    if !status.complete {
+        line(
+            "WARNING:",
+            Some("the snapshot behind the link is missing; a running sync republishes it"),
+        );
+    }
+    line("subject:", status.subject.as_deref());
+    line("author:", status.author.as_deref());
+    line("commit date:", status.commit_date.as_deref());
+    let published = status
+        .published_at
+        .as_ref()
+        .map(|at| match status.age_seconds {
+            Some(age) => format!(
+                "{at} ({} ago)",
+                humantime::format_duration(std::time::Duration::from_secs(age))
+            ),
+            None => at.clone(),
+        });
+    line("published:", published.as_deref());
+    line("by:", status.published_by.as_deref());
+    line("cause:", status.cause.as_deref());
+    line("repo:", status.repo.as_deref());
+    line("ref:", status.ref_name.as_deref());
+    let size = status
+        .files
+        .zip(status.bytes)
+        .map(|(files, bytes)| format!("{files} files, {bytes} bytes"));
+    line("size:", size.as_deref());
+    out
+}
