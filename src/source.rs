@@ -25,6 +25,8 @@ use crate::redact::Redactor;
 /// never grows and negotiation always has the previous tip as a "have".
 const TARGET_REF: &str = "refs/dagsnap/target";
 const CACHE_LAYOUT_VERSION: u32 = 1;
+/// Packs the cache may accumulate (one per fetch) before it is re-created.
+const MAX_PACKS: usize = 48;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -43,7 +45,7 @@ pub enum SourceError {
     CacheIo(#[from] IoError),
     #[error("cache repository {} is unusable: {cause}; delete the directory and dagsnap will re-create it", dir.display())]
     CacheRepo { dir: PathBuf, cause: String },
-    #[error("cannot {during} {url}: {cause}; check the URL, that the server is reachable, and the credentials")]
+    #[error("cannot {during} {url}: {cause}{}", remote_hint(during))]
     Remote {
         during: &'static str,
         url: String,
@@ -70,6 +72,17 @@ pub enum SourceError {
     Object { commit: ObjectId, cause: String },
     #[error("interrupted")]
     Cancelled,
+}
+
+/// Failing to reach or list a remote is almost always the URL, the network or credentials;
+/// failures later in a fetch say what went wrong in their cause.
+fn remote_hint(during: &str) -> &'static str {
+    match during {
+        "connect to" | "list refs of" => {
+            "; check the URL, that the server is reachable, and the credentials"
+        }
+        _ => "",
+    }
 }
 
 fn known_refs_suffix(known: &[String]) -> String {
@@ -242,6 +255,8 @@ pub struct Cache {
     record: CacheRecord,
     /// The full ref name a short `--ref` resolved to, so later polls need one connection only.
     resolved: Option<String>,
+    /// Set when the cache should be re-created before the next fetch.
+    reset_due: bool,
     _lock: FileLock,
 }
 
@@ -306,6 +321,7 @@ impl Cache {
             repo,
             record,
             resolved: None,
+            reset_due: false,
             _lock: lock,
         })
     }
@@ -324,6 +340,7 @@ impl Cache {
         let marker = self.dir.join("cache.json");
         self.repo = init_repo(&self.dir.join("repo.git"), &marker, &self.record)?;
         self.resolved = None;
+        self.reset_due = false;
         Ok(())
     }
 
@@ -338,6 +355,9 @@ impl Cache {
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Observation, SourceError> {
+        if self.reset_due {
+            self.reset()?;
+        }
         let observed_at = SystemTime::now();
         let repo = self.repo();
         if let Target::Commit(id) = &remote.target {
@@ -366,12 +386,36 @@ impl Cache {
             self.resolved = None;
         }
         let (commit, ref_name, fetched) = result?;
+        if fetched {
+            self.after_fetch()?;
+        }
         Ok(Observation {
             commit,
             ref_name,
             observed_at,
             fetched,
         })
+    }
+
+    /// Keep the cache healthy as packs accumulate: one pack arrives per fetch.
+    ///
+    /// The handle is re-opened so gix sees (and has room for) the new pack. Past
+    /// `MAX_PACKS`, lookups slow down and the directory only grows, so the cache is re-created
+    /// before the next update; with a shallow cache that costs one fetch of the tip, like a
+    /// first start.
+    fn after_fetch(&mut self) -> Result<(), SourceError> {
+        let repo_dir = self.dir.join("repo.git");
+        let packs = pack_count(&repo_dir);
+        if packs > MAX_PACKS {
+            // Not now: this cycle still reads the commit just fetched.
+            tracing::info!(cache = %self.dir.display(), packs, "cache holds many packs; it is re-created before the next fetch");
+            self.reset_due = true;
+        }
+        self.repo = open_repo(&repo_dir).map_err(|cause| SourceError::CacheRepo {
+            dir: repo_dir.clone(),
+            cause,
+        })?;
+        Ok(())
     }
 
     /// Find which full ref a short `--ref` names on the remote (one ls-refs, no fetch).
@@ -393,28 +437,37 @@ impl Cache {
         let connection = git_remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|e| remote_error(remote, "connect to", &e, interrupt))?;
+        // List every ref, not only the candidates: this runs once per start, and when the name
+        // is wrong the error can then say which branches and tags do exist.
+        let options = gix::remote::ref_map::Options {
+            prefix_from_spec_as_filter_on_remote: false,
+            ..Default::default()
+        };
         let (ref_map, _handshake) = connection
-            .ref_map(progress.add_child("list refs"), Default::default())
+            .ref_map(progress.add_child("list refs"), options)
             .map_err(|e| remote_error(remote, "list refs of", &e, interrupt))?;
         let advertised: Vec<String> = ref_map
             .remote_refs
             .iter()
             .map(|r| r.unpack().0.to_string())
+            .filter(|n| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
             .collect();
-        let found = candidates
-            .into_iter()
-            .find(|c| advertised.iter().any(|a| a == c));
-        if let Some(full) = &found {
-            if advertised.len() > 1 && name != full {
-                let others: Vec<&String> = advertised.iter().filter(|a| *a != full).collect();
-                tracing::warn!(r#ref = %name, using = %full, ignoring = ?others, "--ref is ambiguous; following the branch. Give the full ref name to silence this");
+        let matching: Vec<&String> = candidates
+            .iter()
+            .filter(|c| advertised.contains(c))
+            .collect();
+        match matching.as_slice() {
+            [] => Err(SourceError::RefNotFound {
+                wanted: name.to_string(),
+                url: remote.display_url(),
+                known: advertised,
+            }),
+            [only] => Ok(only.to_string()),
+            [first, others @ ..] => {
+                tracing::warn!(r#ref = %name, using = %first, ignoring = ?others, "--ref is ambiguous; following the branch. Give the full ref name to silence this");
+                Ok(first.to_string())
             }
         }
-        found.ok_or_else(|| SourceError::RefNotFound {
-            wanted: name.to_string(),
-            url: remote.display_url(),
-            known: advertised,
-        })
     }
 
     /// Commit metadata for the manifest.
@@ -447,10 +500,31 @@ impl Cache {
 }
 
 fn open_repo(dir: &Path) -> Result<gix::ThreadSafeRepository, String> {
+    open_options().open(dir).map_err(|e| error_chain(&e))
+}
+
+fn open_options() -> gix::open::Options {
+    // gix sizes its table of pack indices when the repository is opened. Every fetch adds a
+    // pack, so the handle is re-opened after each one (see `Cache::update`) and sized with
+    // room to spare.
     gix::open::Options::default()
         .config_overrides(cache_config())
-        .open(dir)
-        .map_err(|e| error_chain(&e))
+        .object_store_slots(gix::odb::store::init::Slots::AsNeededByDiskState {
+            multiplier: 2.0,
+            minimum: 64,
+        })
+}
+
+/// Number of packs in the repository at `dir`.
+fn pack_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "idx"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn init_repo(
@@ -470,10 +544,7 @@ fn init_repo(
         cause: error_chain(&e),
     };
     gix::init_bare(dir).map_err(repo_error)?;
-    let repo = gix::open::Options::default()
-        .config_overrides(cache_config())
-        .open(dir)
-        .map_err(repo_error)?;
+    let repo = open_options().open(dir).map_err(repo_error)?;
     let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
     fsutil::write_atomically(marker, &bytes)?;
     Ok(repo)

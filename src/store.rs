@@ -338,21 +338,20 @@ impl Root {
     fn remove_own_stale_staging(&self) -> Result<(), StoreError> {
         let host = fsutil::hostname();
         let me = std::process::id();
-        for (path, owner) in self.staging_dirs()? {
-            let stale = match owner {
-                Some((h, pid)) if h == host => pid == me || !process_alive(pid),
+        for staging in self.staging_dirs()? {
+            let stale = match &staging.owner {
+                Some(owner) if owner.host == host => owner.pid == me || !process_alive(owner.pid),
                 _ => false,
             };
             if stale {
-                tracing::info!(path = %path.display(), "removing staging directory left by an interrupted publish");
-                fsutil::remove_tree(&path)?;
+                tracing::info!(path = %staging.path.display(), "removing staging directory left by an interrupted publish");
+                fsutil::remove_tree(&staging.path)?;
             }
         }
         Ok(())
     }
 
-    /// Every staging directory with its owner `(host, pid)` when the name says.
-    fn staging_dirs(&self) -> Result<Vec<(PathBuf, Option<(String, u32)>)>, StoreError> {
+    fn staging_dirs(&self) -> Result<Vec<StagingDir>, StoreError> {
         let dir = self.snapshots();
         let entries = match fs::read_dir(&dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -363,7 +362,10 @@ impl Root {
             let entry = entry.at("list", &dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name.strip_prefix(STAGING_PREFIX) {
-                found.push((entry.path(), parse_staging_owner(rest)));
+                found.push(StagingDir {
+                    path: entry.path(),
+                    owner: parse_staging_owner(rest),
+                });
             }
         }
         Ok(found)
@@ -530,12 +532,24 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
         })
 }
 
-fn parse_staging_owner(rest: &str) -> Option<(String, u32)> {
+/// A staging directory found in the store, and who made it when its name says.
+struct StagingDir {
+    path: PathBuf,
+    owner: Option<Owner>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Owner {
+    host: String,
+    pid: u32,
+}
+
+fn parse_staging_owner(rest: &str) -> Option<Owner> {
     let mut parts = rest.rsplitn(3, '.');
     let _nonce = parts.next()?;
     let pid = parts.next()?.parse().ok()?;
     let host = parts.next()?.to_string();
-    Some((host, pid))
+    Some(Owner { host, pid })
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -582,7 +596,10 @@ mod tests {
     fn staging_owner_survives_dots_in_hostnames() {
         assert_eq!(
             parse_staging_owner("web-1.ns.svc.42.00000000deadbeef"),
-            Some(("web-1.ns.svc".to_string(), 42))
+            Some(Owner {
+                host: "web-1.ns.svc".to_string(),
+                pid: 42
+            })
         );
         assert_eq!(parse_staging_owner("garbage"), None);
     }

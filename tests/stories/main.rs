@@ -1,0 +1,10 @@
+//! Operator stories, end to end: real git repositories, the real `dagsnap` binary, real
+//! signals. One test binary keeps link time down on small CI machines.
+
+mod bad_input;
+mod lifecycle;
+mod publishing;
+mod readers;
+mod refs;
+mod status;
+mod support;

@@ -1,0 +1,289 @@
+//! Publishing: first publish, updates, idle polls, what a snapshot looks like.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn first_publish_into_a_root_that_does_not_exist_yet() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/hello.py", "print('hello')\n")], "add hello dag");
+    let scratch = Scratch::new();
+
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    assert_eq!(assert_root_valid(&scratch.root()), commit);
+    assert_eq!(
+        read_current(&scratch.root(), "dags/hello.py"),
+        "print('hello')\n"
+    );
+    assert_eq!(
+        fs::read_to_string(scratch.root().join(".airflowignore")).unwrap(),
+        ".dagsnap\n"
+    );
+}
+
+#[test]
+fn first_publish_into_an_empty_existing_root_from_a_plain_path() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    fs::create_dir(scratch.root()).unwrap();
+    fs::create_dir(scratch.root().join("lost+found")).unwrap();
+
+    let out = sync_once(&scratch, &remote.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(assert_root_valid(&scratch.root()), commit);
+}
+
+#[test]
+fn a_new_commit_is_published_by_the_running_loop() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("a.py", "v1\n")], "v1");
+    let scratch = Scratch::new();
+    let mut daemon = spawn_loop(&scratch, &remote.url(), &["--period", "50ms"]);
+    wait_until(Duration::from_secs(30), "first publish", || {
+        published(&scratch.root()) == Some(first.clone())
+    });
+
+    let second = remote.commit(&[("a.py", "v2\n"), ("b.py", "new\n")], "v2");
+    wait_until(Duration::from_secs(30), "second publish", || {
+        published(&scratch.root()) == Some(second.clone())
+    });
+    assert_eq!(read_current(&scratch.root(), "a.py"), "v2\n");
+    assert_eq!(read_current(&scratch.root(), "b.py"), "new\n");
+    // The previous snapshot stays for readers that still hold it open.
+    assert!(scratch.root().join(SNAPSHOTS).join(&first).is_dir());
+
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    assert_eq!(assert_root_valid(&scratch.root()), second);
+    assert!(!daemon.logs().contains("ERROR"), "{}", daemon.logs());
+}
+
+#[test]
+fn an_unchanged_poll_leaves_the_root_byte_identical() {
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "a\n"), ("dags/b.py", "b\n")], "initial");
+    let scratch = Scratch::new();
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = fingerprint(&scratch.root());
+
+    // A restart and several polls of a loop, all with nothing new on the remote.
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--period", "20ms", "--log-level", "debug"],
+    );
+    wait_until(Duration::from_secs(30), "several idle polls", || {
+        daemon.logs().matches("up to date").count() >= 5
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+
+    assert_eq!(fingerprint(&scratch.root()), before);
+}
+
+#[test]
+fn executable_bits_and_symlinks_are_kept_as_git_records_them() {
+    let remote = Remote::new();
+    remote.commit(
+        &[("bin/run.sh", "#!/bin/sh\necho hi\n"), ("dags/a.py", "a\n")],
+        "files",
+    );
+    fs::set_permissions(
+        remote.dir.join("bin/run.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("dags/a.py", remote.dir.join("alias.py")).unwrap();
+    std::os::unix::fs::symlink("dags", remote.dir.join("dags-link")).unwrap();
+    remote.commit_all("exec bit and symlinks");
+    let scratch = Scratch::new();
+
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_root_valid(&scratch.root());
+
+    let current = scratch.root().join("current");
+    let mode = |p: &str| fs::metadata(current.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode("bin/run.sh"),
+        0o555,
+        "executable stays executable (and read-only)"
+    );
+    assert_eq!(mode("dags/a.py"), 0o444);
+    assert_eq!(
+        fs::read_link(current.join("alias.py")).unwrap(),
+        std::path::Path::new("dags/a.py")
+    );
+    assert_eq!(
+        fs::read_link(current.join("dags-link")).unwrap(),
+        std::path::Path::new("dags")
+    );
+    assert_eq!(read_current(&scratch.root(), "alias.py"), "a\n");
+}
+
+#[test]
+fn snapshots_are_read_only_so_readers_cannot_pollute_them() {
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let commit = assert_root_valid(&scratch.root());
+
+    let snapshot = scratch.root().join(SNAPSHOTS).join(&commit);
+    for entry in walkdir::WalkDir::new(&snapshot) {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o222, 0, "{} is writable", entry.path().display());
+        assert_eq!(
+            mode & 0o444,
+            0o444,
+            "{} is not readable by everyone",
+            entry.path().display()
+        );
+    }
+    assert!(!snapshot.join(".git").exists());
+    // root bypasses permission bits, so check the mode rather than attempt a write as root.
+    if !nix::unistd::geteuid().is_root() {
+        assert!(fs::create_dir(snapshot.join("dags/__pycache__")).is_err());
+    }
+}
+
+#[test]
+fn shallow_cache_stays_shallow_across_many_updates() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let mut last = String::new();
+    for i in 0..6 {
+        last = remote.commit(
+            &[("a.py", &format!("{i}\n")), (&format!("f{i}.py"), "x\n")],
+            &format!("update {i}"),
+        );
+        let out = sync_once(&scratch, &remote.url(), &[]);
+        assert!(out.status.success(), "update {i}: {}", stderr(&out));
+        assert_eq!(published(&scratch.root()), Some(last.clone()));
+    }
+    let cache_repo = scratch.cache().join("repo.git");
+    let shallow =
+        fs::read_to_string(cache_repo.join("shallow")).expect("the cache is a shallow repository");
+    assert!(
+        shallow.contains(&last),
+        "the newest commit is a shallow boundary: {shallow}"
+    );
+    let count = git(&cache_repo, &["rev-list", "--count", &last]);
+    assert_eq!(count, "1", "depth 1 keeps one commit of history");
+    assert_eq!(read_current(&scratch.root(), "a.py"), "5\n");
+}
+
+#[test]
+fn full_history_with_depth_zero() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "1\n")], "one");
+    let second = remote.commit(&[("a.py", "2\n")], "two");
+    let scratch = Scratch::new();
+    let out = sync_once(&scratch, &remote.url(), &["--depth", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()), Some(second.clone()));
+    let cache_repo = scratch.cache().join("repo.git");
+    assert!(!cache_repo.join("shallow").exists());
+    assert_eq!(git(&cache_repo, &["rev-list", "--count", &second]), "2");
+}
+
+#[test]
+fn a_snapshot_deleted_by_hand_is_republished() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let snapshot = scratch.root().join(SNAPSHOTS).join(&commit);
+    dagsnap::fsutil::remove_tree(&snapshot).unwrap();
+
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(assert_root_valid(&scratch.root()), commit);
+    assert!(stderr(&out).contains("republishing"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_existing_airflowignore_is_the_users_and_is_kept() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    fs::create_dir(scratch.root()).unwrap();
+    fs::write(scratch.root().join(".airflowignore"), "tests/\n.dagsnap\n").unwrap();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    assert_eq!(
+        fs::read_to_string(scratch.root().join(".airflowignore")).unwrap(),
+        "tests/\n.dagsnap\n"
+    );
+}
+
+#[test]
+fn every_option_reads_from_the_environment() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("a.py", "a\n")], "one");
+    remote.git(&["branch", "release"]);
+    remote.commit(&[("a.py", "b\n")], "two");
+    let scratch = Scratch::new();
+    let out = dagsnap(scratch.tmp.path())
+        .arg("sync")
+        .env("DAGSNAP_REPO", remote.url())
+        .env("DAGSNAP_ROOT", scratch.root())
+        .env("DAGSNAP_CACHE_DIR", scratch.cache())
+        .env("DAGSNAP_REF", "release")
+        .env("DAGSNAP_ONE_TIME", "true")
+        .env("DAGSNAP_PERIOD", "1m30s")
+        .env("DAGSNAP_LINK", "dags")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let link = fs::read_link(scratch.root().join("dags")).unwrap();
+    assert!(link.ends_with(&commit), "{link:?}");
+
+    // A flag wins over the environment.
+    let other_root = scratch.path("other-root");
+    let out = dagsnap(scratch.tmp.path())
+        .args(["sync", "--ref", "main", "--link", "dags"])
+        .arg("--root")
+        .arg(&other_root)
+        .env("DAGSNAP_REPO", remote.url())
+        .env("DAGSNAP_ROOT", scratch.root())
+        .env("DAGSNAP_CACHE_DIR", scratch.path("other-cache"))
+        .env("DAGSNAP_REF", "release")
+        .env("DAGSNAP_ONE_TIME", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_link(other_root.join("dags"))
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy(),
+        remote.head()
+    );
+}
+
+#[test]
+fn a_link_in_a_subdirectory_points_back_into_the_store() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    let out = sync_once(&scratch, &remote.url(), &["--link", "airflow/dags"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let link = scratch.root().join("airflow/dags");
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        std::path::Path::new("../.dagsnap/snapshots").join(&commit)
+    );
+    assert_eq!(fs::read_to_string(link.join("a.py")).unwrap(), "a\n");
+}

@@ -1,0 +1,142 @@
+//! What readers see while publishers work.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// A reader that resolves the link once per pass, as the design recommends: it must see all
+/// of exactly one commit every time.
+fn read_pass_resolving_once(root: &Path) -> Option<Result<usize, String>> {
+    let target = fs::read_link(root.join("current")).ok()?;
+    let snapshot: PathBuf = root.join(target);
+    let listing = match fs::read_to_string(snapshot.join("LISTING")) {
+        Ok(listing) => listing,
+        Err(e) => {
+            return Some(Err(format!(
+                "LISTING unreadable in {}: {e}",
+                snapshot.display()
+            )))
+        }
+    };
+    let expected: Vec<&str> = listing.lines().collect();
+    let mut commit_number = None;
+    for path in &expected {
+        let content = match fs::read_to_string(snapshot.join(path)) {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(Err(format!(
+                    "{path} unreadable in {}: {e}",
+                    snapshot.display()
+                )))
+            }
+        };
+        match commit_number {
+            None => commit_number = Some(content.clone()),
+            Some(ref n) if *n != content => {
+                return Some(Err(format!(
+                    "mixed commits in one pass: {n:?} and {content:?}"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let on_disk = walkdir::WalkDir::new(&snapshot)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count();
+    if on_disk != expected.len() + 1 {
+        return Some(Err(format!(
+            "snapshot {} has {on_disk} files, its listing {} (+1)",
+            snapshot.display(),
+            expected.len()
+        )));
+    }
+    Some(Ok(expected.len()))
+}
+
+#[test]
+fn readers_see_one_whole_commit_during_200_rapid_publishes() {
+    let remote = Remote::new();
+    let commits = remote.fast_commits("work", 200, 40);
+    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    let mut daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--period", "5ms", "--ref", "main"],
+    );
+    daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut readers = Vec::new();
+    // Two readers resolve the link once per pass and check the whole tree.
+    for _ in 0..2 {
+        let (root, stop, passes, failures) =
+            (root.clone(), stop.clone(), passes.clone(), failures.clone());
+        readers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match read_pass_resolving_once(&root) {
+                    Some(Ok(_)) => {
+                        passes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Err(e)) => failures.lock().unwrap().push(e),
+                    None => failures.lock().unwrap().push("link missing".into()),
+                }
+            }
+        }));
+    }
+    // One reader goes through the link for every open, like Airflow does: it may straddle a
+    // swap (documented limitation) but an open must never fail.
+    {
+        let (root, stop, failures) = (root.clone(), stop.clone(), failures.clone());
+        readers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for f in 0..40 {
+                    let path = root
+                        .join("current")
+                        .join(format!("dir{}/file{f}.py", f % 10));
+                    if let Err(e) = fs::read_to_string(&path) {
+                        failures.lock().unwrap().push(format!(
+                            "open through the link failed: {}: {e}",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }));
+    }
+
+    for commit in &commits[1..] {
+        remote.git(&["update-ref", "refs/heads/main", commit]);
+        daemon.wait_for_commit(&root, commit, Duration::from_secs(60));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} reader failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        passes.load(Ordering::Relaxed) > 0,
+        "the readers made progress"
+    );
+    assert_eq!(assert_root_valid(&root), commits[199]);
+    let journal = fs::read_to_string(root.join(".dagsnap/journal.jsonl")).unwrap();
+    assert_eq!(journal.lines().count(), 200, "one publication per commit");
+}

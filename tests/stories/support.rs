@@ -1,0 +1,424 @@
+//! Fixtures for the operator stories: real git repositories built with the git CLI, the real
+//! dagsnap binary, and checks of what a reader of the root would see.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SNAPSHOTS: &str = ".dagsnap/snapshots";
+
+/// Run git in `dir` with no user or system configuration leaking in.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = git_command(dir).args(args).output().expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn git_command(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Ada Operator")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada Operator")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com");
+    cmd
+}
+
+/// A repository the tests push commits into; dagsnap fetches from it over file://.
+pub struct Remote {
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Remote {
+    pub fn new() -> Remote {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dags-repo");
+        fs::create_dir(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        Remote { dir, _tmp: tmp }
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+
+    pub fn path(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    /// Write files (path, content), stage everything, commit; returns the commit id.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (path, content) in files {
+            let full = self.dir.join(path);
+            if let Some(parent) = full.parent() {
+                fs::create_dir_all(parent).unwrap();
+            }
+            fs::write(&full, content).unwrap();
+        }
+        self.commit_all(message)
+    }
+
+    pub fn commit_all(&self, message: &str) -> String {
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "--allow-empty", "-m", message]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        git(&self.dir, args)
+    }
+
+    /// Create `count` commits on `branch` in one `git fast-import` run, each holding
+    /// `files_per_commit` files whose content names the commit's number. Returns the ids.
+    pub fn fast_commits(&self, branch: &str, count: usize, files_per_commit: usize) -> Vec<String> {
+        let mut stream = String::new();
+        for i in 1..=count {
+            stream.push_str(&format!(
+                "commit refs/heads/{branch}\nmark :{i}\ncommitter Ada Operator <ada@example.com> {} +0000\ndata <<EOM\ncommit {i}\nEOM\n",
+                1_700_000_000 + i
+            ));
+            if i > 1 {
+                stream.push_str(&format!("from :{}\n", i - 1));
+            }
+            stream.push_str("deleteall\n");
+            // Commits differ in their set of files too, so a reader that mixed two commits or
+            // saw a partial tree would notice a missing or extra file.
+            let n = files_per_commit + i % 7;
+            let mut listing = String::new();
+            for f in 0..n {
+                let path = format!("dir{}/file{f}.py", f % 10);
+                listing.push_str(&path);
+                listing.push('\n');
+                let content = format!("{i}\n");
+                stream.push_str(&format!(
+                    "M 100644 inline {path}\ndata {}\n{content}\n",
+                    content.len()
+                ));
+            }
+            stream.push_str(&format!(
+                "M 100644 inline LISTING\ndata {}\n{listing}\n",
+                listing.len()
+            ));
+        }
+        stream.push_str("done\n");
+        let mut child = git_command(&self.dir)
+            .args(["fast-import", "--quiet", "--done"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stream.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "fast-import failed");
+        let log = self.git(&["rev-list", "--reverse", &format!("refs/heads/{branch}")]);
+        let ids: Vec<String> = log.lines().map(str::to_string).collect();
+        ids[ids.len() - count..].to_vec()
+    }
+}
+
+/// A scratch area for one story: a root, a cache, and a HOME that is not the developer's.
+pub struct Scratch {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn root(&self) -> PathBuf {
+        self.tmp.path().join("root")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.tmp.path().join("cache")
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}
+
+/// The dagsnap binary with a clean environment: no DAGSNAP_* from the developer's shell, text
+/// logs, a private HOME.
+pub fn dagsnap(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dagsnap"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DAGSNAP_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("DAGSNAP_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `dagsnap sync --one-time` of `repo` into the scratch root, with extra arguments.
+pub fn sync_once(scratch: &Scratch, repo: &str, extra: &[&str]) -> Output {
+    sync_once_with(scratch, &scratch.cache(), repo, extra)
+}
+
+pub fn sync_once_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Output {
+    dagsnap(scratch.tmp.path())
+        .args(["sync", "--one-time", "--repo", repo])
+        .arg("--root")
+        .arg(scratch.root())
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Start `dagsnap sync` as a loop in the background (stderr captured to a file).
+pub fn spawn_loop(scratch: &Scratch, repo: &str, extra: &[&str]) -> Daemon {
+    spawn_loop_with(scratch, &scratch.cache(), repo, extra)
+}
+
+pub fn spawn_loop_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Daemon {
+    let log = scratch.path(&format!("daemon-{}.log", rand_suffix()));
+    let child = dagsnap(scratch.tmp.path())
+        .args(["sync", "--repo", repo])
+        .arg("--root")
+        .arg(scratch.root())
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon { child, log }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::SystemTime;
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
+
+/// A running publisher, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).unwrap();
+    }
+
+    /// Wait for exit; panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "dagsnap did not exit within {timeout:?}; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait until the link points at `commit`; panics with the publisher's log after `timeout`.
+    pub fn wait_for_commit(&self, root: &Path, commit: &str, timeout: Duration) {
+        let start = Instant::now();
+        while published(root).as_deref() != Some(commit) {
+            assert!(
+                start.elapsed() < timeout,
+                "{commit} not published within {timeout:?} (link: {:?}); log:\n{}",
+                published(root),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Wait until `condition` holds, polling; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The commit the link points at, if any.
+pub fn published(root: &Path) -> Option<String> {
+    fs::read_link(root.join("current"))
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// Check everything a reader and an operator rely on, and return the published commit:
+/// the link points at a complete, read-only snapshot of one commit, with a manifest, no git
+/// state, and no leftovers of a publish in progress.
+pub fn assert_root_valid(root: &Path) -> String {
+    let target = fs::read_link(root.join("current")).expect("the link exists");
+    let commit = target.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        target,
+        Path::new(SNAPSHOTS).join(&commit),
+        "link target is relative, into the store"
+    );
+    assert_eq!(
+        commit.len(),
+        40,
+        "basename of the link target is the full commit id"
+    );
+    let snapshot = root.join(SNAPSHOTS).join(&commit);
+    assert!(snapshot.is_dir(), "snapshot {commit} exists");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(
+            root.join(".dagsnap/manifests")
+                .join(format!("{commit}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["commit"], commit.as_str());
+    let mut files = 0;
+    for entry in walkdir::WalkDir::new(&snapshot).follow_links(false) {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy();
+        assert!(
+            name != ".git" && name != "index",
+            "git state inside the snapshot: {}",
+            entry.path().display()
+        );
+        if entry.file_type().is_symlink() {
+            files += 1;
+            continue;
+        }
+        let mode = entry.metadata().unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o222,
+            0,
+            "{} is writable ({mode:o})",
+            entry.path().display()
+        );
+        if entry.file_type().is_file() {
+            files += 1;
+        }
+    }
+    assert_eq!(
+        manifest["files"].as_u64(),
+        Some(files),
+        "manifest counts every file"
+    );
+    assert_eq!(
+        staging_dirs(root),
+        Vec::<String>::new(),
+        "no staging leftovers"
+    );
+    let leftovers: Vec<_> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dagsnap-link-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary links left: {leftovers:?}");
+    commit
+}
+
+pub fn staging_dirs(root: &Path) -> Vec<String> {
+    match fs::read_dir(root.join(SNAPSHOTS)) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".staging-"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Everything under `root` that a write would change: kind, mode, size, mtime, content.
+pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut map = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        let content = if entry.file_type().is_file() {
+            format!("{:x}", md5ish(&fs::read(entry.path()).unwrap()))
+        } else if entry.file_type().is_symlink() {
+            fs::read_link(entry.path()).unwrap().display().to_string()
+        } else {
+            String::new()
+        };
+        map.insert(
+            entry.path().strip_prefix(root).unwrap().to_path_buf(),
+            format!(
+                "{:o} {} {}.{} {} {content}",
+                meta.mode(),
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ino()
+            ),
+        );
+    }
+    map
+}
+
+fn md5ish(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Read a file of the published snapshot through the link.
+pub fn read_current(root: &Path, path: &str) -> String {
+    fs::read_to_string(root.join("current").join(path)).unwrap()
+}
