@@ -210,8 +210,14 @@ fn absolutize_local_path(url: &str) -> String {
     if !looks_local || url.starts_with('/') {
         return url.to_string();
     }
-    match std::env::current_dir() {
-        Ok(cwd) => cwd.join(url).to_string_lossy().into_owned(),
+    match std::path::absolute(url) {
+        // Drop `.` components so logs and records show `/srv/dags`, not `/srv/./dags/.`.
+        Ok(path) => path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect::<PathBuf>()
+            .to_string_lossy()
+            .into_owned(),
         Err(_) => url.to_string(),
     }
 }
