@@ -96,6 +96,10 @@ pub struct SyncArgs {
     #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration)]
     pub backoff_max: Duration,
 
+    /// How often a long fetch or checkout logs its progress (objects, bytes, rate, files).
+    #[arg(long, env = "DAGSNAP_PROGRESS_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub progress_interval: Duration,
+
     /// How long to wait for another publisher holding the root's lock before skipping a cycle.
     #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,

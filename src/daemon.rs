@@ -28,6 +28,8 @@ pub struct Schedule {
     pub failure_budget: Option<u64>,
     pub backoff_max: Duration,
     pub one_time: bool,
+    /// How often long operations report progress in the logs.
+    pub progress_interval: Duration,
 }
 
 /// How the loop ended.
@@ -48,7 +50,7 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let reporter = Reporter::start(style);
+    let reporter = Reporter::start(style, schedule.progress_interval);
     let redactor = publisher.remote().redactor().clone();
     let mut publisher = Some(publisher);
     let mut failures: u64 = 0;

@@ -70,6 +70,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         failure_budget: args.failure_budget(),
         backoff_max: args.backoff_max,
         one_time: args.one_time,
+        progress_interval: args.progress_interval,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -34,12 +34,14 @@ pub struct Reporter {
 const QUIET_START: Duration = Duration::from_secs(2);
 
 impl Reporter {
-    pub fn start(style: Style) -> Reporter {
+    /// Start reporting: a log line every `interval` (`Style::Log`), or a redrawn status line at
+    /// least every second (`Style::Terminal`).
+    pub fn start(style: Style, interval: Duration) -> Reporter {
         let tree = tree::Root::new();
         let stop = Arc::new(AtomicBool::new(false));
         let interval = match style {
-            Style::Terminal => Duration::from_secs(1),
-            Style::Log => Duration::from_secs(5),
+            Style::Terminal => interval.min(Duration::from_secs(1)),
+            Style::Log => interval,
         };
         let thread = {
             let tree = Arc::clone(&tree);
@@ -95,7 +97,7 @@ fn report_loop(tree: &tree::Root, stop: &AtomicBool, style: Style, interval: Dur
             }
             continue;
         }
-        if now.duration_since(*busy_since.get_or_insert(now)) < QUIET_START {
+        if now.duration_since(*busy_since.get_or_insert(now)) < QUIET_START.min(interval) {
             continue;
         }
         let mut parts = Vec::with_capacity(active.len());
@@ -103,7 +105,13 @@ fn report_loop(tree: &tree::Root, stop: &AtomicBool, style: Style, interval: Dur
             let step = value.step.load(Ordering::Relaxed);
             let throughput = previous.get(name).and_then(|(last, at)| {
                 let span = now.duration_since(*at);
-                (step >= *last && !span.is_zero()).then(|| Throughput::new(step - last, span))
+                // Shown per second whatever the sampling interval.
+                (step >= *last && !span.is_zero()).then(|| {
+                    Throughput::new(
+                        ((step - last) as f64 / span.as_secs_f64()) as usize,
+                        Duration::from_secs(1),
+                    )
+                })
             });
             previous.insert(name.to_string(), (step, now));
             let shown = match &value.unit {

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use gix::ObjectId;
 
@@ -60,6 +61,7 @@ pub fn build(
     progress: &gix::progress::tree::Root,
     interrupt: &AtomicBool,
 ) -> Result<Built, SnapshotError> {
+    let started = Instant::now();
     let mut index = repo
         .index_from_tree(&tree)
         .map_err(|e| SnapshotError::Tree {
@@ -122,8 +124,16 @@ pub fn build(
         )));
     }
 
+    let written = Instant::now();
     fsutil::make_tree_read_only(dir)?;
+    let sealed = Instant::now();
     fsutil::sync_filesystem(dir)?;
+    tracing::debug!(
+        checkout_ms = written.duration_since(started).as_millis() as u64,
+        read_only_ms = sealed.duration_since(written).as_millis() as u64,
+        syncfs_ms = sealed.elapsed().as_millis() as u64,
+        "snapshot built"
+    );
     Ok(Built {
         files: index.entries().len() as u64,
         bytes: outcome.bytes_written,

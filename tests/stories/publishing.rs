@@ -287,3 +287,31 @@ fn a_link_in_a_subdirectory_points_back_into_the_store() {
     );
     assert_eq!(fs::read_to_string(link.join("a.py")).unwrap(), "a\n");
 }
+
+#[test]
+fn a_long_first_publish_reports_progress_in_the_logs() {
+    let remote = Remote::new();
+    remote.fast_commits("main", 1, 6000);
+    let scratch = Scratch::new();
+    let out = sync_once(
+        &scratch,
+        &remote.url(),
+        &["--progress-interval", "10ms", "--log-format", "json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let progress: Vec<String> = stderr(&out)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "in progress")
+        .map(|event| event["progress"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !progress.is_empty(),
+        "no progress lines in:\n{}",
+        stderr(&out)
+    );
+    assert!(
+        progress.iter().any(|p| p.contains("files")),
+        "checkout progress counts files: {progress:?}"
+    );
+}
