@@ -96,6 +96,11 @@ pub struct SyncArgs {
     #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration)]
     pub backoff_max: Duration,
 
+    /// Write every file of each new snapshot instead of hard-linking unchanged files from the
+    /// previous one (for filesystems where links misbehave; costs time and space).
+    #[arg(long, env = "DAGSNAP_FULL_COPY")]
+    pub full_copy: bool,
+
     /// How often a long fetch or checkout logs its progress (objects, bytes, rate, files).
     #[arg(long, env = "DAGSNAP_PROGRESS_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub progress_interval: Duration,

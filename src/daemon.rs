@@ -183,6 +183,7 @@ fn report(outcome: &Outcome) {
             previous = previous.as_deref().unwrap_or("none"),
             files = built.map(|b| b.files),
             bytes = built.map(|b| b.bytes),
+            reused = built.map(|b| b.reused),
             elapsed_ms = elapsed.as_millis() as u64,
             "published"
         ),

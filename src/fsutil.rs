@@ -94,28 +94,6 @@ pub fn read_only_mode(is_dir: bool, executable: bool) -> u32 {
     }
 }
 
-/// Make everything below and including `root` read-only, without following symlinks.
-///
-/// Directories are changed after their contents (`contents_first`) so that the walk can still
-/// enter and list them while it works.
-pub fn make_tree_read_only(root: &Path) -> Result<(), IoError> {
-    for entry in walkdir::WalkDir::new(root).contents_first(true) {
-        let entry = entry.map_err(|e| walk_error(root, e))?;
-        let file_type = entry.file_type();
-        if file_type.is_symlink() {
-            continue;
-        }
-        let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
-        let executable = meta.permissions().mode() & 0o111 != 0;
-        let mode = read_only_mode(file_type.is_dir(), executable);
-        if meta.permissions().mode() & 0o7777 != mode {
-            fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode))
-                .at("make read-only", entry.path())?;
-        }
-    }
-    Ok(())
-}
-
 /// Delete the tree at `path` (which must not be a symlink itself), restoring owner write
 /// permission on its directories first so that a non-root publisher can delete a read-only
 /// snapshot. Symlinks inside are removed, never followed: nothing outside `path` is touched.
@@ -230,29 +208,15 @@ mod tests {
         fs::create_dir_all(snap.join("sub")).unwrap();
         fs::write(snap.join("sub/f"), b"y").unwrap();
         std::os::unix::fs::symlink(outside.path(), snap.join("escape")).unwrap();
-        make_tree_read_only(&snap).unwrap();
+        for dir in [snap.join("sub"), snap.clone()] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+        }
 
         remove_tree(&snap).unwrap();
         assert!(!snap.exists());
         assert!(kept.exists(), "a symlink inside the tree was followed");
         let mode = fs::metadata(outside.path()).unwrap().permissions().mode();
         assert_ne!(mode & 0o200, 0, "permissions outside the tree were touched");
-    }
-
-    #[test]
-    fn read_only_tree_keeps_executable_bits() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("t");
-        fs::create_dir(&tree).unwrap();
-        fs::write(tree.join("run.sh"), b"#!/bin/sh\n").unwrap();
-        fs::set_permissions(tree.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::write(tree.join("dag.py"), b"").unwrap();
-        make_tree_read_only(&tree).unwrap();
-        let mode = |p: &str| fs::metadata(tree.join(p)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode("run.sh"), 0o555);
-        assert_eq!(mode("dag.py"), 0o444);
-        assert_eq!(mode(""), 0o555);
-        remove_tree(&tree).unwrap();
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod entries;
 pub mod fsutil;
 pub mod link;
 pub mod lock;

@@ -8,6 +8,7 @@ use dagsnap::cli::{Cli, Command, StatusArgs, SyncArgs};
 use dagsnap::daemon::{self, Exit, Schedule};
 use dagsnap::progress::Style;
 use dagsnap::publish::Publisher;
+use dagsnap::snapshot::Reuse;
 use dagsnap::source::{error_chain, Remote, Target};
 use dagsnap::status;
 use dagsnap::store::Root;
@@ -62,7 +63,12 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         "dagsnap sync starting"
     );
     let redactor = remote.redactor().clone();
-    let publisher = Publisher::open(root, remote, &cache_dir, args.lock_timeout)
+    let reuse = if args.full_copy {
+        Reuse::FullCopy
+    } else {
+        Reuse::HardLink
+    };
+    let publisher = Publisher::open(root, remote, &cache_dir, args.lock_timeout, reuse)
         .map_err(|e| (EXIT_USAGE, redactor.redact(&error_chain(&e))))?;
     let schedule = Schedule {
         period: args.period,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::snapshot::{self, Built, SnapshotError};
+use crate::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::source::{Cache, Observation, Remote, SourceError};
 use crate::store::{Cause, Installed, Manifest, Publication, Root, StoreError};
 
@@ -56,7 +56,7 @@ pub enum Outcome {
         commit: String,
         previous: Option<String>,
         /// `None` when the snapshot already existed (built earlier or by another publisher).
-        built: Option<Built>,
+        built: Option<Stats>,
         elapsed: Duration,
     },
     /// Another publisher had already published a newer observation; the link was left alone.
@@ -70,6 +70,7 @@ pub struct Publisher {
     remote: Remote,
     cache: Cache,
     lock_timeout: Duration,
+    reuse: Reuse,
 }
 
 impl Publisher {
@@ -81,6 +82,7 @@ impl Publisher {
         remote: Remote,
         cache_dir: &Path,
         lock_timeout: Duration,
+        reuse: Reuse,
     ) -> Result<Publisher, PublishError> {
         refuse_cache_inside_root(cache_dir, root.path())?;
         root.adopt()?;
@@ -90,6 +92,7 @@ impl Publisher {
             remote,
             cache,
             lock_timeout,
+            reuse,
         })
     }
 
@@ -193,18 +196,35 @@ impl Publisher {
         observation: &Observation,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
-    ) -> Result<Built, PublishError> {
+    ) -> Result<Stats, PublishError> {
         let info = self.cache.commit_info(observation.commit)?;
         let tree =
             gix::ObjectId::from_hex(info.tree.as_bytes()).map_err(|e| SourceError::Object {
                 commit: observation.commit,
                 cause: e.to_string(),
             })?;
+        // Unchanged files are shared with the snapshot readers see now, if it is intact.
+        let current = self.root.current()?.filter(|c| c.complete);
+        let previous_entries = match &current {
+            Some(current) => self.root.entries(&current.commit).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot reuse files of the current snapshot; writing all files");
+                None
+            }),
+            None => None,
+        };
+        let previous_dir = current.as_ref().map(|c| self.root.snapshot_path(&c.commit));
+        let previous = previous_dir
+            .as_deref()
+            .zip(previous_entries.as_ref())
+            .map(|(dir, entries)| Previous { dir, entries });
+
         let staging = self.root.begin_staging()?;
         let built = snapshot::build(
             &self.cache.repo(),
             tree,
             staging.path(),
+            previous,
+            self.reuse,
             progress,
             interrupt,
         )?;
@@ -217,15 +237,15 @@ impl Publisher {
             subject: info.subject,
             author: info.author,
             commit_time: info.commit_time,
-            files: built.files,
-            bytes: built.bytes,
+            files: built.stats.files,
+            bytes: built.stats.bytes,
             materialized_at: SystemTime::now(),
             materialized_by: format!("{} pid {}", crate::fsutil::hostname(), std::process::id()),
         };
-        if self.root.install(staging, &manifest)? == Installed::AlreadyThere {
+        if self.root.install(staging, &manifest, &built.entries)? == Installed::AlreadyThere {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
         }
-        Ok(built)
+        Ok(built.stats)
     }
 }
 

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::entries::Entries;
 use crate::fsutil::{self, Context, IoError};
 use crate::link;
 use crate::lock::{FileLock, LockError};
@@ -217,6 +218,12 @@ impl Root {
         self.store()
             .join(MANIFESTS_DIR)
             .join(format!("{commit}.json"))
+    }
+
+    fn entries_path(&self, commit: &str) -> PathBuf {
+        self.store()
+            .join(MANIFESTS_DIR)
+            .join(format!("{commit}.entries"))
     }
 
     /// Make the root ready for a publisher, adopting what an earlier run left.
@@ -413,19 +420,25 @@ impl Root {
 
     /// Install a complete staged snapshot as `snapshots/<commit>`.
     ///
-    /// 1. Write the manifest (atomically). It goes first so that a snapshot is never visible
-    ///    without one; a crash after this step leaves a manifest without a snapshot, which is
-    ///    simply overwritten by the next attempt.
+    /// 1. Write the manifest and the entry list (atomically). They go first so that a snapshot
+    ///    is never visible without them; a crash after this step leaves records without a
+    ///    snapshot, which the next attempt simply overwrites.
     /// 2. `rename(2)` the staging directory to `snapshots/<commit>`. If that name already exists
     ///    (`EEXIST`/`ENOTEMPTY`), another publisher installed the same commit first: same commit,
     ///    same content, so our copy is deleted and this is success.
     /// 3. `fsync` the snapshots directory so the rename is durable before any link points at it.
-    pub fn install(&self, staging: Staging, manifest: &Manifest) -> Result<Installed, StoreError> {
+    pub fn install(
+        &self,
+        staging: Staging,
+        manifest: &Manifest,
+        entries: &Entries,
+    ) -> Result<Installed, StoreError> {
         let manifest_path = self.manifest_path(&manifest.commit);
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Corrupt {
             path: manifest_path.clone(),
             cause: e.to_string(),
         })?;
+        fsutil::write_atomically(&self.entries_path(&manifest.commit), &entries.encode())?;
         fsutil::write_atomically(&manifest_path, &bytes)?;
 
         let destination = self.snapshot_path(&manifest.commit);
@@ -505,6 +518,18 @@ impl Root {
 
     pub fn manifest(&self, commit: &str) -> Result<Option<Manifest>, StoreError> {
         read_json(&self.manifest_path(commit))
+    }
+
+    /// What the snapshot of `commit` holds, as recorded when it was built.
+    pub fn entries(&self, commit: &str) -> Result<Option<Entries>, StoreError> {
+        let path = self.entries_path(commit);
+        let bytes = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other.at("read", &path)?,
+        };
+        Entries::decode(&bytes)
+            .map(Some)
+            .map_err(|cause| StoreError::Corrupt { path, cause })
     }
 
     /// Fail unless this looks like a dagsnap root (for the read-only commands).

@@ -315,3 +315,59 @@ fn a_long_first_publish_reports_progress_in_the_logs() {
         "checkout progress counts files: {progress:?}"
     );
 }
+
+#[test]
+fn an_update_shares_unchanged_files_with_the_previous_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    let remote = Remote::new();
+    let first = remote.commit(
+        &[
+            ("dags/a.py", "a\n"),
+            ("dags/b.py", "b\n"),
+            ("run.sh", "#!/bin/sh\n"),
+        ],
+        "one",
+    );
+    fs::set_permissions(remote.dir.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    remote.commit_all("make run.sh executable");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let before = published(&scratch.root()).unwrap();
+    let second = remote.commit(&[("dags/a.py", "a changed\n")], "two");
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    assert_eq!(assert_root_valid(&scratch.root()), second);
+
+    let snap = |commit: &str, path: &str| scratch.root().join(SNAPSHOTS).join(commit).join(path);
+    let inode = |p: std::path::PathBuf| fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        inode(snap(&before, "dags/b.py")),
+        inode(snap(&second, "dags/b.py")),
+        "unchanged file shared"
+    );
+    assert_eq!(
+        inode(snap(&before, "run.sh")),
+        inode(snap(&second, "run.sh"))
+    );
+    assert_ne!(
+        inode(snap(&before, "dags/a.py")),
+        inode(snap(&second, "dags/a.py")),
+        "changed file written anew"
+    );
+    assert_eq!(
+        fs::read_to_string(snap(&before, "dags/a.py")).unwrap(),
+        "a\n",
+        "the old snapshot is untouched"
+    );
+    assert_eq!(read_current(&scratch.root(), "dags/a.py"), "a changed\n");
+    assert_ne!(first, second);
+
+    // --full-copy shares nothing.
+    let third = remote.commit(&[("dags/a.py", "third\n")], "three");
+    let out = sync_once(&scratch, &remote.url(), &["--full-copy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(assert_root_valid(&scratch.root()), third);
+    assert_ne!(
+        inode(snap(&second, "dags/b.py")),
+        inode(snap(&third, "dags/b.py"))
+    );
+}
