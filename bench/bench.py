@@ -41,23 +41,35 @@ class Measure:
         self.wall, self.cpu, self.rss_kib = wall, cpu, rss_kib
 
 
-def run(cmd, cwd=None, quiet=True):
-    """Run `cmd`, return wall seconds, CPU seconds (user+sys incl. waited-for children), peak RSS."""
+def run(cmd, cwd=None):
+    """Run `cmd`; return wall seconds, CPU seconds (user+sys incl. waited-for children) and the
+    peak RSS of the largest process involved.
+
+    Dirty pages are flushed first so that no measurement pays for the writes of the previous one
+    (dagsnap's syncfs would otherwise flush what the git baseline left in the page cache). Peak
+    RSS comes from GNU time, because a child forked from this Python process inherits the
+    parent's high-water mark until it execs."""
+    os.sync()
+    rss_file = tempfile.NamedTemporaryFile(prefix="rss-", delete=False)
+    rss_file.close()
     start = time.perf_counter()
     proc = subprocess.Popen(
-        cmd,
+        ["/usr/bin/time", "-q", "-f", "%M", "-o", rss_file.name, *cmd],
         cwd=cwd,
         env=env(),
-        stdout=subprocess.DEVNULL if quiet else None,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    with open(rss_file.name) as f:
+        rss_kib = int(f.read().strip().splitlines()[-1] or 0)
+    os.unlink(rss_file.name)
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{stderr.decode(errors='replace')}")
-    return Measure(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+    return Measure(wall, usage.ru_utime + usage.ru_stime, rss_kib)
 
 
 def git(*args, cwd):
@@ -179,6 +191,8 @@ def main():
     parser.add_argument("--workdir", default=None, help="where to build repositories (default: a temp dir)")
     args = parser.parse_args()
     binary = os.path.abspath(args.dagsnap)
+    if not os.access("/usr/bin/time", os.X_OK):
+        sys.exit("GNU time is needed for peak RSS: apt-get install time")
     if not os.access(binary, os.X_OK):
         sys.exit(f"{binary} not found; run `cargo build --release` first (bench/run does)")
 

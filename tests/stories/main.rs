@@ -6,5 +6,7 @@ mod lifecycle;
 mod publishing;
 mod readers;
 mod refs;
+mod servers;
 mod status;
 mod support;
+mod transports;

@@ -182,15 +182,21 @@ pub fn sync_once(scratch: &Scratch, repo: &str, extra: &[&str]) -> Output {
 }
 
 pub fn sync_once_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Output {
-    dagsnap(scratch.tmp.path())
-        .args(["sync", "--one-time", "--repo", repo])
+    sync_once_command(scratch, cache, repo, extra)
+        .output()
+        .unwrap()
+}
+
+/// The command of [`sync_once_with`], for callers that add environment variables.
+pub fn sync_once_command(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Command {
+    let mut cmd = dagsnap(scratch.tmp.path());
+    cmd.args(["sync", "--one-time", "--repo", repo])
         .arg("--root")
         .arg(scratch.root())
         .arg("--cache-dir")
         .arg(cache)
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(extra);
+    cmd
 }
 
 /// Start `dagsnap sync` as a loop in the background (stderr captured to a file).

@@ -1,0 +1,111 @@
+//! Fetching over the network transports, from real servers on 127.0.0.1.
+
+use std::process::Command;
+
+use crate::servers::{HttpServer, SshServer};
+use crate::support::*;
+
+#[test]
+fn publishes_from_a_smart_http_server_and_follows_it() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "one\n")], "one");
+    let server = HttpServer::start();
+    let url = server.serve(&remote.dir, "dags.git");
+    let scratch = Scratch::new();
+
+    let out = sync_once(&scratch, &url, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(assert_root_valid(&scratch.root()), first);
+
+    let second = remote.commit(&[("dags/a.py", "two\n")], "two");
+    server.update(&remote.dir, "dags.git");
+    let out = sync_once(&scratch, &url, &["--ref", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(assert_root_valid(&scratch.root()), second);
+    assert_eq!(read_current(&scratch.root(), "dags/a.py"), "two\n");
+}
+
+/// An ssh-agent holding the client key, stopped when dropped.
+struct Agent {
+    socket: String,
+    pid: String,
+}
+
+impl Agent {
+    fn start(key: &std::path::Path) -> Agent {
+        let out = Command::new("ssh-agent").arg("-s").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = |name: &str| {
+            text.split(';')
+                .find_map(|part| part.trim().strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("ssh-agent printed no {name}: {text}"))
+                .to_string()
+        };
+        let agent = Agent {
+            socket: value("SSH_AUTH_SOCK"),
+            pid: value("SSH_AGENT_PID"),
+        };
+        let added = Command::new("ssh-add")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .output()
+            .unwrap();
+        assert!(
+            added.status.success(),
+            "ssh-add: {}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+#[test]
+fn publishes_over_ssh_with_an_agent_key_in_both_url_forms() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "over ssh\n")], "one");
+    let server = SshServer::start();
+    let path = server.serve(&remote.dir, "dags.git");
+    let agent = Agent::start(&server.client_key);
+    let ssh = format!(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+        server.known_hosts.display()
+    );
+
+    let forms = [
+        (
+            format!(
+                "ssh://{}@127.0.0.1:{}{}",
+                server.user,
+                server.port,
+                path.display()
+            ),
+            ssh.clone(),
+        ),
+        // scp-like syntax has no port; the ssh command supplies it.
+        (
+            format!("{}@127.0.0.1:{}", server.user, path.display()),
+            format!("{ssh} -o Port={}", server.port),
+        ),
+    ];
+    for (url, ssh_command) in forms {
+        let scratch = Scratch::new();
+        let out = sync_once_command(&scratch, &scratch.cache(), &url, &[])
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .env("GIT_SSH_COMMAND", &ssh_command)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{url}: {}\nsshd: {}",
+            stderr(&out),
+            server.log()
+        );
+        assert_eq!(assert_root_valid(&scratch.root()), commit, "{url}");
+    }
+}
