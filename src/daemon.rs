@@ -46,6 +46,10 @@ pub enum Exit {
 /// is a staging directory, which the next start removes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// After `--sync-timeout` fires, how long the cycle may take to notice its interrupt flag before
+/// its transport processes are killed.
+const HELPER_GRACE: Duration = Duration::from_secs(1);
+
 pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std::io::Result<Exit> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -77,6 +81,8 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
         tokio::pin!(deadline);
         let grace = tokio::time::sleep(Duration::MAX);
         tokio::pin!(grace);
+        let reap = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(reap);
         let (mut timed_out, mut terminating) = (false, false);
         let joined = loop {
             tokio::select! {
@@ -84,7 +90,19 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
                 _ = &mut deadline, if !timed_out => {
                     timed_out = true;
                     interrupt.store(true, Ordering::Relaxed);
+                    reap.as_mut().reset(tokio::time::Instant::now() + HELPER_GRACE);
                     tracing::warn!(timeout = %humantime::format_duration(schedule.sync_timeout), "sync cycle exceeded --sync-timeout, abandoning it");
+                }
+                _ = &mut reap, if timed_out => {
+                    // The cycle is still blocked, most likely reading from a transport helper
+                    // (ssh, git upload-pack) whose server went silent: the interrupt flag is only
+                    // checked between reads. Killing the helpers ends the read with EOF. gix may
+                    // retry the connection once it sees EOF, so keep at it until the cycle returns.
+                    let killed = kill_descendants();
+                    if !killed.is_empty() {
+                        tracing::warn!(processes = killed.len(), "stopped the transport processes of the stalled cycle");
+                    }
+                    reap.as_mut().reset(tokio::time::Instant::now() + HELPER_GRACE);
                 }
                 _ = terminate(&mut sigterm, &mut sigint), if !terminating => {
                     terminating = true;
@@ -193,6 +211,59 @@ fn report(outcome: &Outcome) {
             "another publisher already published a newer state of the remote; link left alone"
         ),
     }
+}
+
+/// SIGKILL every process descended from this one; returns the pids signalled.
+///
+/// dagsnap itself starts no processes; its descendants are the transport helpers gix spawns
+/// (`ssh`, `git upload-pack` for local remotes) and whatever those started, such as a shell
+/// running `core.sshCommand`. Killing the whole subtree closes every copy of the pipes a blocked
+/// read is waiting on.
+fn kill_descendants() -> Vec<i32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may contain spaces and parentheses; fields resume after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut doomed = vec![me];
+    let mut i = 0;
+    while i < doomed.len() {
+        let parent = doomed[i];
+        doomed.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    doomed
+        .iter()
+        .skip(1)
+        .filter_map(|pid| i32::try_from(*pid).ok())
+        .filter(|pid| {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+        })
+        .collect()
 }
 
 fn render(error: &PublishError) -> String {

@@ -181,3 +181,79 @@ fn the_loop_recovers_by_itself_when_the_remote_comes_back() {
         || published(&scratch.root()) == Some(second.clone()),
     );
 }
+
+#[test]
+fn sync_timeout_cuts_off_a_remote_that_stops_answering() {
+    // The "server" accepts the connection and then says nothing, forever.
+    let stalled = "sleep 3600 #";
+    let scratch = Scratch::new();
+    let started = Instant::now();
+    let out = sync_once_command(
+        &scratch,
+        &scratch.cache(),
+        "ssh://git@127.0.0.1/dags.git",
+        &["--sync-timeout", "1s"],
+    )
+    .env("GIT_SSH_COMMAND", stalled)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("took longer than --sync-timeout 1s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A loop survives it and keeps trying.
+    let remote = Remote::new();
+    let first = remote.commit(&[("a.py", "a\n")], "one");
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let log = scratch.path("stalled.log");
+    let mut child = dagsnap(scratch.tmp.path())
+        .args([
+            "sync",
+            "--repo",
+            "ssh://git@127.0.0.1/dags.git",
+            "--period",
+            "10ms",
+            "--sync-timeout",
+            "300ms",
+            "--backoff-max",
+            "50ms",
+        ])
+        .arg("--root")
+        .arg(scratch.path("other-root"))
+        .arg("--cache-dir")
+        .arg(scratch.path("other-cache"))
+        .env("GIT_SSH_COMMAND", stalled)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "three timed-out cycles", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("took longer than --sync-timeout")
+            .count()
+            >= 3
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the loop is still running"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        published(&scratch.root()),
+        Some(first),
+        "the other root was never touched"
+    );
+}
