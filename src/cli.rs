@@ -32,6 +32,8 @@ pub enum Command {
     Sync(SyncArgs),
     /// Show what is live under a root.
     Status(StatusArgs),
+    /// Delete snapshots the retention policy no longer keeps (sync does this after publishing).
+    Gc(GcArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +97,9 @@ pub struct SyncArgs {
     /// Longest wait between retries after failures (backoff doubles from --period up to this).
     #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration)]
     pub backoff_max: Duration,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     /// Write every file of each new snapshot instead of hard-linking unchanged files from the
     /// previous one (for filesystems where links misbehave; costs time and space).
@@ -170,6 +175,49 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
+}
+
+/// How many snapshots to keep, shared by `sync` and `gc`.
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Snapshots to keep for rollback (the most recently live ones), besides the current and
+    /// the pinned one.
+    #[arg(long, env = "DAGSNAP_KEEP", default_value_t = 5)]
+    pub keep: usize,
+
+    /// Keep every snapshot that was live less than this long ago, so readers that opened it
+    /// before a swap can finish. Must exceed the NFS attribute cache time (60 s by default)
+    /// and the longest DAG-parsing pass.
+    #[arg(long, env = "DAGSNAP_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Staging directories older than this are left by a publisher that died, on any host, and
+    /// are removed.
+    #[arg(long, env = "DAGSNAP_STAGING_MAX_AGE", default_value = "1h", value_parser = parse_positive_duration)]
+    pub staging_max_age: Duration,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> crate::gc::Policy {
+        crate::gc::Policy {
+            keep: self.keep,
+            grace: self.grace,
+            staging_max_age: self.staging_max_age,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// How long to wait for a publisher holding the root's lock.
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

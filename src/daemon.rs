@@ -138,6 +138,10 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
                 None
             }
             Err(e) if e.is_cancelled() && terminating => return Ok(Exit::Clean),
+            Err(e) if e.is_contention() => {
+                tracing::warn!(error = %redactor.redact(&render(&e)), "skipping this cycle; another publisher of this root is busy");
+                None
+            }
             Err(e) if e.is_cancelled() && timed_out => Some(format!(
                 "sync cycle took longer than --sync-timeout {}; raise it if the repository is large or the network slow",
                 humantime::format_duration(schedule.sync_timeout)

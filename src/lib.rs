@@ -10,6 +10,7 @@
 //! - [`store`]: the root's layout and everything written under it;
 //! - [`link`]: the atomic symlink swap;
 //! - [`snapshot`]: turning a tree into a sealed directory;
+//! - [`gc`]: which snapshots are kept, and deleting the rest safely;
 //! - [`source`]: the remote, the ref to follow, and the private cache;
 //! - [`daemon`]: the loop, its timeouts, backoff and signals;
 //! - [`cli`]: flags and environment variables.
@@ -20,11 +21,13 @@ pub mod cli;
 pub mod daemon;
 pub mod entries;
 pub mod fsutil;
+pub mod gc;
 pub mod link;
 pub mod lock;
 pub mod logging;
 pub mod progress;
 pub mod publish;
+pub mod records;
 pub mod redact;
 pub mod snapshot;
 pub mod source;

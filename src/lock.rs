@@ -41,7 +41,7 @@ fn holder_suffix(holder: &Option<String>) -> String {
     }
 }
 
-/// An exclusive lock on a file, released when dropped (or when the process dies).
+/// A lock on a whole file, released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct FileLock {
     /// The lock lives as long as this open file description.
@@ -50,31 +50,31 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Take the lock at `path` (created if missing), waiting at most `timeout`.
-    ///
-    /// A zero `timeout` tries once. After taking it, the holder's identity (`host pid`) is written
-    /// into the file so that whoever finds it busy can say who holds it.
+    /// Take the lock at `path` exclusively (the file is created if missing), waiting at most
+    /// `timeout`; a zero `timeout` tries once. The file's content is not touched, so taking
+    /// and releasing the lock leaves no trace on disk.
     pub fn acquire(path: &Path, timeout: Duration) -> Result<FileLock, LockError> {
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
-            .at("open lock file", path)?;
+        Self::acquire_inner(path, timeout, false)
+    }
+
+    /// Like [`FileLock::acquire`], and then write the holder's identity (`host pid`) into the
+    /// file so that whoever finds it busy can say who holds it. For private locks, where the
+    /// write costs nothing and the name helps.
+    pub fn acquire_as_holder(path: &Path, timeout: Duration) -> Result<FileLock, LockError> {
+        Self::acquire_inner(path, timeout, true)
+    }
+
+    fn acquire_inner(
+        path: &Path,
+        timeout: Duration,
+        record_holder: bool,
+    ) -> Result<FileLock, LockError> {
+        let mut file = open(path)?;
         let start = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
-            match try_lock(&file) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOLCK) => {
-                    return Err(LockError::Unsupported {
-                        path: path.to_path_buf(),
-                    })
-                }
-                Err(e) => return Err(IoError::new("lock", path, e).into()),
+            if set_lock(&file, path, libc::F_WRLCK)? {
+                break;
             }
             let waited = start.elapsed();
             if waited >= timeout {
@@ -89,16 +89,51 @@ impl FileLock {
             std::thread::sleep((pause + Duration::from_millis(jitter)).min(timeout - waited));
             pause = (pause * 2).min(Duration::from_millis(250));
         }
-        let holder = format!("{} pid {}", crate::fsutil::hostname(), std::process::id());
-        // Best effort: the identity is a courtesy for error messages, not part of the protocol.
-        let _ = file
-            .set_len(0)
-            .and_then(|_| file.rewind())
-            .and_then(|_| file.write_all(holder.as_bytes()));
+        if record_holder {
+            let holder = format!("{} pid {}", crate::fsutil::hostname(), std::process::id());
+            // Best effort: the identity is a courtesy for error messages, not part of the protocol.
+            let _ = file
+                .set_len(0)
+                .and_then(|_| file.rewind())
+                .and_then(|_| file.write_all(holder.as_bytes()));
+        }
         Ok(FileLock {
             _file: file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Try once to take a shared lock on `path`: any number of shared holders coexist, and
+    /// they keep an exclusive lock out. `None` if someone holds it exclusively.
+    pub fn try_shared(path: &Path) -> Result<Option<FileLock>, LockError> {
+        Self::try_once(path, libc::F_RDLCK)
+    }
+
+    /// Try once to take an exclusive lock on `path`. `None` if anyone holds it.
+    pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>, LockError> {
+        Self::try_once(path, libc::F_WRLCK)
+    }
+
+    fn try_once(path: &Path, kind: libc::c_int) -> Result<Option<FileLock>, LockError> {
+        let file = open(path)?;
+        Ok(set_lock(&file, path, kind)?.then(|| FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// Turn an exclusive lock into a shared one, atomically: there is no moment at which the
+    /// file is unlocked.
+    pub fn downgrade(&self) -> Result<(), LockError> {
+        match set_lock(&self._file, &self.path, libc::F_RDLCK)? {
+            true => Ok(()),
+            false => Err(IoError::new(
+                "downgrade lock",
+                &self.path,
+                io::Error::from_raw_os_error(libc::EAGAIN),
+            )
+            .into()),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -106,15 +141,32 @@ impl FileLock {
     }
 }
 
-fn try_lock(file: &fs::File) -> io::Result<bool> {
+fn open(path: &Path) -> Result<fs::File, LockError> {
+    Ok(fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .at("open lock file", path)?)
+}
+
+/// One non-blocking attempt at an OFD lock of `kind` on the whole file: `Ok(false)` if it is
+/// held in a conflicting way.
+fn set_lock(file: &fs::File, path: &Path, kind: libc::c_int) -> Result<bool, LockError> {
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
     let mut flock: libc::flock = unsafe { std::mem::zeroed() };
-    flock.l_type = libc::F_WRLCK as _;
+    flock.l_type = kind as _;
     flock.l_whence = libc::SEEK_SET as _;
     // l_start = l_len = 0: the whole file, including bytes written later.
     match nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&flock)) {
         Ok(_) => Ok(true),
         Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => Ok(false),
-        Err(errno) => Err(io::Error::from(errno)),
+        Err(nix::errno::Errno::ENOLCK) => Err(LockError::Unsupported {
+            path: path.to_path_buf(),
+        }),
+        Err(errno) => Err(IoError::new("lock", path, io::Error::from(errno)).into()),
     }
 }
 
@@ -133,7 +185,7 @@ mod tests {
     fn second_holder_in_same_process_is_refused_until_release() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
-        let first = FileLock::acquire(&path, Duration::ZERO).unwrap();
+        let first = FileLock::acquire_as_holder(&path, Duration::ZERO).unwrap();
         let err = FileLock::acquire(&path, Duration::from_millis(50)).unwrap_err();
         match &err {
             LockError::Busy { holder, .. } => {
@@ -143,5 +195,25 @@ mod tests {
         }
         drop(first);
         FileLock::acquire(&path, Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn shared_holders_coexist_and_keep_an_exclusive_one_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("publishers");
+        let a = FileLock::try_shared(&path).unwrap().expect("first shared");
+        let b = FileLock::try_shared(&path).unwrap().expect("second shared");
+        assert!(FileLock::try_exclusive(&path).unwrap().is_none());
+        drop((a, b));
+        let exclusive = FileLock::try_exclusive(&path)
+            .unwrap()
+            .expect("exclusive once alone");
+        assert!(FileLock::try_shared(&path).unwrap().is_none());
+        exclusive.downgrade().unwrap();
+        assert!(
+            FileLock::try_shared(&path).unwrap().is_some(),
+            "downgraded to shared"
+        );
+        assert!(FileLock::try_exclusive(&path).unwrap().is_none());
     }
 }

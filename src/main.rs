@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use dagsnap::cli::{Cli, Command, StatusArgs, SyncArgs};
+use dagsnap::cli::{Cli, Command, GcArgs, StatusArgs, SyncArgs};
 use dagsnap::daemon::{self, Exit, Schedule};
 use dagsnap::progress::Style;
-use dagsnap::publish::Publisher;
+use dagsnap::publish::{Publisher, Settings};
 use dagsnap::snapshot::Reuse;
 use dagsnap::source::{error_chain, Remote, Target};
 use dagsnap::status;
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sync(args) => sync(args, style),
         Command::Status(args) => show_status(args),
+        Command::Gc(args) => collect_garbage(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -63,12 +64,16 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         "dagsnap sync starting"
     );
     let redactor = remote.redactor().clone();
-    let reuse = if args.full_copy {
-        Reuse::FullCopy
-    } else {
-        Reuse::HardLink
+    let settings = Settings {
+        lock_timeout: args.lock_timeout,
+        reuse: if args.full_copy {
+            Reuse::FullCopy
+        } else {
+            Reuse::HardLink
+        },
+        retention: args.retention.policy(),
     };
-    let publisher = Publisher::open(root, remote, &cache_dir, args.lock_timeout, reuse)
+    let publisher = Publisher::open(root, remote, &cache_dir, settings)
         .map_err(|e| (EXIT_USAGE, redactor.redact(&error_chain(&e))))?;
     let schedule = Schedule {
         period: args.period,
@@ -106,4 +111,21 @@ fn show_status(args: StatusArgs) -> Outcome {
         print!("{}", status::render_text(&status));
     }
     Ok(if status.is_healthy() { 0 } else { EXIT_FAILED })
+}
+
+fn collect_garbage(args: GcArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    root.require_initialized().map_err(usage)?;
+    let report = dagsnap::gc::run(&root, &args.retention.policy(), args.lock_timeout)
+        .map_err(|e| (EXIT_FAILED, e.to_string()))?;
+    println!(
+        "removed {} snapshot(s), kept {}, removed {} abandoned staging dir(s)",
+        report.removed.len(),
+        report.kept,
+        report.staging_removed
+    );
+    for commit in &report.removed {
+        println!("removed {commit}");
+    }
+    Ok(0)
 }

@@ -7,9 +7,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::gc;
+use crate::lock::LockError;
 use crate::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::source::{Cache, Observation, Remote, SourceError};
-use crate::store::{Cause, Installed, Manifest, Publication, Root, StoreError};
+use crate::store::{
+    Cause, Claim, Decision, Installed, Manifest, Publication, Root, SourceRecord, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -33,6 +37,17 @@ impl PublishError {
             self,
             PublishError::Source(SourceError::Cancelled)
                 | PublishError::Snapshot(SnapshotError::Cancelled)
+        )
+    }
+
+    /// True when another publisher of the same root got in the way (its lock was held past
+    /// `--lock-timeout`, or it deleted what we were about to link): not a fault, the next
+    /// cycle simply tries again.
+    pub fn is_contention(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Store(StoreError::Lock(LockError::Busy { .. }))
+                | PublishError::Store(StoreError::SnapshotGone { .. })
         )
     }
 
@@ -63,36 +78,53 @@ pub enum Outcome {
     Superseded { commit: String, current: String },
 }
 
+/// How a publisher behaves, beyond what to publish and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Longest wait for the root's lock before a cycle is skipped.
+    pub lock_timeout: Duration,
+    pub reuse: Reuse,
+    pub retention: gc::Policy,
+}
+
 /// Publishes one repository into one root.
 #[derive(Debug)]
 pub struct Publisher {
     root: Root,
     remote: Remote,
     cache: Cache,
-    lock_timeout: Duration,
-    reuse: Reuse,
+    settings: Settings,
+    _claim: Claim,
 }
 
 impl Publisher {
-    /// Adopt the root and open the private cache. Every problem found here is one the operator
-    /// has to fix (wrong path, foreign files, cache shared by mistake), so it is returned for a
+    /// Adopt the root, register as one of its publishers, and open the private cache. Every
+    /// problem found here is one the operator has to fix (wrong path, foreign files, another
+    /// repository already published here, cache shared by mistake), so it is returned for a
     /// clear exit rather than retried.
     pub fn open(
         root: Root,
         remote: Remote,
         cache_dir: &Path,
-        lock_timeout: Duration,
-        reuse: Reuse,
+        settings: Settings,
     ) -> Result<Publisher, PublishError> {
         refuse_cache_inside_root(cache_dir, root.path())?;
         root.adopt()?;
+        let source = SourceRecord {
+            repo: remote.display_url(),
+            ref_name: remote.target.to_string(),
+        };
+        let claim = {
+            let lock = root.lock(settings.lock_timeout)?;
+            root.claim(&lock, &source)?
+        };
         let cache = Cache::open(cache_dir, &remote)?;
         Ok(Publisher {
             root,
             remote,
             cache,
-            lock_timeout,
-            reuse,
+            settings,
+            _claim: claim,
         })
     }
 
@@ -110,8 +142,9 @@ impl Publisher {
     /// 2. If the link already points at that commit's complete snapshot: done, nothing written.
     /// 3. Unless the snapshot exists already, build it in a staging directory and install it.
     ///    An interrupt here abandons the staging directory (deleted on the way out).
-    /// 4. Under the root's lock, re-read what is published and move the link unless another
-    ///    publisher already published a newer observation of the remote (never backward).
+    /// 4. Under the root's lock, move the link unless another publisher already published a
+    ///    newer observation of the remote (never backward), then retire old snapshots
+    ///    ([`gc::collect`]); they are deleted after the lock is released.
     pub fn cycle(
         &mut self,
         progress: &gix::progress::tree::Root,
@@ -154,24 +187,7 @@ impl Publisher {
             Some(self.build(&observation, progress, interrupt)?)
         };
 
-        let lock = self.root.lock(self.lock_timeout)?;
-        // Re-read under the lock: another publisher may have moved the link meanwhile.
-        let current = self.root.current()?;
-        if let Some(current) = current.as_ref().filter(|c| c.complete) {
-            if current.commit == commit {
-                return Ok(Outcome::Unchanged { commit });
-            }
-            if let Some(state) = self.root.state()? {
-                // The record may be newer than the link (a publisher died between the two
-                // writes); comparing against the record keeps us from undercutting it anyway.
-                if state.commit != commit && state.observed_at > observation.observed_at {
-                    return Ok(Outcome::Superseded {
-                        commit,
-                        current: current.commit.clone(),
-                    });
-                }
-            }
-        }
+        let lock = self.root.lock(self.settings.lock_timeout)?;
         let publication = Publication {
             commit: commit.clone(),
             cause: Cause::Sync,
@@ -182,10 +198,34 @@ impl Publisher {
             repo: self.remote.display_url(),
             ref_name: observation.ref_name.clone(),
         };
-        self.root.publish(&lock, &publication)?;
+        let previous = match self.root.publish_if_newer(&lock, &publication)? {
+            Decision::AlreadyCurrent => return Ok(Outcome::Unchanged { commit }),
+            Decision::Superseded { newer } => {
+                return Ok(Outcome::Superseded {
+                    commit,
+                    current: newer.commit,
+                })
+            }
+            Decision::Published { previous } => previous,
+        };
+        // Retention changes only when the link moves: collect now, while the lock is held,
+        // and delete after releasing it. A failed collection does not undo the publication.
+        let collected = gc::collect(
+            &self.root,
+            &lock,
+            &self.settings.retention,
+            SystemTime::now(),
+        );
+        drop(lock);
+        match collected.and_then(|_| self.root.empty_trash()) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove old snapshots; the next publish retries")
+            }
+        }
         Ok(Outcome::Published {
             commit,
-            previous: current.map(|c| c.commit),
+            previous,
             built,
             elapsed: started.elapsed(),
         })
@@ -224,7 +264,7 @@ impl Publisher {
             tree,
             staging.path(),
             previous,
-            self.reuse,
+            self.settings.reuse,
             progress,
             interrupt,
         )?;

@@ -283,7 +283,7 @@ impl Cache {
     /// 3. open `repo.git`, or initialize it and then write the marker.
     pub fn open(dir: &Path, remote: &Remote) -> Result<Cache, SourceError> {
         std::fs::create_dir_all(dir).at("create cache directory", dir)?;
-        let lock = match FileLock::acquire(&dir.join("lock"), Duration::ZERO) {
+        let lock = match FileLock::acquire_as_holder(&dir.join("lock"), Duration::ZERO) {
             Ok(lock) => lock,
             Err(LockError::Busy { holder, .. }) => {
                 return Err(SourceError::CacheInUse {

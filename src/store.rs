@@ -22,12 +22,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
 use crate::entries::Entries;
 use crate::fsutil::{self, Context, IoError};
 use crate::link;
 use crate::lock::{FileLock, LockError};
+pub use crate::records::{rfc3339, Cause, Manifest, Pin, Publication, SourceRecord};
 
 pub const STORE_DIR: &str = ".dagsnap";
 const SNAPSHOTS_DIR: &str = "snapshots";
@@ -37,6 +36,10 @@ const AIRFLOWIGNORE: &str = ".airflowignore";
 const STATE_FILE: &str = "state.json";
 const JOURNAL_FILE: &str = "journal.jsonl";
 const LOCK_FILE: &str = "lock";
+const SOURCE_FILE: &str = "source.json";
+const PUBLISHERS_FILE: &str = "publishers";
+const PIN_FILE: &str = "pin.json";
+const TRASH_DIR: &str = "trash";
 /// Directories a fresh filesystem brings along; their presence does not make a root foreign.
 const FILESYSTEM_ENTRIES: &[&str] = &["lost+found"];
 /// The journal is trimmed to its newest entries once it grows past this size.
@@ -63,6 +66,14 @@ pub enum StoreError {
     NotARoot { root: PathBuf },
     #[error("{} is damaged ({cause}); dagsnap rewrites it on the next publish", path.display())]
     Corrupt { path: PathBuf, cause: String },
+    #[error("snapshot {commit} disappeared before it could be published (removed by GC or by hand); it is rebuilt on the next cycle")]
+    SnapshotGone { commit: String },
+    #[error("root {} publishes {theirs} and a publisher of it is running; this one was started for {ours}. Use another --root, or fix --repo/--ref so all publishers of this root agree", root.display())]
+    SourceMismatch {
+        root: PathBuf,
+        theirs: SourceRecord,
+        ours: SourceRecord,
+    },
     #[error(transparent)]
     Link(#[from] link::ReadError),
     #[error(transparent)]
@@ -77,49 +88,6 @@ pub struct Current {
     pub commit: String,
     /// False if the snapshot was deleted from under the link (a dangling link).
     pub complete: bool,
-}
-
-/// Why the link moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cause {
-    /// The sync loop followed the remote.
-    Sync,
-}
-
-/// One publication: what the link was pointed at, when, by whom and why. `state.json` holds
-/// the latest; `journal.jsonl` holds them all.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Publication {
-    pub commit: String,
-    pub cause: Cause,
-    /// When the publisher asked the remote for the state that produced this publication.
-    #[serde(with = "rfc3339")]
-    pub observed_at: SystemTime,
-    #[serde(with = "rfc3339")]
-    pub published_at: SystemTime,
-    pub host: String,
-    pub pid: u32,
-    /// Repository URL, credentials redacted.
-    pub repo: String,
-    #[serde(rename = "ref")]
-    pub ref_name: String,
-}
-
-/// What a snapshot holds, written next to the store as `manifests/<sha>.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub commit: String,
-    pub tree: String,
-    pub subject: String,
-    pub author: String,
-    /// Committer date, seconds since the epoch.
-    pub commit_time: i64,
-    pub files: u64,
-    pub bytes: u64,
-    #[serde(with = "rfc3339")]
-    pub materialized_at: SystemTime,
-    pub materialized_by: String,
 }
 
 /// A directory under the store that a snapshot is being written into. Dropping it without
@@ -143,6 +111,20 @@ impl Drop for Staging {
     }
 }
 
+/// What [`Root::publish_if_newer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Published {
+        previous: Option<String>,
+    },
+    /// The link already showed this commit.
+    AlreadyCurrent,
+    /// Another publisher recorded a later observation of the remote; the link was left alone.
+    Superseded {
+        newer: Publication,
+    },
+}
+
 /// Result of installing a staged snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Installed {
@@ -151,6 +133,12 @@ pub enum Installed {
     /// Another publisher installed the same commit first; ours was discarded. Same commit means
     /// same content, so this is success.
     AlreadyThere,
+}
+
+/// This process's registration as a publisher of the root (see [`Root::claim`]).
+#[derive(Debug)]
+pub struct Claim {
+    _shared: FileLock,
 }
 
 /// Proof that the root's lock is held, required by every operation that moves the link.
@@ -358,7 +346,8 @@ impl Root {
         Ok(())
     }
 
-    fn staging_dirs(&self) -> Result<Vec<StagingDir>, StoreError> {
+    /// Every staging directory in the store, from any host.
+    pub fn staging_dirs(&self) -> Result<Vec<StagingDir>, StoreError> {
         let dir = self.snapshots();
         let entries = match fs::read_dir(&dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -407,8 +396,12 @@ impl Root {
 
     /// A fresh, empty, uniquely named directory in the store to build a snapshot in.
     pub fn begin_staging(&self) -> Result<Staging, StoreError> {
+        let created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let name = format!(
-            "{STAGING_PREFIX}{}.{}.{:016x}",
+            "{STAGING_PREFIX}{}.{}.{created}.{:016x}",
             fsutil::hostname(),
             std::process::id(),
             rand::random::<u64>()
@@ -463,6 +456,46 @@ impl Root {
         Ok(RootLock { _lock: lock })
     }
 
+    /// Point the link at `publication.commit` unless that would move it backward.
+    ///
+    /// Runs under the root's lock, so the decision and the swap are one step for every other
+    /// publisher of this root:
+    /// 1. If the link already shows the commit, there is nothing to do.
+    /// 2. If the latest record (`state.json`) names another commit observed later than ours,
+    ///    another publisher saw a newer state of the remote: leave the link alone. The record,
+    ///    not the link, is compared, because a publisher that died between writing the record
+    ///    and moving the link still saw what it saw.
+    /// 3. The snapshot must still exist (GC or a person may have removed it since it was
+    ///    installed); the link never points at nothing.
+    /// 4. Write the record and the journal line, then swap the link ([`link::swap`]).
+    pub fn publish_if_newer(
+        &self,
+        lock: &RootLock,
+        publication: &Publication,
+    ) -> Result<Decision, StoreError> {
+        let current = self.current()?.filter(|c| c.complete);
+        if current
+            .as_ref()
+            .is_some_and(|c| c.commit == publication.commit)
+        {
+            return Ok(Decision::AlreadyCurrent);
+        }
+        if let Some(state) = self.state()? {
+            if state.commit != publication.commit && state.observed_at > publication.observed_at {
+                return Ok(Decision::Superseded { newer: state });
+            }
+        }
+        if !self.has_snapshot(&publication.commit) {
+            return Err(StoreError::SnapshotGone {
+                commit: publication.commit.clone(),
+            });
+        }
+        self.publish(lock, publication)?;
+        Ok(Decision::Published {
+            previous: current.map(|c| c.commit),
+        })
+    }
+
     /// Point the link at the installed snapshot of `publication.commit` and record why.
     ///
     /// The state file and the journal are written before the link moves: a crash in between
@@ -511,6 +544,161 @@ impl Root {
         Ok(())
     }
 
+    /// Register this process as a publisher of `source` for as long as the returned [`Claim`]
+    /// lives, refusing if live publishers of this root follow something else.
+    ///
+    /// Every publisher holds a shared lock on `.dagsnap/publishers` for its lifetime. Under the
+    /// root's lock:
+    /// - no record yet, or the same record: take the shared lock (writing the record if new);
+    /// - a different record: if the exclusive lock can be taken, nobody follows the old
+    ///   configuration any more (a finished rolling update): rewrite the record, then downgrade
+    ///   to shared. Otherwise refuse with [`StoreError::SourceMismatch`].
+    ///
+    /// Locks die with their process, so a crashed publisher never blocks a reconfiguration.
+    pub fn claim(&self, _lock: &RootLock, source: &SourceRecord) -> Result<Claim, StoreError> {
+        let record_path = self.store().join(SOURCE_FILE);
+        let publishers = self.store().join(PUBLISHERS_FILE);
+        let recorded: Option<SourceRecord> = read_json(&record_path)?;
+        let write_record = || -> Result<(), StoreError> {
+            let bytes = serde_json::to_vec_pretty(source).map_err(|e| StoreError::Corrupt {
+                path: record_path.clone(),
+                cause: e.to_string(),
+            })?;
+            Ok(fsutil::write_atomically(&record_path, &bytes)?)
+        };
+        let held = match recorded {
+            Some(theirs) if theirs != *source => match FileLock::try_exclusive(&publishers)? {
+                Some(exclusive) => {
+                    tracing::warn!(from = %theirs, to = %source, "no publisher of the previous configuration is running; this root now follows the new one");
+                    write_record()?;
+                    exclusive.downgrade()?;
+                    Some(exclusive)
+                }
+                None => {
+                    return Err(StoreError::SourceMismatch {
+                        root: self.root.clone(),
+                        theirs,
+                        ours: source.clone(),
+                    })
+                }
+            },
+            Some(_) => FileLock::try_shared(&publishers)?,
+            None => {
+                write_record()?;
+                FileLock::try_shared(&publishers)?
+            }
+        };
+        // Exclusive holders only exist inside this function, under the root lock we hold.
+        let lock = held.ok_or_else(|| {
+            StoreError::Lock(LockError::Busy {
+                path: publishers.clone(),
+                waited: Duration::ZERO,
+                holder: None,
+            })
+        })?;
+        Ok(Claim { _shared: lock })
+    }
+
+    /// The repository and ref recorded for this root.
+    pub fn source(&self) -> Result<Option<SourceRecord>, StoreError> {
+        read_json(&self.store().join(SOURCE_FILE))
+    }
+
+    /// The operator's pin, if any.
+    pub fn pinned(&self) -> Result<Option<Pin>, StoreError> {
+        read_json(&self.store().join(PIN_FILE))
+    }
+
+    /// Every publication in the journal, oldest first. Lines that do not parse (a torn last
+    /// line after a crash) are skipped.
+    pub fn journal(&self) -> Result<Vec<Publication>, StoreError> {
+        let path = self.store().join(JOURNAL_FILE);
+        let text = match fs::read_to_string(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other.at("read journal", &path)?,
+        };
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect())
+    }
+
+    /// Commits of every installed snapshot.
+    pub fn snapshot_commits(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.snapshots();
+        let entries = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other.at("list", &dir)?,
+        };
+        let mut commits = Vec::new();
+        for entry in entries {
+            let entry = entry.at("list", &dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_commit_id(&name) {
+                commits.push(name);
+            }
+        }
+        Ok(commits)
+    }
+
+    /// Move the snapshot of `commit` and its records out of the store, into the trash.
+    /// Under the lock, so no publisher decides to link it meanwhile; the slow deletion happens
+    /// later, without the lock ([`Root::empty_trash`]).
+    pub fn move_snapshot_to_trash(&self, _lock: &RootLock, commit: &str) -> Result<(), StoreError> {
+        self.move_to_trash(&self.snapshot_path(commit), commit)?;
+        for record in [self.manifest_path(commit), self.entries_path(commit)] {
+            match fs::remove_file(&record) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(IoError::new("remove", &record, e).into())
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Move an abandoned staging directory into the trash.
+    pub fn move_staging_to_trash(
+        &self,
+        _lock: &RootLock,
+        staging: &StagingDir,
+    ) -> Result<(), StoreError> {
+        self.move_to_trash(&staging.path, "staging")
+    }
+
+    fn move_to_trash(&self, path: &Path, label: &str) -> Result<(), StoreError> {
+        let trash = self.store().join(TRASH_DIR);
+        match fs::create_dir(&trash) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(IoError::new("create", &trash, e).into())
+            }
+            _ => {}
+        }
+        let destination = trash.join(format!("{label}.{}", fsutil::unique_suffix()));
+        match fs::rename(path, &destination) {
+            // Someone else moved it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => Ok(other.at("move to trash", path)?),
+        }
+    }
+
+    /// Delete everything in the trash; returns how many entries went. Entries another process
+    /// is deleting at the same time are skipped without error.
+    pub fn empty_trash(&self) -> Result<usize, StoreError> {
+        let trash = self.store().join(TRASH_DIR);
+        let entries = match fs::read_dir(&trash) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            other => other.at("list", &trash)?,
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.at("list", &trash)?;
+            fsutil::remove_tree(&entry.path())?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// The latest publication record, if any.
     pub fn state(&self) -> Result<Option<Publication>, StoreError> {
         read_json(&self.store().join(STATE_FILE))
@@ -557,24 +745,43 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
         })
 }
 
-/// A staging directory found in the store, and who made it when its name says.
-struct StagingDir {
-    path: PathBuf,
+/// A staging directory found in the store, and who made it when, if its name says.
+#[derive(Debug)]
+pub struct StagingDir {
+    pub path: PathBuf,
     owner: Option<Owner>,
+}
+
+impl StagingDir {
+    /// When it was created: from its name, else its modification time.
+    pub fn created(&self) -> Option<SystemTime> {
+        self.owner.as_ref().map(|o| o.created).or_else(|| {
+            fs::symlink_metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok()
+        })
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 struct Owner {
     host: String,
     pid: u32,
+    created: SystemTime,
 }
 
+/// Parse `<host>.<pid>.<unix seconds>.<nonce>` (host names may contain dots).
 fn parse_staging_owner(rest: &str) -> Option<Owner> {
-    let mut parts = rest.rsplitn(3, '.');
+    let mut parts = rest.rsplitn(4, '.');
     let _nonce = parts.next()?;
+    let created: u64 = parts.next()?.parse().ok()?;
     let pid = parts.next()?.parse().ok()?;
     let host = parts.next()?.to_string();
-    Some(Owner { host, pid })
+    Some(Owner {
+        host,
+        pid,
+        created: SystemTime::UNIX_EPOCH + Duration::from_secs(created),
+    })
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -595,24 +802,6 @@ pub fn is_commit_id(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// RFC 3339 timestamps with nanoseconds in UTC, for the records under `.dagsnap/`.
-pub mod rfc3339 {
-    use std::time::SystemTime;
-
-    pub fn format(time: SystemTime) -> String {
-        humantime::format_rfc3339_nanos(time).to_string()
-    }
-
-    pub fn serialize<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*time))
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text: String = serde::Deserialize::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,10 +809,11 @@ mod tests {
     #[test]
     fn staging_owner_survives_dots_in_hostnames() {
         assert_eq!(
-            parse_staging_owner("web-1.ns.svc.42.00000000deadbeef"),
+            parse_staging_owner("web-1.ns.svc.42.1700000000.00000000deadbeef"),
             Some(Owner {
                 host: "web-1.ns.svc".to_string(),
-                pid: 42
+                pid: 42,
+                created: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             })
         );
         assert_eq!(parse_staging_owner("garbage"), None);

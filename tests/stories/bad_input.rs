@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// A root with one publication, and a fingerprint to prove it is left alone.
+/// A root with one publication, whose reader view the bad input must leave alone.
 fn published_root() -> (Remote, Scratch, String) {
     let remote = Remote::new();
     let commit = remote.commit(&[("dags/a.py", "a\n")], "one");
@@ -37,11 +37,11 @@ fn assert_one_clear_line(out: &std::process::Output, code: i32, needle: &str) {
 #[test]
 fn an_unreachable_repository_fails_and_keeps_the_snapshot() {
     let (_remote, scratch, commit) = published_root();
-    let before = fingerprint(&scratch.root());
+    let before = reader_view(&scratch.root());
     let missing = scratch.path("gone.git").display().to_string();
     let out = sync_once_with(&scratch, &scratch.path("cache2"), &missing, &[]);
     assert_one_clear_line(&out, 1, "check the URL");
-    assert_eq!(fingerprint(&scratch.root()), before);
+    assert_eq!(reader_view(&scratch.root()), before);
     assert_eq!(published(&scratch.root()), Some(commit));
 
     // A server that refuses connections, with a credential in the URL that must not leak.
@@ -57,7 +57,7 @@ fn an_unreachable_repository_fails_and_keeps_the_snapshot() {
 #[test]
 fn an_unknown_ref_names_what_exists() {
     let (remote, scratch, commit) = published_root();
-    let before = fingerprint(&scratch.root());
+    let before = reader_view(&scratch.root());
     let out = sync_once_with(
         &scratch,
         &scratch.path("c2"),
@@ -70,7 +70,7 @@ fn an_unknown_ref_names_what_exists() {
         "lists what exists: {}",
         stderr(&out)
     );
-    assert_eq!(fingerprint(&scratch.root()), before);
+    assert_eq!(reader_view(&scratch.root()), before);
     assert_eq!(published(&scratch.root()), Some(commit));
 
     let out = sync_once(&scratch, &remote.url(), &["--ref", "bad..name"]);

@@ -389,6 +389,13 @@ pub fn staging_dirs(root: &Path) -> Vec<String> {
     }
 }
 
+/// What readers see: where the link points, and every byte and mode behind it.
+pub fn reader_view(root: &Path) -> (PathBuf, BTreeMap<PathBuf, String>) {
+    let target = fs::read_link(root.join("current")).expect("a published link");
+    let snapshot = root.join(&target);
+    (target, fingerprint(&snapshot))
+}
+
 /// Everything under `root` that a write would change: kind, mode, size, mtime, content.
 pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,142 @@
+//! Retention: which snapshots to keep, and deleting the rest without pulling files from under
+//! a reader.
+//!
+//! A snapshot is kept if any of these holds:
+//! - the link points at it, or an operator pinned it;
+//! - it is among the `keep` most recently active snapshots (for rollback);
+//! - it was active less than `grace` ago. "Active" means current, or built: a snapshot stops
+//!   being active when the link moves away from it ("retired"), and one that was never linked
+//!   counts from when it was built, so a publisher that just installed a snapshot and waits for
+//!   the lock never loses it.
+//!
+//! The grace period is what keeps readers safe: a reader that resolved the link just before a
+//! swap keeps reading the old snapshot, and an NFS client may keep serving the old link target
+//! from its attribute cache for up to a minute (`actimeo`, 60 s by default). `grace` must exceed
+//! both; the default is 10 minutes.
+//!
+//! Deletion is two-phase. Under the root's lock, doomed snapshots are renamed into
+//! `.dagsnap/trash/` (one `rename(2)` each, so the lock is held for milliseconds, and no
+//! publisher can decide to link a snapshot that is being deleted). After the lock is released,
+//! the trash is emptied; that may take long on NFS and blocks nobody. Symlinks are removed, never
+//! followed, and write permission is restored only inside what is deleted.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use crate::store::{Root, RootLock, StoreError};
+
+/// How much to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub keep: usize,
+    pub grace: Duration,
+    /// Staging directories older than this belong to a publisher that died (on any host).
+    pub staging_max_age: Duration,
+}
+
+/// What a collection did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub removed: Vec<String>,
+    pub kept: usize,
+    pub staging_removed: usize,
+    pub trash_emptied: usize,
+}
+
+/// The commits to remove, given what is on disk and in the journal.
+pub fn plan(
+    root: &Root,
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<(Vec<String>, usize), StoreError> {
+    let current = root.current()?.map(|c| c.commit);
+    let pinned = root.pinned()?.map(|p| p.commit);
+
+    // When each commit was last active, from the journal: a publication of X retires whatever
+    // was published before it.
+    let mut last_active: HashMap<String, SystemTime> = HashMap::new();
+    let journal = root.journal()?;
+    for pair in journal.windows(2) {
+        last_active.insert(pair[0].commit.clone(), pair[1].published_at);
+    }
+    if let Some(last) = journal.last() {
+        last_active.insert(last.commit.clone(), now);
+    }
+
+    let mut candidates: Vec<(String, SystemTime)> = Vec::new();
+    for commit in root.snapshot_commits()? {
+        let active = match last_active.get(&commit) {
+            Some(at) => *at,
+            // Never linked (or its publications were trimmed from the journal): count from when
+            // it was built.
+            None => root
+                .manifest(&commit)
+                .ok()
+                .flatten()
+                .map(|m| m.materialized_at)
+                .unwrap_or(now),
+        };
+        let active = if Some(&commit) == current.as_ref() {
+            now
+        } else {
+            active
+        };
+        candidates.push((commit, active));
+    }
+    candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+
+    let mut doomed = Vec::new();
+    let mut kept = 0;
+    for (rank, (commit, active)) in candidates.into_iter().enumerate() {
+        let protected = Some(&commit) == current.as_ref() || Some(&commit) == pinned.as_ref();
+        let recent = now.duration_since(active).unwrap_or_default() < policy.grace;
+        if protected || rank < policy.keep || recent {
+            kept += 1;
+        } else {
+            doomed.push(commit);
+        }
+    }
+    Ok((doomed, kept))
+}
+
+/// Phase one, under the root's lock: move doomed snapshots and abandoned staging directories
+/// into the trash. Call [`Root::empty_trash`] after releasing the lock.
+pub fn collect(
+    root: &Root,
+    lock: &RootLock,
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Report, StoreError> {
+    let (doomed, kept) = plan(root, policy, now)?;
+    for commit in &doomed {
+        root.move_snapshot_to_trash(lock, commit)?;
+        tracing::info!(%commit, "snapshot retired past the retention policy; deleting it");
+    }
+    let mut staging_removed = 0;
+    for staging in root.staging_dirs()? {
+        let age = staging
+            .created()
+            .and_then(|created| now.duration_since(created).ok())
+            .unwrap_or_default();
+        if age > policy.staging_max_age {
+            tracing::info!(path = %staging.path.display(), age = %humantime::format_duration(Duration::from_secs(age.as_secs())), "removing an abandoned staging directory");
+            root.move_staging_to_trash(lock, &staging)?;
+            staging_removed += 1;
+        }
+    }
+    Ok(Report {
+        removed: doomed,
+        kept,
+        staging_removed,
+        trash_emptied: 0,
+    })
+}
+
+/// A whole collection: take the lock, collect, release it, empty the trash.
+pub fn run(root: &Root, policy: &Policy, lock_timeout: Duration) -> Result<Report, StoreError> {
+    let lock = root.lock(lock_timeout)?;
+    let mut report = collect(root, &lock, policy, SystemTime::now())?;
+    drop(lock);
+    report.trash_emptied = root.empty_trash()?;
+    Ok(report)
+}

@@ -1,0 +1,98 @@
+//! The records dagsnap keeps next to the snapshots, as JSON: why the link moved and when
+//! (`Publication`, in `state.json` and `journal.jsonl`), what a snapshot holds (`Manifest`),
+//! which repository and ref the root follows (`SourceRecord`), and the operator's pin (`Pin`).
+//! Field names are part of the on-disk format and of `--json` output: change them only with a
+//! migration.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Why the link moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// The sync loop followed the remote.
+    Sync,
+}
+
+/// One publication: what the link was pointed at, when, by whom and why. `state.json` holds
+/// the latest; `journal.jsonl` holds them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    pub commit: String,
+    pub cause: Cause,
+    /// When the publisher asked the remote for the state that produced this publication.
+    #[serde(with = "rfc3339")]
+    pub observed_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub published_at: SystemTime,
+    pub host: String,
+    pub pid: u32,
+    /// Repository URL, credentials redacted.
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub ref_name: String,
+}
+
+/// What a snapshot holds, written next to the store as `manifests/<sha>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub commit: String,
+    pub tree: String,
+    pub subject: String,
+    pub author: String,
+    /// Committer date, seconds since the epoch.
+    pub commit_time: i64,
+    pub files: u64,
+    pub bytes: u64,
+    #[serde(with = "rfc3339")]
+    pub materialized_at: SystemTime,
+    pub materialized_by: String,
+}
+
+/// The repository and ref a root publishes, recorded by the first publisher so that a
+/// publisher started with another configuration refuses instead of fighting over the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// Repository URL, credentials redacted.
+    pub repo: String,
+    /// `--ref` as given, or `HEAD` when unset.
+    #[serde(rename = "ref")]
+    pub ref_name: String,
+}
+
+impl std::fmt::Display for SourceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (ref {})", self.repo, self.ref_name)
+    }
+}
+
+/// An operator's instruction that sync loops must not move the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub commit: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(with = "rfc3339")]
+    pub pinned_at: SystemTime,
+    pub pinned_by: String,
+}
+
+/// RFC 3339 timestamps with nanoseconds in UTC, for the records under `.dagsnap/`.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub fn format(time: SystemTime) -> String {
+        humantime::format_rfc3339_nanos(time).to_string()
+    }
+
+    pub fn serialize<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*time))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    }
+}
