@@ -37,6 +37,32 @@ impl IoError {
     }
 }
 
+/// The hint for the first OS error found in `err`'s chain of causes (errors from gix wrap the
+/// `io::Error` that says "disk full").
+pub fn hint_in_chain(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.raw_os_error().is_some() {
+                return hint(io);
+            }
+        }
+        current = e.source();
+    }
+    // Some layers flatten their cause into text.
+    let text = err.to_string();
+    for (needle, errno) in [
+        ("No space left on device", libc::ENOSPC),
+        ("Disk quota exceeded", libc::EDQUOT),
+        ("Read-only file system", libc::EROFS),
+    ] {
+        if text.contains(needle) {
+            return hint(&io::Error::from_raw_os_error(errno));
+        }
+    }
+    ""
+}
+
 fn hint(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => {

@@ -114,10 +114,7 @@ impl Publisher {
             repo: remote.display_url(),
             ref_name: remote.target.to_string(),
         };
-        let claim = {
-            let lock = root.lock(settings.lock_timeout)?;
-            root.claim(&lock, &source)?
-        };
+        let claim = root.claim(&source, settings.lock_timeout)?;
         let cache = Cache::open(cache_dir, &remote)?;
         Ok(Publisher {
             root,

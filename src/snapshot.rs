@@ -23,11 +23,13 @@ use crate::source::error_chain;
 pub enum SnapshotError {
     #[error("cannot read tree {tree} from the cache: {cause}")]
     Tree { tree: ObjectId, cause: String },
-    #[error("cannot write the files of tree {tree} into {}: {cause}", dir.display())]
+    #[error("cannot write the files of tree {tree} into {}: {cause}{hint}", dir.display())]
     Checkout {
         tree: ObjectId,
         dir: PathBuf,
         cause: String,
+        /// What to do, when the cause is an errno an operator can act on.
+        hint: &'static str,
     },
     #[error(transparent)]
     Io(#[from] IoError),
@@ -130,7 +132,10 @@ pub fn build(
     index.remove_entries(|idx, _, _| reused[idx]);
     let linked = Instant::now();
 
-    checkout(repo, tree, &mut index, dir, progress, interrupt)?;
+    // gix refuses an index whose entries were all removed; everything was linked anyway.
+    if !index.entries().is_empty() {
+        checkout(repo, tree, &mut index, dir, progress, interrupt)?;
+    }
     let written = Instant::now();
 
     for (entry, was_reused) in entries.iter_mut().zip(&reused) {
@@ -245,10 +250,11 @@ fn checkout(
             tree,
             cause: error_chain(&e),
         })?;
-    let failed = |cause: String| SnapshotError::Checkout {
+    let failed = |cause: String, hint: &'static str| SnapshotError::Checkout {
         tree,
         dir: dir.to_path_buf(),
         cause,
+        hint,
     };
     let outcome =
         gix::worktree::state::checkout(index, dir, objects, &files, &bytes, interrupt, options)
@@ -256,26 +262,28 @@ fn checkout(
                 if interrupt.load(Ordering::Relaxed) {
                     SnapshotError::Cancelled
                 } else {
-                    failed(error_chain(&e))
+                    failed(error_chain(&e), fsutil::hint_in_chain(&e))
                 }
             })?;
     if interrupt.load(Ordering::Relaxed) {
         return Err(SnapshotError::Cancelled);
     }
     if let Some(first) = outcome.errors.first() {
-        return Err(failed(format!(
+        let cause = format!(
             "{} entries failed, first {}: {}",
             outcome.errors.len(),
             first.path,
             error_chain(&first.error)
-        )));
+        );
+        return Err(failed(cause, fsutil::hint_in_chain(&first.error)));
     }
     if let Some(first) = outcome.collisions.first() {
-        return Err(failed(format!(
+        let cause = format!(
             "{} paths collide (case-insensitive filesystem?), first {}",
             outcome.collisions.len(),
             first.path
-        )));
+        );
+        return Err(failed(cause, ""));
     }
     Ok(())
 }

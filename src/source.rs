@@ -280,7 +280,10 @@ impl Cache {
     /// 2. if `dir/cache.json` (the completion marker, written last) is missing or was made for
     ///    another URL or depth, delete `dir/repo.git`: a half-initialized or foreign repository
     ///    is cheaper to re-fetch than to diagnose;
-    /// 3. open `repo.git`, or initialize it and then write the marker.
+    /// 3. remove git lock files (`shallow.lock`, `refs/**/*.lock`): we hold the cache's lock,
+    ///    so any lock file in it was left by a predecessor that was killed mid-fetch, and gix
+    ///    would otherwise refuse every later fetch;
+    /// 4. open `repo.git`, or initialize it and then write the marker.
     pub fn open(dir: &Path, remote: &Remote) -> Result<Cache, SourceError> {
         std::fs::create_dir_all(dir).at("create cache directory", dir)?;
         let lock = match FileLock::acquire_as_holder(&dir.join("lock"), Duration::ZERO) {
@@ -305,6 +308,7 @@ impl Cache {
         };
         let marker = dir.join("cache.json");
         let repo_dir = dir.join("repo.git");
+        remove_stale_lock_files(&repo_dir)?;
         let existing: Option<CacheRecord> = std::fs::read(&marker)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
@@ -519,6 +523,25 @@ fn open_options() -> gix::open::Options {
             multiplier: 2.0,
             minimum: 64,
         })
+}
+
+fn remove_stale_lock_files(repo_dir: &Path) -> Result<(), SourceError> {
+    if !repo_dir.is_dir() {
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(repo_dir)
+        .follow_links(false)
+        .into_iter()
+        // Objects hold no lock files and are by far the largest part of the tree.
+        .filter_entry(|e| e.file_name() != "objects")
+        .filter_map(Result::ok)
+    {
+        if entry.file_type().is_file() && entry.file_name().to_string_lossy().ends_with(".lock") {
+            tracing::info!(path = %entry.path().display(), "removing a lock file left in the cache by an interrupted fetch");
+            std::fs::remove_file(entry.path()).at("remove stale lock file", entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Number of packs in the repository at `dir`.

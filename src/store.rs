@@ -38,6 +38,7 @@ const JOURNAL_FILE: &str = "journal.jsonl";
 const LOCK_FILE: &str = "lock";
 const SOURCE_FILE: &str = "source.json";
 const PUBLISHERS_FILE: &str = "publishers";
+const CLAIM_LOCK_FILE: &str = "claim.lock";
 const PIN_FILE: &str = "pin.json";
 const TRASH_DIR: &str = "trash";
 /// Directories a fresh filesystem brings along; their presence does not make a root foreign.
@@ -547,15 +548,17 @@ impl Root {
     /// Register this process as a publisher of `source` for as long as the returned [`Claim`]
     /// lives, refusing if live publishers of this root follow something else.
     ///
-    /// Every publisher holds a shared lock on `.dagsnap/publishers` for its lifetime. Under the
-    /// root's lock:
+    /// Every publisher holds a shared lock on `.dagsnap/publishers` for its lifetime. Under a
+    /// short exclusive lock on `.dagsnap/claim.lock`:
     /// - no record yet, or the same record: take the shared lock (writing the record if new);
     /// - a different record: if the exclusive lock can be taken, nobody follows the old
     ///   configuration any more (a finished rolling update): rewrite the record, then downgrade
     ///   to shared. Otherwise refuse with [`StoreError::SourceMismatch`].
     ///
     /// Locks die with their process, so a crashed publisher never blocks a reconfiguration.
-    pub fn claim(&self, _lock: &RootLock, source: &SourceRecord) -> Result<Claim, StoreError> {
+    pub fn claim(&self, source: &SourceRecord, timeout: Duration) -> Result<Claim, StoreError> {
+        // A lock of its own, not the root's: a start-up must not wait for publishes or GC.
+        let _serialized = FileLock::acquire(&self.store().join(CLAIM_LOCK_FILE), timeout)?;
         let record_path = self.store().join(SOURCE_FILE);
         let publishers = self.store().join(PUBLISHERS_FILE);
         let recorded: Option<SourceRecord> = read_json(&record_path)?;
@@ -588,7 +591,7 @@ impl Root {
                 FileLock::try_shared(&publishers)?
             }
         };
-        // Exclusive holders only exist inside this function, under the root lock we hold.
+        // Exclusive holders only exist inside this function, under the claim lock we hold.
         let lock = held.ok_or_else(|| {
             StoreError::Lock(LockError::Busy {
                 path: publishers.clone(),

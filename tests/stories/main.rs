@@ -7,6 +7,7 @@ mod publishing;
 mod readers;
 mod refs;
 mod servers;
+mod shared_root;
 mod status;
 mod support;
 mod transports;

@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// A reader that resolves the link once per pass, as the design recommends: it must see all
 /// of exactly one commit every time.
-fn read_pass_resolving_once(root: &Path) -> Option<Result<usize, String>> {
+pub(crate) fn read_pass_resolving_once(root: &Path) -> Option<Result<usize, String>> {
     let target = fs::read_link(root.join("current")).ok()?;
     let snapshot: PathBuf = root.join(target);
     let listing = match fs::read_to_string(snapshot.join("LISTING")) {

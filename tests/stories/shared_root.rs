@@ -1,0 +1,407 @@
+//! Several publishers on one root, as scheduler, web and worker pods run them on a shared
+//! volume: coordination, ordering, retention, crashes and faults.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+
+use crate::readers::read_pass_resolving_once;
+use crate::support::*;
+
+/// Reader threads like Airflow's: some resolve the link once per pass and check they saw one
+/// whole commit; others go through the link for every open and check no open ever fails.
+struct Readers {
+    stop: Arc<AtomicBool>,
+    passes: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(root: &Path, resolving_once: usize, per_file: usize) -> Readers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let passes = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for _ in 0..resolving_once {
+            let (root, stop, passes, failures) = (
+                root.to_path_buf(),
+                stop.clone(),
+                passes.clone(),
+                failures.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match read_pass_resolving_once(&root) {
+                        Some(Ok(_)) => {
+                            passes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Err(e)) => failures.lock().unwrap().push(e),
+                        None => failures.lock().unwrap().push("the link is missing".into()),
+                    }
+                }
+            }));
+        }
+        for _ in 0..per_file {
+            let (root, stop, failures) = (root.to_path_buf(), stop.clone(), failures.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for f in 0..40 {
+                        let path = root
+                            .join("current")
+                            .join(format!("dir{}/file{f}.py", f % 10));
+                        if let Err(e) = fs::read_to_string(&path) {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("open through the link: {}: {e}", path.display()));
+                        }
+                    }
+                }
+            }));
+        }
+        Readers {
+            stop,
+            passes,
+            failures,
+            threads,
+        }
+    }
+
+    /// Stop and return (passes resolved once, failures).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.passes.load(Ordering::Relaxed), failures)
+    }
+}
+
+fn publishers_share_one_root(count: usize) {
+    let remote = Remote::new();
+    let commits = remote.fast_commits("work", 110, 40);
+    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    let daemons: Vec<Daemon> = (0..count)
+        .map(|i| {
+            spawn_loop_with(
+                &scratch,
+                &scratch.path(&format!("cache-{i}")),
+                &remote.url(),
+                &[
+                    "--ref", "main", "--period", "100ms", "--keep", "2", "--grace", "3s",
+                ],
+            )
+        })
+        .collect();
+    daemons[0].wait_for_commit(&root, &commits[0], Duration::from_secs(60));
+    let readers = Readers::start(&root, 2, 2);
+
+    // The remote advances every 300 ms for 30 s.
+    let start = Instant::now();
+    let mut next = 1;
+    while start.elapsed() < Duration::from_secs(30) && next < commits.len() {
+        remote.git(&["update-ref", "refs/heads/main", &commits[next]]);
+        next += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let tip = &commits[next - 1];
+    daemons[0].wait_for_commit(&root, tip, Duration::from_secs(60));
+    let (passes, failures) = readers.finish();
+
+    assert!(
+        failures.is_empty(),
+        "{} reader failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(passes > 0, "readers made progress");
+    for (i, mut daemon) in daemons.into_iter().enumerate() {
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "publisher {i} exited:\n{}",
+            daemon.logs()
+        );
+        let logs = daemon.logs();
+        assert!(
+            !logs.contains("ERROR"),
+            "publisher {i} logged an error:\n{logs}"
+        );
+        daemon.signal(Signal::SIGTERM);
+        assert!(
+            daemon.wait(Duration::from_secs(30)).success(),
+            "publisher {i}:\n{}",
+            daemon.logs()
+        );
+    }
+    assert_eq!(assert_root_valid(&root), *tip);
+    let retained = fs::read_dir(root.join(SNAPSHOTS)).unwrap().count();
+    assert!(
+        retained < next / 2,
+        "retention kept {retained} of {next} snapshots"
+    );
+    let trash = root.join(".dagsnap/trash");
+    assert!(
+        !trash.exists() || fs::read_dir(&trash).unwrap().count() == 0,
+        "trash emptied"
+    );
+}
+
+#[test]
+fn two_publishers_share_one_root_without_errors() {
+    publishers_share_one_root(2);
+}
+
+#[test]
+fn four_publishers_share_one_root_without_errors() {
+    publishers_share_one_root(4);
+}
+
+#[test]
+fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
+    let remote = Remote::new();
+    let c0 = remote.commit(&[("a.py", "0\n")], "c0");
+    let scratch = Scratch::new();
+    let root_path = scratch.root();
+    assert!(
+        sync_once_with(&scratch, &scratch.path("cache-a"), &remote.url(), &[])
+            .status
+            .success()
+    );
+    let root = dagsnap::store::Root::new(&root_path, Path::new("current")).unwrap();
+
+    // Hold the root's lock, as a publisher in the middle of a swap would.
+    let lock = root.lock(Duration::ZERO).unwrap();
+    // Publisher A observes c1, builds it, and waits for the lock.
+    let c1 = remote.commit(&[("a.py", "1\n")], "c1");
+    let mut stale = spawn_once_in_background(&scratch, "cache-a", &remote.url());
+    wait_until(Duration::from_secs(60), "A built c1", || {
+        root_path.join(SNAPSHOTS).join(&c1).is_dir()
+    });
+    // Meanwhile the remote moves on and publisher B observes c2, later than A observed c1.
+    let c2 = remote.commit(&[("a.py", "2\n")], "c2");
+    let mut fresh = spawn_once_in_background(&scratch, "cache-b", &remote.url());
+    wait_until(Duration::from_secs(60), "B built c2", || {
+        root_path.join(SNAPSHOTS).join(&c2).is_dir()
+    });
+    // B wins the lock first: stand in for it through the library, with B's observation.
+    let b_publication = dagsnap::store::Publication {
+        commit: c2.clone(),
+        cause: dagsnap::store::Cause::Sync,
+        observed_at: SystemTime::now(),
+        published_at: SystemTime::now(),
+        host: "stand-in-for-b".into(),
+        pid: 1,
+        repo: remote.url(),
+        ref_name: "refs/heads/main".into(),
+    };
+    root.publish(&lock, &b_publication).unwrap();
+    drop(lock);
+
+    let a = stale.wait(Duration::from_secs(60));
+    let b = fresh.wait(Duration::from_secs(60));
+    assert!(
+        a.success() && b.success(),
+        "A:\n{}\nB:\n{}",
+        stale.logs(),
+        fresh.logs()
+    );
+    assert_eq!(
+        published(&root_path),
+        Some(c2.clone()),
+        "A must not replace c2 with its older c1"
+    );
+    assert!(
+        stale
+            .logs()
+            .contains("another publisher already published a newer state"),
+        "{}",
+        stale.logs()
+    );
+    let journal: Vec<String> = root
+        .journal()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.commit)
+        .collect();
+    assert_eq!(journal, vec![c0, c2], "c1 was never published");
+}
+
+fn spawn_once_in_background(scratch: &Scratch, cache: &str, repo: &str) -> Daemon {
+    spawn_loop_with(
+        scratch,
+        &scratch.path(cache),
+        repo,
+        &["--one-time", "--lock-timeout", "60s"],
+    )
+}
+
+#[test]
+fn kill_minus_9_anywhere_leaves_a_valid_root_that_converges() {
+    use rand::Rng;
+    let remote = Remote::new();
+    let commits = remote.fast_commits("main", 31, 300);
+    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    assert!(
+        sync_once(&scratch, &remote.url(), &["--keep", "1", "--grace", "0s"])
+            .status
+            .success()
+    );
+    let mut rng = rand::thread_rng();
+    for (round, commit) in commits.iter().enumerate().skip(1) {
+        remote.git(&["update-ref", "refs/heads/main", commit]);
+        let mut daemon = spawn_loop(
+            &scratch,
+            &remote.url(),
+            &["--period", "20ms", "--keep", "1", "--grace", "0s"],
+        );
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait(Duration::from_secs(10));
+        if let Some(linked) = published(&root) {
+            assert!(
+                root.join(SNAPSHOTS).join(&linked).is_dir(),
+                "round {round}: the link points at a missing snapshot after kill -9"
+            );
+        }
+        let out = sync_once(&scratch, &remote.url(), &["--keep", "1", "--grace", "0s"]);
+        assert!(out.status.success(), "round {round}: {}", stderr(&out));
+        assert_eq!(
+            assert_root_valid(&root),
+            *commit,
+            "round {round}: converged"
+        );
+    }
+}
+
+/// A small tmpfs mounted at a path for the duration of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(at).unwrap();
+        let ok = nix::unistd::geteuid().is_root()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_keeps_serving_and_recovers_by_itself() {
+    let remote = Remote::new();
+    let small = remote.commit(&[("dags/a.py", "small\n")], "small");
+    let scratch = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&scratch.root(), "2m") else {
+        eprintln!("SKIPPED a_full_disk_fails_cleanly: mounting a tmpfs needs root");
+        return;
+    };
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+
+    // A commit too large for the volume: 4 MiB of incompressible data on a 2 MiB tmpfs.
+    let big: String = (0..4 * 1024 * 1024 / 16)
+        .map(|i| format!("{:016x}", (i as u64).wrapping_mul(0x9e3779b97f4a7c15)))
+        .collect();
+    let large = remote.commit(&[("dags/big.dat", &big)], "large");
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the filesystem is full"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        assert_root_valid(&scratch.root()),
+        small,
+        "the current snapshot keeps serving"
+    );
+    assert_eq!(read_current(&scratch.root(), "dags/a.py"), "small\n");
+
+    // The loop retries, and publishes once space returns.
+    let daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--period", "50ms", "--backoff-max", "200ms"],
+    );
+    wait_until(Duration::from_secs(30), "failures on the full disk", || {
+        daemon.logs().matches("sync failed").count() >= 2
+    });
+    assert_eq!(published(&scratch.root()), Some(small.clone()));
+    tmpfs.resize("64m");
+    daemon.wait_for_commit(&scratch.root(), &large, Duration::from_secs(60));
+    assert_eq!(staging_dirs(&scratch.root()), Vec::<String>::new());
+}
+
+#[test]
+fn a_publisher_for_another_repository_is_refused_while_one_runs_and_takes_over_after() {
+    let ours = Remote::new();
+    let our_commit = ours.commit(&[("a.py", "ours\n")], "ours");
+    let theirs = Remote::new();
+    let their_commit = theirs.commit(&[("a.py", "theirs\n")], "theirs");
+    let scratch = Scratch::new();
+    let mut running = spawn_loop(&scratch, &ours.url(), &["--period", "1h"]);
+    running.wait_for_commit(&scratch.root(), &our_commit, Duration::from_secs(30));
+
+    let out = sync_once_with(&scratch, &scratch.path("other-cache"), &theirs.url(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a publisher of it is running"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(published(&scratch.root()), Some(our_commit.clone()));
+
+    // Same repository, another ref: also a different configuration.
+    let out = sync_once_with(
+        &scratch,
+        &scratch.path("other-cache"),
+        &ours.url(),
+        &["--ref", &our_commit],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // Once the old publisher is gone (a finished rolling update), the new configuration takes over.
+    running.signal(Signal::SIGTERM);
+    assert!(running.wait(Duration::from_secs(30)).success());
+    let out = sync_once_with(&scratch, &scratch.path("other-cache"), &theirs.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()), Some(their_commit));
+    assert!(
+        stderr(&out).contains("now follows the new one"),
+        "{}",
+        stderr(&out)
+    );
+}
