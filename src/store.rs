@@ -5,12 +5,16 @@
 //!   current -> .dagsnap/snapshots/<sha>   the link (--link); readers use only this path
 //!   .airflowignore                        ".dagsnap", so a dags_folder of ROOT skips the store
 //!   .dagsnap/
-//!     lock                                advisory lock: link decisions run under it
+//!     lock                                advisory lock: link decisions and GC run under it
+//!     claim.lock, publishers              publisher registration (see `Root::claim`)
+//!     source.json                         the repository and ref this root follows
 //!     state.json                          the publication behind the link
 //!     journal.jsonl                       every publication, oldest first
-//!     manifests/<sha>.json                what each snapshot holds
+//!     pin.json                            present while an operator pins a snapshot
+//!     manifests/<sha>.json, .entries      what each snapshot holds
 //!     snapshots/<sha>/                    complete, read-only trees
-//!     snapshots/.staging-<host>.<pid>.<n> trees being written; never linked
+//!     snapshots/.staging-<host>.<pid>.<time>.<n>   trees being written; never linked
+//!     trash/                              snapshots being deleted, outside the lock
 //! ```
 //!
 //! This module owns every path under ROOT. Other modules ask it for a staging directory, hand

@@ -6,6 +6,8 @@ mod lifecycle;
 mod publishing;
 mod readers;
 mod refs;
+mod retention;
+mod seed_incident;
 mod servers;
 mod shared_root;
 mod status;

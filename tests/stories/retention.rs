@@ -1,0 +1,144 @@
+//! Retention: what GC keeps, what it deletes, and what it never touches.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::SystemTime;
+
+use crate::support::*;
+
+fn gc(scratch: &Scratch, args: &[&str]) -> std::process::Output {
+    dagsnap(scratch.tmp.path())
+        .arg("gc")
+        .arg("--root")
+        .arg(scratch.root())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn snapshots(scratch: &Scratch) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(scratch.root().join(SNAPSHOTS))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn gc_keeps_the_current_the_newest_and_the_recent_and_deletes_the_rest() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let mut published_commits = Vec::new();
+    for i in 0..6 {
+        let commit = remote.commit(&[("a.py", &format!("{i}\n"))], &format!("v{i}"));
+        let out = sync_once(&scratch, &remote.url(), &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        published_commits.push(commit);
+    }
+    assert_eq!(
+        snapshots(&scratch).len(),
+        6,
+        "the defaults (keep 5, grace 10m) kept everything"
+    );
+
+    // Everything was live within the hour: a one-hour grace keeps it all.
+    let out = gc(&scratch, &["--keep", "1", "--grace", "1h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(snapshots(&scratch).len(), 6);
+
+    let out = gc(&scratch, &["--keep", "2", "--grace", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut expected = published_commits[4..].to_vec();
+    expected.sort();
+    assert_eq!(
+        snapshots(&scratch),
+        expected,
+        "the current and the one before it remain"
+    );
+    assert_eq!(assert_root_valid(&scratch.root()), published_commits[5]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("removed 4 snapshot(s)"), "{stdout}");
+    for gone in &published_commits[..4] {
+        assert!(
+            stdout.contains(gone.as_str()),
+            "{gone} listed as removed: {stdout}"
+        );
+        assert!(!scratch
+            .root()
+            .join(".dagsnap/manifests")
+            .join(format!("{gone}.json"))
+            .exists());
+    }
+
+    // keep 0 still keeps the current snapshot.
+    assert!(gc(&scratch, &["--keep", "0", "--grace", "0s"])
+        .status
+        .success());
+    assert_eq!(snapshots(&scratch), vec![published_commits[5].clone()]);
+    assert_eq!(assert_root_valid(&scratch.root()), published_commits[5]);
+}
+
+#[test]
+fn gc_never_follows_a_symlink_out_of_the_store() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("precious.txt"), "keep me\n").unwrap();
+    fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).unwrap();
+
+    let remote = Remote::new();
+    std::os::unix::fs::symlink(outside.path(), remote.dir.join("escape")).unwrap();
+    let with_link = remote.commit(&[("a.py", "1\n")], "symlink to outside");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    fs::remove_file(remote.dir.join("escape")).unwrap();
+    remote.commit(&[("a.py", "2\n")], "no symlink");
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+
+    let out = gc(&scratch, &["--keep", "0", "--grace", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !snapshots(&scratch).contains(&with_link),
+        "the snapshot with the symlink was deleted"
+    );
+    assert_eq!(
+        fs::read_to_string(outside.path().join("precious.txt")).unwrap(),
+        "keep me\n"
+    );
+    let mode = fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "permissions outside the store untouched");
+}
+
+#[test]
+fn gc_removes_staging_directories_abandoned_by_dead_publishers_on_any_host() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let store = scratch.root().join(SNAPSHOTS);
+    let old = store.join(format!(
+        ".staging-scheduler-7f9c.ns.svc.1.{}.00000000000000aa",
+        now - 7200
+    ));
+    let fresh = store.join(format!(".staging-web-5d2b.1.{now}.00000000000000bb"));
+    for dir in [&old, &fresh] {
+        fs::create_dir_all(dir.join("dags")).unwrap();
+        fs::write(dir.join("dags/x.py"), "x").unwrap();
+        fs::set_permissions(dir.join("dags"), fs::Permissions::from_mode(0o555)).unwrap();
+    }
+
+    let out = gc(&scratch, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !old.exists(),
+        "a two-hour-old staging directory from another host is removed"
+    );
+    assert!(
+        fresh.exists(),
+        "a fresh one may belong to a live publisher and stays"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 abandoned staging"));
+}
