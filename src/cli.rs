@@ -32,6 +32,18 @@ pub enum Command {
     Sync(SyncArgs),
     /// Show what is live under a root.
     Status(StatusArgs),
+    /// List retained snapshots, newest first, with what is current and pinned.
+    List(ListArgs),
+    /// Show the publication journal (syncs, rollbacks, pins), newest first.
+    Log(LogArgs),
+    /// Point the link at an earlier retained snapshot and pin it there.
+    Rollback(RollbackArgs),
+    /// Keep sync loops from moving the link (default: pin what is live now).
+    Pin(PinArgs),
+    /// Let sync loops move the link again; they publish the remote's latest commit next.
+    Unpin(UnpinArgs),
+    /// Check that a snapshot on disk still holds exactly its commit.
+    Verify(VerifyArgs),
     /// Delete snapshots the retention policy no longer keeps (sync does this after publishing).
     Gc(GcArgs),
 }
@@ -218,6 +230,103 @@ pub struct GcArgs {
     /// How long to wait for a publisher holding the root's lock.
     #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long, env = "DAGSNAP_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Show at most this many entries.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+
+    /// Print JSON instead of text.
+    #[arg(long, env = "DAGSNAP_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Commit to go back to (full id or unambiguous prefix); default: the one published before
+    /// the current one.
+    #[arg(conflicts_with = "steps")]
+    pub commit: Option<String>,
+
+    /// Go back this many publications instead.
+    #[arg(long)]
+    pub steps: Option<usize>,
+
+    /// Why, for the journal (shown by `dagsnap log` and `status`).
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// How long to wait for a publisher holding the root's lock.
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Commit to pin (full id or unambiguous prefix of a retained snapshot); default: the
+    /// current one. A commit that is not live is made live first.
+    pub commit: Option<String>,
+
+    /// Why, for the journal.
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// How long to wait for a publisher holding the root's lock.
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Why, for the journal.
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// How long to wait for a publisher holding the root's lock.
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Snapshot to verify (full id or prefix); default: the current one.
+    pub commit: Option<String>,
+
+    /// A publisher's cache: verify against the commit's tree as git has it, instead of the
+    /// entries recorded when the snapshot was built.
+    #[arg(long, env = "DAGSNAP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Print JSON instead of text.
+    #[arg(long, env = "DAGSNAP_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -58,6 +58,7 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
     let redactor = publisher.remote().redactor().clone();
     let mut publisher = Some(publisher);
     let mut failures: u64 = 0;
+    let mut held = None;
 
     loop {
         let Some(mut owned) = publisher.take() else {
@@ -131,7 +132,7 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
         let failed = match result {
             Ok(outcome) => {
                 failures = 0;
-                report(&outcome);
+                                report(&outcome, &mut held);
                 if schedule.one_time {
                     return Ok(Exit::Clean);
                 }
@@ -192,8 +193,26 @@ async fn terminate(
     }
 }
 
-fn report(outcome: &Outcome) {
+/// Log what a cycle did. `held` remembers the last (remote commit, pinned commit) reported, so
+/// a pinned root says so once per new remote commit rather than at every poll.
+fn report(outcome: &Outcome, held: &mut Option<(String, String)>) {
     match outcome {
+        Outcome::Held { commit, pin } => {
+            let now = Some((commit.clone(), pin.commit.clone()));
+            if *held != now {
+                tracing::info!(
+                    remote = %commit,
+                    pinned = %pin.commit,
+                    pinned_by = %pin.pinned_by,
+                    reason = %pin.reason,
+                    "the root is pinned; not moving the link to the remote's commit (dagsnap unpin releases it)"
+                );
+                *held = now;
+            } else {
+                tracing::debug!(remote = %commit, pinned = %pin.commit, "pinned; link left alone");
+            }
+            return;
+        }
         Outcome::Unchanged { commit } => tracing::debug!(%commit, "up to date"),
         Outcome::Published {
             commit,
@@ -215,6 +234,7 @@ fn report(outcome: &Outcome) {
             "another publisher already published a newer state of the remote; link left alone"
         ),
     }
+    *held = None;
 }
 
 /// SIGKILL every process descended from this one; returns the pids signalled.

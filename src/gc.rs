@@ -3,7 +3,8 @@
 //!
 //! A snapshot is kept if any of these holds:
 //! - the link points at it, or an operator pinned it;
-//! - it is among the `keep` most recently active snapshots (for rollback);
+//! - it is among the `keep` most recently live snapshots (for rollback; snapshots that were
+//!   never linked, such as those built while the root is pinned, do not count);
 //! - it was active less than `grace` ago. "Active" means current, or built: a snapshot stops
 //!   being active when the link moves away from it ("retired"), and one that was never linked
 //!   counts from when it was built, so a publisher that just installed a snapshot and waits for
@@ -55,42 +56,60 @@ pub fn plan(
     // When each commit was last active, from the journal: a publication of X retires whatever
     // was published before it.
     let mut last_active: HashMap<String, SystemTime> = HashMap::new();
-    let journal = root.journal()?;
-    for pair in journal.windows(2) {
+    let moves: Vec<_> = root
+        .journal()?
+        .into_iter()
+        .filter(|e| e.moved_link)
+        .collect();
+    for pair in moves.windows(2) {
         last_active.insert(pair[0].commit.clone(), pair[1].published_at);
     }
-    if let Some(last) = journal.last() {
+    if let Some(last) = moves.last() {
         last_active.insert(last.commit.clone(), now);
     }
 
-    let mut candidates: Vec<(String, SystemTime)> = Vec::new();
+    // (commit, last active, was ever linked)
+    let mut candidates: Vec<(String, SystemTime, bool)> = Vec::new();
     for commit in root.snapshot_commits()? {
-        let active = match last_active.get(&commit) {
-            Some(at) => *at,
-            // Never linked (or its publications were trimmed from the journal): count from when
-            // it was built.
-            None => root
-                .manifest(&commit)
-                .ok()
-                .flatten()
-                .map(|m| m.materialized_at)
-                .unwrap_or(now),
+        let (active, linked) = match last_active.get(&commit) {
+            Some(at) => (*at, true),
+            // Never linked (pre-built while pinned, superseded, or its entries were trimmed
+            // from the journal): count from when it was built.
+            None => (
+                root.manifest(&commit)
+                    .ok()
+                    .flatten()
+                    .map(|m| m.materialized_at)
+                    .unwrap_or(now),
+                false,
+            ),
         };
         let active = if Some(&commit) == current.as_ref() {
             now
         } else {
             active
         };
-        candidates.push((commit, active));
+        candidates.push((
+            commit.clone(),
+            active,
+            linked || Some(&commit) == current.as_ref(),
+        ));
     }
     candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
 
     let mut doomed = Vec::new();
     let mut kept = 0;
-    for (rank, (commit, active)) in candidates.into_iter().enumerate() {
+    let mut rank = 0;
+    for (commit, active, linked) in candidates {
         let protected = Some(&commit) == current.as_ref() || Some(&commit) == pinned.as_ref();
         let recent = now.duration_since(active).unwrap_or_default() < policy.grace;
-        if protected || rank < policy.keep || recent {
+        // Rollback candidates are snapshots readers have seen; one that was never linked does
+        // not take the place of one that was.
+        let within_keep = linked && rank < policy.keep;
+        if linked {
+            rank += 1;
+        }
+        if protected || within_keep || recent {
             kept += 1;
         } else {
             doomed.push(commit);

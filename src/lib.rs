@@ -13,6 +13,7 @@
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely;
 //! - [`source`]: the remote, the ref to follow, and the private cache;
 //! - [`daemon`]: the loop, its timeouts, backoff and signals;
+//! - [`history`], [`verify`]: the operator's commands (list, log, rollback, pin, verify);
 //! - [`cli`]: flags and environment variables.
 //!
 //! `docs/design.md` explains the design and its invariants in prose.
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod entries;
 pub mod fsutil;
 pub mod gc;
+pub mod history;
 pub mod link;
 pub mod lock;
 pub mod logging;
@@ -33,3 +35,4 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod verify;

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use dagsnap::cli::{Cli, Command, GcArgs, StatusArgs, SyncArgs};
+use dagsnap::cli::{
+    Cli, Command, GcArgs, ListArgs, LogArgs, PinArgs, RollbackArgs, StatusArgs, SyncArgs,
+    UnpinArgs, VerifyArgs,
+};
 use dagsnap::daemon::{self, Exit, Schedule};
 use dagsnap::progress::Style;
 use dagsnap::publish::{Publisher, Settings};
@@ -12,6 +15,8 @@ use dagsnap::snapshot::Reuse;
 use dagsnap::source::{error_chain, Remote, Target};
 use dagsnap::status;
 use dagsnap::store::Root;
+use dagsnap::store::StoreError;
+use dagsnap::{history, verify};
 
 /// Exit codes: 0 success or clean stop; 1 the sync failed (or nothing is live, for `status`);
 /// 2 the command line, root or cache is unusable and retrying will not help.
@@ -31,6 +36,12 @@ fn main() -> ExitCode {
         Command::Sync(args) => sync(args, style),
         Command::Status(args) => show_status(args),
         Command::Gc(args) => collect_garbage(args),
+        Command::List(args) => list_snapshots(args),
+        Command::Log(args) => show_log(args),
+        Command::Rollback(args) => roll_back(args),
+        Command::Pin(args) => pin(args),
+        Command::Unpin(args) => unpin(args),
+        Command::Verify(args) => verify_snapshot(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -115,7 +126,7 @@ fn show_status(args: StatusArgs) -> Outcome {
 
 fn collect_garbage(args: GcArgs) -> Outcome {
     let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
-    root.require_initialized().map_err(usage)?;
+    root.require_writable().map_err(usage)?;
     let report = dagsnap::gc::run(&root, &args.retention.policy(), args.lock_timeout)
         .map_err(|e| (EXIT_FAILED, e.to_string()))?;
     println!(
@@ -128,4 +139,117 @@ fn collect_garbage(args: GcArgs) -> Outcome {
         println!("removed {commit}");
     }
     Ok(0)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), (u8, String)> {
+    let json = serde_json::to_string_pretty(value).map_err(|e| (EXIT_FAILED, e.to_string()))?;
+    println!("{json}");
+    Ok(())
+}
+
+fn list_snapshots(args: ListArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let snapshots = history::list(&root).map_err(usage)?;
+    if args.json {
+        print_json(&snapshots)?;
+    } else {
+        print!("{}", history::render_list(&snapshots));
+    }
+    Ok(0)
+}
+
+fn show_log(args: LogArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let entries = history::log(&root, args.limit).map_err(usage)?;
+    if args.json {
+        print_json(&entries)?;
+    } else {
+        print!("{}", history::render_log(&entries));
+    }
+    Ok(0)
+}
+
+fn describe_change(root: &Root, change: &history::Change, verb: &str) -> String {
+    let subject = |commit: &str| {
+        root.manifest(commit)
+            .ok()
+            .flatten()
+            .map(|m| format!(" ({})", m.subject))
+            .unwrap_or_default()
+    };
+    let moved = match &change.from {
+        Some(from) if *from == change.to => {
+            format!("{} stays live{}", change.to, subject(&change.to))
+        }
+        Some(from) => format!(
+            "link moved from {from}{} to {}{}",
+            subject(from),
+            change.to,
+            subject(&change.to)
+        ),
+        None => format!("link now points at {}{}", change.to, subject(&change.to)),
+    };
+    format!(
+        "{verb}: {moved}\npinned: sync loops keep fetching but will not move the link until `dagsnap unpin --root {}`\n",
+        root.path().display()
+    )
+}
+
+fn roll_back(args: RollbackArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let target = match args.commit {
+        Some(commit) => history::RollbackTarget::Commit(commit),
+        None => history::RollbackTarget::Steps(args.steps.unwrap_or(1)),
+    };
+    let change =
+        history::rollback(&root, target, args.reason, args.lock_timeout).map_err(history_error)?;
+    print!("{}", describe_change(&root, &change, "rolled back"));
+    Ok(0)
+}
+
+fn pin(args: PinArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let change = history::pin(
+        &root,
+        args.commit.as_deref(),
+        args.reason,
+        args.lock_timeout,
+    )
+    .map_err(history_error)?;
+    print!("{}", describe_change(&root, &change, "pinned"));
+    Ok(0)
+}
+
+fn unpin(args: UnpinArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    match history::unpin(&root, args.reason, args.lock_timeout).map_err(history_error)? {
+        Some(pin) => println!(
+            "unpinned {}; running sync loops publish the remote's latest commit at their next poll",
+            pin.commit
+        ),
+        None => println!("the root was not pinned; nothing to do"),
+    }
+    Ok(0)
+}
+
+/// Operator mistakes (unknown commit, read-only mount) are usage errors; a busy lock is not.
+fn history_error(e: history::HistoryError) -> (u8, String) {
+    let code = match &e {
+        history::HistoryError::Store(StoreError::Lock(_))
+        | history::HistoryError::Store(StoreError::Io(_)) => EXIT_FAILED,
+        _ => EXIT_USAGE,
+    };
+    (code, e.to_string())
+}
+
+fn verify_snapshot(args: VerifyArgs) -> Outcome {
+    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let report =
+        verify::verify(&root, args.commit.as_deref(), args.cache_dir.as_deref()).map_err(usage)?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", verify::render(&report));
+    }
+    Ok(if report.is_intact() { 0 } else { EXIT_FAILED })
 }

@@ -12,7 +12,8 @@ use crate::lock::LockError;
 use crate::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::source::{Cache, Observation, Remote, SourceError};
 use crate::store::{
-    Cause, Claim, Decision, Installed, Manifest, Publication, Root, SourceRecord, StoreError,
+    Cause, Claim, Decision, Installed, Manifest, Pin, Publication, Root, RootLock, SourceRecord,
+    StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,8 @@ pub enum Outcome {
     },
     /// Another publisher had already published a newer observation; the link was left alone.
     Superseded { commit: String, current: String },
+    /// The remote has `commit` but an operator pinned the link; it was left alone.
+    Held { commit: String, pin: Pin },
 }
 
 /// How a publisher behaves, beyond what to publish and where.
@@ -184,6 +187,16 @@ impl Publisher {
             Some(self.build(&observation, progress, interrupt)?)
         };
 
+        // While an operator pins the link, keep following the remote (the snapshot above is
+        // ready for when the pin is released) but leave the link alone. Checked again under
+        // the lock below; this early look spares idle polls the lock.
+        if let Some(pin) = self.root.pinned()? {
+            if built.is_some() {
+                self.collect_garbage(self.root.lock(self.settings.lock_timeout)?);
+            }
+            return Ok(Outcome::Held { commit, pin });
+        }
+
         let lock = self.root.lock(self.settings.lock_timeout)?;
         let publication = Publication {
             commit: commit.clone(),
@@ -194,19 +207,33 @@ impl Publisher {
             pid: std::process::id(),
             repo: self.remote.display_url(),
             ref_name: observation.ref_name.clone(),
+            moved_link: true,
+            reason: None,
         };
-        let previous = match self.root.publish_if_newer(&lock, &publication)? {
-            Decision::AlreadyCurrent => return Ok(Outcome::Unchanged { commit }),
-            Decision::Superseded { newer } => {
-                return Ok(Outcome::Superseded {
-                    commit,
-                    current: newer.commit,
-                })
-            }
-            Decision::Published { previous } => previous,
+        let outcome = match self.root.publish_if_newer(&lock, &publication)? {
+            Decision::AlreadyCurrent => Outcome::Unchanged { commit },
+            Decision::Superseded { newer } => Outcome::Superseded {
+                commit,
+                current: newer.commit,
+            },
+            Decision::Pinned { pin } => Outcome::Held { commit, pin },
+            Decision::Published { previous } => Outcome::Published {
+                commit,
+                previous,
+                built,
+                elapsed: started.elapsed(),
+            },
         };
-        // Retention changes only when the link moves: collect now, while the lock is held,
-        // and delete after releasing it. A failed collection does not undo the publication.
+        // Retention changes when the store changes (the link moved, or a snapshot was built).
+        if built.is_some() || matches!(outcome, Outcome::Published { .. }) {
+            self.collect_garbage(lock);
+        }
+        Ok(outcome)
+    }
+
+    /// Retire old snapshots while holding `lock`, then delete them after releasing it. A failed
+    /// collection is logged, not returned: it does not undo what the cycle did.
+    fn collect_garbage(&self, lock: RootLock) {
         let collected = gc::collect(
             &self.root,
             &lock,
@@ -214,18 +241,9 @@ impl Publisher {
             SystemTime::now(),
         );
         drop(lock);
-        match collected.and_then(|_| self.root.empty_trash()) {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "could not remove old snapshots; the next publish retries")
-            }
+        if let Err(e) = collected.and_then(|_| self.root.empty_trash()) {
+            tracing::warn!(error = %e, "could not remove old snapshots; the next publish retries");
         }
-        Ok(Outcome::Published {
-            commit,
-            previous,
-            built,
-            elapsed: started.elapsed(),
-        })
     }
 
     fn build(

@@ -8,16 +8,39 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-/// Why the link moved.
+/// What happened, in a journal entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Cause {
     /// The sync loop followed the remote.
     Sync,
+    /// An operator pointed the link at an earlier snapshot (and pinned it).
+    Rollback,
+    /// An operator pinned a snapshot (moving the link to it if it was not live).
+    Pin,
+    /// An operator released the pin.
+    Unpin,
 }
 
-/// One publication: what the link was pointed at, when, by whom and why. `state.json` holds
-/// the latest; `journal.jsonl` holds them all.
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Sync => "sync",
+            Cause::Rollback => "rollback",
+            Cause::Pin => "pin",
+            Cause::Unpin => "unpin",
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One journal entry: what the link was pointed at (or pinned, or unpinned), when, by whom and
+/// why. `state.json` holds the latest entry that moved the link; `journal.jsonl` holds them all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publication {
     pub commit: String,
@@ -33,6 +56,16 @@ pub struct Publication {
     pub repo: String,
     #[serde(rename = "ref")]
     pub ref_name: String,
+    /// Whether the link moved to `commit` with this entry.
+    #[serde(default = "yes")]
+    pub moved_link: bool,
+    /// The operator's reason (`--reason`), for rollback, pin and unpin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a snapshot holds, written next to the store as `manifests/<sha>.json`.

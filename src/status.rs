@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::store::{rfc3339, Root, StoreError};
+use crate::store::{rfc3339, Pin, Root, StoreError};
 
 /// The live publication, as shown to operators.
 #[derive(Debug, Serialize)]
@@ -43,6 +43,9 @@ pub struct Status {
     pub files: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Present while an operator pins the link: sync loops leave it alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Pin>,
 }
 
 impl Status {
@@ -72,6 +75,7 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         ref_name: None,
         files: None,
         bytes: None,
+        pinned: root.pinned()?,
     };
     let Some(current) = current else {
         return Ok(status);
@@ -145,5 +149,21 @@ pub fn render_text(status: &Status) -> String {
         .zip(status.bytes)
         .map(|(files, bytes)| format!("{files} files, {bytes} bytes"));
     line("size:", size.as_deref());
+    if let Some(pin) = &status.pinned {
+        let reason = if pin.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", pin.reason)
+        };
+        line(
+            "PINNED:",
+            Some(&format!(
+                "{} since {} by {}{reason}; sync loops will not move the link until `dagsnap unpin`",
+                &pin.commit[..12.min(pin.commit.len())],
+                rfc3339::format(pin.pinned_at),
+                pin.pinned_by
+            )),
+        );
+    }
     out
 }

@@ -71,6 +71,18 @@ pub enum StoreError {
     NotARoot { root: PathBuf },
     #[error("{} is damaged ({cause}); dagsnap rewrites it on the next publish", path.display())]
     Corrupt { path: PathBuf, cause: String },
+    #[error("no retained snapshot matches '{wanted}'; retained: {}. Choose one of these (a prefix of 4 or more digits is enough)", if retained.is_empty() { "none".to_string() } else { retained.join(", ") })]
+    NotRetained {
+        wanted: String,
+        retained: Vec<String>,
+    },
+    #[error("'{wanted}' matches several snapshots ({}); give more digits", matches.join(", "))]
+    Ambiguous {
+        wanted: String,
+        matches: Vec<String>,
+    },
+    #[error("root {} is read-only here ({cause}); list, log, status and verify work, but run this command where the volume is mounted read-write", root.display())]
+    ReadOnly { root: PathBuf, cause: String },
     #[error("snapshot {commit} disappeared before it could be published (removed by GC or by hand); it is rebuilt on the next cycle")]
     SnapshotGone { commit: String },
     #[error("root {} publishes {theirs} and a publisher of it is running; this one was started for {ours}. Use another --root, or fix --repo/--ref so all publishers of this root agree", root.display())]
@@ -127,6 +139,10 @@ pub enum Decision {
     /// Another publisher recorded a later observation of the remote; the link was left alone.
     Superseded {
         newer: Publication,
+    },
+    /// An operator pinned the link; it was left alone.
+    Pinned {
+        pin: Pin,
     },
 }
 
@@ -465,7 +481,8 @@ impl Root {
     ///
     /// Runs under the root's lock, so the decision and the swap are one step for every other
     /// publisher of this root:
-    /// 1. If the link already shows the commit, there is nothing to do.
+    /// 1. If the link already shows the commit, there is nothing to do. If an operator pinned a
+    ///    snapshot, the link stays where the pin put it.
     /// 2. If the latest record (`state.json`) names another commit observed later than ours,
     ///    another publisher saw a newer state of the remote: leave the link alone. The record,
     ///    not the link, is compared, because a publisher that died between writing the record
@@ -484,6 +501,9 @@ impl Root {
             .is_some_and(|c| c.commit == publication.commit)
         {
             return Ok(Decision::AlreadyCurrent);
+        }
+        if let Some(pin) = self.pinned()? {
+            return Ok(Decision::Pinned { pin });
         }
         if let Some(state) = self.state()? {
             if state.commit != publication.commit && state.observed_at > publication.observed_at {
@@ -614,6 +634,89 @@ impl Root {
     /// The operator's pin, if any.
     pub fn pinned(&self) -> Result<Option<Pin>, StoreError> {
         read_json(&self.store().join(PIN_FILE))
+    }
+
+    /// Pin the link: sync loops will not move it until [`Root::unpin`]. The caller moves the
+    /// link first if the pinned commit is not live.
+    pub fn pin(&self, _lock: &RootLock, pin: &Pin) -> Result<(), StoreError> {
+        let path = self.store().join(PIN_FILE);
+        let bytes = serde_json::to_vec_pretty(pin).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            cause: e.to_string(),
+        })?;
+        Ok(fsutil::write_atomically(&path, &bytes)?)
+    }
+
+    /// Release the pin; returns what it was.
+    pub fn unpin(&self, _lock: &RootLock) -> Result<Option<Pin>, StoreError> {
+        let pin = self.pinned()?;
+        let path = self.store().join(PIN_FILE);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(IoError::new("remove", &path, e).into())
+            }
+            _ => Ok(pin),
+        }
+    }
+
+    /// Add an entry to the journal without moving the link (pin, unpin).
+    pub fn record(&self, _lock: &RootLock, entry: &Publication) -> Result<(), StoreError> {
+        self.append_journal(entry)
+    }
+
+    /// The full id of the snapshot that `wanted` names: a full id or an unambiguous prefix of at
+    /// least 4 hex digits, among installed snapshots.
+    pub fn resolve_commit(&self, wanted: &str) -> Result<String, StoreError> {
+        let wanted = wanted.trim().to_ascii_lowercase();
+        let retained = self.snapshot_commits()?;
+        let matches: Vec<&String> = retained
+            .iter()
+            .filter(|c| wanted.len() >= 4 && c.starts_with(&wanted))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.to_string()),
+            [] => Err(StoreError::NotRetained {
+                wanted,
+                retained: self.describe_commits(&retained),
+            }),
+            many => Err(StoreError::Ambiguous {
+                wanted,
+                matches: self
+                    .describe_commits(&many.iter().map(|c| c.to_string()).collect::<Vec<_>>()),
+            }),
+        }
+    }
+
+    /// `<short sha> <subject>` for each commit, for error messages.
+    fn describe_commits(&self, commits: &[String]) -> Vec<String> {
+        commits
+            .iter()
+            .map(|c| {
+                let subject = self
+                    .manifest(c)
+                    .ok()
+                    .flatten()
+                    .map(|m| m.subject)
+                    .unwrap_or_default();
+                format!("{} {subject}", &c[..12.min(c.len())])
+                    .trim_end()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Fail with a clear message unless this process may write the root (for rollback, pin,
+    /// unpin, gc; the read-only commands work on a read-only mount).
+    pub fn require_writable(&self) -> Result<(), StoreError> {
+        self.require_initialized()?;
+        let store = self.store();
+        match nix::unistd::access(&store, nix::unistd::AccessFlags::W_OK) {
+            Ok(()) => Ok(()),
+            Err(errno) => Err(StoreError::ReadOnly {
+                root: self.root.clone(),
+                cause: io::Error::from(errno).to_string(),
+            }),
+        }
     }
 
     /// Every publication in the journal, oldest first. Lines that do not parse (a torn last

@@ -2,6 +2,7 @@
 //! signals. One test binary keeps link time down on small CI machines.
 
 mod bad_input;
+mod incident;
 mod lifecycle;
 mod publishing;
 mod readers;

@@ -202,6 +202,8 @@ fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
         pid: 1,
         repo: remote.url(),
         ref_name: "refs/heads/main".into(),
+        moved_link: true,
+        reason: None,
     };
     root.publish(&lock, &b_publication).unwrap();
     drop(lock);

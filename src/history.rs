@@ -1,0 +1,344 @@
+//! What operators do during an incident: see which snapshots are retained and what was
+//! published when (`list`, `log`), point the link back at an earlier snapshot (`rollback`),
+//! and hold it there (`pin`, `unpin`).
+//!
+//! The reading commands only read files that are replaced atomically, so they work while sync
+//! loops run and on a read-only mount. The writing commands take the root's lock, the same one
+//! sync loops take before they move the link, so an operator's action and a publisher's never
+//! interleave.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::records::{rfc3339, Cause, Pin, Publication};
+use crate::store::{Root, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("there is no snapshot {steps} publication(s) before the current one among those retained ({}); name a commit instead", if retained.is_empty() { "none".to_string() } else { retained.join(", ") })]
+    NoEarlier { steps: usize, retained: Vec<String> },
+    #[error("nothing is published under {root} yet; there is nothing to pin")]
+    NothingPublished { root: String },
+}
+
+/// One retained snapshot, as `list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    pub commit: String,
+    pub short: String,
+    pub subject: String,
+    pub author: String,
+    pub commit_date: Option<String>,
+    /// When the link last moved to it; `None` if it was never live (built while pinned, or
+    /// superseded).
+    pub published_at: Option<String>,
+    /// When the link last moved away from it; `None` if it is current or was never live.
+    pub retired_at: Option<String>,
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+    pub current: bool,
+    pub pinned: bool,
+    #[serde(skip)]
+    order: Option<SystemTime>,
+}
+
+/// Every retained snapshot, newest first (by when it was last live, or built).
+pub fn list(root: &Root) -> Result<Vec<SnapshotInfo>, StoreError> {
+    root.require_initialized()?;
+    let current = root.current()?.map(|c| c.commit);
+    let pinned = root.pinned()?.map(|p| p.commit);
+    let moves: Vec<Publication> = root
+        .journal()?
+        .into_iter()
+        .filter(|e| e.moved_link)
+        .collect();
+    let mut published: HashMap<&str, SystemTime> = HashMap::new();
+    let mut retired: HashMap<&str, SystemTime> = HashMap::new();
+    for (i, entry) in moves.iter().enumerate() {
+        published.insert(&entry.commit, entry.published_at);
+        match moves.get(i + 1) {
+            Some(next) => retired.insert(&entry.commit, next.published_at),
+            None => retired.remove(entry.commit.as_str()),
+        };
+    }
+    let mut snapshots = Vec::new();
+    for commit in root.snapshot_commits()? {
+        let manifest = root.manifest(&commit)?;
+        let is_current = current.as_deref() == Some(commit.as_str());
+        let published_at = published.get(commit.as_str()).copied();
+        let retired_at = if is_current {
+            None
+        } else {
+            retired.get(commit.as_str()).copied()
+        };
+        let order = if is_current {
+            Some(SystemTime::now())
+        } else {
+            published_at.or(manifest.as_ref().map(|m| m.materialized_at))
+        };
+        snapshots.push(SnapshotInfo {
+            short: commit[..12.min(commit.len())].to_string(),
+            subject: manifest
+                .as_ref()
+                .map(|m| m.subject.clone())
+                .unwrap_or_default(),
+            author: manifest
+                .as_ref()
+                .map(|m| m.author.clone())
+                .unwrap_or_default(),
+            commit_date: manifest
+                .as_ref()
+                .map(|m| rfc3339::format(epoch(m.commit_time))),
+            published_at: published_at.map(rfc3339::format),
+            retired_at: retired_at.map(rfc3339::format),
+            files: manifest.as_ref().map(|m| m.files),
+            bytes: manifest.as_ref().map(|m| m.bytes),
+            pinned: pinned.as_deref() == Some(commit.as_str()),
+            current: is_current,
+            commit,
+            order,
+        });
+    }
+    snapshots.sort_by(|a, b| b.order.cmp(&a.order).then_with(|| a.commit.cmp(&b.commit)));
+    Ok(snapshots)
+}
+
+pub fn render_list(snapshots: &[SnapshotInfo]) -> String {
+    if snapshots.is_empty() {
+        return "no snapshots retained\n".into();
+    }
+    let mut out = format!(
+        "{:<3} {:<12} {:<20} {:<20} {:<20} {:>7} {:>10}  {}\n",
+        "", "COMMIT", "COMMITTED", "PUBLISHED", "RETIRED", "FILES", "BYTES", "SUBJECT (AUTHOR)"
+    );
+    for s in snapshots {
+        let marker = format!(
+            "{}{}",
+            if s.current { "*" } else { " " },
+            if s.pinned { "P" } else { " " }
+        );
+        out.push_str(&format!(
+            "{:<3} {:<12} {:<20} {:<20} {:<20} {:>7} {:>10}  {} ({})\n",
+            marker,
+            s.short,
+            short_time(s.commit_date.as_deref()),
+            short_time(s.published_at.as_deref()),
+            short_time(s.retired_at.as_deref()),
+            s.files.map(|f| f.to_string()).unwrap_or_default(),
+            s.bytes.map(|b| b.to_string()).unwrap_or_default(),
+            s.subject,
+            s.author
+        ));
+    }
+    out.push_str("* = current (what readers see), P = pinned\n");
+    out
+}
+
+/// Journal entries, newest first.
+pub fn log(root: &Root, limit: usize) -> Result<Vec<Publication>, StoreError> {
+    root.require_initialized()?;
+    let mut entries = root.journal()?;
+    entries.reverse();
+    entries.truncate(limit);
+    Ok(entries)
+}
+
+pub fn render_log(entries: &[Publication]) -> String {
+    if entries.is_empty() {
+        return "the journal is empty\n".into();
+    }
+    let mut out = String::new();
+    for e in entries {
+        let action = match (e.cause, e.moved_link) {
+            (Cause::Pin, false) | (Cause::Unpin, _) => e.cause.to_string(),
+            _ => format!("{} -> link", e.cause),
+        };
+        out.push_str(&format!(
+            "{}  {:<15} {}  by {} pid {}{}\n",
+            short_time(Some(&rfc3339::format(e.published_at))),
+            action,
+            &e.commit[..12.min(e.commit.len())],
+            e.host,
+            e.pid,
+            e.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// Which snapshot `rollback` goes to.
+#[derive(Debug, Clone)]
+pub enum RollbackTarget {
+    /// A full id or unambiguous prefix of a retained snapshot.
+    Commit(String),
+    /// The snapshot published this many publications before the current one.
+    Steps(usize),
+}
+
+/// What a rollback or pin changed.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub from: Option<String>,
+    pub to: String,
+    pub pin: Pin,
+}
+
+/// Point the link at a retained snapshot and pin it there, recording who and why.
+pub fn rollback(
+    root: &Root,
+    target: RollbackTarget,
+    reason: Option<String>,
+    lock_timeout: Duration,
+) -> Result<Change, HistoryError> {
+    root.require_writable()?;
+    let lock = root.lock(lock_timeout)?;
+    let current = root.current()?.map(|c| c.commit);
+    let to = match target {
+        RollbackTarget::Commit(wanted) => root.resolve_commit(&wanted)?,
+        RollbackTarget::Steps(steps) => earlier_publication(root, current.as_deref(), steps)?,
+    };
+    move_and_pin(root, &lock, current, to, Cause::Rollback, reason)
+}
+
+/// Pin `commit` (default: the current snapshot), moving the link to it if it is not live.
+pub fn pin(
+    root: &Root,
+    commit: Option<&str>,
+    reason: Option<String>,
+    lock_timeout: Duration,
+) -> Result<Change, HistoryError> {
+    root.require_writable()?;
+    let lock = root.lock(lock_timeout)?;
+    let current = root.current()?.map(|c| c.commit);
+    let to = match commit {
+        Some(wanted) => root.resolve_commit(wanted)?,
+        None => current
+            .clone()
+            .ok_or_else(|| HistoryError::NothingPublished {
+                root: root.path().display().to_string(),
+            })?,
+    };
+    move_and_pin(root, &lock, current, to, Cause::Pin, reason)
+}
+
+/// Release the pin; sync loops publish the remote's latest commit at their next poll.
+pub fn unpin(
+    root: &Root,
+    reason: Option<String>,
+    lock_timeout: Duration,
+) -> Result<Option<Pin>, HistoryError> {
+    root.require_writable()?;
+    let lock = root.lock(lock_timeout)?;
+    let released = root.unpin(&lock)?;
+    if let Some(pin) = &released {
+        let entry = operator_entry(root, &pin.commit, Cause::Unpin, false, reason)?;
+        root.record(&lock, &entry)?;
+    }
+    Ok(released)
+}
+
+/// The distinct commit published `steps` link moves before the current one, if retained.
+fn earlier_publication(
+    root: &Root,
+    current: Option<&str>,
+    steps: usize,
+) -> Result<String, HistoryError> {
+    let steps = steps.max(1);
+    let mut seen: Vec<String> = Vec::new();
+    for entry in root.journal()?.iter().rev().filter(|e| e.moved_link) {
+        if Some(entry.commit.as_str()) != current && !seen.contains(&entry.commit) {
+            seen.push(entry.commit.clone());
+        }
+    }
+    let retained = root.snapshot_commits()?;
+    match seen.get(steps - 1) {
+        Some(commit) if retained.contains(commit) => Ok(commit.clone()),
+        _ => Err(HistoryError::NoEarlier {
+            steps,
+            retained: list(root)?
+                .iter()
+                .filter(|s| !s.current)
+                .map(|s| format!("{} {}", s.short, s.subject))
+                .collect(),
+        }),
+    }
+}
+
+fn move_and_pin(
+    root: &Root,
+    lock: &crate::store::RootLock,
+    from: Option<String>,
+    to: String,
+    cause: Cause,
+    reason: Option<String>,
+) -> Result<Change, HistoryError> {
+    let moves = from.as_deref() != Some(to.as_str());
+    let entry = operator_entry(root, &to, cause, moves, reason.clone())?;
+    let pin = Pin {
+        commit: to.clone(),
+        reason: reason.unwrap_or_default(),
+        pinned_at: entry.published_at,
+        pinned_by: format!("{} pid {}", operator(), std::process::id()),
+    };
+    // Pin first: from this instant no sync loop moves the link, even one that already holds a
+    // newer snapshot and waits for the lock we hold.
+    root.pin(lock, &pin)?;
+    if moves {
+        root.publish(lock, &entry)?;
+    } else {
+        root.record(lock, &entry)?;
+    }
+    Ok(Change { from, to, pin })
+}
+
+/// A journal entry for an operator's action. It keeps the observation time of the publication
+/// it replaces: a rollback says nothing new about the remote, so once the pin is released, any
+/// publisher that polls afterwards wins the never-backward comparison.
+fn operator_entry(
+    root: &Root,
+    commit: &str,
+    cause: Cause,
+    moved_link: bool,
+    reason: Option<String>,
+) -> Result<Publication, StoreError> {
+    let state = root.state()?;
+    let source = root.source()?;
+    let now = SystemTime::now();
+    Ok(Publication {
+        commit: commit.to_string(),
+        cause,
+        observed_at: state.as_ref().map(|s| s.observed_at).unwrap_or(now),
+        published_at: now,
+        host: format!("{}@{}", operator(), crate::fsutil::hostname()),
+        pid: std::process::id(),
+        repo: source.as_ref().map(|s| s.repo.clone()).unwrap_or_default(),
+        ref_name: source.map(|s| s.ref_name).unwrap_or_default(),
+        moved_link,
+        reason,
+    })
+}
+
+/// Who is at the keyboard: `$USER`, else the uid.
+fn operator() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
+fn epoch(seconds: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// `2026-11-25T17:02:03` from an RFC 3339 time, for tables.
+fn short_time(time: Option<&str>) -> String {
+    time.map(|t| t.chars().take(19).collect())
+        .unwrap_or_else(|| "-".into())
+}

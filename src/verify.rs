@@ -1,0 +1,332 @@
+//! `dagsnap verify`: does a snapshot on disk still hold exactly its commit?
+//!
+//! Every file is read back and hashed as a git blob, every symlink target compared, every mode
+//! checked (executable or not, and read-only), and the directory is walked for entries that
+//! should not be there (a `__pycache__` written by a reader running as root, a file dropped in
+//! by hand). The expectation comes from git itself when the publisher's cache is given
+//! (`--cache-dir`: the tree recorded in the manifest is read from it), or else from the entry
+//! list recorded when the snapshot was built.
+//!
+//! Snapshots share unchanged files by hard link, so damage to one file shows up in every
+//! retained snapshot that shares it; verifying each reports each.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+use serde::Serialize;
+
+use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK};
+use crate::fsutil;
+use crate::store::{Root, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("nothing is published under {root} and no commit was named; give one")]
+    NothingPublished { root: String },
+    #[error("snapshot {commit} has no {what} to verify against (built by an older dagsnap?); pass --cache-dir of a publisher to verify against git")]
+    NoRecord { commit: String, what: &'static str },
+    #[error("cannot read tree {tree} of {commit} from the cache {}: {cause}", cache.display())]
+    Cache {
+        commit: String,
+        tree: String,
+        cache: PathBuf,
+        cause: String,
+    },
+}
+
+/// Where the expected content came from.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The commit's tree, read from a publisher's git cache.
+    GitCache,
+    /// The entry list recorded when the snapshot was built.
+    RecordedEntries,
+}
+
+/// A difference between a snapshot and its commit.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub commit: String,
+    pub source: Source,
+    pub checked: usize,
+    pub missing: Vec<Problem>,
+    pub modified: Vec<Problem>,
+    pub extra: Vec<Problem>,
+}
+
+impl Report {
+    /// True when every expected entry is present and unmodified. Extra entries are reported but
+    /// do not fail verification: they do not change what the commit's files contain.
+    pub fn is_intact(&self) -> bool {
+        self.missing.is_empty() && self.modified.is_empty()
+    }
+}
+
+/// Verify the snapshot of `commit` (a full id or prefix; default: the current one).
+pub fn verify(
+    root: &Root,
+    commit: Option<&str>,
+    cache: Option<&Path>,
+) -> Result<Report, VerifyError> {
+    root.require_initialized()?;
+    let commit = match commit {
+        Some(wanted) => root.resolve_commit(wanted)?,
+        None => root
+            .current()?
+            .map(|c| c.commit)
+            .ok_or_else(|| VerifyError::NothingPublished {
+                root: root.path().display().to_string(),
+            })?,
+    };
+    let (expected, source) = match cache {
+        Some(cache) => (entries_from_cache(root, &commit, cache)?, Source::GitCache),
+        None => (
+            root.entries(&commit)?
+                .ok_or_else(|| VerifyError::NoRecord {
+                    commit: commit.clone(),
+                    what: "entry list",
+                })?,
+            Source::RecordedEntries,
+        ),
+    };
+    let dir = root.snapshot_path(&commit);
+    let mut report = Report {
+        commit,
+        source,
+        checked: expected.0.len(),
+        missing: Vec::new(),
+        modified: Vec::new(),
+        extra: Vec::new(),
+    };
+    let mut expected_dirs: HashSet<PathBuf> = HashSet::from([PathBuf::new()]);
+    let mut expected_paths: HashSet<PathBuf> = HashSet::new();
+    for entry in &expected.0 {
+        let relative = PathBuf::from(std::ffi::OsStr::from_bytes(&entry.path));
+        for ancestor in relative.ancestors().skip(1) {
+            expected_dirs.insert(ancestor.to_path_buf());
+        }
+        if entry.mode == MODE_SUBMODULE {
+            expected_dirs.insert(relative.clone());
+        }
+        expected_paths.insert(relative.clone());
+        check_entry(&dir, entry, &relative, &mut report);
+    }
+    for found in walk(&dir) {
+        let relative = found.strip_prefix(&dir).unwrap_or(&found).to_path_buf();
+        if relative.as_os_str().is_empty() || expected_paths.contains(&relative) {
+            continue;
+        }
+        let is_dir = fs::symlink_metadata(&found)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        if is_dir && expected_dirs.contains(&relative) {
+            check_dir_mode(&found, &relative, &mut report);
+            continue;
+        }
+        report.extra.push(Problem {
+            path: relative.display().to_string(),
+            what: if is_dir {
+                "directory not in the commit"
+            } else {
+                "file not in the commit"
+            }
+            .into(),
+        });
+    }
+    Ok(report)
+}
+
+fn check_entry(dir: &Path, entry: &Entry, relative: &Path, report: &mut Report) {
+    let path = dir.join(relative);
+    let shown = relative.display().to_string();
+    let problem = |what: String| Problem {
+        path: shown.clone(),
+        what,
+    };
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            report.missing.push(problem("missing".into()));
+            return;
+        }
+        Err(e) => {
+            report.missing.push(problem(format!("unreadable: {e}")));
+            return;
+        }
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    match entry.mode {
+        MODE_SYMLINK => {
+            if !meta.file_type().is_symlink() {
+                report.modified.push(problem("should be a symlink".into()));
+                return;
+            }
+            match fs::read_link(&path) {
+                Ok(target) if blob_id(target.as_os_str().as_bytes()) == Some(entry.id) => {}
+                Ok(target) => report
+                    .modified
+                    .push(problem(format!("symlink points to {}", target.display()))),
+                Err(e) => report
+                    .modified
+                    .push(problem(format!("unreadable symlink: {e}"))),
+            }
+        }
+        MODE_SUBMODULE => {
+            if !meta.is_dir() {
+                report
+                    .modified
+                    .push(problem("should be a (submodule) directory".into()));
+            }
+        }
+        git_mode => {
+            if !meta.is_file() {
+                report
+                    .modified
+                    .push(problem("should be a regular file".into()));
+                return;
+            }
+            let wanted = fsutil::read_only_mode(false, git_mode == MODE_EXECUTABLE);
+            if mode != wanted {
+                report
+                    .modified
+                    .push(problem(format!("mode {mode:o}, expected {wanted:o}")));
+            }
+            match hash_file(&path) {
+                Ok(id) if id == entry.id => {}
+                Ok(_) => report
+                    .modified
+                    .push(problem("content differs from the commit".into())),
+                Err(e) => report.modified.push(problem(format!("unreadable: {e}"))),
+            }
+        }
+    }
+}
+
+fn check_dir_mode(path: &Path, relative: &Path, report: &mut Report) {
+    let mode = fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0);
+    let wanted = fsutil::read_only_mode(true, false);
+    if mode != wanted {
+        report.modified.push(Problem {
+            path: format!("{}/", relative.display()),
+            what: format!("directory mode {mode:o}, expected {wanted:o}"),
+        });
+    }
+}
+
+/// Every path under `dir` except `dir` itself, without following symlinks, in order.
+fn walk(dir: &Path) -> BTreeSet<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.into_path())
+        .collect()
+}
+
+fn blob_id(data: &[u8]) -> Option<ObjectId> {
+    gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::object::Kind::Blob, data).ok()
+}
+
+/// The git blob id of a file's content, streamed so that large files cost no memory.
+fn hash_file(path: &Path) -> io::Result<ObjectId> {
+    let mut file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    gix::objs::compute_stream_hash(
+        gix::hash::Kind::Sha1,
+        gix::object::Kind::Blob,
+        &mut file,
+        len,
+        &mut gix::progress::Discard,
+        &AtomicBool::new(false),
+    )
+    .map_err(io::Error::other)
+}
+
+/// The commit's entries as git has them, from a publisher's cache. Opens the cache read-only
+/// and without its lock: a running publisher may keep it.
+fn entries_from_cache(root: &Root, commit: &str, cache: &Path) -> Result<Entries, VerifyError> {
+    let manifest = root
+        .manifest(commit)?
+        .ok_or_else(|| VerifyError::NoRecord {
+            commit: commit.to_string(),
+            what: "manifest",
+        })?;
+    let failed = |cause: String| VerifyError::Cache {
+        commit: commit.to_string(),
+        tree: manifest.tree.clone(),
+        cache: cache.to_path_buf(),
+        cause,
+    };
+    let repo_dir = if cache.join("repo.git").is_dir() {
+        cache.join("repo.git")
+    } else {
+        cache.to_path_buf()
+    };
+    let repo = gix::open::Options::isolated()
+        .open(&repo_dir)
+        .map_err(|e| failed(crate::source::error_chain(&e)))?
+        .to_thread_local();
+    let tree = ObjectId::from_hex(manifest.tree.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    let index = repo
+        .index_from_tree(&tree)
+        .map_err(|e| failed(crate::source::error_chain(&e)))?;
+    Ok(Entries(
+        index
+            .entries()
+            .iter()
+            .map(|e| Entry {
+                mode: e.mode.bits(),
+                id: e.id,
+                size: 0,
+                path: e.path(&index).to_vec(),
+            })
+            .collect(),
+    ))
+}
+
+pub fn render(report: &Report) -> String {
+    let mut out = format!(
+        "snapshot {} checked against {} ({} entries): {}\n",
+        report.commit,
+        match report.source {
+            Source::GitCache => "the git cache",
+            Source::RecordedEntries => "the entries recorded at publish time",
+        },
+        report.checked,
+        if report.is_intact() && report.extra.is_empty() {
+            "intact"
+        } else if report.is_intact() {
+            "intact, with extra entries"
+        } else {
+            "DAMAGED"
+        }
+    );
+    for (label, problems) in [
+        ("missing", &report.missing),
+        ("modified", &report.modified),
+        ("extra", &report.extra),
+    ] {
+        for p in problems {
+            out.push_str(&format!("  {label:<9} {}: {}\n", p.path, p.what));
+        }
+    }
+    out
+}
