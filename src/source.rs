@@ -27,6 +27,8 @@ const TARGET_REF: &str = "refs/dagsnap/target";
 const CACHE_LAYOUT_VERSION: u32 = 1;
 /// Packs the cache may accumulate (one per fetch) before it is re-created.
 const MAX_PACKS: usize = 48;
+/// Growth below this is never worth a re-fetch, however small the first pack was.
+const GROWTH_SLACK_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -407,18 +409,24 @@ impl Cache {
         })
     }
 
-    /// Keep the cache healthy as packs accumulate: one pack arrives per fetch.
+    /// Keep the cache bounded as packs accumulate: one pack arrives per fetch, and a shallow
+    /// cache only ever needs the tip's objects.
     ///
-    /// The handle is re-opened so gix sees (and has room for) the new pack. Past
-    /// `MAX_PACKS`, lookups slow down and the directory only grows, so the cache is re-created
-    /// before the next update; with a shallow cache that costs one fetch of the tip, like a
-    /// first start.
+    /// The handle is re-opened so gix sees (and has room for) the new pack. Once the cache
+    /// holds more than `MAX_PACKS` packs (lookups slow down), or its packs weigh more than twice
+    /// its largest one (usually the first, full fetch: history the cache no longer needs has
+    /// doubled it), it is re-created before the next update. With a shallow cache that costs one
+    /// fetch of the tip, like a first start; with full history (`--depth 0`) only the pack
+    /// count applies.
     fn after_fetch(&mut self) -> Result<(), SourceError> {
         let repo_dir = self.dir.join("repo.git");
-        let packs = pack_count(&repo_dir);
-        if packs > MAX_PACKS {
+        let packs = pack_sizes(&repo_dir);
+        let total: u64 = packs.iter().sum();
+        let largest = packs.iter().copied().max().unwrap_or(0);
+        let grown = self.record.depth > 0 && total > 2 * largest + GROWTH_SLACK_BYTES;
+        if packs.len() > MAX_PACKS || grown {
             // Not now: this cycle still reads the commit just fetched.
-            tracing::info!(cache = %self.dir.display(), packs, "cache holds many packs; it is re-created before the next fetch");
+            tracing::info!(cache = %self.dir.display(), packs = packs.len(), bytes = total, "the cache has grown; it is re-created before the next fetch");
             self.reset_due = true;
         }
         self.repo = open_repo(&repo_dir).map_err(|cause| SourceError::CacheRepo {
@@ -544,16 +552,17 @@ fn remove_stale_lock_files(repo_dir: &Path) -> Result<(), SourceError> {
     Ok(())
 }
 
-/// Number of packs in the repository at `dir`.
-fn pack_count(dir: &Path) -> usize {
+/// Sizes of the packs in the repository at `dir`.
+fn pack_sizes(dir: &Path) -> Vec<u64> {
     std::fs::read_dir(dir.join("objects/pack"))
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "idx"))
-                .count()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 fn init_repo(

@@ -2,12 +2,14 @@
 //! signals. One test binary keeps link time down on small CI machines.
 
 mod bad_input;
+mod cache;
 mod incident;
 mod lifecycle;
 mod publishing;
 mod readers;
 mod refs;
 mod retention;
+mod reuse;
 mod seed_incident;
 mod servers;
 mod shared_root;
