@@ -4,7 +4,7 @@
 //! nothing of links, locks or where snapshots live; [`crate::store`] names the directory and
 //! renames it into place once [`build`] has returned.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -76,10 +76,11 @@ pub struct Stats {
 /// 1. Build an in-memory index from the tree (nothing is written for it: no index file, no
 ///    `.git`). gix validates every path on the way, so a tree entry named `.git` or one that
 ///    climbs out with `..` is rejected rather than written.
-/// 2. If a `previous` snapshot is given, hard-link every regular file whose path, mode and blob
-///    id are unchanged from it. Snapshots are immutable, so sharing an inode is sharing content
-///    that can never change. A link that fails (another filesystem, a link-count limit, a file
-///    deleted by hand) falls back to writing the file.
+/// 2. If a `previous` snapshot is given, hard-link every regular file whose mode and blob id
+///    it already holds: at the same path, or, for renamed and copied files, at any path.
+///    Snapshots are immutable, so sharing an inode is sharing content that can never change. A
+///    link that fails (another filesystem, a link-count limit, a file deleted by hand) falls back
+///    to writing the file.
 /// 3. Check the remaining entries out into `dir` with gix's worktree checkout. Content is written
 ///    exactly as git stores it: no line-ending conversion and no filter drivers, so a file's bytes
 ///    always hash to the blob id recorded in git (which is what makes reuse and `verify` exact).
@@ -179,24 +180,39 @@ fn link_unchanged(
     dirs: &mut DirTracker,
     interrupt: &AtomicBool,
 ) -> Result<Vec<bool>, SnapshotError> {
-    let before = previous.entries.by_path();
+    let by_path = previous.entries.by_path();
+    // Same blob and mode under another path (a renamed directory, a copied file) is the same
+    // content too, so it can be shared as well.
+    let by_content: HashMap<(ObjectId, u32), &Entry> = previous
+        .entries
+        .0
+        .iter()
+        .filter(|e| e.is_regular_file())
+        .map(|e| ((e.id, e.mode), e))
+        .collect();
     let mut reused = vec![false; entries.len()];
     for (n, entry) in entries.iter_mut().enumerate() {
         if n % 1024 == 0 && interrupt.load(Ordering::Relaxed) {
             return Err(SnapshotError::Cancelled);
         }
-        let Some(old) = before.get(entry.path.as_slice()) else {
-            continue;
-        };
-        if !entry.is_regular_file() || old.mode != entry.mode || old.id != entry.id {
+        if !entry.is_regular_file() {
             continue;
         }
-        let relative = std::ffi::OsStr::from_bytes(&entry.path);
-        let target = dir.join(relative);
+        let source = match by_path.get(entry.path.as_slice()) {
+            Some(old) if old.mode == entry.mode && old.id == entry.id => *old,
+            _ => match by_content.get(&(entry.id, entry.mode)) {
+                Some(old) => *old,
+                None => continue,
+            },
+        };
+        let target = dir.join(std::ffi::OsStr::from_bytes(&entry.path));
         dirs.create_parents_of(&target)?;
-        match fs::hard_link(previous.dir.join(relative), &target) {
+        match fs::hard_link(
+            previous.dir.join(std::ffi::OsStr::from_bytes(&source.path)),
+            &target,
+        ) {
             Ok(()) => {
-                entry.size = old.size;
+                entry.size = source.size;
                 reused[n] = true;
             }
             Err(e) if link_refused_everywhere(&e) => {

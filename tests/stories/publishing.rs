@@ -371,3 +371,30 @@ fn an_update_shares_unchanged_files_with_the_previous_snapshot() {
         inode(snap(&third, "dags/b.py"))
     );
 }
+
+#[test]
+fn a_renamed_directory_is_shared_not_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    let remote = Remote::new();
+    let first = remote.commit(
+        &[("dags/team_a/a.py", "a\n"), ("dags/team_a/b.py", "b\n")],
+        "one",
+    );
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    remote.git(&["mv", "dags/team_a", "dags/team_alpha"]);
+    let second = remote.commit_all("rename the directory");
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("reused=2"), "{}", stderr(&out));
+    let ino = |commit: &str, path: &str| {
+        fs::metadata(scratch.root().join(SNAPSHOTS).join(commit).join(path))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(
+        ino(&first, "dags/team_a/a.py"),
+        ino(&second, "dags/team_alpha/a.py")
+    );
+    assert_eq!(read_current(&scratch.root(), "dags/team_alpha/b.py"), "b\n");
+}
