@@ -111,6 +111,9 @@ pub struct SyncArgs {
     pub backoff_max: Duration,
 
     #[command(flatten)]
+    pub access: AccessArgs,
+
+    #[command(flatten)]
     pub retention: RetentionArgs,
 
     /// Write every file of each new snapshot instead of hard-linking unchanged files from the
@@ -187,6 +190,79 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
+}
+
+/// Credentials and trust for the remote. Secrets are never taken as flags (they would show in
+/// `ps`): a password comes from `--password-file` or the `DAGSNAP_PASSWORD` variable.
+#[derive(Debug, Args)]
+pub struct AccessArgs {
+    /// User name for HTTPS. GitHub tokens: any name (e.g. x-access-token); GitLab deploy
+    /// tokens: the token's user name.
+    #[arg(long, env = "DAGSNAP_USERNAME")]
+    pub username: Option<String>,
+
+    /// File holding the HTTPS password or token (a mounted secret). Read again before every
+    /// fetch, so a rotated token needs no restart. Alternatively set DAGSNAP_PASSWORD.
+    #[arg(long, env = "DAGSNAP_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Allow sending credentials over plain http:// (they travel in clear text).
+    #[arg(long, env = "DAGSNAP_ALLOW_INSECURE_HTTP_CREDENTIALS")]
+    pub allow_insecure_http_credentials: bool,
+
+    /// Extra CA certificates (PEM) to trust for HTTPS, for a server with its own CA. The system
+    /// store, SSL_CERT_FILE, and git's GIT_SSL_CAINFO / http.sslCAInfo are trusted too.
+    #[arg(long, env = "DAGSNAP_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// SSH private key (a deploy key); repeat for several. Without one, the ssh agent and the
+    /// user's ssh configuration are used.
+    #[arg(
+        long = "ssh-key-file",
+        env = "DAGSNAP_SSH_KEY_FILE",
+        value_delimiter = ','
+    )]
+    pub ssh_key_files: Vec<PathBuf>,
+
+    /// known_hosts file with the server's host key (default: the user's ~/.ssh/known_hosts).
+    #[arg(long, env = "DAGSNAP_SSH_KNOWN_HOSTS_FILE")]
+    pub ssh_known_hosts_file: Option<PathBuf>,
+
+    /// Check the SSH host key against known hosts. `--ssh-known-hosts=false` accepts any host
+    /// key, so anyone between you and the server can serve you DAGs: only for tests.
+    #[arg(long, env = "DAGSNAP_SSH_KNOWN_HOSTS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ssh_known_hosts: bool,
+
+    /// SSH port, for the scp-like form `user@host:path`, which cannot carry one (the
+    /// `ssh://user@host:port/path` form can).
+    #[arg(long, env = "DAGSNAP_SSH_PORT")]
+    pub ssh_port: Option<u16>,
+}
+
+impl AccessArgs {
+    /// The access settings, with the password source: the file if given, else DAGSNAP_PASSWORD.
+    pub fn access(&self, request_timeout: Duration) -> crate::access::Access {
+        use crate::access::{Access, Password, Ssh};
+        let password = match (&self.password_file, std::env::var("DAGSNAP_PASSWORD")) {
+            (Some(file), _) => Some(Password::File(file.clone())),
+            (None, Ok(value)) if !value.is_empty() => Some(Password::Fixed(value)),
+            _ => None,
+        };
+        Access {
+            username: self.username.clone(),
+            password,
+            allow_insecure_http: self.allow_insecure_http_credentials,
+            ca_file: self.ca_file.clone(),
+            ssh: Ssh {
+                key_files: self.ssh_key_files.clone(),
+                known_hosts_file: self.ssh_known_hosts_file.clone(),
+                check_host_keys: self.ssh_known_hosts,
+                port: self.ssh_port,
+                connect_timeout: Duration::from_secs(30).min(request_timeout),
+            },
+            http_timeout: request_timeout,
+        }
+    }
 }
 
 /// How many snapshots to keep, shared by `sync` and `gc`.

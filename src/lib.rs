@@ -18,6 +18,7 @@
 //!
 //! `docs/design.md` explains the design and its invariants in prose.
 
+pub mod access;
 pub mod cli;
 pub mod daemon;
 pub mod entries;

@@ -60,7 +60,11 @@ fn usage<E: std::fmt::Display>(e: E) -> (u8, String) {
 
 fn sync(args: SyncArgs, style: Style) -> Outcome {
     let target = Target::parse(args.git_ref.as_deref()).map_err(usage)?;
-    let remote = Remote::new(&args.repo, target, args.depth).map_err(usage)?;
+    let access = args.access.access(args.sync_timeout);
+    if !access.ssh.check_host_keys {
+        tracing::warn!("SSH HOST KEY CHECKING IS OFF (--ssh-known-hosts=false): anyone between this pod and the server can serve it DAGs. Use --ssh-known-hosts-file instead");
+    }
+    let remote = Remote::new(&args.repo, target, args.depth, access).map_err(usage)?;
     let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
     let cache_dir = args.cache_dir(&remote.display_url());
     tracing::info!(

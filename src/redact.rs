@@ -5,10 +5,13 @@
 //! through [`Redactor`], so a secret never reaches logs, status output or error messages.
 
 /// Scrubs the secrets of one repository URL from any text.
+///
+/// Clones share what they know: a password read later (a rotated token) is hidden by every
+/// copy, including the one the sync loop renders errors with.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     /// Secret substrings, longest first so that a secret containing another is replaced whole.
-    secrets: Vec<String>,
+    secrets: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 const MASK: &str = "<redacted>";
@@ -17,7 +20,7 @@ impl Redactor {
     /// Learn the secrets in `url`: for http(s) the whole user-info (a token is often the user
     /// name), for other schemes the password part only (`git@host` names a user, not a secret).
     pub fn for_url(url: &str) -> Self {
-        let mut redactor = Redactor::default();
+        let redactor = Redactor::default();
         if let Some((scheme, rest)) = url.split_once("://") {
             let authority_end = rest.find('/').unwrap_or(rest.len());
             let authority = &rest[..authority_end];
@@ -40,19 +43,30 @@ impl Redactor {
     }
 
     /// Also hide `secret` (a password read from a file or the environment).
-    pub fn add_secret(&mut self, secret: &str) {
+    pub fn add_secret(&self, secret: &str) {
         // Very short values would mask unrelated text (a user "git" inside "github") and are not
         // credentials worth the name; they are never printed by dagsnap itself either.
-        if secret.len() >= 4 && !self.secrets.iter().any(|s| s == secret) {
-            self.secrets.push(secret.to_string());
-            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        if secret.len() < 4 {
+            return;
+        }
+        let mut secrets = self
+            .secrets
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !secrets.iter().any(|s| s == secret) {
+            secrets.push(secret.to_string());
+            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         }
     }
 
     /// `text` with every known secret, and any user-info of any http(s) URL in it, masked.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for secret in &self.secrets {
+        let secrets = self
+            .secrets
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for secret in secrets.iter() {
             if out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), MASK);
             }
@@ -149,7 +163,7 @@ mod tests {
 
     #[test]
     fn percent_encoded_secret_is_masked() {
-        let mut r = Redactor::default();
+        let r = Redactor::default();
         r.add_secret("p@ss/word");
         assert_eq!(r.redact("user:p%40ss%2Fword"), "user:<redacted>");
     }

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, Access, AccessError, Password};
 use crate::fsutil::{self, Context, IoError};
 use crate::lock::{FileLock, LockError};
 use crate::redact::Redactor;
@@ -72,6 +73,12 @@ pub enum SourceError {
     },
     #[error("cannot read commit {commit} from the cache: {cause}")]
     Object { commit: ObjectId, cause: String },
+    #[error("{url}: {source}")]
+    Access {
+        url: String,
+        #[source]
+        source: AccessError,
+    },
     #[error("interrupted")]
     Cancelled,
 }
@@ -158,33 +165,63 @@ impl std::fmt::Display for Target {
 /// The repository to follow.
 #[derive(Debug, Clone)]
 pub struct Remote {
-    /// The URL as gix receives it (a plain path is made absolute first).
+    /// The URL as gix receives it: a plain path made absolute, credentials moved out.
     url: String,
     redactor: Redactor,
     pub target: Target,
     /// Commits of history to fetch; 0 means all.
     pub depth: u32,
+    access: Access,
 }
 
 impl Remote {
-    pub fn new(url: &str, target: Target, depth: u32) -> Result<Remote, String> {
+    /// Describe the repository at `url`. Credentials in an http(s) URL are moved into `access`
+    /// (unless `--username`/a password were given, which win) and the URL is kept without them;
+    /// everything `access` refers to is checked now, so that a typo fails at start-up.
+    pub fn new(
+        url: &str,
+        target: Target,
+        depth: u32,
+        mut access: Access,
+    ) -> Result<Remote, String> {
         let url = url.trim();
         if url.is_empty() {
             return Err("--repo is empty; give the repository URL or path".into());
         }
         let url = absolutize_local_path(url);
-        gix::url::parse(gix::bstr::BStr::new(url.as_str())).map_err(|e| {
-            format!(
-                "invalid repository URL '{}': {e}",
-                Redactor::for_url(&url).redact(&url)
-            )
-        })?;
+        // Learn the URL's secrets before anything can print it.
+        let redactor = Redactor::for_url(&url);
+        let split = access::split_credentials(&url);
+        if access.username.is_none() {
+            access.username = split.username.clone();
+        }
+        if access.password.is_none() {
+            access.password = match (&split.password, &split.username) {
+                (Some(password), _) => Some(Password::Fixed(password.clone())),
+                // `https://TOKEN@host`: the token is the user name and the password is empty.
+                (None, Some(_)) => Some(Password::Fixed(String::new())),
+                (None, None) => None,
+            };
+        }
+        let url = split.url;
+        gix::url::parse(gix::bstr::BStr::new(url.as_str()))
+            .map_err(|e| format!("invalid repository URL '{}': {e}", redactor.redact(&url)))?;
+        access
+            .validate(&url, &redactor)
+            .map_err(|e| e.to_string())?;
         Ok(Remote {
-            redactor: Redactor::for_url(&url),
+            redactor,
             url,
             target,
             depth,
+            access,
         })
+    }
+
+    /// True for `http://` and `https://` remotes.
+    fn is_http(&self) -> bool {
+        let lower = self.url.to_ascii_lowercase();
+        lower.starts_with("http://") || lower.starts_with("https://")
     }
 
     /// The URL with credentials masked, fit for logs and the root's records.
@@ -261,6 +298,8 @@ pub struct Cache {
     dir: PathBuf,
     repo: gix::ThreadSafeRepository,
     record: CacheRecord,
+    /// Configuration overrides applied at every open (the ssh command, protocol version).
+    config: Vec<String>,
     /// The full ref name a short `--ref` resolved to, so later polls need one connection only.
     resolved: Option<String>,
     /// Set when the cache should be re-created before the next fetch.
@@ -308,6 +347,7 @@ impl Cache {
             url: remote.display_url(),
             depth: remote.depth,
         };
+        let config = cache_config(remote);
         let marker = dir.join("cache.json");
         let repo_dir = dir.join("repo.git");
         remove_stale_lock_files(&repo_dir)?;
@@ -315,18 +355,18 @@ impl Cache {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let repo = match existing {
-            Some(found) if found == record => match open_repo(&repo_dir) {
+            Some(found) if found == record => match open_repo(&repo_dir, &config) {
                 Ok(repo) => repo,
                 Err(cause) => {
                     tracing::warn!(cache = %repo_dir.display(), %cause, "cache repository unreadable, re-creating it");
-                    init_repo(&repo_dir, &marker, &record)?
+                    init_repo(&repo_dir, &marker, &record, &config)?
                 }
             },
             Some(_) => {
                 tracing::info!(cache = %dir.display(), "cache was made for another repository or depth, re-creating it");
-                init_repo(&repo_dir, &marker, &record)?
+                init_repo(&repo_dir, &marker, &record, &config)?
             }
-            None => init_repo(&repo_dir, &marker, &record)?,
+            None => init_repo(&repo_dir, &marker, &record, &config)?,
         };
         Ok(Cache {
             dir: dir.to_path_buf(),
@@ -334,6 +374,7 @@ impl Cache {
             record,
             resolved: None,
             reset_due: false,
+            config,
             _lock: lock,
         })
     }
@@ -350,7 +391,12 @@ impl Cache {
     /// Wipe and re-create the repository, e.g. after gix reported corrupt objects.
     pub fn reset(&mut self) -> Result<(), SourceError> {
         let marker = self.dir.join("cache.json");
-        self.repo = init_repo(&self.dir.join("repo.git"), &marker, &self.record)?;
+        self.repo = init_repo(
+            &self.dir.join("repo.git"),
+            &marker,
+            &self.record,
+            &self.config,
+        )?;
         self.resolved = None;
         self.reset_due = false;
         Ok(())
@@ -382,17 +428,43 @@ impl Cache {
                 });
             }
         }
+        // Read the password now, every time: a rotated token is picked up without a restart.
+        let password = if remote.is_http() {
+            remote
+                .access
+                .password(&remote.redactor)
+                .map_err(|source| SourceError::Access {
+                    url: remote.display_url(),
+                    source,
+                })?
+        } else {
+            None
+        };
         let spec_source = match (&remote.target, &self.resolved) {
             (Target::RemoteHead, _) => "HEAD".to_string(),
             (Target::Commit(id), _) => id.to_string(),
             (Target::Name(_), Some(full)) => full.clone(),
             (Target::Name(name), None) => {
-                let full = self.resolve_name(&repo, remote, name, progress, interrupt)?;
+                let full = self.resolve_name(
+                    &repo,
+                    remote,
+                    password.as_deref(),
+                    name,
+                    progress,
+                    interrupt,
+                )?;
                 self.resolved = Some(full.clone());
                 full
             }
         };
-        let result = fetch_if_needed(&repo, remote, &spec_source, progress, interrupt);
+        let result = fetch_if_needed(
+            &repo,
+            remote,
+            password.as_deref(),
+            &spec_source,
+            progress,
+            interrupt,
+        );
         if let Err(SourceError::RefNotFound { .. }) = &result {
             // The branch may have been deleted and a tag of that name created; look again next time.
             self.resolved = None;
@@ -429,7 +501,7 @@ impl Cache {
             tracing::info!(cache = %self.dir.display(), packs = packs.len(), bytes = total, "the cache has grown; it is re-created before the next fetch");
             self.reset_due = true;
         }
-        self.repo = open_repo(&repo_dir).map_err(|cause| SourceError::CacheRepo {
+        self.repo = open_repo(&repo_dir, &self.config).map_err(|cause| SourceError::CacheRepo {
             dir: repo_dir.clone(),
             cause,
         })?;
@@ -441,6 +513,7 @@ impl Cache {
         &self,
         repo: &gix::Repository,
         remote: &Remote,
+        password: Option<&str>,
         name: &str,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
@@ -452,9 +525,7 @@ impl Cache {
             .map(|(i, c)| format!("+{c}:refs/dagsnap/candidate/{i}"))
             .collect();
         let git_remote = make_remote(repo, remote, &specs)?;
-        let connection = git_remote
-            .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| remote_error(remote, "connect to", &e, interrupt))?;
+        let connection = open_connection(&git_remote, repo, remote, password, interrupt)?;
         // List every ref, not only the candidates: this runs once per start, and when the name
         // is wrong the error can then say which branches and tags do exist.
         let options = gix::remote::ref_map::Options {
@@ -517,16 +588,16 @@ impl Cache {
     }
 }
 
-fn open_repo(dir: &Path) -> Result<gix::ThreadSafeRepository, String> {
-    open_options().open(dir).map_err(|e| error_chain(&e))
+fn open_repo(dir: &Path, config: &[String]) -> Result<gix::ThreadSafeRepository, String> {
+    open_options(config).open(dir).map_err(|e| error_chain(&e))
 }
 
-fn open_options() -> gix::open::Options {
+fn open_options(config: &[String]) -> gix::open::Options {
     // gix sizes its table of pack indices when the repository is opened. Every fetch adds a
     // pack, so the handle is re-opened after each one (see `Cache::update`) and sized with
     // room to spare.
     gix::open::Options::default()
-        .config_overrides(cache_config())
+        .config_overrides(config.iter().map(String::as_str))
         .object_store_slots(gix::odb::store::init::Slots::AsNeededByDiskState {
             multiplier: 2.0,
             minimum: 64,
@@ -569,6 +640,7 @@ fn init_repo(
     dir: &Path,
     marker: &Path,
     record: &CacheRecord,
+    config: &[String],
 ) -> Result<gix::ThreadSafeRepository, SourceError> {
     match std::fs::remove_file(marker) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -582,22 +654,68 @@ fn init_repo(
         cause: error_chain(&e),
     };
     gix::init_bare(dir).map_err(repo_error)?;
-    let repo = open_options().open(dir).map_err(repo_error)?;
+    let repo = open_options(config).open(dir).map_err(repo_error)?;
     let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
     fsutil::write_atomically(marker, &bytes)?;
     Ok(repo)
 }
 
 /// Configuration applied in memory to every open of the cache.
-fn cache_config() -> Vec<&'static str> {
+fn cache_config(remote: &Remote) -> Vec<String> {
     vec![
-        "protocol.version=2",
-        // Never wait for a password or host-key prompt: a sidecar has no one to answer it.
-        "core.sshCommand=ssh -o BatchMode=yes -o ConnectTimeout=30",
-        "gitoxide.userAgent=dagsnap",
+        "protocol.version=2".into(),
+        format!("core.sshCommand={}", remote.access.ssh_command()),
+        "gitoxide.userAgent=dagsnap".into(),
         // A shallow cache is the point; a server that is itself shallow is fine.
-        "clone.rejectShallow=false",
+        "clone.rejectShallow=false".into(),
     ]
+}
+
+type Connection<'a, 'r> = gix::remote::Connection<
+    'a,
+    'static,
+    'r,
+    Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
+>;
+
+/// Connect to the remote with dagsnap's HTTP settings and, if configured, its credentials.
+/// Without dagsnap credentials, git's credential helpers (if configured) are asked as usual.
+fn open_connection<'a, 'r>(
+    git_remote: &'a gix::Remote<'r>,
+    repo: &gix::Repository,
+    remote: &Remote,
+    password: Option<&str>,
+    interrupt: &AtomicBool,
+) -> Result<Connection<'a, 'r>, SourceError> {
+    let mut connection = git_remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| remote_error(remote, "connect to", &e, interrupt))?;
+    if !remote.is_http() {
+        return Ok(connection);
+    }
+    let from_config = repo
+        .transport_options(remote.url.as_str(), None)
+        .map_err(|e| remote_error(remote, "configure HTTP for", &e, interrupt))?;
+    connection = connection.with_transport_options(remote.access.http_options(from_config));
+    if let (Some(password), true) = (password, remote.access.has_http_credentials()) {
+        let username = remote.access.username.clone().unwrap_or_default();
+        let password = password.to_string();
+        connection = connection.with_credentials(move |action| match action {
+            gix::credentials::helper::Action::Get(context) => {
+                Ok(Some(gix::credentials::protocol::Outcome {
+                    identity: gix::sec::identity::Account {
+                        username: username.clone(),
+                        password: password.clone(),
+                        oauth_refresh_token: None,
+                    },
+                    next: context.into(),
+                }))
+            }
+            // Nothing to store or forget: the credentials come from dagsnap's configuration.
+            _ => Ok(None),
+        });
+    }
+    Ok(connection)
 }
 
 /// A gix remote for `remote.url` that fetches exactly `specs` and no tags.
@@ -628,14 +746,13 @@ fn make_remote<'r>(
 fn fetch_if_needed(
     repo: &gix::Repository,
     remote: &Remote,
+    password: Option<&str>,
     spec_source: &str,
     progress: &gix::progress::tree::Root,
     interrupt: &AtomicBool,
 ) -> Result<(ObjectId, String, bool), SourceError> {
     let git_remote = make_remote(repo, remote, &[format!("+{spec_source}:{TARGET_REF}")])?;
-    let connection = git_remote
-        .connect(gix::remote::Direction::Fetch)
-        .map_err(|e| remote_error(remote, "connect to", &e, interrupt))?;
+    let connection = open_connection(&git_remote, repo, remote, password, interrupt)?;
     let prepare = connection
         .prepare_fetch(progress.add_child("list refs"), Default::default())
         .map_err(|e| remote_error(remote, "list refs of", &e, interrupt))?;

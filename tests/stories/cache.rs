@@ -21,7 +21,13 @@ fn the_cache_stays_shallow_and_bounded_across_1000_updates() {
     let remote = Remote::new();
     let commits = remote.fast_commits("main", 1000, 5);
     let scratch = Scratch::new();
-    let source = Source::new(&remote.url(), Target::parse(Some("main")).unwrap(), 1).unwrap();
+    let source = Source::new(
+        &remote.url(),
+        Target::parse(Some("main")).unwrap(),
+        1,
+        Default::default(),
+    )
+    .unwrap();
     let mut cache = Cache::open(&scratch.cache(), &source).unwrap();
     let progress = gix::progress::tree::Root::new();
     let interrupt = AtomicBool::new(false);

@@ -1,0 +1,361 @@
+//! How to reach a remote: HTTP credentials, TLS trust, SSH keys and host keys, timeouts.
+//!
+//! Secrets are never put where they could leak: a password is read from a file (again before
+//! every fetch, so a rotated token works without a restart) or from `DAGSNAP_PASSWORD`, handed
+//! to gix through a credentials callback, and registered with the [`Redactor`] so that no log
+//! line or error can print it. Credentials found in a URL are moved out of it the same way. No
+//! secret is ever passed on a command line: the `ssh` command carries only paths.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::redact::Redactor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("cannot read the password file {}: {cause}; mount the secret there or fix --password-file", path.display())]
+    PasswordFile { path: PathBuf, cause: String },
+    #[error("the password file {} is empty; it should hold the password or token", path.display())]
+    EmptyPassword { path: PathBuf },
+    #[error("refusing to send credentials over plain http to {url}; use https, or pass --allow-insecure-http-credentials if this network is trusted")]
+    InsecureHttp { url: String },
+    #[error("ssh key file {} is not readable ({cause}); mount the deploy key there or fix --ssh-key-file", path.display())]
+    KeyFile { path: PathBuf, cause: String },
+    #[error("ssh known hosts file {} is not readable ({cause}); create it with `ssh-keyscan -p PORT HOST > FILE` (and check the fingerprint) or fix --ssh-known-hosts-file", path.display())]
+    KnownHostsFile { path: PathBuf, cause: String },
+    #[error("CA file {} is not usable ({cause}); it must hold PEM certificates", path.display())]
+    CaFile { path: PathBuf, cause: String },
+    #[error("--username is set but no password: give --password-file or DAGSNAP_PASSWORD")]
+    NoPassword,
+}
+
+/// Where the HTTP password (or token) comes from.
+#[derive(Debug, Clone)]
+pub enum Password {
+    /// Read from this file before every fetch.
+    File(PathBuf),
+    /// Given once, from the environment or moved out of the URL.
+    Fixed(String),
+}
+
+/// SSH settings, turned into the `ssh` command gix runs.
+#[derive(Debug, Clone, Default)]
+pub struct Ssh {
+    pub key_files: Vec<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+    /// False only when the operator explicitly disabled host key checking.
+    pub check_host_keys: bool,
+    pub port: Option<u16>,
+    pub connect_timeout: Duration,
+}
+
+/// Everything needed to authenticate to and trust a remote.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub username: Option<String>,
+    pub password: Option<Password>,
+    pub allow_insecure_http: bool,
+    pub ca_file: Option<PathBuf>,
+    pub ssh: Ssh,
+    /// Bound for one HTTP request, so a silent server cannot block a fetch forever.
+    pub http_timeout: Duration,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            username: None,
+            password: None,
+            allow_insecure_http: false,
+            ca_file: None,
+            ssh: Ssh {
+                check_host_keys: true,
+                connect_timeout: Duration::from_secs(30),
+                ..Ssh::default()
+            },
+            http_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The parts of a URL that carry credentials, and the URL without them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitUrl {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Take `user:password@` out of an http(s) URL; other URLs are returned as they are (an ssh
+/// user name is not a secret, and ssh never takes a password from dagsnap).
+pub fn split_credentials(url: &str) -> SplitUrl {
+    let unchanged = SplitUrl {
+        url: url.to_string(),
+        username: None,
+        password: None,
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return unchanged;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return unchanged;
+    }
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return unchanged;
+    };
+    let userinfo = &rest[..at];
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (userinfo, None),
+    };
+    SplitUrl {
+        url: format!("{scheme}://{}", &rest[at + 1..]),
+        username: Some(percent_decode(user)).filter(|u| !u.is_empty()),
+        password: password.map(percent_decode).filter(|p| !p.is_empty()),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Access {
+    /// Check at start-up what can be checked, so that a typo fails once with exit 2 instead of
+    /// at every poll: files exist and are readable, credentials do not go out in clear text.
+    pub fn validate(&self, url: &str, redactor: &Redactor) -> Result<(), AccessError> {
+        let plain_http = url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+        if plain_http
+            && (self.username.is_some() || self.password.is_some())
+            && !self.allow_insecure_http
+        {
+            return Err(AccessError::InsecureHttp {
+                url: redactor.redact(url),
+            });
+        }
+        if self.username.is_some() && self.password.is_none() {
+            return Err(AccessError::NoPassword);
+        }
+        self.password(redactor)?;
+        for key in &self.ssh.key_files {
+            std::fs::File::open(key).map_err(|e| AccessError::KeyFile {
+                path: key.clone(),
+                cause: e.to_string(),
+            })?;
+        }
+        if let Some(known) = &self.ssh.known_hosts_file {
+            std::fs::File::open(known).map_err(|e| AccessError::KnownHostsFile {
+                path: known.clone(),
+                cause: e.to_string(),
+            })?;
+        }
+        if let Some(ca) = &self.ca_file {
+            certificates(ca)?;
+        }
+        Ok(())
+    }
+
+    /// The current password: the file is read anew each time, and whatever is read is added to
+    /// the redactor before it can appear anywhere.
+    pub fn password(&self, redactor: &Redactor) -> Result<Option<String>, AccessError> {
+        let password = match &self.password {
+            None => return Ok(None),
+            Some(Password::Fixed(p)) => p.clone(),
+            Some(Password::File(path)) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| AccessError::PasswordFile {
+                        path: path.clone(),
+                        cause: e.to_string(),
+                    })?;
+                let trimmed = text.trim_end_matches(['\n', '\r']).to_string();
+                if trimmed.is_empty() {
+                    return Err(AccessError::EmptyPassword { path: path.clone() });
+                }
+                trimmed
+            }
+        };
+        redactor.add_secret(&password);
+        Ok(Some(password))
+    }
+
+    /// True if dagsnap supplies HTTP credentials itself (otherwise git's credential helpers, if
+    /// configured, are asked as usual).
+    pub fn has_http_credentials(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// The `ssh` command gix runs (through `sh -c`, as git runs `core.sshCommand`). Only paths
+    /// and options go into it, never a secret.
+    pub fn ssh_command(&self) -> String {
+        let ssh = &self.ssh;
+        let mut parts = vec![
+            "ssh".to_string(),
+            // Never wait for a prompt: a sidecar has nobody to answer it.
+            "-o BatchMode=yes".into(),
+            format!("-o ConnectTimeout={}", ssh.connect_timeout.as_secs().max(1)),
+            // A server that stops answering is noticed within a minute even between reads.
+            "-o ServerAliveInterval=15".into(),
+            "-o ServerAliveCountMax=4".into(),
+        ];
+        if ssh.check_host_keys {
+            parts.push("-o StrictHostKeyChecking=yes".into());
+            if let Some(known) = &ssh.known_hosts_file {
+                parts.push(format!("-o UserKnownHostsFile={}", shell_quote(known)));
+            }
+        } else {
+            parts.push("-o StrictHostKeyChecking=no".into());
+            parts.push("-o UserKnownHostsFile=/dev/null".into());
+            parts.push("-o LogLevel=ERROR".into());
+        }
+        if !ssh.key_files.is_empty() {
+            parts.push("-o IdentitiesOnly=yes".into());
+            for key in &ssh.key_files {
+                parts.push(format!("-i {}", shell_quote(key)));
+            }
+        }
+        if let Some(port) = ssh.port {
+            parts.push(format!("-o Port={port}"));
+        }
+        parts.join(" ")
+    }
+
+    /// Add dagsnap's HTTP settings to gix's (which come from git configuration): a bound on
+    /// every request, and the extra CA certificates.
+    pub fn http_options(
+        &self,
+        from_config: Option<Box<dyn std::any::Any>>,
+    ) -> Box<dyn std::any::Any> {
+        use gix::protocol::transport::client::blocking_io::http;
+        let mut options = from_config
+            .and_then(|o| o.downcast::<http::Options>().ok())
+            .map(|o| *o)
+            .unwrap_or_default();
+        let mut extra_ca: Vec<PathBuf> = self.ca_file.iter().cloned().collect();
+        // `http.sslCAInfo` / GIT_SSL_CAINFO, which the reqwest backend does not apply by itself.
+        extra_ca.extend(options.ssl_ca_info.take());
+        let timeout = self.http_timeout;
+        let configure: Box<http::reqwest::ConfigureClientFn> = Box::new(move |mut builder| {
+            builder = builder.timeout(timeout);
+            for path in &extra_ca {
+                let certs = certificates(path).map_err(gix::Error::from_error)?;
+                builder = builder.tls_certs_merge(certs);
+            }
+            Ok(builder)
+        });
+        let backend = http::reqwest::Options {
+            configure_client: Some(configure),
+            configure_request: None,
+        };
+        options.backend = Some(Arc::new(Mutex::new(backend)));
+        Box::new(options)
+    }
+}
+
+fn certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, AccessError> {
+    let failed = |cause: String| AccessError::CaFile {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| failed(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(failed("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// Single-quote `path` for `sh -c`.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_move_out_of_https_urls() {
+        let split =
+            split_credentials("https://x-access-token:ghp%2Fsecret@github.com/org/dags.git");
+        assert_eq!(split.url, "https://github.com/org/dags.git");
+        assert_eq!(split.username.as_deref(), Some("x-access-token"));
+        assert_eq!(split.password.as_deref(), Some("ghp/secret"));
+
+        let token_only = split_credentials("https://ghp_token@github.com/org/dags.git");
+        assert_eq!(token_only.username.as_deref(), Some("ghp_token"));
+        assert_eq!(token_only.password, None);
+
+        let ssh = split_credentials("ssh://git@example.com/dags.git");
+        assert_eq!(ssh.url, "ssh://git@example.com/dags.git");
+        assert_eq!(ssh.username, None);
+    }
+
+    #[test]
+    fn ssh_command_quotes_paths_and_checks_host_keys() {
+        let access = Access {
+            ssh: Ssh {
+                key_files: vec![PathBuf::from("/etc/git secret/key")],
+                known_hosts_file: Some(PathBuf::from("/etc/git-secret/known_hosts")),
+                check_host_keys: true,
+                port: Some(2222),
+                connect_timeout: Duration::from_secs(10),
+            },
+            ..Access::default()
+        };
+        let cmd = access.ssh_command();
+        assert!(cmd.contains("-i '/etc/git secret/key'"), "{cmd}");
+        assert!(cmd.contains("StrictHostKeyChecking=yes"), "{cmd}");
+        assert!(
+            cmd.contains("UserKnownHostsFile='/etc/git-secret/known_hosts'"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("-o Port=2222") && cmd.contains("BatchMode=yes"),
+            "{cmd}"
+        );
+    }
+
+    #[test]
+    fn rotated_password_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first-token\n").unwrap();
+        let access = Access {
+            username: Some("bot".into()),
+            password: Some(Password::File(file.clone())),
+            ..Access::default()
+        };
+        let redactor = Redactor::default();
+        assert_eq!(
+            access.password(&redactor).unwrap().as_deref(),
+            Some("first-token")
+        );
+        std::fs::write(&file, "second-token").unwrap();
+        assert_eq!(
+            access.password(&redactor).unwrap().as_deref(),
+            Some("second-token")
+        );
+        assert_eq!(
+            redactor.redact("first-token second-token"),
+            "<redacted> <redacted>"
+        );
+    }
+}
