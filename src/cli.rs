@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Keep the link pointing at the latest commit of a ref (a loop; --one-time for init containers).
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     /// Show what is live under a root.
     Status(StatusArgs),
     /// List retained snapshots, newest first, with what is current and pinned.

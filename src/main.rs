@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Sync(args) => sync(args, style),
+        Command::Sync(args) => sync(*args, style),
         Command::Status(args) => show_status(args),
         Command::Gc(args) => collect_garbage(args),
         Command::List(args) => list_snapshots(args),
