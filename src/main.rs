@@ -24,6 +24,7 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let style = match dagsnap::logging::init(cli.log_format, &cli.log_level) {
         Ok(style) => style,
@@ -49,6 +50,19 @@ fn main() -> ExitCode {
             tracing::error!("{message}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// glibc gives every thread that allocates its own arena (up to 8 per core), and freed memory
+/// stays in them. gix decompresses large objects on several threads during a fetch, so the
+/// arenas hold several copies' worth of high-water mark; two arenas cut the peak RSS of a first
+/// publish by about 12% (see docs/benchmarks.md) at no measurable cost in time.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called first thing in main, before any other thread exists; mallopt only changes
+    // a tuning parameter of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
