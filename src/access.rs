@@ -28,6 +28,62 @@ pub enum AccessError {
     CaFile { path: PathBuf, cause: String },
     #[error("--username is set but no password: give --password-file or DAGSNAP_PASSWORD")]
     NoPassword,
+    #[error("uid {uid} has no /etc/passwd entry and OpenSSH refuses to run without one; install libnss-wrapper (dagsnap then supplies an entry itself) or add uid {uid} to /etc/passwd")]
+    NoPasswdEntry { uid: u32 },
+    #[error("cannot prepare a passwd entry for ssh in {}: {cause}", dir.display())]
+    PasswdEntry { dir: PathBuf, cause: String },
+}
+
+/// Where distributions install nss_wrapper.
+const NSS_WRAPPER: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so",
+    "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
+    "/usr/lib64/libnss_wrapper.so",
+    "/usr/lib/libnss_wrapper.so",
+];
+
+/// OpenSSH exits with "No user exists for uid" when the process's uid has no passwd entry,
+/// which is common in containers run as an arbitrary uid. In that case, give the ssh processes
+/// dagsnap starts an entry through nss_wrapper: a private passwd and group file, and
+/// `LD_PRELOAD`, set in this process's environment so every child inherits them.
+///
+/// Must be called before any other thread starts (it changes the environment). Returns the
+/// directory of the generated files, or `None` when the uid has an entry anyway.
+pub fn provide_passwd_entry() -> Result<Option<PathBuf>, AccessError> {
+    let uid = nix::unistd::geteuid();
+    if matches!(nix::unistd::User::from_uid(uid), Ok(Some(_))) {
+        return Ok(None);
+    }
+    let Some(library) = NSS_WRAPPER.iter().map(Path::new).find(|p| p.exists()) else {
+        return Err(AccessError::NoPasswdEntry { uid: uid.as_raw() });
+    };
+    let gid = nix::unistd::getegid().as_raw();
+    let dir = std::env::temp_dir().join(format!("dagsnap-nss-{}", uid.as_raw()));
+    let home = std::env::var("HOME")
+        .ok()
+        .filter(|h| !h.is_empty() && h != "/")
+        .unwrap_or_else(|| dir.display().to_string());
+    let failed = |e: std::io::Error| AccessError::PasswdEntry {
+        dir: dir.clone(),
+        cause: e.to_string(),
+    };
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let passwd = dir.join("passwd");
+    let group = dir.join("group");
+    std::fs::write(
+        &passwd,
+        format!("dagsnap:x:{}:{gid}:dagsnap:{home}:/bin/sh\n", uid.as_raw()),
+    )
+    .map_err(failed)?;
+    std::fs::write(&group, format!("dagsnap:x:{gid}:\n")).map_err(failed)?;
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(existing) if !existing.is_empty() => format!("{existing}:{}", library.display()),
+        _ => library.display().to_string(),
+    };
+    std::env::set_var("LD_PRELOAD", preload);
+    std::env::set_var("NSS_WRAPPER_PASSWD", &passwd);
+    std::env::set_var("NSS_WRAPPER_GROUP", &group);
+    Ok(Some(dir))
 }
 
 /// Where the HTTP password (or token) comes from.
@@ -204,7 +260,10 @@ impl Access {
 
     /// The `ssh` command gix runs (through `sh -c`, as git runs `core.sshCommand`). Only paths
     /// and options go into it, never a secret.
-    pub fn ssh_command(&self) -> String {
+    ///
+    /// `log` receives ssh's own messages (`-E`) instead of the terminal, so that a refused host
+    /// key or key can be explained in dagsnap's error instead of garbling its log stream.
+    pub fn ssh_command(&self, log: Option<&Path>) -> String {
         let ssh = &self.ssh;
         let mut parts = vec![
             "ssh".to_string(),
@@ -233,6 +292,12 @@ impl Access {
         }
         if let Some(port) = ssh.port {
             parts.push(format!("-o Port={port}"));
+        }
+        if let Some(log) = log {
+            // `-E` takes ssh's own messages; the redirection takes what the server prints on
+            // stderr ("fatal: repository not found"). The command runs under `sh -c`, where a
+            // redirection may stand before the arguments gix appends.
+            parts.push(format!("-E {} 2>>{}", shell_quote(log), shell_quote(log)));
         }
         parts.join(" ")
     }
@@ -320,7 +385,7 @@ mod tests {
             },
             ..Access::default()
         };
-        let cmd = access.ssh_command();
+        let cmd = access.ssh_command(None);
         assert!(cmd.contains("-i '/etc/git secret/key'"), "{cmd}");
         assert!(cmd.contains("StrictHostKeyChecking=yes"), "{cmd}");
         assert!(

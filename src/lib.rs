@@ -21,6 +21,7 @@
 pub mod access;
 pub mod cli;
 pub mod daemon;
+pub mod diagnose;
 pub mod entries;
 pub mod fsutil;
 pub mod gc;

@@ -10,7 +10,15 @@ use crate::progress::Style;
 /// Install the global subscriber. Logs go to stderr; stdout is reserved for command output
 /// (`status --json`) so that it stays machine-readable.
 pub fn init(format: LogFormat, level: &str) -> Result<Style, String> {
-    let filter = EnvFilter::try_new(level).map_err(|e| {
+    // A bare level applies to dagsnap's own events; libraries (rustls, gix) report through
+    // dagsnap's errors, which say what to do. A full filter ("dagsnap=debug,gix=trace") is
+    // taken as written.
+    let directive = if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("dagsnap={level}")
+    };
+    let filter = EnvFilter::try_new(&directive).map_err(|e| {
         format!("invalid --log-level '{level}': {e}; use error, warn, info, debug or trace")
     })?;
     let on_terminal = std::io::stderr().is_terminal();

@@ -28,6 +28,8 @@ const TARGET_REF: &str = "refs/dagsnap/target";
 const CACHE_LAYOUT_VERSION: u32 = 1;
 /// Packs the cache may accumulate (one per fetch) before it is re-created.
 const MAX_PACKS: usize = 48;
+/// Where the `ssh` of the current fetch writes its messages (read back to explain failures).
+const SSH_LOG: &str = "ssh.log";
 /// Growth below this is never worth a re-fetch, however small the first pack was.
 const GROWTH_SLACK_BYTES: u64 = 16 << 20;
 
@@ -48,7 +50,7 @@ pub enum SourceError {
     CacheIo(#[from] IoError),
     #[error("cache repository {} is unusable: {cause}; delete the directory and dagsnap will re-create it", dir.display())]
     CacheRepo { dir: PathBuf, cause: String },
-    #[error("cannot {during} {url}: {cause}{}", remote_hint(during))]
+    #[error("cannot {during} {url}: {}", describe(during, cause))]
     Remote {
         during: &'static str,
         url: String,
@@ -83,14 +85,25 @@ pub enum SourceError {
     Cancelled,
 }
 
-/// Failing to reach or list a remote is almost always the URL, the network or credentials;
-/// failures later in a fetch say what went wrong in their cause.
-fn remote_hint(during: &str) -> &'static str {
-    match during {
-        "connect to" | "list refs of" => {
-            "; check the URL, that the server is reachable, and the credentials"
+/// The cause of a remote failure, led by what to do about it when it is recognized. Failing to
+/// reach or list a remote is otherwise almost always the URL, the network or credentials.
+fn describe(during: &str, cause: &str) -> String {
+    let mut cause = crate::diagnose::one_line(cause);
+    // ssh's warnings run long; the first part says what happened.
+    if cause.len() > 600 {
+        let cut = (0..=600)
+            .rev()
+            .find(|i| cause.is_char_boundary(*i))
+            .unwrap_or(0);
+        cause.truncate(cut);
+        cause.push_str(" …");
+    }
+    match crate::diagnose::explain(&cause) {
+        Some(d) => format!("{}; {} (details: {cause})", d.reason, d.fix),
+        None if matches!(during, "connect to" | "list refs of") => {
+            format!("{cause}; check the URL, that the server is reachable, and the credentials")
         }
-        _ => "",
+        None => cause,
     }
 }
 
@@ -216,6 +229,19 @@ impl Remote {
             depth,
             access,
         })
+    }
+
+    /// True for remotes reached through `ssh`: `ssh://` and scp-like `[user@]host:path`.
+    pub fn is_ssh(&self) -> bool {
+        let lower = self.url.to_ascii_lowercase();
+        lower.starts_with("ssh://")
+            || lower.starts_with("git+ssh://")
+            || (!lower.contains("://")
+                && !lower.starts_with('/')
+                && lower
+                    .split('/')
+                    .next()
+                    .is_some_and(|head| head.contains(':')))
     }
 
     /// True for `http://` and `https://` remotes.
@@ -347,7 +373,7 @@ impl Cache {
             url: remote.display_url(),
             depth: remote.depth,
         };
-        let config = cache_config(remote);
+        let config = cache_config(remote, &dir.join(SSH_LOG));
         let marker = dir.join("cache.json");
         let repo_dir = dir.join("repo.git");
         remove_stale_lock_files(&repo_dir)?;
@@ -428,6 +454,37 @@ impl Cache {
                 });
             }
         }
+        // ssh writes its messages to a file per fetch (see `Access::ssh_command`); start empty.
+        let ssh_log = self.dir.join(SSH_LOG);
+        if remote.is_ssh() {
+            let _ = std::fs::write(&ssh_log, b"");
+        }
+        let result = self.talk(&repo, remote, progress, interrupt);
+        if let Err(SourceError::RefNotFound { .. }) = &result {
+            // The branch may have been deleted and a tag of that name created; look again next time.
+            self.resolved = None;
+        }
+        let (commit, ref_name, fetched) = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
+        if fetched {
+            self.after_fetch()?;
+        }
+        Ok(Observation {
+            commit,
+            ref_name,
+            observed_at,
+            fetched,
+        })
+    }
+
+    /// The conversation with the remote: resolve a short ref name (once), then list the ref and
+    /// fetch what is new.
+    fn talk(
+        &mut self,
+        repo: &gix::Repository,
+        remote: &Remote,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(ObjectId, String, bool), SourceError> {
         // Read the password now, every time: a rotated token is picked up without a restart.
         let password = if remote.is_http() {
             remote
@@ -446,7 +503,7 @@ impl Cache {
             (Target::Name(_), Some(full)) => full.clone(),
             (Target::Name(name), None) => {
                 let full = self.resolve_name(
-                    &repo,
+                    repo,
                     remote,
                     password.as_deref(),
                     name,
@@ -457,28 +514,14 @@ impl Cache {
                 full
             }
         };
-        let result = fetch_if_needed(
-            &repo,
+        fetch_if_needed(
+            repo,
             remote,
             password.as_deref(),
             &spec_source,
             progress,
             interrupt,
-        );
-        if let Err(SourceError::RefNotFound { .. }) = &result {
-            // The branch may have been deleted and a tag of that name created; look again next time.
-            self.resolved = None;
-        }
-        let (commit, ref_name, fetched) = result?;
-        if fetched {
-            self.after_fetch()?;
-        }
-        Ok(Observation {
-            commit,
-            ref_name,
-            observed_at,
-            fetched,
-        })
+        )
     }
 
     /// Keep the cache bounded as packs accumulate: one pack arrives per fetch, and a shallow
@@ -661,10 +704,13 @@ fn init_repo(
 }
 
 /// Configuration applied in memory to every open of the cache.
-fn cache_config(remote: &Remote) -> Vec<String> {
+fn cache_config(remote: &Remote, ssh_log: &Path) -> Vec<String> {
     vec![
         "protocol.version=2".into(),
-        format!("core.sshCommand={}", remote.access.ssh_command()),
+        format!(
+            "core.sshCommand={}",
+            remote.access.ssh_command(Some(ssh_log))
+        ),
         "gitoxide.userAgent=dagsnap".into(),
         // A shallow cache is the point; a server that is itself shallow is fine.
         "clone.rejectShallow=false".into(),
@@ -828,6 +874,24 @@ fn remote_error(
         during,
         url: remote.display_url(),
         cause: remote.redactor().redact(&error_chain(err)),
+    }
+}
+
+/// Add what ssh said (its log of this fetch) to a remote failure: gix only sees the connection
+/// close, ssh knows why.
+fn with_ssh_log(err: SourceError, log: &Path, remote: &Remote) -> SourceError {
+    match err {
+        SourceError::Remote { during, url, cause } if remote.is_ssh() => {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            let said = crate::diagnose::one_line(&remote.redactor().redact(&said));
+            let cause = if said.is_empty() {
+                cause
+            } else {
+                format!("{cause} | ssh: {said}")
+            };
+            SourceError::Remote { during, url, cause }
+        }
+        other => other,
     }
 }
 

@@ -63,16 +63,110 @@ pub fn publish_bare(source: &Path, projects: &Path, name: &str) -> PathBuf {
 }
 
 /// Smart HTTP: nginx in front of fcgiwrap running git-http-backend.
+///
+/// Repositories are served three ways: `/<name>` anonymously, `/private/<name>` behind HTTP
+/// basic auth, and `/forbidden/<name>` always answering 403. With `tls`, nginx speaks HTTPS
+/// with a certificate from a CA made for the test (`ca_file`).
 pub struct HttpServer {
     pub port: u16,
     pub projects: PathBuf,
+    pub tls: bool,
+    pub ca_file: PathBuf,
+    htpasswd: PathBuf,
     _nginx: Killed,
     _fcgiwrap: Killed,
     _dir: tempfile::TempDir,
 }
 
+/// Which door of the server a URL goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Public,
+    Private,
+    Forbidden,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it.
+fn make_certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dagsnap test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+}
+
 impl HttpServer {
     pub fn start() -> HttpServer {
+        Self::start_with(false, "git-user", "initial-password")
+    }
+
+    pub fn start_with(tls: bool, user: &str, password: &str) -> HttpServer {
         let nginx = require("nginx", "nginx");
         let fcgiwrap = require("fcgiwrap", "fcgiwrap");
         let backend = Path::new("/usr/lib/git-core/git-http-backend");
@@ -88,6 +182,11 @@ impl HttpServer {
         fs::create_dir_all(&projects).unwrap();
         for sub in ["body", "fastcgi", "proxy", "uwsgi", "scgi"] {
             fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let htpasswd = d.join("htpasswd");
+        fs::write(&htpasswd, format!("{user}:{{PLAIN}}{password}\n")).unwrap();
+        if tls {
+            make_certificates(d);
         }
         let socket = d.join("fcgi.sock");
         let log = d.join("error.log");
@@ -109,14 +208,34 @@ impl HttpServer {
         }
 
         let port = free_port();
-        let user = if nix::unistd::geteuid().is_root() {
+        let user_directive = if nix::unistd::geteuid().is_root() {
             "user root;"
         } else {
             ""
         };
+        let listen = if tls {
+            format!("listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;", d = d.display())
+        } else {
+            format!("listen 127.0.0.1:{port};")
+        };
+        let git = |path_info: &str| {
+            format!(
+                "include /etc/nginx/fastcgi_params;
+      fastcgi_param SCRIPT_FILENAME {backend};
+      fastcgi_param GIT_PROJECT_ROOT {projects};
+      fastcgi_param GIT_HTTP_EXPORT_ALL \"\";
+      fastcgi_param PATH_INFO {path_info};
+      fastcgi_param REMOTE_USER $remote_user;
+      fastcgi_param GIT_PROTOCOL $http_git_protocol;
+      fastcgi_pass unix:{socket};",
+                backend = backend.display(),
+                projects = projects.display(),
+                socket = socket.display(),
+            )
+        };
         let conf = format!(
             r#"
-{user}
+{user_directive}
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {log} info;
@@ -129,25 +248,24 @@ http {{
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
   server {{
-    listen 127.0.0.1:{port};
+    {listen}
+    location ~ ^/forbidden/ {{ return 403; }}
+    location ~ ^/private(/.*)$ {{
+      auth_basic "git";
+      auth_basic_user_file {htpasswd};
+      {private}
+    }}
     location / {{
-      include /etc/nginx/fastcgi_params;
-      fastcgi_param SCRIPT_FILENAME {backend};
-      fastcgi_param GIT_PROJECT_ROOT {projects};
-      fastcgi_param GIT_HTTP_EXPORT_ALL "";
-      fastcgi_param PATH_INFO $uri;
-      fastcgi_param REMOTE_USER $remote_user;
-      fastcgi_param GIT_PROTOCOL $http_git_protocol;
-      fastcgi_pass unix:{socket};
+      {public}
     }}
   }}
 }}
 "#,
             d = d.display(),
             log = log.display(),
-            backend = backend.display(),
-            projects = projects.display(),
-            socket = socket.display(),
+            htpasswd = htpasswd.display(),
+            private = git("$1"),
+            public = git("$uri"),
         );
         let conf_path = d.join("nginx.conf");
         fs::write(&conf_path, conf).unwrap();
@@ -165,17 +283,37 @@ http {{
         wait_for_port(port, "nginx", &d.join("nginx.stderr"));
         HttpServer {
             port,
+            ca_file: d.join("ca.pem"),
             projects,
+            tls,
+            htpasswd,
             _nginx: server,
             _fcgiwrap: fcgi,
             _dir: dir,
         }
     }
 
-    /// Serve `source` as `name`; returns its http URL.
+    /// Serve `source` as `name`; returns its anonymous URL.
     pub fn serve(&self, source: &Path, name: &str) -> String {
         publish_bare(source, &self.projects, name);
-        format!("http://127.0.0.1:{}/{name}", self.port)
+        self.url(Door::Public, name)
+    }
+
+    pub fn url(&self, door: Door, name: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let prefix = match door {
+            Door::Public => "",
+            Door::Private => "private/",
+            Door::Forbidden => "forbidden/",
+        };
+        format!("{scheme}://127.0.0.1:{}/{prefix}{name}", self.port)
+    }
+
+    /// Change the basic-auth password (nginx reads the file on every request).
+    pub fn set_password(&self, user: &str, password: &str) {
+        let tmp = self.htpasswd.with_extension("new");
+        fs::write(&tmp, format!("{user}:{{PLAIN}}{password}\n")).unwrap();
+        fs::rename(&tmp, &self.htpasswd).unwrap();
     }
 
     /// Bring the served copy up to date with `source`.
@@ -192,6 +330,38 @@ http {{
     }
 }
 
+/// A TCP server that accepts connections and then says nothing, ever.
+pub struct SilentServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentServer {
+    pub fn start() -> SilentServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((conn, _)) = listener.accept() {
+                    held.push(conn);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        SilentServer { port, stop }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// OpenSSH's sshd on a high port, with a generated host key and one authorized client key.
 pub struct SshServer {
     pub port: u16,
@@ -203,11 +373,63 @@ pub struct SshServer {
     _dir: tempfile::TempDir,
 }
 
+/// The account deploy keys log in as, with `git-shell` as its shell (as on a real git host).
+const GIT_SHELL_USER: &str = "dagsnap-git";
+
 impl SshServer {
     pub fn start() -> SshServer {
+        Self::start_as(None)
+    }
+
+    /// An sshd whose account for the tests is a `git-shell` user (created if missing; needs
+    /// root). Without root, the current user is used.
+    pub fn start_git_shell() -> SshServer {
+        if !nix::unistd::geteuid().is_root() {
+            return Self::start_as(None);
+        }
+        if nix::unistd::User::from_name(GIT_SHELL_USER)
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            let shell = ["/usr/bin/git-shell", "/usr/local/bin/git-shell"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .expect("git-shell is installed with git");
+            let status = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    shell,
+                    GIT_SHELL_USER,
+                ])
+                .status()
+                .unwrap();
+            // Another test may have created it at the same moment.
+            assert!(
+                status.success()
+                    || nix::unistd::User::from_name(GIT_SHELL_USER)
+                        .ok()
+                        .flatten()
+                        .is_some()
+            );
+        }
+        // useradd leaves the account locked ("!"), and sshd refuses locked accounts even for
+        // keys; "*" means "no password login" without the lock.
+        let _ = Command::new("usermod")
+            .args(["-p", "*", GIT_SHELL_USER])
+            .status();
+        Self::start_as(Some(GIT_SHELL_USER))
+    }
+
+    fn start_as(user: Option<&str>) -> SshServer {
         let sshd = require("sshd", "openssh-server");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        // The git-shell account must be able to reach the repositories.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
         let projects = d.join("projects");
         fs::create_dir_all(&projects).unwrap();
         let keygen = |path: &Path| {
@@ -256,11 +478,13 @@ impl SshServer {
         );
         let known_hosts = d.join("known_hosts");
         fs::write(&known_hosts, known).unwrap();
-        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| "root".into());
+        let user = user.map(str::to_string).unwrap_or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| "root".into())
+        });
         SshServer {
             port,
             user,
@@ -274,7 +498,19 @@ impl SshServer {
 
     /// Serve `source` as `name`; returns the repository's absolute path on the server.
     pub fn serve(&self, source: &Path, name: &str) -> PathBuf {
-        publish_bare(source, &self.projects, name)
+        let bare = publish_bare(source, &self.projects, name);
+        if self.user == GIT_SHELL_USER {
+            // git refuses to serve a repository owned by someone else ("dubious ownership").
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg(GIT_SHELL_USER)
+                .arg(&bare)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown of the served repository failed");
+        }
+        bare
     }
 
     pub fn log(&self) -> String {
