@@ -12,6 +12,7 @@
 //! - [`snapshot`]: turning a tree into a sealed directory;
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely;
 //! - [`source`]: the remote, the ref to follow, and the private cache;
+//! - [`access`], [`diagnose`]: credentials, TLS and SSH settings, and errors that say what to do;
 //! - [`daemon`]: the loop, its timeouts, backoff and signals;
 //! - [`history`], [`verify`]: the operator's commands (list, log, rollback, pin, verify);
 //! - [`cli`]: flags and environment variables.
