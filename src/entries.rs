@@ -88,6 +88,22 @@ impl Entries {
         Ok(Entries(entries))
     }
 
+    /// The entries of an index built from a commit's tree (sizes unknown until written: 0).
+    pub fn from_index(index: &gix::index::State) -> Entries {
+        Entries(
+            index
+                .entries()
+                .iter()
+                .map(|e| Entry {
+                    mode: e.mode.bits(),
+                    id: e.id,
+                    size: 0,
+                    path: e.path(index).to_vec(),
+                })
+                .collect(),
+        )
+    }
+
     /// Entries by path, for comparing two snapshots.
     pub fn by_path(&self) -> HashMap<&[u8], &Entry> {
         self.0.iter().map(|e| (e.path.as_slice(), e)).collect()

@@ -21,7 +21,6 @@
 //! the trash is emptied; that may take long on NFS and blocks nobody. Symlinks are removed, never
 //! followed, and write permission is restored only inside what is deleted.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crate::store::{Root, RootLock, StoreError};
@@ -53,26 +52,20 @@ pub fn plan(
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
 
-    // When each commit was last active, from the journal: a publication of X retires whatever
-    // was published before it.
-    let mut last_active: HashMap<String, SystemTime> = HashMap::new();
-    let moves: Vec<_> = root
-        .journal()?
-        .into_iter()
-        .filter(|e| e.moved_link)
-        .collect();
-    for pair in moves.windows(2) {
-        last_active.insert(pair[0].commit.clone(), pair[1].published_at);
-    }
-    if let Some(last) = moves.last() {
-        last_active.insert(last.commit.clone(), now);
-    }
+    // When each commit was last active: retired by the next link move, or still live.
+    let history = root.link_history()?;
+    let last_active = |commit: &str| -> Option<SystemTime> {
+        history
+            .published
+            .contains_key(commit)
+            .then(|| history.retired.get(commit).copied().unwrap_or(now))
+    };
 
     // (commit, last active, was ever linked)
     let mut candidates: Vec<(String, SystemTime, bool)> = Vec::new();
     for commit in root.snapshot_commits()? {
-        let (active, linked) = match last_active.get(&commit) {
-            Some(at) => (*at, true),
+        let (active, linked) = match last_active(&commit) {
+            Some(at) => (at, true),
             // Never linked (pre-built while pinned, superseded, or its entries were trimmed
             // from the journal): count from when it was built.
             None => (

@@ -7,7 +7,6 @@
 //! sync loops take before they move the link, so an operator's action and a publisher's never
 //! interleave.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -51,29 +50,16 @@ pub fn list(root: &Root) -> Result<Vec<SnapshotInfo>, StoreError> {
     root.require_initialized()?;
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
-    let moves: Vec<Publication> = root
-        .journal()?
-        .into_iter()
-        .filter(|e| e.moved_link)
-        .collect();
-    let mut published: HashMap<&str, SystemTime> = HashMap::new();
-    let mut retired: HashMap<&str, SystemTime> = HashMap::new();
-    for (i, entry) in moves.iter().enumerate() {
-        published.insert(&entry.commit, entry.published_at);
-        match moves.get(i + 1) {
-            Some(next) => retired.insert(&entry.commit, next.published_at),
-            None => retired.remove(entry.commit.as_str()),
-        };
-    }
+    let history = root.link_history()?;
     let mut snapshots = Vec::new();
     for commit in root.snapshot_commits()? {
         let manifest = root.manifest(&commit)?;
         let is_current = current.as_deref() == Some(commit.as_str());
-        let published_at = published.get(commit.as_str()).copied();
+        let published_at = history.published.get(&commit).copied();
         let retired_at = if is_current {
             None
         } else {
-            retired.get(commit.as_str()).copied()
+            history.retired.get(&commit).copied()
         };
         let order = if is_current {
             Some(SystemTime::now())

@@ -109,16 +109,7 @@ pub fn build(
             tree,
             cause: error_chain(&e),
         })?;
-    let mut entries: Vec<Entry> = index
-        .entries()
-        .iter()
-        .map(|e| Entry {
-            mode: e.mode.bits(),
-            id: e.id,
-            size: 0,
-            path: e.path(&index).to_vec(),
-        })
-        .collect();
+    let mut entries = Entries::from_index(&index).0;
 
     let mut dirs = DirTracker::new(dir);
     let reused = match (previous, reuse) {

@@ -156,6 +156,14 @@ pub enum Installed {
     AlreadyThere,
 }
 
+/// When commits were last linked and last unlinked (see [`Root::link_history`]). A commit that
+/// is linked but not retired is the one the journal says is live.
+#[derive(Debug, Default, Clone)]
+pub struct LinkHistory {
+    pub published: std::collections::HashMap<String, SystemTime>,
+    pub retired: std::collections::HashMap<String, SystemTime>,
+}
+
 /// This process's registration as a publisher of the root (see [`Root::claim`]).
 #[derive(Debug)]
 pub struct Claim {
@@ -731,6 +739,29 @@ impl Root {
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect())
+    }
+
+    /// When each commit was linked and unlinked, from the journal's link moves.
+    pub fn link_history(&self) -> Result<LinkHistory, StoreError> {
+        let mut history = LinkHistory::default();
+        let moves: Vec<Publication> = self
+            .journal()?
+            .into_iter()
+            .filter(|e| e.moved_link)
+            .collect();
+        for (i, entry) in moves.iter().enumerate() {
+            history
+                .published
+                .insert(entry.commit.clone(), entry.published_at);
+            // The next move retires this commit; a later publication of it un-retires it.
+            match moves.get(i + 1) {
+                Some(next) => history
+                    .retired
+                    .insert(entry.commit.clone(), next.published_at),
+                None => history.retired.remove(&entry.commit),
+            };
+        }
+        Ok(history)
     }
 
     /// Commits of every installed snapshot.

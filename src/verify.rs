@@ -288,18 +288,7 @@ fn entries_from_cache(root: &Root, commit: &str, cache: &Path) -> Result<Entries
     let index = repo
         .index_from_tree(&tree)
         .map_err(|e| failed(crate::source::error_chain(&e)))?;
-    Ok(Entries(
-        index
-            .entries()
-            .iter()
-            .map(|e| Entry {
-                mode: e.mode.bits(),
-                id: e.id,
-                size: 0,
-                path: e.path(&index).to_vec(),
-            })
-            .collect(),
-    ))
+    Ok(Entries::from_index(&index))
 }
 
 pub fn render(report: &Report) -> String {
