@@ -190,7 +190,7 @@ impl Publisher {
         // While an operator pins the link, keep following the remote (the snapshot above is
         // ready for when the pin is released) but leave the link alone. Checked again under
         // the lock below; this early look spares idle polls the lock.
-        if let Some(pin) = self.root.pinned()? {
+        if let Some(pin) = self.root.pinned()?.filter(|p| p.commit != commit) {
             if built.is_some() {
                 self.collect_garbage(self.root.lock(self.settings.lock_timeout)?);
             }

@@ -510,7 +510,9 @@ impl Root {
         {
             return Ok(Decision::AlreadyCurrent);
         }
-        if let Some(pin) = self.pinned()? {
+        // A pin holds the link on its commit; only that commit may be (re)linked, e.g. when
+        // its snapshot was deleted by hand and rebuilt.
+        if let Some(pin) = self.pinned()?.filter(|p| p.commit != publication.commit) {
             return Ok(Decision::Pinned { pin });
         }
         if let Some(state) = self.state()? {

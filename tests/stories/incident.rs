@@ -431,3 +431,23 @@ fn a_read_only_mount_serves_the_reading_commands_and_refuses_the_rest() {
         );
     }
 }
+
+#[test]
+fn a_pinned_snapshot_deleted_by_hand_is_rebuilt_and_stays_pinned() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let pinned = remote.commit(&[("a.py", "pinned\n")], "pinned");
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    assert!(run(&scratch, &["pin", "--reason", "release freeze"])
+        .status
+        .success());
+    dagsnap::fsutil::remove_tree(&scratch.root().join(SNAPSHOTS).join(&pinned)).unwrap();
+
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(assert_root_valid(&scratch.root()), pinned);
+    assert_eq!(
+        json(&run(&scratch, &["status", "--json"]))["pinned"]["commit"],
+        pinned.as_str()
+    );
+}
