@@ -366,15 +366,7 @@ fn ssh_deploy_key_to_a_git_shell_account_in_both_url_forms() {
     let known = server.known_hosts.display().to_string();
     let port = server.port.to_string();
     let forms: Vec<(String, Vec<&str>)> = vec![
-        (
-            format!(
-                "ssh://{}@127.0.0.1:{}{}",
-                server.user,
-                server.port,
-                path.display()
-            ),
-            vec![],
-        ),
+        (server.url_of(&path), vec![]),
         (
             format!("{}@127.0.0.1:{}", server.user, path.display()),
             vec!["--ssh-port", &port],
@@ -409,12 +401,7 @@ fn each_ssh_failure_says_what_to_fix() {
     remote.commit(&[("a.py", "a\n")], "one");
     let server = SshServer::start_git_shell();
     let path = server.serve(&remote.dir, "dags.git");
-    let url = format!(
-        "ssh://{}@127.0.0.1:{}{}",
-        server.user,
-        server.port,
-        path.display()
-    );
+    let url = server.url_of(&path);
     let scratch = Scratch::new();
     let empty_known = scratch.path("empty_known_hosts");
     fs::write(&empty_known, "").unwrap();
@@ -524,12 +511,7 @@ fn host_key_checking_can_be_turned_off_but_says_so_loudly() {
     let commit = remote.commit(&[("a.py", "a\n")], "one");
     let server = SshServer::start_git_shell();
     let path = server.serve(&remote.dir, "dags.git");
-    let url = format!(
-        "ssh://{}@127.0.0.1:{}{}",
-        server.user,
-        server.port,
-        path.display()
-    );
+    let url = server.url_of(&path);
     let scratch = Scratch::new();
     let out = sync_once(
         &scratch,
@@ -566,12 +548,7 @@ fn ssh_works_for_a_uid_without_a_passwd_entry() {
     let commit = remote.commit(&[("a.py", "a\n")], "one");
     let server = SshServer::start_git_shell();
     let path = server.serve(&remote.dir, "dags.git");
-    let url = format!(
-        "ssh://{}@127.0.0.1:{}{}",
-        server.user,
-        server.port,
-        path.display()
-    );
+    let url = server.url_of(&path);
     let scratch = Scratch::new();
     let home = scratch.path("home");
     for dir in [&home, &scratch.root(), &scratch.cache()] {

@@ -3,7 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::support::*;
@@ -59,6 +60,77 @@ pub(crate) fn read_pass_resolving_once(root: &Path) -> Option<Result<usize, Stri
     Some(Ok(expected.len()))
 }
 
+/// Reader threads like Airflow's: some resolve the link once per pass and check they saw one
+/// whole commit; others go through the link for every open and check no open ever fails.
+pub(crate) struct Readers {
+    stop: Arc<AtomicBool>,
+    passes: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Readers {
+    pub(crate) fn start(root: &Path, resolving_once: usize, per_file: usize) -> Readers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let passes = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for _ in 0..resolving_once {
+            let (root, stop, passes, failures) = (
+                root.to_path_buf(),
+                stop.clone(),
+                passes.clone(),
+                failures.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match read_pass_resolving_once(&root) {
+                        Some(Ok(_)) => {
+                            passes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Err(e)) => failures.lock().unwrap().push(e),
+                        None => failures.lock().unwrap().push("the link is missing".into()),
+                    }
+                }
+            }));
+        }
+        for _ in 0..per_file {
+            let (root, stop, failures) = (root.to_path_buf(), stop.clone(), failures.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for f in 0..40 {
+                        let path = root
+                            .join("current")
+                            .join(format!("dir{}/file{f}.py", f % 10));
+                        if let Err(e) = fs::read_to_string(&path) {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("open through the link: {}: {e}", path.display()));
+                        }
+                    }
+                }
+            }));
+        }
+        Readers {
+            stop,
+            passes,
+            failures,
+            threads,
+        }
+    }
+
+    /// Stop and return (passes resolved once, failures).
+    pub(crate) fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.passes.load(Ordering::Relaxed), failures)
+    }
+}
+
 #[test]
 fn readers_see_one_whole_commit_during_200_rapid_publishes() {
     let remote = Remote::new();
@@ -73,69 +145,26 @@ fn readers_see_one_whole_commit_during_200_rapid_publishes() {
     );
     daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let passes = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut readers = Vec::new();
-    // Two readers resolve the link once per pass and check the whole tree.
-    for _ in 0..2 {
-        let (root, stop, passes, failures) =
-            (root.clone(), stop.clone(), passes.clone(), failures.clone());
-        readers.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match read_pass_resolving_once(&root) {
-                    Some(Ok(_)) => {
-                        passes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Err(e)) => failures.lock().unwrap().push(e),
-                    None => failures.lock().unwrap().push("link missing".into()),
-                }
-            }
-        }));
-    }
-    // One reader goes through the link for every open, like Airflow does: it may straddle a
-    // swap (documented limitation) but an open must never fail.
-    {
-        let (root, stop, failures) = (root.clone(), stop.clone(), failures.clone());
-        readers.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for f in 0..40 {
-                    let path = root
-                        .join("current")
-                        .join(format!("dir{}/file{f}.py", f % 10));
-                    if let Err(e) = fs::read_to_string(&path) {
-                        failures.lock().unwrap().push(format!(
-                            "open through the link failed: {}: {e}",
-                            path.display()
-                        ));
-                    }
-                }
-            }
-        }));
-    }
+    // Two readers resolve the link once per pass and check the whole tree; one goes through
+    // the link for every open, like Airflow does: it may straddle a swap (the documented
+    // limitation) but an open must never fail.
+    let readers = Readers::start(&root, 2, 1);
 
     for commit in &commits[1..] {
         remote.git(&["update-ref", "refs/heads/main", commit]);
         daemon.wait_for_commit(&root, commit, Duration::from_secs(60));
     }
-    stop.store(true, Ordering::Relaxed);
-    for reader in readers {
-        reader.join().unwrap();
-    }
+    let (passes, failures) = readers.finish();
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait(Duration::from_secs(30)).success());
 
-    let failures = failures.lock().unwrap();
     assert!(
         failures.is_empty(),
         "{} reader failures, first: {:?}",
         failures.len(),
         failures.first()
     );
-    assert!(
-        passes.load(Ordering::Relaxed) > 0,
-        "the readers made progress"
-    );
+    assert!(passes > 0, "the readers made progress");
     assert_eq!(assert_root_valid(&root), commits[199]);
     let journal = fs::read_to_string(root.join(".dagsnap/journal.jsonl")).unwrap();
     assert_eq!(journal.lines().count(), 200, "one publication per commit");

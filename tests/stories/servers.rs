@@ -513,6 +513,16 @@ impl SshServer {
         bare
     }
 
+    /// The `ssh://user@127.0.0.1:port/path` URL of a served repository.
+    pub fn url_of(&self, path: &Path) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            path.display()
+        )
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self._dir.path().join("sshd.log")).unwrap_or_default()
     }

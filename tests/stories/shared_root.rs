@@ -3,86 +3,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 
-use crate::readers::read_pass_resolving_once;
+use crate::readers::Readers;
 use crate::support::*;
-
-/// Reader threads like Airflow's: some resolve the link once per pass and check they saw one
-/// whole commit; others go through the link for every open and check no open ever fails.
-struct Readers {
-    stop: Arc<AtomicBool>,
-    passes: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Readers {
-    fn start(root: &Path, resolving_once: usize, per_file: usize) -> Readers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let passes = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let mut threads = Vec::new();
-        for _ in 0..resolving_once {
-            let (root, stop, passes, failures) = (
-                root.to_path_buf(),
-                stop.clone(),
-                passes.clone(),
-                failures.clone(),
-            );
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match read_pass_resolving_once(&root) {
-                        Some(Ok(_)) => {
-                            passes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(Err(e)) => failures.lock().unwrap().push(e),
-                        None => failures.lock().unwrap().push("the link is missing".into()),
-                    }
-                }
-            }));
-        }
-        for _ in 0..per_file {
-            let (root, stop, failures) = (root.to_path_buf(), stop.clone(), failures.clone());
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    for f in 0..40 {
-                        let path = root
-                            .join("current")
-                            .join(format!("dir{}/file{f}.py", f % 10));
-                        if let Err(e) = fs::read_to_string(&path) {
-                            failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("open through the link: {}: {e}", path.display()));
-                        }
-                    }
-                }
-            }));
-        }
-        Readers {
-            stop,
-            passes,
-            failures,
-            threads,
-        }
-    }
-
-    /// Stop and return (passes resolved once, failures).
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            thread.join().unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.passes.load(Ordering::Relaxed), failures)
-    }
-}
 
 fn publishers_share_one_root(count: usize) {
     let remote = Remote::new();

@@ -78,15 +78,7 @@ fn publishes_over_ssh_with_an_agent_key_in_both_url_forms() {
     );
 
     let forms = [
-        (
-            format!(
-                "ssh://{}@127.0.0.1:{}{}",
-                server.user,
-                server.port,
-                path.display()
-            ),
-            ssh.clone(),
-        ),
+        (server.url_of(&path), ssh.clone()),
         // scp-like syntax has no port; the ssh command supplies it.
         (
             format!("{}@127.0.0.1:{}", server.user, path.display()),
