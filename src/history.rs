@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::records::{rfc3339, Cause, Pin, Publication};
-use crate::store::{Root, StoreError};
+use crate::store::{Root, RootLock, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -183,9 +183,7 @@ pub fn rollback(
     reason: Option<String>,
     lock_timeout: Duration,
 ) -> Result<Change, HistoryError> {
-    root.require_writable()?;
-    let lock = root.lock(lock_timeout)?;
-    let current = root.current()?.map(|c| c.commit);
+    let (lock, current) = begin_change(root, lock_timeout)?;
     let to = match target {
         RollbackTarget::Commit(wanted) => root.resolve_commit(&wanted)?,
         RollbackTarget::Steps(steps) => earlier_publication(root, current.as_deref(), steps)?,
@@ -200,9 +198,7 @@ pub fn pin(
     reason: Option<String>,
     lock_timeout: Duration,
 ) -> Result<Change, HistoryError> {
-    root.require_writable()?;
-    let lock = root.lock(lock_timeout)?;
-    let current = root.current()?.map(|c| c.commit);
+    let (lock, current) = begin_change(root, lock_timeout)?;
     let to = match commit {
         Some(wanted) => root.resolve_commit(wanted)?,
         None => current
@@ -228,6 +224,18 @@ pub fn unpin(
         root.record(&lock, &entry)?;
     }
     Ok(released)
+}
+
+/// Every operator change starts alike: the root must be writable here, the lock is taken, and
+/// what is live is read under it.
+fn begin_change(
+    root: &Root,
+    lock_timeout: Duration,
+) -> Result<(RootLock, Option<String>), HistoryError> {
+    root.require_writable()?;
+    let lock = root.lock(lock_timeout)?;
+    let current = root.current()?.map(|c| c.commit);
+    Ok((lock, current))
 }
 
 /// The distinct commit published `steps` link moves before the current one, if retained.
@@ -259,7 +267,7 @@ fn earlier_publication(
 
 fn move_and_pin(
     root: &Root,
-    lock: &crate::store::RootLock,
+    lock: &RootLock,
     from: Option<String>,
     to: String,
     cause: Cause,

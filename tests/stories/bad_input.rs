@@ -16,24 +16,6 @@ fn published_root() -> (Remote, Scratch, String) {
     (remote, scratch, commit)
 }
 
-fn assert_one_clear_line(out: &std::process::Output, code: i32, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "{err}");
-    let error_lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("ERROR") || l.starts_with("error:"))
-        .collect();
-    assert_eq!(
-        error_lines.len(),
-        1,
-        "exactly one error line expected:\n{err}"
-    );
-    assert!(
-        error_lines[0].contains(needle),
-        "expected {needle:?} in:\n{err}"
-    );
-}
-
 #[test]
 fn an_unreachable_repository_fails_and_keeps_the_snapshot() {
     let (_remote, scratch, commit) = published_root();

@@ -115,11 +115,7 @@ fn rollback_while_two_sync_loops_run_holds_until_unpin() {
 fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
     let remote = Remote::new();
     let scratch = Scratch::new();
-    let mut commits = Vec::new();
-    for i in 0..3 {
-        commits.push(remote.commit(&[("a.py", &format!("{i}\n"))], &format!("v{i}")));
-        assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
-    }
+    let commits = publish_versions(&remote, &scratch, 3, "v");
     // Evict the oldest.
     assert!(run(&scratch, &["gc", "--keep", "2", "--grace", "0s"])
         .status
@@ -140,7 +136,7 @@ fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
             stderr(&out)
         );
         assert!(
-            stderr(&out).contains("v1"),
+            stderr(&out).contains("v 1"),
             "with subjects: {}",
             stderr(&out)
         );
@@ -165,11 +161,7 @@ fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
 fn rollback_by_prefix_and_pin_of_the_current_snapshot() {
     let remote = Remote::new();
     let scratch = Scratch::new();
-    let mut commits = Vec::new();
-    for i in 0..3 {
-        commits.push(remote.commit(&[("a.py", &format!("{i}\n"))], &format!("v{i}")));
-        assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
-    }
+    let commits = publish_versions(&remote, &scratch, 3, "v");
     let out = run(&scratch, &["rollback", &commits[0][..7]]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(published(&scratch.root()), Some(commits[0].clone()));
@@ -212,11 +204,7 @@ fn rollback_by_prefix_and_pin_of_the_current_snapshot() {
 fn list_shows_retained_snapshots_newest_first_with_markers() {
     let remote = Remote::new();
     let scratch = Scratch::new();
-    let mut commits = Vec::new();
-    for i in 0..3 {
-        commits.push(remote.commit(&[("a.py", &format!("{i}\n"))], &format!("release {i}")));
-        assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
-    }
+    let commits = publish_versions(&remote, &scratch, 3, "release");
     assert!(run(&scratch, &["rollback"]).status.success());
 
     let out = run(&scratch, &["list", "--json"]);
@@ -399,10 +387,7 @@ fn a_read_only_mount_serves_the_reading_commands_and_refuses_the_rest() {
         }
     }
     let _unmount = Unmount(root.clone());
-    for i in 0..2 {
-        remote.commit(&[("a.py", &format!("{i}\n"))], &format!("v{i}"));
-        assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
-    }
+    publish_versions(&remote, &scratch, 2, "v");
     let remounted = std::process::Command::new("mount")
         .args(["-o", "remount,ro"])
         .arg(&root)

@@ -29,13 +29,7 @@ fn snapshots(scratch: &Scratch) -> Vec<String> {
 fn gc_keeps_the_current_the_newest_and_the_recent_and_deletes_the_rest() {
     let remote = Remote::new();
     let scratch = Scratch::new();
-    let mut published_commits = Vec::new();
-    for i in 0..6 {
-        let commit = remote.commit(&[("a.py", &format!("{i}\n"))], &format!("v{i}"));
-        let out = sync_once(&scratch, &remote.url(), &[]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        published_commits.push(commit);
-    }
+    let published_commits = publish_versions(&remote, &scratch, 6, "v");
     assert_eq!(
         snapshots(&scratch).len(),
         6,

@@ -333,3 +333,37 @@ fn a_publisher_for_another_repository_is_refused_while_one_runs_and_takes_over_a
         stderr(&out)
     );
 }
+
+#[test]
+fn a_busy_root_lock_skips_cycles_with_a_warning_and_publishes_once_free() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let root = dagsnap::store::Root::new(&scratch.root(), Path::new("current")).unwrap();
+    // Another publisher (or a wedged NFS lock) holds the root's lock.
+    let held = root.lock(Duration::ZERO).unwrap();
+    let second = remote.commit(&[("a.py", "2\n")], "two");
+    let daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--period", "20ms", "--lock-timeout", "100ms"],
+    );
+    wait_until(Duration::from_secs(30), "a skipped cycle", || {
+        daemon
+            .logs()
+            .contains("skipping this cycle; another publisher of this root is busy")
+    });
+    assert_eq!(
+        published(&scratch.root()),
+        Some(first),
+        "nothing moves without the lock"
+    );
+    drop(held);
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+    assert!(
+        !daemon.logs().contains("ERROR"),
+        "contention is not an error:\n{}",
+        daemon.logs()
+    );
+}

@@ -290,6 +290,45 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The run failed with `code` and said so in exactly one error line containing `needle`
+/// (nothing else, e.g. from ssh, on stderr as an error); returns that line.
+pub fn assert_one_clear_line(out: &Output, code: i32, needle: &str) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    let error_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.starts_with("error:"))
+        .collect();
+    assert_eq!(
+        error_lines.len(),
+        1,
+        "exactly one error line expected:\n{err}"
+    );
+    assert!(
+        error_lines[0].contains(needle),
+        "expected {needle:?} in:\n{err}"
+    );
+    error_lines[0].to_string()
+}
+
+/// Commit and publish `count` versions of `a.py` with subjects `<subject> 0`, `<subject> 1`, …;
+/// returns the commits, oldest first.
+pub fn publish_versions(
+    remote: &Remote,
+    scratch: &Scratch,
+    count: usize,
+    subject: &str,
+) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let commit = remote.commit(&[("a.py", &format!("{i}\n"))], &format!("{subject} {i}"));
+            let out = sync_once(scratch, &remote.url(), &[]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            commit
+        })
+        .collect()
+}
+
 /// Wait until `condition` holds, polling; panics with `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
