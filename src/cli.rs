@@ -241,8 +241,8 @@ pub struct AccessArgs {
 
 impl AccessArgs {
     /// The access settings, with the password source: the file if given, else DAGSNAP_PASSWORD.
-    pub fn access(&self, request_timeout: Duration) -> crate::access::Access {
-        use crate::access::{Access, Password, Ssh};
+    pub fn access(&self, request_timeout: Duration) -> crate::git::access::Access {
+        use crate::git::access::{Access, Password, Ssh};
         let password = match (&self.password_file, std::env::var("DAGSNAP_PASSWORD")) {
             (Some(file), _) => Some(Password::File(file.clone())),
             (None, Ok(value)) if !value.is_empty() => Some(Password::Fixed(value)),
@@ -286,8 +286,8 @@ pub struct RetentionArgs {
 }
 
 impl RetentionArgs {
-    pub fn policy(&self) -> crate::gc::Policy {
-        crate::gc::Policy {
+    pub fn policy(&self) -> crate::store::gc::Policy {
+        crate::store::gc::Policy {
             keep: self.keep,
             grace: self.grace,
             staging_max_age: self.staging_max_age,

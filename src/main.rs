@@ -8,15 +8,15 @@ use dagsnap::cli::{
     Cli, Command, GcArgs, ListArgs, LogArgs, PinArgs, RollbackArgs, StatusArgs, SyncArgs,
     UnpinArgs, VerifyArgs,
 };
+use dagsnap::daemon::publish::{Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
+use dagsnap::git::{error_chain, Remote, Target};
+use dagsnap::ops::status;
+use dagsnap::ops::{history, verify};
 use dagsnap::progress::Style;
-use dagsnap::publish::{Publisher, Settings};
-use dagsnap::snapshot::Reuse;
-use dagsnap::source::{error_chain, Remote, Target};
-use dagsnap::status;
+use dagsnap::store::snapshot::Reuse;
 use dagsnap::store::Root;
 use dagsnap::store::StoreError;
-use dagsnap::{history, verify};
 
 /// Exit codes: 0 success or clean stop; 1 the sync failed (or nothing is live, for `status`);
 /// 2 the command line, root or cache is unusable and retrying will not help.
@@ -81,7 +81,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
     let remote = Remote::new(&args.repo, target, args.depth, access).map_err(usage)?;
     if remote.is_ssh() {
         // Before any thread exists: this may set LD_PRELOAD for the ssh processes.
-        if let Some(dir) = dagsnap::access::provide_passwd_entry().map_err(usage)? {
+        if let Some(dir) = dagsnap::git::access::provide_passwd_entry().map_err(usage)? {
             tracing::info!(files = %dir.display(), "this uid has no passwd entry; giving ssh one through nss_wrapper");
         }
     }
@@ -151,7 +151,7 @@ fn show_status(args: StatusArgs) -> Outcome {
 fn collect_garbage(args: GcArgs) -> Outcome {
     let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
     root.require_writable().map_err(usage)?;
-    let report = dagsnap::gc::run(&root, &args.retention.policy(), args.lock_timeout)
+    let report = dagsnap::store::gc::run(&root, &args.retention.policy(), args.lock_timeout)
         .map_err(|e| (EXIT_FAILED, e.to_string()))?;
     println!(
         "removed {} snapshot(s), kept {}, removed {} abandoned staging dir(s)",

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use dagsnap::source::{Cache, Remote as Source, Target};
+use dagsnap::git::{Cache, Remote as Source, Target};
 
 use crate::support::*;
 

@@ -26,11 +26,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::entries::Entries;
 use crate::fsutil::{self, Context, IoError};
-use crate::link;
-use crate::lock::{FileLock, LockError};
-pub use crate::records::{rfc3339, Cause, Manifest, Pin, Publication, SourceRecord};
+use crate::store::entries::Entries;
+use crate::store::link;
+use crate::store::lock::{FileLock, LockError};
+pub use crate::store::records::{rfc3339, Cause, Manifest, Pin, Publication, SourceRecord};
 
 pub const STORE_DIR: &str = ".dagsnap";
 const SNAPSHOTS_DIR: &str = "snapshots";

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::daemon::publish::{Outcome, PublishError, Publisher};
 use crate::progress::{Reporter, Style};
-use crate::publish::{Outcome, PublishError, Publisher};
 
 /// When and how persistently to sync.
 #[derive(Debug, Clone)]
@@ -291,7 +291,7 @@ fn kill_descendants() -> Vec<i32> {
 }
 
 fn render(error: &PublishError) -> String {
-    crate::source::error_chain(error)
+    crate::git::error_chain(error)
 }
 
 /// Exponential backoff from `period`, capped at `max`, with "equal jitter" (half fixed, half

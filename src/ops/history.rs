@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::records::{rfc3339, Cause, Pin, Publication};
+use crate::store::records::{rfc3339, Cause, Pin, Publication};
 use crate::store::{Root, RootLock, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::gc;
-use crate::lock::LockError;
-use crate::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
-use crate::source::{Cache, Observation, Remote, SourceError};
+use crate::git::{Cache, Observation, Remote, SourceError};
+use crate::store::gc;
+use crate::store::lock::LockError;
+use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::store::{
     Cause, Claim, Decision, Installed, Manifest, Pin, Publication, Root, RootLock, SourceRecord,
     StoreError,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::redact::Redactor;
+use crate::git::redact::Redactor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {

@@ -1,14 +1,5 @@
-//! The git side: what to follow on the remote, and the private cache that gix fetches into.
-//!
-//! Three concepts, one type each (after cargo's git source):
-//! - [`Target`]: what `--ref` names — the remote's HEAD, a branch or tag, or one commit.
-//! - [`Remote`]: the repository URL, its redactor, the target and the fetch depth.
-//! - [`Cache`]: a bare repository on local disk owned by exactly one publisher process.
-//!
-//! The cache is never on the shared volume and never seen by readers; it holds the only git
-//! state dagsnap has. Each cycle asks the remote for the target's commit (handshake + ls-refs)
-//! and stops there if that commit is already in the cache, so an idle poll costs one round trip
-//! and no writes. Only a new commit causes a pack to be negotiated and received.
+//! The private cache: a bare repository on local disk that one publisher process owns, and the
+//! conversation with the remote that keeps it up to date.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +8,10 @@ use std::time::{Duration, SystemTime};
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
-use crate::access::{self, Access, AccessError, Password};
+use super::remote::{Remote, Target};
+use super::{error_chain, SourceError};
 use crate::fsutil::{self, Context, IoError};
-use crate::lock::{FileLock, LockError};
-use crate::redact::Redactor;
+use crate::store::lock::{FileLock, LockError};
 
 /// The local ref every fetch writes to. Keeping exactly one ref means the cache's ref store
 /// never grows and negotiation always has the previous tip as a "have".
@@ -32,260 +23,6 @@ const MAX_PACKS: usize = 48;
 const SSH_LOG: &str = "ssh.log";
 /// Growth below this is never worth a re-fetch, however small the first pack was.
 const GROWTH_SLACK_BYTES: u64 = 16 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("cache directory {} is in use by another dagsnap process{}; give each publisher its own --cache-dir", dir.display(), holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
-    CacheInUse {
-        dir: PathBuf,
-        holder: Option<String>,
-    },
-    #[error("cannot lock cache directory {}: {source}", dir.display())]
-    CacheLock {
-        dir: PathBuf,
-        #[source]
-        source: LockError,
-    },
-    #[error(transparent)]
-    CacheIo(#[from] IoError),
-    #[error("cache repository {} is unusable: {cause}; delete the directory and dagsnap will re-create it", dir.display())]
-    CacheRepo { dir: PathBuf, cause: String },
-    #[error("cannot {during} {url}: {}", describe(during, cause))]
-    Remote {
-        during: &'static str,
-        url: String,
-        cause: String,
-    },
-    #[error(
-        "ref '{wanted}' does not exist in {url}{}; check --ref",
-        known_refs_suffix(known)
-    )]
-    RefNotFound {
-        wanted: String,
-        url: String,
-        known: Vec<String>,
-    },
-    #[error("{url} has no commits yet (its HEAD is unborn); push a commit or set --ref to an existing branch")]
-    EmptyRemote { url: String },
-    #[error("{what} in {url} is a {kind}, not a commit; point --ref at a commit, branch or tag")]
-    NotACommit {
-        what: String,
-        url: String,
-        kind: String,
-    },
-    #[error("cannot read commit {commit} from the cache: {cause}")]
-    Object { commit: ObjectId, cause: String },
-    #[error("{url}: {source}")]
-    Access {
-        url: String,
-        #[source]
-        source: AccessError,
-    },
-    #[error("interrupted")]
-    Cancelled,
-}
-
-/// The cause of a remote failure, led by what to do about it when it is recognized. Failing to
-/// reach or list a remote is otherwise almost always the URL, the network or credentials.
-fn describe(during: &str, cause: &str) -> String {
-    let mut cause = crate::diagnose::one_line(cause);
-    // ssh's warnings run long; the first part says what happened.
-    if cause.len() > 600 {
-        let cut = (0..=600)
-            .rev()
-            .find(|i| cause.is_char_boundary(*i))
-            .unwrap_or(0);
-        cause.truncate(cut);
-        cause.push_str(" …");
-    }
-    match crate::diagnose::explain(&cause) {
-        Some(d) => format!("{}; {} (details: {cause})", d.reason, d.fix),
-        None if matches!(during, "connect to" | "list refs of") => {
-            format!("{cause}; check the URL, that the server is reachable, and the credentials")
-        }
-        None => cause,
-    }
-}
-
-fn known_refs_suffix(known: &[String]) -> String {
-    if known.is_empty() {
-        return String::new();
-    }
-    let shown: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
-    let more = if known.len() > shown.len() {
-        ", ..."
-    } else {
-        ""
-    };
-    format!(" (it has: {}{more})", shown.join(", "))
-}
-
-/// What `--ref` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// Whatever branch the remote's HEAD points at (`--ref` unset).
-    RemoteHead,
-    /// A branch or tag, short (`main`, `v1.2`) or full (`refs/heads/main`).
-    Name(String),
-    /// One fixed commit, by full hex id.
-    Commit(ObjectId),
-}
-
-impl Target {
-    /// Parse `--ref`. A 40-hex-digit value is a commit; anything else names a ref, validated
-    /// the way git validates ref names so that a typo fails here instead of at every poll.
-    pub fn parse(value: Option<&str>) -> Result<Target, String> {
-        let Some(value) = value
-            .map(str::trim)
-            .filter(|v| !v.is_empty() && *v != "HEAD")
-        else {
-            return Ok(Target::RemoteHead);
-        };
-        if value.len() == 40 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return ObjectId::from_hex(value.as_bytes())
-                .map(Target::Commit)
-                .map_err(|e| format!("invalid commit id '{value}': {e}"));
-        }
-        gix::refs::PartialName::try_from(value).map_err(|e| {
-            format!(
-                "invalid ref name '{value}': {e}; use a branch, a tag or a full 40-digit commit id"
-            )
-        })?;
-        Ok(Target::Name(value.to_string()))
-    }
-
-    /// The ref names to try, in order of preference, for a name that is not fully qualified.
-    /// A branch wins over a tag of the same name: following a branch is what a sync tool is for.
-    fn candidates(name: &str) -> Vec<String> {
-        if name.starts_with("refs/") {
-            vec![name.to_string()]
-        } else {
-            vec![format!("refs/heads/{name}"), format!("refs/tags/{name}")]
-        }
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::RemoteHead => f.write_str("HEAD"),
-            Target::Name(name) => f.write_str(name),
-            Target::Commit(id) => write!(f, "{id}"),
-        }
-    }
-}
-
-/// The repository to follow.
-#[derive(Debug, Clone)]
-pub struct Remote {
-    /// The URL as gix receives it: a plain path made absolute, credentials moved out.
-    url: String,
-    redactor: Redactor,
-    pub target: Target,
-    /// Commits of history to fetch; 0 means all.
-    pub depth: u32,
-    access: Access,
-}
-
-impl Remote {
-    /// Describe the repository at `url`. Credentials in an http(s) URL are moved into `access`
-    /// (unless `--username`/a password were given, which win) and the URL is kept without them;
-    /// everything `access` refers to is checked now, so that a typo fails at start-up.
-    pub fn new(
-        url: &str,
-        target: Target,
-        depth: u32,
-        mut access: Access,
-    ) -> Result<Remote, String> {
-        let url = url.trim();
-        if url.is_empty() {
-            return Err("--repo is empty; give the repository URL or path".into());
-        }
-        let url = absolutize_local_path(url);
-        // Learn the URL's secrets before anything can print it.
-        let redactor = Redactor::for_url(&url);
-        let split = access::split_credentials(&url);
-        if access.username.is_none() {
-            access.username = split.username.clone();
-        }
-        if access.password.is_none() {
-            access.password = match (&split.password, &split.username) {
-                (Some(password), _) => Some(Password::Fixed(password.clone())),
-                // `https://TOKEN@host`: the token is the user name and the password is empty.
-                (None, Some(_)) => Some(Password::Fixed(String::new())),
-                (None, None) => None,
-            };
-        }
-        let url = split.url;
-        gix::url::parse(gix::bstr::BStr::new(url.as_str()))
-            .map_err(|e| format!("invalid repository URL '{}': {e}", redactor.redact(&url)))?;
-        access
-            .validate(&url, &redactor)
-            .map_err(|e| e.to_string())?;
-        Ok(Remote {
-            redactor,
-            url,
-            target,
-            depth,
-            access,
-        })
-    }
-
-    /// True for remotes reached through `ssh`: `ssh://` and scp-like `[user@]host:path`.
-    pub fn is_ssh(&self) -> bool {
-        let lower = self.url.to_ascii_lowercase();
-        lower.starts_with("ssh://")
-            || lower.starts_with("git+ssh://")
-            || (!lower.contains("://")
-                && !lower.starts_with('/')
-                && lower
-                    .split('/')
-                    .next()
-                    .is_some_and(|head| head.contains(':')))
-    }
-
-    /// True for `http://` and `https://` remotes.
-    fn is_http(&self) -> bool {
-        let lower = self.url.to_ascii_lowercase();
-        lower.starts_with("http://") || lower.starts_with("https://")
-    }
-
-    /// The URL with credentials masked, fit for logs and the root's records.
-    pub fn display_url(&self) -> String {
-        self.redactor.redact(&self.url)
-    }
-
-    pub fn redactor(&self) -> &Redactor {
-        &self.redactor
-    }
-
-    fn shallow(&self) -> gix::remote::fetch::Shallow {
-        match std::num::NonZeroU32::new(self.depth) {
-            Some(depth) => gix::remote::fetch::Shallow::DepthAtRemote(depth),
-            None => gix::remote::fetch::Shallow::NoChange,
-        }
-    }
-}
-
-/// A relative local path means "relative to where I ran dagsnap"; gix would resolve it
-/// elsewhere, so pin it down. URLs and scp-like `host:path` are left alone.
-fn absolutize_local_path(url: &str) -> String {
-    let looks_local = !url.contains("://")
-        && (url.starts_with('.') || url.starts_with('/') || !url.contains(':'));
-    if !looks_local || url.starts_with('/') {
-        return url.to_string();
-    }
-    match std::path::absolute(url) {
-        // Drop `.` components so logs and records show `/srv/dags`, not `/srv/./dags/.`.
-        Ok(path) => path
-            .components()
-            .filter(|c| !matches!(c, std::path::Component::CurDir))
-            .collect::<PathBuf>()
-            .to_string_lossy()
-            .into_owned(),
-        Err(_) => url.to_string(),
-    }
-}
 
 /// What the remote said the target was, and when we asked.
 #[derive(Debug, Clone)]
@@ -883,7 +620,7 @@ fn with_ssh_log(err: SourceError, log: &Path, remote: &Remote) -> SourceError {
     match err {
         SourceError::Remote { during, url, cause } if remote.is_ssh() => {
             let said = std::fs::read_to_string(log).unwrap_or_default();
-            let said = crate::diagnose::one_line(&remote.redactor().redact(&said));
+            let said = crate::git::diagnose::one_line(&remote.redactor().redact(&said));
             let cause = if said.is_empty() {
                 cause
             } else {
@@ -893,19 +630,4 @@ fn with_ssh_log(err: SourceError, log: &Path, remote: &Remote) -> SourceError {
         }
         other => other,
     }
-}
-
-/// `err` and its causes on one line, without repeating a cause its parent already quotes.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }

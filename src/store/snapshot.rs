@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use gix::ObjectId;
 
-use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK};
 use crate::fsutil::{self, Context, IoError};
-use crate::source::error_chain;
+use crate::git::error_chain;
+use crate::store::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

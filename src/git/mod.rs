@@ -1,0 +1,135 @@
+//! The git side: what to follow on the remote, how to reach it, and the private cache that gix
+//! fetches into. Nothing in this layer knows about the published root.
+//!
+//! Three concepts, one type each (after cargo's git source):
+//! - [`Target`]: what `--ref` names — the remote's HEAD, a branch or tag, or one commit.
+//! - [`Remote`]: the repository URL, its redactor, the target and the fetch depth.
+//! - [`Cache`]: a bare repository on local disk owned by exactly one publisher process.
+//!
+//! Beside them: [`access`] (credentials, TLS and SSH settings), [`diagnose`] (errors that say
+//! what to do), [`redact`] (secrets never printed) and [`tree`] (a commit's tree as a list of
+//! entries, with the path rules git applies on Linux).
+//!
+//! The cache is never on the shared volume and never seen by readers; it holds the only git
+//! state dagsnap has. Each cycle asks the remote for the target's commit (handshake + ls-refs)
+//! and stops there if that commit is already in the cache, so an idle poll costs one round trip
+//! and no writes. Only a new commit causes a pack to be negotiated and received.
+
+pub mod access;
+mod cache;
+pub mod diagnose;
+pub mod redact;
+mod remote;
+
+pub use cache::{Cache, CommitInfo, Observation};
+pub use remote::{Remote, Target};
+
+use std::path::PathBuf;
+
+use gix::ObjectId;
+
+use crate::fsutil::IoError;
+use crate::store::lock::LockError;
+use access::AccessError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cache directory {} is in use by another dagsnap process{}; give each publisher its own --cache-dir", dir.display(), holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    CacheInUse {
+        dir: PathBuf,
+        holder: Option<String>,
+    },
+    #[error("cannot lock cache directory {}: {source}", dir.display())]
+    CacheLock {
+        dir: PathBuf,
+        #[source]
+        source: LockError,
+    },
+    #[error(transparent)]
+    CacheIo(#[from] IoError),
+    #[error("cache repository {} is unusable: {cause}; delete the directory and dagsnap will re-create it", dir.display())]
+    CacheRepo { dir: PathBuf, cause: String },
+    #[error("cannot {during} {url}: {}", describe(during, cause))]
+    Remote {
+        during: &'static str,
+        url: String,
+        cause: String,
+    },
+    #[error(
+        "ref '{wanted}' does not exist in {url}{}; check --ref",
+        known_refs_suffix(known)
+    )]
+    RefNotFound {
+        wanted: String,
+        url: String,
+        known: Vec<String>,
+    },
+    #[error("{url} has no commits yet (its HEAD is unborn); push a commit or set --ref to an existing branch")]
+    EmptyRemote { url: String },
+    #[error("{what} in {url} is a {kind}, not a commit; point --ref at a commit, branch or tag")]
+    NotACommit {
+        what: String,
+        url: String,
+        kind: String,
+    },
+    #[error("cannot read commit {commit} from the cache: {cause}")]
+    Object { commit: ObjectId, cause: String },
+    #[error("{url}: {source}")]
+    Access {
+        url: String,
+        #[source]
+        source: AccessError,
+    },
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// The cause of a remote failure, led by what to do about it when it is recognized. Failing to
+/// reach or list a remote is otherwise almost always the URL, the network or credentials.
+fn describe(during: &str, cause: &str) -> String {
+    let mut cause = crate::git::diagnose::one_line(cause);
+    // ssh's warnings run long; the first part says what happened.
+    if cause.len() > 600 {
+        let cut = (0..=600)
+            .rev()
+            .find(|i| cause.is_char_boundary(*i))
+            .unwrap_or(0);
+        cause.truncate(cut);
+        cause.push_str(" …");
+    }
+    match crate::git::diagnose::explain(&cause) {
+        Some(d) => format!("{}; {} (details: {cause})", d.reason, d.fix),
+        None if matches!(during, "connect to" | "list refs of") => {
+            format!("{cause}; check the URL, that the server is reachable, and the credentials")
+        }
+        None => cause,
+    }
+}
+
+fn known_refs_suffix(known: &[String]) -> String {
+    if known.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
+    let more = if known.len() > shown.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    format!(" (it has: {}{more})", shown.join(", "))
+}
+
+/// `err` and its causes on one line, without repeating a cause its parent already quotes.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,21 @@
+//! The published root: what readers see, and everything written under it.
+//!
+//! - [`root`]: [`Root`], the layout of a root and the only code that builds paths under it;
+//!   adoption at start-up, installing snapshots, moving the link, pins and claims.
+//! - [`records`]: the files dagsnap keeps beside the snapshots (journal, publication state,
+//!   pin, source record, manifests), each read back as untrusted input.
+//! - [`snapshot`]: turning a list of entries into a sealed, read-only directory.
+//! - [`entries`]: the per-snapshot entry list (mode, object id, size, path).
+//! - [`link`]: the atomic symlink swap.
+//! - [`lock`]: advisory locks with a bounded wait.
+//! - [`gc`]: which snapshots are kept, and deleting the rest safely.
+
+pub mod entries;
+pub mod gc;
+pub mod link;
+pub mod lock;
+pub mod records;
+mod root;
+pub mod snapshot;
+
+pub use root::*;
