@@ -63,7 +63,8 @@ pub fn hint_in_chain(err: &(dyn std::error::Error + 'static)) -> &'static str {
     ""
 }
 
-fn hint(err: &io::Error) -> &'static str {
+/// What to do about the errno of `err`, as a suffix for an error message (empty if unknown).
+pub fn hint(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
             " (the filesystem is full: free space or grow the volume; dagsnap retries by itself)"
@@ -108,6 +109,21 @@ pub fn sync_filesystem(path: &Path) -> Result<(), IoError> {
     let handle = fs::File::open(path).at("open for syncfs", path)?;
     nix::unistd::syncfs(handle.as_raw_fd())
         .map_err(|errno| IoError::new("syncfs", path, io::Error::from(errno)))
+}
+
+/// The process's umask, read from `/proc/self/status` (reading it with `umask(2)` means
+/// changing it for a moment, which other threads would see). `0o777`, the most restrictive, if
+/// it cannot be read.
+pub fn umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o777)
 }
 
 /// Mode bits of a read-only snapshot entry: readable (and searchable) by everyone, writable by

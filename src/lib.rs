@@ -17,9 +17,11 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod entries;
 pub mod fsutil;
 pub mod git;
 pub mod logging;
 pub mod ops;
 pub mod progress;
 pub mod store;
+pub mod text;

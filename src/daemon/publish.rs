@@ -23,6 +23,8 @@ pub enum PublishError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
+    Tree(#[from] crate::git::tree::TreeError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cache directory {} is inside the root {}; readers would see git state. Put --cache-dir on local disk outside the root", cache.display(), root.display())]
     CacheInsideRoot {
@@ -54,11 +56,12 @@ impl PublishError {
 
     /// True if the cache's object database looks damaged, so re-creating it is the repair.
     fn means_cache_is_damaged(&self) -> bool {
-        matches!(
-            self,
-            PublishError::Snapshot(SnapshotError::Tree { .. })
-                | PublishError::Source(SourceError::Object { .. })
-        )
+        match self {
+            PublishError::Snapshot(e) => e.blames_source(),
+            PublishError::Tree(e) => e.blames_cache(),
+            PublishError::Source(SourceError::Object { .. }) => true,
+            _ => false,
+        }
     }
 }
 
@@ -273,10 +276,12 @@ impl Publisher {
             .zip(previous_entries.as_ref())
             .map(|(dir, entries)| Previous { dir, entries });
 
+        let repo = self.cache.repo();
+        let entries = crate::git::tree::entries(&repo, tree)?;
         let staging = self.root.begin_staging()?;
         let built = snapshot::build(
-            &self.cache.repo(),
-            tree,
+            entries,
+            &CacheBlobs(repo),
             staging.path(),
             previous,
             self.settings.reuse,
@@ -301,6 +306,25 @@ impl Publisher {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
         }
         Ok(built.stats)
+    }
+}
+
+/// The cache's objects, as the content of a snapshot.
+struct CacheBlobs(gix::Repository);
+
+impl snapshot::Blobs for CacheBlobs {
+    fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String> {
+        use gix::objs::FindExt;
+        let len = self
+            .0
+            .objects
+            .find_blob(id, buf)
+            .map_err(|e| crate::git::error_chain(&e))?
+            .data
+            .len();
+        // The blob's data is the start of `buf`; drop what a larger earlier object left.
+        buf.truncate(len);
+        Ok(())
     }
 }
 

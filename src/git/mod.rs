@@ -20,6 +20,7 @@ mod cache;
 pub mod diagnose;
 pub mod redact;
 mod remote;
+pub mod tree;
 
 pub use cache::{Cache, CommitInfo, Observation};
 pub use remote::{Remote, Target};

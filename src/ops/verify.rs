@@ -21,8 +21,8 @@ use std::sync::atomic::AtomicBool;
 use gix::ObjectId;
 use serde::Serialize;
 
+use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK};
 use crate::fsutil;
-use crate::store::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK};
 use crate::store::{Root, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -285,10 +285,7 @@ fn entries_from_cache(root: &Root, commit: &str, cache: &Path) -> Result<Entries
         .map_err(|e| failed(crate::git::error_chain(&e)))?
         .to_thread_local();
     let tree = ObjectId::from_hex(manifest.tree.as_bytes()).map_err(|e| failed(e.to_string()))?;
-    let index = repo
-        .index_from_tree(&tree)
-        .map_err(|e| failed(crate::git::error_chain(&e)))?;
-    Ok(Entries::from_index(&index))
+    crate::git::tree::entries(&repo, tree).map_err(|e| failed(e.to_string()))
 }
 
 pub fn render(report: &Report) -> String {

@@ -5,12 +5,10 @@
 //! - [`records`]: the files dagsnap keeps beside the snapshots (journal, publication state,
 //!   pin, source record, manifests), each read back as untrusted input.
 //! - [`snapshot`]: turning a list of entries into a sealed, read-only directory.
-//! - [`entries`]: the per-snapshot entry list (mode, object id, size, path).
 //! - [`link`]: the atomic symlink swap.
 //! - [`lock`]: advisory locks with a bounded wait.
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely.
 
-pub mod entries;
 pub mod gc;
 pub mod link;
 pub mod lock;

@@ -26,8 +26,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::entries::Entries;
 use crate::fsutil::{self, Context, IoError};
-use crate::store::entries::Entries;
 use crate::store::link;
 use crate::store::lock::{FileLock, LockError};
 pub use crate::store::records::{rfc3339, Cause, Manifest, Pin, Publication, SourceRecord};

@@ -6,6 +6,7 @@ mod bad_input;
 mod cache;
 mod incident;
 mod lifecycle;
+mod names;
 mod publishing;
 mod readers;
 mod refs;

@@ -85,6 +85,116 @@ impl Remote {
         git(&self.dir, args)
     }
 
+    /// Commit a tree made of exactly `files` on `main` with git's plumbing (`mktree -z`), which
+    /// takes names the worktree or `git add` would refuse (`.GIT`, a 300-byte name, a path
+    /// longer than PATH_MAX). The index and worktree are left alone, so use a remote for either
+    /// this or [`Remote::commit`], not both.
+    pub fn commit_tree(&self, files: &[TreeFile], message: &str) -> String {
+        #[derive(Default)]
+        struct Dir(BTreeMap<Vec<u8>, Node>);
+        enum Node {
+            Leaf(&'static str, String),
+            Dir(Dir),
+        }
+        fn insert(dir: &mut Dir, path: &[u8], mode: &'static str, blob: String) {
+            match path.iter().position(|b| *b == b'/') {
+                None => {
+                    dir.0.insert(path.to_vec(), Node::Leaf(mode, blob));
+                }
+                Some(slash) => {
+                    let child = dir
+                        .0
+                        .entry(path[..slash].to_vec())
+                        .or_insert_with(|| Node::Dir(Dir::default()));
+                    if let Node::Dir(child) = child {
+                        insert(child, &path[slash + 1..], mode, blob);
+                    }
+                }
+            }
+        }
+        fn write(repo: &Path, dir: &Dir) -> String {
+            let mut input = Vec::new();
+            for (name, node) in &dir.0 {
+                let (mode, kind, id) = match node {
+                    Node::Leaf(mode, blob) => (*mode, "blob", blob.clone()),
+                    Node::Dir(child) => ("040000", "tree", write(repo, child)),
+                };
+                input.extend_from_slice(format!("{mode} {kind} {id}\t").as_bytes());
+                input.extend_from_slice(name);
+                input.push(0);
+            }
+            pipe_git(repo, &["mktree", "-z"], &input)
+        }
+        let mut top = Dir::default();
+        for file in files {
+            let blob = pipe_git(&self.dir, &["hash-object", "-w", "--stdin"], &file.content);
+            insert(&mut top, &file.path, file.mode, blob);
+        }
+        let tree = write(&self.dir, &top);
+        let parent = git_command(&self.dir)
+            .args(["rev-parse", "-q", "--verify", "refs/heads/main"])
+            .output()
+            .unwrap();
+        let mut args = vec!["commit-tree", tree.as_str(), "-m", message];
+        let parent = String::from_utf8_lossy(&parent.stdout).trim().to_string();
+        if !parent.is_empty() {
+            args.extend(["-p", parent.as_str()]);
+        }
+        let commit = git(&self.dir, &args);
+        git(&self.dir, &["update-ref", "refs/heads/main", &commit]);
+        commit
+    }
+}
+
+/// One file of [`Remote::commit_tree`]: a path as bytes, its content, and git's mode.
+pub struct TreeFile {
+    pub path: Vec<u8>,
+    pub content: Vec<u8>,
+    pub mode: &'static str,
+}
+
+impl TreeFile {
+    pub fn file(path: impl Into<Vec<u8>>, content: impl Into<Vec<u8>>) -> TreeFile {
+        TreeFile {
+            path: path.into(),
+            content: content.into(),
+            mode: "100644",
+        }
+    }
+    pub fn executable(path: impl Into<Vec<u8>>, content: impl Into<Vec<u8>>) -> TreeFile {
+        TreeFile {
+            mode: "100755",
+            ..TreeFile::file(path, content)
+        }
+    }
+    pub fn symlink(path: impl Into<Vec<u8>>, target: impl Into<Vec<u8>>) -> TreeFile {
+        TreeFile {
+            mode: "120000",
+            ..TreeFile::file(path, target)
+        }
+    }
+}
+
+/// Run git with `input` on stdin; its trimmed stdout.
+fn pipe_git(dir: &Path, args: &[&str], input: &[u8]) -> String {
+    let mut child = git_command(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Remote {
     /// Create `count` commits on `branch` in one `git fast-import` run, each holding
     /// `files_per_commit` files whose content names the commit's number. Returns the ids.
     pub fn fast_commits(&self, branch: &str, count: usize, files_per_commit: usize) -> Vec<String> {

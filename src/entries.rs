@@ -1,0 +1,246 @@
+//! What a snapshot holds, as git records it: one entry per file, symlink or submodule, with its
+//! mode, object id and size — and the rules a path must follow to be part of a snapshot.
+//!
+//! The git side produces the list from a commit's tree ([`crate::git::tree`]); the store writes
+//! it into a directory ([`crate::store::snapshot`]) and keeps it beside the snapshot
+//! (`manifests/<sha>.entries`), where later builds read it back to share unchanged files and
+//! `verify` reads it to check the snapshot. Read back from disk it is input like any other:
+//! [`Entries::decode`] applies the same path rules as a tree walk, so a tampered list cannot
+//! name a path outside the snapshot.
+//!
+//! Format: records `<mode in octal> <object id in hex> <size> <path>\0`, in git's path order.
+//! Paths are bytes (git allows any byte but NUL in a path), hence the NUL terminator.
+
+use std::collections::HashMap;
+
+use gix::ObjectId;
+
+/// Git's mode of a regular file.
+pub const MODE_FILE: u32 = 0o100644;
+/// Git's mode of an executable file.
+pub const MODE_EXECUTABLE: u32 = 0o100755;
+/// Git's mode of a symlink.
+pub const MODE_SYMLINK: u32 = 0o120000;
+/// Git's mode of a submodule (a commit id, checked out as an empty directory).
+pub const MODE_SUBMODULE: u32 = 0o160000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub mode: u32,
+    pub id: ObjectId,
+    /// Bytes of content (for a symlink, of its target).
+    pub size: u64,
+    pub path: Vec<u8>,
+}
+
+impl Entry {
+    pub fn is_regular_file(&self) -> bool {
+        self.mode == MODE_FILE || self.mode == MODE_EXECUTABLE
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entries(pub Vec<Entry>);
+
+impl Entries {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * 80);
+        for entry in &self.0 {
+            out.extend_from_slice(
+                format!("{:o} {} {} ", entry.mode, entry.id, entry.size).as_bytes(),
+            );
+            out.extend_from_slice(&entry.path);
+            out.push(0);
+        }
+        out
+    }
+
+    /// Parse an entry list written by [`Entries::encode`], refusing any record a tree walk would
+    /// not have produced: an unknown mode, or a path that breaks [`check_path`].
+    pub fn decode(bytes: &[u8]) -> Result<Entries, String> {
+        let mut entries = Vec::new();
+        for (n, record) in bytes.split(|b| *b == 0).enumerate() {
+            if record.is_empty() {
+                continue;
+            }
+            let bad = |what: &str| format!("record {n}: {what}");
+            let mut fields = record.splitn(4, |b| *b == b' ');
+            let mode = fields
+                .next()
+                .and_then(|m| std::str::from_utf8(m).ok())
+                .and_then(|m| u32::from_str_radix(m, 8).ok())
+                .filter(|m| [MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK, MODE_SUBMODULE].contains(m))
+                .ok_or_else(|| bad("bad mode"))?;
+            let id = fields
+                .next()
+                .and_then(|i| ObjectId::from_hex(i).ok())
+                .ok_or_else(|| bad("bad object id"))?;
+            let size = fields
+                .next()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("bad size"))?;
+            let path = fields.next().unwrap_or_default();
+            check_path(path, mode).map_err(|reason| {
+                bad(&format!(
+                    "path '{}' {reason}",
+                    crate::text::escape_bytes(path)
+                ))
+            })?;
+            entries.push(Entry {
+                mode,
+                id,
+                size,
+                path: path.to_vec(),
+            });
+        }
+        Ok(Entries(entries))
+    }
+
+    /// Entries by path, for comparing two snapshots.
+    pub fn by_path(&self) -> HashMap<&[u8], &Entry> {
+        self.0.iter().map(|e| (e.path.as_slice(), e)).collect()
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.0.iter().map(|e| e.size).sum()
+    }
+}
+
+/// The path rules git applies when it checks out on Linux, which are the rules for a path in a
+/// snapshot: a repository that `git clone` checks out is published, and nothing else.
+///
+/// Refused: an empty path or component (`a//b`, a leading `/`), `.` and `..` (they would leave
+/// the snapshot), `.git` and every name a case-insensitive, NTFS or HFS+ filesystem would take
+/// for it (`.GIT`, `git~1`, `.git.`, `.g\u{200c}it`, also after a backslash, as git checks), and
+/// `.gitmodules` as a symlink. Everything else is allowed, including names Windows reserves
+/// (`aux.py`, `con`, `nul`), `:`, `?`, `*`, trailing dots and spaces, backslashes, tabs and
+/// newlines: they are ordinary file names on Linux, and DAG repositories use some of them
+/// (`2024-01-01T00:00:00.sql`).
+///
+/// Returns why the path is refused.
+pub fn check_path(path: &[u8], mode: u32) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("is empty");
+    }
+    let mut components = path.split(|b| *b == b'/').peekable();
+    while let Some(component) = components.next() {
+        let leaf = components.peek().is_none();
+        check_component(component, leaf && mode == MODE_SYMLINK)?;
+    }
+    Ok(())
+}
+
+/// One path component, as [`check_path`] judges it.
+pub fn check_component(name: &[u8], is_symlink: bool) -> Result<(), &'static str> {
+    use gix::validate::path::component::{Error, Mode, Options};
+    // Git's defaults on Linux (core.protectNTFS is on everywhere since git 2.24) plus HFS+, whose
+    // aliases of `.git` are as dangerous on a volume a Mac may mount; not Windows' device names
+    // and reserved characters, which are fine on Linux.
+    let options = Options {
+        protect_windows: false,
+        protect_hfs: true,
+        protect_ntfs: true,
+    };
+    let mode = is_symlink.then_some(Mode::Symlink);
+    const DOT_GIT: &str =
+        "names '.git' (or a name that a case-insensitive, NTFS or HFS+ filesystem takes for '.git')";
+    if let Err(e) = gix::validate::path::component(name.into(), mode, options) {
+        return Err(match e {
+            Error::Empty => "has an empty component",
+            Error::Relative => "has a '.' or '..' component, which would leave the snapshot",
+            Error::DotGitDir => DOT_GIT,
+            Error::SymlinkedGitModules => "is a '.gitmodules' that is a symlink",
+            Error::PathSeparator => "has a component containing '/'",
+            _ => "is refused by git's path rules",
+        });
+    }
+    // Git also looks for `.git` after each backslash, which NTFS takes for a separator.
+    for piece in name.split(|b| *b == b'\\').skip(1) {
+        if let Err(Error::DotGitDir) = gix::validate::path::component(piece.into(), None, options) {
+            return Err(DOT_GIT);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_paths_with_spaces_and_newlines() {
+        let entries = Entries(vec![
+            Entry {
+                mode: MODE_EXECUTABLE,
+                id: ObjectId::empty_blob(gix::hash::Kind::Sha1),
+                size: 0,
+                path: b"bin/run me.sh".to_vec(),
+            },
+            Entry {
+                mode: MODE_SYMLINK,
+                id: ObjectId::empty_tree(gix::hash::Kind::Sha1),
+                size: 7,
+                path: b"odd\nname".to_vec(),
+            },
+        ]);
+        assert_eq!(Entries::decode(&entries.encode()).unwrap(), entries);
+        assert!(Entries::decode(b"100644 zz 1 a\0").is_err());
+    }
+
+    #[test]
+    fn a_tampered_entry_list_cannot_name_a_path_outside_the_snapshot() {
+        let id = ObjectId::empty_blob(gix::hash::Kind::Sha1);
+        for path in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "a/../../b",
+            "a//b",
+            "./a",
+            ".git/config",
+            "",
+        ] {
+            let record = format!("100644 {id} 0 {path}\0");
+            assert!(Entries::decode(record.as_bytes()).is_err(), "{path:?}");
+        }
+        assert!(Entries::decode(format!("100600 {id} 0 a\0").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn linux_names_pass_and_git_aliases_do_not() {
+        for ok in [
+            "aux.py",
+            "con.py",
+            "nul",
+            "a:b.sql",
+            "x.",
+            "q?.py",
+            "*",
+            "trailing ",
+            "back\\slash",
+            "tab\tname",
+            "new\nline",
+            "dags/.gitignore",
+            ".github/workflows/ci.yml",
+            "gitx",
+        ] {
+            assert_eq!(check_path(ok.as_bytes(), MODE_FILE), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            ".git",
+            ".GIT/config",
+            "a/.Git/x",
+            "git~1/config",
+            ".git./x",
+            ".git /x",
+            "a\\.git",
+            ".g\u{200c}it/config",
+            "..",
+            "a/./b",
+        ] {
+            assert!(check_path(bad.as_bytes(), MODE_FILE).is_err(), "{bad:?}");
+        }
+        assert!(check_path(b".gitmodules", MODE_SYMLINK).is_err());
+        assert!(check_path(b".gitmodules", MODE_FILE).is_ok());
+    }
+}
