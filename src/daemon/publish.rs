@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::git::{Cache, Observation, Remote, SourceError};
+use crate::git::{Cache, CommitInfo, Remote, SourceError};
 use crate::store::gc;
 use crate::store::lock::LockError;
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
@@ -184,10 +184,21 @@ impl Publisher {
             }
         }
 
+        // The store may have been deleted or damaged under a running loop: put it back.
+        self.root.ensure_layout()?;
+        let info = self.cache.commit_info(observation.commit)?;
+        if self.root.has_snapshot(&commit) {
+            if let Err(why) = self.root.check_snapshot(&commit, Some(&info.tree)) {
+                let lock = self.root.lock(self.settings.lock_timeout)?;
+                self.root.set_aside(&lock, &commit, &why)?;
+                drop(lock);
+                self.root.empty_trash()?;
+            }
+        }
         let built = if self.root.has_snapshot(&commit) {
             None
         } else {
-            Some(self.build(&observation, progress, interrupt)?)
+            Some(self.build(info, progress, interrupt)?)
         };
 
         // While an operator pins the link, keep following the remote (the snapshot above is
@@ -251,21 +262,16 @@ impl Publisher {
 
     fn build(
         &self,
-        observation: &Observation,
+        info: CommitInfo,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Stats, PublishError> {
-        let info = self.cache.commit_info(observation.commit)?;
-        let tree =
-            gix::ObjectId::from_hex(info.tree.as_bytes()).map_err(|e| SourceError::Object {
-                commit: observation.commit,
-                cause: e.to_string(),
-            })?;
+        let tree = info.tree_id;
         // Unchanged files are shared with the snapshot readers see now, if it is intact.
         let current = self.root.current()?.filter(|c| c.complete);
         let previous_entries = match &current {
             Some(current) => self.root.entries(&current.commit).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot reuse files of the current snapshot; writing all files");
+                tracing::warn!(error = %e, "cannot share files of the current snapshot; writing all files");
                 None
             }),
             None => None,
@@ -301,6 +307,7 @@ impl Publisher {
             bytes: built.stats.bytes,
             materialized_at: SystemTime::now(),
             materialized_by: format!("{} pid {}", crate::fsutil::hostname(), std::process::id()),
+            dir_inode: None,
         };
         if self.root.install(staging, &manifest, &built.entries)? == Installed::AlreadyThere {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");

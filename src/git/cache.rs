@@ -38,10 +38,11 @@ pub struct Observation {
 }
 
 /// Metadata of a commit, for manifests and status.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {
     pub commit: String,
     pub tree: String,
+    pub tree_id: ObjectId,
     pub subject: String,
     pub author: String,
     /// Committer date, seconds since the epoch (UTC).
@@ -361,6 +362,7 @@ impl Cache {
         Ok(CommitInfo {
             commit: commit.to_string(),
             tree: tree.to_string(),
+            tree_id: tree.detach(),
             subject,
             author,
             commit_time,

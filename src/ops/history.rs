@@ -50,7 +50,7 @@ pub fn list(root: &Root) -> Result<Vec<SnapshotInfo>, StoreError> {
     root.require_initialized()?;
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
-    let history = root.link_history()?;
+    let history = root.records().link_history()?;
     let mut snapshots = Vec::new();
     for commit in root.snapshot_commits()? {
         let manifest = root.manifest(&commit)?;
@@ -127,7 +127,7 @@ pub fn render_list(snapshots: &[SnapshotInfo]) -> String {
 /// Journal entries, newest first.
 pub fn log(root: &Root, limit: usize) -> Result<Vec<Publication>, StoreError> {
     root.require_initialized()?;
-    let mut entries = root.journal()?;
+    let mut entries = root.records().journal()?;
     entries.reverse();
     entries.truncate(limit);
     Ok(entries)
@@ -246,7 +246,13 @@ fn earlier_publication(
 ) -> Result<String, HistoryError> {
     let steps = steps.max(1);
     let mut seen: Vec<String> = Vec::new();
-    for entry in root.journal()?.iter().rev().filter(|e| e.moved_link) {
+    for entry in root
+        .records()
+        .journal()?
+        .iter()
+        .rev()
+        .filter(|e| e.moved_link)
+    {
         if Some(entry.commit.as_str()) != current && !seen.contains(&entry.commit) {
             seen.push(entry.commit.clone());
         }
@@ -292,9 +298,10 @@ fn move_and_pin(
     Ok(Change { from, to, pin })
 }
 
-/// A journal entry for an operator's action. It keeps the observation time of the publication
-/// it replaces: a rollback says nothing new about the remote, so once the pin is released, any
-/// publisher that polls afterwards wins the never-backward comparison.
+/// A journal entry for an operator's action. Its observation time is the time of the action:
+/// observations of the remote made before it never win over it (a loop that polled before an
+/// `unpin` waits for its next poll), and neither does a record from a clock that ran ahead. Once
+/// the pin is released, any publisher that polls afterwards wins the never-backward comparison.
 fn operator_entry(
     root: &Root,
     commit: &str,
@@ -302,13 +309,12 @@ fn operator_entry(
     moved_link: bool,
     reason: Option<String>,
 ) -> Result<Publication, StoreError> {
-    let state = root.state()?;
     let source = root.source()?;
     let now = SystemTime::now();
     Ok(Publication {
         commit: commit.to_string(),
         cause,
-        observed_at: state.as_ref().map(|s| s.observed_at).unwrap_or(now),
+        observed_at: now,
         published_at: now,
         host: format!("{}@{}", operator(), crate::fsutil::hostname()),
         pid: std::process::id(),

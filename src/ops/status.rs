@@ -18,6 +18,10 @@ pub struct Status {
     pub published: bool,
     /// False when the link points at a snapshot that no longer exists.
     pub complete: bool,
+    /// Where a reader opening the link arrives, when that is not the snapshot it names (a
+    /// directory on the way to the link was replaced by a symlink to elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolves_elsewhere: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,7 +55,7 @@ pub struct Status {
 impl Status {
     /// True when readers are served a complete snapshot.
     pub fn is_healthy(&self) -> bool {
-        self.published && self.complete
+        self.published && self.complete && self.resolves_elsewhere.is_none()
     }
 }
 
@@ -63,6 +67,7 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         link: root.link_path().display().to_string(),
         published: current.is_some(),
         complete: current.as_ref().is_some_and(|c| c.complete),
+        resolves_elsewhere: None,
         commit: None,
         subject: None,
         author: None,
@@ -80,6 +85,15 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
     let Some(current) = current else {
         return Ok(status);
     };
+    if current.complete {
+        // What readers get is where the link resolves, not what it says.
+        let snapshot = std::fs::canonicalize(root.snapshot_path(&current.commit));
+        match std::fs::canonicalize(root.link_path()) {
+            Ok(resolved) if snapshot.as_ref().is_ok_and(|s| *s == resolved) => {}
+            Ok(resolved) => status.resolves_elsewhere = Some(resolved.display().to_string()),
+            Err(e) => status.resolves_elsewhere = Some(format!("nowhere ({e})")),
+        }
+    }
     if let Some(manifest) = root.manifest(&current.commit)? {
         status.subject = Some(manifest.subject);
         status.author = Some(manifest.author);
@@ -93,7 +107,11 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
     }
     // The record describes the link only if it names the same commit (a crash between writing
     // the record and moving the link leaves them apart).
-    if let Some(state) = root.state()?.filter(|s| s.commit == current.commit) {
+    if let Some(state) = root
+        .records()
+        .latest()?
+        .filter(|s| s.commit == current.commit)
+    {
         status.published_at = Some(rfc3339::format(state.published_at));
         status.age_seconds = SystemTime::now()
             .duration_since(state.published_at)
@@ -124,6 +142,14 @@ pub fn render_text(status: &Status) -> String {
         line(
             "WARNING:",
             Some("the snapshot behind the link is missing; a running sync republishes it"),
+        );
+    }
+    if let Some(elsewhere) = &status.resolves_elsewhere {
+        line(
+            "WARNING:",
+            Some(&format!(
+                "readers opening the link arrive at {elsewhere}, not at the snapshot: a directory on the way to the link is a symlink; make it a real directory inside the root"
+            )),
         );
     }
     line("subject:", status.subject.as_deref());

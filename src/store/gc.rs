@@ -53,7 +53,7 @@ pub fn plan(
     let pinned = root.pinned()?.map(|p| p.commit);
 
     // When each commit was last active: retired by the next link move, or still live.
-    let history = root.link_history()?;
+    let history = root.records().link_history()?;
     let last_active = |commit: &str| -> Option<SystemTime> {
         history
             .published
@@ -119,6 +119,8 @@ pub fn collect(
     policy: &Policy,
     now: SystemTime,
 ) -> Result<Report, StoreError> {
+    // Damaged journal lines were warned about when read; this is where they go.
+    root.records().clean_journal(lock)?;
     let (doomed, kept) = plan(root, policy, now)?;
     for commit in &doomed {
         root.move_snapshot_to_trash(lock, commit)?;

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use crate::fsutil::{self, Context, IoError};
@@ -11,32 +12,88 @@ use crate::fsutil::{self, Context, IoError};
 /// recognizes and removes leftovers after a crash.
 pub const TEMP_PREFIX: &str = ".dagsnap-link-";
 
-/// Point `link` at `target` so that every reader sees either the old or the new target.
+/// Point the link at `link_rel` under `root` at `target`, so that every reader sees either the
+/// old or the new target.
 ///
 /// After kubelet's `AtomicWriter`, reduced to the part that matters for a single link:
 ///
-/// 1. Create a new symlink `<link dir>/.dagsnap-link-<pid>-<random>` pointing at `target`.
-///    Nobody reads this name, so creating it is invisible. If it fails (full disk, read-only
-///    mount), nothing has changed and the error is returned as is.
-/// 2. `rename(2)` the new symlink over `link`. POSIX guarantees the replacement is atomic: a
+/// 1. Open the link's directory, walking from `root` one component at a time without following
+///    symlinks ([`open_parent`]). A directory on the way that was replaced by a symlink (to
+///    somewhere outside the root) fails the swap here, before anything is written, instead of
+///    putting the link where readers do not look.
+/// 2. Create a new symlink `.dagsnap-link-<pid>-<random>` in that directory, pointing at
+///    `target`. Nobody reads this name, so creating it is invisible. If it fails (full disk,
+///    read-only mount), nothing has changed and the error is returned as is.
+/// 3. `renameat(2)` the new symlink over the link. POSIX guarantees the replacement is atomic: a
 ///    concurrent `open("link/...")` resolves either the old or the new target, never nothing.
 ///    This is why the link is never deleted and re-created. If the rename fails, the temporary
-///    link is removed and `link` still points at the old target.
-/// 3. `fsync` the link's directory so the rename survives a power cut. If this fails, the swap
-///    has happened for every reader but may be lost on a crash; the error is returned so the
-///    caller reports it, and the next cycle re-checks the link anyway.
+///    link is removed and the link still points at the old target.
+/// 4. `fsync` the directory so the rename survives a power cut. If this fails, the swap has
+///    happened for every reader but may be lost on a crash; the error is returned so the caller
+///    reports it, and the next cycle re-checks the link anyway.
 ///
 /// `target` is stored as given; callers pass a path relative to the link's directory so the
 /// link resolves the same in every pod, whatever the volume's mount point.
-pub fn swap(link: &Path, target: &Path) -> Result<(), IoError> {
-    let dir = parent_dir(link);
-    let temp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_suffix()));
-    std::os::unix::fs::symlink(target, &temp).at("create temporary link", &temp)?;
-    if let Err(e) = fs::rename(&temp, link) {
-        let _ = fs::remove_file(&temp);
-        return Err(IoError::new("replace link", link, e));
+pub fn swap(root: &Path, link_rel: &Path, target: &Path) -> Result<(), IoError> {
+    let link = root.join(link_rel);
+    let dir = open_parent(root, link_rel)?;
+    let name = link_rel.file_name().unwrap_or(link_rel.as_os_str());
+    let temp = format!("{TEMP_PREFIX}{}", fsutil::unique_suffix());
+    let fd = Some(dir.as_raw_fd());
+    nix::unistd::symlinkat(target, fd, temp.as_str()).map_err(|e| {
+        IoError::new(
+            "create temporary link",
+            parent_dir(&link).join(&temp),
+            e.into(),
+        )
+    })?;
+    if let Err(e) = nix::fcntl::renameat(fd, temp.as_str(), fd, name) {
+        let _ = nix::unistd::unlinkat(fd, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        return Err(IoError::new("replace link", &link, e.into()));
     }
-    fsutil::fsync_dir(dir)
+    nix::unistd::fsync(dir.as_raw_fd())
+        .map_err(|e| IoError::new("fsync directory", parent_dir(&link), e.into()))
+}
+
+/// The directory that holds the link at `link_rel` under `root`, opened by walking down from
+/// `root` with `O_NOFOLLOW` at every step: each directory between the root and the link must be
+/// a real directory, so the link can never land outside the root through a symlink. (`root`
+/// itself is the operator's choice and may be reached through symlinks.)
+pub fn open_parent(root: &Path, link_rel: &Path) -> Result<OwnedFd, IoError> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let open = |dirfd: Option<i32>, name: &std::ffi::OsStr, at: &Path, flags: OFlag| {
+        openat(dirfd, name, flags, Mode::empty())
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .map_err(|errno| match errno {
+                nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => IoError::new(
+                    "use as the link's directory",
+                    at,
+                    io::Error::other(
+                        "it is a symlink or not a directory; the link's directories must be real directories inside the root",
+                    ),
+                ),
+                errno => IoError::new("open the link's directory", at, errno.into()),
+            })
+    };
+    let mut dir = open(None, root.as_os_str(), root, flags)?;
+    let parents: Vec<Component> = link_rel
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    let mut at = root.to_path_buf();
+    for component in parents {
+        at.push(component);
+        dir = open(
+            Some(dir.as_raw_fd()),
+            component.as_os_str(),
+            &at,
+            flags | OFlag::O_NOFOLLOW,
+        )?;
+    }
+    Ok(dir)
 }
 
 /// The link's target as stored, or `None` if there is no link. Anything at that path that is
@@ -119,14 +176,24 @@ mod tests {
     fn swap_replaces_target_and_leaves_no_temporaries() {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("current");
-        swap(&link, Path::new("a")).unwrap();
-        swap(&link, Path::new("b")).unwrap();
+        swap(dir.path(), Path::new("current"), Path::new("a")).unwrap();
+        swap(dir.path(), Path::new("current"), Path::new("b")).unwrap();
         assert_eq!(read(&link).unwrap(), Some(PathBuf::from("b")));
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("current")]);
+    }
+
+    #[test]
+    fn a_symlinked_directory_on_the_way_to_the_link_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("dags")).unwrap();
+        let err = swap(dir.path(), Path::new("dags/current"), Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("real directories"), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
     #[test]

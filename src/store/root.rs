@@ -1,4 +1,4 @@
-//! The published root: its layout, the snapshot store, and the records kept beside it.
+//! The published root: its layout, the snapshot store, and the link.
 //!
 //! ```text
 //! ROOT/
@@ -6,7 +6,7 @@
 //!   .airflowignore                        ".dagsnap", so a dags_folder of ROOT skips the store
 //!   .dagsnap/
 //!     lock                                advisory lock: link decisions and GC run under it
-//!     claim.lock, publishers              publisher registration (see `Root::claim`)
+//!     claim.lock, publishers              publisher registration (see `records::claims`)
 //!     source.json                         the repository and ref this root follows
 //!     state.json                          the publication behind the link
 //!     journal.jsonl                       every publication, oldest first
@@ -17,12 +17,13 @@
 //!     trash/                              snapshots being deleted, outside the lock
 //! ```
 //!
-//! This module owns every path under ROOT. Other modules ask it for a staging directory, hand
+//! This module owns every path under ROOT (the record files' names are [`Records`]' own, inside
+//! the store directory this module gives it). Other modules ask it for a staging directory, hand
 //! it back to be installed, and ask it to move the link; none of them builds ROOT paths.
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -30,26 +31,27 @@ use crate::entries::Entries;
 use crate::fsutil::{self, Context, IoError};
 use crate::store::link;
 use crate::store::lock::{FileLock, LockError};
-pub use crate::store::records::{rfc3339, Cause, Manifest, Pin, Publication, SourceRecord};
+use crate::store::records::{self, read_json, warn_damaged, Read, Records};
+pub use crate::store::records::{
+    rfc3339, Cause, Claim, LinkHistory, Manifest, Pin, Publication, SourceRecord,
+};
 
 pub const STORE_DIR: &str = ".dagsnap";
 const SNAPSHOTS_DIR: &str = "snapshots";
 const MANIFESTS_DIR: &str = "manifests";
 const STAGING_PREFIX: &str = ".staging-";
 const AIRFLOWIGNORE: &str = ".airflowignore";
-const STATE_FILE: &str = "state.json";
-const JOURNAL_FILE: &str = "journal.jsonl";
 const LOCK_FILE: &str = "lock";
-const SOURCE_FILE: &str = "source.json";
-const PUBLISHERS_FILE: &str = "publishers";
-const CLAIM_LOCK_FILE: &str = "claim.lock";
-const PIN_FILE: &str = "pin.json";
 const TRASH_DIR: &str = "trash";
 /// Directories a fresh filesystem brings along; their presence does not make a root foreign.
 const FILESYSTEM_ENTRIES: &[&str] = &["lost+found"];
-/// The journal is trimmed to its newest entries once it grows past this size.
-const JOURNAL_MAX_BYTES: u64 = 1 << 20;
-const JOURNAL_KEEP_ENTRIES: usize = 2000;
+/// How far in the future (by this host's clock) another publisher's observation of the remote
+/// may lie and still be believed. Clocks of NTP-synchronized nodes differ by milliseconds; an
+/// observation further ahead comes from a clock that ran ahead (or this one was stepped back),
+/// and trusting it would stop every correctly clocked publisher until that time.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+/// Mode of the directories dagsnap creates under the root (snapshots are sealed `0555`).
+const DIR_MODE: u32 = 0o755;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,8 +71,10 @@ pub enum StoreError {
     InvalidLink { given: String, reason: &'static str },
     #[error("{} is not a dagsnap root (no {STORE_DIR}/ inside); check --root", root.display())]
     NotARoot { root: PathBuf },
-    #[error("{} is damaged ({cause}); dagsnap rewrites it on the next publish", path.display())]
-    Corrupt { path: PathBuf, cause: String },
+    #[error("{} is {what}, where dagsnap needs a real directory inside the root (a symlink could put what readers see outside it); move it away, or choose another --link", path.display())]
+    NotARealDirectory { path: PathBuf, what: &'static str },
+    #[error("snapshot {commit} cannot be trusted: {why}. Choose another snapshot; a sync loop rebuilds this one when it publishes the commit again")]
+    Untrusted { commit: String, why: String },
     #[error("no retained snapshot matches '{wanted}'; retained: {}. Choose one of these (a prefix of 4 or more digits is enough)", if retained.is_empty() { "none".to_string() } else { retained.join(", ") })]
     NotRetained {
         wanted: String,
@@ -156,20 +160,6 @@ pub enum Installed {
     AlreadyThere,
 }
 
-/// When commits were last linked and last unlinked (see [`Root::link_history`]). A commit that
-/// is linked but not retired is the one the journal says is live.
-#[derive(Debug, Default, Clone)]
-pub struct LinkHistory {
-    pub published: std::collections::HashMap<String, SystemTime>,
-    pub retired: std::collections::HashMap<String, SystemTime>,
-}
-
-/// This process's registration as a publisher of the root (see [`Root::claim`]).
-#[derive(Debug)]
-pub struct Claim {
-    _shared: FileLock,
-}
-
 /// Proof that the root's lock is held, required by every operation that moves the link.
 #[derive(Debug)]
 pub struct RootLock {
@@ -219,6 +209,16 @@ impl Root {
         self.root.join(&self.link_rel)
     }
 
+    /// The link's path relative to the root, as readers' configuration names it.
+    pub fn link_rel(&self) -> &Path {
+        &self.link_rel
+    }
+
+    /// The journal, the latest publication, the pin and the claim.
+    pub fn records(&self) -> Records {
+        Records::at(&self.store())
+    }
+
     fn store(&self) -> PathBuf {
         self.root.join(STORE_DIR)
     }
@@ -259,7 +259,11 @@ impl Root {
     pub fn adopt(&self) -> Result<(), StoreError> {
         match fs::metadata(&self.root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&self.root).at("create root", &self.root)?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(&self.root)
+                    .at("create root", &self.root)?;
             }
             Err(e) => return Err(IoError::new("inspect root", &self.root, e).into()),
             Ok(meta) if !meta.is_dir() => {
@@ -279,24 +283,41 @@ impl Root {
         self.refuse_foreign_entries()?;
         self.current()?;
 
+        self.ensure_layout()?;
+        self.ensure_link_parents()?;
+        self.ensure_airflowignore()?;
+        link::remove_stale_temporaries(&self.link_path())?;
+        self.remove_own_stale_staging()?;
+        Ok(())
+    }
+
+    /// Create the store's directories where they are missing (at start-up, and again by a
+    /// running loop that finds them gone), with explicit modes whatever the umask. One that
+    /// exists must be a real directory: a symlink there would put snapshots, and what the link
+    /// points at, outside the root.
+    pub fn ensure_layout(&self) -> Result<(), StoreError> {
         for dir in [
             self.store(),
             self.snapshots(),
             self.store().join(MANIFESTS_DIR),
         ] {
-            match fs::create_dir(&dir) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(IoError::new("create", &dir, e).into())
-                }
-                _ => {}
-            }
+            make_dir(&dir)?;
         }
-        if let Some(parent) = self.link_path().parent() {
-            fs::create_dir_all(parent).at("create directory of link", parent)?;
+        Ok(())
+    }
+
+    /// Every directory between the root and the link exists and is a real directory.
+    fn ensure_link_parents(&self) -> Result<(), StoreError> {
+        let mut at = self.root.clone();
+        let parents: Vec<Component> = self
+            .link_rel
+            .parent()
+            .map(|p| p.components().collect())
+            .unwrap_or_default();
+        for component in parents {
+            at.push(component);
+            make_dir(&at)?;
         }
-        self.ensure_airflowignore()?;
-        link::remove_stale_temporaries(&self.link_path())?;
-        self.remove_own_stale_staging()?;
         Ok(())
     }
 
@@ -334,29 +355,48 @@ impl Root {
         })
     }
 
+    /// Write `.airflowignore` unless one exists. It appears whole or not at all: written under a
+    /// temporary name, then hard-linked into place (`link(2)` fails if the name exists, so an
+    /// operator's file, or one a concurrent publisher just made, is never replaced, and nobody
+    /// ever reads a half-written one).
     fn ensure_airflowignore(&self) -> Result<(), StoreError> {
         let path = self.root.join(AIRFLOWIGNORE);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                file.write_all(format!("{STORE_DIR}\n").as_bytes())
-                    .at("write", &path)?;
-                file.sync_all().at("fsync", &path)?;
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let contents = fs::read_to_string(&path).unwrap_or_default();
-                if !contents.lines().any(|l| l.trim().contains(STORE_DIR)) {
-                    tracing::warn!(path = %path.display(), "this .airflowignore does not exclude '{STORE_DIR}'; if dags_folder is the root itself, add a line '{STORE_DIR}' or Airflow will parse every snapshot");
-                }
-                Ok(())
-            }
-            Err(e) => Err(IoError::new("create", &path, e).into()),
+        if fs::symlink_metadata(&path).is_ok() {
+            // Nothing is written when everything is in place (a restart leaves the root as is).
+            return self.check_airflowignore(&path);
         }
+        let temp = self
+            .store()
+            .join(format!(".tmp-airflowignore-{}", fsutil::unique_suffix()));
+        let created = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&temp)
+                .at("create", &temp)?;
+            file.write_all(format!("{STORE_DIR}\n").as_bytes())
+                .at("write", &temp)?;
+            file.sync_all().at("fsync", &temp)?;
+            fs::hard_link(&temp, &path).at("create", &path)
+        })();
+        let _ = fs::remove_file(&temp);
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists => {
+                self.check_airflowignore(&path)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An existing `.airflowignore` is the operator's; say so if it lets Airflow into the store.
+    fn check_airflowignore(&self, path: &Path) -> Result<(), StoreError> {
+        let contents = fs::read_to_string(path).unwrap_or_default();
+        if !contents.lines().any(|l| l.trim().contains(STORE_DIR)) {
+            tracing::warn!(path = %path.display(), "this .airflowignore does not exclude '{STORE_DIR}'; if dags_folder is the root itself, add a line '{STORE_DIR}' or Airflow will parse every snapshot");
+        }
+        Ok(())
     }
 
     fn remove_own_stale_staging(&self) -> Result<(), StoreError> {
@@ -415,12 +455,60 @@ impl Root {
                 link: link.clone(),
                 target: target.clone(),
             })?;
-        let complete = self.snapshot_path(&commit).is_dir();
+        let complete = self.has_snapshot(&commit);
         Ok(Some(Current { commit, complete }))
     }
 
+    /// Whether `snapshots/<commit>` is a directory (not a symlink to one).
     pub fn has_snapshot(&self, commit: &str) -> bool {
-        self.snapshot_path(commit).is_dir()
+        fs::symlink_metadata(self.snapshot_path(commit)).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Whether the installed snapshot of `commit` is one dagsnap built for that commit, before
+    /// anything links it. Anyone who can write the volume can put a directory under a commit's
+    /// name; readers would get its content as that commit.
+    ///
+    /// Trusted: a real directory with a readable manifest for `commit` (and for `tree`, when the
+    /// caller knows the commit's tree) whose recorded inode is the directory's (a rename keeps
+    /// it, so only the directory dagsnap built has it), or, for a manifest without one (older
+    /// dagsnap) or a volume restored from a backup, whose files match the recorded entry list
+    /// in type, mode and size. Returns why not, otherwise.
+    pub fn check_snapshot(&self, commit: &str, tree: Option<&str>) -> Result<(), String> {
+        let dir = self.snapshot_path(commit);
+        let meta = match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => meta,
+            Ok(_) => return Err("it is not a directory".into()),
+            Err(e) => return Err(format!("it cannot be read ({e})")),
+        };
+        let manifest = self
+            .manifest(commit)
+            .ok()
+            .flatten()
+            .ok_or("it has no manifest written by dagsnap")?;
+        if manifest.commit != commit {
+            return Err(format!("its manifest is for commit {}", manifest.commit));
+        }
+        if let Some(tree) = tree.filter(|t| *t != manifest.tree) {
+            return Err(format!(
+                "its manifest records tree {}, not the commit's tree {tree}",
+                manifest.tree
+            ));
+        }
+        if manifest.dir_inode == Some(meta.ino()) {
+            return Ok(());
+        }
+        let entries = self.entries(commit).ok().flatten().ok_or(
+            "it is not the directory dagsnap built, and has no entry list to check it against",
+        )?;
+        crate::store::snapshot::quick_check(&dir, &entries).map_err(|problem| {
+            format!("it is not the directory dagsnap built, and it differs from its entry list ({problem})")
+        })
+    }
+
+    /// Move a snapshot that cannot be trusted out of the way, so that it is rebuilt.
+    pub fn set_aside(&self, lock: &RootLock, commit: &str, why: &str) -> Result<(), StoreError> {
+        tracing::warn!(%commit, why, "moving aside a snapshot dagsnap did not build (or that was changed); it is rebuilt");
+        self.move_snapshot_to_trash(lock, commit)
     }
 
     /// A fresh, empty, uniquely named directory in the store to build a snapshot in.
@@ -436,18 +524,23 @@ impl Root {
             rand::random::<u64>()
         );
         let path = self.snapshots().join(name);
-        fs::create_dir(&path).at("create staging directory", &path)?;
+        fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&path)
+            .at("create staging directory", &path)?;
         Ok(Staging { path })
     }
 
     /// Install a complete staged snapshot as `snapshots/<commit>`.
     ///
-    /// 1. Write the manifest and the entry list (atomically). They go first so that a snapshot
-    ///    is never visible without them; a crash after this step leaves records without a
-    ///    snapshot, which the next attempt simply overwrites.
+    /// 1. Write the entry list and the manifest (atomically), the manifest recording the staging
+    ///    directory's inode, which the rename keeps. They go first so that a snapshot is never
+    ///    visible without them; a crash after this step leaves records without a snapshot,
+    ///    which the next attempt simply overwrites.
     /// 2. `rename(2)` the staging directory to `snapshots/<commit>`. If that name already exists
     ///    (`EEXIST`/`ENOTEMPTY`), another publisher installed the same commit first: same commit,
-    ///    same content, so our copy is deleted and this is success.
+    ///    same content, so our copy is deleted and this is success. Our manifest replaced
+    ///    theirs in step 1, so it is written once more with the inode of the directory that won.
     /// 3. `fsync` the snapshots directory so the rename is durable before any link points at it.
     pub fn install(
         &self,
@@ -456,12 +549,15 @@ impl Root {
         entries: &Entries,
     ) -> Result<Installed, StoreError> {
         let manifest_path = self.manifest_path(&manifest.commit);
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Corrupt {
-            path: manifest_path.clone(),
-            cause: e.to_string(),
-        })?;
+        let inode = |dir: &Path| {
+            fs::symlink_metadata(dir)
+                .at("inspect", dir)
+                .map(|m| m.ino())
+        };
+        let mut manifest = manifest.clone();
+        manifest.dir_inode = Some(inode(staging.path())?);
         fsutil::write_atomically(&self.entries_path(&manifest.commit), &entries.encode())?;
-        fsutil::write_atomically(&manifest_path, &bytes)?;
+        records::write_json(&manifest_path, &manifest)?;
 
         let destination = self.snapshot_path(&manifest.commit);
         match fs::rename(staging.path(), &destination) {
@@ -473,6 +569,8 @@ impl Root {
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) => {
                 drop(staging);
+                manifest.dir_inode = Some(inode(&destination)?);
+                records::write_json(&manifest_path, &manifest)?;
                 Ok(Installed::AlreadyThere)
             }
             Err(e) => Err(IoError::new("move snapshot into place at", &destination, e).into()),
@@ -491,13 +589,16 @@ impl Root {
     /// publisher of this root:
     /// 1. If the link already shows the commit, there is nothing to do. If an operator pinned a
     ///    snapshot, the link stays where the pin put it.
-    /// 2. If the latest record (`state.json`) names another commit observed later than ours,
-    ///    another publisher saw a newer state of the remote: leave the link alone. The record,
-    ///    not the link, is compared, because a publisher that died between writing the record
-    ///    and moving the link still saw what it saw.
+    /// 2. If the latest publication names another commit observed later than ours, another
+    ///    publisher saw a newer state of the remote: leave the link alone. The record, not the
+    ///    link, is compared, because a publisher that died between writing the record and
+    ///    moving the link still saw what it saw. An observation more than [`MAX_CLOCK_SKEW`]
+    ///    ahead of this host's clock is not believed (its host's clock is wrong, or this one was
+    ///    stepped back): it is named in a warning and ignored, so one bad clock cannot stop
+    ///    every publisher until it is reached.
     /// 3. The snapshot must still exist (GC or a person may have removed it since it was
     ///    installed); the link never points at nothing.
-    /// 4. Write the record and the journal line, then swap the link ([`link::swap`]).
+    /// 4. Write the records, then swap the link ([`Root::publish`]).
     pub fn publish_if_newer(
         &self,
         lock: &RootLock,
@@ -510,14 +611,27 @@ impl Root {
         {
             return Ok(Decision::AlreadyCurrent);
         }
+        let records = self.records();
         // A pin holds the link on its commit; only that commit may be (re)linked, e.g. when
         // its snapshot was deleted by hand and rebuilt.
-        if let Some(pin) = self.pinned()?.filter(|p| p.commit != publication.commit) {
+        let live = current.as_ref().map(|c| c.commit.as_str());
+        if let Some(pin) = records
+            .pin(live)?
+            .filter(|p| p.commit != publication.commit)
+        {
             return Ok(Decision::Pinned { pin });
         }
-        if let Some(state) = self.state()? {
-            if state.commit != publication.commit && state.observed_at > publication.observed_at {
-                return Ok(Decision::Superseded { newer: state });
+        if let Some(latest) = records.latest()? {
+            if latest.commit != publication.commit && latest.observed_at > publication.observed_at {
+                match latest.observed_at.duration_since(SystemTime::now()) {
+                    Ok(ahead) if ahead > MAX_CLOCK_SKEW => tracing::warn!(
+                        host = %latest.host,
+                        commit = %latest.commit,
+                        ahead = %humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+                        "ignoring a publication whose observation of the remote lies in the future by this host's clock; check the clocks (NTP) of both hosts"
+                    ),
+                    _ => return Ok(Decision::Superseded { newer: latest }),
+                }
             }
         }
         if !self.has_snapshot(&publication.commit) {
@@ -533,145 +647,51 @@ impl Root {
 
     /// Point the link at the installed snapshot of `publication.commit` and record why.
     ///
-    /// The state file and the journal are written before the link moves: a crash in between
-    /// leaves a record that is newer than the link, never a link that is newer than every
-    /// record, so the never-backward comparison always has the newest observation to go by.
-    pub fn publish(&self, _lock: &RootLock, publication: &Publication) -> Result<(), StoreError> {
-        let state_path = self.store().join(STATE_FILE);
-        let state = serde_json::to_vec_pretty(publication).map_err(|e| StoreError::Corrupt {
-            path: state_path.clone(),
-            cause: e.to_string(),
-        })?;
-        fsutil::write_atomically(&state_path, &state)?;
-        self.append_journal(publication)?;
-
+    /// The records are written before the link moves: a crash in between leaves a record that
+    /// is newer than the link, never a link that is newer than every record, so the
+    /// never-backward comparison always has the newest observation to go by.
+    pub fn publish(&self, lock: &RootLock, publication: &Publication) -> Result<(), StoreError> {
+        self.records().record_publication(lock, publication)?;
         let target = link::path_to_root(&self.link_rel)
             .join(STORE_DIR)
             .join(SNAPSHOTS_DIR)
             .join(&publication.commit);
-        link::swap(&self.link_path(), &target)?;
+        link::swap(&self.root, &self.link_rel, &target)?;
         Ok(())
     }
 
-    fn append_journal(&self, publication: &Publication) -> Result<(), StoreError> {
-        let path = self.store().join(JOURNAL_FILE);
-        let mut line = serde_json::to_string(publication).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            cause: e.to_string(),
-        })?;
-        line.push('\n');
-        let mut file = fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(&path)
-            .at("open journal", &path)?;
-        file.write_all(line.as_bytes())
-            .at("append to journal", &path)?;
-        file.sync_data().at("fsync journal", &path)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if size > JOURNAL_MAX_BYTES {
-            let text = fs::read_to_string(&path).at("read journal", &path)?;
-            let lines: Vec<&str> = text.lines().collect();
-            let keep = &lines[lines.len().saturating_sub(JOURNAL_KEEP_ENTRIES)..];
-            fsutil::write_atomically(&path, (keep.join("\n") + "\n").as_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// Register this process as a publisher of `source` for as long as the returned [`Claim`]
-    /// lives, refusing if live publishers of this root follow something else.
-    ///
-    /// Every publisher holds a shared lock on `.dagsnap/publishers` for its lifetime. Under a
-    /// short exclusive lock on `.dagsnap/claim.lock`:
-    /// - no record yet, or the same record: take the shared lock (writing the record if new);
-    /// - a different record: if the exclusive lock can be taken, nobody follows the old
-    ///   configuration any more (a finished rolling update): rewrite the record, then downgrade
-    ///   to shared. Otherwise refuse with [`StoreError::SourceMismatch`].
-    ///
-    /// Locks die with their process, so a crashed publisher never blocks a reconfiguration.
+    /// Register this process as a publisher of `source` (see [`records::claims::claim`]).
     pub fn claim(&self, source: &SourceRecord, timeout: Duration) -> Result<Claim, StoreError> {
-        // A lock of its own, not the root's: a start-up must not wait for publishes or GC.
-        let _serialized = FileLock::acquire(&self.store().join(CLAIM_LOCK_FILE), timeout)?;
-        let record_path = self.store().join(SOURCE_FILE);
-        let publishers = self.store().join(PUBLISHERS_FILE);
-        let recorded: Option<SourceRecord> = read_json(&record_path)?;
-        let write_record = || -> Result<(), StoreError> {
-            let bytes = serde_json::to_vec_pretty(source).map_err(|e| StoreError::Corrupt {
-                path: record_path.clone(),
-                cause: e.to_string(),
-            })?;
-            Ok(fsutil::write_atomically(&record_path, &bytes)?)
-        };
-        let held = match recorded {
-            Some(theirs) if theirs != *source => match FileLock::try_exclusive(&publishers)? {
-                Some(exclusive) => {
-                    tracing::warn!(from = %theirs, to = %source, "no publisher of the previous configuration is running; this root now follows the new one");
-                    write_record()?;
-                    exclusive.downgrade()?;
-                    Some(exclusive)
-                }
-                None => {
-                    return Err(StoreError::SourceMismatch {
-                        root: self.root.clone(),
-                        theirs,
-                        ours: source.clone(),
-                    })
-                }
-            },
-            Some(_) => FileLock::try_shared(&publishers)?,
-            None => {
-                write_record()?;
-                FileLock::try_shared(&publishers)?
-            }
-        };
-        // Exclusive holders only exist inside this function, under the claim lock we hold.
-        let lock = held.ok_or_else(|| {
-            StoreError::Lock(LockError::Busy {
-                path: publishers.clone(),
-                waited: Duration::ZERO,
-                holder: None,
-            })
-        })?;
-        Ok(Claim { _shared: lock })
+        records::claims::claim(&self.store(), &self.root, source, timeout)
     }
 
     /// The repository and ref recorded for this root.
     pub fn source(&self) -> Result<Option<SourceRecord>, StoreError> {
-        read_json(&self.store().join(SOURCE_FILE))
+        records::claims::source(&self.store())
     }
 
-    /// The operator's pin, if any.
+    /// The operator's pin, if any (a damaged pin file holds what is live).
     pub fn pinned(&self) -> Result<Option<Pin>, StoreError> {
-        read_json(&self.store().join(PIN_FILE))
+        let live = self.current().ok().flatten().map(|c| c.commit);
+        self.records().pin(live.as_deref())
     }
 
     /// Pin the link: sync loops will not move it until [`Root::unpin`]. The caller moves the
     /// link first if the pinned commit is not live.
-    pub fn pin(&self, _lock: &RootLock, pin: &Pin) -> Result<(), StoreError> {
-        let path = self.store().join(PIN_FILE);
-        let bytes = serde_json::to_vec_pretty(pin).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            cause: e.to_string(),
-        })?;
-        Ok(fsutil::write_atomically(&path, &bytes)?)
+    pub fn pin(&self, lock: &RootLock, pin: &Pin) -> Result<(), StoreError> {
+        self.records().set_pin(lock, pin)
     }
 
-    /// Release the pin; returns what it was.
-    pub fn unpin(&self, _lock: &RootLock) -> Result<Option<Pin>, StoreError> {
+    /// Release the pin, whatever state its file is in; returns what it was.
+    pub fn unpin(&self, lock: &RootLock) -> Result<Option<Pin>, StoreError> {
         let pin = self.pinned()?;
-        let path = self.store().join(PIN_FILE);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(IoError::new("remove", &path, e).into())
-            }
-            _ => Ok(pin),
-        }
+        self.records().clear_pin(lock)?;
+        Ok(pin)
     }
 
-    /// Add an entry to the journal without moving the link (pin, unpin).
-    pub fn record(&self, _lock: &RootLock, entry: &Publication) -> Result<(), StoreError> {
-        self.append_journal(entry)
+    /// Record an operator's action that does not move the link (pin, unpin).
+    pub fn record(&self, lock: &RootLock, entry: &Publication) -> Result<(), StoreError> {
+        self.records().record_publication(lock, entry)
     }
 
     /// The full id of the snapshot that `wanted` names: a full id or an unambiguous prefix of at
@@ -727,43 +747,6 @@ impl Root {
                 cause: io::Error::from(errno).to_string(),
             }),
         }
-    }
-
-    /// Every publication in the journal, oldest first. Lines that do not parse (a torn last
-    /// line after a crash) are skipped.
-    pub fn journal(&self) -> Result<Vec<Publication>, StoreError> {
-        let path = self.store().join(JOURNAL_FILE);
-        let text = match fs::read_to_string(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            other => other.at("read journal", &path)?,
-        };
-        Ok(text
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect())
-    }
-
-    /// When each commit was linked and unlinked, from the journal's link moves.
-    pub fn link_history(&self) -> Result<LinkHistory, StoreError> {
-        let mut history = LinkHistory::default();
-        let moves: Vec<Publication> = self
-            .journal()?
-            .into_iter()
-            .filter(|e| e.moved_link)
-            .collect();
-        for (i, entry) in moves.iter().enumerate() {
-            history
-                .published
-                .insert(entry.commit.clone(), entry.published_at);
-            // The next move retires this commit; a later publication of it un-retires it.
-            match moves.get(i + 1) {
-                Some(next) => history
-                    .retired
-                    .insert(entry.commit.clone(), next.published_at),
-                None => history.retired.remove(&entry.commit),
-            };
-        }
-        Ok(history)
     }
 
     /// Commits of every installed snapshot.
@@ -842,25 +825,35 @@ impl Root {
         Ok(removed)
     }
 
-    /// The latest publication record, if any.
-    pub fn state(&self) -> Result<Option<Publication>, StoreError> {
-        read_json(&self.store().join(STATE_FILE))
-    }
-
+    /// What the snapshot of `commit` is, as recorded when it was built; `None` when there is
+    /// no readable manifest (a damaged one is warned about).
     pub fn manifest(&self, commit: &str) -> Result<Option<Manifest>, StoreError> {
-        read_json(&self.manifest_path(commit))
+        let path = self.manifest_path(commit);
+        Ok(match read_json::<Manifest>(&path)? {
+            Read::Valid(manifest) => Some(manifest),
+            Read::Missing => None,
+            Read::Damaged(why) => {
+                warn_damaged(&path, &why, "treating the snapshot as undescribed");
+                None
+            }
+        })
     }
 
-    /// What the snapshot of `commit` holds, as recorded when it was built.
+    /// What the snapshot of `commit` holds, as recorded when it was built; `None` when there is
+    /// no readable entry list (a damaged one is warned about).
     pub fn entries(&self, commit: &str) -> Result<Option<Entries>, StoreError> {
         let path = self.entries_path(commit);
         let bytes = match fs::read(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             other => other.at("read", &path)?,
         };
-        Entries::decode(&bytes)
-            .map(Some)
-            .map_err(|cause| StoreError::Corrupt { path, cause })
+        match Entries::decode(&bytes) {
+            Ok(entries) => Ok(Some(entries)),
+            Err(why) => {
+                warn_damaged(&path, &why, "not using it");
+                Ok(None)
+            }
+        }
     }
 
     /// Fail unless this looks like a dagsnap root (for the read-only commands).
@@ -875,17 +868,34 @@ impl Root {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
-    let bytes = match fs::read(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        other => other.at("read", path)?,
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            cause: e.to_string(),
-        })
+/// Make sure `dir` is a real directory: create it (mode [`DIR_MODE`], whatever the umask) if it
+/// is missing; refuse a symlink or anything else in its place.
+fn make_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) => Err(StoreError::NotARealDirectory {
+            path: dir.to_path_buf(),
+            what: if meta.file_type().is_symlink() {
+                "a symlink"
+            } else {
+                "not a directory"
+            },
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(IoError::new("create", dir, e).into())
+                }
+                _ => {}
+            }
+            if fsutil::umask() & DIR_MODE & !0o022 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+                    .at("set the mode of", dir)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(IoError::new("inspect", dir, e).into()),
+    }
 }
 
 /// A staging directory found in the store, and who made it when, if its name says.

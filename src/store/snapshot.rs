@@ -226,6 +226,67 @@ pub fn build(
     })
 }
 
+/// Check, without reading any content, that `dir` still holds what `entries` describe: every
+/// entry there with its type, read-only mode and size, every directory read-only, and nothing
+/// else (a `__pycache__` written by a reader running as root, a file added by hand). Costs one
+/// `lstat` per entry. Returns the first problem found.
+pub fn quick_check(dir: &Path, entries: &Entries) -> Result<(), String> {
+    let mut expected: HashSet<&[u8]> = HashSet::new();
+    for entry in &entries.0 {
+        for (i, _) in entry.path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            expected.insert(&entry.path[..i]);
+        }
+        expected.insert(&entry.path);
+        let shown = || escape_bytes(&entry.path);
+        let meta = fs::symlink_metadata(dir.join(std::ffi::OsStr::from_bytes(&entry.path)))
+            .map_err(|e| format!("'{}': {e}", shown()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let problem = match entry.mode {
+            MODE_SYMLINK if !meta.file_type().is_symlink() => Some("is not a symlink".into()),
+            MODE_SYMLINK if meta.len() != entry.size => Some("has another target".into()),
+            MODE_SUBMODULE if !meta.is_dir() => Some("is not a directory".into()),
+            MODE_FILE | MODE_EXECUTABLE if !meta.is_file() => Some("is not a regular file".into()),
+            MODE_FILE | MODE_EXECUTABLE if meta.len() != entry.size => {
+                Some(format!("has {} bytes, not {}", meta.len(), entry.size))
+            }
+            MODE_FILE | MODE_EXECUTABLE
+                if mode != fsutil::read_only_mode(false, entry.mode == MODE_EXECUTABLE) =>
+            {
+                Some(format!("has mode {mode:o}"))
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(format!("'{}' {problem}", shown()));
+        }
+    }
+    for found in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let found = found.map_err(|e| e.to_string())?;
+        let relative = found
+            .path()
+            .strip_prefix(dir)
+            .unwrap_or(found.path())
+            .as_os_str()
+            .as_bytes();
+        if !expected.contains(relative) {
+            return Err(format!("'{}' is not in the commit", escape_bytes(relative)));
+        }
+        if found.file_type().is_dir() {
+            let mode = found
+                .metadata()
+                .map(|m| m.permissions().mode() & 0o7777)
+                .map_err(|e| e.to_string())?;
+            if mode != fsutil::read_only_mode(true, false) {
+                return Err(format!(
+                    "directory '{}' has mode {mode:o}",
+                    escape_bytes(relative)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Step 1.
 fn check_lengths(dir: &Path, entries: &[Entry]) -> Result<(), SnapshotError> {
     let prefix = dir.as_os_str().len() + 1;

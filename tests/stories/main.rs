@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod cache;
+mod damaged_state;
 mod incident;
 mod lifecycle;
 mod names;

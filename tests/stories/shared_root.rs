@@ -155,6 +155,7 @@ fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
         stale.logs()
     );
     let journal: Vec<String> = root
+        .records()
         .journal()
         .unwrap()
         .into_iter()

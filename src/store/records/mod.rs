@@ -1,6 +1,215 @@
-//! The records dagsnap keeps next to the snapshots. Each file has one module that reads and
-//! writes it; [`super::Root`] decides where the files live.
+//! The records dagsnap keeps next to the snapshots: why the link moved and when (the journal
+//! and the latest publication), the operator's pin, and which repository the root follows (the
+//! claim). [`Records`] owns their files; [`super::Root`] owns the snapshots and the link.
+//!
+//! Every record is read back as input. A crash, a full disk, a person with an editor or a
+//! filesystem bug may leave one torn, truncated or invalid. The rule:
+//! - the link and the snapshot directories are the truth; records describe them;
+//! - a damaged record is skipped (a journal line) or replaced by what the truth implies (a
+//!   damaged pin holds the live snapshot; a damaged latest publication falls back to the
+//!   journal), with one warning that names the file and says what dagsnap does instead;
+//! - nothing that reads records fails because one is damaged, and the next write replaces it.
 
+pub mod claims;
+mod journal;
 mod types;
 
+pub use claims::Claim;
+pub use journal::LinkHistory;
 pub use types::*;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{RootLock, StoreError};
+use crate::fsutil::{self, Context, IoError};
+
+const STATE_FILE: &str = "state.json";
+const JOURNAL_FILE: &str = "journal.jsonl";
+const PIN_FILE: &str = "pin.json";
+
+/// The record files in one root's store directory.
+#[derive(Debug, Clone)]
+pub struct Records {
+    store: PathBuf,
+}
+
+impl Records {
+    pub(super) fn at(store: &Path) -> Records {
+        Records {
+            store: store.to_path_buf(),
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.store.join(name)
+    }
+
+    /// The publication behind the link: `state.json`, or, if that is missing or damaged, the
+    /// journal's newest entry (which was written right after it).
+    pub fn latest(&self) -> Result<Option<Publication>, StoreError> {
+        match read_json::<Publication>(&self.file(STATE_FILE))? {
+            Read::Valid(state) => return Ok(Some(state)),
+            Read::Damaged(why) => warn_damaged(
+                &self.file(STATE_FILE),
+                &why,
+                "using the journal's latest entry instead; the next publish rewrites it",
+            ),
+            Read::Missing => {}
+        }
+        Ok(self.journal()?.pop())
+    }
+
+    /// Every journal entry, oldest first; damaged lines are skipped with a warning.
+    pub fn journal(&self) -> Result<Vec<Publication>, StoreError> {
+        let path = self.file(JOURNAL_FILE);
+        let read = journal::read(&path)?;
+        if !read.damaged.is_empty() {
+            let lines: Vec<String> = read.damaged.iter().map(|n| n.to_string()).collect();
+            warn_damaged(
+                &path,
+                &format!("unreadable line(s) {}", lines.join(", ")),
+                "skipping them; the next collection removes them",
+            );
+        }
+        Ok(read.entries)
+    }
+
+    /// When each commit was linked and unlinked, from the journal's link moves.
+    pub fn link_history(&self) -> Result<LinkHistory, StoreError> {
+        Ok(LinkHistory::from_journal(&self.journal()?))
+    }
+
+    /// Record that the link is about to move (or, for `moved_link: false`, an operator's
+    /// action): the latest publication and a journal line, both before the link moves, so that a
+    /// crash in between leaves a record newer than the link and never a link newer than every
+    /// record.
+    pub(super) fn record_publication(
+        &self,
+        _lock: &RootLock,
+        publication: &Publication,
+    ) -> Result<(), StoreError> {
+        if publication.moved_link || publication.resets_ordering() {
+            write_json(&self.file(STATE_FILE), publication)?;
+        }
+        journal::append(&self.file(JOURNAL_FILE), publication)
+    }
+
+    /// Rewrite the journal without its damaged lines (under the lock, from GC).
+    pub fn clean_journal(&self, _lock: &RootLock) -> Result<(), StoreError> {
+        let path = self.file(JOURNAL_FILE);
+        let read = journal::read(&path)?;
+        if !read.damaged.is_empty() {
+            journal::rewrite(&path, &read.entries)?;
+            tracing::info!(path = %path.display(), removed = read.damaged.len(), "removed damaged lines from the journal");
+        }
+        Ok(())
+    }
+
+    /// The operator's pin, if any. A pin file that cannot be read is taken as a pin of the live
+    /// snapshot (`live`): when in doubt, hold the link where it is, and say how to release it.
+    pub fn pin(&self, live: Option<&str>) -> Result<Option<Pin>, StoreError> {
+        let path = self.file(PIN_FILE);
+        match read_json::<Pin>(&path)? {
+            Read::Valid(pin) => Ok(Some(pin)),
+            Read::Missing => Ok(None),
+            Read::Damaged(why) => {
+                let Some(live) = live else {
+                    warn_damaged(&path, &why, "nothing is live to hold; ignoring it");
+                    return Ok(None);
+                };
+                warn_damaged(
+                    &path,
+                    &why,
+                    "holding the live snapshot as if pinned; `dagsnap unpin` releases it, `dagsnap pin` replaces it",
+                );
+                let pinned_at = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .unwrap_or_else(|_| SystemTime::now());
+                Ok(Some(Pin {
+                    commit: live.to_string(),
+                    reason: format!("pin.json is damaged ({why})"),
+                    pinned_at,
+                    pinned_by: "unknown".into(),
+                }))
+            }
+        }
+    }
+
+    pub(super) fn set_pin(&self, _lock: &RootLock, pin: &Pin) -> Result<(), StoreError> {
+        write_json(&self.file(PIN_FILE), pin)
+    }
+
+    /// Remove the pin file, whatever it holds; whether there was one.
+    pub(super) fn clear_pin(&self, _lock: &RootLock) -> Result<bool, StoreError> {
+        let path = self.file(PIN_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(IoError::new("remove", &path, e).into()),
+        }
+    }
+}
+
+/// A record file as read from disk.
+pub(crate) enum Read<T> {
+    Missing,
+    Valid(T),
+    /// It exists but is not a valid record: why.
+    Damaged(String),
+}
+
+/// A record that can say whether what was parsed makes sense.
+pub(crate) trait Check {
+    fn check(&self) -> Result<(), String>;
+}
+
+/// Read a JSON record. Only failing to read the file is an error; a file that does not parse
+/// or does not make sense is [`Read::Damaged`].
+pub(crate) fn read_json<T: DeserializeOwned + Check>(path: &Path) -> Result<Read<T>, IoError> {
+    let bytes = match fs::read(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Missing),
+        other => other.at("read", path)?,
+    };
+    Ok(match serde_json::from_slice::<T>(&bytes) {
+        Ok(value) => match value.check() {
+            Ok(()) => Read::Valid(value),
+            Err(why) => Read::Damaged(why),
+        },
+        Err(e) => Read::Damaged(e.to_string()),
+    })
+}
+
+/// Write a JSON record atomically (a reader sees the old or the new one, never a torn one).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+        IoError::new(
+            "encode",
+            path,
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    Ok(fsutil::write_atomically(path, &bytes)?)
+}
+
+/// Warn that a record is damaged and what dagsnap does instead, once per process for each file
+/// and cause: a loop polling every few seconds would otherwise repeat it at every poll.
+pub(crate) fn warn_damaged(path: &Path, why: &str, instead: &str) {
+    static SEEN: Mutex<Option<HashSet<(PathBuf, String)>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let first = seen
+        .get_or_insert_with(HashSet::new)
+        .insert((path.to_path_buf(), why.to_string()));
+    if first {
+        tracing::warn!(path = %path.display(), damage = %why, "a record under the root is damaged; {instead}");
+    } else {
+        tracing::debug!(path = %path.display(), damage = %why, "a record under the root is damaged; {instead}");
+    }
+}

@@ -8,6 +8,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::Check;
+use crate::store::is_commit_id;
+
 /// What happened, in a journal entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +71,25 @@ fn yes() -> bool {
     true
 }
 
+impl Publication {
+    /// Operators' entries (rollback, pin, unpin) say nothing about the remote, but they end the
+    /// ordering of observations made before them: a loop that polled before an `unpin` must not
+    /// win over it, and a record from a clock that ran ahead must not outlive an operator's
+    /// reset. Such entries carry the time of the action as their observation time.
+    pub fn resets_ordering(&self) -> bool {
+        self.cause != Cause::Sync
+    }
+}
+
+impl Check for Publication {
+    fn check(&self) -> Result<(), String> {
+        if !is_commit_id(&self.commit) {
+            return Err(format!("'{}' is not a commit id", self.commit));
+        }
+        Ok(())
+    }
+}
+
 /// What a snapshot holds, written next to the store as `manifests/<sha>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -82,6 +104,20 @@ pub struct Manifest {
     #[serde(with = "rfc3339")]
     pub materialized_at: SystemTime,
     pub materialized_by: String,
+    /// Inode number of the snapshot directory dagsnap built (a rename keeps it): a directory
+    /// that appears under the snapshot's name by any other means has another. Absent in
+    /// manifests of dagsnap before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir_inode: Option<u64>,
+}
+
+impl Check for Manifest {
+    fn check(&self) -> Result<(), String> {
+        if !is_commit_id(&self.commit) {
+            return Err(format!("'{}' is not a commit id", self.commit));
+        }
+        Ok(())
+    }
 }
 
 /// The repository and ref a root publishes, recorded by the first publisher so that a
@@ -93,6 +129,50 @@ pub struct SourceRecord {
     /// `--ref` as given, or `HEAD` when unset.
     #[serde(rename = "ref")]
     pub ref_name: String,
+}
+
+impl SourceRecord {
+    /// Whether two records name the same repository and ref, however they were spelled:
+    /// `refs/heads/main` is `main`, an unset ref is `HEAD`, and a local repository is the same
+    /// as a plain path, a `file://` URL, or either with a trailing slash.
+    pub fn same_as(&self, other: &SourceRecord) -> bool {
+        normalize_repo(&self.repo) == normalize_repo(&other.repo)
+            && normalize_ref(&self.ref_name) == normalize_ref(&other.ref_name)
+    }
+}
+
+fn normalize_ref(name: &str) -> &str {
+    match name.trim() {
+        "" => "HEAD",
+        name => name.strip_prefix("refs/heads/").unwrap_or(name),
+    }
+}
+
+fn normalize_repo(url: &str) -> String {
+    let url = url.trim();
+    let local = url.strip_prefix("file://").unwrap_or(url);
+    if local.starts_with('/') {
+        // A local path: no trailing slashes, no `.` components, no doubled slashes.
+        let parts: Vec<&str> = local
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        return format!("/{}", parts.join("/"));
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            rest.trim_end_matches('/')
+        ),
+        None => url.trim_end_matches('/').to_string(),
+    }
+}
+
+impl Check for SourceRecord {
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for SourceRecord {
@@ -112,6 +192,15 @@ pub struct Pin {
     pub pinned_by: String,
 }
 
+impl Check for Pin {
+    fn check(&self) -> Result<(), String> {
+        if !is_commit_id(&self.commit) {
+            return Err(format!("'{}' is not a commit id", self.commit));
+        }
+        Ok(())
+    }
+}
+
 /// RFC 3339 timestamps with nanoseconds in UTC, for the records under `.dagsnap/`.
 pub mod rfc3339 {
     use std::time::SystemTime;
@@ -127,5 +216,31 @@ pub mod rfc3339 {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let text: String = serde::Deserialize::deserialize(d)?;
         humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_source_however_it_is_spelled() {
+        let record = |repo: &str, r: &str| SourceRecord {
+            repo: repo.into(),
+            ref_name: r.into(),
+        };
+        let base = record("/srv/dags", "main");
+        for same in [
+            record("file:///srv/dags", "refs/heads/main"),
+            record("/srv/dags/", "main"),
+            record("/srv/./dags", "main"),
+        ] {
+            assert!(base.same_as(&same), "{same}");
+        }
+        assert!(record("https://git.example/a.git", "HEAD")
+            .same_as(&record("HTTPS://git.example/a.git/", "")));
+        assert!(!base.same_as(&record("/srv/other", "main")));
+        assert!(!base.same_as(&record("/srv/dags", "release")));
+        assert!(!base.same_as(&record("/srv/dags", "refs/tags/main")));
     }
 }

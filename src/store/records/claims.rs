@@ -1,0 +1,103 @@
+//! Which repository and ref a root follows, and who is publishing it: `source.json`, and a
+//! shared lock on `publishers` held by every running publisher.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{read_json, warn_damaged, write_json, Read, SourceRecord};
+use crate::store::lock::{FileLock, LockError};
+use crate::store::StoreError;
+
+const SOURCE_FILE: &str = "source.json";
+const PUBLISHERS_FILE: &str = "publishers";
+const CLAIM_LOCK_FILE: &str = "claim.lock";
+
+/// This process's registration as a publisher of the root (see [`claim`]).
+#[derive(Debug)]
+pub struct Claim {
+    _shared: FileLock,
+}
+
+/// Register this process as a publisher of `source` in the store at `store` for as long as the
+/// returned [`Claim`] lives, refusing if live publishers of this root follow something else.
+///
+/// Every publisher holds a shared lock on `.dagsnap/publishers` for its lifetime. Under a short
+/// exclusive lock on `.dagsnap/claim.lock`:
+/// - no record yet (or a damaged one), or the same source: take the shared lock (writing the
+///   record if it is new or damaged);
+/// - a different source: if the exclusive lock can be taken, nobody follows the old
+///   configuration any more (a finished rolling update): rewrite the record, then downgrade to
+///   shared. Otherwise refuse with [`StoreError::SourceMismatch`].
+///
+/// "The same source" compares normalized forms ([`SourceRecord::same_as`]): `main` and
+/// `refs/heads/main`, or `/srv/dags`, `/srv/dags/` and `file:///srv/dags`, are one
+/// configuration.
+///
+/// Locks die with their process, so a crashed publisher never blocks a reconfiguration.
+pub(in crate::store) fn claim(
+    store: &Path,
+    root: &Path,
+    source: &SourceRecord,
+    timeout: Duration,
+) -> Result<Claim, StoreError> {
+    // A lock of its own, not the root's: a start-up must not wait for publishes or GC.
+    let _serialized = FileLock::acquire(&store.join(CLAIM_LOCK_FILE), timeout)?;
+    let record_path = store.join(SOURCE_FILE);
+    let publishers = store.join(PUBLISHERS_FILE);
+    let recorded = match read_json::<SourceRecord>(&record_path)? {
+        Read::Valid(record) => Some(record),
+        Read::Missing => None,
+        Read::Damaged(why) => {
+            warn_damaged(
+                &record_path,
+                &why,
+                "recording this publisher's source in its place",
+            );
+            None
+        }
+    };
+    let held = match recorded {
+        Some(theirs) if !theirs.same_as(source) => match FileLock::try_exclusive(&publishers)? {
+            Some(exclusive) => {
+                tracing::warn!(from = %theirs, to = %source, "no publisher of the previous configuration is running; this root now follows the new one");
+                write_json(&record_path, source)?;
+                exclusive.downgrade()?;
+                Some(exclusive)
+            }
+            None => {
+                return Err(StoreError::SourceMismatch {
+                    root: root.to_path_buf(),
+                    theirs,
+                    ours: source.clone(),
+                })
+            }
+        },
+        Some(_) => FileLock::try_shared(&publishers)?,
+        None => {
+            write_json(&record_path, source)?;
+            FileLock::try_shared(&publishers)?
+        }
+    };
+    // Exclusive holders only exist inside this function, under the claim lock we hold.
+    let lock = held.ok_or_else(|| {
+        StoreError::Lock(LockError::Busy {
+            path: publishers.clone(),
+            waited: Duration::ZERO,
+            holder: None,
+        })
+    })?;
+    Ok(Claim { _shared: lock })
+}
+
+/// The repository and ref recorded for the root in `store`, if readable.
+pub(in crate::store) fn source(store: &Path) -> Result<Option<SourceRecord>, StoreError> {
+    let path = store.join(SOURCE_FILE);
+    Ok(match read_json::<SourceRecord>(&path)? {
+        Read::Valid(record) => Some(record),
+        Read::Missing => None,
+        Read::Damaged(why) => {
+            warn_damaged(&path, &why, "showing no source");
+            None
+        }
+    })
+}
