@@ -153,12 +153,13 @@ impl SyncArgs {
             "{:016x}",
             fnv1a(format!("{display_url}\n{}", root.display()).as_bytes())
         );
-        default_cache_base().join("dagsnap").join(key)
+        default_cache_base().join(key)
     }
 }
 
-/// `$XDG_CACHE_HOME`, else `$HOME/.cache`, else the temp dir: whichever is writable first.
-/// Containers often run as a uid without a home (HOME=/), so the fallback matters.
+/// `$XDG_CACHE_HOME/dagsnap`, else `$HOME/.cache/dagsnap`, else `dagsnap-<uid>` in the temp
+/// dir: whichever is writable first. Containers often run as a uid without a home (HOME=/), so
+/// the fallback matters; it is per uid because another user could create a shared one first.
 fn default_cache_base() -> PathBuf {
     let candidates = [
         std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
@@ -169,10 +170,10 @@ fn default_cache_base() -> PathBuf {
     for candidate in candidates.into_iter().flatten() {
         let probe = nearest_existing(&candidate);
         if nix::unistd::access(&probe, nix::unistd::AccessFlags::W_OK).is_ok() {
-            return candidate;
+            return candidate.join("dagsnap");
         }
     }
-    std::env::temp_dir()
+    std::env::temp_dir().join(format!("dagsnap-{}", nix::unistd::geteuid()))
 }
 
 fn nearest_existing(path: &Path) -> PathBuf {
@@ -323,7 +324,7 @@ pub struct LogArgs {
     #[command(flatten)]
     pub root: RootArgs,
 
-    /// Show at most this many entries.
+    /// Show at most this many entries, newest first; 0 shows them all.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
 

@@ -25,6 +25,9 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // Everything dagsnap creates gets the mode it asks for, whatever the umask it was started
+    // with: snapshots readable by every reader, nothing under the root writable by others.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let cli = Cli::parse();
     let style = match dagsnap::logging::init(cli.log_format, &cli.log_level) {
         Ok(style) => style,
@@ -198,7 +201,7 @@ fn describe_change(root: &Root, change: &history::Change, verb: &str) -> String 
         root.manifest(commit)
             .ok()
             .flatten()
-            .map(|m| format!(" ({})", m.subject))
+            .map(|m| format!(" ({})", dagsnap::text::escape(&m.subject)))
             .unwrap_or_default()
     };
     let moved = match &change.from {

@@ -26,6 +26,9 @@ pub enum PublishError {
     Tree(#[from] crate::git::tree::TreeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A panic inside a cycle (a bug, in dagsnap or a library, most likely on damaged input).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("cache directory {} is inside the root {}; readers would see git state. Put --cache-dir on local disk outside the root", cache.display(), root.display())]
     CacheInsideRoot {
         cache: std::path::PathBuf,
@@ -54,13 +57,31 @@ impl PublishError {
         )
     }
 
-    /// True if the cache's object database looks damaged, so re-creating it is the repair.
-    fn means_cache_is_damaged(&self) -> bool {
+    /// True when the private cache may be at fault, so that starting it over may help: the
+    /// error is neither the remote's (it could not be reached, refused us, lacks the ref), nor
+    /// the operator's (a wrong setting), nor the root's (a full volume), nor the repository's
+    /// (a path git refuses). A pack that failed while being received is counted here too: a
+    /// cache whose objects are damaged makes the received thin pack unresolvable. A ref that
+    /// points at something other than a commit is counted as well, because damaged objects
+    /// read as the wrong kind; if a fresh cache says the same, it is the ref.
+    pub fn blames_cache(&self) -> bool {
         match self {
             PublishError::Snapshot(e) => e.blames_source(),
             PublishError::Tree(e) => e.blames_cache(),
-            PublishError::Source(SourceError::Object { .. }) => true,
-            _ => false,
+            PublishError::Source(e) => matches!(
+                e,
+                SourceError::Object { .. }
+                    | SourceError::CacheRepo { .. }
+                    | SourceError::CacheIo(_)
+                    | SourceError::NotACommit { .. }
+                    | SourceError::Remote {
+                        during: "fetch from" | "find the fetched commit from",
+                        ..
+                    }
+            ),
+            // A library that panics on what it read most likely read damaged objects.
+            PublishError::Internal(_) => true,
+            PublishError::Store(_) | PublishError::CacheInsideRoot { .. } => false,
         }
     }
 }
@@ -141,6 +162,10 @@ impl Publisher {
 
     /// Run one cycle. A failure at any step leaves the link where it was.
     ///
+    /// 0. If the cache directory is gone (or its lock file replaced), start it over. A failure
+    ///    that may be the cache's fault ([`PublishError::blames_cache`]) starts it over too and
+    ///    runs the cycle once more, so damage to the cache never outlives a cycle and is never
+    ///    reported as the operator's mistake.
     /// 1. Ask the remote for the target commit, fetching it into the cache if it is new.
     /// 2. If the link already points at that commit's complete snapshot: done, nothing written.
     /// 3. Unless the snapshot exists already, build it in a staging directory and install it.
@@ -154,16 +179,41 @@ impl Publisher {
         interrupt: &AtomicBool,
     ) -> Result<Outcome, PublishError> {
         let started = Instant::now();
-        let result = self.cycle_inner(progress, interrupt, started);
-        if let Err(e) = &result {
-            if e.means_cache_is_damaged() {
-                tracing::warn!(cache = %self.cache.dir().display(), "re-creating the cache after a read error; the next cycle fetches again");
-                if let Err(reset) = self.cache.reset() {
-                    tracing::warn!(error = %reset, "could not re-create the cache");
-                }
-            }
+        if !self.cache.is_intact() {
+            tracing::warn!(cache = %self.cache.dir().display(), "the cache directory was deleted or replaced (a cleaner of temporary files?); re-creating it");
+            self.cache.recreate()?;
         }
-        result
+        match self.guarded_cycle(progress, interrupt, started) {
+            Err(e) if e.blames_cache() && !interrupt.load(Ordering::Relaxed) => {
+                let error = self.remote.redactor().redact(&crate::git::error_chain(&e));
+                tracing::warn!(cache = %self.cache.dir().display(), %error, "the cache may be damaged; re-creating it and trying again");
+                self.cache.recreate()?;
+                self.guarded_cycle(progress, interrupt, started)
+            }
+            other => other,
+        }
+    }
+
+    /// [`Publisher::cycle_inner`], with a panic turned into an error: the loop must outlive a
+    /// bug that damaged input triggers, and whatever the panic left half-done is either in the
+    /// private cache (started over) or a staging directory (removed by its guard).
+    fn guarded_cycle(
+        &mut self,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+        started: Instant,
+    ) -> Result<Outcome, PublishError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.cycle_inner(progress, interrupt, started)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(PublishError::Internal(what))
+        })
     }
 
     fn cycle_inner(

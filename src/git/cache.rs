@@ -90,22 +90,8 @@ impl Cache {
     ///    would otherwise refuse every later fetch;
     /// 4. open `repo.git`, or initialize it and then write the marker.
     pub fn open(dir: &Path, remote: &Remote) -> Result<Cache, SourceError> {
-        std::fs::create_dir_all(dir).at("create cache directory", dir)?;
-        let lock = match FileLock::acquire_as_holder(&dir.join("lock"), Duration::ZERO) {
-            Ok(lock) => lock,
-            Err(LockError::Busy { holder, .. }) => {
-                return Err(SourceError::CacheInUse {
-                    dir: dir.to_path_buf(),
-                    holder,
-                })
-            }
-            Err(source) => {
-                return Err(SourceError::CacheLock {
-                    dir: dir.to_path_buf(),
-                    source,
-                })
-            }
-        };
+        prepare_private_dir(dir)?;
+        let lock = lock_cache(dir)?;
         let record = CacheRecord {
             layout: CACHE_LAYOUT_VERSION,
             url: remote.display_url(),
@@ -152,8 +138,29 @@ impl Cache {
         self.repo.to_thread_local()
     }
 
-    /// Wipe and re-create the repository, e.g. after gix reported corrupt objects.
-    pub fn reset(&mut self) -> Result<(), SourceError> {
+    /// Whether the cache is still where it was opened: its directory, its lock file (the one
+    /// this process holds) and its repository. A cleaner of temporary files may delete it under
+    /// a running loop; see [`Cache::recreate`].
+    pub fn is_intact(&self) -> bool {
+        self._lock.is_still_at_path() && self.dir.join("repo.git").is_dir()
+    }
+
+    /// Start the cache over: the directory (re-created private if it is gone), its lock (taken
+    /// again if its file is gone or replaced), and an empty repository. The next fetch brings
+    /// the target commit in full. This is the repair for anything that is the cache's fault:
+    /// damaged objects, a deleted directory, stray files.
+    pub fn recreate(&mut self) -> Result<(), SourceError> {
+        prepare_private_dir(&self.dir)?;
+        if !self._lock.is_still_at_path() {
+            // A new lock file is another inode: taking it does not conflict with the lock still
+            // held on the old one, which is released when replaced.
+            self._lock = lock_cache(&self.dir)?;
+        }
+        self.reset()
+    }
+
+    /// Wipe and re-create the repository.
+    fn reset(&mut self) -> Result<(), SourceError> {
         let marker = self.dir.join("cache.json");
         self.repo = init_repo(
             &self.dir.join("repo.git"),
@@ -367,6 +374,56 @@ impl Cache {
             author,
             commit_time,
         })
+    }
+}
+
+/// Take the cache's lock without waiting: a second process on one cache is refused.
+fn lock_cache(dir: &Path) -> Result<FileLock, SourceError> {
+    match FileLock::acquire_as_holder(&dir.join("lock"), Duration::ZERO) {
+        Ok(lock) => Ok(lock),
+        Err(LockError::Busy { holder, .. }) => Err(SourceError::CacheInUse {
+            dir: dir.to_path_buf(),
+            holder,
+        }),
+        Err(source) => Err(SourceError::CacheLock {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Make `dir` a directory only this uid can write: create it `0700` (whatever the umask) if it
+/// is missing; refuse one that another uid owns or that others may write. Whoever can write the
+/// cache can change the git state that dagsnap publishes to readers.
+fn prepare_private_dir(dir: &Path) -> Result<(), SourceError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |why: String| SourceError::CacheNotPrivate {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .at("create cache directory", dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .at("make private", dir)?;
+            Ok(())
+        }
+        Err(e) => Err(IoError::new("inspect cache directory", dir, e).into()),
+        Ok(meta) if !meta.is_dir() => Err(refuse("it is not a directory".into())),
+        Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => Err(refuse(format!(
+            "it belongs to uid {}, not to this process's uid {}",
+            meta.uid(),
+            nix::unistd::geteuid()
+        ))),
+        Ok(meta) if meta.mode() & 0o022 != 0 => Err(refuse(format!(
+            "others may write it (mode {:o})",
+            meta.mode() & 0o7777
+        ))),
+        Ok(_) => Ok(()),
     }
 }
 

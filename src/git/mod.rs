@@ -40,6 +40,8 @@ pub enum SourceError {
         dir: PathBuf,
         holder: Option<String>,
     },
+    #[error("cache directory {} is not private: {why}. Whoever can write it can change what dagsnap publishes; remove it (dagsnap re-creates it) or give --cache-dir a directory only this uid can write", dir.display())]
+    CacheNotPrivate { dir: PathBuf, why: String },
     #[error("cannot lock cache directory {}: {source}", dir.display())]
     CacheLock {
         dir: PathBuf,

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::store::records::{rfc3339, Cause, Pin, Publication};
 use crate::store::{Root, RootLock, StoreError};
+use crate::text::escape;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -116,20 +117,22 @@ pub fn render_list(snapshots: &[SnapshotInfo]) -> String {
             short_time(s.retired_at.as_deref()),
             s.files.map(|f| f.to_string()).unwrap_or_default(),
             s.bytes.map(|b| b.to_string()).unwrap_or_default(),
-            s.subject,
-            s.author
+            escape(&s.subject),
+            escape(&s.author)
         ));
     }
     out.push_str("* = current (what readers see), P = pinned\n");
     out
 }
 
-/// Journal entries, newest first.
+/// Journal entries, newest first: at most `limit`, or all of them for 0.
 pub fn log(root: &Root, limit: usize) -> Result<Vec<Publication>, StoreError> {
     root.require_initialized()?;
     let mut entries = root.records().journal()?;
     entries.reverse();
-    entries.truncate(limit);
+    if limit > 0 {
+        entries.truncate(limit);
+    }
     Ok(entries)
 }
 
@@ -148,11 +151,11 @@ pub fn render_log(entries: &[Publication]) -> String {
             short_time(Some(&rfc3339::format(e.published_at))),
             action,
             &e.commit[..12.min(e.commit.len())],
-            e.host,
+            escape(&e.host),
             e.pid,
             e.reason
                 .as_deref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", escape(r)))
                 .unwrap_or_default()
         ));
     }

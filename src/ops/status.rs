@@ -133,7 +133,8 @@ pub fn render_text(status: &Status) -> String {
     let mut out = String::new();
     let mut line = |label: &str, value: Option<&str>| {
         if let Some(value) = value {
-            out.push_str(&format!("{label:<13}{value}\n"));
+            // Subjects, authors and reasons are chosen by others: printed inert.
+            out.push_str(&format!("{label:<13}{}\n", crate::text::escape(value)));
         }
     };
     line("link:", Some(&status.link));

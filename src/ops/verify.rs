@@ -311,7 +311,11 @@ pub fn render(report: &Report) -> String {
         ("extra", &report.extra),
     ] {
         for p in problems {
-            out.push_str(&format!("  {label:<9} {}: {}\n", p.path, p.what));
+            out.push_str(&format!(
+                "  {label:<9} {}: {}\n",
+                crate::text::escape(&p.path),
+                crate::text::escape(&p.what)
+            ));
         }
     }
     out

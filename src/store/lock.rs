@@ -139,6 +139,16 @@ impl FileLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether the locked file is still the one at its path. A lock on a file that was deleted
+    /// (or replaced) protects nothing: whoever opens the path now locks another file.
+    pub fn is_still_at_path(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), fs::metadata(&self.path)) {
+            (Ok(held), Ok(there)) => held.dev() == there.dev() && held.ino() == there.ino(),
+            _ => false,
+        }
+    }
 }
 
 fn open(path: &Path) -> Result<fs::File, LockError> {

@@ -201,6 +201,18 @@ fn rollback_by_prefix_and_pin_of_the_current_snapshot() {
 }
 
 #[test]
+fn log_limit_zero_shows_every_entry() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    publish_versions(&remote, &scratch, 3, "v");
+    let out = run(&scratch, &["log", "--limit", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
+    let out = run(&scratch, &["log", "--limit", "2"]);
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+}
+
+#[test]
 fn list_shows_retained_snapshots_newest_first_with_markers() {
     let remote = Remote::new();
     let scratch = Scratch::new();

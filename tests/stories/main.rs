@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod cache;
+mod chaos;
 mod damaged_state;
 mod incident;
 mod lifecycle;
@@ -14,8 +15,10 @@ mod refs;
 mod retention;
 mod reuse;
 mod seed_incident;
+mod self_repair;
 mod servers;
 mod shared_root;
 mod status;
 mod support;
 mod transports;
+mod untrusted;

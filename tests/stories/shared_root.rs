@@ -336,6 +336,32 @@ fn a_publisher_for_another_repository_is_refused_while_one_runs_and_takes_over_a
 }
 
 #[test]
+fn publishers_that_spell_one_source_differently_share_the_root() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let mut running = spawn_loop(
+        &scratch,
+        &remote.path(),
+        &["--period", "1h", "--ref", "main"],
+    );
+    running.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    // The same repository as a file:// URL with a trailing slash, the same branch by its full
+    // name: one configuration, not a conflict.
+    let second = remote.commit(&[("a.py", "2\n")], "two");
+    let out = sync_once_with(
+        &scratch,
+        &scratch.path("other-cache"),
+        &format!("{}/", remote.url()),
+        &["--ref", "refs/heads/main"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()), Some(second));
+    running.signal(Signal::SIGTERM);
+    assert!(running.wait(Duration::from_secs(30)).success());
+}
+
+#[test]
 fn a_busy_root_lock_skips_cycles_with_a_warning_and_publishes_once_free() {
     let remote = Remote::new();
     let first = remote.commit(&[("a.py", "1\n")], "one");
