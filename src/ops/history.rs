@@ -283,6 +283,14 @@ fn move_and_pin(
     reason: Option<String>,
 ) -> Result<Change, HistoryError> {
     let moves = from.as_deref() != Some(to.as_str());
+    if moves {
+        // Readers would get whatever is under that name: only what dagsnap built goes live.
+        root.check_snapshot(&to, None)
+            .map_err(|why| StoreError::Untrusted {
+                commit: to.clone(),
+                why,
+            })?;
+    }
     let entry = operator_entry(root, &to, cause, moves, reason.clone())?;
     let pin = Pin {
         commit: to.clone(),

@@ -255,3 +255,18 @@ fn a_link_directory_that_is_a_symlink_is_refused_and_status_sees_where_readers_a
         .symlink_metadata()
         .is_ok());
 }
+
+#[test]
+fn rollback_refuses_a_snapshot_replaced_on_disk() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let commits = publish_versions(&remote, &scratch, 2, "v");
+    let old = scratch.root().join(SNAPSHOTS).join(&commits[0]);
+    dagsnap::fsutil::remove_tree(&old).unwrap();
+    fs::create_dir(&old).unwrap();
+    fs::write(old.join("a.py"), "planted\n").unwrap();
+
+    let out = dagsnap_cmd(&scratch, &["rollback"]);
+    assert_one_clear_line(&out, 2, "cannot be trusted");
+    assert_eq!(published(&scratch.root()).as_ref(), Some(&commits[1]));
+}
