@@ -268,18 +268,12 @@ fn a_host_name_that_does_not_resolve_says_so() {
     // Resolve inside a network namespace with only loopback, so no DNS query leaves the machine.
     let probe = Command::new("unshare").args(["-n", "true"]).status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
-        eprintln!(
-            "SKIPPED a_host_name_that_does_not_resolve: cannot create a network namespace here"
-        );
+        skip("a network namespace", "unshare -n failed");
         return;
     }
     let scratch = Scratch::new();
-    let out = Command::new("unshare")
+    let out = dagsnap_via(&["unshare", "-n"], scratch.tmp.path())
         .args([
-            "-n",
-            env!("CARGO_BIN_EXE_dagsnap"),
-            "--log-format",
-            "text",
             "sync",
             "--one-time",
             "--repo",
@@ -523,7 +517,10 @@ fn host_key_checking_can_be_turned_off_but_says_so_loudly() {
 #[test]
 fn ssh_works_for_a_uid_without_a_passwd_entry() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED ssh_works_for_a_uid_without_a_passwd_entry: needs root to switch uid");
+        skip(
+            "root, to switch to a uid without a passwd entry",
+            "this is not root",
+        );
         return;
     }
     let uid = 65533;
@@ -555,31 +552,27 @@ fn ssh_works_for_a_uid_without_a_passwd_entry() {
     fs::copy(&server.known_hosts, &known).unwrap();
     fs::set_permissions(&known, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let out = Command::new("setpriv")
-        .args([
+    let out = dagsnap_via(
+        &[
+            "setpriv",
             "--reuid=65533",
             "--regid=65533",
             "--clear-groups",
-            env!("CARGO_BIN_EXE_dagsnap"),
-            "--log-format",
-            "text",
-            "sync",
-            "--one-time",
-            "--repo",
-            &url,
-            "--root",
-        ])
-        .arg(scratch.root())
-        .arg("--cache-dir")
-        .arg(scratch.cache())
-        .arg("--ssh-key-file")
-        .arg(&key)
-        .arg("--ssh-known-hosts-file")
-        .arg(&known)
-        .env("HOME", "/")
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .unwrap();
+        ],
+        scratch.tmp.path(),
+    )
+    .args(["sync", "--one-time", "--repo", &url, "--root"])
+    .arg(scratch.root())
+    .arg("--cache-dir")
+    .arg(scratch.cache())
+    .arg("--ssh-key-file")
+    .arg(&key)
+    .arg("--ssh-known-hosts-file")
+    .arg(&known)
+    .env("HOME", "/")
+    .env_remove("SSH_AUTH_SOCK")
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}\nsshd: {}",

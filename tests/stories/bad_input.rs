@@ -129,7 +129,7 @@ fn a_root_that_is_not_writable_is_refused_and_keeps_serving() {
     let commit = remote.commit(&[("a.py", "a\n")], "one");
     let scratch = Scratch::new();
     let Some(read_only) = ReadOnly::mount_at(&scratch.root()) else {
-        eprintln!("SKIPPED a_root_that_is_not_writable_is_refused: cannot mount a tmpfs here");
+        skip("a tmpfs mount", "mounting one is not permitted here");
         return;
     };
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());

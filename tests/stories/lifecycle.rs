@@ -214,26 +214,26 @@ fn sync_timeout_cuts_off_a_remote_that_stops_answering() {
     let first = remote.commit(&[("a.py", "a\n")], "one");
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
     let log = scratch.path("stalled.log");
-    let mut child = dagsnap(scratch.tmp.path())
-        .args([
-            "sync",
-            "--repo",
-            "ssh://git@127.0.0.1/dags.git",
-            "--period",
-            "10ms",
-            "--sync-timeout",
-            "300ms",
-            "--backoff-max",
-            "50ms",
-        ])
-        .arg("--root")
-        .arg(scratch.path("other-root"))
-        .arg("--cache-dir")
-        .arg(scratch.path("other-cache"))
-        .env("GIT_SSH_COMMAND", stalled)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Group::spawn(
+        dagsnap(scratch.tmp.path())
+            .args([
+                "sync",
+                "--repo",
+                "ssh://git@127.0.0.1/dags.git",
+                "--period",
+                "10ms",
+                "--sync-timeout",
+                "300ms",
+                "--backoff-max",
+                "50ms",
+            ])
+            .arg("--root")
+            .arg(scratch.path("other-root"))
+            .arg("--cache-dir")
+            .arg(scratch.path("other-cache"))
+            .env("GIT_SSH_COMMAND", stalled)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
     wait_until(Duration::from_secs(60), "three timed-out cycles", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -242,15 +242,11 @@ fn sync_timeout_cuts_off_a_remote_that_stops_answering() {
             >= 3
     });
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "the loop is still running"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    nix::sys::signal::kill(child.pid(), Signal::SIGTERM).unwrap();
+    assert!(child.0.wait().unwrap().success());
     assert_eq!(
         published(&scratch.root()),
         Some(first),

@@ -217,7 +217,10 @@ fn when_linking_is_refused_the_files_are_written_and_the_tree_is_identical() {
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
     let previous = scratch.root().join(SNAPSHOTS).join(&first);
     if !nix::unistd::geteuid().is_root() || !set_immutable(&previous, true) {
-        eprintln!("SKIPPED when_linking_is_refused: needs root and chattr support");
+        skip(
+            "root and chattr support",
+            "this is not root, or chattr +i failed",
+        );
         return;
     }
     let second = remote.commit(&[("dags/d0/f0.py", "changed\n")], "second");

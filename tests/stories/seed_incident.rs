@@ -79,31 +79,30 @@ fn git_sync_container(
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             // `-e` as in the script's shebang line (`#!/bin/sh -e`).
-            let mut child = Command::new("sh")
-                .arg("-e")
-                .arg(&script)
-                .args([url.as_str(), "main"])
-                .arg(&dir)
-                .args(["git.example.com", "22", "/dev/null", "0.2"])
-                .env("HOME", &home)
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stderr = child.stderr.take().unwrap();
+            let mut child = Group::spawn(
+                Command::new("sh")
+                    .arg("-e")
+                    .arg(&script)
+                    .args([url.as_str(), "main"])
+                    .arg(&dir)
+                    .args(["git.example.com", "22", "/dev/null", "0.2"])
+                    .env("HOME", &home)
+                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                    .env("GIT_CONFIG_NOSYSTEM", "1")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped()),
+            );
+            let stderr = child.0.stderr.take().unwrap();
             let reader =
                 std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
             while !stop.load(Ordering::Relaxed) {
-                if child.try_wait().unwrap().is_some() {
+                if child.0.try_wait().unwrap().is_some() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let exited_by_itself = child.try_wait().unwrap().is_some();
-            let _ = child.kill();
-            let _ = child.wait();
+            let exited_by_itself = child.0.try_wait().unwrap().is_some();
+            drop(child);
             let output = reader.join().unwrap();
             let mut tally = tally.lock().unwrap();
             if exited_by_itself {

@@ -6,7 +6,9 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::support::Group;
 use std::time::{Duration, Instant};
 
 fn require(binary: &str, package: &str) -> PathBuf {
@@ -39,15 +41,6 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Where the server's repositories live: bare clones of fixture repositories.
 pub fn publish_bare(source: &Path, projects: &Path, name: &str) -> PathBuf {
     let bare = projects.join(name);
@@ -73,8 +66,8 @@ pub struct HttpServer {
     pub tls: bool,
     pub ca_file: PathBuf,
     htpasswd: PathBuf,
-    _nginx: Killed,
-    _fcgiwrap: Killed,
+    _nginx: Group,
+    _fcgiwrap: Group,
     _dir: tempfile::TempDir,
 }
 
@@ -190,14 +183,13 @@ impl HttpServer {
         }
         let socket = d.join("fcgi.sock");
         let log = d.join("error.log");
-        let fcgi = Command::new(fcgiwrap)
-            .args(["-c", "4", "-s"])
-            .arg(format!("unix:{}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(d.join("fcgiwrap.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let fcgi = Killed(fcgi);
+        let fcgi = Group::spawn(
+            Command::new(fcgiwrap)
+                .args(["-c", "4", "-s"])
+                .arg(format!("unix:{}", socket.display()))
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(d.join("fcgiwrap.log")).unwrap()),
+        );
         let start = Instant::now();
         while !socket.exists() {
             assert!(
@@ -269,17 +261,16 @@ http {{
         );
         let conf_path = d.join("nginx.conf");
         fs::write(&conf_path, conf).unwrap();
-        let server = Command::new(nginx)
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(d.join("nginx.stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let server = Killed(server);
+        let server = Group::spawn(
+            Command::new(nginx)
+                .arg("-p")
+                .arg(d)
+                .arg("-c")
+                .arg(&conf_path)
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(d.join("nginx.stderr")).unwrap()),
+        );
         wait_for_port(port, "nginx", &d.join("nginx.stderr"));
         HttpServer {
             port,
@@ -369,7 +360,7 @@ pub struct SshServer {
     pub client_key: PathBuf,
     pub known_hosts: PathBuf,
     pub projects: PathBuf,
-    _sshd: Killed,
+    _sshd: Group,
     _dir: tempfile::TempDir,
 }
 
@@ -460,14 +451,13 @@ impl SshServer {
         let conf_path = d.join("sshd_config");
         fs::write(&conf_path, conf).unwrap();
         let log = d.join("sshd.log");
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let child = Killed(child);
+        let child = Group::spawn(
+            Command::new(sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(&conf_path)
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&log).unwrap()),
+        );
         wait_for_port(port, "sshd", &log);
         let host_pub = fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
         let mut parts = host_pub.split_whitespace();

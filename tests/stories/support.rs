@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -269,9 +270,22 @@ impl Scratch {
 }
 
 /// The dagsnap binary with a clean environment: no DAGSNAP_* from the developer's shell, text
-/// logs, a private HOME.
+/// logs, a private HOME, no stdin.
 pub fn dagsnap(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dagsnap"));
+    dagsnap_via(&[], home)
+}
+
+/// [`dagsnap`] run through a wrapper such as `["unshare", "-n"]` or `["setpriv", ...]`.
+pub fn dagsnap_via(wrapper: &[&str], home: &Path) -> Command {
+    let binary = env!("CARGO_BIN_EXE_dagsnap");
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(binary),
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(binary);
+            cmd
+        }
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("DAGSNAP_") {
             cmd.env_remove(key);
@@ -325,9 +339,53 @@ pub fn spawn_loop_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&st
         .args(extra)
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log).unwrap())
+        .process_group(0)
         .spawn()
         .unwrap();
     Daemon { child, log }
+}
+
+/// A child process in a process group of its own, killed with everything it started when the
+/// guard is dropped, so that a failed assertion never leaves a server or a loop running.
+pub struct Group(pub Child);
+
+impl Group {
+    pub fn spawn(cmd: &mut Command) -> Group {
+        Group(
+            cmd.process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+        )
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.id() as i32)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        kill_group(&mut self.0);
+    }
+}
+
+fn kill_group(child: &mut Child) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Skip a story whose environment is missing (`what` it needs and `why` it is missing), or,
+/// under the test command (`DAGSNAP_TEST_STRICT=1`, set by `scripts/test`), fail it: in CI a
+/// skipped story would count as passed.
+pub fn skip(what: &str, why: &str) {
+    if std::env::var_os("DAGSNAP_TEST_STRICT").is_some_and(|v| v != "0") {
+        panic!("this story needs {what}, but {why}; scripts/test provides it");
+    }
+    eprintln!("SKIPPED: this story needs {what}, but {why}");
 }
 
 fn rand_suffix() -> u64 {
@@ -391,8 +449,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 

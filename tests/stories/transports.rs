@@ -1,6 +1,7 @@
 //! Fetching over the network transports, from real servers on 127.0.0.1.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::servers::{HttpServer, SshServer};
 use crate::support::*;
@@ -25,29 +26,32 @@ fn publishes_from_a_smart_http_server_and_follows_it() {
     assert_eq!(read_current(&scratch.root(), "dags/a.py"), "two\n");
 }
 
-/// An ssh-agent holding the client key, stopped when dropped.
+/// An ssh-agent holding the client key, in the foreground of its own process group, stopped
+/// when dropped.
 struct Agent {
     socket: String,
-    pid: String,
+    _agent: Group,
+    _dir: tempfile::TempDir,
 }
 
 impl Agent {
     fn start(key: &std::path::Path) -> Agent {
-        let out = Command::new("ssh-agent").arg("-s").output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let value = |name: &str| {
-            text.split(';')
-                .find_map(|part| part.trim().strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("ssh-agent printed no {name}: {text}"))
-                .to_string()
-        };
-        let agent = Agent {
-            socket: value("SSH_AUTH_SOCK"),
-            pid: value("SSH_AGENT_PID"),
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let agent = Group::spawn(
+            Command::new("ssh-agent")
+                .arg("-D")
+                .arg("-a")
+                .arg(&socket)
+                .stdout(std::process::Stdio::null()),
+        );
+        wait_until(Duration::from_secs(10), "the agent's socket", || {
+            socket.exists()
+        });
+        let socket = socket.display().to_string();
         let added = Command::new("ssh-add")
             .arg(key)
-            .env("SSH_AUTH_SOCK", &agent.socket)
+            .env("SSH_AUTH_SOCK", &socket)
             .output()
             .unwrap();
         assert!(
@@ -55,13 +59,11 @@ impl Agent {
             "ssh-add: {}",
             String::from_utf8_lossy(&added.stderr)
         );
-        agent
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(&self.pid).status();
+        Agent {
+            socket,
+            _agent: agent,
+            _dir: dir,
+        }
     }
 }
 
