@@ -216,8 +216,20 @@ fn describe_change(root: &Root, change: &history::Change, verb: &str) -> String 
         ),
         None => format!("link now points at {}{}", change.to, subject(&change.to)),
     };
+    let skipped: String = change
+        .skipped
+        .iter()
+        .map(|s| {
+            format!(
+                "skipped {}{}: {}\n",
+                &s.commit[..12.min(s.commit.len())],
+                subject(&s.commit),
+                s.why
+            )
+        })
+        .collect();
     format!(
-        "{verb}: {moved}\npinned: sync loops keep fetching but will not move the link until `dagsnap unpin --root {}`\n",
+        "{verb}: {moved}\n{skipped}pinned: sync loops keep fetching but will not move the link until `dagsnap unpin --root {}`\n",
         root.path().display()
     )
 }

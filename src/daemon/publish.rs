@@ -357,7 +357,7 @@ impl Publisher {
             bytes: built.stats.bytes,
             materialized_at: SystemTime::now(),
             materialized_by: format!("{} pid {}", crate::fsutil::hostname(), std::process::id()),
-            dir_inode: None,
+            dir: None,
         };
         if self.root.install(staging, &manifest, &built.entries)? == Installed::AlreadyThere {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");

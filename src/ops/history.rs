@@ -19,8 +19,12 @@ use crate::text::escape;
 pub enum HistoryError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("there is no snapshot {steps} publication(s) before the current one among those retained ({}); name a commit instead", if retained.is_empty() { "none".to_string() } else { retained.join(", ") })]
-    NoEarlier { steps: usize, retained: Vec<String> },
+    #[error("there is no snapshot {steps} step(s) back in what was live before{}; retained: {}. Name a commit instead", skipped.iter().map(|s| format!(" (skipped {s})")).collect::<String>(), if retained.is_empty() { "none".to_string() } else { retained.join(", ") })]
+    NoEarlier {
+        steps: usize,
+        retained: Vec<String>,
+        skipped: Vec<String>,
+    },
     #[error("nothing is published under {root} yet; there is nothing to pin")]
     NothingPublished { root: String },
 }
@@ -177,6 +181,15 @@ pub struct Change {
     pub from: Option<String>,
     pub to: String,
     pub pin: Pin,
+    /// Commits a rollback stepped over, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A commit `rollback` did not go to although it was live earlier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub commit: String,
+    pub why: String,
 }
 
 /// Point the link at a retained snapshot and pin it there, recording who and why.
@@ -187,11 +200,13 @@ pub fn rollback(
     lock_timeout: Duration,
 ) -> Result<Change, HistoryError> {
     let (lock, current) = begin_change(root, lock_timeout)?;
-    let to = match target {
-        RollbackTarget::Commit(wanted) => root.resolve_commit(&wanted)?,
+    let (to, skipped) = match target {
+        RollbackTarget::Commit(wanted) => (root.resolve_commit(&wanted)?, Vec::new()),
         RollbackTarget::Steps(steps) => earlier_publication(root, current.as_deref(), steps)?,
     };
-    move_and_pin(root, &lock, current, to, Cause::Rollback, reason)
+    let mut change = move_and_pin(root, &lock, current, to, Cause::Rollback, reason)?;
+    change.skipped = skipped;
+    Ok(change)
 }
 
 /// Pin `commit` (default: the current snapshot), moving the link to it if it is not live.
@@ -241,37 +256,75 @@ fn begin_change(
     Ok((lock, current))
 }
 
-/// The distinct commit published `steps` link moves before the current one, if retained.
+/// Where `rollback` goes without a commit: `steps` back through the commits that were live
+/// before the current rollback chain started, never forward.
+///
+/// The journal's link moves, newest first, are split where the chain of operator moves
+/// (rollbacks and pins that moved the link) ends: the history is the newest move the sync loops
+/// made and everything live before it, each commit once. Rolling back from v4 gives v3; rolling
+/// back again gives v2 (not v4, which the first rollback left); `--steps 2` from v4 gives v2.
+/// A commit no longer retained, or whose snapshot cannot be trusted, is stepped over and named
+/// in the result with the reason; it does not count as a step.
 fn earlier_publication(
     root: &Root,
     current: Option<&str>,
     steps: usize,
-) -> Result<String, HistoryError> {
+) -> Result<(String, Vec<Skipped>), HistoryError> {
     let steps = steps.max(1);
-    let mut seen: Vec<String> = Vec::new();
-    for entry in root
-        .records()
-        .journal()?
+    let journal = root.records().journal()?;
+    let moves: Vec<&Publication> = journal.iter().filter(|e| e.moved_link).collect();
+    // The chain: the newest moves made by operators. What came before it is the history.
+    let chain_start = moves
         .iter()
-        .rev()
-        .filter(|e| e.moved_link)
-    {
-        if Some(entry.commit.as_str()) != current && !seen.contains(&entry.commit) {
-            seen.push(entry.commit.clone());
+        .rposition(|e| e.cause == Cause::Sync)
+        .unwrap_or(moves.len().saturating_sub(1));
+    let mut history: Vec<&str> = Vec::new();
+    for entry in moves[..(chain_start + 1).min(moves.len())].iter().rev() {
+        if !history.contains(&entry.commit.as_str()) {
+            history.push(&entry.commit);
         }
     }
+    // From where the link is in that history; from before its start if it is elsewhere.
+    let position = current.and_then(|c| history.iter().position(|h| *h == c));
+    let candidates = match position {
+        Some(at) => &history[at + 1..],
+        None => &history[..],
+    };
     let retained = root.snapshot_commits()?;
-    match seen.get(steps - 1) {
-        Some(commit) if retained.contains(commit) => Ok(commit.clone()),
-        _ => Err(HistoryError::NoEarlier {
-            steps,
-            retained: list(root)?
-                .iter()
-                .filter(|s| !s.current)
-                .map(|s| format!("{} {}", s.short, s.subject))
-                .collect(),
-        }),
+    let mut skipped = Vec::new();
+    let mut taken = 0;
+    for commit in candidates.iter().filter(|c| Some(**c) != current) {
+        let why = if !retained.iter().any(|r| r == commit) {
+            Some("no longer retained".to_string())
+        } else {
+            root.check_snapshot(commit, None)
+                .err()
+                .map(|why| format!("cannot be trusted: {why}"))
+        };
+        if let Some(why) = why {
+            skipped.push(Skipped {
+                commit: commit.to_string(),
+                why,
+            });
+            continue;
+        }
+        taken += 1;
+        if taken == steps {
+            return Ok((commit.to_string(), skipped));
+        }
     }
+    Err(HistoryError::NoEarlier {
+        steps,
+        skipped: skipped
+            .iter()
+            .map(|s| format!("{}: {}", &s.commit[..12.min(s.commit.len())], s.why))
+            .collect(),
+        retained: list(root)?
+            .iter()
+            .filter(|s| !s.current)
+            .map(|s| format!("{} {}", s.short, s.subject))
+            .collect(),
+    })
 }
 
 fn move_and_pin(
@@ -306,7 +359,12 @@ fn move_and_pin(
     } else {
         root.record(lock, &entry)?;
     }
-    Ok(Change { from, to, pin })
+    Ok(Change {
+        from,
+        to,
+        pin,
+        skipped: Vec::new(),
+    })
 }
 
 /// A journal entry for an operator's action. Its observation time is the time of the action:

@@ -23,7 +23,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -33,7 +33,7 @@ use crate::store::link;
 use crate::store::lock::{FileLock, LockError};
 use crate::store::records::{self, read_json, warn_damaged, Read, Records};
 pub use crate::store::records::{
-    rfc3339, Cause, Claim, LinkHistory, Manifest, Pin, Publication, SourceRecord,
+    rfc3339, Cause, Claim, DirIdentity, LinkHistory, Manifest, Pin, Publication, SourceRecord,
 };
 
 pub const STORE_DIR: &str = ".dagsnap";
@@ -469,10 +469,10 @@ impl Root {
     /// name; readers would get its content as that commit.
     ///
     /// Trusted: a real directory with a readable manifest for `commit` (and for `tree`, when the
-    /// caller knows the commit's tree) whose recorded inode is the directory's (a rename keeps
-    /// it, so only the directory dagsnap built has it), or, for a manifest without one (older
-    /// dagsnap) or a volume restored from a backup, whose files match the recorded entry list
-    /// in type, mode and size. Returns why not, otherwise.
+    /// caller knows the commit's tree) that records this directory's identity (inode and
+    /// modification time, which a rename keeps, so only the directory dagsnap built has them), or,
+    /// for a manifest without one (older dagsnap) or a volume restored from a backup, whose
+    /// files match the recorded entry list in type, mode and size. Returns why not, otherwise.
     pub fn check_snapshot(&self, commit: &str, tree: Option<&str>) -> Result<(), String> {
         let dir = self.snapshot_path(commit);
         let meta = match fs::symlink_metadata(&dir) {
@@ -494,7 +494,7 @@ impl Root {
                 manifest.tree
             ));
         }
-        if manifest.dir_inode == Some(meta.ino()) {
+        if manifest.dir == Some(DirIdentity::of(&meta)) {
             return Ok(());
         }
         let entries = self.entries(commit).ok().flatten().ok_or(
@@ -534,7 +534,7 @@ impl Root {
     /// Install a complete staged snapshot as `snapshots/<commit>`.
     ///
     /// 1. Write the entry list and the manifest (atomically), the manifest recording the staging
-    ///    directory's inode, which the rename keeps. They go first so that a snapshot is never
+    ///    directory's identity (inode and modification time), which the rename keeps. They go first so that a snapshot is never
     ///    visible without them; a crash after this step leaves records without a snapshot,
     ///    which the next attempt simply overwrites.
     /// 2. `rename(2)` the staging directory to `snapshots/<commit>`. If that name already exists
@@ -549,13 +549,13 @@ impl Root {
         entries: &Entries,
     ) -> Result<Installed, StoreError> {
         let manifest_path = self.manifest_path(&manifest.commit);
-        let inode = |dir: &Path| {
+        let identity = |dir: &Path| {
             fs::symlink_metadata(dir)
                 .at("inspect", dir)
-                .map(|m| m.ino())
+                .map(|m| DirIdentity::of(&m))
         };
         let mut manifest = manifest.clone();
-        manifest.dir_inode = Some(inode(staging.path())?);
+        manifest.dir = Some(identity(staging.path())?);
         fsutil::write_atomically(&self.entries_path(&manifest.commit), &entries.encode())?;
         records::write_json(&manifest_path, &manifest)?;
 
@@ -569,7 +569,7 @@ impl Root {
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) => {
                 drop(staging);
-                manifest.dir_inode = Some(inode(&destination)?);
+                manifest.dir = Some(identity(&destination)?);
                 records::write_json(&manifest_path, &manifest)?;
                 Ok(Installed::AlreadyThere)
             }

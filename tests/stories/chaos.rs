@@ -95,8 +95,10 @@ fn a_loop_reaches_the_tip_while_its_store_and_cache_are_damaged_one_file_at_a_ti
             "main",
             "--keep",
             "2",
+            // Long enough for a reader's pass (readers keep their files), short enough that
+            // retired snapshots are collected, and the trash used, during the story.
             "--grace",
-            "0s",
+            "20s",
         ],
     );
     daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));

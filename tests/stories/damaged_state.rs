@@ -268,5 +268,7 @@ fn rollback_refuses_a_snapshot_replaced_on_disk() {
 
     let out = dagsnap_cmd(&scratch, &["rollback"]);
     assert_one_clear_line(&out, 2, "cannot be trusted");
+    let out = dagsnap_cmd(&scratch, &["rollback", &commits[0]]);
+    assert_one_clear_line(&out, 2, "cannot be trusted");
     assert_eq!(published(&scratch.root()).as_ref(), Some(&commits[1]));
 }

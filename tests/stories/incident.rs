@@ -145,7 +145,8 @@ fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
     let out = run(&scratch, &["rollback", "--steps", "3"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("no snapshot 3 publication(s) before"),
+        stderr(&out).contains("no snapshot 3 step(s) back")
+            && stderr(&out).contains("no longer retained"),
         "{}",
         stderr(&out)
     );
@@ -198,6 +199,55 @@ fn rollback_by_prefix_and_pin_of_the_current_snapshot() {
         Some(newer),
         "follows the remote after unpin"
     );
+}
+
+#[test]
+fn rolling_back_again_goes_further_back_and_never_forward() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let v = publish_versions(&remote, &scratch, 5, "v");
+    // v1 is evicted: rollback steps over it and says so.
+    let old = scratch.root().join(SNAPSHOTS).join(&v[1]);
+    dagsnap::fsutil::remove_tree(&old).unwrap();
+
+    let out = run(
+        &scratch,
+        &["rollback", "--reason", "v4 breaks the scheduler"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()).as_ref(), Some(&v[3]));
+    let out = run(&scratch, &["rollback", "--reason", "v3 is broken too"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        published(&scratch.root()).as_ref(),
+        Some(&v[2]),
+        "back, not forward to v4"
+    );
+    assert!(stdout(&out).contains("link moved from"), "{}", stdout(&out));
+
+    // Two steps back from v2: v1 is gone, so v0, naming what was skipped and why.
+    let out = run(&scratch, &["rollback", "--steps", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()).as_ref(), Some(&v[0]));
+    assert!(
+        stdout(&out).contains(&format!("skipped {}", &v[1][..12]))
+            && stdout(&out).contains("no longer retained"),
+        "{}",
+        stdout(&out)
+    );
+    // Nothing before v0.
+    let out = run(&scratch, &["rollback"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()).as_ref(), Some(&v[0]));
+
+    // After unpin the loops follow the remote again (v4), and a later rollback steps back
+    // through what was live since: v0 (just before v4), then v2.
+    assert!(run(&scratch, &["unpin"]).status.success());
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    assert_eq!(published(&scratch.root()).as_ref(), Some(&v[4]));
+    let out = run(&scratch, &["rollback", "--steps", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()).as_ref(), Some(&v[2]));
 }
 
 #[test]

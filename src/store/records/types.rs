@@ -104,11 +104,29 @@ pub struct Manifest {
     #[serde(with = "rfc3339")]
     pub materialized_at: SystemTime,
     pub materialized_by: String,
-    /// Inode number of the snapshot directory dagsnap built (a rename keeps it): a directory
-    /// that appears under the snapshot's name by any other means has another. Absent in
-    /// manifests of dagsnap before 0.2.
+    /// Which directory dagsnap built for this snapshot (absent in manifests of dagsnap before
+    /// 0.2): one that appears under the snapshot's name by any other means is another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir_inode: Option<u64>,
+    pub dir: Option<DirIdentity>,
+}
+
+/// A directory, told apart from any other that takes its name later: its inode number and its
+/// modification time to the nanosecond. A rename keeps both; a directory made in its place gets
+/// a new modification time, even when the filesystem hands it the freed inode number again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirIdentity {
+    pub inode: u64,
+    pub mtime_ns: i128,
+}
+
+impl DirIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> DirIdentity {
+        use std::os::unix::fs::MetadataExt;
+        DirIdentity {
+            inode: meta.ino(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
 }
 
 impl Check for Manifest {
