@@ -39,10 +39,17 @@ pub struct Status {
     pub published_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The repository and ref the sync loops of this root follow (as configured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub ref_name: Option<String>,
+    /// The full ref that `ref` resolved to at the latest sync, when it says more
+    /// (`refs/heads/main` for `HEAD` or `main`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_ref: Option<String>,
+    /// Snapshots in the store (shown when the link is missing: they can be linked again).
+    pub retained_snapshots: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,10 +85,24 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         cause: None,
         repo: None,
         ref_name: None,
+        resolved_ref: None,
+        retained_snapshots: root.snapshot_commits()?.len(),
         files: None,
         bytes: None,
         pinned: root.pinned()?,
     };
+    let journal = root.records().journal()?;
+    if let Some(source) = root.source()? {
+        let resolved = journal
+            .iter()
+            .rev()
+            .find(|e| e.cause == crate::store::Cause::Sync)
+            .map(|e| e.ref_name.clone())
+            .filter(|r| *r != source.ref_name);
+        status.repo = Some(source.repo);
+        status.ref_name = Some(source.ref_name);
+        status.resolved_ref = resolved;
+    }
     let Some(current) = current else {
         return Ok(status);
     };
@@ -105,28 +126,32 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         status.bytes = Some(manifest.bytes);
         status.published_at = Some(rfc3339::format(manifest.materialized_at));
     }
-    // The record describes the link only if it names the same commit (a crash between writing
-    // the record and moving the link leaves them apart).
-    if let Some(state) = root
-        .records()
-        .latest()?
-        .filter(|s| s.commit == current.commit)
+    // When and why the link last moved to this commit (a crash between writing the record and
+    // moving the link can leave a newer record for another commit: the link is the truth).
+    if let Some(moved) = journal
+        .iter()
+        .rev()
+        .find(|e| e.moved_link && e.commit == current.commit)
     {
-        status.published_at = Some(rfc3339::format(state.published_at));
+        status.published_at = Some(rfc3339::format(moved.published_at));
         status.age_seconds = SystemTime::now()
-            .duration_since(state.published_at)
+            .duration_since(moved.published_at)
             .ok()
             .map(|d| d.as_secs());
-        status.published_by = Some(format!("{} pid {}", state.host, state.pid));
-        status.cause = Some(format!("{:?}", state.cause).to_lowercase());
-        status.repo = Some(state.repo);
-        status.ref_name = Some(state.ref_name);
+        status.published_by = Some(format!("{} pid {}", moved.host, moved.pid));
+        status.cause = Some(moved.cause.to_string());
     }
     status.commit = Some(current.commit);
     Ok(status)
 }
 
 pub fn render_text(status: &Status) -> String {
+    if !status.published && status.retained_snapshots > 0 {
+        return format!(
+            "the link {} is missing, but {} snapshot(s) are retained; a running sync restores it at its next poll, or `dagsnap rollback --root {}` links the newest of them now (and pins it)\n",
+            status.link, status.retained_snapshots, status.root
+        );
+    }
     if !status.published {
         return format!("nothing published yet under {}\n", status.root);
     }
@@ -169,12 +194,22 @@ pub fn render_text(status: &Status) -> String {
     line("published:", published.as_deref());
     line("by:", status.published_by.as_deref());
     line("cause:", status.cause.as_deref());
-    line("repo:", status.repo.as_deref());
-    line("ref:", status.ref_name.as_deref());
-    let size = status
-        .files
-        .zip(status.bytes)
-        .map(|(files, bytes)| format!("{files} files, {bytes} bytes"));
+    line("follows:", status.repo.as_deref());
+    let ref_line = status
+        .ref_name
+        .as_ref()
+        .map(|r| match &status.resolved_ref {
+            Some(resolved) => format!("{r} ({resolved})"),
+            None => r.clone(),
+        });
+    line("ref:", ref_line.as_deref());
+    let size = status.files.zip(status.bytes).map(|(files, bytes)| {
+        format!(
+            "{files} file{}, {bytes} byte{}",
+            if files == 1 { "" } else { "s" },
+            if bytes == 1 { "" } else { "s" }
+        )
+    });
     line("size:", size.as_deref());
     if let Some(pin) = &status.pinned {
         let reason = if pin.reason.is_empty() {

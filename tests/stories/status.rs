@@ -44,7 +44,8 @@ fn status_shows_what_is_live_in_text_and_json() {
     assert_eq!(json["complete"], true);
     assert_eq!(json["files"], 2);
     assert_eq!(json["bytes"], 5);
-    assert_eq!(json["ref"], "refs/heads/main");
+    assert_eq!(json["ref"], "HEAD", "what the loops follow");
+    assert_eq!(json["resolved_ref"], "refs/heads/main");
     for field in ["author", "commit_date", "published_at", "age_seconds"] {
         assert!(!json[field].is_null(), "{field} missing: {json}");
     }
@@ -73,4 +74,68 @@ fn status_of_a_root_with_nothing_published_says_so_and_fails() {
         "{}",
         stderr(&out)
     );
+}
+
+fn status_of(scratch: &Scratch, json: bool) -> std::process::Output {
+    let mut cmd = dagsnap(scratch.tmp.path());
+    cmd.args(["status", "--root"]).arg(scratch.root());
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn status_shows_the_ref_the_loops_follow_and_the_pin_apart_from_it() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let v = publish_versions(&remote, &scratch, 2, "v");
+    let status: serde_json::Value =
+        serde_json::from_slice(&status_of(&scratch, true).stdout).unwrap();
+    assert_eq!(status["ref"], "HEAD");
+    assert_eq!(status["resolved_ref"], "refs/heads/main");
+
+    let rollback = dagsnap(scratch.tmp.path())
+        .args(["rollback", "--reason", "bad", "--root"])
+        .arg(scratch.root())
+        .output()
+        .unwrap();
+    assert!(rollback.status.success(), "{}", stderr(&rollback));
+    let status: serde_json::Value =
+        serde_json::from_slice(&status_of(&scratch, true).stdout).unwrap();
+    assert_eq!(status["commit"], v[0].as_str());
+    assert_eq!(status["ref"], "HEAD", "still what the loops follow");
+    assert_eq!(status["resolved_ref"], "refs/heads/main");
+    assert_eq!(status["cause"], "rollback");
+    assert_eq!(status["pinned"]["commit"], v[0].as_str());
+    let text = String::from_utf8(status_of(&scratch, false).stdout).unwrap();
+    assert!(
+        text.contains("ref:         HEAD (refs/heads/main)"),
+        "{text}"
+    );
+    assert!(text.contains("PINNED:"), "{text}");
+}
+
+#[test]
+fn status_says_when_only_the_link_is_missing_and_how_it_comes_back() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    publish_versions(&remote, &scratch, 2, "v");
+    std::fs::remove_file(scratch.root().join("current")).unwrap();
+    let out = status_of(&scratch, false);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("is missing, but 2 snapshot(s) are retained") && text.contains("rollback"),
+        "{text}"
+    );
+    assert!(!text.contains("nothing published yet"), "{text}");
+    // What it says works.
+    let out = dagsnap(scratch.tmp.path())
+        .args(["rollback", "--root"])
+        .arg(scratch.root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(status_of(&scratch, false).status.code(), Some(0));
 }
