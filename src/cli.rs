@@ -14,12 +14,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = None,
 )]
 pub struct Cli {
-    /// Log format: text for people, json for log collectors; auto picks text on a terminal.
-    #[arg(long, global = true, env = "DAGSNAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    /// Log format: text for people, json for log collectors. auto: JSON for `sync` without a
+    /// terminal (a container's log), text otherwise (operator commands always print text).
+    #[arg(long, global = true, env = "DAGSNAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, help_heading = "Logging (any command)")]
     pub log_format: LogFormat,
 
     /// Log level or filter (error, warn, info, debug, trace; or a tracing filter like "dagsnap=debug").
-    #[arg(long, global = true, env = "DAGSNAP_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "DAGSNAP_LOG_LEVEL",
+        default_value = "info",
+        help_heading = "Logging (any command)"
+    )]
     pub log_level: String,
 
     #[command(subcommand)]
@@ -55,78 +62,117 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where `sync` publishes.
 #[derive(Debug, Args)]
-pub struct RootArgs {
+pub struct PublishRoot {
     /// Directory to publish into (created if missing); may be a shared volume.
     #[arg(long, env = "DAGSNAP_ROOT")]
     pub root: PathBuf,
 
-    /// Name of the link inside the root that readers use (Airflow's dags_folder points at it).
-    #[arg(long, env = "DAGSNAP_LINK", default_value = "current")]
-    pub link: PathBuf,
+    /// The link readers use (Airflow's dags_folder points at it): a path inside the root,
+    /// relative to it or absolute. Recorded in the root, so operator commands find it.
+    /// [default: current]
+    #[arg(long, env = "DAGSNAP_LINK")]
+    pub link: Option<PathBuf>,
+}
+
+impl PublishRoot {
+    pub fn locate(&self) -> Result<crate::store::Root, crate::store::StoreError> {
+        crate::store::Root::locate(&self.root, self.link.as_deref())
+    }
+}
+
+/// The root an operator command looks at.
+#[derive(Debug, Args)]
+pub struct RootArgs {
+    /// The root to look at: the directory sync loops publish into.
+    #[arg(long, env = "DAGSNAP_ROOT")]
+    pub root: PathBuf,
+
+    /// The link's path inside the root. Default: the one the sync loops recorded (else
+    /// `current`).
+    #[arg(long, env = "DAGSNAP_LINK")]
+    pub link: Option<PathBuf>,
+}
+
+impl RootArgs {
+    pub fn locate(&self) -> Result<crate::store::Root, crate::store::StoreError> {
+        crate::store::Root::locate(&self.root, self.link.as_deref())
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    #[command(flatten)]
-    pub root: RootArgs,
+    #[command(flatten, next_help_heading = "Root and cache")]
+    pub root: PublishRoot,
 
     /// Repository to follow: https://..., ssh://..., git@host:path, file://... or a local path.
-    #[arg(long, env = "DAGSNAP_REPO")]
+    #[arg(long, env = "DAGSNAP_REPO", help_heading = "Repository")]
     pub repo: String,
 
     /// Branch, tag (annotated tags are peeled) or full commit id; unset follows the remote's HEAD.
-    #[arg(long = "ref", env = "DAGSNAP_REF")]
+    #[arg(long = "ref", env = "DAGSNAP_REF", help_heading = "Repository")]
     pub git_ref: Option<String>,
 
     /// Commits of history to fetch; 0 fetches all history.
-    #[arg(long, env = "DAGSNAP_DEPTH", default_value_t = 1)]
+    #[arg(
+        long,
+        env = "DAGSNAP_DEPTH",
+        default_value_t = 1,
+        help_heading = "Repository"
+    )]
     pub depth: u32,
 
-    /// Private git cache on local disk (never under --root). Default: under $XDG_CACHE_HOME,
-    /// ~/.cache or /tmp, keyed by repository and root.
-    #[arg(long, env = "DAGSNAP_CACHE_DIR")]
+    /// Private git cache on local disk (never under --root), only this uid may write it.
+    /// Default: $XDG_CACHE_HOME/dagsnap, ~/.cache/dagsnap or $TMPDIR/dagsnap-<uid>, keyed by
+    /// repository and root.
+    #[arg(long, env = "DAGSNAP_CACHE_DIR", help_heading = "Root and cache")]
     pub cache_dir: Option<PathBuf>,
 
     /// Time between polls of the remote.
-    #[arg(long, env = "DAGSNAP_PERIOD", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "DAGSNAP_PERIOD", default_value = "10s", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub period: Duration,
 
     /// Exit 0 after the first successful sync (for init containers); exit 1 if it fails.
-    #[arg(long, env = "DAGSNAP_ONE_TIME")]
+    #[arg(long, env = "DAGSNAP_ONE_TIME", help_heading = "Schedule")]
     pub one_time: bool,
 
     /// Upper bound for one cycle (fetch, checkout, publish); a cycle that takes longer is
     /// abandoned and counts as a failure.
-    #[arg(long, env = "DAGSNAP_SYNC_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
+    #[arg(long, env = "DAGSNAP_SYNC_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub sync_timeout: Duration,
 
     /// Consecutive failed cycles tolerated before exiting non-zero; -1 never exits (backs off
     /// and retries). Default: -1, or 0 with --one-time.
-    #[arg(long, env = "DAGSNAP_MAX_FAILURES", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "DAGSNAP_MAX_FAILURES",
+        allow_negative_numbers = true,
+        help_heading = "Schedule"
+    )]
     pub max_failures: Option<i64>,
 
     /// Longest wait between retries after failures (backoff doubles from --period up to this).
-    #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration)]
+    #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub backoff_max: Duration,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Credentials and trust")]
     pub access: AccessArgs,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Retention")]
     pub retention: RetentionArgs,
 
     /// Write every file of each new snapshot instead of hard-linking unchanged files from the
     /// previous one (for filesystems where links misbehave; costs time and space).
-    #[arg(long, env = "DAGSNAP_FULL_COPY")]
+    #[arg(long, env = "DAGSNAP_FULL_COPY", help_heading = "Root and cache")]
     pub full_copy: bool,
 
     /// How often a long fetch or checkout logs its progress (objects, bytes, rate, files).
-    #[arg(long, env = "DAGSNAP_PROGRESS_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "DAGSNAP_PROGRESS_INTERVAL", default_value = "5s", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub progress_interval: Duration,
 
     /// How long to wait for another publisher holding the root's lock before skipping a cycle.
-    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = "Root and cache")]
     pub lock_timeout: Duration,
 }
 

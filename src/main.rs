@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use dagsnap::cli::{
-    Cli, Command, GcArgs, ListArgs, LogArgs, PinArgs, RollbackArgs, StatusArgs, SyncArgs,
-    UnpinArgs, VerifyArgs,
+    Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RollbackArgs, StatusArgs,
+    SyncArgs, UnpinArgs, VerifyArgs,
 };
 use dagsnap::daemon::publish::{Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
@@ -29,7 +29,14 @@ fn main() -> ExitCode {
     // with: snapshots readable by every reader, nothing under the root writable by others.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let cli = Cli::parse();
-    let style = match dagsnap::logging::init(cli.log_format, &cli.log_level) {
+    // Operator commands print their errors for a person, even under `kubectl exec` without a
+    // terminal; JSON only when asked for. Only the sync loop's logs go to a collector.
+    let format = match (&cli.command, cli.log_format) {
+        (Command::Sync(_), format) => format,
+        (_, LogFormat::Auto) => LogFormat::Text,
+        (_, format) => format,
+    };
+    let style = match dagsnap::logging::init(format, &cli.log_level) {
         Ok(style) => style,
         Err(message) => {
             eprintln!("dagsnap: {message}");
@@ -88,7 +95,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
             tracing::info!(files = %dir.display(), "this uid has no passwd entry; giving ssh one through nss_wrapper");
         }
     }
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     let cache_dir = args.cache_dir(&remote.display_url());
     tracing::info!(
         repo = %remote.display_url(),
@@ -139,7 +146,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
 }
 
 fn show_status(args: StatusArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     let status = status::gather(&root).map_err(usage)?;
     if args.json {
         let json =
@@ -152,7 +159,7 @@ fn show_status(args: StatusArgs) -> Outcome {
 }
 
 fn collect_garbage(args: GcArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     root.require_writable().map_err(usage)?;
     let report = dagsnap::store::gc::run(&root, &args.retention.policy(), args.lock_timeout)
         .map_err(|e| (EXIT_FAILED, e.to_string()))?;
@@ -175,7 +182,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), (u8, String)> {
 }
 
 fn list_snapshots(args: ListArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     let snapshots = history::list(&root).map_err(usage)?;
     if args.json {
         print_json(&snapshots)?;
@@ -186,7 +193,7 @@ fn list_snapshots(args: ListArgs) -> Outcome {
 }
 
 fn show_log(args: LogArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     let entries = history::log(&root, args.limit).map_err(usage)?;
     if args.json {
         print_json(&entries)?;
@@ -235,7 +242,7 @@ fn describe_change(root: &Root, change: &history::Change, verb: &str) -> String 
 }
 
 fn roll_back(args: RollbackArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     let target = match args.commit {
         Some(commit) => history::RollbackTarget::Commit(commit),
         None => history::RollbackTarget::Steps(args.steps.unwrap_or(1)),
@@ -247,7 +254,7 @@ fn roll_back(args: RollbackArgs) -> Outcome {
 }
 
 fn pin(args: PinArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     let change = history::pin(
         &root,
         args.commit.as_deref(),
@@ -260,7 +267,7 @@ fn pin(args: PinArgs) -> Outcome {
 }
 
 fn unpin(args: UnpinArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     match history::unpin(&root, args.reason, args.lock_timeout).map_err(history_error)? {
         Some(pin) => println!(
             "unpinned {}; running sync loops publish the remote's latest commit at their next poll",
@@ -282,7 +289,7 @@ fn history_error(e: history::HistoryError) -> (u8, String) {
 }
 
 fn verify_snapshot(args: VerifyArgs) -> Outcome {
-    let root = Root::new(&args.root.root, &args.root.link).map_err(usage)?;
+    let root = args.root.locate().map_err(usage)?;
     let report =
         verify::verify(&root, args.commit.as_deref(), args.cache_dir.as_deref()).map_err(usage)?;
     if args.json {

@@ -142,6 +142,7 @@ impl Publisher {
             ref_name: remote.target.to_string(),
         };
         let claim = root.claim(&source, settings.lock_timeout)?;
+        root.record_link()?;
         let cache = Cache::open(cache_dir, &remote)?;
         Ok(Publisher {
             root,

@@ -200,13 +200,12 @@ fn report(outcome: &Outcome, held: &mut Option<(String, String)>) {
         Outcome::Held { commit, pin } => {
             let now = Some((commit.clone(), pin.commit.clone()));
             if *held != now {
-                tracing::info!(
-                    remote = %commit,
-                    pinned = %pin.commit,
-                    pinned_by = %pin.pinned_by,
-                    reason = %pin.reason,
-                    "the root is pinned; not moving the link to the remote's commit (dagsnap unpin releases it)"
-                );
+                const HELD: &str = "the root is pinned; not moving the link to the remote's commit (dagsnap unpin releases it)";
+                if pin.reason.is_empty() {
+                    tracing::info!(remote = %commit, pinned = %pin.commit, pinned_by = %pin.pinned_by, "{HELD}");
+                } else {
+                    tracing::info!(remote = %commit, pinned = %pin.commit, pinned_by = %pin.pinned_by, reason = %pin.reason, "{HELD}");
+                }
                 *held = now;
             } else {
                 tracing::debug!(remote = %commit, pinned = %pin.commit, "pinned; link left alone");

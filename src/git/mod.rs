@@ -59,8 +59,9 @@ pub enum SourceError {
         cause: String,
     },
     #[error(
-        "ref '{wanted}' does not exist in {url}{}; check --ref",
-        known_refs_suffix(known)
+        "ref '{wanted}' does not exist in {url}{}; check --ref{}",
+        known_refs_suffix(known),
+        short_commit_hint(wanted)
     )]
     RefNotFound {
         wanted: String,
@@ -106,6 +107,16 @@ fn describe(during: &str, cause: &str) -> String {
             format!("{cause}; check the URL, that the server is reachable, and the credentials")
         }
         None => cause,
+    }
+}
+
+/// A `--ref` of hex digits that names no ref is most likely an abbreviated commit id.
+fn short_commit_hint(wanted: &str) -> String {
+    let hex = wanted.len() >= 4 && wanted.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex {
+        format!(". If '{wanted}' is a commit id, give all 40 hex digits (`git rev-parse {wanted}` prints them)")
+    } else {
+        String::new()
     }
 }
 

@@ -42,6 +42,10 @@ const MANIFESTS_DIR: &str = "manifests";
 const STAGING_PREFIX: &str = ".staging-";
 const AIRFLOWIGNORE: &str = ".airflowignore";
 const LOCK_FILE: &str = "lock";
+/// The link's path relative to the root, as the sync loops were configured, for operator
+/// commands run without `--link`.
+const LINK_FILE: &str = "link";
+const DEFAULT_LINK: &str = "current";
 const TRASH_DIR: &str = "trash";
 /// Directories a fresh filesystem brings along; their presence does not make a root foreign.
 const FILESYSTEM_ENTRIES: &[&str] = &["lost+found"];
@@ -199,6 +203,54 @@ impl Root {
             root: root.to_path_buf(),
             link_rel: link.to_path_buf(),
         })
+    }
+
+    /// The root at `root` with its link at `link`, which may be relative to the root or an
+    /// absolute path inside it (git-sync's `--link` may be either). Without `link`: the link the
+    /// root's publishers recorded, else `current`.
+    pub fn locate(root: &Path, link: Option<&Path>) -> Result<Root, StoreError> {
+        let link = match link {
+            Some(link) if link.is_absolute() => {
+                let absolute = |p: &Path| -> PathBuf {
+                    std::path::absolute(p)
+                        .unwrap_or_else(|_| p.to_path_buf())
+                        .components()
+                        .filter(|c| !matches!(c, Component::CurDir))
+                        .collect()
+                };
+                absolute(link)
+                    .strip_prefix(absolute(root))
+                    .map(Path::to_path_buf)
+                    .map_err(|_| StoreError::InvalidLink {
+                        given: link.display().to_string(),
+                        reason: "an absolute --link must be inside --root",
+                    })?
+            }
+            Some(link) => link.to_path_buf(),
+            None => Self::recorded_link(root).unwrap_or_else(|| PathBuf::from(DEFAULT_LINK)),
+        };
+        Root::new(root, &link)
+    }
+
+    /// The link recorded in the root at `root`, if readable and valid.
+    fn recorded_link(root: &Path) -> Option<PathBuf> {
+        let text = fs::read_to_string(root.join(STORE_DIR).join(LINK_FILE)).ok()?;
+        let link = PathBuf::from(text.trim_end_matches('\n'));
+        // Input like any other: only a link `Root::new` accepts.
+        Root::new(root, &link).ok().map(|_| link)
+    }
+
+    /// Record this root's link for operator commands, unless already recorded.
+    pub fn record_link(&self) -> Result<(), StoreError> {
+        if Self::recorded_link(&self.root).as_deref() == Some(self.link_rel.as_path()) {
+            return Ok(());
+        }
+        let mut text = self.link_rel.as_os_str().as_encoded_bytes().to_vec();
+        text.push(b'\n');
+        Ok(fsutil::write_atomically(
+            &self.store().join(LINK_FILE),
+            &text,
+        )?)
     }
 
     pub fn path(&self) -> &Path {

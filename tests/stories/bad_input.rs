@@ -244,3 +244,64 @@ fn a_cache_inside_the_root_is_refused() {
     let out = sync_once_with(&scratch, &scratch.root().join("cache"), &remote.url(), &[]);
     assert_one_clear_line(&out, 2, "is inside the root");
 }
+
+#[test]
+fn an_abbreviated_commit_id_is_recognized_as_one() {
+    let (remote, scratch, _) = published_root();
+    let short = &remote.head()[..8];
+    let out = sync_once_with(
+        &scratch,
+        &scratch.path("c2"),
+        &remote.url(),
+        &["--ref", short],
+    );
+    let line = assert_one_clear_line(&out, 1, "does not exist");
+    assert!(line.contains("give all 40 hex digits"), "{line}");
+}
+
+#[test]
+fn operator_commands_print_text_errors_without_a_terminal() {
+    let scratch = Scratch::new();
+    // As under `kubectl exec` without -t: no terminal, no --log-format.
+    let out = dagsnap(scratch.tmp.path())
+        .env_remove("DAGSNAP_LOG_FORMAT")
+        .args(["status", "--root"])
+        .arg(scratch.path("nowhere"))
+        .output()
+        .unwrap();
+    let line = assert_one_clear_line(&out, 2, "is not a dagsnap root");
+    assert!(!line.trim_start().starts_with('{'), "{line}");
+    // JSON when asked for.
+    let out = dagsnap(scratch.tmp.path())
+        .env("DAGSNAP_LOG_FORMAT", "json")
+        .args(["status", "--root"])
+        .arg(scratch.path("nowhere"))
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).trim_start().starts_with('{'),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_describes_each_command_s_own_flags() {
+    let scratch = Scratch::new();
+    let help = |args: &[&str]| {
+        let out = dagsnap(scratch.tmp.path()).args(args).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status = help(&["status", "--help"]);
+    assert!(!status.contains("created if missing"), "{status}");
+    let sync = help(&["sync", "--help"]);
+    for heading in [
+        "Repository:",
+        "Schedule:",
+        "Credentials and trust:",
+        "Retention:",
+        "Logging (any command):",
+    ] {
+        assert!(sync.contains(heading), "{heading} in {sync}");
+    }
+}

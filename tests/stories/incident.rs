@@ -499,3 +499,25 @@ fn a_pinned_snapshot_deleted_by_hand_is_rebuilt_and_stays_pinned() {
         pinned.as_str()
     );
 }
+
+#[test]
+fn a_pin_without_a_reason_is_logged_without_an_empty_one() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    publish_versions(&remote, &scratch, 1, "v");
+    assert!(run(&scratch, &["pin"]).status.success());
+    remote.commit(&[("a.py", "new\n")], "new");
+    let daemon = spawn_loop(&scratch, &remote.url(), &["--period", "50ms"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the loop says it is pinned",
+        || daemon.logs().contains("the root is pinned"),
+    );
+    let line = daemon
+        .logs()
+        .lines()
+        .find(|l| l.contains("the root is pinned"))
+        .unwrap()
+        .to_string();
+    assert!(!line.contains("reason="), "{line}");
+}

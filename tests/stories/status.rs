@@ -139,3 +139,33 @@ fn status_says_when_only_the_link_is_missing_and_how_it_comes_back() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(status_of(&scratch, false).status.code(), Some(0));
 }
+
+#[test]
+fn operator_commands_find_the_link_the_loops_recorded() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    // git-sync style: an absolute --link inside the root.
+    let link = scratch.root().join("dags/repo");
+    let out = sync_once(
+        &scratch,
+        &remote.url(),
+        &["--link", &link.display().to_string()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("../.dagsnap/snapshots").join(&commit)
+    );
+    // No --link: status finds it.
+    let out = status_of(&scratch, true);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["link"], link.display().to_string());
+    assert_eq!(status["files"], 1);
+    assert!(String::from_utf8_lossy(&status_of(&scratch, false).stdout).contains("1 file, 2 bytes"));
+
+    // An absolute --link outside the root is refused.
+    let out = sync_once(&scratch, &remote.url(), &["--link", "/elsewhere/repo"]);
+    assert_one_clear_line(&out, 2, "must be inside --root");
+}
