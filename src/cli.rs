@@ -53,6 +53,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Delete snapshots the retention policy no longer keeps (sync does this after publishing).
     Gc(GcArgs),
+    /// Delete retained snapshots by name, or (--all) everything dagsnap made in a root.
+    Remove(RemoveArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -349,6 +351,26 @@ pub struct GcArgs {
 
     #[command(flatten)]
     pub retention: RetentionArgs,
+
+    /// How long to wait for a publisher holding the root's lock.
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// Snapshots to delete (full ids or prefixes); never the live or the pinned one.
+    #[arg(required_unless_present = "all")]
+    pub commits: Vec<String>,
+
+    /// Delete everything dagsnap made in the root (the link, the store with every snapshot,
+    /// its .airflowignore), leaving the root directory. Refused while a sync loop of the root
+    /// runs. Readers lose their DAGs.
+    #[arg(long, conflicts_with = "commits")]
+    pub all: bool,
 
     /// How long to wait for a publisher holding the root's lock.
     #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

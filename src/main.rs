@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use dagsnap::cli::{
-    Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RollbackArgs, StatusArgs,
-    SyncArgs, UnpinArgs, VerifyArgs,
+    Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RemoveArgs, RollbackArgs,
+    StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
 };
 use dagsnap::daemon::publish::{Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Sync(args) => sync(*args, style),
         Command::Status(args) => show_status(args),
         Command::Gc(args) => collect_garbage(args),
+        Command::Remove(args) => remove(args),
         Command::List(args) => list_snapshots(args),
         Command::Log(args) => show_log(args),
         Command::Rollback(args) => roll_back(args),
@@ -171,6 +172,35 @@ fn collect_garbage(args: GcArgs) -> Outcome {
     );
     for commit in &report.removed {
         println!("removed {commit}");
+    }
+    Ok(0)
+}
+
+fn remove(args: RemoveArgs) -> Outcome {
+    use dagsnap::ops::remove::{self, RemoveError};
+    let root = args.root.locate().map_err(usage)?;
+    let code = |e: &RemoveError| match e {
+        RemoveError::Store(StoreError::Lock(_)) | RemoveError::Store(StoreError::Io(_)) => {
+            EXIT_FAILED
+        }
+        _ => EXIT_USAGE,
+    };
+    if args.all {
+        let removed =
+            remove::everything(&root, args.lock_timeout).map_err(|e| (code(&e), e.to_string()))?;
+        for path in removed {
+            println!("removed {}", path.display());
+        }
+        println!(
+            "{} itself is left in place (it may be a mount point)",
+            root.path().display()
+        );
+    } else {
+        let removed = remove::snapshots(&root, &args.commits, args.lock_timeout)
+            .map_err(|e| (code(&e), e.to_string()))?;
+        for commit in removed {
+            println!("removed snapshot {commit}");
+        }
     }
     Ok(0)
 }

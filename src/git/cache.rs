@@ -666,11 +666,52 @@ fn remote_error(
     if interrupt.load(Ordering::Relaxed) {
         return SourceError::Cancelled;
     }
+    let mut cause = error_chain(err);
+    if let (Some(path), "connect to" | "list refs of") = (remote.local_path(), during) {
+        if let Some(said) = local_server_says(&path) {
+            cause = format!("{cause} | git upload-pack: {said}");
+        }
+    }
     SourceError::Remote {
         during,
         url: remote.display_url(),
-        cause: remote.redactor().redact(&error_chain(err)),
+        cause: remote.redactor().redact(&cause),
     }
+}
+
+/// What `git upload-pack`, the server side of a local remote, says when asked for its refs.
+/// gix runs it with its error output discarded, so a refusal (a repository owned by another
+/// user: "dubious ownership") reaches dagsnap only as a closed pipe. Asked again, after a
+/// failure only, and for at most a few seconds.
+fn local_server_says(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("git")
+        .args(["upload-pack", "--advertise-refs"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut said = String::new();
+    child
+        .stderr
+        .take()?
+        .take(4096)
+        .read_to_string(&mut said)
+        .ok()?;
+    let said = crate::git::diagnose::one_line(&said);
+    (!said.is_empty()).then_some(said)
 }
 
 /// Add what ssh said (its log of this fetch) to a remote failure: gix only sees the connection

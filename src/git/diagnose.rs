@@ -15,6 +15,13 @@ pub struct Diagnosis {
 /// Patterns, most specific first: a changed host key also reads "Host key verification failed".
 const KNOWN: &[(&[&str], Diagnosis)] = &[
     (
+        &["dubious ownership"],
+        Diagnosis {
+            reason: "git refuses to serve this repository because another user owns it (\"dubious ownership\")",
+            fix: "run dagsnap as the repository's owner, or mark it safe for the user dagsnap runs as: `git config --global --add safe.directory PATH` in that user's HOME (or in GIT_CONFIG_GLOBAL)",
+        },
+    ),
+    (
         &["REMOTE HOST IDENTIFICATION HAS CHANGED"],
         Diagnosis {
             reason: "the server's SSH host key does not match the known hosts file",

@@ -131,6 +131,12 @@ impl Remote {
                     .is_some_and(|head| head.contains(':')))
     }
 
+    /// The path of a repository on this machine (`file://` or a plain path).
+    pub fn local_path(&self) -> Option<PathBuf> {
+        let path = self.url.strip_prefix("file://").unwrap_or(&self.url);
+        path.starts_with('/').then(|| PathBuf::from(path))
+    }
+
     /// True for `http://` and `https://` remotes.
     pub(super) fn is_http(&self) -> bool {
         let lower = self.url.to_ascii_lowercase();

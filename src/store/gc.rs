@@ -3,8 +3,9 @@
 //!
 //! A snapshot is kept if any of these holds:
 //! - the link points at it, or an operator pinned it;
-//! - it is among the `keep` most recently live snapshots (for rollback; snapshots that were
-//!   never linked, such as those built while the root is pinned, do not count);
+//! - it is among the `keep` most recently live snapshots besides the current and the pinned one
+//!   (for rollback; snapshots that were never linked, such as those built while the root is
+//!   pinned, do not count);
 //! - it was active less than `grace` ago. "Active" means current, or built: a snapshot stops
 //!   being active when the link moves away from it ("retired"), and one that was never linked
 //!   counts from when it was built, so a publisher that just installed a snapshot and waits for
@@ -15,9 +16,10 @@
 //! from its attribute cache for up to a minute (`actimeo`, 60 s by default). `grace` must exceed
 //! both; the default is 10 minutes.
 //!
-//! Deletion is two-phase. Under the root's lock, doomed snapshots are renamed into
-//! `.dagsnap/trash/` (one `rename(2)` each, so the lock is held for milliseconds, and no
-//! publisher can decide to link a snapshot that is being deleted). After the lock is released,
+//! Deletion is two-phase. Under the root's lock, doomed snapshots are renamed to
+//! `snapshots/.trash-*` (one `rename(2)` each, so the lock is held for milliseconds, and no
+//! publisher can decide to link a snapshot that is being deleted; within the directory, because
+//! a non-root user cannot move a read-only directory to another parent). After the lock is released,
 //! the trash is emptied; that may take long on NFS and blocks nobody. Symlinks are removed, never
 //! followed, and write permission is restored only inside what is deleted.
 
@@ -97,9 +99,11 @@ pub fn plan(
         let protected = Some(&commit) == current.as_ref() || Some(&commit) == pinned.as_ref();
         let recent = now.duration_since(active).unwrap_or_default() < policy.grace;
         // Rollback candidates are snapshots readers have seen; one that was never linked does
-        // not take the place of one that was.
-        let within_keep = linked && rank < policy.keep;
-        if linked {
+        // not take the place of one that was. The current and the pinned snapshot are kept
+        // anyway and do not count: `--keep N` is N to go back to.
+        let candidate = linked && !protected;
+        let within_keep = candidate && rank < policy.keep;
+        if candidate {
             rank += 1;
         }
         if protected || within_keep || recent {

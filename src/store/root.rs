@@ -14,7 +14,7 @@
 //!     manifests/<sha>.json, .entries      what each snapshot holds
 //!     snapshots/<sha>/                    complete, read-only trees
 //!     snapshots/.staging-<host>.<pid>.<time>.<n>   trees being written; never linked
-//!     trash/                              snapshots being deleted, outside the lock
+//!     snapshots/.trash-*                  snapshots being deleted, outside the lock
 //! ```
 //!
 //! This module owns every path under ROOT (the record files' names are [`Records`]' own, inside
@@ -46,7 +46,13 @@ const LOCK_FILE: &str = "lock";
 /// commands run without `--link`.
 const LINK_FILE: &str = "link";
 const DEFAULT_LINK: &str = "current";
-const TRASH_DIR: &str = "trash";
+/// Prefix of snapshots and staging directories on their way out. They are renamed within
+/// `snapshots/`: moving a directory to another parent rewrites its `..` entry, which needs
+/// write permission on the directory itself, and snapshots are read-only (`0555`), so a
+/// non-root publisher could not move them anywhere else.
+const TRASH_PREFIX: &str = ".trash-";
+/// Where dagsnap before 0.2 put the trash (emptied if found).
+const LEGACY_TRASH_DIR: &str = "trash";
 /// Directories a fresh filesystem brings along; their presence does not make a root foreign.
 const FILESYSTEM_ENTRIES: &[&str] = &["lost+found"];
 /// How far in the future (by this host's clock) another publisher's observation of the remote
@@ -835,6 +841,44 @@ impl Root {
         Ok(())
     }
 
+    /// Whether a sync loop of this root is running, on any host that shares its locks.
+    pub fn publishers_running(&self) -> Result<bool, StoreError> {
+        records::claims::publishers_running(&self.store())
+    }
+
+    /// Remove everything dagsnap made in this root: the link and its leftover temporaries,
+    /// `.airflowignore` if it is still the one dagsnap wrote, the store with every snapshot
+    /// (write permission is restored inside it first), and the link's directories if that leaves
+    /// them empty. The root directory itself stays: it may be a mount point. Returns what went.
+    ///
+    /// The caller makes sure no publisher runs; readers lose their files.
+    pub fn remove_everything(&self, _lock: RootLock) -> Result<Vec<PathBuf>, StoreError> {
+        let mut removed = Vec::new();
+        let link = self.link_path();
+        if self.current().ok().flatten().is_some() {
+            fs::remove_file(&link).at("remove", &link)?;
+            removed.push(link.clone());
+        }
+        link::remove_stale_temporaries(&link)?;
+        let ignore = self.root.join(AIRFLOWIGNORE);
+        if fs::read_to_string(&ignore).is_ok_and(|text| text == format!("{STORE_DIR}\n")) {
+            fs::remove_file(&ignore).at("remove", &ignore)?;
+            removed.push(ignore);
+        }
+        // The lock lives in the store; it is released with the deleted file.
+        fsutil::remove_tree(&self.store())?;
+        removed.push(self.store());
+        let mut dir = link.parent().map(Path::to_path_buf);
+        while let Some(parent) = dir.filter(|d| *d != self.root && d.starts_with(&self.root)) {
+            if fs::remove_dir(&parent).is_err() {
+                break;
+            }
+            removed.push(parent.clone());
+            dir = parent.parent().map(Path::to_path_buf);
+        }
+        Ok(removed)
+    }
+
     /// Move an abandoned staging directory into the trash.
     pub fn move_staging_to_trash(
         &self,
@@ -844,15 +888,11 @@ impl Root {
         self.move_to_trash(&staging.path, "staging")
     }
 
+    /// Rename `path` (an entry of `snapshots/`) to a trash name in the same directory.
     fn move_to_trash(&self, path: &Path, label: &str) -> Result<(), StoreError> {
-        let trash = self.store().join(TRASH_DIR);
-        match fs::create_dir(&trash) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(IoError::new("create", &trash, e).into())
-            }
-            _ => {}
-        }
-        let destination = trash.join(format!("{label}.{}", fsutil::unique_suffix()));
+        let destination = self
+            .snapshots()
+            .join(format!("{TRASH_PREFIX}{label}.{}", fsutil::unique_suffix()));
         match fs::rename(path, &destination) {
             // Someone else moved it first.
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -863,18 +903,29 @@ impl Root {
     /// Delete everything in the trash; returns how many entries went. Entries another process
     /// is deleting at the same time are skipped without error.
     pub fn empty_trash(&self) -> Result<usize, StoreError> {
-        let trash = self.store().join(TRASH_DIR);
-        let entries = match fs::read_dir(&trash) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            other => other.at("list", &trash)?,
-        };
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry.at("list", &trash)?;
-            fsutil::remove_tree(&entry.path())?;
-            removed += 1;
+        let mut doomed = Vec::new();
+        for dir in [self.snapshots(), self.store().join(LEGACY_TRASH_DIR)] {
+            let entries = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                other => other.at("list", &dir)?,
+            };
+            for entry in entries {
+                let entry = entry.at("list", &dir)?;
+                let legacy = dir.ends_with(LEGACY_TRASH_DIR);
+                if legacy
+                    || entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(TRASH_PREFIX)
+                {
+                    doomed.push(entry.path());
+                }
+            }
         }
-        Ok(removed)
+        for path in &doomed {
+            fsutil::remove_tree(path)?;
+        }
+        Ok(doomed.len())
     }
 
     /// What the snapshot of `commit` is, as recorded when it was built; `None` when there is

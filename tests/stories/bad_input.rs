@@ -305,3 +305,29 @@ fn help_describes_each_command_s_own_flags() {
         assert!(sync.contains(heading), "{heading} in {sync}");
     }
 }
+
+#[test]
+fn a_local_repository_of_another_user_says_why_git_refuses_it() {
+    if !nix::unistd::geteuid().is_root() {
+        skip(
+            "root, to give the repository to another uid",
+            "this is not root",
+        );
+        return;
+    }
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "a\n")], "one");
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&remote.dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = sync_once(&Scratch::new(), &remote.url(), &[]);
+    let line = assert_one_clear_line(&out, 1, "dubious ownership");
+    assert!(line.contains("safe.directory"), "{line}");
+    assert!(
+        !line.contains("check the URL"),
+        "not blamed on the URL: {line}"
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::support::*;
@@ -117,7 +118,7 @@ fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
     let scratch = Scratch::new();
     let commits = publish_versions(&remote, &scratch, 3, "v");
     // Evict the oldest.
-    assert!(run(&scratch, &["gc", "--keep", "2", "--grace", "0s"])
+    assert!(run(&scratch, &["gc", "--keep", "1", "--grace", "0s"])
         .status
         .success());
     let before = reader_view(&scratch.root());
@@ -520,4 +521,94 @@ fn a_pin_without_a_reason_is_logged_without_an_empty_one() {
         .unwrap()
         .to_string();
     assert!(!line.contains("reason="), "{line}");
+}
+
+#[test]
+fn a_non_root_operator_removes_a_snapshot_and_then_the_whole_root() {
+    if !nix::unistd::geteuid().is_root() {
+        skip("root, to hand the root to another uid", "this is not root");
+        return;
+    }
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let v = publish_versions(&remote, &scratch, 3, "v");
+    let root = scratch.root();
+    // The root belongs to the uid the sidecar runs as; the operator is that uid too.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65533:65533"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    std::fs::set_permissions(
+        scratch.tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let as_operator = |args: &[&str]| {
+        dagsnap_via(
+            &[
+                "setpriv",
+                "--reuid=65533",
+                "--regid=65533",
+                "--clear-groups",
+            ],
+            Path::new("/"),
+        )
+        .args(args)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap()
+    };
+    // The premise: read-only snapshots defeat rm -rf for anyone but root.
+    let rm = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            "rm",
+            "-rf",
+        ])
+        .arg(root.join(SNAPSHOTS).join(&v[0]))
+        .output()
+        .unwrap();
+    assert!(
+        !rm.status.success(),
+        "rm -rf worked; the story's premise is wrong"
+    );
+
+    let out = as_operator(&["remove", &v[0][..8]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.join(SNAPSHOTS).join(&v[0]).exists());
+    let out = as_operator(&["remove", &v[2]]);
+    assert_one_clear_line(&out, 2, "is live");
+
+    // Not while a sync loop of the root runs.
+    let mut daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--period", "1h", "--log-level", "debug"],
+    );
+    wait_until(Duration::from_secs(30), "the loop's first poll", || {
+        daemon.logs().contains("up to date")
+    });
+    let out = as_operator(&["remove", "--all"]);
+    assert_one_clear_line(&out, 2, "are running");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    // The loop ran as root and wrote as root; hand it back.
+    std::process::Command::new("chown")
+        .args(["-R", "65533:65533"])
+        .arg(&root)
+        .status()
+        .unwrap();
+
+    let out = as_operator(&["remove", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "the root is empty"
+    );
 }

@@ -41,7 +41,8 @@ fn gc_keeps_the_current_the_newest_and_the_recent_and_deletes_the_rest() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(snapshots(&scratch).len(), 6);
 
-    let out = gc(&scratch, &["--keep", "2", "--grace", "0s"]);
+    // --keep counts what can be rolled back to, besides the current snapshot.
+    let out = gc(&scratch, &["--keep", "1", "--grace", "0s"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut expected = published_commits[4..].to_vec();
     expected.sort();
@@ -135,4 +136,75 @@ fn gc_removes_staging_directories_abandoned_by_dead_publishers_on_any_host() {
         "a fresh one may belong to a live publisher and stays"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 abandoned staging"));
+}
+
+#[test]
+fn a_non_root_publisher_retires_its_read_only_snapshots() {
+    if !nix::unistd::geteuid().is_root() {
+        skip(
+            "root, to run the publisher as another uid",
+            "this is not root",
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    for dir in [remote.dir.parent().unwrap(), scratch.tmp.path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for dir in [scratch.root(), scratch.cache()] {
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65533), Some(65533)).unwrap();
+    }
+    let gitconfig = scratch.path("gitconfig");
+    std::fs::write(&gitconfig, "[safe]\n\tdirectory = *\n").unwrap();
+    let publish = || {
+        dagsnap_via(
+            &[
+                "setpriv",
+                "--reuid=65533",
+                "--regid=65533",
+                "--clear-groups",
+            ],
+            std::path::Path::new("/"),
+        )
+        .args([
+            "sync",
+            "--one-time",
+            "--keep",
+            "1",
+            "--grace",
+            "0s",
+            "--repo",
+            &remote.url(),
+        ])
+        .arg("--root")
+        .arg(scratch.root())
+        .arg("--cache-dir")
+        .arg(scratch.cache())
+        // The repository belongs to root; git serves it to another uid only if told it is safe.
+        .env("GIT_CONFIG_GLOBAL", &gitconfig)
+        .output()
+        .unwrap()
+    };
+    let mut last = String::new();
+    for n in 0..4 {
+        last = remote.commit(&[("a.py", &format!("{n}\n"))], &format!("v{n}"));
+        let out = publish();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("could not remove old snapshots"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(assert_root_valid(&scratch.root()), last);
+    let snapshots = std::fs::read_dir(scratch.root().join(SNAPSHOTS))
+        .unwrap()
+        .count();
+    assert_eq!(
+        snapshots, 2,
+        "the live one and one for rollback; nothing in the trash"
+    );
 }

@@ -89,6 +89,15 @@ pub(in crate::store) fn claim(
     Ok(Claim { _shared: lock })
 }
 
+/// Whether any publisher of the root in `store` is running (holds its shared claim).
+pub(in crate::store) fn publishers_running(store: &Path) -> Result<bool, StoreError> {
+    let publishers = store.join(PUBLISHERS_FILE);
+    if !publishers.exists() {
+        return Ok(false);
+    }
+    Ok(FileLock::try_exclusive(&publishers)?.is_none())
+}
+
 /// The repository and ref recorded for the root in `store`, if readable.
 pub(in crate::store) fn source(store: &Path) -> Result<Option<SourceRecord>, StoreError> {
     let path = store.join(SOURCE_FILE);
