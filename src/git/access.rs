@@ -334,6 +334,53 @@ impl Access {
     }
 }
 
+/// The proxy that the HTTP client takes from the environment for `url`, as reqwest does:
+/// `HTTPS_PROXY` for https and `HTTP_PROXY` for http URLs, else `ALL_PROXY` (upper or lower case),
+/// unless `NO_PROXY` names the host (`*`, the host, or a domain it is in). Returns the variable
+/// and the proxy, its credentials masked.
+pub fn proxy_for(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest
+        .split(['/', '?'])
+        .next()?
+        .rsplit('@')
+        .next()?
+        .trim_start_matches('[');
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(host, _)| host)
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let variable = |name: &str| {
+        [name.to_string(), name.to_ascii_lowercase()]
+            .into_iter()
+            .find_map(|v| {
+                std::env::var(&v)
+                    .ok()
+                    .filter(|x| !x.trim().is_empty())
+                    .map(|x| (v, x))
+            })
+    };
+    if let Some((_, exempt)) = variable("NO_PROXY") {
+        let exempt = exempt
+            .split(',')
+            .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase());
+        for entry in exempt.filter(|e| !e.is_empty()) {
+            if entry == "*" || host == entry || host.ends_with(&format!(".{entry}")) {
+                return None;
+            }
+        }
+    }
+    let own = match scheme.to_ascii_lowercase().as_str() {
+        "https" => "HTTPS_PROXY",
+        "http" => "HTTP_PROXY",
+        _ => return None,
+    };
+    let (name, proxy) = variable(own).or_else(|| variable("ALL_PROXY"))?;
+    Some((name, Redactor::for_url(&proxy).redact(&proxy)))
+}
+
 fn certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, AccessError> {
     let failed = |cause: String| AccessError::CaFile {
         path: path.to_path_buf(),
@@ -396,6 +443,39 @@ mod tests {
             cmd.contains("-o Port=2222") && cmd.contains("BatchMode=yes"),
             "{cmd}"
         );
+    }
+
+    #[test]
+    fn the_proxy_of_a_url_is_found_as_the_http_client_finds_it() {
+        // One test owns these variables: tests run in threads of one process.
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            std::env::remove_var(var);
+        }
+        assert_eq!(proxy_for("https://git.example.com/a.git"), None);
+        std::env::set_var("https_proxy", "http://user:s3cret@proxy.corp:3128");
+        assert_eq!(
+            proxy_for("https://git.example.com/a.git"),
+            Some((
+                "https_proxy".into(),
+                "http://<redacted>@proxy.corp:3128".into()
+            ))
+        );
+        assert_eq!(proxy_for("http://git.example.com/a.git"), None);
+        std::env::set_var("NO_PROXY", "localhost,.example.com");
+        assert_eq!(proxy_for("https://git.example.com:8443/a.git"), None);
+        assert!(proxy_for("https://git.other.org/a.git").is_some());
+        for var in ["https_proxy", "NO_PROXY"] {
+            std::env::remove_var(var);
+        }
     }
 
     #[test]

@@ -107,6 +107,39 @@ const KNOWN: &[(&[&str], Diagnosis)] = &[
     ),
 ];
 
+/// How a request through an HTTP proxy failed, when it failed on the way to the proxy or in it:
+/// the start of a sentence that names the proxy next.
+pub fn explain_proxy_failure(text: &str) -> Option<&'static str> {
+    const FAILURES: &[(&[&str], &str)] = &[
+        (
+            &["tunnel", "Proxy"],
+            "the proxy refused or failed to reach the git host:",
+        ),
+        (&["Connection refused"], "cannot connect to"),
+        (
+            &[
+                "dns error",
+                "failed to lookup address",
+                "Name or service not known",
+            ],
+            "cannot resolve the host name of",
+        ),
+        (
+            &[
+                "Network is unreachable",
+                "No route to host",
+                "timed out",
+                "Timeout",
+            ],
+            "cannot reach",
+        ),
+    ];
+    FAILURES
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| text.contains(n)))
+        .map(|(_, what)| *what)
+}
+
 /// Recognize `text` (an error chain, possibly with ssh's own log appended).
 pub fn explain(text: &str) -> Option<Diagnosis> {
     KNOWN

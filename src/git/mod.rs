@@ -52,7 +52,7 @@ pub enum SourceError {
     CacheIo(#[from] IoError),
     #[error("cache repository {} is unusable: {cause}; delete the directory and dagsnap will re-create it", dir.display())]
     CacheRepo { dir: PathBuf, cause: String },
-    #[error("cannot {during} {url}: {}", describe(during, cause))]
+    #[error("cannot {during} {url}: {}", describe(during, url, cause))]
     Remote {
         during: &'static str,
         url: String,
@@ -90,7 +90,7 @@ pub enum SourceError {
 
 /// The cause of a remote failure, led by what to do about it when it is recognized. Failing to
 /// reach or list a remote is otherwise almost always the URL, the network or credentials.
-fn describe(during: &str, cause: &str) -> String {
+fn describe(during: &str, url: &str, cause: &str) -> String {
     let mut cause = crate::git::diagnose::one_line(cause);
     // ssh's warnings run long; the first part says what happened.
     if cause.len() > 600 {
@@ -100,6 +100,14 @@ fn describe(during: &str, cause: &str) -> String {
             .unwrap_or(0);
         cause.truncate(cut);
         cause.push_str(" …");
+    }
+    // Through a proxy, a connection that fails is the connection to the proxy.
+    if let Some((variable, proxy)) = access::proxy_for(url) {
+        if let Some(what) = crate::git::diagnose::explain_proxy_failure(&cause) {
+            return format!(
+                "{what} the proxy {proxy} (from {variable}); check that it runs and is reachable from here, or exempt the git host with NO_PROXY (details: {cause})"
+            );
+        }
     }
     match crate::git::diagnose::explain(&cause) {
         Some(d) => format!("{}; {} (details: {cause})", d.reason, d.fix),

@@ -295,6 +295,42 @@ fn a_host_name_that_does_not_resolve_says_so() {
 }
 
 #[test]
+fn a_proxy_that_is_down_is_named_instead_of_the_git_host() {
+    // In a network namespace with only loopback (down), so nothing leaves the machine.
+    let probe = Command::new("unshare").args(["-n", "true"]).status();
+    if !probe.map(|s| s.success()).unwrap_or(false) {
+        skip("a network namespace", "unshare -n failed");
+        return;
+    }
+    let scratch = Scratch::new();
+    let out = dagsnap_via(&["unshare", "-n"], scratch.tmp.path())
+        .args([
+            "sync",
+            "--one-time",
+            "--repo",
+            "https://git.dagsnap-test.invalid/dags.git",
+            "--root",
+        ])
+        .arg(scratch.root())
+        .arg("--cache-dir")
+        .arg(scratch.cache())
+        .env("HTTPS_PROXY", "http://proxy-user:pr0xy-pass@127.0.0.1:9")
+        .output()
+        .unwrap();
+    let line = assert_one_clear_line(
+        &out,
+        1,
+        "the proxy http://<redacted>@127.0.0.1:9 (from HTTPS_PROXY)",
+    );
+    assert!(line.contains("NO_PROXY"), "{line}");
+    assert!(!line.contains("pr0xy-pass"), "{line}");
+    assert!(
+        !line.contains("does not resolve"),
+        "the git host is not blamed: {line}"
+    );
+}
+
+#[test]
 fn a_silent_https_server_is_cut_off_by_the_sync_timeout_and_the_loop_survives() {
     let silent = SilentServer::start();
     let url = format!("https://127.0.0.1:{}/dags.git", silent.port);

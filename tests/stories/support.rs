@@ -287,7 +287,9 @@ pub fn dagsnap_via(wrapper: &[&str], home: &Path) -> Command {
         }
     };
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("DAGSNAP_") {
+        let name = key.to_string_lossy().to_ascii_uppercase();
+        // Nothing from the developer's shell: no settings, no proxy between us and 127.0.0.1.
+        if name.starts_with("DAGSNAP_") || name.ends_with("_PROXY") {
             cmd.env_remove(key);
         }
     }
