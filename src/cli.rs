@@ -55,6 +55,8 @@ pub enum Command {
     Gc(GcArgs),
     /// Delete retained snapshots by name, or (--all) everything dagsnap made in a root.
     Remove(RemoveArgs),
+    /// List this machine's private caches; --prune deletes those whose root is gone.
+    Caches(CachesArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -208,7 +210,7 @@ impl SyncArgs {
 /// `$XDG_CACHE_HOME/dagsnap`, else `$HOME/.cache/dagsnap`, else `dagsnap-<uid>` in the temp
 /// dir: whichever is writable first. Containers often run as a uid without a home (HOME=/), so
 /// the fallback matters; it is per uid because another user could create a shared one first.
-fn default_cache_base() -> PathBuf {
+pub fn default_cache_base() -> PathBuf {
     let candidates = [
         std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
         std::env::var_os("HOME")
@@ -355,6 +357,21 @@ pub struct GcArgs {
     /// How long to wait for a publisher holding the root's lock.
     #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CachesArgs {
+    /// Where the caches are. Default: where `sync` puts them without --cache-dir.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+
+    /// Delete the caches (not in use) whose root no longer exists.
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Print JSON instead of text.
+    #[arg(long, env = "DAGSNAP_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

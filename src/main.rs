@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use dagsnap::cli::{
-    Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RemoveArgs, RollbackArgs,
-    StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
+    CachesArgs, Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RemoveArgs,
+    RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
 };
 use dagsnap::daemon::publish::{Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
-use dagsnap::git::{error_chain, Remote, Target};
+use dagsnap::git::{Remote, Target};
 use dagsnap::ops::status;
 use dagsnap::ops::{history, verify};
 use dagsnap::progress::Style;
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Status(args) => show_status(args),
         Command::Gc(args) => collect_garbage(args),
         Command::Remove(args) => remove(args),
+        Command::Caches(args) => caches(args),
         Command::List(args) => list_snapshots(args),
         Command::Log(args) => show_log(args),
         Command::Rollback(args) => roll_back(args),
@@ -119,8 +120,9 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         },
         retention: args.retention.policy(),
     };
-    let publisher = Publisher::open(root, remote, &cache_dir, settings)
-        .map_err(|e| (EXIT_USAGE, redactor.redact(&error_chain(&e))))?;
+    let open: daemon::Opener = std::sync::Arc::new(move || {
+        Publisher::open(root.clone(), remote.clone(), &cache_dir, settings)
+    });
     let schedule = Schedule {
         period: args.period,
         sync_timeout: args.sync_timeout,
@@ -133,8 +135,9 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
-    match runtime.block_on(daemon::run(publisher, schedule, style)) {
+    match runtime.block_on(daemon::run(open, schedule, style)) {
         Ok(Exit::Clean) => Ok(0),
+        Ok(Exit::Unusable { message }) => Err((EXIT_USAGE, redactor.redact(&message))),
         Ok(Exit::GaveUp {
             failures,
             last_error,
@@ -201,6 +204,36 @@ fn remove(args: RemoveArgs) -> Outcome {
         for commit in removed {
             println!("removed snapshot {commit}");
         }
+    }
+    Ok(0)
+}
+
+fn caches(args: CachesArgs) -> Outcome {
+    use dagsnap::ops::caches;
+    let base = args.base.unwrap_or_else(dagsnap::cli::default_cache_base);
+    let failed = |e: std::io::Error| (EXIT_FAILED, format!("cannot read {}: {e}", base.display()));
+    let shown = if args.prune {
+        caches::prune(&base).map_err(failed)?
+    } else {
+        caches::list(&base).map_err(failed)?
+    };
+    if args.json {
+        print_json(&shown)?;
+    } else if args.prune {
+        for cache in &shown {
+            println!(
+                "removed {} (its root {} is gone)",
+                cache.dir.display(),
+                cache
+                    .root
+                    .as_deref()
+                    .map(|r| r.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+        println!("pruned {} cache(s) under {}", shown.len(), base.display());
+    } else {
+        print!("{}", caches::render(&shown));
     }
     Ok(0)
 }

@@ -4,4 +4,4 @@
 pub mod publish;
 mod run;
 
-pub use run::{run, Exit, Schedule};
+pub use run::{run, Exit, Opener, Schedule};

@@ -12,8 +12,8 @@ use crate::store::gc;
 use crate::store::lock::LockError;
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::store::{
-    Cause, Claim, Decision, Installed, Manifest, Pin, Publication, Root, RootLock, SourceRecord,
-    StoreError,
+    Cause, Claim, Created, Decision, Installed, Manifest, Pin, Publication, Root, RootLock,
+    SourceRecord, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,12 @@ impl PublishError {
             PublishError::Source(SourceError::Cancelled)
                 | PublishError::Snapshot(SnapshotError::Cancelled)
         )
+    }
+
+    /// True when another process holds this publisher's cache (the same configuration started
+    /// twice on one host).
+    pub fn is_cache_busy(&self) -> bool {
+        matches!(self, PublishError::Source(SourceError::CacheInUse { .. }))
     }
 
     /// True when another publisher of the same root got in the way (its lock was held past
@@ -121,7 +127,9 @@ pub struct Publisher {
     remote: Remote,
     cache: Cache,
     settings: Settings,
-    _claim: Claim,
+    claim: Claim,
+    /// What this start created under the root, taken back if it never publishes anything.
+    created: Created,
 }
 
 impl Publisher {
@@ -136,21 +144,58 @@ impl Publisher {
         settings: Settings,
     ) -> Result<Publisher, PublishError> {
         refuse_cache_inside_root(cache_dir, root.path())?;
-        root.adopt()?;
-        let source = SourceRecord {
-            repo: remote.display_url(),
-            ref_name: remote.target.to_string(),
-        };
-        let claim = root.claim(&source, settings.lock_timeout)?;
-        root.record_link()?;
-        let cache = Cache::open(cache_dir, &remote)?;
-        Ok(Publisher {
+        let created = root.adopt()?;
+        let opened = (|| {
+            let source = SourceRecord {
+                repo: remote.display_url(),
+                ref_name: remote.target.to_string(),
+            };
+            let claim = root.claim(&source, settings.lock_timeout)?;
+            root.record_link()?;
+            let cache = Cache::open(cache_dir, &remote, root.path())?;
+            Ok::<_, PublishError>((claim, cache))
+        })();
+        match opened {
+            Ok((claim, cache)) => Ok(Publisher {
+                root,
+                remote,
+                cache,
+                settings,
+                claim,
+                created,
+            }),
+            Err(e) => {
+                root.undo_first_start(&created);
+                Err(e)
+            }
+        }
+    }
+
+    /// The publisher failed for good without ever publishing: take back what its start
+    /// created (the root, its store, the private cache), unless another publisher uses the
+    /// root meanwhile or something was published. A first try with a wrong URL or token leaves
+    /// nothing behind.
+    pub fn abandon_first_start(self) {
+        let Publisher {
             root,
-            remote,
             cache,
-            settings,
-            _claim: claim,
-        })
+            claim,
+            created,
+            ..
+        } = self;
+        // Our own claim must not count as a running publisher.
+        drop(claim);
+        if root.current().ok().flatten().is_some() || root.publishers_running().unwrap_or(true) {
+            return;
+        }
+        let mut removed = root.undo_first_start(&created);
+        if let Some(dir) = cache.remove_if_created() {
+            removed.push(dir);
+        }
+        if !removed.is_empty() {
+            let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+            tracing::info!(removed = %removed.join(", "), "nothing was published; removed what this first start created");
+        }
     }
 
     pub fn root(&self) -> &Root {

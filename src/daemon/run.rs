@@ -39,7 +39,16 @@ pub enum Exit {
     Clean,
     /// The failure budget ran out.
     GaveUp { failures: u64, last_error: String },
+    /// The publisher could not start (a wrong setting, an unusable root or cache): retrying
+    /// will not help.
+    Unusable { message: String },
 }
+
+/// Opens the publisher; called again while the cache is busy (see [`run`]).
+pub type Opener = Arc<dyn Fn() -> Result<Publisher, PublishError> + Send + Sync>;
+
+/// While another process holds the cache, how often to try to take it over.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// After SIGTERM, how long a cycle in flight may take to wind down before the process exits
 /// anyway (Kubernetes sends SIGKILL 30 s after SIGTERM by default). Whatever it leaves behind
@@ -50,10 +59,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// its transport processes are killed.
 const HELPER_GRACE: Duration = Duration::from_secs(1);
 
-pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std::io::Result<Exit> {
+/// Open the publisher (standing by while its cache is busy), then run cycles until a signal, a
+/// one-time success, or the failure budget ends the loop.
+pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Result<Exit> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let publisher = match stand_by(&open, &mut sigterm, &mut sigint).await {
+        Ok(Some(publisher)) => publisher,
+        Ok(None) => return Ok(Exit::Clean),
+        Err(message) => return Ok(Exit::Unusable { message }),
+    };
     let reporter = Reporter::start(style, schedule.progress_interval);
     let redactor = publisher.remote().redactor().clone();
     let mut publisher = Some(publisher);
@@ -161,6 +177,9 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
                     .failure_budget
                     .is_some_and(|budget| failures > budget)
                 {
+                    if let Some(publisher) = publisher.take() {
+                        publisher.abandon_first_start();
+                    }
                     return Ok(Exit::GaveUp {
                         failures,
                         last_error: message,
@@ -179,6 +198,48 @@ pub async fn run(publisher: Publisher, schedule: Schedule, style: Style) -> std:
                 return Ok(Exit::Clean);
             }
             _ = sighup.recv() => tracing::info!("SIGHUP received; syncing now"),
+        }
+    }
+}
+
+/// Open the publisher. A second process started with the same configuration on one host finds
+/// the cache busy: instead of exiting (and being restarted by its supervisor, over and over), it
+/// stands by, says so once, and takes over when the first one stops. A signal ends the wait.
+/// Any other failure to open is returned: retrying will not help.
+async fn stand_by(
+    open: &Opener,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<Option<Publisher>, String> {
+    let mut waiting = false;
+    loop {
+        let attempt = tokio::task::spawn_blocking({
+            let open = Arc::clone(open);
+            move || open()
+        })
+        .await
+        .map_err(|e| format!("internal error while starting: {e}"))?;
+        match attempt {
+            Ok(publisher) => {
+                if waiting {
+                    tracing::info!("the cache is free; taking over");
+                }
+                return Ok(Some(publisher));
+            }
+            Err(e) if e.is_cache_busy() => {
+                if !waiting {
+                    tracing::info!(reason = %render(&e), "standing by: another dagsnap process with this configuration runs on this host; this one takes over when it stops");
+                    waiting = true;
+                }
+            }
+            Err(e) => return Err(render(&e)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = terminate(sigterm, sigint) => {
+                tracing::info!("stop requested while standing by; exiting");
+                return Ok(None);
+            }
         }
     }
 }

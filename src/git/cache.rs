@@ -49,13 +49,32 @@ pub struct CommitInfo {
     pub commit_time: i64,
 }
 
-/// What the cache was created for; a mismatch means the directory is re-initialized.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct CacheRecord {
-    layout: u32,
-    url: String,
-    depth: u32,
+/// What the cache was created for (`cache.json`, its completion marker): another layout, URL
+/// or depth means the directory is re-initialized. The root it publishes into is recorded too,
+/// so that `dagsnap caches --prune` can tell caches of roots that are gone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheRecord {
+    pub layout: u32,
+    pub url: String,
+    pub depth: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
 }
+
+impl CacheRecord {
+    fn same_fetch(&self, other: &CacheRecord) -> bool {
+        (self.layout, &self.url, self.depth) == (other.layout, &other.url, other.depth)
+    }
+
+    /// The record of the cache in `dir`, if it has a readable one.
+    pub fn read(dir: &Path) -> Option<CacheRecord> {
+        let bytes = std::fs::read(dir.join(MARKER)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// The completion marker: written last when a cache is created.
+const MARKER: &str = "cache.json";
 
 /// A publisher's private bare repository plus the lock that makes it private.
 pub struct Cache {
@@ -68,6 +87,8 @@ pub struct Cache {
     resolved: Option<String>,
     /// Set when the cache should be re-created before the next fetch.
     reset_due: bool,
+    /// This process created the cache directory (see [`Cache::remove_if_created`]).
+    created_dir: bool,
     _lock: FileLock,
 }
 
@@ -89,24 +110,28 @@ impl Cache {
     ///    so any lock file in it was left by a predecessor that was killed mid-fetch, and gix
     ///    would otherwise refuse every later fetch;
     /// 4. open `repo.git`, or initialize it and then write the marker.
-    pub fn open(dir: &Path, remote: &Remote) -> Result<Cache, SourceError> {
-        prepare_private_dir(dir)?;
+    pub fn open(dir: &Path, remote: &Remote, root: &Path) -> Result<Cache, SourceError> {
+        let created_dir = prepare_private_dir(dir)?;
         let lock = lock_cache(dir)?;
         let record = CacheRecord {
             layout: CACHE_LAYOUT_VERSION,
             url: remote.display_url(),
             depth: remote.depth,
+            root: Some(std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf())),
         };
         let config = cache_config(remote, &dir.join(SSH_LOG));
-        let marker = dir.join("cache.json");
+        let marker = dir.join(MARKER);
         let repo_dir = dir.join("repo.git");
         remove_stale_lock_files(&repo_dir)?;
-        let existing: Option<CacheRecord> = std::fs::read(&marker)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        let repo = match existing {
-            Some(found) if found == record => match open_repo(&repo_dir, &config) {
-                Ok(repo) => repo,
+        let repo = match CacheRecord::read(dir) {
+            Some(found) if found.same_fetch(&record) => match open_repo(&repo_dir, &config) {
+                Ok(repo) => {
+                    if found.root != record.root {
+                        let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
+                        fsutil::write_atomically(&marker, &bytes)?;
+                    }
+                    repo
+                }
                 Err(cause) => {
                     tracing::warn!(cache = %repo_dir.display(), %cause, "cache repository unreadable, re-creating it");
                     init_repo(&repo_dir, &marker, &record, &config)?
@@ -124,6 +149,7 @@ impl Cache {
             record,
             resolved: None,
             reset_due: false,
+            created_dir,
             config,
             _lock: lock,
         })
@@ -138,6 +164,15 @@ impl Cache {
         self.repo.to_thread_local()
     }
 
+    /// Delete the cache directory if this process created it (a first start that failed for
+    /// good); returns it if it was removed.
+    pub fn remove_if_created(self) -> Option<PathBuf> {
+        let dir = self.dir.clone();
+        let created = self.created_dir;
+        drop(self);
+        (created && fsutil::remove_tree(&dir).is_ok()).then_some(dir)
+    }
+
     /// Whether the cache is still where it was opened: its directory, its lock file (the one
     /// this process holds) and its repository. A cleaner of temporary files may delete it under
     /// a running loop; see [`Cache::recreate`].
@@ -150,7 +185,7 @@ impl Cache {
     /// the target commit in full. This is the repair for anything that is the cache's fault:
     /// damaged objects, a deleted directory, stray files.
     pub fn recreate(&mut self) -> Result<(), SourceError> {
-        prepare_private_dir(&self.dir)?;
+        let _ = prepare_private_dir(&self.dir)?;
         if !self._lock.is_still_at_path() {
             // A new lock file is another inode: taking it does not conflict with the lock still
             // held on the old one, which is released when replaced.
@@ -161,7 +196,7 @@ impl Cache {
 
     /// Wipe and re-create the repository.
     fn reset(&mut self) -> Result<(), SourceError> {
-        let marker = self.dir.join("cache.json");
+        let marker = self.dir.join(MARKER);
         self.repo = init_repo(
             &self.dir.join("repo.git"),
             &marker,
@@ -395,7 +430,7 @@ fn lock_cache(dir: &Path) -> Result<FileLock, SourceError> {
 /// Make `dir` a directory only this uid can write: create it `0700` (whatever the umask) if it
 /// is missing; refuse one that another uid owns or that others may write. Whoever can write the
 /// cache can change the git state that dagsnap publishes to readers.
-fn prepare_private_dir(dir: &Path) -> Result<(), SourceError> {
+fn prepare_private_dir(dir: &Path) -> Result<bool, SourceError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let refuse = |why: String| SourceError::CacheNotPrivate {
         dir: dir.to_path_buf(),
@@ -410,7 +445,7 @@ fn prepare_private_dir(dir: &Path) -> Result<(), SourceError> {
                 .at("create cache directory", dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .at("make private", dir)?;
-            Ok(())
+            Ok(true)
         }
         Err(e) => Err(IoError::new("inspect cache directory", dir, e).into()),
         Ok(meta) if !meta.is_dir() => Err(refuse("it is not a directory".into())),
@@ -423,7 +458,7 @@ fn prepare_private_dir(dir: &Path) -> Result<(), SourceError> {
             "others may write it (mode {:o})",
             meta.mode() & 0o7777
         ))),
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(false),
     }
 }
 

@@ -170,6 +170,15 @@ pub enum Installed {
     AlreadyThere,
 }
 
+/// What [`Root::adopt`] created.
+#[derive(Debug, Default, Clone)]
+pub struct Created {
+    pub root: bool,
+    pub store: bool,
+    pub link_dirs: Vec<PathBuf>,
+    pub airflowignore: bool,
+}
+
 /// Proof that the root's lock is held, required by every operation that moves the link.
 #[derive(Debug)]
 pub struct RootLock {
@@ -313,8 +322,9 @@ impl Root {
     ///   Staging directories of other hosts may belong to live publishers and are left alone.
     ///
     /// Nothing is written when everything is already in place, so a restart does not touch
-    /// what readers see.
-    pub fn adopt(&self) -> Result<(), StoreError> {
+    /// what readers see. Returns what was created, for [`Root::undo_first_start`].
+    pub fn adopt(&self) -> Result<Created, StoreError> {
+        let mut created = Created::default();
         match fs::metadata(&self.root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
@@ -322,6 +332,7 @@ impl Root {
                     .mode(DIR_MODE)
                     .create(&self.root)
                     .at("create root", &self.root)?;
+                created.root = true;
             }
             Err(e) => return Err(IoError::new("inspect root", &self.root, e).into()),
             Ok(meta) if !meta.is_dir() => {
@@ -341,12 +352,43 @@ impl Root {
         self.refuse_foreign_entries()?;
         self.current()?;
 
+        created.store = !self.store().exists();
         self.ensure_layout()?;
-        self.ensure_link_parents()?;
-        self.ensure_airflowignore()?;
+        created.link_dirs = self.ensure_link_parents()?;
+        created.airflowignore = self.ensure_airflowignore()?;
         link::remove_stale_temporaries(&self.link_path())?;
         self.remove_own_stale_staging()?;
-        Ok(())
+        Ok(created)
+    }
+
+    /// Take back what a first start created ([`Root::adopt`]'s report), if nothing was ever
+    /// published here: an operator trying things should not be left with empty roots. Whatever
+    /// existed before, or holds a snapshot, stays. Returns what was removed.
+    pub fn undo_first_start(&self, created: &Created) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let untouched = self.current().ok().flatten().is_none()
+            && self.snapshot_commits().is_ok_and(|c| c.is_empty());
+        if !untouched {
+            return removed;
+        }
+        if created.airflowignore {
+            let ignore = self.root.join(AIRFLOWIGNORE);
+            if fs::remove_file(&ignore).is_ok() {
+                removed.push(ignore);
+            }
+        }
+        if created.store && fsutil::remove_tree(&self.store()).is_ok() {
+            removed.push(self.store());
+        }
+        for dir in created.link_dirs.iter().rev() {
+            if fs::remove_dir(dir).is_ok() {
+                removed.push(dir.clone());
+            }
+        }
+        if created.root && fs::remove_dir(&self.root).is_ok() {
+            removed.push(self.root.clone());
+        }
+        removed
     }
 
     /// Create the store's directories where they are missing (at start-up, and again by a
@@ -359,14 +401,16 @@ impl Root {
             self.snapshots(),
             self.store().join(MANIFESTS_DIR),
         ] {
-            make_dir(&dir)?;
+            let _ = make_dir(&dir)?;
         }
         Ok(())
     }
 
-    /// Every directory between the root and the link exists and is a real directory.
-    fn ensure_link_parents(&self) -> Result<(), StoreError> {
+    /// Every directory between the root and the link exists and is a real directory; returns
+    /// those it created.
+    fn ensure_link_parents(&self) -> Result<Vec<PathBuf>, StoreError> {
         let mut at = self.root.clone();
+        let mut created = Vec::new();
         let parents: Vec<Component> = self
             .link_rel
             .parent()
@@ -374,9 +418,11 @@ impl Root {
             .unwrap_or_default();
         for component in parents {
             at.push(component);
-            make_dir(&at)?;
+            if make_dir(&at)? {
+                created.push(at.clone());
+            }
         }
-        Ok(())
+        Ok(created)
     }
 
     fn refuse_foreign_entries(&self) -> Result<(), StoreError> {
@@ -417,11 +463,11 @@ impl Root {
     /// temporary name, then hard-linked into place (`link(2)` fails if the name exists, so an
     /// operator's file, or one a concurrent publisher just made, is never replaced, and nobody
     /// ever reads a half-written one).
-    fn ensure_airflowignore(&self) -> Result<(), StoreError> {
+    fn ensure_airflowignore(&self) -> Result<bool, StoreError> {
         let path = self.root.join(AIRFLOWIGNORE);
         if fs::symlink_metadata(&path).is_ok() {
             // Nothing is written when everything is in place (a restart leaves the root as is).
-            return self.check_airflowignore(&path);
+            return self.check_airflowignore(&path).map(|()| false);
         }
         let temp = self
             .store()
@@ -440,9 +486,9 @@ impl Root {
         })();
         let _ = fs::remove_file(&temp);
         match created {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists => {
-                self.check_airflowignore(&path)
+                self.check_airflowignore(&path).map(|()| false)
             }
             Err(e) => Err(e.into()),
         }
@@ -972,10 +1018,10 @@ impl Root {
 }
 
 /// Make sure `dir` is a real directory: create it (mode [`DIR_MODE`], whatever the umask) if it
-/// is missing; refuse a symlink or anything else in its place.
-fn make_dir(dir: &Path) -> Result<(), StoreError> {
+/// is missing; refuse a symlink or anything else in its place. Whether it was created.
+fn make_dir(dir: &Path) -> Result<bool, StoreError> {
     match fs::symlink_metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_dir() => Ok(false),
         Ok(meta) => Err(StoreError::NotARealDirectory {
             path: dir.to_path_buf(),
             what: if meta.file_type().is_symlink() {
@@ -995,7 +1041,7 @@ fn make_dir(dir: &Path) -> Result<(), StoreError> {
                 fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
                     .at("set the mode of", dir)?;
             }
-            Ok(())
+            Ok(true)
         }
         Err(e) => Err(IoError::new("inspect", dir, e).into()),
     }

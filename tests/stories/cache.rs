@@ -28,7 +28,7 @@ fn the_cache_stays_shallow_and_bounded_across_1000_updates() {
         Default::default(),
     )
     .unwrap();
-    let mut cache = Cache::open(&scratch.cache(), &source).unwrap();
+    let mut cache = Cache::open(&scratch.cache(), &source, &scratch.root()).unwrap();
     let progress = gix::progress::tree::Root::new();
     let interrupt = AtomicBool::new(false);
     let pack_dir = scratch.cache().join("repo.git/objects/pack");

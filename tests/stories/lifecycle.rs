@@ -253,3 +253,188 @@ fn sync_timeout_cuts_off_a_remote_that_stops_answering() {
         "the other root was never touched"
     );
 }
+
+/// `dagsnap sync` without --cache-dir, as a newcomer runs it: the cache goes under `home`.
+fn sync_with_default_cache(
+    home: &std::path::Path,
+    root: &std::path::Path,
+    repo: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    dagsnap(home)
+        .args(["sync", "--one-time", "--repo", repo, "--root"])
+        .arg(root)
+        .args(extra)
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_failed_first_start_leaves_nothing_behind() {
+    let scratch = Scratch::new();
+    let caches = scratch.tmp.path().join(".cache/dagsnap");
+    // A root that did not exist, and one that did (empty): both as they were after a failure.
+    let new_root = scratch.path("new-root");
+    let given_root = scratch.path("given-root");
+    std::fs::create_dir(&given_root).unwrap();
+    for root in [&new_root, &given_root] {
+        let out = sync_with_default_cache(scratch.tmp.path(), root, "/nonexistent/dags.git", &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was published"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!new_root.exists(), "the root it created is gone");
+    assert_eq!(
+        std::fs::read_dir(&given_root).unwrap().count(),
+        0,
+        "the given root is empty again"
+    );
+    assert_eq!(
+        std::fs::read_dir(&caches).unwrap().count(),
+        0,
+        "no cache left"
+    );
+
+    // A root something was published to is never taken back.
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "a\n")], "one");
+    assert!(
+        sync_with_default_cache(scratch.tmp.path(), &new_root, &remote.url(), &[])
+            .status
+            .success()
+    );
+    let out = sync_with_default_cache(
+        scratch.tmp.path(),
+        &new_root,
+        &remote.url(),
+        &["--ref", "nope"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_root_valid(&new_root);
+}
+
+#[test]
+fn caches_of_roots_that_no_longer_exist_are_pruned() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    let (gone, kept) = (scratch.path("gone"), scratch.path("kept"));
+    for root in [&gone, &kept] {
+        assert!(
+            sync_with_default_cache(scratch.tmp.path(), root, &remote.url(), &[])
+                .status
+                .success()
+        );
+    }
+    let remove = dagsnap(scratch.tmp.path())
+        .args(["remove", "--all", "--root"])
+        .arg(&gone)
+        .output()
+        .unwrap();
+    assert!(remove.status.success(), "{}", stderr(&remove));
+    let caches = |args: &[&str]| {
+        let out = dagsnap(scratch.tmp.path())
+            .arg("caches")
+            .args(args)
+            .env_remove("XDG_CACHE_HOME")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = caches(&[]);
+    assert_eq!(listed.matches("root gone").count(), 1, "{listed}");
+    assert_eq!(listed.matches("idle").count(), 1, "{listed}");
+    let pruned = caches(&["--prune"]);
+    assert!(pruned.contains("pruned 1 cache(s)"), "{pruned}");
+    let listed = caches(&[]);
+    assert!(
+        !listed.contains("root gone") && listed.contains(&kept.display().to_string()),
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_second_publisher_with_the_same_configuration_stands_by_and_takes_over() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let loop_with_default_cache = || {
+        let log = scratch.path(&format!(
+            "loop-{}.log",
+            std::process::id() as u64 + rand::random::<u16>() as u64
+        ));
+        let child = Group::spawn(
+            dagsnap(scratch.tmp.path())
+                .args([
+                    "sync",
+                    "--period",
+                    "100ms",
+                    "--repo",
+                    &remote.url(),
+                    "--root",
+                ])
+                .arg(scratch.root())
+                .env_remove("XDG_CACHE_HOME")
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        (child, log)
+    };
+    let (a, _) = loop_with_default_cache();
+    wait_until(
+        Duration::from_secs(30),
+        "the first publisher publishes",
+        || published(&scratch.root()).as_deref() == Some(first.as_str()),
+    );
+    let (mut b, b_log) = loop_with_default_cache();
+    let logs = || std::fs::read_to_string(&b_log).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "the second stands by", || {
+        logs().contains("standing by")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        b.0.try_wait().unwrap().is_none(),
+        "it did not exit: {}",
+        logs()
+    );
+    assert_eq!(
+        logs().matches("standing by").count(),
+        1,
+        "said once: {}",
+        logs()
+    );
+
+    drop(a);
+    let second = remote.commit(&[("a.py", "2\n")], "two");
+    wait_until(
+        Duration::from_secs(30),
+        "the second takes over and publishes",
+        || published(&scratch.root()).as_deref() == Some(second.as_str()),
+    );
+    assert!(logs().contains("taking over"), "{}", logs());
+    nix::sys::signal::kill(b.pid(), Signal::SIGTERM).unwrap();
+    assert!(b.0.wait().unwrap().success());
+}
+
+#[test]
+fn a_publisher_standing_by_stops_cleanly_on_sigterm() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let first = spawn_loop(&scratch, &remote.url(), &["--period", "1h"]);
+    first.wait_for_commit(&scratch.root(), &remote.head(), Duration::from_secs(30));
+    let mut second = spawn_loop(&scratch, &remote.url(), &["--period", "1h"]);
+    wait_until(Duration::from_secs(30), "the second stands by", || {
+        second.logs().contains("standing by")
+    });
+    second.signal(Signal::SIGTERM);
+    assert!(
+        second.wait(Duration::from_secs(30)).success(),
+        "{}",
+        second.logs()
+    );
+}
