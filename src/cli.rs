@@ -171,6 +171,12 @@ pub struct SyncArgs {
     #[arg(long, env = "DAGSNAP_FULL_COPY", help_heading = "Root and cache")]
     pub full_copy: bool,
 
+    /// How often the loop checks the live snapshot against its entry list (types, modes,
+    /// sizes; no content is read) and, if it was changed, rebuilds it and swaps the link to the
+    /// rebuilt copy. 0 turns it off.
+    #[arg(long, env = "DAGSNAP_VERIFY_PERIOD", default_value = "10m", value_parser = parse_duration, help_heading = "Schedule")]
+    pub verify_period: Duration,
+
     /// How often a long fetch or checkout logs its progress (objects, bytes, rate, files).
     #[arg(long, env = "DAGSNAP_PROGRESS_INTERVAL", default_value = "5s", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub progress_interval: Duration,
@@ -482,9 +488,26 @@ pub struct VerifyArgs {
     pub commit: Option<String>,
 
     /// A publisher's cache: verify against the commit's tree as git has it, instead of the
-    /// entries recorded when the snapshot was built.
+    /// entries recorded when the snapshot was built (and, with --repair, rebuild from it).
     #[arg(long, env = "DAGSNAP_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// If the snapshot is damaged, rebuild it (from --cache-dir if it has the commit, else
+    /// fetched from the repository) and swap the link to the rebuilt copy atomically.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// With --repair: the repository to fetch the commit from. Default: the one the root
+    /// follows. Credentials as for `sync` (--password-file, DAGSNAP_PASSWORD, --ssh-key-file…).
+    #[arg(long, env = "DAGSNAP_REPO")]
+    pub repo: Option<String>,
+
+    #[command(flatten, next_help_heading = "Credentials and trust (with --repair)")]
+    pub access: AccessArgs,
+
+    /// How long to wait for a publisher holding the root's lock (with --repair).
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
 
     /// Print JSON instead of text.
     #[arg(long, env = "DAGSNAP_JSON")]

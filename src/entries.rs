@@ -107,6 +107,12 @@ impl Entries {
     }
 }
 
+/// Where the content of each entry comes from (the git side provides it; the store writes it).
+pub trait Blobs {
+    /// Put the content of blob `id` into `buf`, replacing what it held.
+    fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String>;
+}
+
 /// The path rules git applies when it checks out on Linux, which are the rules for a path in a
 /// snapshot: a repository that `git clone` checks out is published, and nothing else.
 ///

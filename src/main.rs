@@ -1,6 +1,7 @@
 //! The `dagsnap` binary: parse the command line, run the command, and render any error once.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -119,6 +120,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
             Reuse::HardLink
         },
         retention: args.retention.policy(),
+        verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
     };
     let open: daemon::Opener = std::sync::Arc::new(move || {
         Publisher::open(root.clone(), remote.clone(), &cache_dir, settings)
@@ -353,12 +355,62 @@ fn history_error(e: history::HistoryError) -> (u8, String) {
 
 fn verify_snapshot(args: VerifyArgs) -> Outcome {
     let root = args.root.locate().map_err(usage)?;
-    let report =
-        verify::verify(&root, args.commit.as_deref(), args.cache_dir.as_deref()).map_err(usage)?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print!("{}", verify::render(&report));
+    let check =
+        || verify::verify(&root, args.commit.as_deref(), args.cache_dir.as_deref()).map_err(usage);
+    let show = |report: &verify::Report| -> Result<(), (u8, String)> {
+        if args.json {
+            print_json(report)
+        } else {
+            print!("{}", verify::render(report));
+            Ok(())
+        }
+    };
+    let report = check()?;
+    show(&report)?;
+    if report.is_intact() || !args.repair {
+        return Ok(if report.is_intact() { 0 } else { EXIT_FAILED });
     }
+    let remote = match args
+        .repo
+        .clone()
+        .or_else(|| root.source().ok().flatten().map(|s| s.repo))
+    {
+        Some(url) => Some(
+            Remote::new(
+                &url,
+                Target::RemoteHead,
+                1,
+                args.access.access(Duration::from_secs(300)),
+            )
+            .map_err(usage)?,
+        ),
+        None => None,
+    };
+    let reason = format!(
+        "verify --repair: {} missing, {} modified, {} extra",
+        report.missing.len(),
+        report.modified.len(),
+        report.extra.len()
+    );
+    verify::repair(
+        &root,
+        &report.commit,
+        verify::RepairFrom {
+            cache: args.cache_dir.clone(),
+            remote,
+        },
+        reason,
+        args.lock_timeout,
+    )
+    .map_err(|e| (EXIT_FAILED, e.to_string()))?;
+    if !args.json {
+        println!(
+            "rebuilt {}; the link now points at the rebuilt copy",
+            report.commit
+        );
+    }
+    let report =
+        verify::verify(&root, Some(&report.commit), args.cache_dir.as_deref()).map_err(usage)?;
+    show(&report)?;
     Ok(if report.is_intact() { 0 } else { EXIT_FAILED })
 }

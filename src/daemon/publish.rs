@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::git::{Cache, CommitInfo, Remote, SourceError};
 use crate::store::gc;
 use crate::store::lock::LockError;
+use crate::store::repair::{self, RepairError};
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::store::{
-    Cause, Claim, Created, Decision, Installed, Manifest, Pin, Publication, Root, RootLock,
-    SourceRecord, StoreError,
+    Cause, Claim, Created, Current, Decision, Installed, Manifest, Pin, Publication, Root,
+    RootLock, SourceRecord, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum PublishError {
     Tree(#[from] crate::git::tree::TreeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Repair(#[from] RepairError),
     /// A panic inside a cycle (a bug, in dagsnap or a library, most likely on damaged input).
     #[error("internal error: {0}")]
     Internal(String),
@@ -43,6 +46,7 @@ impl PublishError {
             self,
             PublishError::Source(SourceError::Cancelled)
                 | PublishError::Snapshot(SnapshotError::Cancelled)
+                | PublishError::Repair(RepairError::Snapshot(SnapshotError::Cancelled))
         )
     }
 
@@ -87,7 +91,10 @@ impl PublishError {
             ),
             // A library that panics on what it read most likely read damaged objects.
             PublishError::Internal(_) => true,
-            PublishError::Store(_) | PublishError::CacheInsideRoot { .. } => false,
+            PublishError::Repair(RepairError::Snapshot(e)) => e.blames_source(),
+            PublishError::Repair(RepairError::Store(_))
+            | PublishError::Store(_)
+            | PublishError::CacheInsideRoot { .. } => false,
         }
     }
 }
@@ -118,6 +125,8 @@ pub struct Settings {
     pub lock_timeout: Duration,
     pub reuse: Reuse,
     pub retention: gc::Policy,
+    /// How often the live snapshot is checked (and repaired if damaged); `None`: never.
+    pub verify_period: Option<Duration>,
 }
 
 /// Publishes one repository into one root.
@@ -130,6 +139,8 @@ pub struct Publisher {
     claim: Claim,
     /// What this start created under the root, taken back if it never publishes anything.
     created: Created,
+    /// When the live snapshot was last found intact (or repaired).
+    last_verified: Option<Instant>,
 }
 
 impl Publisher {
@@ -163,6 +174,7 @@ impl Publisher {
                 settings,
                 claim,
                 created,
+                last_verified: None,
             }),
             Err(e) => {
                 root.undo_first_start(&created);
@@ -219,6 +231,8 @@ impl Publisher {
     /// 4. Under the root's lock, move the link unless another publisher already published a
     ///    newer observation of the remote (never backward), then retire old snapshots
     ///    ([`gc::collect`]); they are deleted after the lock is released.
+    /// 5. Every `--verify-period`, check the live snapshot and repair it if it was changed on
+    ///    disk ([`Publisher::check_live`]).
     pub fn cycle(
         &mut self,
         progress: &gix::progress::tree::Root,
@@ -229,7 +243,7 @@ impl Publisher {
             tracing::warn!(cache = %self.cache.dir().display(), "the cache directory was deleted or replaced (a cleaner of temporary files?); re-creating it");
             self.cache.recreate()?;
         }
-        match self.guarded_cycle(progress, interrupt, started) {
+        let outcome = match self.guarded_cycle(progress, interrupt, started) {
             Err(e) if e.blames_cache() && !interrupt.load(Ordering::Relaxed) => {
                 let error = self.remote.redactor().redact(&crate::git::error_chain(&e));
                 tracing::warn!(cache = %self.cache.dir().display(), %error, "the cache may be damaged; re-creating it and trying again");
@@ -237,7 +251,117 @@ impl Publisher {
                 self.guarded_cycle(progress, interrupt, started)
             }
             other => other,
+        }?;
+        self.check_live(progress, interrupt);
+        Ok(outcome)
+    }
+
+    /// Step 5: when `--verify-period` has passed since the last check, check the live snapshot
+    /// cheaply against its entry list ([`snapshot::quick_check`]: types, modes and sizes, no
+    /// content read), and repair it if it is damaged ([`repair::repair`]: rebuilt from the
+    /// cache, fetching the commit if the cache let it go, and the link swapped to the rebuilt
+    /// copy). A repair that was interrupted is finished at once. A failed repair is logged and
+    /// tried again at the next cycle; it does not fail the sync.
+    fn check_live(&mut self, progress: &gix::progress::tree::Root, interrupt: &AtomicBool) {
+        let Some(period) = self.settings.verify_period else {
+            return;
+        };
+        let Ok(Some(current)) = self.root.current() else {
+            return;
+        };
+        let due = self.last_verified.is_none_or(|at| at.elapsed() >= period);
+        if !current.complete || (!due && !current.in_repair) {
+            return;
         }
+        match self.repair_if_damaged(&current, progress, interrupt) {
+            Ok(()) => self.last_verified = Some(Instant::now()),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                let error = self.remote.redactor().redact(&crate::git::error_chain(&e));
+                tracing::error!(commit = %current.commit, %error, "could not repair the live snapshot; trying again at the next cycle");
+            }
+        }
+    }
+
+    fn repair_if_damaged(
+        &mut self,
+        current: &Current,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), PublishError> {
+        let recorded = self.root.entries(&current.commit)?;
+        let problem = if current.in_repair {
+            "a repair was interrupted".to_string()
+        } else {
+            match &recorded {
+                Some(entries) => match snapshot::quick_check(&current.dir, entries) {
+                    Ok(()) => return Ok(()),
+                    Err(problem) => problem,
+                },
+                None => {
+                    tracing::debug!(commit = %current.commit, "the live snapshot has no entry list to check it against");
+                    return Ok(());
+                }
+            }
+        };
+        tracing::warn!(commit = %current.commit, %problem, "the live snapshot is damaged; rebuilding it and swapping the link to the rebuilt copy");
+        let id = gix::ObjectId::from_hex(current.commit.as_bytes()).map_err(|e| {
+            SourceError::Object {
+                commit: gix::ObjectId::null(gix::hash::Kind::Sha1),
+                cause: e.to_string(),
+            }
+        })?;
+        self.cache
+            .fetch_commit(&self.remote, id, progress, interrupt)?;
+        let info = self.cache.commit_info(id)?;
+        let repo = self.cache.repo();
+        let entries = crate::git::tree::entries(&repo, info.tree_id)?;
+        let manifest = match self.root.manifest(&current.commit)? {
+            Some(manifest) => manifest,
+            None => manifest_for(
+                info,
+                Stats {
+                    files: 0,
+                    bytes: 0,
+                    reused: 0,
+                },
+            ),
+        };
+        let blobs = crate::git::RepoBlobs(repo);
+        if current.in_repair {
+            let entries = recorded.unwrap_or(entries);
+            repair::finish(
+                &self.root,
+                &current.commit,
+                &entries,
+                &blobs,
+                &manifest,
+                self.settings.lock_timeout,
+                progress,
+                interrupt,
+            )?;
+        } else {
+            let who = repair::Repairer {
+                host: crate::fsutil::hostname(),
+                pid: std::process::id(),
+                repo: self.remote.display_url(),
+                ref_name: self.remote.target.to_string(),
+                reason: problem,
+            };
+            repair::repair(
+                &self.root,
+                &current.commit,
+                entries,
+                &blobs,
+                &manifest,
+                &who,
+                self.settings.lock_timeout,
+                progress,
+                interrupt,
+            )?;
+        }
+        tracing::info!(commit = %current.commit, "repaired the live snapshot; readers are served the rebuilt copy");
+        Ok(())
     }
 
     /// [`Publisher::cycle_inner`], with a panic turned into an error: the loop must outlive a
@@ -372,7 +496,7 @@ impl Publisher {
             }),
             None => None,
         };
-        let previous_dir = current.as_ref().map(|c| self.root.snapshot_path(&c.commit));
+        let previous_dir = current.as_ref().map(|c| c.dir.clone());
         let previous = previous_dir
             .as_deref()
             .zip(previous_entries.as_ref())
@@ -383,7 +507,7 @@ impl Publisher {
         let staging = self.root.begin_staging()?;
         let built = snapshot::build(
             entries,
-            &CacheBlobs(repo),
+            &crate::git::RepoBlobs(repo),
             staging.path(),
             previous,
             self.settings.reuse,
@@ -393,18 +517,7 @@ impl Publisher {
         if interrupt.load(Ordering::Relaxed) {
             return Err(SnapshotError::Cancelled.into());
         }
-        let manifest = Manifest {
-            commit: info.commit,
-            tree: info.tree,
-            subject: info.subject,
-            author: info.author,
-            commit_time: info.commit_time,
-            files: built.stats.files,
-            bytes: built.stats.bytes,
-            materialized_at: SystemTime::now(),
-            materialized_by: format!("{} pid {}", crate::fsutil::hostname(), std::process::id()),
-            dir: None,
-        };
+        let manifest = manifest_for(info, built.stats);
         if self.root.install(staging, &manifest, &built.entries)? == Installed::AlreadyThere {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
         }
@@ -412,22 +525,19 @@ impl Publisher {
     }
 }
 
-/// The cache's objects, as the content of a snapshot.
-struct CacheBlobs(gix::Repository);
-
-impl snapshot::Blobs for CacheBlobs {
-    fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String> {
-        use gix::objs::FindExt;
-        let len = self
-            .0
-            .objects
-            .find_blob(id, buf)
-            .map_err(|e| crate::git::error_chain(&e))?
-            .data
-            .len();
-        // The blob's data is the start of `buf`; drop what a larger earlier object left.
-        buf.truncate(len);
-        Ok(())
+/// The manifest of a snapshot of the commit `info` describes, built here and now.
+fn manifest_for(info: CommitInfo, stats: Stats) -> Manifest {
+    Manifest {
+        commit: info.commit,
+        tree: info.tree,
+        subject: info.subject,
+        author: info.author,
+        commit_time: info.commit_time,
+        files: stats.files,
+        bytes: stats.bytes,
+        materialized_at: SystemTime::now(),
+        materialized_by: format!("{} pid {}", crate::fsutil::hostname(), std::process::id()),
+        dir: None,
     }
 }
 

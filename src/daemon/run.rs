@@ -65,7 +65,9 @@ pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Res
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let publisher = match stand_by(&open, &mut sigterm, &mut sigint).await {
+    // A one-time sync (an init container) waits for a busy cache at most a cycle's length.
+    let patience = schedule.one_time.then_some(schedule.sync_timeout);
+    let publisher = match stand_by(&open, patience, &mut sigterm, &mut sigint).await {
         Ok(Some(publisher)) => publisher,
         Ok(None) => return Ok(Exit::Clean),
         Err(message) => return Ok(Exit::Unusable { message }),
@@ -204,13 +206,16 @@ pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Res
 
 /// Open the publisher. A second process started with the same configuration on one host finds
 /// the cache busy: instead of exiting (and being restarted by its supervisor, over and over), it
-/// stands by, says so once, and takes over when the first one stops. A signal ends the wait.
-/// Any other failure to open is returned: retrying will not help.
+/// stands by, says so once, and takes over when the first one stops. A signal ends the wait,
+/// and so does `patience` running out (then the busy cache is the error). Any other failure to
+/// open is returned: retrying will not help.
 async fn stand_by(
     open: &Opener,
+    patience: Option<Duration>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> Result<Option<Publisher>, String> {
+    let started = tokio::time::Instant::now();
     let mut waiting = false;
     loop {
         let attempt = tokio::task::spawn_blocking({
@@ -225,6 +230,9 @@ async fn stand_by(
                     tracing::info!("the cache is free; taking over");
                 }
                 return Ok(Some(publisher));
+            }
+            Err(e) if e.is_cache_busy() && patience.is_some_and(|p| started.elapsed() >= p) => {
+                return Err(render(&e));
             }
             Err(e) if e.is_cache_busy() => {
                 if !waiting {

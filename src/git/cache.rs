@@ -16,6 +16,8 @@ use crate::store::lock::{FileLock, LockError};
 /// The local ref every fetch writes to. Keeping exactly one ref means the cache's ref store
 /// never grows and negotiation always has the previous tip as a "have".
 const TARGET_REF: &str = "refs/dagsnap/target";
+/// Where a commit fetched by id for a repair goes (see [`Cache::fetch_commit`]).
+const REPAIR_REF: &str = "refs/dagsnap/repair";
 const CACHE_LAYOUT_VERSION: u32 = 1;
 /// Packs the cache may accumulate (one per fetch) before it is re-created.
 const MAX_PACKS: usize = 48;
@@ -266,17 +268,7 @@ impl Cache {
         interrupt: &AtomicBool,
     ) -> Result<(ObjectId, String, bool), SourceError> {
         // Read the password now, every time: a rotated token is picked up without a restart.
-        let password = if remote.is_http() {
-            remote
-                .access
-                .password(&remote.redactor)
-                .map_err(|source| SourceError::Access {
-                    url: remote.display_url(),
-                    source,
-                })?
-        } else {
-            None
-        };
+        let password = current_password(remote)?;
         let spec_source = match (&remote.target, &self.resolved) {
             (Target::RemoteHead, _) => "HEAD".to_string(),
             (Target::Commit(id), _) => id.to_string(),
@@ -299,9 +291,43 @@ impl Cache {
             remote,
             password.as_deref(),
             &spec_source,
+            TARGET_REF,
             progress,
             interrupt,
         )
+    }
+
+    /// Make sure the cache holds `commit`, fetching it by id if it does not: repairing a
+    /// snapshot of a commit older than the remote's tip (a pinned one) needs what a shallow
+    /// cache has let go. The server must let it be fetched by id (protocol v2 servers do for
+    /// any commit reachable from a ref).
+    pub fn fetch_commit(
+        &mut self,
+        remote: &Remote,
+        commit: ObjectId,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), SourceError> {
+        let repo = self.repo();
+        if repo.has_object(commit) {
+            return Ok(());
+        }
+        let password = current_password(remote)?;
+        let ssh_log = self.dir.join(SSH_LOG);
+        let fetched = fetch_if_needed(
+            &repo,
+            remote,
+            password.as_deref(),
+            &commit.to_string(),
+            REPAIR_REF,
+            progress,
+            interrupt,
+        )
+        .map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
+        if fetched.2 {
+            self.after_fetch()?;
+        }
+        Ok(())
     }
 
     /// Keep the cache bounded as packs accumulate: one pack arrives per fetch, and a shallow
@@ -409,6 +435,39 @@ impl Cache {
             author,
             commit_time,
         })
+    }
+}
+
+/// The HTTP password as of now (a password file is read again each time), for http remotes.
+fn current_password(remote: &Remote) -> Result<Option<String>, SourceError> {
+    if !remote.is_http() {
+        return Ok(None);
+    }
+    remote
+        .access
+        .password(&remote.redactor)
+        .map_err(|source| SourceError::Access {
+            url: remote.display_url(),
+            source,
+        })
+}
+
+/// A repository's objects, as the content of a snapshot.
+pub struct RepoBlobs(pub gix::Repository);
+
+impl crate::entries::Blobs for RepoBlobs {
+    fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String> {
+        use gix::objs::FindExt;
+        let len = self
+            .0
+            .objects
+            .find_blob(id, buf)
+            .map_err(|e| error_chain(&e))?
+            .data
+            .len();
+        // The blob's data is the start of `buf`; drop what a larger earlier object left.
+        buf.truncate(len);
+        Ok(())
     }
 }
 
@@ -625,10 +684,11 @@ fn fetch_if_needed(
     remote: &Remote,
     password: Option<&str>,
     spec_source: &str,
+    local_ref: &str,
     progress: &gix::progress::tree::Root,
     interrupt: &AtomicBool,
 ) -> Result<(ObjectId, String, bool), SourceError> {
-    let git_remote = make_remote(repo, remote, &[format!("+{spec_source}:{TARGET_REF}")])?;
+    let git_remote = make_remote(repo, remote, &[format!("+{spec_source}:{local_ref}")])?;
     let connection = open_connection(&git_remote, repo, remote, password, interrupt)?;
     let prepare = connection
         .prepare_fetch(progress.add_child("list refs"), Default::default())

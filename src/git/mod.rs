@@ -22,7 +22,7 @@ pub mod redact;
 mod remote;
 pub mod tree;
 
-pub use cache::{Cache, CacheRecord, CommitInfo, Observation};
+pub use cache::{Cache, CacheRecord, CommitInfo, Observation, RepoBlobs};
 pub use remote::{Remote, Target};
 
 use std::path::PathBuf;

@@ -147,7 +147,7 @@ pub fn render_log(entries: &[Publication]) -> String {
     let mut out = String::new();
     for e in entries {
         let action = match (e.cause, e.moved_link) {
-            (Cause::Pin, false) | (Cause::Unpin, _) => e.cause.to_string(),
+            (Cause::Pin, false) | (Cause::Unpin, _) | (Cause::Repair, _) => e.cause.to_string(),
             _ => format!("{} -> link", e.cause),
         };
         out.push_str(&format!(

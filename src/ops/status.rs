@@ -108,7 +108,7 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
     };
     if current.complete {
         // What readers get is where the link resolves, not what it says.
-        let snapshot = std::fs::canonicalize(root.snapshot_path(&current.commit));
+        let snapshot = std::fs::canonicalize(&current.dir);
         match std::fs::canonicalize(root.link_path()) {
             Ok(resolved) if snapshot.as_ref().is_ok_and(|s| *s == resolved) => {}
             Ok(resolved) => status.resolves_elsewhere = Some(resolved.display().to_string()),

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK};
 use crate::fsutil;
+use crate::store::repair;
 use crate::store::{Root, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum VerifyError {
     NothingPublished { root: String },
     #[error("snapshot {commit} has no {what} to verify against (built by an older dagsnap?); pass --cache-dir of a publisher to verify against git")]
     NoRecord { commit: String, what: &'static str },
+    #[error("cannot repair {commit}: {cause}")]
+    Repair { commit: String, cause: String },
     #[error("cannot read tree {tree} of {commit} from the cache {}: {cause}", cache.display())]
     Cache {
         commit: String,
@@ -70,11 +73,121 @@ pub struct Report {
 }
 
 impl Report {
-    /// True when every expected entry is present and unmodified. Extra entries are reported but
-    /// do not fail verification: they do not change what the commit's files contain.
+    /// True when every expected entry is present and unmodified, and nothing else is there: a
+    /// `__pycache__` a reader running as root wrote is damage too (readers import from it).
     pub fn is_intact(&self) -> bool {
-        self.missing.is_empty() && self.modified.is_empty()
+        self.missing.is_empty() && self.modified.is_empty() && self.extra.is_empty()
     }
+}
+
+/// Where `verify --repair` gets the commit's objects.
+#[derive(Debug)]
+pub struct RepairFrom {
+    /// A publisher's cache, read (not locked) if it holds the commit.
+    pub cache: Option<PathBuf>,
+    /// Otherwise the repository, fetched into a private temporary cache.
+    pub remote: Option<crate::git::Remote>,
+}
+
+/// Rebuild the snapshot of `commit` and swap the link to the rebuilt copy ([`repair::repair`]),
+/// with the objects from `from`.
+pub fn repair(
+    root: &Root,
+    commit: &str,
+    from: RepairFrom,
+    reason: String,
+    lock_timeout: std::time::Duration,
+) -> Result<(), VerifyError> {
+    root.require_writable()?;
+    let id = ObjectId::from_hex(commit.as_bytes()).map_err(|e| VerifyError::Repair {
+        commit: commit.to_string(),
+        cause: e.to_string(),
+    })?;
+    let failed = |cause: String| VerifyError::Repair {
+        commit: commit.to_string(),
+        cause,
+    };
+    let progress = gix::progress::tree::Root::new();
+    let interrupt = AtomicBool::new(false);
+    // A publisher's cache, if it has the commit; else a temporary one of our own.
+    let from_cache = from.cache.as_deref().and_then(|dir| {
+        let repo_dir = if dir.join("repo.git").is_dir() {
+            dir.join("repo.git")
+        } else {
+            dir.to_path_buf()
+        };
+        let repo = gix::open::Options::isolated()
+            .open(&repo_dir)
+            .ok()?
+            .to_thread_local();
+        repo.has_object(id).then_some(repo)
+    });
+    let mut temporary = None;
+    let repo = match from_cache {
+        Some(repo) => repo,
+        None => {
+            let remote = from.remote.ok_or_else(|| {
+                failed("the cache does not hold it and no repository is known to fetch it from; give --repo".into())
+            })?;
+            let dir = std::env::temp_dir()
+                .join(format!("dagsnap-repair-{}", crate::fsutil::unique_suffix()));
+            let mut cache = crate::git::Cache::open(&dir, &remote, root.path())
+                .map_err(|e| failed(crate::git::error_chain(&e)))?;
+            cache
+                .fetch_commit(&remote, id, &progress, &interrupt)
+                .map_err(|e| failed(remote.redactor().redact(&crate::git::error_chain(&e))))?;
+            let repo = cache.repo();
+            temporary = Some((cache, dir));
+            repo
+        }
+    };
+    let result = (|| {
+        let commit_obj = repo
+            .find_commit(id)
+            .map_err(|e| failed(crate::git::error_chain(&e)))?;
+        let tree = commit_obj
+            .tree_id()
+            .map_err(|e| failed(crate::git::error_chain(&e)))?
+            .detach();
+        let entries = crate::git::tree::entries(&repo, tree).map_err(|e| failed(e.to_string()))?;
+        let manifest = root
+            .manifest(commit)?
+            .ok_or_else(|| failed("it has no manifest to describe the rebuilt copy".into()))?;
+        let source = root.source()?;
+        let who = repair::Repairer {
+            host: format!("{}@{}", operator(), crate::fsutil::hostname()),
+            pid: std::process::id(),
+            repo: source.as_ref().map(|s| s.repo.clone()).unwrap_or_default(),
+            ref_name: source.map(|s| s.ref_name).unwrap_or_default(),
+            reason,
+        };
+        repair::repair(
+            root,
+            commit,
+            entries,
+            &crate::git::RepoBlobs(repo.clone()),
+            &manifest,
+            &who,
+            lock_timeout,
+            &progress,
+            &interrupt,
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        Ok(())
+    })();
+    if let Some((cache, dir)) = temporary {
+        drop(cache);
+        let _ = crate::fsutil::remove_tree(&dir);
+    }
+    result
+}
+
+/// Who is at the keyboard: `$USER`, else the uid.
+fn operator() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
 }
 
 /// Verify the snapshot of `commit` (a full id or prefix; default: the current one).
@@ -84,14 +197,18 @@ pub fn verify(
     cache: Option<&Path>,
 ) -> Result<Report, VerifyError> {
     root.require_initialized()?;
-    let commit = match commit {
-        Some(wanted) => root.resolve_commit(wanted)?,
-        None => root
-            .current()?
-            .map(|c| c.commit)
-            .ok_or_else(|| VerifyError::NothingPublished {
+    // What readers get: the directory the link names (during a repair, its fresh copy).
+    let (commit, dir) = match commit {
+        Some(wanted) => {
+            let commit = root.resolve_commit(wanted)?;
+            let dir = root.snapshot_path(&commit);
+            (commit, dir)
+        }
+        None => root.current()?.map(|c| (c.commit, c.dir)).ok_or_else(|| {
+            VerifyError::NothingPublished {
                 root: root.path().display().to_string(),
-            })?,
+            }
+        })?,
     };
     let (expected, source) = match cache {
         Some(cache) => (entries_from_cache(root, &commit, cache)?, Source::GitCache),
@@ -104,7 +221,6 @@ pub fn verify(
             Source::RecordedEntries,
         ),
     };
-    let dir = root.snapshot_path(&commit);
     let mut report = Report {
         commit,
         source,
@@ -297,12 +413,10 @@ pub fn render(report: &Report) -> String {
             Source::RecordedEntries => "the entries recorded at publish time",
         },
         report.checked,
-        if report.is_intact() && report.extra.is_empty() {
+        if report.is_intact() {
             "intact"
-        } else if report.is_intact() {
-            "intact, with extra entries"
         } else {
-            "DAMAGED"
+            "DAMAGED (`dagsnap verify --repair` rebuilds it)"
         }
     );
     for (label, problems) in [

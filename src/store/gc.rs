@@ -130,6 +130,12 @@ pub fn collect(
         root.move_snapshot_to_trash(lock, commit)?;
         tracing::info!(%commit, "snapshot retired past the retention policy; deleting it");
     }
+    for (path, retired_at) in root.retired_dirs()? {
+        if now.duration_since(retired_at).unwrap_or_default() > policy.grace {
+            tracing::info!(path = %path.display(), "deleting a copy retired by a repair");
+            root.move_retired_to_trash(lock, &path)?;
+        }
+    }
     let mut staging_removed = 0;
     for staging in root.staging_dirs()? {
         let age = staging

@@ -8,11 +8,13 @@
 //! - [`link`]: the atomic symlink swap.
 //! - [`lock`]: advisory locks with a bounded wait.
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely.
+//! - [`repair`]: replacing a damaged snapshot with a fresh build while readers are served.
 
 pub mod gc;
 pub mod link;
 pub mod lock;
 pub mod records;
+pub mod repair;
 mod root;
 pub mod snapshot;
 

@@ -51,6 +51,12 @@ const DEFAULT_LINK: &str = "current";
 /// write permission on the directory itself, and snapshots are read-only (`0555`), so a
 /// non-root publisher could not move them anywhere else.
 const TRASH_PREFIX: &str = ".trash-";
+/// Where a repair builds a fresh copy of a damaged snapshot (see `store::repair`).
+const REPAIR_DIR: &str = ".repair";
+const REPAIR_DIR_PREFIX: &str = ".repair/";
+/// Prefix of directories that stopped being served but that readers may still hold (a damaged
+/// snapshot replaced by a repair): deleted by GC once older than `--grace`.
+const RETIRED_PREFIX: &str = ".retired-";
 /// Where dagsnap before 0.2 put the trash (emptied if found).
 const LEGACY_TRASH_DIR: &str = "trash";
 /// Directories a fresh filesystem brings along; their presence does not make a root foreign.
@@ -102,8 +108,8 @@ pub enum StoreError {
     #[error("root {} publishes {theirs} and a publisher of it is running; this one was started for {ours}. Use another --root, or fix --repo/--ref so all publishers of this root agree", root.display())]
     SourceMismatch {
         root: PathBuf,
-        theirs: SourceRecord,
-        ours: SourceRecord,
+        theirs: Box<SourceRecord>,
+        ours: Box<SourceRecord>,
     },
     #[error(transparent)]
     Link(#[from] link::ReadError),
@@ -119,6 +125,11 @@ pub struct Current {
     pub commit: String,
     /// False if the snapshot was deleted from under the link (a dangling link).
     pub complete: bool,
+    /// The directory the link names: `snapshots/<commit>`, or, while a repair swaps a fresh
+    /// copy in, `snapshots/.repair/<commit>`.
+    pub dir: PathBuf,
+    /// The link names a repair's fresh copy (if this lasts, a repair was interrupted).
+    pub in_repair: bool,
 }
 
 /// A directory under the store that a snapshot is being written into. Dropping it without
@@ -296,6 +307,28 @@ impl Root {
 
     pub fn snapshot_path(&self, commit: &str) -> PathBuf {
         self.snapshots().join(commit)
+    }
+
+    fn repair_dir(&self) -> PathBuf {
+        self.snapshots().join(REPAIR_DIR)
+    }
+
+    /// Where a repair keeps its fresh copy of `commit` (see `store::repair`).
+    pub fn fresh_copy_path(&self, commit: &str) -> PathBuf {
+        self.repair_dir().join(commit)
+    }
+
+    /// What the link stores to point at the snapshot of `commit` (or its repair's fresh copy):
+    /// relative to the link's directory, so it resolves the same in every pod.
+    fn link_target(&self, commit: &str, fresh_copy: bool) -> PathBuf {
+        let snapshots = link::path_to_root(&self.link_rel)
+            .join(STORE_DIR)
+            .join(SNAPSHOTS_DIR);
+        if fresh_copy {
+            snapshots.join(REPAIR_DIR).join(commit)
+        } else {
+            snapshots.join(commit)
+        }
     }
 
     fn manifest_path(&self, commit: &str) -> PathBuf {
@@ -521,20 +554,21 @@ impl Root {
 
     /// Every staging directory in the store, from any host.
     pub fn staging_dirs(&self) -> Result<Vec<StagingDir>, StoreError> {
-        let dir = self.snapshots();
-        let entries = match fs::read_dir(&dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            other => other.at("list", &dir)?,
-        };
         let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.at("list", &dir)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(rest) = name.strip_prefix(STAGING_PREFIX) {
-                found.push(StagingDir {
-                    path: entry.path(),
-                    owner: parse_staging_owner(rest),
-                });
+        for dir in [self.snapshots(), self.repair_dir()] {
+            let entries = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                other => other.at("list", &dir)?,
+            };
+            for entry in entries {
+                let entry = entry.at("list", &dir)?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(rest) = name.strip_prefix(STAGING_PREFIX) {
+                    found.push(StagingDir {
+                        path: entry.path(),
+                        owner: parse_staging_owner(rest),
+                    });
+                }
             }
         }
         Ok(found)
@@ -549,18 +583,33 @@ impl Root {
         let prefix = link::path_to_root(&self.link_rel)
             .join(STORE_DIR)
             .join(SNAPSHOTS_DIR);
-        let commit = target
+        let rest = target
             .strip_prefix(&prefix)
             .ok()
-            .and_then(|rest| rest.to_str())
-            .filter(|name| is_commit_id(name))
-            .map(str::to_owned)
-            .ok_or_else(|| StoreError::ForeignLink {
+            .and_then(|rest| rest.to_str());
+        let (commit, in_repair) = match rest.map(|r| r.strip_prefix(REPAIR_DIR_PREFIX)) {
+            Some(Some(commit)) => (commit, true),
+            Some(None) => (rest.unwrap_or_default(), false),
+            None => ("", false),
+        };
+        if !is_commit_id(commit) {
+            return Err(StoreError::ForeignLink {
                 link: link.clone(),
                 target: target.clone(),
-            })?;
-        let complete = self.has_snapshot(&commit);
-        Ok(Some(Current { commit, complete }))
+            });
+        }
+        let dir = if in_repair {
+            self.repair_dir().join(commit)
+        } else {
+            self.snapshot_path(commit)
+        };
+        let complete = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        Ok(Some(Current {
+            commit: commit.to_string(),
+            complete,
+            dir,
+            in_repair,
+        }))
     }
 
     /// Whether `snapshots/<commit>` is a directory (not a symlink to one).
@@ -617,6 +666,10 @@ impl Root {
 
     /// A fresh, empty, uniquely named directory in the store to build a snapshot in.
     pub fn begin_staging(&self) -> Result<Staging, StoreError> {
+        self.begin_staging_in(&self.snapshots())
+    }
+
+    fn begin_staging_in(&self, dir: &Path) -> Result<Staging, StoreError> {
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -627,7 +680,7 @@ impl Root {
             std::process::id(),
             rand::random::<u64>()
         );
-        let path = self.snapshots().join(name);
+        let path = dir.join(name);
         fs::DirBuilder::new()
             .mode(DIR_MODE)
             .create(&path)
@@ -756,12 +809,126 @@ impl Root {
     /// never-backward comparison always has the newest observation to go by.
     pub fn publish(&self, lock: &RootLock, publication: &Publication) -> Result<(), StoreError> {
         self.records().record_publication(lock, publication)?;
-        let target = link::path_to_root(&self.link_rel)
-            .join(STORE_DIR)
-            .join(SNAPSHOTS_DIR)
-            .join(&publication.commit);
-        link::swap(&self.root, &self.link_rel, &target)?;
+        link::swap(
+            &self.root,
+            &self.link_rel,
+            &self.link_target(&publication.commit, false),
+        )?;
         Ok(())
+    }
+
+    /// A staging directory for a repair's fresh copy, inside `snapshots/.repair/` so that it is
+    /// renamed within its directory (see `store::repair`).
+    pub fn begin_repair_staging(&self) -> Result<Staging, StoreError> {
+        make_dir(&self.repair_dir())?;
+        self.begin_staging_in(&self.repair_dir())
+    }
+
+    /// Rename a repair's staged fresh copy of `commit` to `snapshots/.repair/<commit>`, retiring
+    /// any copy an interrupted repair left there.
+    pub fn install_fresh_copy(&self, staging: Staging, commit: &str) -> Result<(), StoreError> {
+        let destination = self.repair_dir().join(commit);
+        if destination.exists() {
+            self.retire(&destination, commit)?;
+        }
+        fs::rename(staging.path(), &destination)
+            .at("move the fresh copy into place at", &destination)?;
+        std::mem::forget(staging);
+        fsutil::fsync_dir(&self.repair_dir())?;
+        Ok(())
+    }
+
+    /// Point the link at `commit`'s snapshot (`fresh_copy`: at the repair's fresh copy), if the
+    /// link names that commit now; whether it did. Another publisher may have moved the link
+    /// on meanwhile, and then there is nothing to swap.
+    pub fn relink(
+        &self,
+        _lock: &RootLock,
+        commit: &str,
+        fresh_copy: bool,
+    ) -> Result<bool, StoreError> {
+        match self.current()? {
+            Some(current) if current.commit == commit => {
+                link::swap(
+                    &self.root,
+                    &self.link_rel,
+                    &self.link_target(commit, fresh_copy),
+                )?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Take `snapshots/<commit>` out of service without deleting it: readers that resolved the
+    /// link to it keep their files until GC deletes it after `--grace`.
+    pub fn retire_snapshot(&self, _lock: &RootLock, commit: &str) -> Result<(), StoreError> {
+        let path = self.snapshot_path(commit);
+        if fs::symlink_metadata(&path).is_err() {
+            return Ok(());
+        }
+        self.retire(&path, commit)
+    }
+
+    /// Take the repair's fresh copy of `commit` out of service (its files live on in
+    /// `snapshots/<commit>`, which shares them).
+    pub fn retire_fresh_copy(&self, commit: &str) -> Result<(), StoreError> {
+        let path = self.repair_dir().join(commit);
+        if fs::symlink_metadata(&path).is_err() {
+            return Ok(());
+        }
+        self.retire(&path, commit)
+    }
+
+    /// Rename `path` to `.retired-<label>.<seconds>.<unique>` in its own directory.
+    fn retire(&self, path: &Path, label: &str) -> Result<(), StoreError> {
+        let dir = path.parent().unwrap_or(&self.root);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let destination = dir.join(format!(
+            "{RETIRED_PREFIX}{label}.{now}.{}",
+            fsutil::unique_suffix()
+        ));
+        match fs::rename(path, &destination) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => Ok(other.at("retire", path)?),
+        }
+    }
+
+    /// Directories retired by repairs, and when: GC deletes them after `--grace`.
+    pub fn retired_dirs(&self) -> Result<Vec<(PathBuf, SystemTime)>, StoreError> {
+        let mut found = Vec::new();
+        for dir in [self.snapshots(), self.repair_dir()] {
+            let entries = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                other => other.at("list", &dir)?,
+            };
+            for entry in entries {
+                let entry = entry.at("list", &dir)?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix(RETIRED_PREFIX) else {
+                    continue;
+                };
+                // `<label>.<seconds>.<pid>-<random>`
+                let seconds = rest
+                    .rsplit('.')
+                    .nth(1)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0);
+                found.push((
+                    entry.path(),
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Move a retired directory into the trash (GC, under the lock).
+    pub fn move_retired_to_trash(&self, _lock: &RootLock, path: &Path) -> Result<(), StoreError> {
+        self.move_to_trash(path, "retired")
     }
 
     /// Register this process as a publisher of `source` (see [`records::claims::claim`]).
@@ -934,11 +1101,11 @@ impl Root {
         self.move_to_trash(&staging.path, "staging")
     }
 
-    /// Rename `path` (an entry of `snapshots/`) to a trash name in the same directory.
+    /// Rename `path` (an entry of `snapshots/` or `snapshots/.repair/`) to a trash name in the
+    /// same directory.
     fn move_to_trash(&self, path: &Path, label: &str) -> Result<(), StoreError> {
-        let destination = self
-            .snapshots()
-            .join(format!("{TRASH_PREFIX}{label}.{}", fsutil::unique_suffix()));
+        let dir = path.parent().unwrap_or(&self.root);
+        let destination = dir.join(format!("{TRASH_PREFIX}{label}.{}", fsutil::unique_suffix()));
         match fs::rename(path, &destination) {
             // Someone else moved it first.
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -950,7 +1117,11 @@ impl Root {
     /// is deleting at the same time are skipped without error.
     pub fn empty_trash(&self) -> Result<usize, StoreError> {
         let mut doomed = Vec::new();
-        for dir in [self.snapshots(), self.store().join(LEGACY_TRASH_DIR)] {
+        for dir in [
+            self.snapshots(),
+            self.repair_dir(),
+            self.store().join(LEGACY_TRASH_DIR),
+        ] {
             let entries = match fs::read_dir(&dir) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 other => other.at("list", &dir)?,

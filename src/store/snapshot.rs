@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use gix::ObjectId;
 
+pub use crate::entries::Blobs;
 use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_FILE, MODE_SUBMODULE, MODE_SYMLINK};
 use crate::fsutil::{self, IoError};
 use crate::text::escape_bytes;
@@ -25,12 +26,6 @@ use crate::text::escape_bytes;
 const PATH_MAX: usize = libc::PATH_MAX as usize;
 /// The longest file name most Linux filesystems accept.
 const NAME_MAX: usize = 255;
-
-/// Where the content of each entry comes from.
-pub trait Blobs {
-    /// Put the content of blob `id` into `buf`, replacing what it held.
-    fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String>;
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -225,8 +225,10 @@ fn a_second_process_on_the_same_cache_is_refused_by_name() {
     });
     std::thread::sleep(Duration::from_millis(200));
 
-    let out = sync_once(&scratch, &remote.url(), &[]);
+    // A one-time sync stands by for at most --sync-timeout, then names the cache's holder.
+    let out = sync_once(&scratch, &remote.url(), &["--sync-timeout", "1s"]);
     assert_one_clear_line(&out, 2, "is in use by another dagsnap process");
+    assert!(stderr(&out).contains("standing by"), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&scratch.cache().display().to_string()),
         "{}",

@@ -12,6 +12,7 @@ mod names;
 mod publishing;
 mod readers;
 mod refs;
+mod repair;
 mod retention;
 mod reuse;
 mod seed_incident;

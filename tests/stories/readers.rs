@@ -95,7 +95,12 @@ impl Readers {
             }));
         }
         for _ in 0..per_file {
-            let (root, stop, failures) = (root.to_path_buf(), stop.clone(), failures.clone());
+            let (root, stop, passes, failures) = (
+                root.to_path_buf(),
+                stop.clone(),
+                passes.clone(),
+                failures.clone(),
+            );
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     for f in 0..40 {
@@ -109,6 +114,7 @@ impl Readers {
                                 .push(format!("open through the link: {}: {e}", path.display()));
                         }
                     }
+                    passes.fetch_add(1, Ordering::Relaxed);
                 }
             }));
         }
@@ -120,7 +126,7 @@ impl Readers {
         }
     }
 
-    /// Stop and return (passes resolved once, failures).
+    /// Stop and return (passes, of either kind of reader; failures).
     pub(crate) fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads {

@@ -67,8 +67,8 @@ pub(in crate::store) fn claim(
             None => {
                 return Err(StoreError::SourceMismatch {
                     root: root.to_path_buf(),
-                    theirs,
-                    ours: source.clone(),
+                    theirs: Box::new(theirs),
+                    ours: Box::new(source.clone()),
                 })
             }
         },

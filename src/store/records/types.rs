@@ -23,6 +23,8 @@ pub enum Cause {
     Pin,
     /// An operator released the pin.
     Unpin,
+    /// A damaged snapshot was rebuilt and the link swapped to the rebuilt copy (same commit).
+    Repair,
 }
 
 impl Cause {
@@ -32,6 +34,7 @@ impl Cause {
             Cause::Rollback => "rollback",
             Cause::Pin => "pin",
             Cause::Unpin => "unpin",
+            Cause::Repair => "repair",
         }
     }
 }
@@ -77,7 +80,7 @@ impl Publication {
     /// win over it, and a record from a clock that ran ahead must not outlive an operator's
     /// reset. Such entries carry the time of the action as their observation time.
     pub fn resets_ordering(&self) -> bool {
-        self.cause != Cause::Sync
+        matches!(self.cause, Cause::Rollback | Cause::Pin | Cause::Unpin)
     }
 }
 

@@ -1,0 +1,165 @@
+//! Replacing a damaged snapshot with a fresh build of the same commit, while readers keep being
+//! served a complete copy of it.
+//!
+//! The link names `snapshots/<commit>`, and that name is taken by the damaged directory. Linux
+//! can exchange two directories atomically (`RENAME_EXCHANGE`), but NFS cannot, and a non-root
+//! publisher cannot even move a read-only directory to another parent. So the fresh copy takes
+//! a detour through `snapshots/.repair/<commit>` (same basename: the link still names the
+//! commit), and every step is a `rename(2)` within one directory or an atomic link swap.
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+use crate::entries::{Blobs, Entries};
+use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
+use crate::store::{Cause, Manifest, Publication, Root, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Who repairs, for the journal entry.
+#[derive(Debug, Clone)]
+pub struct Repairer {
+    pub host: String,
+    pub pid: u32,
+    pub repo: String,
+    pub ref_name: String,
+    /// What was wrong, for the journal (`dagsnap log` shows it).
+    pub reason: String,
+}
+
+/// Rebuild the snapshot of `commit` from `blobs` and put the rebuilt copy where the damaged one
+/// was, without a moment at which a reader resolving the link finds nothing or a partial tree.
+///
+/// 1. Build a fresh copy of `entries` (the commit's tree, as git has it) in a staging directory
+///    under `snapshots/.repair/`, writing every file from `blobs` (nothing is shared with the
+///    damaged copy), and rename it to `snapshots/.repair/<commit>`.
+/// 2. Under the root's lock: if the link names the commit, swap it to the fresh copy, and
+///    journal the repair. From here readers get intact files.
+/// 3. Under the lock: rename the damaged `snapshots/<commit>` to `snapshots/.retired-…`. A reader
+///    that resolved the link to it keeps its files; GC deletes it after `--grace`.
+/// 4. Build `snapshots/<commit>` again by hard-linking every file of the fresh copy (no content
+///    is written twice) and install it with a new manifest ([`Root::install`]).
+/// 5. Under the lock: if the link names the fresh copy, swap it back to `snapshots/<commit>`
+///    ([`finish`] does 3 to 6).
+/// 6. Retire the fresh copy's name; its files live on in `snapshots/<commit>`.
+///
+/// A crash leaves the link on a complete copy of the commit: the damaged one (before 2), the
+/// fresh one (2 to 5), or the rebuilt one. [`finish`] completes an interrupted repair.
+#[allow(clippy::too_many_arguments)]
+pub fn repair(
+    root: &Root,
+    commit: &str,
+    entries: Entries,
+    blobs: &dyn Blobs,
+    manifest: &Manifest,
+    who: &Repairer,
+    lock_timeout: Duration,
+    progress: &gix::progress::tree::Root,
+    interrupt: &AtomicBool,
+) -> Result<Stats, RepairError> {
+    // 1.
+    let staging = root.begin_repair_staging()?;
+    let fresh = snapshot::build(
+        entries,
+        blobs,
+        staging.path(),
+        None,
+        Reuse::FullCopy,
+        progress,
+        interrupt,
+    )?;
+    root.install_fresh_copy(staging, commit)?;
+    // 2.
+    {
+        let lock = root.lock(lock_timeout)?;
+        if root.relink(&lock, commit, true)? {
+            let now = SystemTime::now();
+            root.record(
+                &lock,
+                &Publication {
+                    commit: commit.to_string(),
+                    cause: Cause::Repair,
+                    observed_at: now,
+                    published_at: now,
+                    host: who.host.clone(),
+                    pid: who.pid,
+                    repo: who.repo.clone(),
+                    ref_name: who.ref_name.clone(),
+                    moved_link: false,
+                    reason: Some(who.reason.clone()),
+                },
+            )?;
+        }
+    }
+    finish(
+        root,
+        commit,
+        &fresh.entries,
+        blobs,
+        manifest,
+        lock_timeout,
+        progress,
+        interrupt,
+    )?;
+    Ok(fresh.stats)
+}
+
+/// Steps 3 to 6 of [`repair`]: retire the damaged `snapshots/<commit>`, rebuild it from the
+/// fresh copy in `snapshots/.repair/<commit>` by hard links, swap the link back, retire the
+/// fresh copy's name. Also what completes a repair that was interrupted after step 2.
+#[allow(clippy::too_many_arguments)]
+pub fn finish(
+    root: &Root,
+    commit: &str,
+    entries: &Entries,
+    blobs: &dyn Blobs,
+    manifest: &Manifest,
+    lock_timeout: Duration,
+    progress: &gix::progress::tree::Root,
+    interrupt: &AtomicBool,
+) -> Result<(), RepairError> {
+    // 3.
+    {
+        let lock = root.lock(lock_timeout)?;
+        root.retire_snapshot(&lock, commit)?;
+    }
+    // 4.
+    let fresh_dir = root.fresh_copy_path(commit);
+    let staging = root.begin_staging()?;
+    let rebuilt = snapshot::build(
+        entries.clone(),
+        blobs,
+        staging.path(),
+        Some(Previous {
+            dir: &fresh_dir,
+            entries,
+        }),
+        Reuse::HardLink,
+        progress,
+        interrupt,
+    )?;
+    let mut manifest = manifest.clone();
+    manifest.files = rebuilt.stats.files;
+    manifest.bytes = rebuilt.stats.bytes;
+    manifest.materialized_at = SystemTime::now();
+    root.install(staging, &manifest, &rebuilt.entries)?;
+    // 5.
+    {
+        let lock = root.lock(lock_timeout)?;
+        if root
+            .current()?
+            .is_some_and(|c| c.commit == commit && c.in_repair)
+        {
+            root.relink(&lock, commit, false)?;
+        }
+    }
+    // 6.
+    root.retire_fresh_copy(commit)?;
+    Ok(())
+}
