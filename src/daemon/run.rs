@@ -386,12 +386,17 @@ mod tests {
         let period = Duration::from_secs(10);
         let max = Duration::from_secs(300);
         for failures in 1..=30 {
-            let wait = backoff(period, max, failures);
             let full = (period * 2u32.pow((failures - 1).min(20) as u32)).min(max);
-            assert!(
-                wait >= full / 2 && wait <= full,
-                "failures={failures} wait={wait:?}"
-            );
+            let waits: std::collections::BTreeSet<Duration> =
+                (0..50).map(|_| backoff(period, max, failures)).collect();
+            for wait in &waits {
+                assert!(
+                    *wait >= full / 2 && *wait <= full,
+                    "failures={failures} wait={wait:?}"
+                );
+            }
+            // Jitter: publishers that failed together do not retry together.
+            assert!(waits.len() > 25, "failures={failures}: {waits:?}");
         }
     }
 }

@@ -646,3 +646,87 @@ fn a_silent_ssh_server_is_cut_off_by_the_sync_timeout() {
         started.elapsed()
     );
 }
+
+#[test]
+fn secrets_stay_out_of_trace_and_json_logs_repeated_failures_and_the_cache() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "a\n")], "one");
+    let server = HttpServer::start_with(true, USER, TOKEN);
+    server.serve(&remote.dir, "dags.git");
+    let ca = server.ca_file.display().to_string();
+    let scratch = Scratch::new();
+    let password = scratch.path("token");
+    write_secret(&password, TOKEN);
+    let with_password = [
+        "--username",
+        USER,
+        "--password-file",
+        password.to_str().unwrap(),
+        "--ca-file",
+        ca.as_str(),
+    ];
+
+    let mut logs = Vec::new();
+    // Every level of dagsnap's own logs, and the libraries' at trace, in both formats.
+    for (format, level) in [
+        ("json", "trace"),
+        ("text", "trace"),
+        (
+            "json",
+            "dagsnap=trace,gix=trace,gix_transport=trace,reqwest=trace,hyper=trace",
+        ),
+    ] {
+        let url = server.url(Door::Private, "dags.git");
+        let mut args = vec!["--log-format", format, "--log-level", level];
+        args.extend(with_password);
+        let out = sync_once(&scratch, &url, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        logs.push(stderr(&out));
+    }
+    // Credentials in the URL, and a loop that fails again and again with a wrong one.
+    let wrong = "glpat-Wr0ngButSecretT0ken";
+    let url = server
+        .url(Door::Private, "dags.git")
+        .replace("https://", &format!("https://{USER}:{wrong}@"));
+    let daemon = spawn_loop_with(
+        &scratch,
+        &scratch.path("cache-2"),
+        &url,
+        &[
+            "--ca-file",
+            &ca,
+            "--period",
+            "20ms",
+            "--backoff-max",
+            "40ms",
+            "--log-format",
+            "json",
+            "--log-level",
+            "trace",
+        ],
+    );
+    wait_until(Duration::from_secs(30), "five failures", || {
+        daemon.logs().matches("authentication failed").count() >= 5
+    });
+    logs.push(daemon.logs());
+    drop(daemon);
+
+    for secret in [TOKEN, wrong] {
+        assert_secret_absent(secret, &logs, &scratch.root());
+        for cache in [scratch.cache(), scratch.path("cache-2")] {
+            for entry in walkdir::WalkDir::new(&cache)
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if entry.file_type().is_file() {
+                    let bytes = fs::read(entry.path()).unwrap();
+                    assert!(
+                        !String::from_utf8_lossy(&bytes).contains(secret),
+                        "{} holds the secret",
+                        entry.path().display()
+                    );
+                }
+            }
+        }
+    }
+}

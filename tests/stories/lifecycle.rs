@@ -47,14 +47,74 @@ fn sigterm_mid_loop_exits_zero_and_leaves_a_valid_root() {
 #[test]
 fn sigint_stops_the_loop_like_sigterm() {
     let remote = Remote::new();
-    remote.commit(&[("a.py", "a\n")], "one");
+    let commit = remote.commit(&[("a.py", "a\n")], "one");
     let scratch = Scratch::new();
     let mut daemon = spawn_loop(&scratch, &remote.url(), &["--period", "1h"]);
-    wait_until(Duration::from_secs(30), "first publish", || {
-        published(&scratch.root()).is_some()
-    });
+    daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
     daemon.signal(Signal::SIGINT);
     assert!(daemon.wait(Duration::from_secs(10)).success());
+    assert!(
+        daemon.logs().contains("stop requested"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(!daemon.logs().contains("ERROR"), "{}", daemon.logs());
+    assert_eq!(assert_root_valid(&scratch.root()), commit);
+}
+
+#[test]
+fn a_stop_signal_during_a_publish_finishes_or_abandons_it_cleanly() {
+    let remote = Remote::new();
+    // Big enough that writing a snapshot takes a while, so a signal can land in the middle.
+    let commits = remote.fast_commits("main", 2, 3000);
+    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+    let mut caught = [false, false];
+    for attempt in 0..10 {
+        let signal = [Signal::SIGTERM, Signal::SIGINT][attempt % 2];
+        let scratch = Scratch::new();
+        let root = scratch.root();
+        assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+        remote.git(&["update-ref", "refs/heads/main", &commits[1]]);
+        let mut daemon = spawn_loop(&scratch, &remote.url(), &["--period", "1h"]);
+        let start = Instant::now();
+        while staging_dirs(&root).is_empty()
+            && published(&root).as_deref() != Some(commits[1].as_str())
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::yield_now();
+        }
+        let mid_publish = !staging_dirs(&root).is_empty();
+        daemon.signal(signal);
+        let status = daemon.wait(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "attempt {attempt}, {signal}: {status:?}\n{}",
+            daemon.logs()
+        );
+        if mid_publish {
+            caught[attempt % 2] = true;
+            assert!(
+                daemon
+                    .logs()
+                    .contains("stop requested; finishing or abandoning the cycle in flight"),
+                "{}",
+                daemon.logs()
+            );
+        }
+        // Either the new snapshot made it whole, or the old one still serves; nothing half-done.
+        let live = assert_root_valid(&root);
+        assert!(live == commits[0] || live == commits[1], "{live}");
+        assert!(staging_dirs(&root).is_empty(), "staging left behind");
+        remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+        if caught == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(
+        caught,
+        [true, true],
+        "a signal never landed mid-publish in 10 attempts"
+    );
 }
 
 #[test]
@@ -437,4 +497,68 @@ fn a_publisher_standing_by_stops_cleanly_on_sigterm() {
         "{}",
         second.logs()
     );
+}
+
+#[test]
+fn after_failures_the_loop_backs_off_exponentially_with_jitter_up_to_the_cap() {
+    let scratch = Scratch::new();
+    let missing = scratch.path("missing.git").display().to_string();
+    let daemon = spawn_loop(
+        &scratch,
+        &missing,
+        &[
+            "--period",
+            "100ms",
+            "--backoff-max",
+            "800ms",
+            "--log-format",
+            "json",
+        ],
+    );
+    wait_until(Duration::from_secs(60), "eight failures", || {
+        daemon.logs().matches("sync failed").count() >= 8
+    });
+    let log = daemon.logs();
+    drop(daemon);
+    // (when, consecutive failures, announced wait) from the loop's own log lines.
+    let failures: Vec<(std::time::SystemTime, u64, Duration)> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| {
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("sync failed"))
+        })
+        .map(|event| {
+            (
+                humantime::parse_rfc3339_weak(event["timestamp"].as_str().unwrap()).unwrap(),
+                event["consecutive_failures"].as_u64().unwrap(),
+                humantime::parse_duration(event["retry_in"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert!(failures.len() >= 8, "{failures:?}");
+    let ms = Duration::from_millis;
+    for (i, (_, n, wait)) in failures.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1);
+        // Doubling from the period, capped, half fixed and half random.
+        let full = (ms(100) * 2u32.pow(i as u32)).min(ms(800));
+        assert!(
+            *wait + ms(1) >= full / 2 && *wait <= full + ms(1),
+            "failure {n}: waits {wait:?}, expected {:?}..={full:?}",
+            full / 2
+        );
+    }
+    // The loop waits what it says before trying again (machines are only ever slower).
+    for pair in failures.windows(2) {
+        let gap = pair[1].0.duration_since(pair[0].0).unwrap();
+        assert!(
+            gap + ms(5) >= pair[0].2,
+            "retried after {gap:?}, announced {:?}",
+            pair[0].2
+        );
+    }
+    let capped: std::collections::BTreeSet<Duration> =
+        failures[4..].iter().map(|(_, _, wait)| *wait).collect();
+    assert!(capped.len() > 1, "jitter: {capped:?}");
 }

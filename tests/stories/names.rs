@@ -2,12 +2,7 @@
 //! archive` writes it; a path git refuses, or one the filesystem cannot hold, fails the publish
 //! with the path named, and what is live stays live.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::support::*;
 
@@ -32,53 +27,6 @@ fn linux_names() -> Vec<TreeFile> {
         TreeFile::executable("bin/run:me", "#!/bin/sh\necho hi\n"),
         TreeFile::symlink("link-to-aux", "aux.py"),
     ]
-}
-
-/// Every entry under `dir`: relative path -> (kind, content or target, executable).
-fn tree_of(dir: &Path) -> BTreeMap<Vec<u8>, (char, Vec<u8>, bool)> {
-    let mut out = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
-        let entry = entry.unwrap();
-        let relative = entry
-            .path()
-            .strip_prefix(dir)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        let meta = entry.path().symlink_metadata().unwrap();
-        let value = if meta.file_type().is_symlink() {
-            let target = fs::read_link(entry.path()).unwrap();
-            ('l', target.as_os_str().as_bytes().to_vec(), false)
-        } else if meta.is_dir() {
-            ('d', Vec::new(), false)
-        } else {
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            ('f', fs::read(entry.path()).unwrap(), exec)
-        };
-        out.insert(relative, value);
-    }
-    out
-}
-
-/// What `git archive` of `commit` writes, extracted with tar.
-fn git_archive(remote: &Remote, commit: &str, into: &Path) {
-    fs::create_dir_all(into).unwrap();
-    let mut archive = Command::new("git")
-        .current_dir(&remote.dir)
-        .args(["archive", "--format=tar", commit])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = Command::new("tar")
-        .arg("-xf")
-        .arg("-")
-        .arg("-C")
-        .arg(into)
-        .stdin(archive.stdout.take().unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success() && archive.wait().unwrap().success());
 }
 
 #[test]

@@ -274,6 +274,33 @@ fn every_option_reads_from_the_environment() {
 }
 
 #[test]
+fn every_sync_option_has_its_environment_variable() {
+    use clap::CommandFactory;
+    let cli = dagsnap::cli::Cli::command();
+    let sync = cli.find_subcommand("sync").unwrap();
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for arg in sync.get_arguments().chain(cli.get_arguments()) {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        if long == "help" {
+            continue;
+        }
+        checked += 1;
+        let expected = format!("DAGSNAP_{}", long.to_ascii_uppercase().replace('-', "_"));
+        if arg.get_env().and_then(|e| e.to_str()) != Some(expected.as_str()) {
+            wrong.push(format!(
+                "--{long}: {:?}, expected {expected}",
+                arg.get_env()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(checked >= 28, "walked only {checked} options");
+}
+
+#[test]
 fn a_link_in_a_subdirectory_points_back_into_the_store() {
     let remote = Remote::new();
     let commit = remote.commit(&[("a.py", "a\n")], "one");

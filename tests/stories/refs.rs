@@ -33,7 +33,7 @@ fn a_branch_is_followed() {
 
     let out = sync_once(&scratch, &remote.url(), &["--ref", "release"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(published(&scratch.root()), Some(release));
+    assert_eq!(published(&scratch.root()), Some(release.clone()));
     assert_eq!(read_current(&scratch.root(), "a.py"), "release\n");
 
     let scratch = Scratch::new();
@@ -43,6 +43,8 @@ fn a_branch_is_followed() {
         "full ref names work too: {}",
         stderr(&out)
     );
+    assert_eq!(assert_root_valid(&scratch.root()), release);
+    assert_eq!(read_current(&scratch.root(), "a.py"), "release\n");
 }
 
 #[test]

@@ -25,6 +25,8 @@ struct Tally {
     /// Reader passes that found a DAG file missing or unreadable.
     broken_reads: usize,
     reads: usize,
+    /// Publications in dagsnap's journal.
+    published: usize,
 }
 
 /// An Airflow stand-in: every few milliseconds it opens the 40 DAG files that every commit
@@ -52,19 +54,19 @@ fn airflow_reader(
     })
 }
 
-/// The remote advances every 300 ms through `commits` while `SCHEDULE` runs.
-fn advance_remote(remote: &Remote, commits: &[String]) {
+/// The remote advances every 300 ms through `commits` while `SCHEDULE` runs; returns the
+/// commit it ends on.
+fn advance_remote(remote: &Remote, commits: &[String]) -> String {
     let start = Instant::now();
     let mut next = 1;
+    let mut last = commits[0].clone();
     while start.elapsed() < SCHEDULE {
-        remote.git(&[
-            "update-ref",
-            "refs/heads/main",
-            &commits[next % commits.len()],
-        ]);
+        last = commits[next % commits.len()].clone();
+        remote.git(&["update-ref", "refs/heads/main", &last]);
         next += 1;
         std::thread::sleep(Duration::from_millis(300));
     }
+    last
 }
 
 /// A "container" running the seed script, restarted whenever it exits, as the kubelet would.
@@ -154,7 +156,7 @@ fn run_seed_scripts(scratch: &Scratch, remote: &Remote, commits: &[String]) -> T
         })
         .collect();
     let reader = airflow_reader(dir, stop.clone(), broken.clone(), reads.clone());
-    advance_remote(remote, commits);
+    let _ = advance_remote(remote, commits);
     stop.store(true, Ordering::Relaxed);
     for c in containers {
         c.join().unwrap();
@@ -187,7 +189,9 @@ fn run_dagsnap_publishers(scratch: &Scratch, remote: &Remote, commits: &[String]
         broken.clone(),
         reads.clone(),
     );
-    advance_remote(remote, commits);
+    let last = advance_remote(remote, commits);
+    // The publishers keep up: they end on the remote's last commit.
+    daemons[0].wait_for_commit(&root, &last, Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     let mut tally = Tally {
@@ -199,6 +203,10 @@ fn run_dagsnap_publishers(scratch: &Scratch, remote: &Remote, commits: &[String]
         if daemon.child.try_wait().unwrap().is_some() {
             tally.exits += 1;
         }
+        daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        if !daemon.wait(Duration::from_secs(30)).success() {
+            tally.exits += 1;
+        }
         tally.error_lines.extend(
             daemon
                 .logs()
@@ -206,9 +214,16 @@ fn run_dagsnap_publishers(scratch: &Scratch, remote: &Remote, commits: &[String]
                 .filter(|l| l.contains("ERROR"))
                 .map(str::to_string),
         );
-        daemon.signal(nix::sys::signal::Signal::SIGTERM);
-        daemon.wait(Duration::from_secs(30));
     }
+    // Every commit the link showed was published once, in the order the remote moved.
+    let moves = crate::support::journal_commits(&root);
+    assert!(
+        moves.len() >= 10,
+        "only {} publications: {moves:?}",
+        moves.len()
+    );
+    assert_eq!(moves.last(), Some(&last));
+    tally.published = moves.len();
     tally
 }
 
@@ -245,5 +260,5 @@ fn the_seed_incident_breaks_git_sync_but_not_dagsnap() {
         summary("dagsnap x2", &ours)
     );
     assert_eq!(ours.broken_reads, 0, "{}", summary("dagsnap x2", &ours));
-    assert!(ours.reads > 0);
+    assert!(ours.reads > 0 && ours.published > 0);
 }

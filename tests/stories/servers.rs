@@ -300,6 +300,11 @@ http {{
         format!("{scheme}://127.0.0.1:{}/{prefix}{name}", self.port)
     }
 
+    /// Every request nginx answered so far, one line each ("combined" format).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default()
+    }
+
     /// Change the basic-auth password (nginx reads the file on every request).
     pub fn set_password(&self, user: &str, password: &str) {
         let tmp = self.htpasswd.with_extension("new");

@@ -186,7 +186,7 @@ fn kill_minus_9_anywhere_leaves_a_valid_root_that_converges() {
             .status
             .success()
     );
-    let mut rng = rand::thread_rng();
+    let mut rng = seeded_rng("kill_minus_9_anywhere");
     for (round, commit) in commits.iter().enumerate().skip(1) {
         remote.git(&["update-ref", "refs/heads/main", commit]);
         let mut daemon = spawn_loop(

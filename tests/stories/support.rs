@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -642,4 +643,74 @@ fn md5ish(bytes: &[u8]) -> u64 {
 /// Read a file of the published snapshot through the link.
 pub fn read_current(root: &Path, path: &str) -> String {
     fs::read_to_string(root.join("current").join(path)).unwrap()
+}
+
+/// Every entry under `dir`: relative path -> (kind, content or target, executable).
+pub fn tree_of(dir: &Path) -> BTreeMap<Vec<u8>, (char, Vec<u8>, bool)> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.unwrap();
+        let relative = entry
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let meta = entry.path().symlink_metadata().unwrap();
+        let value = if meta.file_type().is_symlink() {
+            let target = fs::read_link(entry.path()).unwrap();
+            ('l', target.as_os_str().as_bytes().to_vec(), false)
+        } else if meta.is_dir() {
+            ('d', Vec::new(), false)
+        } else {
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            ('f', fs::read(entry.path()).unwrap(), exec)
+        };
+        out.insert(relative, value);
+    }
+    out
+}
+
+/// What `git archive` of `commit` writes, extracted with tar.
+pub fn git_archive(remote: &Remote, commit: &str, into: &Path) {
+    fs::create_dir_all(into).unwrap();
+    let mut archive = Command::new("git")
+        .current_dir(&remote.dir)
+        .args(["archive", "--format=tar", commit])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg("-")
+        .arg("-C")
+        .arg(into)
+        .stdin(archive.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success() && archive.wait().unwrap().success());
+}
+
+/// The commits of the journal's link moves, oldest first.
+pub fn journal_commits(root: &Path) -> Vec<String> {
+    fs::read_to_string(root.join(".dagsnap/journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["moved_link"].as_bool().unwrap_or(true))
+        .filter_map(|e| e["commit"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A random number generator for a story, seeded from `DAGSNAP_TEST_SEED` or at random, its
+/// seed printed so that a failure can be replayed.
+pub fn seeded_rng(story: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("DAGSNAP_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{story}: seed {seed} (replay with DAGSNAP_TEST_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
 }

@@ -26,6 +26,59 @@ fn publishes_from_a_smart_http_server_and_follows_it() {
     assert_eq!(read_current(&scratch.root(), "dags/a.py"), "two\n");
 }
 
+#[test]
+fn an_idle_poll_asks_the_server_for_one_ref_and_negotiates_nothing() {
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "one\n")], "one");
+    let server = HttpServer::start();
+    let url = server.serve(&remote.dir, "dags.git");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &url, &[]).status.success());
+    let requests_before = server.access_log().lines().count();
+    // Everything in the cache but its lock file, which names the process that holds it.
+    let cache_before: Vec<_> = fingerprint(&scratch.cache())
+        .into_iter()
+        .filter(|(path, _)| !path.ends_with("lock"))
+        .collect();
+
+    let mut daemon = spawn_loop(
+        &scratch,
+        &url,
+        &["--period", "50ms", "--log-level", "debug"],
+    );
+    wait_until(Duration::from_secs(30), "ten idle polls", || {
+        daemon.logs().matches("up to date").count() >= 10
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    let polls = daemon.logs().matches("up to date").count();
+    let log = server.access_log();
+    let requests: Vec<&str> = log.lines().skip(requests_before).collect();
+    let gets = requests.iter().filter(|r| r.contains("\"GET ")).count();
+    let posts = requests.iter().filter(|r| r.contains("\"POST ")).count();
+    // Protocol v2: the capability advertisement (GET) and one ls-refs command (POST) per poll.
+    // A fetch would add a second POST; a poll cut short by SIGTERM may have made its requests
+    // without logging "up to date".
+    assert!(
+        (polls..=polls + 1).contains(&gets) && (polls..=polls + 1).contains(&posts),
+        "{polls} polls made {gets} GET and {posts} POST requests:\n{}",
+        requests.join("\n")
+    );
+    assert!(
+        requests.iter().all(|r| r.contains("/dags.git/")),
+        "{}",
+        requests.join("\n")
+    );
+    let cache_after: Vec<_> = fingerprint(&scratch.cache())
+        .into_iter()
+        .filter(|(path, _)| !path.ends_with("lock"))
+        .collect();
+    assert_eq!(
+        cache_before, cache_after,
+        "idle polls wrote nothing to the cache"
+    );
+}
+
 /// An ssh-agent holding the client key, in the foreground of its own process group, stopped
 /// when dropped.
 struct Agent {
