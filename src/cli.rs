@@ -160,6 +160,12 @@ pub struct SyncArgs {
     #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub backoff_max: Duration,
 
+    #[command(flatten, next_help_heading = "HTTP endpoints")]
+    pub http: HttpArgs,
+
+    #[command(flatten, next_help_heading = "Hooks and files")]
+    pub hooks: HookArgs,
+
     #[command(flatten, next_help_heading = "Credentials and trust")]
     pub access: AccessArgs,
 
@@ -247,6 +253,74 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
+}
+
+/// `/healthz`, `/readyz`, `/metrics` and `POST /sync`.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Serve the endpoints on this address: `:8080` (every interface), `127.0.0.1:8080`,
+    /// `[::]:8080`. Off by default.
+    #[arg(long, env = "DAGSNAP_HTTP_BIND")]
+    pub http_bind: Option<String>,
+
+    /// /readyz fails once the last successful check of the remote is older than this (DAGs
+    /// going stale shows in the pod's readiness). Default: readiness only needs a live snapshot.
+    #[arg(long, env = "DAGSNAP_READY_MAX_AGE", value_parser = parse_positive_duration)]
+    pub ready_max_age: Option<Duration>,
+
+    /// `POST /sync` requires `Authorization: Bearer <token>` with the token in this file.
+    #[arg(long, env = "DAGSNAP_TRIGGER_TOKEN_FILE")]
+    pub trigger_token_file: Option<PathBuf>,
+
+    /// `POST /sync` accepts push webhooks signed with the secret in this file: GitHub's
+    /// X-Hub-Signature-256, GitLab's X-Gitlab-Token. A push to another ref is ignored.
+    #[arg(long, env = "DAGSNAP_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+/// What runs after a publish, and the touch and error files.
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Run this through `sh -c` after every publish (and the first sync after start), in the
+    /// new snapshot, with DAGSNAP_COMMIT, DAGSNAP_PREVIOUS, DAGSNAP_SNAPSHOT, DAGSNAP_REF and
+    /// GITSYNC_HASH set. Runs beside the loop, for the newest commit.
+    #[arg(long, env = "DAGSNAP_EXECHOOK_COMMAND")]
+    pub exechook_command: Option<String>,
+
+    /// Kill the exec hook (and what it started) after this long.
+    #[arg(long, env = "DAGSNAP_EXECHOOK_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub exechook_timeout: Duration,
+
+    /// Wait this long before running a failed exec hook again.
+    #[arg(long, env = "DAGSNAP_EXECHOOK_BACKOFF", default_value = "3s", value_parser = parse_positive_duration)]
+    pub exechook_backoff: Duration,
+
+    /// Call this URL after every publish with the publication as JSON (commit, previous,
+    /// ref, snapshot, time) and a Gitsync-Hash header.
+    #[arg(long, env = "DAGSNAP_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    #[arg(long, env = "DAGSNAP_WEBHOOK_METHOD", default_value = "POST")]
+    pub webhook_method: String,
+
+    /// The status that means the webhook succeeded; 0 accepts any answer.
+    #[arg(long, env = "DAGSNAP_WEBHOOK_SUCCESS_STATUS", default_value_t = 200)]
+    pub webhook_success_status: u16,
+
+    #[arg(long, env = "DAGSNAP_WEBHOOK_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub webhook_timeout: Duration,
+
+    #[arg(long, env = "DAGSNAP_WEBHOOK_BACKOFF", default_value = "3s", value_parser = parse_positive_duration)]
+    pub webhook_backoff: Duration,
+
+    /// Touch this file after every publish (absolute, or relative to --root).
+    #[arg(long, env = "DAGSNAP_TOUCH_FILE")]
+    pub touch_file: Option<PathBuf>,
+
+    /// Write the last error here as JSON (absolute, or relative to --root); removed after a
+    /// successful sync.
+    #[arg(long, env = "DAGSNAP_ERROR_FILE")]
+    pub error_file: Option<PathBuf>,
 }
 
 /// Credentials and trust for the remote. Secrets are never taken as flags (they would show in
@@ -518,6 +592,11 @@ pub struct VerifyArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub root: RootArgs,
+
+    /// Exit 1 unless a running publisher reached the remote and found the link right within
+    /// this long (without one: unless the snapshot was published within it).
+    #[arg(long, env = "DAGSNAP_MAX_AGE", value_parser = parse_positive_duration)]
+    pub max_age: Option<Duration>,
 
     /// Print JSON instead of text.
     #[arg(long, env = "DAGSNAP_JSON")]

@@ -122,6 +122,22 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         retention: args.retention.policy(),
         verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
     };
+    let relative_to_root = |path: &Option<std::path::PathBuf>| {
+        path.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                args.root.root.join(p)
+            }
+        })
+    };
+    let mut root = root;
+    for file in [&args.hooks.touch_file, &args.hooks.error_file] {
+        if let Some(path) = relative_to_root(file) {
+            root = root.owning(&path);
+        }
+    }
+    let root_for_loop = root.clone();
     let open: daemon::Opener = std::sync::Arc::new(move || {
         Publisher::open(root.clone(), remote.clone(), &cache_dir, settings)
     });
@@ -137,7 +153,39 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
-    match runtime.block_on(daemon::run(open, schedule, style)) {
+    let http = match &args.http.http_bind {
+        Some(bind) => Some((
+            daemon::http::bind(bind).map_err(|e| (EXIT_USAGE, e))?,
+            daemon::http::Auth {
+                token_file: args.http.trigger_token_file.clone(),
+                webhook_secret_file: args.http.webhook_secret_file.clone(),
+            },
+        )),
+        None => None,
+    };
+    let hook = &args.hooks;
+    let surface = daemon::Surface {
+        http,
+        exec_hook: hook
+            .exechook_command
+            .clone()
+            .map(|command| daemon::hooks::ExecHook {
+                command,
+                timeout: hook.exechook_timeout,
+                backoff: hook.exechook_backoff,
+            }),
+        web_hook: hook.webhook_url.clone().map(|url| daemon::hooks::WebHook {
+            url,
+            method: hook.webhook_method.clone(),
+            success_status: hook.webhook_success_status,
+            timeout: hook.webhook_timeout,
+            backoff: hook.webhook_backoff,
+        }),
+        touch_file: relative_to_root(&hook.touch_file),
+        error_file: relative_to_root(&hook.error_file),
+        ready_max_age: args.http.ready_max_age,
+    };
+    match runtime.block_on(daemon::run(open, root_for_loop, schedule, surface, style)) {
         Ok(Exit::Clean) => Ok(0),
         Ok(Exit::Unusable { message }) => Err((EXIT_USAGE, redactor.redact(&message))),
         Ok(Exit::GaveUp {
@@ -161,7 +209,26 @@ fn show_status(args: StatusArgs) -> Outcome {
     } else {
         print!("{}", status::render_text(&status));
     }
-    Ok(if status.is_healthy() { 0 } else { EXIT_FAILED })
+    let fresh = args
+        .max_age
+        .is_none_or(|max| status::is_fresh(&status, max));
+    if !fresh && !args.json {
+        println!(
+            "STALE:       the live snapshot was last confirmed {} ago, more than --max-age {}",
+            status
+                .confirmed_seconds_ago
+                .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                .unwrap_or_else(|| "never".into()),
+            args.max_age
+                .map(|m| humantime::format_duration(m).to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(if status.is_healthy() && fresh {
+        0
+    } else {
+        EXIT_FAILED
+    })
 }
 
 fn collect_garbage(args: GcArgs) -> Outcome {

@@ -1,7 +1,13 @@
-//! The long-running side: one sync cycle ([`publish`]) and the loop that schedules cycles,
-//! bounds them and stops on signals ([`run`]).
+//! The long-running side: one sync cycle ([`publish`]), the loop that schedules cycles, bounds
+//! them and stops on signals ([`run`]), and what the loop shows the outside world while it runs:
+//! its health ([`health`]), HTTP endpoints ([`http`]), Prometheus metrics ([`metrics`]), and the
+//! hooks and files that follow a publish ([`hooks`]).
 
+pub mod health;
+pub mod hooks;
+pub mod http;
+pub mod metrics;
 pub mod publish;
 mod run;
 
-pub use run::{run, Exit, Opener, Schedule};
+pub use run::{run, Exit, Opener, Schedule, Surface};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::git::{Cache, CommitInfo, Remote, SourceError};
 use crate::store::gc;
 use crate::store::lock::LockError;
+use crate::store::records::{PublisherRecord, Registration};
 use crate::store::repair::{self, RepairError};
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::store::{
@@ -141,6 +142,26 @@ pub struct Publisher {
     created: Created,
     /// When the live snapshot was last found intact (or repaired).
     last_verified: Option<Instant>,
+    /// Where the last cycle spent its time.
+    timings: Timings,
+    /// The full ref the last cycle's observation matched (`refs/heads/main`).
+    followed_ref: Option<String>,
+    /// This process's record under the root, for `dagsnap status`.
+    registration: Registration,
+}
+
+/// Where a cycle spent its time, for the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Asking the remote, and receiving a pack if there was one.
+    pub fetch: Option<Duration>,
+    /// Writing the snapshot (checking one that exists).
+    pub build: Option<Duration>,
+    /// Waiting for the lock, deciding and swapping the link, collecting garbage.
+    pub publish: Option<Duration>,
+    pub lock_wait: Option<Duration>,
+    /// A pack was received.
+    pub fetched: bool,
 }
 
 impl Publisher {
@@ -164,10 +185,23 @@ impl Publisher {
             let claim = root.claim(&source, settings.lock_timeout)?;
             root.record_link()?;
             let cache = Cache::open(cache_dir, &remote, root.path())?;
-            Ok::<_, PublishError>((claim, cache))
+            let now = SystemTime::now();
+            let registration = root.register_publisher(PublisherRecord {
+                host: crate::fsutil::hostname(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                repo: source.repo.clone(),
+                ref_name: source.ref_name.clone(),
+                started_at: now,
+                last_cycle_at: now,
+                last_success_at: None,
+                consecutive_failures: 0,
+                last_error: None,
+            })?;
+            Ok::<_, PublishError>((claim, cache, registration))
         })();
         match opened {
-            Ok((claim, cache)) => Ok(Publisher {
+            Ok((claim, cache, registration)) => Ok(Publisher {
                 root,
                 remote,
                 cache,
@@ -175,6 +209,9 @@ impl Publisher {
                 claim,
                 created,
                 last_verified: None,
+                timings: Timings::default(),
+                followed_ref: None,
+                registration,
             }),
             Err(e) => {
                 root.undo_first_start(&created);
@@ -214,6 +251,16 @@ impl Publisher {
         &self.root
     }
 
+    /// Where the last cycle spent its time.
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    /// The full ref the last cycle followed (`refs/heads/main` for `--ref main` or HEAD).
+    pub fn followed_ref(&self) -> Option<String> {
+        self.followed_ref.clone()
+    }
+
     pub fn remote(&self) -> &Remote {
         &self.remote
     }
@@ -239,6 +286,7 @@ impl Publisher {
         interrupt: &AtomicBool,
     ) -> Result<Outcome, PublishError> {
         let started = Instant::now();
+        self.timings = Timings::default();
         if !self.cache.is_intact() {
             tracing::warn!(cache = %self.cache.dir().display(), "the cache directory was deleted or replaced (a cleaner of temporary files?); re-creating it");
             self.cache.recreate()?;
@@ -251,7 +299,16 @@ impl Publisher {
                 self.guarded_cycle(progress, interrupt, started)
             }
             other => other,
-        }?;
+        };
+        match &outcome {
+            Ok(_) => self.registration.update(true, None),
+            Err(e) if e.is_cancelled() || e.is_contention() => {}
+            Err(e) => {
+                let error = self.remote.redactor().redact(&crate::git::error_chain(e));
+                self.registration.update(false, Some(error));
+            }
+        }
+        let outcome = outcome?;
         self.check_live(progress, interrupt);
         Ok(outcome)
     }
@@ -392,7 +449,11 @@ impl Publisher {
         interrupt: &AtomicBool,
         started: Instant,
     ) -> Result<Outcome, PublishError> {
+        let fetching = Instant::now();
         let observation = self.cache.update(&self.remote, progress, interrupt)?;
+        self.timings.fetch = Some(fetching.elapsed());
+        self.timings.fetched = observation.fetched;
+        self.followed_ref = Some(observation.ref_name.clone());
         let commit = observation.commit.to_string();
         let current = self.root.current()?;
         if let Some(current) = &current {
@@ -415,11 +476,13 @@ impl Publisher {
                 self.root.empty_trash()?;
             }
         }
+        let building = Instant::now();
         let built = if self.root.has_snapshot(&commit) {
             None
         } else {
             Some(self.build(info, progress, interrupt)?)
         };
+        self.timings.build = Some(building.elapsed());
 
         // While an operator pins the link, keep following the remote (the snapshot above is
         // ready for when the pin is released) but leave the link alone. Checked again under
@@ -431,7 +494,9 @@ impl Publisher {
             return Ok(Outcome::Held { commit, pin });
         }
 
+        let publishing = Instant::now();
         let lock = self.root.lock(self.settings.lock_timeout)?;
+        self.timings.lock_wait = Some(publishing.elapsed());
         let publication = Publication {
             commit: commit.clone(),
             cause: Cause::Sync,
@@ -458,6 +523,7 @@ impl Publisher {
                 elapsed: started.elapsed(),
             },
         };
+        self.timings.publish = Some(publishing.elapsed());
         // Retention changes when the store changes (the link moved, or a snapshot was built).
         if built.is_some() || matches!(outcome, Outcome::Published { .. }) {
             self.collect_garbage(lock);

@@ -16,8 +16,16 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::daemon::publish::{Outcome, PublishError, Publisher};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::health::{CycleDone, Health};
+use super::hooks::{self, ErrorRecord, ExecHook, HookEvent, Hooks, WebHook};
+use super::http::{self, Auth};
+use super::metrics::CycleReport;
+use crate::daemon::publish::{Outcome, PublishError, Publisher, Timings};
 use crate::progress::{Reporter, Style};
+use crate::store::Root;
 
 /// When and how persistently to sync.
 #[derive(Debug, Clone)]
@@ -59,24 +67,70 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// its transport processes are killed.
 const HELPER_GRACE: Duration = Duration::from_secs(1);
 
+/// What the loop shows the outside world besides the link.
+#[derive(Debug, Default)]
+pub struct Surface {
+    /// `--http-bind`, already bound, and who may `POST /sync`.
+    pub http: Option<(std::net::TcpListener, Auth)>,
+    pub exec_hook: Option<ExecHook>,
+    pub web_hook: Option<WebHook>,
+    /// `--touch-file`, absolute.
+    pub touch_file: Option<PathBuf>,
+    /// `--error-file`, absolute.
+    pub error_file: Option<PathBuf>,
+    pub ready_max_age: Option<Duration>,
+}
+
 /// Open the publisher (standing by while its cache is busy), then run cycles until a signal, a
 /// one-time success, or the failure budget ends the loop.
-pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Result<Exit> {
+///
+/// Around each cycle: its start and end go to the [`Health`] state (liveness, readiness, the
+/// metrics, callers of `POST /sync?wait=1`); a publish, and the first success after start (as
+/// git-sync counts it), touch the touch file and hand the publication to the hooks; a failure
+/// writes the error file, a success removes it. Between cycles the loop waits for the period
+/// (or its backoff), a signal, or a `POST /sync`.
+pub async fn run(
+    open: Opener,
+    root: Root,
+    schedule: Schedule,
+    surface: Surface,
+    style: Style,
+) -> std::io::Result<Exit> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let health = Arc::new(Health::new(
+        root,
+        schedule.period,
+        schedule.sync_timeout,
+        surface.ready_max_age,
+    ));
+    let mut surface = surface;
+    if let Some((listener, auth)) = surface.http.take() {
+        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz, /metrics and POST /sync");
+        tokio::spawn(http::serve(listener, Arc::clone(&health), Arc::new(auth)));
+    }
     // A one-time sync (an init container) waits for a busy cache at most a cycle's length.
     let patience = schedule.one_time.then_some(schedule.sync_timeout);
+    health.standing_by(true);
     let publisher = match stand_by(&open, patience, &mut sigterm, &mut sigint).await {
         Ok(Some(publisher)) => publisher,
         Ok(None) => return Ok(Exit::Clean),
         Err(message) => return Ok(Exit::Unusable { message }),
     };
+    health.standing_by(false);
+    let hooks = Hooks::start(
+        surface.exec_hook.clone(),
+        surface.web_hook.clone(),
+        Arc::clone(&health),
+        schedule.one_time,
+    );
     let reporter = Reporter::start(style, schedule.progress_interval);
     let redactor = publisher.remote().redactor().clone();
     let mut publisher = Some(publisher);
     let mut failures: u64 = 0;
     let mut held = None;
+    let mut synced_once = false;
 
     loop {
         let Some(mut owned) = publisher.take() else {
@@ -86,6 +140,8 @@ pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Res
                 last_error: "internal error: the sync worker was lost".into(),
             });
         };
+        let cycle = health.cycle_started();
+        let cycle_started = std::time::Instant::now();
         let interrupt = Arc::new(AtomicBool::new(false));
         let mut task = tokio::task::spawn_blocking({
             let interrupt = Arc::clone(&interrupt);
@@ -145,36 +201,74 @@ pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Res
                 })
             }
         };
+        let timings = owned.timings();
+        let followed_ref = owned.followed_ref();
+        let root = owned.root().clone();
         publisher = Some(owned);
 
-        let failed = match result {
+        let failed = match &result {
             Ok(outcome) => {
                 failures = 0;
-                                report(&outcome, &mut held);
-                if schedule.one_time {
-                    return Ok(Exit::Clean);
-                }
+                report(outcome, &mut held);
                 None
             }
             Err(e) if e.is_cancelled() && terminating => return Ok(Exit::Clean),
             Err(e) if e.is_contention() => {
-                tracing::warn!(error = %redactor.redact(&render(&e)), "skipping this cycle; another publisher of this root is busy");
+                tracing::warn!(error = %redactor.redact(&render(e)), "skipping this cycle; another publisher of this root is busy");
                 None
             }
             Err(e) if e.is_cancelled() && timed_out => Some(format!(
                 "sync cycle took longer than --sync-timeout {}; raise it if the repository is large or the network slow",
                 humantime::format_duration(schedule.sync_timeout)
             )),
-            Err(e) => Some(redactor.redact(&render(&e))),
+            Err(e) => Some(redactor.redact(&render(e))),
         };
+        if failed.is_some() {
+            failures += 1;
+        }
+        let (done, first_success) = observe(
+            &health,
+            cycle,
+            &result,
+            failed.as_deref(),
+            cycle_started.elapsed(),
+            timings,
+            followed_ref,
+            &mut synced_once,
+        );
+        let previous = match &result {
+            Ok(Outcome::Published { previous, .. }) => previous.clone(),
+            _ => None,
+        };
+        after_cycle(
+            &root,
+            &health,
+            &hooks,
+            &surface,
+            &done,
+            AfterCycle {
+                failed: failed.as_deref(),
+                failures,
+                first_success,
+                previous,
+            },
+        );
         if terminating {
             return Ok(Exit::Clean);
+        }
+        if schedule.one_time && failed.is_none() && done.outcome != "skipped" {
+            if hooks.is_empty() || hooks.finish().await {
+                return Ok(Exit::Clean);
+            }
+            return Ok(Exit::GaveUp {
+                failures: 1,
+                last_error: "a hook failed after the sync (see above)".into(),
+            });
         }
 
         let wait = match failed {
             None => schedule.period,
             Some(message) => {
-                failures += 1;
                 if schedule
                     .failure_budget
                     .is_some_and(|budget| failures > budget)
@@ -192,6 +286,7 @@ pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Res
                 wait
             }
         };
+        health.planned(wait);
 
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -200,8 +295,136 @@ pub async fn run(open: Opener, schedule: Schedule, style: Style) -> std::io::Res
                 return Ok(Exit::Clean);
             }
             _ = sighup.recv() => tracing::info!("SIGHUP received; syncing now"),
+            _ = health.trigger.notified() => tracing::info!("sync requested over HTTP; syncing now"),
         }
     }
+}
+
+/// Tell the health state and the metrics what a cycle did; returns its summary, and whether it
+/// is the first success since start (git-sync runs its hooks and counts a sync for that one).
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    health: &Health,
+    cycle: u64,
+    result: &Result<Outcome, PublishError>,
+    failed: Option<&str>,
+    duration: Duration,
+    timings: Timings,
+    followed_ref: Option<String>,
+    synced_once: &mut bool,
+) -> (CycleDone, bool) {
+    let (outcome, commit) = match (result, failed) {
+        (_, Some(_)) => ("failed", None),
+        (Ok(Outcome::Published { commit, .. }), None) => ("published", Some(commit.clone())),
+        (Ok(Outcome::Unchanged { commit }), None) => ("unchanged", Some(commit.clone())),
+        (Ok(Outcome::Held { commit, .. }), None) => ("held", Some(commit.clone())),
+        (Ok(Outcome::Superseded { commit, .. }), None) => ("superseded", Some(commit.clone())),
+        (Err(_), None) => ("skipped", None),
+    };
+    // git-sync counts a sync that changed something, and the first one, as a success.
+    let git_sync_status = match outcome {
+        "failed" => "error",
+        "skipped" => "noop",
+        "published" => "success",
+        _ if !*synced_once => "success",
+        _ => "noop",
+    };
+    let built = match result {
+        Ok(Outcome::Published { built, .. }) => *built,
+        _ => None,
+    };
+    health.metrics.record_cycle(&CycleReport {
+        result: outcome,
+        git_sync_status,
+        duration,
+        fetch: timings.fetch,
+        build: timings.build,
+        publish: timings.publish,
+        lock_wait: timings.lock_wait,
+        fetched: timings.fetched,
+        built,
+    });
+    let done = CycleDone {
+        cycle,
+        outcome,
+        commit,
+        error: failed.map(str::to_string),
+    };
+    health.cycle_finished(done.clone(), followed_ref, failed.is_some());
+    let first_success = !matches!(outcome, "failed" | "skipped") && !*synced_once;
+    if first_success {
+        *synced_once = true;
+    }
+    (done, first_success)
+}
+
+/// What [`after_cycle`] needs to know besides the cycle's summary.
+struct AfterCycle<'a> {
+    failed: Option<&'a str>,
+    failures: u64,
+    first_success: bool,
+    previous: Option<String>,
+}
+
+/// The side effects of a cycle outside the root's store: the error file, the touch file, the
+/// hooks, and the metrics that describe the root.
+fn after_cycle(
+    root: &Root,
+    health: &Health,
+    hooks: &Hooks,
+    surface: &Surface,
+    done: &CycleDone,
+    after: AfterCycle<'_>,
+) {
+    let (touch_file, error_file) = (&surface.touch_file, &surface.error_file);
+    let (failed, failures) = (after.failed, after.failures);
+    let current = root.current().ok().flatten();
+    health.metrics.set_root(
+        current
+            .as_ref()
+            .filter(|c| c.complete)
+            .map(|c| c.commit.as_str()),
+        root.snapshot_commits().map(|c| c.len()).unwrap_or(0),
+        root.pinned().ok().flatten().is_some(),
+    );
+    if let (Some(path), Some(error)) = (error_file, failed) {
+        let record = ErrorRecord {
+            time: SystemTime::now(),
+            error,
+            consecutive_failures: failures,
+        };
+        if let Err(e) = hooks::write_error(path, &record) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the error file");
+        }
+        return;
+    }
+    if done.outcome == "skipped" {
+        return;
+    }
+    if let Some(path) = error_file {
+        if let Err(e) = hooks::clear_error(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the error file");
+        }
+    }
+    // A publish, or the first success after start (git-sync runs its hooks then too).
+    if done.outcome != "published" && !after.first_success {
+        return;
+    }
+    let Some(current) = current.filter(|c| c.complete) else {
+        return;
+    };
+    if let Some(path) = touch_file {
+        if let Err(e) = hooks::touch(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot touch the touch file");
+        }
+    }
+    hooks.publish(&HookEvent {
+        previous: after.previous,
+        snapshot: current.dir.clone(),
+        ref_name: health.followed_ref().unwrap_or_default(),
+        commit: current.commit,
+        time: SystemTime::now(),
+    });
 }
 
 /// Open the publisher. A second process started with the same configuration on one host finds

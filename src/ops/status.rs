@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::store::records::SeenPublisher;
 use crate::store::{rfc3339, Pin, Root, StoreError};
 
 /// The live publication, as shown to operators.
@@ -57,6 +58,12 @@ pub struct Status {
     /// Present while an operator pins the link: sync loops leave it alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pinned: Option<Pin>,
+    /// Every publisher of the root that left a record: running ones, and recently stopped ones.
+    pub publishers: Vec<SeenPublisher>,
+    /// Seconds since a running publisher last reached the remote and found the link right
+    /// (or, without one, since the snapshot was published).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_seconds_ago: Option<u64>,
 }
 
 impl Status {
@@ -90,6 +97,8 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         files: None,
         bytes: None,
         pinned: root.pinned()?,
+        publishers: root.publishers(),
+        confirmed_seconds_ago: None,
     };
     let journal = root.records().journal()?;
     if let Some(source) = root.source()? {
@@ -141,8 +150,30 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         status.published_by = Some(format!("{} pid {}", moved.host, moved.pid));
         status.cause = Some(moved.cause.to_string());
     }
+    let confirmed = status
+        .publishers
+        .iter()
+        .filter(|p| p.running)
+        .filter_map(|p| p.record.last_success_at)
+        .max();
+    let published = journal
+        .iter()
+        .rev()
+        .find(|e| e.moved_link && e.commit == current.commit)
+        .map(|e| e.published_at);
+    status.confirmed_seconds_ago = confirmed
+        .or(published)
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .map(|d| d.as_secs());
     status.commit = Some(current.commit);
     Ok(status)
+}
+
+/// Whether the live snapshot was confirmed within `max_age` (`status --max-age`).
+pub fn is_fresh(status: &Status, max_age: std::time::Duration) -> bool {
+    status
+        .confirmed_seconds_ago
+        .is_some_and(|seconds| seconds <= max_age.as_secs())
 }
 
 pub fn render_text(status: &Status) -> String {
@@ -211,6 +242,48 @@ pub fn render_text(status: &Status) -> String {
         )
     });
     line("size:", size.as_deref());
+    for publisher in &status.publishers {
+        let record = &publisher.record;
+        let ago = |at: SystemTime| {
+            SystemTime::now()
+                .duration_since(at)
+                .map(|d| {
+                    format!(
+                        "{} ago",
+                        humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+                    )
+                })
+                .unwrap_or_else(|_| "just now".into())
+        };
+        let mut text = format!(
+            "{} pid {} ({}): last cycle {}, last success {}",
+            record.host,
+            record.pid,
+            if publisher.running {
+                "running"
+            } else {
+                "stopped"
+            },
+            ago(record.last_cycle_at),
+            record
+                .last_success_at
+                .map(ago)
+                .unwrap_or_else(|| "never".into()),
+        );
+        if record.consecutive_failures > 0 {
+            text.push_str(&format!(
+                ", {} failure{} in a row: {}",
+                record.consecutive_failures,
+                if record.consecutive_failures == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                record.last_error.as_deref().unwrap_or("?")
+            ));
+        }
+        line("publisher:", Some(&text));
+    }
     if let Some(pin) = &status.pinned {
         let reason = if pin.reason.is_empty() {
             String::new()

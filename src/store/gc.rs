@@ -125,6 +125,7 @@ pub fn collect(
 ) -> Result<Report, StoreError> {
     // Damaged journal lines were warned about when read; this is where they go.
     root.records().clean_journal(lock)?;
+    root.remove_dead_publisher_records();
     let (doomed, kept) = plan(root, policy, now)?;
     for commit in &doomed {
         root.move_snapshot_to_trash(lock, commit)?;

@@ -122,6 +122,14 @@ impl FileLock {
         }))
     }
 
+    /// Replace the locked file's content (a record its holder keeps up to date while it holds
+    /// the lock). Readers may see it torn and must read it as untrusted input.
+    pub fn rewrite(&self, contents: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self._file.write_all_at(contents, 0)?;
+        self._file.set_len(contents.len() as u64)
+    }
+
     /// Turn an exclusive lock into a shared one, atomically: there is no moment at which the
     /// file is unlocked.
     pub fn downgrade(&self) -> Result<(), LockError> {

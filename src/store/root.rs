@@ -31,7 +31,9 @@ use crate::entries::Entries;
 use crate::fsutil::{self, Context, IoError};
 use crate::store::link;
 use crate::store::lock::{FileLock, LockError};
-use crate::store::records::{self, read_json, warn_damaged, Read, Records};
+use crate::store::records::{
+    self, read_json, warn_damaged, PublisherRecord, Read, Records, Registration, SeenPublisher,
+};
 pub use crate::store::records::{
     rfc3339, Cause, Claim, DirIdentity, LinkHistory, Manifest, Pin, Publication, SourceRecord,
 };
@@ -201,6 +203,9 @@ pub struct RootLock {
 pub struct Root {
     root: PathBuf,
     link_rel: PathBuf,
+    /// Other top-level names that belong to this configuration (a touch or error file kept in
+    /// the root, as git-sync's defaults have them), so a restart does not take them for foreign.
+    own_entries: Vec<std::ffi::OsString>,
 }
 
 impl Root {
@@ -228,7 +233,19 @@ impl Root {
         Ok(Root {
             root: root.to_path_buf(),
             link_rel: link.to_path_buf(),
+            own_entries: Vec::new(),
         })
+    }
+
+    /// Also accept `path` (a touch or error file this publisher keeps) at start-up, if it is in
+    /// the root.
+    pub fn owning(mut self, path: &Path) -> Root {
+        if let Ok(relative) = path.strip_prefix(&self.root) {
+            if let Some(top) = relative.components().next() {
+                self.own_entries.push(top.as_os_str().to_owned());
+            }
+        }
+        self
     }
 
     /// The root at `root` with its link at `link`, which may be relative to the root or an
@@ -472,7 +489,8 @@ impl Root {
             let known = name_str.starts_with(STORE_DIR)
                 || name_str == AIRFLOWIGNORE
                 || FILESYSTEM_ENTRIES.contains(&name_str.as_ref())
-                || Some(&name) == link_top.as_ref();
+                || Some(&name) == link_top.as_ref()
+                || self.own_entries.contains(&name);
             if !known {
                 foreign.push(name_str.into_owned());
             }
@@ -934,6 +952,21 @@ impl Root {
     /// Register this process as a publisher of `source` (see [`records::claims::claim`]).
     pub fn claim(&self, source: &SourceRecord, timeout: Duration) -> Result<Claim, StoreError> {
         records::claims::claim(&self.store(), &self.root, source, timeout)
+    }
+
+    /// Create this process's publisher record (see `records::publishers`).
+    pub fn register_publisher(&self, record: PublisherRecord) -> Result<Registration, StoreError> {
+        Registration::register(&self.store(), record)
+    }
+
+    /// Every publisher record of this root, running ones first.
+    pub fn publishers(&self) -> Vec<SeenPublisher> {
+        records::publishers::read_all(&self.store())
+    }
+
+    /// Remove records of publishers that stopped long ago (GC).
+    pub fn remove_dead_publisher_records(&self) {
+        records::publishers::remove_dead(&self.store())
     }
 
     /// The repository and ref recorded for this root.

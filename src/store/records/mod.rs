@@ -12,10 +12,12 @@
 
 pub mod claims;
 mod journal;
+pub mod publishers;
 mod types;
 
 pub use claims::Claim;
 pub use journal::LinkHistory;
+pub use publishers::{PublisherRecord, Registration, SeenPublisher};
 pub use types::*;
 
 use std::collections::HashSet;

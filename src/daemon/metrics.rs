@@ -1,0 +1,324 @@
+//! Prometheus metrics of the sync loop: dagsnap's own, and git-sync's names with git-sync's
+//! meanings, so that dashboards and alerts built on a git-sync sidecar keep working.
+//!
+//! Everything is updated by the loop after each cycle (and by the hooks after each run);
+//! `/metrics` only encodes. Nothing here blocks: the counters are atomics, and the families
+//! take a short lock of their own.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// `result` of a cycle, as `dagsnap_syncs_total` counts it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitLabel {
+    pub commit: String,
+}
+
+/// git-sync's `status` label: `success`, `error` or `noop`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub hook: &'static str,
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms .. ~9 min.
+    Histogram::new(exponential_buckets(0.001, 2.5, 15))
+}
+
+/// The metric families, registered once.
+pub struct Metrics {
+    registry: Registry,
+    syncs: Family<ResultLabel, Counter>,
+    phase_seconds: HistogramFamily<PhaseLabel>,
+    last_success: Gauge<f64, AtomicU64>,
+    consecutive_failures: Gauge,
+    live_commit: Family<CommitLabel, Gauge>,
+    build_files: Gauge,
+    build_bytes: Gauge,
+    build_reused: Gauge,
+    retained: Gauge,
+    pinned: Gauge,
+    lock_wait_seconds: Histogram,
+    hooks: Family<HookLabel, Counter>,
+    checks: Family<ResultLabel, Counter>,
+    git_sync_count: Family<StatusLabel, Counter>,
+    git_sync_duration: HistogramFamily<StatusLabel>,
+    git_fetch_count: Counter,
+}
+
+/// What one cycle reports to the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct CycleReport {
+    /// `published`, `unchanged`, `held`, `superseded` or `failed`.
+    pub result: &'static str,
+    /// git-sync's status for it: `success` (the link moved, or the first sync), `noop`, `error`.
+    pub git_sync_status: &'static str,
+    pub duration: Duration,
+    pub fetch: Option<Duration>,
+    pub build: Option<Duration>,
+    pub publish: Option<Duration>,
+    pub lock_wait: Option<Duration>,
+    /// A pack was received.
+    pub fetched: bool,
+    pub built: Option<crate::store::snapshot::Stats>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            syncs: Family::default(),
+            phase_seconds: Family::new_with_constructor(seconds_histogram),
+            last_success: Gauge::default(),
+            consecutive_failures: Gauge::default(),
+            live_commit: Family::default(),
+            build_files: Gauge::default(),
+            build_bytes: Gauge::default(),
+            build_reused: Gauge::default(),
+            retained: Gauge::default(),
+            pinned: Gauge::default(),
+            lock_wait_seconds: seconds_histogram(),
+            hooks: Family::default(),
+            checks: Family::default(),
+            git_sync_count: Family::default(),
+            git_sync_duration: Family::new_with_constructor(seconds_histogram),
+            git_fetch_count: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "dagsnap_syncs",
+            "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), failed",
+            metrics.syncs.clone(),
+        );
+        registry.register(
+            "dagsnap_cycle_phase_seconds",
+            "Time spent per phase of a cycle: fetch (asking the remote, receiving a pack), build (writing the snapshot), publish (lock, decision, link swap)",
+            metrics.phase_seconds.clone(),
+        );
+        registry.register(
+            "dagsnap_last_success_timestamp_seconds",
+            "When the last cycle succeeded (the remote was reached and the link is right), Unix time",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "dagsnap_consecutive_failures",
+            "Failed cycles since the last success",
+            metrics.consecutive_failures.clone(),
+        );
+        registry.register(
+            "dagsnap_live_commit_info",
+            "The commit the link points at (value 1)",
+            metrics.live_commit.clone(),
+        );
+        registry.register(
+            "dagsnap_last_build_files",
+            "Files in the last snapshot this process built",
+            metrics.build_files.clone(),
+        );
+        registry.register(
+            "dagsnap_last_build_bytes",
+            "Bytes in the last snapshot this process built",
+            metrics.build_bytes.clone(),
+        );
+        registry.register(
+            "dagsnap_last_build_reused_files",
+            "Files of the last snapshot shared with the previous one (hard links) instead of written",
+            metrics.build_reused.clone(),
+        );
+        registry.register(
+            "dagsnap_retained_snapshots",
+            "Snapshots in the store",
+            metrics.retained.clone(),
+        );
+        registry.register(
+            "dagsnap_pinned",
+            "1 while an operator pins the link",
+            metrics.pinned.clone(),
+        );
+        registry.register(
+            "dagsnap_lock_wait_seconds",
+            "Time waited for the root's lock before moving the link",
+            metrics.lock_wait_seconds.clone(),
+        );
+        registry.register(
+            "dagsnap_hook_runs",
+            "Runs of the exec hook and the webhook by result: success, failure, timeout",
+            metrics.hooks.clone(),
+        );
+        registry.register(
+            "dagsnap_check",
+            "Runs of --check-command by result: accepted, rejected, timeout, abandoned",
+            metrics.checks.clone(),
+        );
+        registry.register(
+            "git_sync_count",
+            "How many git syncs completed, partitioned by state (success, error, noop), as git-sync counts them",
+            metrics.git_sync_count.clone(),
+        );
+        registry.register(
+            "git_sync_duration_seconds",
+            "Durations of syncs by state, as git-sync reports them (a histogram here, a summary in git-sync: _sum and _count agree)",
+            metrics.git_sync_duration.clone(),
+        );
+        registry.register(
+            "git_fetch_count",
+            "How many fetches received a pack (git-sync counts its git fetch runs)",
+            metrics.git_fetch_count.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Record one cycle.
+    pub fn record_cycle(&self, report: &CycleReport) {
+        self.syncs
+            .get_or_create(&ResultLabel {
+                result: report.result,
+            })
+            .inc();
+        let phases = [
+            ("fetch", report.fetch),
+            ("build", report.build),
+            ("publish", report.publish),
+        ];
+        for (phase, took) in phases {
+            if let Some(took) = took {
+                self.phase_seconds
+                    .get_or_create(&PhaseLabel { phase })
+                    .observe(took.as_secs_f64());
+            }
+        }
+        if let Some(wait) = report.lock_wait {
+            self.lock_wait_seconds.observe(wait.as_secs_f64());
+        }
+        if report.fetched {
+            self.git_fetch_count.inc();
+        }
+        if let Some(built) = report.built {
+            self.build_files.set(built.files as i64);
+            self.build_bytes.set(built.bytes as i64);
+            self.build_reused.set(built.reused as i64);
+        }
+        let status = StatusLabel {
+            status: report.git_sync_status,
+        };
+        self.git_sync_count.get_or_create(&status).inc();
+        self.git_sync_duration
+            .get_or_create(&status)
+            .observe(report.duration.as_secs_f64());
+    }
+
+    pub fn set_health(&self, last_success: Option<SystemTime>, consecutive_failures: u64) {
+        if let Some(at) = last_success {
+            let seconds = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.last_success.set(seconds);
+        }
+        self.consecutive_failures.set(consecutive_failures as i64);
+    }
+
+    /// What the root looks like after a cycle.
+    pub fn set_root(&self, live: Option<&str>, retained: usize, pinned: bool) {
+        let live = live.map(|c| CommitLabel {
+            commit: c.to_string(),
+        });
+        if live
+            .as_ref()
+            .is_none_or(|l| self.live_commit.get(l).is_none())
+        {
+            self.live_commit.clear();
+            if let Some(live) = &live {
+                self.live_commit.get_or_create(live).set(1);
+            }
+        }
+        self.retained.set(retained as i64);
+        self.pinned.set(i64::from(pinned));
+    }
+
+    pub fn record_hook(&self, hook: &'static str, result: &'static str) {
+        self.hooks.get_or_create(&HookLabel { hook, result }).inc();
+    }
+
+    pub fn record_check(&self, result: &'static str) {
+        self.checks.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The Prometheus text format (version 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_sync_dashboards_find_their_series() {
+        let metrics = Metrics::new();
+        metrics.record_cycle(&CycleReport {
+            result: "published",
+            git_sync_status: "success",
+            duration: Duration::from_millis(120),
+            fetch: Some(Duration::from_millis(20)),
+            ..CycleReport::default()
+        });
+        metrics.set_root(Some("abc"), 3, false);
+        metrics.set_root(Some("def"), 3, true);
+        let text = metrics.encode();
+        for needle in [
+            "git_sync_count_total{status=\"success\"} 1",
+            "git_sync_duration_seconds_count{status=\"success\"} 1",
+            "dagsnap_syncs_total{result=\"published\"} 1",
+            "dagsnap_live_commit_info{commit=\"def\"} 1",
+            "dagsnap_pinned 1",
+        ] {
+            assert!(text.contains(needle), "{needle} in\n{text}");
+        }
+        assert!(!text.contains("commit=\"abc\""), "{text}");
+    }
+}
