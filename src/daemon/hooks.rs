@@ -81,6 +81,7 @@ impl Hooks {
         if let Some(exec) = exec {
             let (sender, receiver) = watch::channel(None);
             let runner = Runner::Exec(exec, Arc::clone(&running));
+            health.metrics.hook_configured(runner.name());
             hooks.senders.push(sender);
             hooks.workers.push(tokio::spawn(work(
                 runner,
@@ -93,6 +94,7 @@ impl Hooks {
             let client = reqwest::Client::builder().timeout(web.timeout).build();
             match client {
                 Ok(client) => {
+                    health.metrics.hook_configured("web");
                     let (sender, receiver) = watch::channel(None);
                     hooks.senders.push(sender);
                     hooks.workers.push(tokio::spawn(work(

@@ -50,6 +50,16 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.5, 15))
 }
 
+/// What a cycle can be, as `dagsnap_syncs_total` counts it.
+const SYNC_RESULTS: [&str; 6] = [
+    "published",
+    "unchanged",
+    "held",
+    "superseded",
+    "skipped",
+    "failed",
+];
+
 /// The metric families, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -65,7 +75,6 @@ pub struct Metrics {
     pinned: Gauge,
     lock_wait_seconds: Histogram,
     hooks: Family<HookLabel, Counter>,
-    checks: Family<ResultLabel, Counter>,
     git_sync_count: Family<StatusLabel, Counter>,
     git_sync_duration: HistogramFamily<StatusLabel>,
     git_fetch_count: Counter,
@@ -74,7 +83,7 @@ pub struct Metrics {
 /// What one cycle reports to the metrics.
 #[derive(Debug, Clone, Default)]
 pub struct CycleReport {
-    /// `published`, `unchanged`, `held`, `superseded` or `failed`.
+    /// One of [`SYNC_RESULTS`].
     pub result: &'static str,
     /// git-sync's status for it: `success` (the link moved, or the first sync), `noop`, `error`.
     pub git_sync_status: &'static str,
@@ -104,7 +113,6 @@ impl Metrics {
             pinned: Gauge::default(),
             lock_wait_seconds: seconds_histogram(),
             hooks: Family::default(),
-            checks: Family::default(),
             git_sync_count: Family::default(),
             git_sync_duration: Family::new_with_constructor(seconds_histogram),
             git_fetch_count: Counter::default(),
@@ -112,7 +120,7 @@ impl Metrics {
         };
         registry.register(
             "dagsnap_syncs",
-            "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), failed",
+            "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), skipped (a peer was busy), failed",
             metrics.syncs.clone(),
         );
         registry.register(
@@ -171,11 +179,6 @@ impl Metrics {
             metrics.hooks.clone(),
         );
         registry.register(
-            "dagsnap_check",
-            "Runs of --check-command by result: accepted, rejected, timeout, abandoned",
-            metrics.checks.clone(),
-        );
-        registry.register(
             "git_sync_count",
             "How many git syncs completed, partitioned by state (success, error, noop), as git-sync counts them",
             metrics.git_sync_count.clone(),
@@ -190,6 +193,19 @@ impl Metrics {
             "How many fetches received a pack (git-sync counts its git fetch runs)",
             metrics.git_fetch_count.clone(),
         );
+        // Every known series exists from the start, at zero, so that a rate() or an alert on
+        // failures sees a value before the first failure.
+        for result in SYNC_RESULTS {
+            let _ = metrics.syncs.get_or_create(&ResultLabel { result });
+        }
+        for status in ["success", "error", "noop"] {
+            let _ = metrics
+                .git_sync_count
+                .get_or_create(&StatusLabel { status });
+            let _ = metrics
+                .git_sync_duration
+                .get_or_create(&StatusLabel { status });
+        }
         Metrics {
             registry,
             ..metrics
@@ -264,12 +280,15 @@ impl Metrics {
         self.pinned.set(i64::from(pinned));
     }
 
-    pub fn record_hook(&self, hook: &'static str, result: &'static str) {
-        self.hooks.get_or_create(&HookLabel { hook, result }).inc();
+    /// A hook is configured: its series start at zero.
+    pub fn hook_configured(&self, hook: &'static str) {
+        for result in ["success", "failure", "timeout"] {
+            let _ = self.hooks.get_or_create(&HookLabel { hook, result });
+        }
     }
 
-    pub fn record_check(&self, result: &'static str) {
-        self.checks.get_or_create(&ResultLabel { result }).inc();
+    pub fn record_hook(&self, hook: &'static str, result: &'static str) {
+        self.hooks.get_or_create(&HookLabel { hook, result }).inc();
     }
 
     /// The Prometheus text format (version 0.0.4).

@@ -19,6 +19,7 @@ mod seed_incident;
 mod self_repair;
 mod servers;
 mod shared_root;
+mod sidecar;
 mod status;
 mod support;
 mod transports;

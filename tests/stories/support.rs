@@ -714,3 +714,37 @@ pub fn seeded_rng(story: &str) -> rand::rngs::StdRng {
     eprintln!("{story}: seed {seed} (replay with DAGSNAP_TEST_SEED={seed})");
     rand::rngs::StdRng::seed_from_u64(seed)
 }
+
+/// An HTTP request to the publisher's endpoints: (status, body).
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut request = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    match request.body(body.to_vec()).send() {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// The value of a metric series in Prometheus text (`name{labels}` exactly), or 0.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}

@@ -104,8 +104,16 @@ impl Registration {
             self.record.consecutive_failures += 1;
             self.record.last_error = error;
         }
-        let changed = (before.consecutive_failures, &before.last_error)
-            != (self.record.consecutive_failures, &self.record.last_error);
+        // A first success, a failure, a new error or a recovery is news; another success
+        // is not (no write under the root on an unchanged poll).
+        let news = |r: &PublisherRecord| {
+            (
+                r.last_success_at.is_some(),
+                r.consecutive_failures,
+                r.last_error.clone(),
+            )
+        };
+        let changed = news(&before) != news(&self.record);
         if changed || self.written.is_none_or(|at| at.elapsed() >= REFRESH) {
             self.write();
         }

@@ -1,0 +1,1073 @@
+//! The sidecar's surface for Kubernetes and for people: probes, metrics, sync on demand, hooks,
+//! touch and error files, and `status` telling the truth about freshness. Every request is a
+//! real HTTP request to the running binary.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::servers::{free_port, WebhookReceiver};
+use crate::support::*;
+
+/// A loop serving HTTP on 127.0.0.1, and the base URL of its server.
+fn sidecar(scratch: &Scratch, repo: &str, extra: &[&str]) -> (Daemon, String) {
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut args = vec!["--http-bind", bind.as_str()];
+    args.extend_from_slice(extra);
+    let daemon = spawn_loop(scratch, repo, &args);
+    let base = format!("http://{bind}");
+    wait_until(Duration::from_secs(30), "the HTTP server", || {
+        get(&base, "/healthz").0 != 0
+    });
+    (daemon, base)
+}
+
+fn get(base: &str, path: &str) -> (u16, String) {
+    http("GET", &format!("{base}{path}"), &[], b"")
+}
+
+fn get_json(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = get(base, path);
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{path} answered {status} with no JSON ({e}): {body}"));
+    (status, json)
+}
+
+fn metrics(base: &str) -> String {
+    let (status, body) = get(base, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// `accepted` of a `POST /sync` answer.
+fn accepted(body: &str) -> Option<bool> {
+    serde_json::from_str::<serde_json::Value>(body).ok()?["accepted"].as_bool()
+}
+
+/// All cycles the loop finished, from its metrics.
+fn cycles(base: &str) -> f64 {
+    let text = metrics(base);
+    [
+        "published",
+        "unchanged",
+        "held",
+        "superseded",
+        "skipped",
+        "failed",
+    ]
+    .iter()
+    .map(|result| {
+        metric(
+            &text,
+            &format!("dagsnap_syncs_total{{result=\"{result}\"}}"),
+        )
+    })
+    .sum()
+}
+
+/// `promtool check metrics` on the text, when promtool is installed.
+fn promtool_accepts(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return skip(
+            "promtool",
+            "it is not installed (apt-get install prometheus)",
+        );
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A wrapper that delays every symlink system call of dagsnap by `delay`: the last step of a
+/// publish (the new link) hangs as it would on a stalled NFS server, while the HTTP server's
+/// threads run on. None when strace cannot trace here.
+fn delayed_symlinks(delay: Duration) -> Option<Vec<String>> {
+    let works = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        skip(
+            "strace that can trace",
+            "strace is missing or ptrace is not allowed",
+        );
+        return None;
+    }
+    Some(vec![
+        "strace".into(),
+        "-f".into(),
+        "-qq".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-e".into(),
+        "trace=symlink,symlinkat".into(),
+        "-e".into(),
+        format!("inject=symlink,symlinkat:delay_enter={}", delay.as_micros()),
+    ])
+}
+
+/// A loop started through `wrapper`, with its HTTP server; killed with the wrapper when dropped.
+fn wrapped_sidecar(
+    scratch: &Scratch,
+    wrapper: &[String],
+    repo: &str,
+    extra: &[&str],
+) -> (Group, std::path::PathBuf, String) {
+    let port = free_port();
+    let log = scratch.path("wrapped.log");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let group = Group::spawn(
+        dagsnap_via(&wrapper, scratch.tmp.path())
+            .args(["sync", "--repo", repo, "--root"])
+            .arg(scratch.root())
+            .arg("--cache-dir")
+            .arg(scratch.cache())
+            .args(["--http-bind", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap()),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(60), "the HTTP server", || {
+        get(&base, "/healthz").0 != 0
+    });
+    (group, log, base)
+}
+
+#[test]
+fn probes_and_metrics_describe_a_healthy_publisher() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "a\n"), ("dags/b.py", "bb\n")], "two dags");
+    let scratch = Scratch::new();
+    let (daemon, base) = sidecar(&scratch, &remote.url(), &["--period", "200ms"]);
+    daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "a few unchanged polls", || {
+        metric(&metrics(&base), "dagsnap_syncs_total{result=\"unchanged\"}") >= 2.0
+    });
+
+    assert_eq!(get(&base, "/healthz"), (200, "ok\n".into()));
+    for path in ["/readyz", "/"] {
+        let (status, json) = get_json(&base, path);
+        assert_eq!(status, 200, "{path}: {json}");
+        assert_eq!(json["ready"], true);
+        assert_eq!(json["live_commit"], commit.as_str());
+        assert_eq!(json["consecutive_failures"], 0);
+        assert!(json["last_success_age_seconds"].as_f64().unwrap() < 10.0);
+        assert!(json.get("last_error").is_none(), "{json}");
+    }
+
+    let text = metrics(&base);
+    promtool_accepts(&text);
+    let expect = [
+        ("dagsnap_syncs_total{result=\"published\"}", Some(1.0)),
+        ("dagsnap_syncs_total{result=\"failed\"}", Some(0.0)),
+        ("dagsnap_consecutive_failures", Some(0.0)),
+        (
+            &format!("dagsnap_live_commit_info{{commit=\"{commit}\"}}"),
+            Some(1.0),
+        ),
+        ("dagsnap_last_build_files", Some(2.0)),
+        ("dagsnap_last_build_bytes", Some(5.0)),
+        ("dagsnap_retained_snapshots", Some(1.0)),
+        ("dagsnap_pinned", Some(0.0)),
+        // git-sync's meanings: the first sync counts as a success, unchanged polls as noops.
+        ("git_sync_count_total{status=\"success\"}", Some(1.0)),
+        ("git_sync_count_total{status=\"error\"}", Some(0.0)),
+        ("git_sync_count_total{status=\"noop\"}", None),
+        ("dagsnap_last_success_timestamp_seconds", None),
+        (
+            "git_sync_duration_seconds_count{status=\"success\"}",
+            Some(1.0),
+        ),
+        ("dagsnap_cycle_phase_seconds_count{phase=\"fetch\"}", None),
+        (
+            "dagsnap_cycle_phase_seconds_count{phase=\"build\"}",
+            Some(1.0),
+        ),
+        (
+            "dagsnap_cycle_phase_seconds_count{phase=\"publish\"}",
+            Some(1.0),
+        ),
+    ];
+    for (series, value) in expect {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{series} "))),
+            "{series} missing from:\n{text}"
+        );
+        if let Some(value) = value {
+            assert_eq!(metric(&text, series), value, "{series} in:\n{text}");
+        }
+    }
+    assert!(metric(&text, "git_sync_count_total{status=\"noop\"}") >= 2.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - metric(&text, "dagsnap_last_success_timestamp_seconds")).abs() < 60.0);
+
+    // What a probe or a curious operator might also send.
+    assert_eq!(http("HEAD", &format!("{base}/healthz"), &[], b"").0, 200);
+    assert_eq!(get(&base, "/nothing-here").0, 404);
+    assert_eq!(get(&base, "/sync").0, 405);
+    assert_eq!(http("DELETE", &format!("{base}/metrics"), &[], b"").0, 405);
+}
+
+#[test]
+fn readiness_fails_past_ready_max_age_while_the_remote_is_down_and_liveness_holds() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "a\n")], "one dag");
+    let scratch = Scratch::new();
+    let (daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &[
+            "--period",
+            "300ms",
+            "--backoff-max",
+            "1s",
+            "--ready-max-age",
+            "3s",
+        ],
+    );
+    daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "ready", || {
+        get(&base, "/readyz").0 == 200
+    });
+
+    let hidden = remote.dir.with_extension("down");
+    fs::rename(&remote.dir, &hidden).unwrap();
+    let start = Instant::now();
+    wait_until(Duration::from_secs(30), "/readyz to fail", || {
+        assert_eq!(
+            get(&base, "/healthz").0,
+            200,
+            "an unreachable remote must never fail liveness"
+        );
+        get(&base, "/readyz").0 == 503
+    });
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "readiness failed before --ready-max-age: {:?}",
+        start.elapsed()
+    );
+    let (_, json) = get_json(&base, "/readyz");
+    assert_eq!(json["ready"], false);
+    assert_eq!(
+        json["live_commit"],
+        commit.as_str(),
+        "readers are still served"
+    );
+    assert!(
+        json["reason"].as_str().unwrap().contains("--ready-max-age"),
+        "{json}"
+    );
+    assert!(
+        json["consecutive_failures"].as_u64().unwrap() >= 1,
+        "{json}"
+    );
+    assert!(
+        json["last_error"].as_str().unwrap().contains("down")
+            || json["last_error"].as_str().unwrap().contains("repository"),
+        "{json}"
+    );
+    assert_eq!(get_json(&base, "/").0, 503, "/ answers like /readyz");
+    let text = metrics(&base);
+    assert!(metric(&text, "git_sync_count_total{status=\"error\"}") >= 1.0);
+    assert!(metric(&text, "dagsnap_consecutive_failures") >= 1.0);
+    // The link is untouched: readers never notice the outage.
+    assert_eq!(published(&scratch.root()).as_deref(), Some(commit.as_str()));
+
+    fs::rename(&hidden, &remote.dir).unwrap();
+    wait_until(Duration::from_secs(30), "/readyz to recover", || {
+        get(&base, "/readyz").0 == 200
+    });
+    assert_eq!(metric(&metrics(&base), "dagsnap_consecutive_failures"), 0.0);
+}
+
+#[test]
+fn liveness_fails_when_a_cycle_is_wedged_in_a_system_call() {
+    let Some(wrapper) = delayed_symlinks(Duration::from_secs(120)) else {
+        return;
+    };
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+
+    let (_group, log, base) = wrapped_sidecar(
+        &scratch,
+        &wrapper,
+        &remote.url(),
+        &["--period", "500ms", "--sync-timeout", "2s"],
+    );
+    wait_until(Duration::from_secs(30), "ready", || {
+        get(&base, "/readyz").0 == 200
+    });
+    assert_eq!(get(&base, "/healthz").0, 200);
+
+    // The next publish hangs in its last step, like a stalled NFS server that never answers.
+    remote.commit(&[("dags/a.py", "2\n")], "second");
+    let start = Instant::now();
+    wait_until(Duration::from_secs(40), "/healthz to fail", || {
+        get(&base, "/healthz").0 == 503
+    });
+    let waited = start.elapsed();
+    let (_, why) = get(&base, "/healthz");
+    assert!(why.contains("wedged"), "{why}");
+    // max(2 × period, --sync-timeout) + slack: 7 s after the cycle started, not before.
+    assert!(
+        waited >= Duration::from_secs(6),
+        "liveness failed after {waited:?}, before its limit; log:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Readers are still served the first commit, and readiness says so.
+    assert_eq!(published(&scratch.root()).as_deref(), Some(first.as_str()));
+    let (status, json) = get_json(&base, "/readyz");
+    assert_eq!(
+        (status, json["live_commit"].as_str()),
+        (200, Some(first.as_str()))
+    );
+}
+
+#[test]
+fn a_flood_of_sync_requests_during_a_long_cycle_runs_exactly_one_more() {
+    let Some(wrapper) = delayed_symlinks(Duration::from_secs(3)) else {
+        return;
+    };
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    // Polls never come on their own: every cycle after the first is asked for.
+    let (_group, _log, base) =
+        wrapped_sidecar(&scratch, &wrapper, &remote.url(), &["--period", "1h"]);
+    wait_until(Duration::from_secs(30), "the first cycle", || {
+        cycles(&base) == 1.0
+    });
+
+    let second = remote.commit(&[("dags/a.py", "2\n")], "second");
+    let (status, body) = http("POST", &format!("{base}/sync"), &[], b"");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(accepted(&body), Some(true), "{body}");
+    // 50 more while that cycle publishes (its link step takes 3 s), from 5 clients at once.
+    let flood: Vec<_> = (0..5)
+        .map(|_| {
+            let url = format!("{base}/sync");
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|_| http("POST", &url, &[], b"").0)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for client in flood {
+        assert!(client.join().unwrap().iter().all(|s| *s == 202));
+    }
+    assert_eq!(cycles(&base), 1.0, "the flood ended before the cycle did");
+    wait_until(Duration::from_secs(30), "the second commit", || {
+        published(&scratch.root()).as_deref() == Some(second.as_str())
+    });
+    wait_until(Duration::from_secs(30), "one more cycle", || {
+        cycles(&base) == 3.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cycles(&base), 3.0, "the flood must coalesce into one cycle");
+
+    // ?wait=1 answers after the cycle it asked for, with what that cycle did.
+    let third = remote.commit(&[("dags/a.py", "3\n")], "third");
+    let (status, body) = http("POST", &format!("{base}/sync?wait=1"), &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let done: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(done["outcome"], "published", "{done}");
+    assert_eq!(done["commit"], third.as_str());
+    assert_eq!(done["cycle"], 4);
+    assert_eq!(published(&scratch.root()).as_deref(), Some(third.as_str()));
+}
+
+/// GitHub's `X-Hub-Signature-256` of `body` under `secret`, by openssl.
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl (apt-get install openssl)");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    format!("sha256={}", text.trim().rsplit(' ').next().unwrap())
+}
+
+#[test]
+fn sync_requests_must_prove_who_sent_them() {
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    let token = scratch.path("token");
+    let secret = scratch.path("webhook-secret");
+    fs::write(&token, "s3cret-token\n").unwrap();
+    fs::write(&secret, "hook-key\n").unwrap();
+    let (_daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &[
+            "--period",
+            "1h",
+            "--trigger-token-file",
+            token.to_str().unwrap(),
+            "--webhook-secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    wait_until(Duration::from_secs(30), "the first cycle", || {
+        cycles(&base) == 1.0
+    });
+    let url = format!("{base}/sync?wait=1");
+    let cycle_of = |headers: &[(&str, &str)], body: &[u8]| -> u64 {
+        let (status, answer) = http("POST", &url, headers, body);
+        assert_eq!(status, 200, "{headers:?}: {answer}");
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["cycle"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let push = br#"{"ref":"refs/heads/main","after":"0000"}"#;
+    let other = br#"{"ref":"refs/heads/feature","after":"0000"}"#;
+    let signed = github_signature("hook-key", push);
+    let signed_other = github_signature("hook-key", other);
+    let forged = github_signature("another-key", push);
+
+    let first = cycle_of(&[("Authorization", "Bearer s3cret-token")], b"");
+    assert_eq!(first, 2);
+
+    // Every one of these is refused and runs nothing.
+    let refused: [(&str, Vec<(&str, &str)>, &[u8]); 8] = [
+        ("no credentials", vec![], b""),
+        (
+            "a wrong token",
+            vec![("Authorization", "Bearer s3cret-tokeN")],
+            b"",
+        ),
+        (
+            "a token prefix",
+            vec![("Authorization", "Bearer s3cret")],
+            b"",
+        ),
+        (
+            "the token without Bearer",
+            vec![("Authorization", "s3cret-token")],
+            b"",
+        ),
+        (
+            "a GitHub push without a signature",
+            vec![("X-GitHub-Event", "push")],
+            push,
+        ),
+        (
+            "a GitHub push signed with another key",
+            vec![("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &forged)],
+            push,
+        ),
+        (
+            "a GitHub signature of another body",
+            vec![("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &signed)],
+            other,
+        ),
+        (
+            "a wrong GitLab token",
+            vec![
+                ("X-Gitlab-Event", "Push Hook"),
+                ("X-Gitlab-Token", "hook-kez"),
+            ],
+            push,
+        ),
+    ];
+    for (what, headers, body) in &refused {
+        let (status, answer) = http("POST", &url, headers, body);
+        assert_eq!(status, 401, "{what}: {answer}");
+        assert!(
+            answer.contains("authentication required"),
+            "{what}: {answer}"
+        );
+    }
+    let (status, _) = http(
+        "POST",
+        &url,
+        &[("Authorization", "Bearer s3cret-token")],
+        &vec![b'x'; 2 << 20],
+    );
+    assert_eq!(status, 413, "a body over 1 MiB");
+
+    // Signed deliveries that are not a push to the followed branch are acknowledged, not run.
+    for (what, headers, body) in [
+        (
+            "a push to another branch",
+            vec![
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", signed_other.as_str()),
+            ],
+            &other[..],
+        ),
+        (
+            "GitHub's ping",
+            vec![
+                ("X-GitHub-Event", "ping"),
+                (
+                    "X-Hub-Signature-256",
+                    github_signature("hook-key", b"{}").leak(),
+                ),
+            ],
+            b"{}",
+        ),
+        (
+            "a GitLab push to another branch",
+            vec![
+                ("X-Gitlab-Event", "Push Hook"),
+                ("X-Gitlab-Token", "hook-key"),
+            ],
+            other,
+        ),
+    ] {
+        let (status, answer) = http("POST", &url, &headers, body);
+        assert_eq!(status, 202, "{what}: {answer}");
+        assert_eq!(accepted(&answer), Some(false), "{what}: {answer}");
+        assert!(answer.contains("ignored"), "{what}: {answer}");
+    }
+
+    // Nothing above ran a cycle: the next accepted request runs the very next one.
+    let github = cycle_of(
+        &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &signed)],
+        push,
+    );
+    assert_eq!(
+        github,
+        first + 1,
+        "a refused or ignored request ran a cycle"
+    );
+    let gitlab = cycle_of(
+        &[
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Token", "hook-key"),
+        ],
+        push,
+    );
+    assert_eq!(gitlab, github + 1);
+
+    // A rotated secret takes effect at once, without a restart.
+    fs::write(&token, "rotated\n").unwrap();
+    assert_eq!(
+        http(
+            "POST",
+            &url,
+            &[("Authorization", "Bearer s3cret-token")],
+            b""
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        cycle_of(&[("Authorization", "Bearer rotated")], b""),
+        gitlab + 1
+    );
+}
+
+/// A shell script for an exec hook, in the scratch directory.
+fn hook_script(scratch: &Scratch, name: &str, body: &str) -> String {
+    let path = scratch.path(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_exec_hook_runs_in_each_new_snapshot_with_its_commit() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    let record = scratch.path("hook.log");
+    let hook = hook_script(
+        &scratch,
+        "hook.sh",
+        &format!(
+            "echo \"$DAGSNAP_COMMIT|$DAGSNAP_PREVIOUS|$GITSYNC_HASH|$DAGSNAP_REF|$DAGSNAP_SNAPSHOT|$(pwd -P)|$(cat dags/a.py)\" >> {}",
+            record.display()
+        ),
+    );
+    let (daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &["--period", "200ms", "--exechook-command", &hook],
+    );
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    wait_until(Duration::from_secs(20), "the first hook run", || {
+        lines(&record).len() == 1
+    });
+    let second = remote.commit(&[("dags/a.py", "2\n")], "second");
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+    wait_until(Duration::from_secs(20), "the second hook run", || {
+        lines(&record).len() == 2
+    });
+
+    let runs = lines(&record);
+    for (line, (commit, previous, content)) in runs
+        .iter()
+        .zip([(&first, "", "1"), (&second, first.as_str(), "2")])
+    {
+        let fields: Vec<&str> = line.split('|').collect();
+        let snapshot = fs::canonicalize(scratch.root().join(SNAPSHOTS).join(commit)).unwrap();
+        assert_eq!(fields[0], commit.as_str(), "{line}");
+        assert_eq!(fields[1], previous, "{line}");
+        assert_eq!(fields[2], commit.as_str(), "GITSYNC_HASH: {line}");
+        assert_eq!(fields[3], "refs/heads/main", "{line}");
+        assert_eq!(fs::canonicalize(fields[4]).unwrap(), snapshot, "{line}");
+        assert_eq!(
+            Path::new(fields[5]),
+            snapshot,
+            "the hook's working directory: {line}"
+        );
+        assert_eq!(fields[6], content, "{line}");
+    }
+    let text = metrics(&base);
+    assert_eq!(
+        metric(
+            &text,
+            "dagsnap_hook_runs_total{hook=\"exec\",result=\"success\"}"
+        ),
+        2.0
+    );
+    assert!(
+        daemon.logs().contains("hook succeeded"),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[test]
+fn a_failing_hook_is_retried_until_it_succeeds() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    let count = scratch.path("count");
+    let hook = hook_script(
+        &scratch,
+        "flaky.sh",
+        &format!(
+            "n=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count}\n\
+             [ $n -ge 3 ] || {{ echo \"attempt $n: database not ready\" >&2; exit 7; }}",
+            count = count.display()
+        ),
+    );
+    let (daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &[
+            "--period",
+            "200ms",
+            "--exechook-command",
+            &hook,
+            "--exechook-backoff",
+            "300ms",
+        ],
+    );
+    daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
+    wait_until(Duration::from_secs(20), "the hook to succeed", || {
+        metric(
+            &metrics(&base),
+            "dagsnap_hook_runs_total{hook=\"exec\",result=\"success\"}",
+        ) == 1.0
+    });
+    let text = metrics(&base);
+    assert_eq!(
+        metric(
+            &text,
+            "dagsnap_hook_runs_total{hook=\"exec\",result=\"failure\"}"
+        ),
+        2.0
+    );
+    assert_eq!(fs::read_to_string(&count).unwrap().trim(), "3");
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("attempt 2: database not ready") && logs.contains("exit status: 7"),
+        "the hook's output and status are logged:\n{logs}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        fs::read_to_string(&count).unwrap().trim(),
+        "3",
+        "no run after success"
+    );
+}
+
+#[test]
+fn a_hanging_hook_is_killed_with_its_children_and_publishing_goes_on() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    let pids = scratch.path("pids");
+    let hook = hook_script(
+        &scratch,
+        "hang.sh",
+        &format!("sleep 300 & echo $! >> {}\nwait", pids.display()),
+    );
+    let (daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &[
+            "--period",
+            "200ms",
+            "--exechook-command",
+            &hook,
+            "--exechook-timeout",
+            "2s",
+            "--exechook-backoff",
+            "1h",
+        ],
+    );
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "the hook to start", || {
+        !lines(&pids).is_empty()
+    });
+    // The hook hangs; the loop publishes on regardless.
+    let second = remote.commit(&[("dags/a.py", "2\n")], "second");
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(5));
+
+    wait_until(Duration::from_secs(20), "the hook's timeout", || {
+        metric(
+            &metrics(&base),
+            "dagsnap_hook_runs_total{hook=\"exec\",result=\"timeout\"}",
+        ) >= 1.0
+    });
+    let child: i32 = lines(&pids)[0].parse().unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the hook's child to be gone",
+        || !process_alive(child),
+    );
+    assert!(
+        daemon.logs().contains("killed after --exechook-timeout 2s"),
+        "{}",
+        daemon.logs()
+    );
+    // The newest publish replaced the one that timed out: the next run (after the backoff,
+    // or at once when a newer commit arrives) is for the second commit.
+    let third = remote.commit(&[("dags/a.py", "3\n")], "third");
+    daemon.wait_for_commit(&scratch.root(), &third, Duration::from_secs(10));
+    wait_until(
+        Duration::from_secs(10),
+        "a run for the newest commit",
+        || lines(&pids).len() >= 2,
+    );
+}
+
+/// Whether `pid` is a live process (not a zombie).
+fn process_alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn hooks_run_for_the_newest_commit_when_publishing_outpaces_them() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "0\n")], "start");
+    let scratch = Scratch::new();
+    let record = scratch.path("hook.log");
+    let hook = hook_script(
+        &scratch,
+        "slow.sh",
+        &format!("sleep 2; echo $DAGSNAP_COMMIT >> {}", record.display()),
+    );
+    let (daemon, _base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &["--period", "100ms", "--exechook-command", &hook],
+    );
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    let mut commits = vec![first];
+    for n in 1..=5 {
+        let commit = remote.commit(&[("dags/a.py", &format!("{n}\n"))], &format!("change {n}"));
+        daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
+        commits.push(commit);
+    }
+    let newest = commits.last().unwrap().clone();
+    wait_until(
+        Duration::from_secs(30),
+        "a run for the newest commit",
+        || lines(&record).last() == Some(&newest),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = lines(&record);
+    assert!(
+        runs.len() < commits.len(),
+        "6 publishes, {} runs: {runs:?}",
+        runs.len()
+    );
+    assert_eq!(runs.last(), Some(&newest), "{runs:?}");
+    let order: Vec<usize> = runs
+        .iter()
+        .map(|run| commits.iter().position(|c| c == run).unwrap())
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "runs out of order: {order:?}"
+    );
+}
+
+#[test]
+fn the_webhook_announces_each_publish_and_a_dead_receiver_holds_up_nothing() {
+    let receiver = WebhookReceiver::start(200);
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    let (daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &["--period", "200ms", "--webhook-url", &receiver.url()],
+    );
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    let second = remote.commit(&[("dags/a.py", "2\n")], "second");
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "two deliveries", || {
+        receiver.requests().len() == 2
+    });
+    let delivery = &receiver.requests()[1];
+    assert_eq!(
+        (delivery.method.as_str(), delivery.path.as_str()),
+        ("POST", "/hook")
+    );
+    assert_eq!(delivery.header("gitsync-hash"), Some(second.as_str()));
+    assert_eq!(delivery.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(body["commit"], second.as_str());
+    assert_eq!(body["previous"], first.as_str());
+    assert_eq!(body["ref"], "refs/heads/main");
+    assert!(body["snapshot"].as_str().unwrap().ends_with(&second));
+    assert!(humantime::parse_rfc3339_weak(body["time"].as_str().unwrap()).is_ok());
+    assert_eq!(
+        metric(
+            &metrics(&base),
+            "dagsnap_hook_runs_total{hook=\"web\",result=\"success\"}"
+        ),
+        2.0
+    );
+    drop(daemon);
+
+    // A receiver that accepts connections and never answers (a hung service behind a load
+    // balancer), and then one that answers 500: the loop publishes on, and counts each.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    let (daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &[
+            "--period",
+            "200ms",
+            "--webhook-url",
+            &silent_url,
+            "--webhook-timeout",
+            "1s",
+            "--webhook-backoff",
+            "200ms",
+        ],
+    );
+    let third = remote.commit(&[("dags/a.py", "3\n")], "third");
+    daemon.wait_for_commit(&scratch.root(), &third, Duration::from_secs(30));
+    let fourth = remote.commit(&[("dags/a.py", "4\n")], "fourth");
+    daemon.wait_for_commit(&scratch.root(), &fourth, Duration::from_secs(5));
+    wait_until(Duration::from_secs(20), "a timed-out delivery", || {
+        metric(
+            &metrics(&base),
+            "dagsnap_hook_runs_total{hook=\"web\",result=\"timeout\"}",
+        ) >= 1.0
+    });
+    drop(daemon);
+
+    let failing = WebhookReceiver::start(500);
+    let (daemon, base) = sidecar(
+        &scratch,
+        &remote.url(),
+        &[
+            "--period",
+            "200ms",
+            "--webhook-url",
+            &failing.url(),
+            "--webhook-backoff",
+            "200ms",
+        ],
+    );
+    let fifth = remote.commit(&[("dags/a.py", "5\n")], "fifth");
+    daemon.wait_for_commit(&scratch.root(), &fifth, Duration::from_secs(30));
+    wait_until(Duration::from_secs(20), "retried deliveries", || {
+        failing.requests().len() >= 3
+    });
+    assert!(
+        metric(
+            &metrics(&base),
+            "dagsnap_hook_runs_total{hook=\"web\",result=\"failure\"}"
+        ) >= 3.0
+    );
+    assert!(
+        daemon.logs().contains("answered 500, expected 200"),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[test]
+fn the_touch_file_marks_each_publish_and_the_error_file_holds_the_last_failure() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    let touch = scratch.path("signals/synced");
+    let error = scratch.path("signals/error.json");
+    let daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &[
+            "--period",
+            "200ms",
+            "--backoff-max",
+            "500ms",
+            "--touch-file",
+            touch.to_str().unwrap(),
+            "--error-file",
+            error.to_str().unwrap(),
+        ],
+    );
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "the touch file", || touch.exists());
+    let touched = fs::metadata(&touch).unwrap().modified().unwrap();
+    assert!(!error.exists());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        fs::metadata(&touch).unwrap().modified().unwrap(),
+        touched,
+        "unchanged polls do not touch it"
+    );
+
+    let hidden = remote.dir.with_extension("down");
+    fs::rename(&remote.dir, &hidden).unwrap();
+    wait_until(Duration::from_secs(20), "the error file", || error.exists());
+    wait_until(Duration::from_secs(20), "two failures in a row", || {
+        fs::read(&error)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|j| j["consecutive_failures"].as_u64() >= Some(2))
+    });
+    let record: serde_json::Value = serde_json::from_slice(&fs::read(&error).unwrap()).unwrap();
+    assert!(!record["error"].as_str().unwrap().is_empty(), "{record}");
+    assert!(humantime::parse_rfc3339_weak(record["time"].as_str().unwrap()).is_ok());
+
+    fs::rename(&hidden, &remote.dir).unwrap();
+    wait_until(Duration::from_secs(20), "the error file to go", || {
+        !error.exists()
+    });
+    let second = remote.commit(&[("dags/a.py", "2\n")], "second");
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "the touch file to move", || {
+        fs::metadata(&touch).unwrap().modified().unwrap() > touched
+    });
+}
+
+fn status_json(scratch: &Scratch, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = dagsnap(scratch.tmp.path())
+        .args(["status", "--json", "--root"])
+        .arg(scratch.root())
+        .args(extra)
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {}", stderr(&out)));
+    (out.status.code(), json)
+}
+
+#[test]
+fn status_lists_every_publisher_and_fails_when_the_dags_are_stale() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    let mut daemon = spawn_loop(&scratch, &remote.url(), &["--period", "200ms"]);
+    daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
+    let pid = daemon.child.id();
+
+    let (code, json) = status_json(&scratch, &["--max-age", "5m"]);
+    assert_eq!(code, Some(0), "{json}");
+    let publishers = json["publishers"].as_array().unwrap();
+    assert_eq!(publishers.len(), 1, "{json}");
+    let me = &publishers[0];
+    assert_eq!(me["pid"], pid);
+    assert_eq!(me["running"], true);
+    assert_eq!(me["consecutive_failures"], 0);
+    assert_eq!(me["ref"], "HEAD");
+    for field in ["host", "started_at", "last_cycle_at", "last_success_at"] {
+        assert!(me[field].is_string(), "{field}: {me}");
+    }
+
+    // A failing publisher says so at once, with its error.
+    let hidden = remote.dir.with_extension("down");
+    fs::rename(&remote.dir, &hidden).unwrap();
+    wait_until(Duration::from_secs(20), "the failure in status", || {
+        status_json(&scratch, &[]).1["publishers"][0]["consecutive_failures"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+    let (_, json) = status_json(&scratch, &[]);
+    assert!(json["publishers"][0]["last_error"].is_string(), "{json}");
+    let text = dagsnap(scratch.tmp.path())
+        .args(["status", "--root"])
+        .arg(scratch.root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains(&format!("pid {pid} (running)")), "{text}");
+    assert!(text.contains("in a row"), "{text}");
+    fs::rename(&hidden, &remote.dir).unwrap();
+
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, json) = status_json(&scratch, &["--max-age", "1s"]);
+    assert_eq!(code, Some(1), "nothing confirmed the DAGs for 2 s: {json}");
+    assert_eq!(json["publishers"][0]["running"], false, "{json}");
+    let out = dagsnap(scratch.tmp.path())
+        .args(["status", "--max-age", "1s", "--root"])
+        .arg(scratch.root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("STALE"), "{text}");
+    assert!(text.contains(&format!("pid {pid} (stopped)")), "{text}");
+}
