@@ -419,6 +419,9 @@ fn github_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", text.trim().rsplit(' ').next().unwrap())
 }
 
+/// What a `POST /sync` caller sends: (what it stands for, headers, body).
+type Delivery<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [u8]);
+
 #[test]
 fn sync_requests_must_prove_who_sent_them() {
     let remote = Remote::new();
@@ -462,7 +465,7 @@ fn sync_requests_must_prove_who_sent_them() {
     assert_eq!(first, 2);
 
     // Every one of these is refused and runs nothing.
-    let refused: [(&str, Vec<(&str, &str)>, &[u8]); 8] = [
+    let refused: [Delivery; 8] = [
         ("no credentials", vec![], b""),
         (
             "a wrong token",
