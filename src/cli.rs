@@ -297,14 +297,14 @@ pub struct HookArgs {
 
     /// Call this URL after every publish with the publication as JSON (commit, previous,
     /// ref, snapshot, time) and a Gitsync-Hash header.
-    #[arg(long, env = "DAGSNAP_WEBHOOK_URL")]
+    #[arg(long, env = "DAGSNAP_WEBHOOK_URL", value_parser = parse_webhook_url)]
     pub webhook_url: Option<String>,
 
-    #[arg(long, env = "DAGSNAP_WEBHOOK_METHOD", default_value = "POST")]
+    #[arg(long, env = "DAGSNAP_WEBHOOK_METHOD", default_value = "POST", value_parser = parse_http_method)]
     pub webhook_method: String,
 
     /// The status that means the webhook succeeded; 0 accepts any answer.
-    #[arg(long, env = "DAGSNAP_WEBHOOK_SUCCESS_STATUS", default_value_t = 200)]
+    #[arg(long, env = "DAGSNAP_WEBHOOK_SUCCESS_STATUS", default_value_t = 200, value_parser = parse_success_status)]
     pub webhook_success_status: u16,
 
     #[arg(long, env = "DAGSNAP_WEBHOOK_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
@@ -610,6 +610,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "invalid duration '{text}' ({e}); use a number with a unit, like 10s, 1m30s or 500ms"
         )
     })
+}
+
+/// An http(s) URL with a host: a typo fails at start, not at every publish.
+fn parse_webhook_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("invalid URL: {e} (expected http://host[:port]/path)"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "'{}' is not an http:// or https:// URL with a host",
+            crate::git::redact::Redactor::default().redact(text)
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// An HTTP method as servers expect it: an upper-case token (`POST`, `PUT`, `GET`).
+fn parse_http_method(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase());
+    if !valid {
+        return Err(format!(
+            "invalid method '{text}': use an upper-case HTTP method such as POST, PUT or GET"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// 0 (any answer) or an HTTP status, 100 to 599.
+fn parse_success_status(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(status) if status == 0 || (100..=599).contains(&status) => Ok(status),
+        _ => Err(format!(
+            "invalid status '{text}': use an HTTP status (100-599), or 0 to accept any answer"
+        )),
+    }
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {

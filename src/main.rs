@@ -153,6 +153,50 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
+    if args.http.http_bind.is_none() {
+        let needs_server = [
+            ("--ready-max-age", args.http.ready_max_age.is_some()),
+            (
+                "--trigger-token-file",
+                args.http.trigger_token_file.is_some(),
+            ),
+            (
+                "--webhook-secret-file",
+                args.http.webhook_secret_file.is_some(),
+            ),
+        ];
+        if let Some((flag, _)) = needs_server.iter().find(|(_, given)| *given) {
+            return Err((
+                EXIT_USAGE,
+                format!(
+                    "{flag} needs --http-bind: it applies to the HTTP endpoints, which are off"
+                ),
+            ));
+        }
+    }
+    // A secret that cannot be read would refuse every request: say so now, not at 3 am.
+    for (flag, file) in [
+        ("--trigger-token-file", &args.http.trigger_token_file),
+        ("--webhook-secret-file", &args.http.webhook_secret_file),
+    ] {
+        if let Some(file) = file {
+            let secret = std::fs::read(file).map_err(|e| {
+                (
+                    EXIT_USAGE,
+                    format!(
+                        "cannot read {flag} {}: {e}; mount the secret there or drop the flag",
+                        file.display()
+                    ),
+                )
+            })?;
+            if secret.trim_ascii().is_empty() {
+                return Err((
+                    EXIT_USAGE,
+                    format!("{flag} {} is empty; put the secret in it", file.display()),
+                ));
+            }
+        }
+    }
     let http = match &args.http.http_bind {
         Some(bind) => Some((
             daemon::http::bind(bind).map_err(|e| (EXIT_USAGE, e))?,

@@ -329,8 +329,11 @@ async fn web(hook: &WebHook, client: &reqwest::Client, event: &HookEvent) -> Res
         .send()
         .await
         .map_err(|e| {
-            let text = crate::git::error_chain(&e);
-            if e.is_timeout() {
+            // The URL may hold a secret in its path or query (many receivers work that way):
+            // errors never quote it.
+            let timed_out = e.is_timeout();
+            let text = crate::git::error_chain(&e.without_url());
+            if timed_out {
                 Failure::TimedOut(text)
             } else {
                 Failure::Failed(text)

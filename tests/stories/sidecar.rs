@@ -1074,3 +1074,65 @@ fn status_lists_every_publisher_and_fails_when_the_dags_are_stale() {
     assert!(text.contains("STALE"), "{text}");
     assert!(text.contains(&format!("pid {pid} (stopped)")), "{text}");
 }
+
+#[test]
+fn bad_sidecar_settings_fail_at_start_with_one_line_and_leave_the_dags_alone() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "1\n")], "first");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let empty = scratch.path("empty-secret");
+    fs::write(&empty, "\n").unwrap();
+    let missing = scratch.path("no-such-secret");
+    let cases: [(&[&str], &str); 9] = [
+        (&["--http-bind", &taken], "already in use"),
+        (&["--http-bind", "localhost:http"], "--http-bind"),
+        (&["--http-bind", ":99999"], "--http-bind"),
+        (&["--trigger-token-file", "/etc/hostname"], "--http-bind"),
+        (
+            &[
+                "--http-bind",
+                "127.0.0.1:0",
+                "--trigger-token-file",
+                missing.to_str().unwrap(),
+            ],
+            "cannot read --trigger-token-file",
+        ),
+        (
+            &[
+                "--http-bind",
+                "127.0.0.1:0",
+                "--webhook-secret-file",
+                empty.to_str().unwrap(),
+            ],
+            "is empty",
+        ),
+        (&["--webhook-url", "hooks.example.com/x"], "--webhook-url"),
+        (
+            &[
+                "--webhook-url",
+                "http://127.0.0.1/x",
+                "--webhook-method",
+                "post",
+            ],
+            "upper-case",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "http://127.0.0.1/x",
+                "--webhook-success-status",
+                "42",
+            ],
+            "100-599",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = sync_once(&scratch, &remote.url(), args);
+        let line = assert_one_clear_line(&out, 2, needle);
+        assert!(!line.contains("panicked"), "{args:?}: {line}");
+        assert_eq!(published(&scratch.root()).as_deref(), Some(commit.as_str()));
+    }
+}
