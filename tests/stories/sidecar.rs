@@ -595,6 +595,16 @@ fn sync_requests_must_prove_who_sent_them() {
     );
 }
 
+/// Stop a loop as Kubernetes does (SIGTERM), which also stops a hook that is running.
+fn stop(mut daemon: Daemon) {
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.logs()
+    );
+}
+
 /// A shell script for an exec hook, in the scratch directory.
 fn hook_script(scratch: &Scratch, name: &str, body: &str) -> String {
     let path = scratch.path(name);
@@ -673,6 +683,7 @@ fn the_exec_hook_runs_in_each_new_snapshot_with_its_commit() {
         "{}",
         daemon.logs()
     );
+    stop(daemon);
 }
 
 #[test]
@@ -729,6 +740,7 @@ fn a_failing_hook_is_retried_until_it_succeeds() {
         "3",
         "no run after success"
     );
+    stop(daemon);
 }
 
 #[test]
@@ -790,6 +802,14 @@ fn a_hanging_hook_is_killed_with_its_children_and_publishing_goes_on() {
         "a run for the newest commit",
         || lines(&pids).len() >= 2,
     );
+    // That run hangs too; stopping the loop stops it, and what it started.
+    stop(daemon);
+    let child: i32 = lines(&pids)[1].parse().unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the running hook to be stopped with the loop",
+        || !process_alive(child),
+    );
 }
 
 /// Whether `pid` is a live process (not a zombie).
@@ -846,6 +866,7 @@ fn hooks_run_for_the_newest_commit_when_publishing_outpaces_them() {
         order.windows(2).all(|w| w[0] < w[1]),
         "runs out of order: {order:?}"
     );
+    stop(daemon);
 }
 
 #[test]
