@@ -126,6 +126,37 @@ pub fn umask() -> u32 {
         .unwrap_or(0o777)
 }
 
+/// Set by `--group-write`: what dagsnap creates under the root (except the read-only snapshots)
+/// is writable by the group too, so that publishers running as different users of one group
+/// (pods sharing a volume through `fsGroup`) can all publish.
+static GROUP_WRITE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_group_write(on: bool) {
+    GROUP_WRITE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn group_write() -> bool {
+    GROUP_WRITE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The mode of the directories dagsnap creates under the root.
+pub fn dir_mode() -> u32 {
+    if group_write() {
+        0o775
+    } else {
+        0o755
+    }
+}
+
+/// The mode of the records and lock files dagsnap creates under the root.
+pub fn file_mode() -> u32 {
+    if group_write() {
+        0o664
+    } else {
+        0o644
+    }
+}
+
 /// Mode bits of a read-only snapshot entry: readable (and searchable) by everyone, writable by
 /// no one. Executable files keep `x` for everyone, as git records only "executable or not".
 pub fn read_only_mode(is_dir: bool, executable: bool) -> u32 {
@@ -196,7 +227,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), IoError> {
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode_0644()
+            .shared_mode()
             .open(&tmp)
             .at("create", &tmp)?;
         file.write_all(contents).at("write", &tmp)?;
@@ -210,13 +241,13 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), IoError> {
 }
 
 trait OpenMode {
-    fn mode_0644(&mut self) -> &mut Self;
+    fn shared_mode(&mut self) -> &mut Self;
 }
 
 impl OpenMode for fs::OpenOptions {
-    fn mode_0644(&mut self) -> &mut Self {
+    fn shared_mode(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o644)
+        self.mode(file_mode())
     }
 }
 

@@ -86,6 +86,10 @@ fn usage<E: std::fmt::Display>(e: E) -> (u8, String) {
 }
 
 fn sync(args: SyncArgs, style: Style) -> Outcome {
+    if args.group_write {
+        dagsnap::fsutil::set_group_write(true);
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
+    }
     let target = Target::parse(args.git_ref.as_deref()).map_err(usage)?;
     let access = args.access.access(args.sync_timeout);
     if !access.ssh.check_host_keys {
@@ -121,6 +125,11 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         },
         retention: args.retention.policy(),
         verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
+        submodules: match args.submodules {
+            dagsnap::cli::Submodules::Off => dagsnap::git::tree::Submodules::Off,
+            dagsnap::cli::Submodules::Shallow => dagsnap::git::tree::Submodules::Shallow,
+            dagsnap::cli::Submodules::Recursive => dagsnap::git::tree::Submodules::Recursive,
+        },
     };
     let relative_to_root = |path: &Option<std::path::PathBuf>| {
         path.as_ref().map(|p| {
@@ -148,6 +157,9 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         backoff_max: args.backoff_max,
         one_time: args.one_time,
         progress_interval: args.progress_interval,
+        init_period: args.init_period,
+        init_failure_budget: args.init_failure_budget(),
+        sync_signal: args.sync_on_signal,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -215,6 +227,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
             .clone()
             .map(|command| daemon::hooks::ExecHook {
                 command,
+                direct: hook.exechook_direct,
                 timeout: hook.exechook_timeout,
                 backoff: hook.exechook_backoff,
             }),

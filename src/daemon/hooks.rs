@@ -41,6 +41,8 @@ pub struct HookEvent {
 #[derive(Debug, Clone)]
 pub struct ExecHook {
     pub command: String,
+    /// Run `command` as a program, without a shell (git-sync's way), instead of `sh -c`.
+    pub direct: bool,
     pub timeout: Duration,
     pub backoff: Duration,
 }
@@ -239,13 +241,19 @@ async fn work(
     }
 }
 
-/// Run the exec hook: `sh -c COMMAND` in the snapshot, in a process group of its own so that
+/// Run the exec hook: `sh -c COMMAND` (or COMMAND itself) in the snapshot, in a process group of its own so that
 /// a timeout kills everything it started.
 async fn exec(hook: &ExecHook, event: &HookEvent, running: &AtomicI32) -> Result<(), Failure> {
-    let mut command = tokio::process::Command::new("sh");
+    let (program, shell) = if hook.direct {
+        (hook.command.as_str(), None)
+    } else {
+        ("sh", Some(hook.command.as_str()))
+    };
+    let mut command = tokio::process::Command::new(program);
+    if let Some(script) = shell {
+        command.arg("-c").arg(script);
+    }
     command
-        .arg("-c")
-        .arg(&hook.command)
         .current_dir(&event.snapshot)
         .env("DAGSNAP_COMMIT", &event.commit)
         .env("GITSYNC_HASH", &event.commit)
@@ -259,7 +267,7 @@ async fn exec(hook: &ExecHook, event: &HookEvent, running: &AtomicI32) -> Result
         .kill_on_drop(true);
     let mut child = command
         .spawn()
-        .map_err(|e| Failure::Failed(format!("cannot start sh: {e}")))?;
+        .map_err(|e| Failure::Failed(format!("cannot start {program}: {e}")))?;
     let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())

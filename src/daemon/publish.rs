@@ -27,6 +27,8 @@ pub enum PublishError {
     #[error(transparent)]
     Tree(#[from] crate::git::tree::TreeError),
     #[error(transparent)]
+    Submodules(#[from] crate::git::tree::SubmodulesUnsupported),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Repair(#[from] RepairError),
@@ -94,6 +96,7 @@ impl PublishError {
             PublishError::Internal(_) => true,
             PublishError::Repair(RepairError::Snapshot(e)) => e.blames_source(),
             PublishError::Repair(RepairError::Store(_))
+            | PublishError::Submodules(_)
             | PublishError::Store(_)
             | PublishError::CacheInsideRoot { .. } => false,
         }
@@ -128,6 +131,7 @@ pub struct Settings {
     pub retention: gc::Policy,
     /// How often the live snapshot is checked (and repaired if damaged); `None`: never.
     pub verify_period: Option<Duration>,
+    pub submodules: crate::git::tree::Submodules,
 }
 
 /// Publishes one repository into one root.
@@ -570,6 +574,7 @@ impl Publisher {
 
         let repo = self.cache.repo();
         let entries = crate::git::tree::entries(&repo, tree)?;
+        self.settings.submodules.check(&entries)?;
         let staging = self.root.begin_staging()?;
         let built = snapshot::build(
             entries,

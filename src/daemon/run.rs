@@ -38,6 +38,12 @@ pub struct Schedule {
     pub one_time: bool,
     /// How often long operations report progress in the logs.
     pub progress_interval: Duration,
+    /// Until the first success after start: the wait between attempts (instead of the backoff).
+    pub init_period: Option<Duration>,
+    /// Until the first success after start: the failures tolerated.
+    pub init_failure_budget: Option<u64>,
+    /// A signal that starts a cycle now, besides SIGHUP.
+    pub sync_signal: Option<i32>,
 }
 
 /// How the loop ended.
@@ -99,6 +105,13 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sync_signal = match schedule
+        .sync_signal
+        .filter(|s| *s != nix::sys::signal::Signal::SIGHUP as i32)
+    {
+        Some(number) => Some(signal(SignalKind::from_raw(number))?),
+        None => None,
+    };
     let health = Arc::new(Health::new(
         root,
         schedule.period,
@@ -266,13 +279,16 @@ pub async fn run(
             });
         }
 
+        // Before the first success, --init-max-failures and --init-period apply.
+        let (budget, init_wait) = if synced_once {
+            (schedule.failure_budget, None)
+        } else {
+            (schedule.init_failure_budget, schedule.init_period)
+        };
         let wait = match failed {
             None => schedule.period,
             Some(message) => {
-                if schedule
-                    .failure_budget
-                    .is_some_and(|budget| failures > budget)
-                {
+                if budget.is_some_and(|budget| failures > budget) {
                     if let Some(publisher) = publisher.take() {
                         publisher.abandon_first_start();
                     }
@@ -281,7 +297,8 @@ pub async fn run(
                         last_error: message,
                     });
                 }
-                let wait = backoff(schedule.period, schedule.backoff_max, failures);
+                let wait = init_wait
+                    .unwrap_or_else(|| backoff(schedule.period, schedule.backoff_max, failures));
                 tracing::error!(error = %message, consecutive_failures = failures, retry_in = %humantime::format_duration(round_ms(wait)), "sync failed; the published snapshot is unchanged");
                 wait
             }
@@ -295,6 +312,7 @@ pub async fn run(
                 return Ok(Exit::Clean);
             }
             _ = sighup.recv() => tracing::info!("SIGHUP received; syncing now"),
+            _ = recv_optional(&mut sync_signal) => tracing::info!("--sync-on-signal signal received; syncing now"),
             _ = health.trigger.notified() => tracing::info!("sync requested over HTTP; syncing now"),
         }
     }
@@ -472,6 +490,16 @@ async fn stand_by(
                 return Ok(None);
             }
         }
+    }
+}
+
+/// The next delivery of an optional signal; never, without one.
+async fn recv_optional(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -165,7 +165,7 @@ fn open(path: &Path) -> Result<fs::File, LockError> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(crate::fsutil::file_mode())
         .open(path)
         .at("open lock file", path)?)
 }

@@ -69,7 +69,6 @@ const FILESYSTEM_ENTRIES: &[&str] = &["lost+found"];
 /// and trusting it would stop every correctly clocked publisher until that time.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 /// Mode of the directories dagsnap creates under the root (snapshots are sealed `0555`).
-const DIR_MODE: u32 = 0o755;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -379,7 +378,7 @@ impl Root {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
                     .recursive(true)
-                    .mode(DIR_MODE)
+                    .mode(fsutil::dir_mode())
                     .create(&self.root)
                     .at("create root", &self.root)?;
                 created.root = true;
@@ -527,7 +526,7 @@ impl Root {
             let mut file = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o644)
+                .mode(fsutil::file_mode())
                 .open(&temp)
                 .at("create", &temp)?;
             file.write_all(format!("{STORE_DIR}\n").as_bytes())
@@ -700,7 +699,7 @@ impl Root {
         );
         let path = dir.join(name);
         fs::DirBuilder::new()
-            .mode(DIR_MODE)
+            .mode(fsutil::dir_mode())
             .create(&path)
             .at("create staging directory", &path)?;
         Ok(Staging { path })
@@ -1221,7 +1220,7 @@ impl Root {
     }
 }
 
-/// Make sure `dir` is a real directory: create it (mode [`DIR_MODE`], whatever the umask) if it
+/// Make sure `dir` is a real directory: create it (mode [`fsutil::dir_mode`], whatever the umask) if it
 /// is missing; refuse a symlink or anything else in its place. Whether it was created.
 fn make_dir(dir: &Path) -> Result<bool, StoreError> {
     match fs::symlink_metadata(dir) {
@@ -1235,14 +1234,14 @@ fn make_dir(dir: &Path) -> Result<bool, StoreError> {
             },
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+            match fs::DirBuilder::new().mode(fsutil::dir_mode()).create(dir) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                     return Err(IoError::new("create", dir, e).into())
                 }
                 _ => {}
             }
-            if fsutil::umask() & DIR_MODE & !0o022 != 0 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+            if fsutil::umask() & fsutil::dir_mode() != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(fsutil::dir_mode()))
                     .at("set the mode of", dir)?;
             }
             Ok(true)

@@ -56,7 +56,7 @@ pub(super) fn append(path: &Path, entry: &Publication) -> Result<(), StoreError>
     let mut file = fs::OpenOptions::new()
         .append(true)
         .create(true)
-        .mode(0o644)
+        .mode(crate::fsutil::file_mode())
         .open(path)
         .at("open journal", path)?;
     file.write_all(&line).at("append to journal", path)?;

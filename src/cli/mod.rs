@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod values;
+
+pub use values::{parse_bool, parse_duration, parse_positive_duration};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dagsnap",
@@ -57,6 +61,14 @@ pub enum Command {
     Remove(RemoveArgs),
     /// List this machine's private caches; --prune deletes those whose root is gone.
     Caches(CachesArgs),
+}
+
+/// `--submodules`: git-sync's modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Submodules {
+    Off,
+    Shallow,
+    Recursive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,7 +150,7 @@ pub struct SyncArgs {
     pub period: Duration,
 
     /// Exit 0 after the first successful sync (for init containers); exit 1 if it fails.
-    #[arg(long, env = "DAGSNAP_ONE_TIME", help_heading = "Schedule")]
+    #[arg(long, env = "DAGSNAP_ONE_TIME", help_heading = "Schedule", value_parser = parse_bool)]
     pub one_time: bool,
 
     /// Upper bound for one cycle (fetch, checkout, publish); a cycle that takes longer is
@@ -156,6 +168,26 @@ pub struct SyncArgs {
     )]
     pub max_failures: Option<i64>,
 
+    /// Until the first successful sync after start, wait this long between attempts instead of
+    /// backing off (for a network that is slow to come up, like a service mesh's sidecar).
+    #[arg(long, env = "DAGSNAP_INIT_PERIOD", value_parser = parse_positive_duration, help_heading = "Schedule")]
+    pub init_period: Option<Duration>,
+
+    /// Consecutive failures tolerated before the first successful sync after start; -1 never
+    /// exits. Default: as --max-failures.
+    #[arg(
+        long,
+        env = "DAGSNAP_INIT_MAX_FAILURES",
+        allow_negative_numbers = true,
+        help_heading = "Schedule"
+    )]
+    pub init_max_failures: Option<i64>,
+
+    /// Also sync now when this signal arrives (a name like HUP or SIGUSR1, or a number).
+    /// SIGHUP always does.
+    #[arg(long, env = "DAGSNAP_SYNC_ON_SIGNAL", value_parser = parse_signal, help_heading = "Schedule")]
+    pub sync_on_signal: Option<i32>,
+
     /// Longest wait between retries after failures (backoff doubles from --period up to this).
     #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub backoff_max: Duration,
@@ -172,9 +204,32 @@ pub struct SyncArgs {
     #[command(flatten, next_help_heading = "Retention")]
     pub retention: RetentionArgs,
 
+    /// Make what dagsnap creates under the root (records, locks, directories; snapshots stay
+    /// read-only) writable by the group, for publishers that run as different users of one
+    /// group on a shared volume.
+    #[arg(long, env = "DAGSNAP_GROUP_WRITE", value_parser = parse_bool, help_heading = "Root and cache")]
+    pub group_write: bool,
+
+    /// Take over a root that git-sync publishes (its .git, .worktrees and link): dagsnap builds
+    /// its snapshots alongside, moves the link once git-sync has been quiet for --adopt-after,
+    /// and removes git-sync's files after --grace. Implied when dagsnap runs as git-sync.
+    #[arg(long, env = "DAGSNAP_ADOPT_GIT_SYNC", value_parser = parse_bool, help_heading = "Root and cache")]
+    pub adopt_git_sync: bool,
+
+    /// How long git-sync must have left the root alone before dagsnap moves the link it
+    /// published (longer than git-sync's --period).
+    #[arg(long, env = "DAGSNAP_ADOPT_AFTER", default_value = "30s", value_parser = parse_duration, help_heading = "Root and cache")]
+    pub adopt_after: Duration,
+
+    /// What to do with submodules: off publishes each as an empty directory (as `git clone`
+    /// without --recurse-submodules leaves it). Checking them out is not supported yet, so
+    /// recursive and shallow fail a commit that has any, naming it.
+    #[arg(long, env = "DAGSNAP_SUBMODULES", value_enum, default_value_t = Submodules::Off, help_heading = "Repository")]
+    pub submodules: Submodules,
+
     /// Write every file of each new snapshot instead of hard-linking unchanged files from the
     /// previous one (for filesystems where links misbehave; costs time and space).
-    #[arg(long, env = "DAGSNAP_FULL_COPY", help_heading = "Root and cache")]
+    #[arg(long, env = "DAGSNAP_FULL_COPY", help_heading = "Root and cache", value_parser = parse_bool)]
     pub full_copy: bool,
 
     /// How often the loop checks the live snapshot against its entry list (types, modes,
@@ -200,6 +255,15 @@ impl SyncArgs {
             Some(n) => Some(n as u64),
             None if self.one_time => Some(0),
             None => None,
+        }
+    }
+
+    /// Consecutive failures tolerated before the first success after start.
+    pub fn init_failure_budget(&self) -> Option<u64> {
+        match self.init_max_failures {
+            Some(n) if n < 0 => None,
+            Some(n) => Some(n as u64),
+            None => self.failure_budget(),
         }
     }
 
@@ -287,6 +351,11 @@ pub struct HookArgs {
     #[arg(long, env = "DAGSNAP_EXECHOOK_COMMAND")]
     pub exechook_command: Option<String>,
 
+    /// Run the exec hook as a program rather than through `sh -c` (git-sync's way: the command
+    /// is the path of an executable, without arguments).
+    #[arg(skip)]
+    pub exechook_direct: bool,
+
     /// Kill the exec hook (and what it started) after this long.
     #[arg(long, env = "DAGSNAP_EXECHOOK_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub exechook_timeout: Duration,
@@ -337,8 +406,12 @@ pub struct AccessArgs {
     #[arg(long, env = "DAGSNAP_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
 
+    /// The password given by other means than a file (git-sync's $GITSYNC_PASSWORD).
+    #[arg(skip)]
+    pub password: Option<String>,
+
     /// Allow sending credentials over plain http:// (they travel in clear text).
-    #[arg(long, env = "DAGSNAP_ALLOW_INSECURE_HTTP_CREDENTIALS")]
+    #[arg(long, env = "DAGSNAP_ALLOW_INSECURE_HTTP_CREDENTIALS", value_parser = parse_bool)]
     pub allow_insecure_http_credentials: bool,
 
     /// Extra CA certificates (PEM) to trust for HTTPS, for a server with its own CA. The system
@@ -361,7 +434,7 @@ pub struct AccessArgs {
 
     /// Check the SSH host key against known hosts. `--ssh-known-hosts=false` accepts any host
     /// key, so anyone between you and the server can serve you DAGs: only for tests.
-    #[arg(long, env = "DAGSNAP_SSH_KNOWN_HOSTS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "DAGSNAP_SSH_KNOWN_HOSTS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub ssh_known_hosts: bool,
 
     /// SSH port, for the scp-like form `user@host:path`, which cannot carry one (the
@@ -374,9 +447,13 @@ impl AccessArgs {
     /// The access settings, with the password source: the file if given, else DAGSNAP_PASSWORD.
     pub fn access(&self, request_timeout: Duration) -> crate::git::access::Access {
         use crate::git::access::{Access, Password, Ssh};
-        let password = match (&self.password_file, std::env::var("DAGSNAP_PASSWORD")) {
+        let given = self
+            .password
+            .clone()
+            .or_else(|| std::env::var("DAGSNAP_PASSWORD").ok());
+        let password = match (&self.password_file, given) {
             (Some(file), _) => Some(Password::File(file.clone())),
-            (None, Ok(value)) if !value.is_empty() => Some(Password::Fixed(value)),
+            (None, Some(value)) if !value.is_empty() => Some(Password::Fixed(value)),
             _ => None,
         };
         Access {
@@ -450,7 +527,7 @@ pub struct CachesArgs {
     pub prune: bool,
 
     /// Print JSON instead of text.
-    #[arg(long, env = "DAGSNAP_JSON")]
+    #[arg(long, env = "DAGSNAP_JSON", value_parser = parse_bool)]
     pub json: bool,
 }
 
@@ -480,7 +557,7 @@ pub struct ListArgs {
     pub root: RootArgs,
 
     /// Print JSON instead of a table.
-    #[arg(long, env = "DAGSNAP_JSON")]
+    #[arg(long, env = "DAGSNAP_JSON", value_parser = parse_bool)]
     pub json: bool,
 }
 
@@ -494,7 +571,7 @@ pub struct LogArgs {
     pub limit: usize,
 
     /// Print JSON instead of text.
-    #[arg(long, env = "DAGSNAP_JSON")]
+    #[arg(long, env = "DAGSNAP_JSON", value_parser = parse_bool)]
     pub json: bool,
 }
 
@@ -584,7 +661,7 @@ pub struct VerifyArgs {
     pub lock_timeout: Duration,
 
     /// Print JSON instead of text.
-    #[arg(long, env = "DAGSNAP_JSON")]
+    #[arg(long, env = "DAGSNAP_JSON", value_parser = parse_bool)]
     pub json: bool,
 }
 
@@ -599,17 +676,29 @@ pub struct StatusArgs {
     pub max_age: Option<Duration>,
 
     /// Print JSON instead of text.
-    #[arg(long, env = "DAGSNAP_JSON")]
+    #[arg(long, env = "DAGSNAP_JSON", value_parser = parse_bool)]
     pub json: bool,
 }
 
-/// Durations like `10s`, `1m30s`, `500ms`, `2h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!(
-            "invalid duration '{text}' ({e}); use a number with a unit, like 10s, 1m30s or 500ms"
-        )
-    })
+/// A signal by name (`HUP`, `SIGUSR1`, in any case) or number.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let trimmed = text.trim();
+    if let Ok(number) = values::parse_go_int(trimmed) {
+        return i32::try_from(number)
+            .ok()
+            .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+            .map(|s| s as i32)
+            .ok_or_else(|| format!("invalid signal '{text}': no such signal number"));
+    }
+    let upper = trimmed.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("invalid signal '{text}': use a name like HUP or USR1, or a number"))
 }
 
 /// An http(s) URL with a host: a typo fails at start, not at every publish.
@@ -646,29 +735,9 @@ fn parse_success_status(text: &str) -> Result<u16, String> {
     }
 }
 
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    let duration = parse_duration(text)?;
-    if duration.is_zero() {
-        return Err(format!(
-            "invalid duration '{text}': must be greater than zero"
-        ));
-    }
-    Ok(duration)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_in_operator_notation() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        let err = parse_duration("10 parsecs").unwrap_err();
-        assert!(err.contains("like 10s"), "{err}");
-        assert!(parse_positive_duration("0s").is_err());
-    }
 
     #[test]
     fn one_time_gives_up_on_first_failure_unless_told_otherwise() {
