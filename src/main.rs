@@ -9,6 +9,7 @@ use dagsnap::cli::{
     CachesArgs, Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RemoveArgs,
     RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
 };
+use dagsnap::cli::gitsync;
 use dagsnap::daemon::publish::{Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
 use dagsnap::git::{Remote, Target};
@@ -29,7 +30,18 @@ fn main() -> ExitCode {
     // Everything dagsnap creates gets the mode it asks for, whatever the umask it was started
     // with: snapshots readable by every reader, nothing under the root writable by others.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    let cli = Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if invoked_as_git_sync(&argv) {
+        argv.insert(1, "git-sync".into());
+    }
+    let mut cli = Cli::parse_from(argv);
+    let mut notes = Vec::new();
+    if let Command::GitSync(raw) = &cli.command {
+        match as_git_sync(&raw.args) {
+            Ok((sync_cli, said)) => (cli, notes) = (sync_cli, said),
+            Err(code) => return code,
+        }
+    }
     // Operator commands print their errors for a person, even under `kubectl exec` without a
     // terminal; JSON only when asked for. Only the sync loop's logs go to a collector.
     let format = match (&cli.command, cli.log_format) {
@@ -44,6 +56,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    for note in notes {
+        match note {
+            gitsync::Note::Info(text) => tracing::info!("{text}"),
+            gitsync::Note::Warn(text) => tracing::warn!("{text}"),
+        }
+    }
     let result = match cli.command {
         Command::Sync(args) => sync(*args, style),
         Command::Status(args) => show_status(args),
@@ -56,6 +74,8 @@ fn main() -> ExitCode {
         Command::Pin(args) => pin(args),
         Command::Unpin(args) => unpin(args),
         Command::Verify(args) => verify_snapshot(args),
+        // Replaced by `sync` above.
+        Command::GitSync(_) => Err((EXIT_USAGE, "internal error: git-sync arguments were not translated".into())),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -64,6 +84,43 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Started under git-sync's name (a symlink `git-sync` to dagsnap, as in an image that
+/// replaces git-sync's).
+fn invoked_as_git_sync(argv: &[std::ffi::OsString]) -> bool {
+    argv.first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|name| name == "git-sync")
+}
+
+/// Read git-sync's command line and environment into a dagsnap `sync` command; what to say at
+/// start. On a configuration error, or for `--help`/`--version`, the exit code.
+fn as_git_sync(args: &[std::ffi::OsString]) -> Result<(Cli, Vec<gitsync::Note>), ExitCode> {
+    let env = |key: &str| std::env::var(key).ok();
+    let invocation = match gitsync::parse(args, &env) {
+        Ok(gitsync::Parsed::Run(invocation)) => invocation,
+        Ok(gitsync::Parsed::Print(text)) => {
+            print!("{text}");
+            return Err(ExitCode::SUCCESS);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let mut cli = Cli::try_parse_from(&invocation.argv).map_err(|e| {
+        // A value only dagsnap's own checks refuse (a webhook URL, say): its first line.
+        let text = e.to_string();
+        let line = text.lines().next().unwrap_or_default();
+        eprintln!("{}", line.strip_prefix("error: ").unwrap_or(line));
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    if let Command::Sync(sync) = &mut cli.command {
+        sync.access.password = invocation.password;
+        sync.hooks.exechook_direct = invocation.exechook_direct;
+    }
+    Ok((cli, invocation.notes))
 }
 
 /// glibc gives every thread that allocates its own arena (up to 8 per core), and freed memory

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod gitsync;
 pub mod values;
 
 pub use values::{parse_bool, parse_duration, parse_positive_duration};
@@ -61,6 +62,17 @@ pub enum Command {
     Remove(RemoveArgs),
     /// List this machine's private caches; --prune deletes those whose root is gone.
     Caches(CachesArgs),
+    /// Run as git-sync: read git-sync's flags and environment (also when started under the
+    /// name `git-sync`). `dagsnap git-sync --help` lists them.
+    #[command(name = "git-sync", disable_help_flag = true)]
+    GitSync(GitSyncArgs),
+}
+
+/// git-sync's command line, read by [`gitsync::parse`].
+#[derive(Debug, Args)]
+pub struct GitSyncArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// `--submodules`: git-sync's modes.
