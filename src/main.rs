@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use dagsnap::cli::gitsync;
 use dagsnap::cli::{
     CachesArgs, Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RemoveArgs,
     RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
 };
-use dagsnap::cli::gitsync;
 use dagsnap::daemon::publish::{Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
 use dagsnap::git::{Remote, Target};
@@ -75,7 +75,10 @@ fn main() -> ExitCode {
         Command::Unpin(args) => unpin(args),
         Command::Verify(args) => verify_snapshot(args),
         // Replaced by `sync` above.
-        Command::GitSync(_) => Err((EXIT_USAGE, "internal error: git-sync arguments were not translated".into())),
+        Command::GitSync(_) => Err((
+            EXIT_USAGE,
+            "internal error: git-sync arguments were not translated".into(),
+        )),
     };
     match result {
         Ok(code) => ExitCode::from(code),
