@@ -201,6 +201,9 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         })
     };
     let mut root = root;
+    if args.adopt_git_sync {
+        root = root.adopting_git_sync(args.adopt_after);
+    }
     for file in [&args.hooks.touch_file, &args.hooks.error_file] {
         if let Some(path) = relative_to_root(file) {
             root = root.owning(&path);

@@ -124,10 +124,19 @@ pub struct RootArgs {
 }
 
 impl RootArgs {
+    /// The root; one that git-sync still serves (being taken over) is read as such.
     pub fn locate(&self) -> Result<crate::store::Root, crate::store::StoreError> {
-        crate::store::Root::locate(&self.root, self.link.as_deref())
+        let root = crate::store::Root::locate(&self.root, self.link.as_deref())?;
+        Ok(if crate::store::gitsync::present(&self.root) {
+            root.adopting_git_sync(DEFAULT_ADOPT_AFTER)
+        } else {
+            root
+        })
     }
 }
+
+/// `--adopt-after`'s default.
+const DEFAULT_ADOPT_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {

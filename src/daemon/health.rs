@@ -28,7 +28,7 @@ const LIVENESS_SLACK: Duration = Duration::from_secs(5);
 pub struct CycleDone {
     /// The cycle's number (1 for the first one this process ran).
     pub cycle: u64,
-    /// `published`, `unchanged`, `held`, `superseded`, `skipped` or `failed`.
+    /// `published`, `unchanged`, `held`, `superseded`, `deferred`, `skipped` or `failed`.
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
@@ -76,6 +76,9 @@ pub struct Readiness {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_commit: Option<String>,
+    /// `git-sync` while readers are still served git-sync's worktree (a root being taken over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_success_age_seconds: Option<f64>,
     pub consecutive_failures: u64,
@@ -202,9 +205,14 @@ impl Health {
 
     /// Whether readers are served, and how fresh it is.
     pub fn readiness(&self) -> Readiness {
-        let live = match self.root.current() {
-            Ok(Some(current)) if current.complete => Some(current.commit),
-            _ => None,
+        let (live, served_by) = match self.root.current() {
+            Ok(Some(current)) if current.complete => (Some(current.commit), None),
+            // A root being taken over: git-sync's worktree serves readers meanwhile.
+            Ok(None) => match self.root.git_sync_live().filter(|g| g.dir.is_dir()) {
+                Some(git_sync) => (Some(git_sync.commit), Some("git-sync")),
+                None => (None, None),
+            },
+            _ => (None, None),
         };
         let state = self.state();
         let age = state.last_success.map(|s| s.1.elapsed());
@@ -228,6 +236,7 @@ impl Health {
             ready: reason.is_none(),
             reason,
             live_commit: live,
+            served_by,
             last_success_age_seconds: age.map(|a| a.as_secs_f64()),
             consecutive_failures: state.failures,
             last_error: state.last_error.clone(),

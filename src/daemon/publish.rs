@@ -120,6 +120,13 @@ pub enum Outcome {
     Superseded { commit: String, current: String },
     /// The remote has `commit` but an operator pinned the link; it was left alone.
     Held { commit: String, pin: Pin },
+    /// The link shows git-sync's worktree of `git_sync`, and git-sync wrote the root less than
+    /// `--adopt-after` ago: `commit`'s snapshot is ready, the link is left to git-sync for now.
+    Deferred {
+        commit: String,
+        git_sync: String,
+        quiet_for: Duration,
+    },
 }
 
 /// How a publisher behaves, beyond what to publish and where.
@@ -462,6 +469,7 @@ impl Publisher {
         let current = self.root.current()?;
         if let Some(current) = &current {
             if current.commit == commit && current.complete {
+                self.retire_git_sync();
                 return Ok(Outcome::Unchanged { commit });
             }
             if !current.complete {
@@ -498,6 +506,20 @@ impl Publisher {
             return Ok(Outcome::Held { commit, pin });
         }
 
+        // A root being taken over from git-sync: move the link only once git-sync has left
+        // the root alone for --adopt-after (see `store::gitsync`).
+        let git_sync = self.root.git_sync_live();
+        if let (Some(git_sync), Some(after)) = (&git_sync, self.root.adopt_after()) {
+            let quiet_for = git_sync.quiet_for();
+            if quiet_for < after {
+                return Ok(Outcome::Deferred {
+                    commit,
+                    git_sync: git_sync.commit.clone(),
+                    quiet_for,
+                });
+            }
+        }
+
         let publishing = Instant::now();
         let lock = self.root.lock(self.settings.lock_timeout)?;
         self.timings.lock_wait = Some(publishing.elapsed());
@@ -528,11 +550,43 @@ impl Publisher {
             },
         };
         self.timings.publish = Some(publishing.elapsed());
+        if let (Some(git_sync), Outcome::Published { .. }) = (&git_sync, &outcome) {
+            tracing::info!(git_sync_commit = %git_sync.commit, commit = %commit_of_outcome(&outcome), grace = %humantime::format_duration(self.settings.retention.grace), "took the link over from git-sync; its files are removed once the link has been dagsnap's for --grace with no write from git-sync");
+        }
         // Retention changes when the store changes (the link moved, or a snapshot was built).
         if built.is_some() || matches!(outcome, Outcome::Published { .. }) {
             self.collect_garbage(lock);
         }
         Ok(outcome)
+    }
+
+    /// Remove git-sync's files from a root taken over from it, once nobody can need them
+    /// ([`Root::remove_git_sync_leftovers`]). Looked at on idle polls too, without a write or a
+    /// lock until something is due.
+    fn retire_git_sync(&self) {
+        if self.root.adopt_after().is_none() || !crate::store::gitsync::present(self.root.path()) {
+            return;
+        }
+        let removed = self
+            .root
+            .lock(self.settings.lock_timeout)
+            .map_err(|e| e.to_string())
+            .and_then(|lock| {
+                self.root
+                    .remove_git_sync_leftovers(&lock, self.settings.retention.grace)
+                    .map_err(|e| e.to_string())
+            });
+        match removed {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => {
+                let removed: Vec<String> =
+                    removed.iter().map(|p| p.display().to_string()).collect();
+                tracing::info!(removed = %removed.join(", "), "removed git-sync's files: the root is dagsnap's alone now");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove git-sync's files yet; trying again at the next poll")
+            }
+        }
     }
 
     /// Retire old snapshots while holding `lock`, then delete them after releasing it. A failed
@@ -593,6 +647,16 @@ impl Publisher {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
         }
         Ok(built.stats)
+    }
+}
+
+fn commit_of_outcome(outcome: &Outcome) -> &str {
+    match outcome {
+        Outcome::Unchanged { commit }
+        | Outcome::Published { commit, .. }
+        | Outcome::Superseded { commit, .. }
+        | Outcome::Held { commit, .. }
+        | Outcome::Deferred { commit, .. } => commit,
     }
 }
 

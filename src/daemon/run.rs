@@ -337,6 +337,7 @@ fn observe(
         (Ok(Outcome::Unchanged { commit }), None) => ("unchanged", Some(commit.clone())),
         (Ok(Outcome::Held { commit, .. }), None) => ("held", Some(commit.clone())),
         (Ok(Outcome::Superseded { commit, .. }), None) => ("superseded", Some(commit.clone())),
+        (Ok(Outcome::Deferred { commit, .. }), None) => ("deferred", Some(commit.clone())),
         (Err(_), None) => ("skipped", None),
     };
     // git-sync counts a sync that changed something, and the first one, as a success.
@@ -529,6 +530,20 @@ fn report(outcome: &Outcome, held: &mut Option<(String, String)>) {
                 *held = now;
             } else {
                 tracing::debug!(remote = %commit, pinned = %pin.commit, "pinned; link left alone");
+            }
+            return;
+        }
+        Outcome::Deferred {
+            commit,
+            git_sync,
+            quiet_for,
+        } => {
+            let now = Some(("git-sync".to_string(), git_sync.clone()));
+            if *held != now {
+                tracing::info!(remote = %commit, git_sync_commit = %git_sync, git_sync_wrote_ago = %humantime::format_duration(Duration::from_secs(quiet_for.as_secs())), "git-sync still writes this root; the snapshot is ready, and the link moves once git-sync has left the root alone for --adopt-after");
+                *held = now;
+            } else {
+                tracing::debug!(remote = %commit, git_sync_commit = %git_sync, "waiting for git-sync to go quiet");
             }
             return;
         }

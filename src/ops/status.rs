@@ -64,12 +64,24 @@ pub struct Status {
     /// (or, without one, since the snapshot was published).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirmed_seconds_ago: Option<u64>,
+    /// While readers are still served git-sync's worktree (a root being taken over from
+    /// git-sync): its commit, and how long ago git-sync last wrote the root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git_sync: Option<GitSyncView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GitSyncView {
+    pub commit: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_write_seconds_ago: Option<u64>,
 }
 
 impl Status {
     /// True when readers are served a complete snapshot.
     pub fn is_healthy(&self) -> bool {
-        self.published && self.complete && self.resolves_elsewhere.is_none()
+        (self.published && self.complete && self.resolves_elsewhere.is_none())
+            || self.git_sync.is_some()
     }
 }
 
@@ -99,7 +111,20 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         pinned: root.pinned()?,
         publishers: root.publishers(),
         confirmed_seconds_ago: None,
+        git_sync: None,
     };
+    if current.is_none() {
+        status.git_sync = root
+            .git_sync_live()
+            .filter(|g| g.dir.is_dir())
+            .map(|g| GitSyncView {
+                last_write_seconds_ago: g
+                    .last_write
+                    .and_then(|at| SystemTime::now().duration_since(at).ok())
+                    .map(|d| d.as_secs()),
+                commit: g.commit,
+            });
+    }
     let journal = root.records().journal()?;
     if let Some(source) = root.source()? {
         let resolved = journal
@@ -181,6 +206,21 @@ pub fn render_text(status: &Status) -> String {
         return format!(
             "the link {} is missing, but {} snapshot(s) are retained; a running sync restores it at its next poll, or `dagsnap rollback --root {}` links the newest of them now (and pins it)\n",
             status.link, status.retained_snapshots, status.root
+        );
+    }
+    if let Some(git_sync) = &status.git_sync {
+        let ago = git_sync
+            .last_write_seconds_ago
+            .map(|s| {
+                format!(
+                    "{} ago",
+                    humantime::format_duration(std::time::Duration::from_secs(s))
+                )
+            })
+            .unwrap_or_else(|| "at an unknown time".into());
+        return format!(
+            "served by git-sync: {} points at git-sync's worktree of {} (git-sync last wrote the root {ago}); a dagsnap sync with --adopt-git-sync takes the link over once git-sync has left the root alone for --adopt-after\n",
+            status.link, git_sync.commit
         );
     }
     if !status.published {

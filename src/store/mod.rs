@@ -9,8 +9,10 @@
 //! - [`lock`]: advisory locks with a bounded wait.
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely.
 //! - [`repair`]: replacing a damaged snapshot with a fresh build while readers are served.
+//! - [`gitsync`]: git-sync's files in a root dagsnap takes over.
 
 pub mod gc;
+pub mod gitsync;
 pub mod link;
 pub mod lock;
 pub mod records;

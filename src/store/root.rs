@@ -27,6 +27,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::gitsync;
 use crate::entries::Entries;
 use crate::fsutil::{self, Context, IoError};
 use crate::store::link;
@@ -205,6 +206,27 @@ pub struct Root {
     /// Other top-level names that belong to this configuration (a touch or error file kept in
     /// the root, as git-sync's defaults have them), so a restart does not take them for foreign.
     own_entries: Vec<std::ffi::OsString>,
+    /// `--adopt-git-sync`: git-sync's files are expected here, and its link is taken over once
+    /// git-sync has left the root alone this long (see `store::gitsync`).
+    adopt_git_sync: Option<Duration>,
+}
+
+/// The link shows one of git-sync's worktrees (a root being taken over from git-sync).
+#[derive(Debug, Clone)]
+pub struct GitSyncLive {
+    pub commit: String,
+    pub dir: PathBuf,
+    /// When git-sync last wrote the root.
+    pub last_write: Option<SystemTime>,
+}
+
+impl GitSyncLive {
+    /// How long git-sync has left the root alone (zero if it wrote in the future).
+    pub fn quiet_for(&self) -> Duration {
+        self.last_write
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .unwrap_or(Duration::MAX)
+    }
 }
 
 impl Root {
@@ -233,7 +255,66 @@ impl Root {
             root: root.to_path_buf(),
             link_rel: link.to_path_buf(),
             own_entries: Vec::new(),
+            adopt_git_sync: None,
         })
+    }
+
+    /// Take over git-sync's files and link in this root once git-sync has left it alone for
+    /// `after` (`--adopt-git-sync`).
+    pub fn adopting_git_sync(mut self, after: Duration) -> Root {
+        self.adopt_git_sync = Some(after);
+        self
+    }
+
+    /// `--adopt-after`, when adopting a git-sync root.
+    pub fn adopt_after(&self) -> Option<Duration> {
+        self.adopt_git_sync
+    }
+
+    /// The git-sync worktree the link shows, when adopting and the link is git-sync's.
+    pub fn git_sync_live(&self) -> Option<GitSyncLive> {
+        self.adopt_git_sync?;
+        let link = self.link_path();
+        let target = link::read(&link).ok()??;
+        let (commit, dir) = gitsync::worktree_of(&self.root, parent_of(&link), &target)?;
+        Some(GitSyncLive {
+            commit,
+            dir,
+            last_write: gitsync::last_write(&self.root, &link, true),
+        })
+    }
+
+    /// Remove git-sync's files once nobody can need them: the link has been dagsnap's for
+    /// `grace` (no reader still holds a worktree it resolved before), and git-sync has not
+    /// written the root since the link became dagsnap's (a running git-sync would have taken
+    /// it back). Returns what was removed, if anything.
+    pub fn remove_git_sync_leftovers(
+        &self,
+        _lock: &RootLock,
+        grace: Duration,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        if self.adopt_git_sync.is_none() || !gitsync::present(&self.root) {
+            return Ok(Vec::new());
+        }
+        if !self.current()?.is_some_and(|c| c.complete) {
+            return Ok(Vec::new());
+        }
+        let link = self.link_path();
+        let Some(ours_since) = fs::symlink_metadata(&link)
+            .ok()
+            .and_then(|m| m.modified().ok())
+        else {
+            return Ok(Vec::new());
+        };
+        let held_long_enough = SystemTime::now()
+            .duration_since(ours_since)
+            .is_ok_and(|held| held >= grace);
+        let git_sync_quiet_since =
+            gitsync::last_write(&self.root, &link, false).is_none_or(|at| at <= ours_since);
+        if !(held_long_enough && git_sync_quiet_since) {
+            return Ok(Vec::new());
+        }
+        Ok(gitsync::remove(&self.root)?)
     }
 
     /// Also accept `path` (a touch or error file this publisher keeps) at start-up, if it is in
@@ -486,6 +567,7 @@ impl Root {
             let name = entry.file_name();
             let name_str = name.to_string_lossy();
             let known = name_str.starts_with(STORE_DIR)
+                || (self.adopt_git_sync.is_some() && gitsync::is_git_sync_entry(&name))
                 || name_str == AIRFLOWIGNORE
                 || FILESYSTEM_ENTRIES.contains(&name_str.as_ref())
                 || Some(&name) == link_top.as_ref()
@@ -610,6 +692,12 @@ impl Root {
             None => ("", false),
         };
         if !is_commit_id(commit) {
+            // git-sync's link, in a root being taken over: nothing of dagsnap's is live yet.
+            if self.adopt_git_sync.is_some()
+                && gitsync::worktree_of(&self.root, parent_of(&link), &target).is_some()
+            {
+                return Ok(None);
+            }
             return Err(StoreError::ForeignLink {
                 link: link.clone(),
                 target: target.clone(),
@@ -1297,6 +1385,11 @@ fn process_alive(pid: u32) -> bool {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Err(nix::errno::Errno::ESRCH)
     )
+}
+
+/// The directory holding `path` (the root itself for a top-level name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(path)
 }
 
 /// A full SHA-1 or SHA-256 commit id in lowercase hex.

@@ -6,6 +6,7 @@ mod bad_input;
 mod cache;
 mod chaos;
 mod damaged_state;
+mod git_sync;
 mod incident;
 mod lifecycle;
 mod names;

@@ -278,7 +278,33 @@ pub fn dagsnap(home: &Path) -> Command {
 
 /// [`dagsnap`] run through a wrapper such as `["unshare", "-n"]` or `["setpriv", ...]`.
 pub fn dagsnap_via(wrapper: &[&str], home: &Path) -> Command {
-    let binary = env!("CARGO_BIN_EXE_dagsnap");
+    program_via(wrapper, Path::new(env!("CARGO_BIN_EXE_dagsnap")), home)
+}
+
+/// The dagsnap binary under the name `git-sync` (a symlink in `home`, as an image that replaces
+/// git-sync's has it), with [`dagsnap`]'s clean environment and no GITSYNC_* or GIT_* settings
+/// from the developer's shell.
+pub fn git_sync_via(wrapper: &[&str], home: &Path) -> Command {
+    let bin = home.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let link = bin.join("git-sync");
+    if fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dagsnap"), &link).unwrap();
+    }
+    let mut cmd = program_via(wrapper, &link, home);
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy().to_ascii_uppercase();
+        if name.starts_with("GITSYNC_") || name.starts_with("GIT_SYNC_") || name.starts_with("GIT_")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    cmd
+}
+
+fn program_via(wrapper: &[&str], binary: &Path, home: &Path) -> Command {
     let mut cmd = match wrapper.split_first() {
         None => Command::new(binary),
         Some((program, args)) => {
