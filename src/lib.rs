@@ -10,8 +10,9 @@
 //! - [`store`]: the root readers see — layout, snapshots, the link, locks, records, retention;
 //! - [`daemon`]: one sync cycle ([`daemon::publish::Publisher::cycle`]) and the loop around it;
 //! - [`ops`]: the operator's commands (status, list, log, rollback, pin, verify);
-//! - [`cli`], [`logging`], [`progress`], [`fsutil`]: flags, log output, progress lines, and the
-//!   filesystem rules everything shares.
+//! - [`cli`]: dagsnap's flags and environment, how values read, and the git-sync personality;
+//! - [`logging`], [`progress`], [`fsutil`]: log output, progress lines, and the filesystem
+//!   rules everything shares.
 //!
 //! `docs/design.md` explains the design and its invariants in prose.
 

@@ -89,12 +89,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Started under git-sync's name (a symlink `git-sync` to dagsnap, as in an image that
-/// replaces git-sync's).
+/// Started as git-sync: under its name (a symlink `git-sync` to dagsnap, as in an image that
+/// replaces git-sync's), or without arguments in an environment that configures git-sync (the
+/// image's default command in a container spec written for git-sync, like the Airflow chart's,
+/// which sets only environment variables).
 fn invoked_as_git_sync(argv: &[std::ffi::OsString]) -> bool {
-    argv.first()
+    let named = argv
+        .first()
         .and_then(|a| std::path::Path::new(a).file_name())
-        .is_some_and(|name| name == "git-sync")
+        .is_some_and(|name| name == "git-sync");
+    let configured = argv.len() == 1
+        && std::env::vars_os().any(|(key, _)| {
+            let key = key.to_string_lossy();
+            key.starts_with("GITSYNC_") || key.starts_with("GIT_SYNC_")
+        });
+    named || configured
 }
 
 /// Read git-sync's command line and environment into a dagsnap `sync` command; what to say at

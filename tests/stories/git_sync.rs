@@ -974,3 +974,28 @@ fn the_airflow_chart_s_ssh_git_sync_container_runs_unchanged() {
     assert!(err.contains("no passwd entry; giving ssh one"), "{err}");
     assert!(err.contains("--add-user is not needed"), "{err}");
 }
+
+#[test]
+fn without_arguments_in_git_sync_s_environment_dagsnap_runs_as_git_sync() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    // What a container spec written for git-sync runs: the image's entrypoint, no arguments.
+    let out = dagsnap(scratch.tmp.path())
+        .env("GIT_SYNC_REPO", remote.url())
+        .env("GIT_SYNC_ROOT", scratch.root())
+        .env("GIT_SYNC_DEST", "repo")
+        .env("GIT_SYNC_ONE_TIME", "true")
+        .env("DAGSNAP_CACHE_DIR", scratch.cache())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        shown_commit(&scratch.root().join("repo")).as_deref(),
+        Some(commit.as_str())
+    );
+    // Without git-sync's environment, no arguments is a usage error that shows the commands.
+    let out = dagsnap(scratch.tmp.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("git-sync"), "{}", stderr(&out));
+}

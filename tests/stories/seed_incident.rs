@@ -1,8 +1,10 @@
 //! The incident that started the project (../shared/seed/): two pods ran the same git-sync
 //! loop against one shared DAG directory while Airflow read it and wrote `__pycache__` into it.
-//! The same schedule is run with two copies of that script, then with two dagsnap publishers.
+//! The same schedule is run with two copies of that script, then with two dagsnap publishers
+//! started by the script that replaces it (contrib/seed/git-sync.sh), with the same arguments.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 const SEED_SCRIPT: &str = include_str!("../fixtures/seed-git-sync.sh");
+const REPLACEMENT_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/seed/git-sync.sh");
 const SCHEDULE: Duration = Duration::from_secs(15);
 
 /// What the run looked like from outside.
@@ -168,17 +171,49 @@ fn run_seed_scripts(scratch: &Scratch, remote: &Remote, commits: &[String]) -> T
     tally
 }
 
+/// dagsnap in the incident's pods: the ConfigMap's script replaced by
+/// `contrib/seed/git-sync.sh` (docs/migrating.md), called with the same arguments.
+fn replacement_container(scratch: &Scratch, remote: &Remote, pod: usize) -> Daemon {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_dagsnap"));
+    let path = format!(
+        "{}:{}",
+        binary.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = scratch.path(&format!("pod-{pod}.log"));
+    let mut cmd = Command::new("sh");
+    cmd.arg("-e")
+        .arg(REPLACEMENT_SCRIPT)
+        .args([remote.url().as_str(), "main"]);
+    cmd.arg(scratch.root())
+        .args(["git.example.com", "22", "/dev/null", "0.2"]);
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy().to_ascii_uppercase();
+        if name.starts_with("DAGSNAP_") || name.ends_with("_PROXY") {
+            cmd.env_remove(key);
+        }
+    }
+    let child = cmd
+        .env("PATH", path)
+        .env("HOME", scratch.tmp.path())
+        // Each pod has its own local disk.
+        .env("DAGSNAP_CACHE_DIR", scratch.path(&format!("cache-{pod}")))
+        .env("DAGSNAP_LOG_FORMAT", "text")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    Daemon { child, log }
+}
+
 fn run_dagsnap_publishers(scratch: &Scratch, remote: &Remote, commits: &[String]) -> Tally {
     let root = scratch.root();
     let daemons: Vec<Daemon> = (0..2)
-        .map(|i| {
-            spawn_loop_with(
-                scratch,
-                &scratch.path(&format!("cache-{i}")),
-                &remote.url(),
-                &["--ref", "main", "--period", "200ms"],
-            )
-        })
+        .map(|pod| replacement_container(scratch, remote, pod))
         .collect();
     daemons[0].wait_for_commit(&root, &commits[0], Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
