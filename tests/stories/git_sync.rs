@@ -999,3 +999,136 @@ fn without_arguments_in_git_sync_s_environment_dagsnap_runs_as_git_sync() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("git-sync"), "{}", stderr(&out));
 }
+
+#[test]
+fn until_the_first_sync_init_period_and_init_max_failures_apply() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let root = scratch.root().display().to_string();
+    let hidden = remote.dir.with_extension("not-yet");
+    fs::rename(&remote.dir, &hidden).unwrap();
+    // A network that comes up late: retry every 100 ms (not the hour of --period, nor its
+    // backoff), and give up after 4 failures in a row before the first success.
+    let env = [
+        ("GITSYNC_REPO", remote.url()),
+        ("GITSYNC_ROOT", root.clone()),
+        ("GITSYNC_LINK", "dags".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = spawn_git_sync(
+        &scratch,
+        &[
+            "--period=1h",
+            "--init-period=100ms",
+            "--init-max-failures=4",
+            "--max-failures=-1",
+        ],
+        &env,
+    );
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", daemon.logs());
+    let logs = daemon.logs();
+    assert_eq!(
+        logs.matches("sync failed; the published snapshot is unchanged")
+            .count(),
+        3,
+        "{logs}"
+    );
+    assert!(logs.contains("retry_in=100ms"), "{logs}");
+    assert!(logs.contains("giving up after 4 failed sync(s)"), "{logs}");
+
+    // Once a sync succeeded, --max-failures applies: -1 never gives up.
+    fs::rename(&hidden, &remote.dir).unwrap();
+    let daemon = spawn_git_sync(
+        &scratch,
+        &[
+            "--period=50ms",
+            "--init-max-failures=2",
+            "--max-failures=-1",
+        ],
+        &[&env[..], &[("DAGSNAP_BACKOFF_MAX", "100ms")]].concat(),
+    );
+    wait_until(Duration::from_secs(30), "the first sync", || {
+        scratch.root().join("dags").exists()
+    });
+    fs::rename(&remote.dir, &hidden).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "five failures after the first success",
+        || daemon.logs().matches("sync failed").count() >= 5,
+    );
+    assert!(!daemon.logs().contains("giving up"), "{}", daemon.logs());
+}
+
+#[test]
+fn sync_on_signal_syncs_when_the_signal_arrives() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let root = scratch.root().display().to_string();
+    let daemon = spawn_git_sync(
+        &scratch,
+        &[
+            "--period=1h",
+            "--sync-on-signal=SIGUSR1",
+            "--max-failures=-1",
+        ],
+        &[
+            ("GITSYNC_REPO", &remote.url()),
+            ("GITSYNC_ROOT", &root),
+            ("GITSYNC_LINK", "dags"),
+        ],
+    );
+    wait_until(Duration::from_secs(30), "the first sync", || {
+        shown_commit(&scratch.root().join("dags")).as_deref() == Some(first.as_str())
+    });
+    let second = remote.commit(&[("a.py", "2\n")], "two");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        shown_commit(&scratch.root().join("dags")).as_deref(),
+        Some(first.as_str()),
+        "no poll for an hour"
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    wait_until(Duration::from_secs(30), "the signalled sync", || {
+        shown_commit(&scratch.root().join("dags")).as_deref() == Some(second.as_str())
+    });
+}
+
+#[test]
+fn group_write_makes_the_root_s_records_writable_by_the_group_and_snapshots_stay_read_only() {
+    use std::os::unix::fs::MetadataExt;
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    let out = run_git_sync(
+        &scratch,
+        &["--group-write", "--one-time"],
+        &[
+            ("GITSYNC_REPO", &remote.url()),
+            ("GITSYNC_ROOT", root.to_str().unwrap()),
+            ("GITSYNC_LINK", "dags"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for entry in walkdir::WalkDir::new(root.join(".dagsnap"))
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let meta = entry.metadata().unwrap();
+        let path = entry.path();
+        if path.starts_with(root.join(SNAPSHOTS).join(&commit)) {
+            assert_eq!(meta.mode() & 0o222, 0, "{} is read-only", path.display());
+        } else if !meta.file_type().is_symlink() && !path.starts_with(root.join(SNAPSHOTS)) {
+            assert_eq!(
+                meta.mode() & 0o020,
+                0o020,
+                "{} is group-writable ({:o})",
+                path.display(),
+                meta.mode()
+            );
+        }
+    }
+}
