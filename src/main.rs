@@ -165,14 +165,14 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         tracing::warn!("SSH HOST KEY CHECKING IS OFF (--ssh-known-hosts=false): anyone between this pod and the server can serve it DAGs. Use --ssh-known-hosts-file instead");
     }
     let remote = Remote::new(&args.repo, target, args.depth, access).map_err(usage)?;
+    let cache_dir = args.cache_dir(&remote.display_url());
     if remote.is_ssh() {
         // Before any thread exists: this may set LD_PRELOAD for the ssh processes.
-        if let Some(dir) = dagsnap::git::access::provide_passwd_entry().map_err(usage)? {
+        if let Some(dir) = dagsnap::git::access::provide_passwd_entry(&cache_dir).map_err(usage)? {
             tracing::info!(files = %dir.display(), "this uid has no passwd entry; giving ssh one through nss_wrapper");
         }
     }
     let root = args.root.locate().map_err(usage)?;
-    let cache_dir = args.cache_dir(&remote.display_url());
     tracing::info!(
         repo = %remote.display_url(),
         r#ref = %remote.target,

@@ -6,6 +6,7 @@
 //! line or error can print it. Credentials found in a URL are moved out of it the same way. No
 //! secret is ever passed on a command line: the `ssh` command carries only paths.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,9 +48,13 @@ const NSS_WRAPPER: &[&str] = &[
 /// dagsnap starts an entry through nss_wrapper: a private passwd and group file, and
 /// `LD_PRELOAD`, set in this process's environment so every child inherits them.
 ///
+/// The files go to `$TMPDIR/dagsnap-nss-<uid>`, or, when the temporary directory cannot be
+/// written (a read-only root filesystem without a `/tmp` volume), to `nss` inside `fallback`
+/// (the private cache directory, which must be writable anyway).
+///
 /// Must be called before any other thread starts (it changes the environment). Returns the
 /// directory of the generated files, or `None` when the uid has an entry anyway.
-pub fn provide_passwd_entry() -> Result<Option<PathBuf>, AccessError> {
+pub fn provide_passwd_entry(fallback: &Path) -> Result<Option<PathBuf>, AccessError> {
     let uid = nix::unistd::geteuid();
     if matches!(nix::unistd::User::from_uid(uid), Ok(Some(_))) {
         return Ok(None);
@@ -58,24 +63,34 @@ pub fn provide_passwd_entry() -> Result<Option<PathBuf>, AccessError> {
         return Err(AccessError::NoPasswdEntry { uid: uid.as_raw() });
     };
     let gid = nix::unistd::getegid().as_raw();
-    let dir = std::env::temp_dir().join(format!("dagsnap-nss-{}", uid.as_raw()));
-    let home = std::env::var("HOME")
-        .ok()
-        .filter(|h| !h.is_empty() && h != "/")
-        .unwrap_or_else(|| dir.display().to_string());
-    let failed = |e: std::io::Error| AccessError::PasswdEntry {
-        dir: dir.clone(),
-        cause: e.to_string(),
+    let write_in = |dir: &Path| -> std::io::Result<()> {
+        let home = std::env::var("HOME")
+            .ok()
+            .filter(|h| !h.is_empty() && h != "/")
+            .unwrap_or_else(|| dir.display().to_string());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::write(
+            dir.join("passwd"),
+            format!("dagsnap:x:{}:{gid}:dagsnap:{home}:/bin/sh\n", uid.as_raw()),
+        )?;
+        std::fs::write(dir.join("group"), format!("dagsnap:x:{gid}:\n"))
     };
-    std::fs::create_dir_all(&dir).map_err(failed)?;
-    let passwd = dir.join("passwd");
-    let group = dir.join("group");
-    std::fs::write(
-        &passwd,
-        format!("dagsnap:x:{}:{gid}:dagsnap:{home}:/bin/sh\n", uid.as_raw()),
-    )
-    .map_err(failed)?;
-    std::fs::write(&group, format!("dagsnap:x:{gid}:\n")).map_err(failed)?;
+    let preferred = std::env::temp_dir().join(format!("dagsnap-nss-{}", uid.as_raw()));
+    let dir = match write_in(&preferred) {
+        Ok(()) => preferred,
+        Err(first) => {
+            let second = fallback.join("nss");
+            write_in(&second).map_err(|e| AccessError::PasswdEntry {
+                dir: second.clone(),
+                cause: format!("{e} (and in {}: {first})", preferred.display()),
+            })?;
+            second
+        }
+    };
+    let (passwd, group) = (dir.join("passwd"), dir.join("group"));
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(existing) if !existing.is_empty() => format!("{existing}:{}", library.display()),
         _ => library.display().to_string(),

@@ -18,7 +18,7 @@ const KNOWN: &[(&[&str], Diagnosis)] = &[
         &["dubious ownership"],
         Diagnosis {
             reason: "git refuses to serve this repository because another user owns it (\"dubious ownership\")",
-            fix: "run dagsnap as the repository's owner, or mark it safe for the user dagsnap runs as: `git config --global --add safe.directory PATH` in that user's HOME (or in GIT_CONFIG_GLOBAL)",
+            fix: "run dagsnap as the repository's owner, or mark it safe for the user dagsnap runs as: `git config --global --add safe.directory PATH` in that user's HOME (or in GIT_CONFIG_GLOBAL) (in a container: a mounted file with `[safe] directory = PATH`, named by GIT_CONFIG_GLOBAL)",
         },
     ),
     (

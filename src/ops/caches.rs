@@ -41,9 +41,7 @@ pub fn list(base: &Path) -> std::io::Result<Vec<CacheInfo>> {
         let dir = entry.path();
         let record = CacheRecord::read(&dir);
         let root = record.as_ref().and_then(|r| r.root.clone());
-        // A lock that can be taken is not held; it is released at once.
-        let in_use = dir.join("lock").exists()
-            && matches!(FileLock::try_exclusive(&dir.join("lock")), Ok(None));
+        let in_use = FileLock::is_held(&dir.join("lock")).unwrap_or(false);
         caches.push(CacheInfo {
             orphaned: root
                 .as_ref()

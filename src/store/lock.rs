@@ -114,6 +114,31 @@ impl FileLock {
         Self::try_once(path, libc::F_WRLCK)
     }
 
+    /// Whether anyone holds a lock on `path` now, asked without taking one and without
+    /// write access: works on a read-only mount, and creates nothing (a missing file is not
+    /// held).
+    pub fn is_held(path: &Path) -> Result<bool, LockError> {
+        let file = match fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(IoError::new("open lock file", path, e).into()),
+        };
+        // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+        let mut flock: libc::flock = unsafe { std::mem::zeroed() };
+        flock.l_type = libc::F_WRLCK as _;
+        flock.l_whence = libc::SEEK_SET as _;
+        match nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_OFD_GETLK(&mut flock),
+        ) {
+            Ok(_) => Ok(flock.l_type != libc::F_UNLCK as libc::c_short),
+            Err(nix::errno::Errno::ENOLCK) => Err(LockError::Unsupported {
+                path: path.to_path_buf(),
+            }),
+            Err(errno) => Err(IoError::new("inspect lock", path, io::Error::from(errno)).into()),
+        }
+    }
+
     fn try_once(path: &Path, kind: libc::c_int) -> Result<Option<FileLock>, LockError> {
         let file = open(path)?;
         Ok(set_lock(&file, path, kind)?.then(|| FileLock {
@@ -222,7 +247,14 @@ mod tests {
         let a = FileLock::try_shared(&path).unwrap().expect("first shared");
         let b = FileLock::try_shared(&path).unwrap().expect("second shared");
         assert!(FileLock::try_exclusive(&path).unwrap().is_none());
+        assert!(FileLock::is_held(&path).unwrap());
         drop((a, b));
+        assert!(!FileLock::is_held(&path).unwrap());
+        assert!(!FileLock::is_held(&dir.path().join("missing")).unwrap());
+        assert!(
+            !dir.path().join("missing").exists(),
+            "asking creates nothing"
+        );
         let exclusive = FileLock::try_exclusive(&path)
             .unwrap()
             .expect("exclusive once alone");

@@ -169,3 +169,37 @@ fn operator_commands_find_the_link_the_loops_recorded() {
     let out = sync_once(&scratch, &remote.url(), &["--link", "/elsewhere/repo"]);
     assert_one_clear_line(&out, 2, "must be inside --root");
 }
+
+#[test]
+fn status_on_a_read_only_mount_sees_the_running_publishers() {
+    if !nix::unistd::geteuid().is_root() {
+        return skip("root, for a read-only bind mount", "this is not root");
+    }
+    let remote = Remote::new();
+    let commit = remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    let daemon = spawn_loop(&scratch, &remote.url(), &["--period", "200ms"]);
+    daemon.wait_for_commit(&scratch.root(), &commit, std::time::Duration::from_secs(30));
+    // Readers' pods mount the root read-only; asking who publishes must work there too.
+    let root = scratch.root().display().to_string();
+    let out = dagsnap_via(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount --bind -o ro "$1" "$1" && exec "$2" status --json --root "$1""#,
+            "sh",
+            &root,
+        ],
+        scratch.tmp.path(),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["publishers"][0]["running"], true, "{json}");
+    assert_eq!(json["publishers"][0]["pid"], daemon.child.id());
+}

@@ -91,11 +91,7 @@ pub(in crate::store) fn claim(
 
 /// Whether any publisher of the root in `store` is running (holds its shared claim).
 pub(in crate::store) fn publishers_running(store: &Path) -> Result<bool, StoreError> {
-    let publishers = store.join(PUBLISHERS_FILE);
-    if !publishers.exists() {
-        return Ok(false);
-    }
-    Ok(FileLock::try_exclusive(&publishers)?.is_none())
+    Ok(FileLock::is_held(&store.join(PUBLISHERS_FILE))?)
 }
 
 /// The repository and ref recorded for the root in `store`, if readable.

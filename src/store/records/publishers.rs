@@ -156,7 +156,7 @@ pub(in crate::store) fn read_all(store: &Path) -> Vec<SeenPublisher> {
 }
 
 fn is_running(path: &Path) -> bool {
-    matches!(FileLock::try_exclusive(path), Ok(None))
+    FileLock::is_held(path).unwrap_or(false)
 }
 
 /// Remove records of publishers that stopped more than an hour ago.
