@@ -17,6 +17,7 @@ use dagsnap::ops::status;
 use dagsnap::ops::{history, verify};
 use dagsnap::progress::Style;
 use dagsnap::store::snapshot::Reuse;
+use dagsnap::store::volume::Locks;
 use dagsnap::store::Root;
 use dagsnap::store::StoreError;
 
@@ -87,6 +88,16 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The least `--grace` on a volume whose locks are not known to work.
+const MIN_UNVERIFIED_GRACE: Duration = Duration::from_secs(120);
+
+/// The mount of `root` (or of its nearest existing ancestor, before it is created).
+fn volume_mount(root: &std::path::Path) -> Option<dagsnap::store::volume::Mount> {
+    root.ancestors()
+        .find(|p| p.exists())
+        .and_then(dagsnap::store::volume::Mount::of)
 }
 
 /// Started as git-sync: under its name (a symlink `git-sync` to dagsnap, as in an image that
@@ -185,14 +196,37 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         "dagsnap sync starting"
     );
     let redactor = remote.redactor().clone();
+    // On a volume other machines share, a publisher's decision may reach the link as late as
+    // its lock timeout plus its sync timeout if locks fail: what it may link is kept that long.
+    let mount = volume_mount(root.path());
+    let pending = if mount.as_ref().is_none_or(|m| m.is_shared()) {
+        args.lock_timeout + args.sync_timeout
+    } else {
+        Duration::ZERO
+    };
+    let mut retention = args.retention.policy(pending);
+    match mount.map(|m| m.locks()).unwrap_or(Locks::Expected) {
+        Locks::Local(why) => return Err((EXIT_USAGE, why)),
+        Locks::Unverified(why) => {
+            tracing::warn!("{why}");
+            // Without locks that are known to work, GC elsewhere may retire a snapshot readers
+            // were just sent to; a longer grace gives them time.
+            if retention.grace < MIN_UNVERIFIED_GRACE {
+                tracing::warn!(grace = %humantime::format_duration(MIN_UNVERIFIED_GRACE), "raising --grace: locks on this volume are not known to work");
+                retention.grace = MIN_UNVERIFIED_GRACE;
+            }
+        }
+        Locks::Expected => {}
+    }
     let settings = Settings {
+        period: args.period,
         lock_timeout: args.lock_timeout,
         reuse: if args.full_copy {
             Reuse::FullCopy
         } else {
             Reuse::HardLink
         },
-        retention: args.retention.policy(),
+        retention,
         verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
         submodules: match args.submodules {
             dagsnap::cli::Submodules::Off => dagsnap::git::tree::Submodules::Off,
@@ -363,7 +397,15 @@ fn show_status(args: StatusArgs) -> Outcome {
 fn collect_garbage(args: GcArgs) -> Outcome {
     let root = args.root.locate().map_err(usage)?;
     root.require_writable().map_err(usage)?;
-    let report = dagsnap::store::gc::run(&root, &args.retention.policy(), args.lock_timeout)
+    // On a volume other machines share, the publishers' decisions may take their lock timeout
+    // plus their sync timeout (5m by default) to reach the link if locks fail.
+    let shared = volume_mount(root.path()).is_none_or(|m| m.is_shared());
+    let pending = if shared {
+        args.lock_timeout + Duration::from_secs(300)
+    } else {
+        Duration::ZERO
+    };
+    let report = dagsnap::store::gc::run(&root, &args.retention.policy(pending), args.lock_timeout)
         .map_err(|e| (EXIT_FAILED, e.to_string()))?;
     println!(
         "removed {} snapshot(s), kept {}, removed {} abandoned staging dir(s)",

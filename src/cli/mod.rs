@@ -515,11 +515,14 @@ pub struct RetentionArgs {
 }
 
 impl RetentionArgs {
-    pub fn policy(&self) -> crate::store::gc::Policy {
+    /// The policy of a publisher whose decisions may take `pending` (its lock timeout plus
+    /// its sync timeout) to reach the link.
+    pub fn policy(&self, pending: Duration) -> crate::store::gc::Policy {
         crate::store::gc::Policy {
             keep: self.keep,
             grace: self.grace,
             staging_max_age: self.staging_max_age,
+            pending,
         }
     }
 }

@@ -74,6 +74,7 @@ pub struct Metrics {
     build_reused: Gauge,
     retained: Gauge,
     pinned: Gauge,
+    lock_fault: Gauge,
     lock_wait_seconds: Histogram,
     hooks: Family<HookLabel, Counter>,
     git_sync_count: Family<StatusLabel, Counter>,
@@ -112,6 +113,7 @@ impl Metrics {
             build_reused: Gauge::default(),
             retained: Gauge::default(),
             pinned: Gauge::default(),
+            lock_fault: Gauge::default(),
             lock_wait_seconds: seconds_histogram(),
             hooks: Family::default(),
             git_sync_count: Family::default(),
@@ -168,6 +170,11 @@ impl Metrics {
             "dagsnap_pinned",
             "1 while an operator pins the link",
             metrics.pinned.clone(),
+        );
+        registry.register(
+            "dagsnap_lock_fault",
+            "1 while locks on the volume do not reach another publisher of the root (the link is not moved meanwhile)",
+            metrics.lock_fault.clone(),
         );
         registry.register(
             "dagsnap_lock_wait_seconds",
@@ -279,6 +286,10 @@ impl Metrics {
         }
         self.retained.set(retained as i64);
         self.pinned.set(i64::from(pinned));
+    }
+
+    pub fn set_lock_fault(&self, fault: bool) {
+        self.lock_fault.set(i64::from(fault));
     }
 
     /// A hook is configured: its series start at zero.

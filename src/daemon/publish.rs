@@ -14,8 +14,8 @@ use crate::store::records::{PublisherRecord, Registration};
 use crate::store::repair::{self, RepairError};
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::store::{
-    Cause, Claim, Created, Current, Decision, Installed, Manifest, Pin, Publication, Root,
-    RootLock, SourceRecord, StoreError,
+    Cause, Claim, Created, Current, Decision, Installed, LockFault, LockWitness, Manifest, Pin,
+    Publication, Root, RootLock, SourceRecord, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum PublishError {
     /// A panic inside a cycle (a bug, in dagsnap or a library, most likely on damaged input).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A peer's heartbeat advances under a lock invisible from here.
+    #[error("locks on this volume do not reach another publisher of this root ({peer}): its heartbeat advances while its lock is invisible from here, so one of us could move the link backward or delete what the other links. Not moving the link until this clears. Mount the volume with working locks (NFSv4, or NFSv3 with lockd; not `nolock` or `local_lock`), or run a single publisher per root")]
+    LocksUnreliable { peer: String },
     #[error("cache directory {} is inside the root {}; readers would see git state. Put --cache-dir on local disk outside the root", cache.display(), root.display())]
     CacheInsideRoot {
         cache: std::path::PathBuf,
@@ -97,6 +100,7 @@ impl PublishError {
             PublishError::Repair(RepairError::Snapshot(e)) => e.blames_source(),
             PublishError::Repair(RepairError::Store(_))
             | PublishError::Submodules(_)
+            | PublishError::LocksUnreliable { .. }
             | PublishError::Store(_)
             | PublishError::CacheInsideRoot { .. } => false,
         }
@@ -139,6 +143,8 @@ pub struct Settings {
     /// How often the live snapshot is checked (and repaired if damaged); `None`: never.
     pub verify_period: Option<Duration>,
     pub submodules: crate::git::tree::Submodules,
+    /// The loop's `--period`, written into the heartbeat for peers.
+    pub period: Duration,
 }
 
 /// Publishes one repository into one root.
@@ -157,8 +163,14 @@ pub struct Publisher {
     timings: Timings,
     /// The full ref the last cycle's observation matched (`refs/heads/main`).
     followed_ref: Option<String>,
-    /// This process's record under the root, for `dagsnap status`.
+    /// This process's record under the root, for `dagsnap status`, and its heartbeat.
     registration: Registration,
+    /// The root's source as this publisher follows it.
+    source: SourceRecord,
+    /// What this publisher saw of its peers' heartbeats and locks.
+    witness: LockWitness,
+    /// A peer whose locks do not reach this publisher, while that lasts.
+    lock_fault: Option<LockFault>,
 }
 
 /// Where a cycle spent its time, for the metrics.
@@ -208,11 +220,15 @@ impl Publisher {
                 last_success_at: None,
                 consecutive_failures: 0,
                 last_error: None,
+                beat: 0,
+                stopped_at: None,
+                period_ms: u64::try_from(settings.period.as_millis()).ok(),
+                lock_fault: None,
             })?;
-            Ok::<_, PublishError>((claim, cache, registration))
+            Ok::<_, PublishError>((claim, cache, registration, source))
         })();
         match opened {
-            Ok((claim, cache, registration)) => Ok(Publisher {
+            Ok((claim, cache, registration, source)) => Ok(Publisher {
                 root,
                 remote,
                 cache,
@@ -223,6 +239,9 @@ impl Publisher {
                 timings: Timings::default(),
                 followed_ref: None,
                 registration,
+                source,
+                witness: LockWitness::default(),
+                lock_fault: None,
             }),
             Err(e) => {
                 root.undo_first_start(&created);
@@ -276,19 +295,31 @@ impl Publisher {
         &self.remote
     }
 
+    /// A peer whose locks do not reach this publisher, while that lasts.
+    pub fn lock_fault(&self) -> Option<&LockFault> {
+        self.lock_fault.as_ref()
+    }
+
     /// Run one cycle. A failure at any step leaves the link where it was.
     ///
     /// 0. If the cache directory is gone (or its lock file replaced), start it over. A failure
     ///    that may be the cache's fault ([`PublishError::blames_cache`]) starts it over too and
     ///    runs the cycle once more, so damage to the cache never outlives a cycle and is never
     ///    reported as the operator's mistake.
-    /// 1. Ask the remote for the target commit, fetching it into the cache if it is new.
-    /// 2. If the link already points at that commit's complete snapshot: done, nothing written.
+    /// 1. Ask the remote for the target commit, fetching it into the cache if it is new. Look
+    ///    at the peers' heartbeats: while a peer's locks are invisible from here, build, but
+    ///    move nothing and fail the cycle, saying why ([`Publisher::observe_locks`]).
+    /// 2. Reconcile: if the link shows something other than the pin or the newest publication
+    ///    names, put it back ([`Root::reconcile_link`]). If it then shows the target commit's
+    ///    complete snapshot: done, nothing written.
     /// 3. Unless the snapshot exists already, build it in a staging directory and install it.
     ///    An interrupt here abandons the staging directory (deleted on the way out).
     /// 4. Under the root's lock, move the link unless another publisher already published a
-    ///    newer observation of the remote (never backward), then retire old snapshots
-    ///    ([`gc::collect`]); they are deleted after the lock is released.
+    ///    newer observation of the remote (never backward), or the root now follows another
+    ///    configuration; then check that the snapshot is still there (GC elsewhere may have
+    ///    retired it on a volume without working locks: it is brought back) and reconcile again;
+    ///    then retire old snapshots ([`gc::collect`]); they are deleted after the lock is
+    ///    released.
     /// 5. Every `--verify-period`, check the live snapshot and repair it if it was changed on
     ///    disk ([`Publisher::check_live`]).
     pub fn cycle(
@@ -466,9 +497,14 @@ impl Publisher {
         self.timings.fetched = observation.fetched;
         self.followed_ref = Some(observation.ref_name.clone());
         let commit = observation.commit.to_string();
+        self.observe_locks();
+        if self.lock_fault.is_none() {
+            self.reconcile()?;
+        }
         let current = self.root.current()?;
         if let Some(current) = &current {
             if current.commit == commit && current.complete {
+                self.refuse_if_locks_unreliable()?;
                 self.retire_git_sync();
                 return Ok(Outcome::Unchanged { commit });
             }
@@ -485,7 +521,7 @@ impl Publisher {
                 let lock = self.root.lock(self.settings.lock_timeout)?;
                 self.root.set_aside(&lock, &commit, &why)?;
                 drop(lock);
-                self.root.empty_trash()?;
+                self.root.empty_trash(self.settings.retention.pending)?;
             }
         }
         let building = Instant::now();
@@ -495,6 +531,8 @@ impl Publisher {
             Some(self.build(info, progress, interrupt)?)
         };
         self.timings.build = Some(building.elapsed());
+
+        self.refuse_if_locks_unreliable()?;
 
         // While an operator pins the link, keep following the remote (the snapshot above is
         // ready for when the pin is released) but leave the link alone. Checked again under
@@ -523,6 +561,7 @@ impl Publisher {
         let publishing = Instant::now();
         let lock = self.root.lock(self.settings.lock_timeout)?;
         self.timings.lock_wait = Some(publishing.elapsed());
+        self.refuse_if_claimed_by_another()?;
         let publication = Publication {
             commit: commit.clone(),
             cause: Cause::Sync,
@@ -549,6 +588,9 @@ impl Publisher {
                 elapsed: started.elapsed(),
             },
         };
+        if let Outcome::Published { commit, .. } = &outcome {
+            self.after_swap(commit, &lock)?;
+        }
         self.timings.publish = Some(publishing.elapsed());
         if let (Some(git_sync), Outcome::Published { .. }) = (&git_sync, &outcome) {
             tracing::info!(git_sync_commit = %git_sync.commit, commit = %commit_of_outcome(&outcome), grace = %humantime::format_duration(self.settings.retention.grace), "took the link over from git-sync; its files are removed once the link has been dagsnap's for --grace with no write from git-sync");
@@ -558,6 +600,109 @@ impl Publisher {
             self.collect_garbage(lock);
         }
         Ok(outcome)
+    }
+
+    /// Look at the peers' heartbeats once ([`crate::store::LockWitness`]); say so at ERROR when
+    /// a peer's locks turn out invisible from here, and when that clears.
+    fn observe_locks(&mut self) {
+        let fault = self
+            .root
+            .observe_peers(&mut self.witness, self.registration.path());
+        match (&self.lock_fault, &fault) {
+            (None, Some(peer)) => {
+                tracing::error!(%peer, "locks on this volume do not reach another publisher of this root: its heartbeat advances while its lock is invisible from here. Not moving the link until this clears; mount the volume with working locks, or run a single publisher per root")
+            }
+            (Some(_), None) => tracing::info!(
+                "locks reach every running publisher of this root again; moving the link again"
+            ),
+            _ => {}
+        }
+        self.registration.set_lock_fault(
+            fault
+                .as_ref()
+                .map(|peer| format!("locks do not reach publisher {peer}")),
+        );
+        self.lock_fault = fault;
+    }
+
+    fn refuse_if_locks_unreliable(&self) -> Result<(), PublishError> {
+        match &self.lock_fault {
+            Some(peer) => Err(PublishError::LocksUnreliable {
+                peer: peer.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The root follows another configuration now: a publisher of it took the root over (on a
+    /// volume whose locks do not work, this publisher's claim did not keep it out).
+    fn refuse_if_claimed_by_another(&self) -> Result<(), PublishError> {
+        match self.root.source()? {
+            Some(theirs) if !theirs.same_as(&self.source) => Err(StoreError::SourceMismatch {
+                root: self.root.path().to_path_buf(),
+                theirs: Box::new(theirs),
+                ours: Box::new(self.source.clone()),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Step 2: put the link back on what the pin or the newest publication names, if it shows
+    /// something else.
+    fn reconcile(&mut self) -> Result<(), PublishError> {
+        let Some(current) = self.root.current()? else {
+            return Ok(());
+        };
+        let Some((desired, _)) = self.root.desired(&current.commit)? else {
+            return Ok(());
+        };
+        if desired == current.commit || !self.root.has_snapshot(&desired) {
+            return Ok(());
+        }
+        self.refuse_if_claimed_by_another()?;
+        let lock = self.root.lock(self.settings.lock_timeout)?;
+        self.reconcile_under(&lock)
+    }
+
+    fn reconcile_under(&self, lock: &RootLock) -> Result<(), PublishError> {
+        let who = Publication {
+            commit: String::new(),
+            cause: Cause::Reconcile,
+            observed_at: SystemTime::now(),
+            published_at: SystemTime::now(),
+            host: crate::fsutil::hostname(),
+            pid: std::process::id(),
+            repo: self.remote.display_url(),
+            ref_name: self.source.ref_name.clone(),
+            moved_link: true,
+            reason: None,
+        };
+        if let Some((from, to, because)) = self.root.reconcile_link(lock, &who)? {
+            tracing::warn!(%from, %to, because, "the link showed a commit that is neither pinned nor the newest publication (a publisher swapped late, or something else moved it); put it back");
+        }
+        Ok(())
+    }
+
+    /// Right after this publisher swapped the link to `commit`: the snapshot must still be
+    /// there (on a volume without working locks, GC elsewhere may have retired it between our
+    /// decision and our swap; it is in the trash, whole, and comes back), and what the link
+    /// shows is reconciled once more (a newer publication or a pin may have appeared).
+    fn after_swap(&self, commit: &str, lock: &RootLock) -> Result<(), PublishError> {
+        if !self.root.has_snapshot(commit) {
+            if self
+                .root
+                .restore_from_trash(commit, self.settings.retention.pending)
+            {
+                tracing::warn!(%commit, "the snapshot was retired by GC while this publisher linked it (locks on this volume may not work); brought it back");
+            } else {
+                return Err(StoreError::SnapshotGone {
+                    commit: commit.to_string(),
+                }
+                .into());
+            }
+        }
+        self.reconcile_under(lock)
     }
 
     /// Remove git-sync's files from a root taken over from it, once nobody can need them
@@ -599,7 +744,9 @@ impl Publisher {
             SystemTime::now(),
         );
         drop(lock);
-        if let Err(e) = collected.and_then(|_| self.root.empty_trash()) {
+        if let Err(e) =
+            collected.and_then(|_| self.root.empty_trash(self.settings.retention.pending))
+        {
             tracing::warn!(error = %e, "could not remove old snapshots; the next publish retries");
         }
     }

@@ -214,6 +214,7 @@ pub async fn run(
                 })
             }
         };
+        health.metrics.set_lock_fault(owned.lock_fault().is_some());
         let timings = owned.timings();
         let followed_ref = owned.followed_ref();
         let root = owned.root().clone();

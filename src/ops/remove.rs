@@ -47,7 +47,7 @@ pub fn snapshots(
         root.move_snapshot_to_trash(&lock, commit)?;
     }
     drop(lock);
-    root.empty_trash()?;
+    root.empty_trash(std::time::Duration::ZERO)?;
     Ok(doomed)
 }
 

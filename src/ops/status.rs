@@ -322,6 +322,9 @@ pub fn render_text(status: &Status) -> String {
                 record.last_error.as_deref().unwrap_or("?")
             ));
         }
+        if let Some(fault) = &record.lock_fault {
+            text.push_str(&format!("; LOCKS: {fault}, so it does not move the link"));
+        }
         line("publisher:", Some(&text));
     }
     if let Some(pin) = &status.pinned {

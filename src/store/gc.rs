@@ -34,6 +34,10 @@ pub struct Policy {
     pub grace: Duration,
     /// Staging directories older than this belong to a publisher that died (on any host).
     pub staging_max_age: Duration,
+    /// How long a publisher may take between deciding to link a snapshot and linking it (its
+    /// lock timeout plus its sync timeout): a snapshot never linked is kept at least this long
+    /// after it was built, and the trash keeps what GC retired this long before deleting it.
+    pub pending: Duration,
 }
 
 /// What a collection did.
@@ -97,7 +101,9 @@ pub fn plan(
     let mut rank = 0;
     for (commit, active, linked) in candidates {
         let protected = Some(&commit) == current.as_ref() || Some(&commit) == pinned.as_ref();
-        let recent = now.duration_since(active).unwrap_or_default() < policy.grace;
+        let age = now.duration_since(active).unwrap_or_default();
+        // A snapshot never linked may be one a publisher is about to link.
+        let recent = age < policy.grace || (!linked && age < policy.pending);
         // Rollback candidates are snapshots readers have seen; one that was never linked does
         // not take the place of one that was. The current and the pinned snapshot are kept
         // anyway and do not count: `--keep N` is N to go back to.
@@ -125,11 +131,23 @@ pub fn collect(
 ) -> Result<Report, StoreError> {
     // Damaged journal lines were warned about when read; this is where they go.
     root.records().clean_journal(lock)?;
+    root.records().trim_publications(lock)?;
     root.remove_dead_publisher_records();
     let (doomed, kept) = plan(root, policy, now)?;
-    for commit in &doomed {
-        root.move_snapshot_to_trash(lock, commit)?;
+    let mut removed = Vec::new();
+    for commit in doomed {
+        // Looked at again right before each move, not trusted from the plan: on a volume whose
+        // locks do not work, another publisher may have linked, pinned or published it since.
+        if named(root, &commit)? {
+            continue;
+        }
+        root.move_snapshot_to_trash(lock, &commit)?;
+        if named(root, &commit)? && root.restore_from_trash(&commit, policy.pending) {
+            tracing::warn!(%commit, "a snapshot GC had just retired was linked meanwhile; it is back (locks on this volume may not work)");
+            continue;
+        }
         tracing::info!(%commit, "snapshot retired past the retention policy; deleting it");
+        removed.push(commit);
     }
     for (path, retired_at) in root.retired_dirs()? {
         if now.duration_since(retired_at).unwrap_or_default() > policy.grace {
@@ -150,11 +168,21 @@ pub fn collect(
         }
     }
     Ok(Report {
-        removed: doomed,
+        removed,
         kept,
         staging_removed,
         trash_emptied: 0,
     })
+}
+
+/// Whether the link, the pin or the newest publication names `commit` now.
+fn named(root: &Root, commit: &str) -> Result<bool, StoreError> {
+    let current = root.current()?.map(|c| c.commit);
+    let pinned = root.pinned()?.map(|p| p.commit);
+    let latest = root.records().latest()?.map(|p| p.commit);
+    Ok([current, pinned, latest]
+        .iter()
+        .any(|c| c.as_deref() == Some(commit)))
 }
 
 /// A whole collection: take the lock, collect, release it, empty the trash.
@@ -162,6 +190,6 @@ pub fn run(root: &Root, policy: &Policy, lock_timeout: Duration) -> Result<Repor
     let lock = root.lock(lock_timeout)?;
     let mut report = collect(root, &lock, policy, SystemTime::now())?;
     drop(lock);
-    report.trash_emptied = root.empty_trash()?;
+    report.trash_emptied = root.empty_trash(policy.pending)?;
     Ok(report)
 }

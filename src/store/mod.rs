@@ -10,6 +10,7 @@
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely.
 //! - [`repair`]: replacing a damaged snapshot with a fresh build while readers are served.
 //! - [`gitsync`]: git-sync's files in a root dagsnap takes over.
+//! - [`volume`]: what the root's mount promises about locks.
 
 pub mod gc;
 pub mod gitsync;
@@ -19,5 +20,6 @@ pub mod records;
 pub mod repair;
 mod root;
 pub mod snapshot;
+pub mod volume;
 
 pub use root::*;

@@ -8,8 +8,10 @@
 //!     lock                                advisory lock: link decisions and GC run under it
 //!     claim.lock, publishers              publisher registration (see `records::claims`)
 //!     source.json                         the repository and ref this root follows
-//!     state.json                          the publication behind the link
+//!     publications/<observed>-<published>-<who>.json   one file per publication; the newest
+//!                                         (greatest name) is what the link should show
 //!     journal.jsonl                       every publication, oldest first
+//!     publishers.d/<host>.<pid>.json      each publisher's record and heartbeat
 //!     pin.json                            present while an operator pins a snapshot
 //!     manifests/<sha>.json, .entries      what each snapshot holds
 //!     snapshots/<sha>/                    complete, read-only trees
@@ -36,7 +38,8 @@ use crate::store::records::{
     self, read_json, warn_damaged, PublisherRecord, Read, Records, Registration, SeenPublisher,
 };
 pub use crate::store::records::{
-    rfc3339, Cause, Claim, DirIdentity, LinkHistory, Manifest, Pin, Publication, SourceRecord,
+    rfc3339, Cause, Claim, DirIdentity, LinkHistory, LockFault, LockWitness, Manifest, Pin,
+    Publication, SourceRecord,
 };
 
 pub const STORE_DIR: &str = ".dagsnap";
@@ -922,6 +925,56 @@ impl Root {
         Ok(())
     }
 
+    /// What the link should show, whatever moved it last: the pinned commit while an operator
+    /// pins one, else the commit of the newest publication that moved the link; with what names
+    /// it. `live` is the commit the link shows (a damaged pin holds it).
+    pub fn desired(&self, live: &str) -> Result<Option<(String, &'static str)>, StoreError> {
+        let records = self.records();
+        if let Some(pin) = records.pin(Some(live))? {
+            return Ok(Some((pin.commit, "the pin")));
+        }
+        Ok(records
+            .latest()?
+            .filter(|p| p.moved_link)
+            .map(|p| (p.commit, "the newest publication")))
+    }
+
+    /// Put the link back on what [`Root::desired`] names, if it shows something else and that
+    /// snapshot is intact; journaled as `reconcile` by `who`. Returns (from, to, what named it)
+    /// when it moved the link.
+    ///
+    /// With working locks nothing needs correcting: every decision and swap happens under the
+    /// root's lock. Where locks do not travel between clients, a publisher that decided under a
+    /// lock it wrongly believed exclusive, and stalled before swapping, can swap an older commit
+    /// over a newer one, or over a pin; every publisher's next cycle, and the late one right
+    /// after its swap, puts the link back.
+    pub fn reconcile_link(
+        &self,
+        lock: &RootLock,
+        who: &Publication,
+    ) -> Result<Option<(String, String, &'static str)>, StoreError> {
+        let Some(current) = self.current()? else {
+            return Ok(None);
+        };
+        let Some((desired, because)) = self.desired(&current.commit)? else {
+            return Ok(None);
+        };
+        if desired == current.commit || self.check_snapshot(&desired, None).is_err() {
+            return Ok(None);
+        }
+        let entry = Publication {
+            commit: desired.clone(),
+            cause: Cause::Reconcile,
+            reason: Some(format!(
+                "the link showed {}; {because} names {desired}",
+                current.commit
+            )),
+            ..who.clone()
+        };
+        self.publish(lock, &entry)?;
+        Ok(Some((current.commit, desired, because)))
+    }
+
     /// A staging directory for a repair's fresh copy, inside `snapshots/.repair/` so that it is
     /// renamed within its directory (see `store::repair`).
     pub fn begin_repair_staging(&self) -> Result<Staging, StoreError> {
@@ -1046,6 +1099,12 @@ impl Root {
         Registration::register(&self.store(), record)
     }
 
+    /// Look at the other publishers' heartbeats once: a peer whose locks are invisible from
+    /// here (see [`records::publishers::LockWitness`]).
+    pub fn observe_peers(&self, witness: &mut LockWitness, own: &Path) -> Option<LockFault> {
+        witness.observe(&self.store(), own)
+    }
+
     /// Every publisher record of this root, running ones first.
     pub fn publishers(&self) -> Vec<SeenPublisher> {
         records::publishers::read_all(&self.store())
@@ -1158,20 +1217,45 @@ impl Root {
         Ok(commits)
     }
 
-    /// Move the snapshot of `commit` and its records out of the store, into the trash.
-    /// Under the lock, so no publisher decides to link it meanwhile; the slow deletion happens
-    /// later, without the lock ([`Root::empty_trash`]).
+    /// Move the snapshot of `commit` out of service, into the trash. Under the lock, so no
+    /// publisher decides to link it meanwhile; the slow deletion happens later, without the
+    /// lock ([`Root::empty_trash`]). Its manifest and entry list stay until the trash is
+    /// emptied, so that [`Root::restore_from_trash`] can bring it back whole.
     pub fn move_snapshot_to_trash(&self, _lock: &RootLock, commit: &str) -> Result<(), StoreError> {
-        self.move_to_trash(&self.snapshot_path(commit), commit)?;
-        for record in [self.manifest_path(commit), self.entries_path(commit)] {
-            match fs::remove_file(&record) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(IoError::new("remove", &record, e).into())
-                }
-                _ => {}
-            }
+        self.move_to_trash(&self.snapshot_path(commit), commit)
+    }
+
+    /// Bring the snapshot of `commit` back from the trash, if it is there and young enough
+    /// that no one deletes it yet (less than half of `quarantine` old, see
+    /// [`Root::empty_trash`]). For a link that names a snapshot GC just retired: on a volume
+    /// whose locks do not work, another publisher may have decided to link it before GC moved
+    /// it. Whether it was restored.
+    pub fn restore_from_trash(&self, commit: &str, quarantine: Duration) -> bool {
+        if self.has_snapshot(commit) {
+            return true;
         }
-        Ok(())
+        let Ok(entries) = fs::read_dir(self.snapshots()) else {
+            return false;
+        };
+        let prefix = format!("{TRASH_PREFIX}{commit}.");
+        let now = SystemTime::now();
+        let mut found: Vec<(SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let trashed = trashed_at(name.strip_prefix(&prefix)?)?;
+                Some((trashed, e.path()))
+            })
+            .filter(|(at, _)| {
+                now.duration_since(*at)
+                    .is_ok_and(|age| age < quarantine / 2)
+            })
+            .collect();
+        found.sort();
+        match found.pop() {
+            Some((_, path)) => fs::rename(&path, self.snapshot_path(commit)).is_ok(),
+            None => false,
+        }
     }
 
     /// Whether a sync loop of this root is running, on any host that shares its locks.
@@ -1225,7 +1309,14 @@ impl Root {
     /// same directory.
     fn move_to_trash(&self, path: &Path, label: &str) -> Result<(), StoreError> {
         let dir = path.parent().unwrap_or(&self.root);
-        let destination = dir.join(format!("{TRASH_PREFIX}{label}.{}", fsutil::unique_suffix()));
+        let millis = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let destination = dir.join(format!(
+            "{TRASH_PREFIX}{label}.{millis}.{}",
+            fsutil::unique_suffix()
+        ));
         match fs::rename(path, &destination) {
             // Someone else moved it first.
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -1233,9 +1324,15 @@ impl Root {
         }
     }
 
-    /// Delete everything in the trash; returns how many entries went. Entries another process
-    /// is deleting at the same time are skipped without error.
-    pub fn empty_trash(&self) -> Result<usize, StoreError> {
+    /// Delete what has been in the trash for `quarantine` or longer; returns how many entries
+    /// went. Entries another process is deleting at the same time are skipped without error.
+    ///
+    /// The quarantine (a publisher's lock timeout plus its sync timeout) outlasts any publisher
+    /// that decided to link a snapshot just before GC retired it: on a volume whose locks do not
+    /// work, such a publisher swaps the link to a name GC has just moved, and brings the snapshot
+    /// back intact ([`Root::restore_from_trash`]). An operator's deletion passes zero.
+    pub fn empty_trash(&self, quarantine: Duration) -> Result<usize, StoreError> {
+        let now = SystemTime::now();
         let mut doomed = Vec::new();
         for dir in [
             self.snapshots(),
@@ -1249,18 +1346,30 @@ impl Root {
             for entry in entries {
                 let entry = entry.at("list", &dir)?;
                 let legacy = dir.ends_with(LEGACY_TRASH_DIR);
-                if legacy
-                    || entry
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with(TRASH_PREFIX)
-                {
-                    doomed.push(entry.path());
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix(TRASH_PREFIX) else {
+                    if legacy {
+                        doomed.push((entry.path(), None));
+                    }
+                    continue;
+                };
+                // `<label>.<millis>.<suffix>`; older trash names have no time and go at once.
+                let (label, tail) = rest.split_once('.').unwrap_or((rest, ""));
+                let due = trashed_at(tail)
+                    .is_none_or(|at| now.duration_since(at).is_ok_and(|age| age >= quarantine));
+                if due {
+                    doomed.push((entry.path(), is_commit_id(label).then(|| label.to_string())));
                 }
             }
         }
-        for path in &doomed {
+        for (path, commit) in &doomed {
             fsutil::remove_tree(path)?;
+            // The records of a snapshot go with it, unless it was built again meanwhile.
+            if let Some(commit) = commit.as_deref().filter(|c| !self.has_snapshot(c)) {
+                for record in [self.manifest_path(commit), self.entries_path(commit)] {
+                    let _ = fs::remove_file(record);
+                }
+            }
         }
         Ok(doomed.len())
     }
@@ -1385,6 +1494,12 @@ fn process_alive(pid: u32) -> bool {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Err(nix::errno::Errno::ESRCH)
     )
+}
+
+/// When a trash entry was trashed, from the `<millis>.<suffix>` after its label.
+fn trashed_at(tail: &str) -> Option<SystemTime> {
+    let millis: u64 = tail.split('.').next()?.parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(millis))
 }
 
 /// The directory holding `path` (the root itself for a top-level name).

@@ -26,7 +26,9 @@ fn a_damaged_state_file_stops_neither_publishing_nor_status() {
     let remote = Remote::new();
     let scratch = Scratch::new();
     publish_versions(&remote, &scratch, 1, "v");
-    fs::write(store(&scratch).join("state.json"), "{\"commit\": tru").unwrap();
+    // The newest publication record, torn.
+    let torn = store(&scratch).join("publications/99999999999999999999-torn.json");
+    fs::write(&torn, "{\"commit\": tru").unwrap();
 
     let status = dagsnap_cmd(&scratch, &["status"]);
     assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
@@ -36,14 +38,15 @@ fn a_damaged_state_file_stops_neither_publishing_nor_status() {
     let out = sync_once(&scratch, &remote.url(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("using the journal's latest entry instead"),
+        stderr(&out).contains("using the publication before it instead"),
         "{}",
         stderr(&out)
     );
     assert_eq!(assert_root_valid(&scratch.root()), next);
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(store(&scratch).join("state.json")).unwrap()).unwrap();
-    assert_eq!(state["commit"], next.as_str(), "the publish rewrote it");
+    assert!(
+        !torn.exists(),
+        "GC removed the damaged record after the publish"
+    );
     assert!(
         !stderr(&out).contains("dagsnap rewrites it on the next publish"),
         "no promise of a repair that does not happen"

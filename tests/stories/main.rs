@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod broken_locks;
 mod cache;
 mod chaos;
 mod damaged_state;

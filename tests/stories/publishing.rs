@@ -71,8 +71,8 @@ fn an_unchanged_poll_leaves_the_root_byte_identical() {
     let scratch = Scratch::new();
     let out = sync_once(&scratch, &remote.url(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    // Each publisher keeps its own record in .dagsnap/publishers.d/ (for `status`), written
-    // when it starts, and after that only when something changes or once a minute.
+    // Each publisher keeps its own record in .dagsnap/publishers.d/ (for `status`), with a
+    // heartbeat written at every cycle; nothing else is written by an idle poll.
     let outside_records = |root: &std::path::Path| {
         let mut print = fingerprint(root);
         print.retain(|path, _| !path.starts_with(".dagsnap/publishers.d"));
@@ -91,14 +91,30 @@ fn an_unchanged_poll_leaves_the_root_byte_identical() {
     wait_until(Duration::from_secs(30), "a first idle poll", || {
         daemon.logs().matches("up to date").count() >= 1
     });
-    let running = fingerprint(&scratch.root());
+    let running = outside_records(&scratch.root());
+    let record = scratch.root().join(format!(
+        ".dagsnap/publishers.d/{}.{}.json",
+        hostname(),
+        daemon.child.id()
+    ));
+    let beat = |path: &std::path::Path| -> u64 {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).unwrap_or_default())
+            .ok()
+            .and_then(|v| v["beat"].as_u64())
+            .unwrap_or(0)
+    };
+    let first_beat = beat(&record);
     wait_until(Duration::from_secs(30), "several idle polls", || {
         daemon.logs().matches("up to date").count() >= 6
     });
     assert_eq!(
-        fingerprint(&scratch.root()),
+        outside_records(&scratch.root()),
         running,
-        "idle polls wrote nothing at all"
+        "idle polls wrote nothing but the heartbeat"
+    );
+    assert!(
+        beat(&record) >= first_beat + 4,
+        "the heartbeat advances at every poll"
     );
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait(Duration::from_secs(30)).success());

@@ -96,8 +96,14 @@ fn record_from_a_clock_ahead(scratch: &Scratch, host: &str, ahead: Duration) {
         "ref": "refs/heads/main",
         "moved_link": true,
     });
+    // One file per publication, named by observation time (then publication time).
+    let nanos = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
     fs::write(
-        scratch.root().join(".dagsnap/state.json"),
+        scratch.root().join(format!(
+            ".dagsnap/publications/{:020}-{:020}-{host}.json",
+            nanos(now + ahead),
+            nanos(now)
+        )),
         serde_json::to_vec(&record).unwrap(),
     )
     .unwrap();

@@ -774,3 +774,11 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// This machine's host name, as dagsnap records it.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}

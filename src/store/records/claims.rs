@@ -25,9 +25,10 @@ pub struct Claim {
 /// exclusive lock on `.dagsnap/claim.lock`:
 /// - no record yet (or a damaged one), or the same source: take the shared lock (writing the
 ///   record if it is new or damaged);
-/// - a different source: if the exclusive lock can be taken, nobody follows the old
-///   configuration any more (a finished rolling update): rewrite the record, then downgrade to
-///   shared. Otherwise refuse with [`StoreError::SourceMismatch`].
+/// - a different source: if the exclusive lock can be taken and no publisher of the old
+///   configuration beat recently (its heartbeat in `publishers.d`, which does not depend on
+///   locks working), nobody follows it any more (a finished rolling update): rewrite the
+///   record, then downgrade to shared. Otherwise refuse with [`StoreError::SourceMismatch`].
 ///
 /// "The same source" compares normalized forms ([`SourceRecord::same_as`]): `main` and
 /// `refs/heads/main`, or `/srv/dags`, `/srv/dags/` and `file:///srv/dags`, are one
@@ -58,6 +59,15 @@ pub(in crate::store) fn claim(
     };
     let held = match recorded {
         Some(theirs) if !theirs.same_as(source) => match FileLock::try_exclusive(&publishers)? {
+            // The lock says nobody follows the old configuration; a heartbeat may say otherwise
+            // on a volume whose locks stay on each client.
+            Some(_) if super::publishers::alive_publisher_of(store, &theirs).is_some() => {
+                return Err(StoreError::SourceMismatch {
+                    root: root.to_path_buf(),
+                    theirs: Box::new(theirs),
+                    ours: Box::new(source.clone()),
+                })
+            }
             Some(exclusive) => {
                 tracing::warn!(from = %theirs, to = %source, "no publisher of the previous configuration is running; this root now follows the new one");
                 write_json(&record_path, source)?;

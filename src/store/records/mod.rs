@@ -17,7 +17,7 @@ mod types;
 
 pub use claims::Claim;
 pub use journal::LinkHistory;
-pub use publishers::{PublisherRecord, Registration, SeenPublisher};
+pub use publishers::{LockFault, LockWitness, PublisherRecord, Registration, SeenPublisher};
 pub use types::*;
 
 use std::collections::HashSet;
@@ -33,7 +33,15 @@ use serde::Serialize;
 use super::{RootLock, StoreError};
 use crate::fsutil::{self, Context, IoError};
 
+/// Where dagsnap before 0.3 kept the latest publication (one file, overwritten); still read
+/// when no publication file exists.
 const STATE_FILE: &str = "state.json";
+/// One file per publication, created exclusively, so that two publishers writing at once (on
+/// a volume whose locks do not work) never lose one, and the newest is well defined: the
+/// greatest name, which starts with the observation time.
+const PUBLICATIONS_DIR: &str = "publications";
+/// Publication files kept; older ones are removed by GC (the journal keeps the history).
+const PUBLICATIONS_KEPT: usize = 64;
 const JOURNAL_FILE: &str = "journal.jsonl";
 const PIN_FILE: &str = "pin.json";
 
@@ -54,9 +62,35 @@ impl Records {
         self.store.join(name)
     }
 
-    /// The publication behind the link: `state.json`, or, if that is missing or damaged, the
-    /// journal's newest entry (which was written right after it).
+    /// The newest publication: the newest readable file in `publications/` (newest by
+    /// observation time, then publication time); without one, `state.json` as dagsnap before
+    /// 0.3 wrote it, or the journal's newest entry.
     pub fn latest(&self) -> Result<Option<Publication>, StoreError> {
+        let dir = self.file(PUBLICATIONS_DIR);
+        let mut names = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            other => other
+                .at("list", &dir)?
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .filter(|n| {
+                    let n = n.to_string_lossy();
+                    n.ends_with(".json") && !n.starts_with('.')
+                })
+                .collect(),
+        };
+        names.sort();
+        for name in names.iter().rev() {
+            let path = dir.join(name);
+            match read_json::<Publication>(&path)? {
+                Read::Valid(publication) => return Ok(Some(publication)),
+                Read::Damaged(why) => {
+                    warn_damaged(&path, &why, "using the publication before it instead")
+                }
+                // Removed by GC between listing and reading.
+                Read::Missing => {}
+            }
+        }
         match read_json::<Publication>(&self.file(STATE_FILE))? {
             Read::Valid(state) => return Ok(Some(state)),
             Read::Damaged(why) => warn_damaged(
@@ -98,10 +132,59 @@ impl Records {
         _lock: &RootLock,
         publication: &Publication,
     ) -> Result<(), StoreError> {
-        if publication.moved_link || publication.resets_ordering() {
-            write_json(&self.file(STATE_FILE), publication)?;
+        // A correction names what an earlier publication named; it observes nothing new.
+        let observes = publication.cause != Cause::Reconcile;
+        if publication.resets_ordering() {
+            // An operator's action ends the ordering of everything observed before it,
+            // including a record from a clock that runs ahead: only it remains to compare with.
+            let dir = self.file(PUBLICATIONS_DIR);
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for entry in entries.filter_map(Result::ok) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+            let _ = fs::remove_file(self.file(STATE_FILE));
+        }
+        if (publication.moved_link && observes) || publication.resets_ordering() {
+            write_publication(&self.file(PUBLICATIONS_DIR), publication)?;
         }
         journal::append(&self.file(JOURNAL_FILE), publication)
+    }
+
+    /// Keep the newest [`PUBLICATIONS_KEPT`] publication files (under the lock, from GC); the
+    /// old `state.json` goes once a publication file replaces it.
+    pub fn trim_publications(&self, _lock: &RootLock) -> Result<(), StoreError> {
+        let dir = self.file(PUBLICATIONS_DIR);
+        let mut names: Vec<_> = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other
+                .at("list", &dir)?
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect(),
+        };
+        if names.is_empty() {
+            return Ok(());
+        }
+        // Damaged ones first (they were warned about when read): the newest must be readable.
+        names.retain(|name| {
+            let path = dir.join(name);
+            let damaged = name.to_string_lossy().ends_with(".json")
+                && !name.to_string_lossy().starts_with('.')
+                && matches!(read_json::<Publication>(&path), Ok(Read::Damaged(_)));
+            if damaged {
+                let _ = fs::remove_file(&path);
+                tracing::info!(path = %path.display(), "removed a damaged publication record");
+            }
+            !damaged
+        });
+        names.sort();
+        let excess = names.len().saturating_sub(PUBLICATIONS_KEPT);
+        for name in &names[..excess] {
+            let _ = fs::remove_file(dir.join(name));
+        }
+        let _ = fs::remove_file(self.file(STATE_FILE));
+        Ok(())
     }
 
     /// Rewrite the journal without its damaged lines (under the lock, from GC).
@@ -199,6 +282,44 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Sto
         )
     })?;
     Ok(fsutil::write_atomically(path, &bytes)?)
+}
+
+/// Write `publication` as a new file in `dir`, named so that names sort by observation time,
+/// then publication time: written under a temporary name and hard-linked into place, so it
+/// appears whole, and never replaces another publisher's.
+fn write_publication(dir: &Path, publication: &Publication) -> Result<(), StoreError> {
+    let nanos = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    };
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(IoError::new("create", dir, e).into())
+        }
+        _ => {}
+    }
+    let name = format!(
+        "{:020}-{:020}-{}.json",
+        nanos(publication.observed_at),
+        nanos(publication.published_at),
+        fsutil::unique_suffix()
+    );
+    let bytes = serde_json::to_vec_pretty(publication).map_err(|e| {
+        IoError::new(
+            "encode",
+            dir.join(&name),
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    let temp = dir.join(format!(".tmp-{name}"));
+    fsutil::write_atomically(&temp, &bytes)?;
+    let path = dir.join(&name);
+    let linked = fs::hard_link(&temp, &path).at("create", &path);
+    let _ = fs::remove_file(&temp);
+    linked?;
+    fsutil::fsync_dir(dir)?;
+    Ok(())
 }
 
 /// Warn that a record is damaged and what dagsnap does instead, once per process for each file

@@ -1,13 +1,15 @@
 //! `.dagsnap/publishers.d/<host>.<pid>.json`: what each publisher of the root last did, for
-//! `dagsnap status`.
+//! `dagsnap status`, and its heartbeat.
 //!
 //! A publisher holds a lock on its own record for as long as it runs, so a reader tells a
 //! running publisher from the record a dead one left (dead ones are removed by GC after an
-//! hour). The record is rewritten when what it says changes, and at most once a minute
-//! otherwise: an idle loop writes nothing readers see, and nothing at every poll.
+//! hour). The record is rewritten at every cycle with an advancing `beat`: a small write in the
+//! store, never where readers look. Peers compare the beat with what the lock says
+//! ([`LockWitness`]): a beat that advances under a lock they cannot see means the volume does
+//! not carry locks between them.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +18,6 @@ use crate::store::lock::FileLock;
 use crate::store::StoreError;
 
 const DIR: &str = "publishers.d";
-/// An unchanged record is rewritten this often, so its `last_cycle_at` stays roughly right.
-const REFRESH: Duration = Duration::from_secs(60);
 /// Records of publishers that stopped are kept this long after their last write.
 const KEEP_DEAD: Duration = Duration::from_secs(3600);
 
@@ -42,6 +42,23 @@ pub struct PublisherRecord {
     pub consecutive_failures: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The heartbeat: advanced at every cycle. A peer that sees it advance while this record's
+    /// lock is invisible to it knows that locks do not travel between the two.
+    #[serde(default)]
+    pub beat: u64,
+    /// When this publisher stopped (written as it exits; a crashed one leaves none).
+    #[serde(
+        default,
+        with = "optional_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stopped_at: Option<SystemTime>,
+    /// This publisher's `--period`, so that peers know how often to expect a beat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_ms: Option<u64>,
+    /// Set while this publisher has found that locks do not reach a peer (see [`LockWitness`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_fault: Option<String>,
 }
 
 impl Check for PublisherRecord {
@@ -64,7 +81,6 @@ pub struct SeenPublisher {
 pub struct Registration {
     lock: FileLock,
     record: PublisherRecord,
-    written: Option<Instant>,
 }
 
 impl Registration {
@@ -82,20 +98,17 @@ impl Registration {
         }
         let path = dir.join(format!("{}.{}.json", record.host, record.pid));
         let lock = FileLock::acquire(&path, Duration::ZERO)?;
-        let mut registration = Registration {
-            lock,
-            record,
-            written: None,
-        };
+        let mut registration = Registration { lock, record };
         registration.write();
         Ok(registration)
     }
 
-    /// Note a cycle's result; the record is rewritten if it says something new, or is stale.
+    /// Note a cycle's result and advance the heartbeat; the record is rewritten at every
+    /// cycle (it lives in the store, where readers never look).
     pub fn update(&mut self, success: bool, error: Option<String>) {
         let now = SystemTime::now();
-        let before = self.record.clone();
         self.record.last_cycle_at = now;
+        self.record.beat += 1;
         if success {
             self.record.last_success_at = Some(now);
             self.record.consecutive_failures = 0;
@@ -104,27 +117,24 @@ impl Registration {
             self.record.consecutive_failures += 1;
             self.record.last_error = error;
         }
-        // A first success, a failure, a new error or a recovery is news; another success
-        // is not (no write under the root on an unchanged poll).
-        let news = |r: &PublisherRecord| {
-            (
-                r.last_success_at.is_some(),
-                r.consecutive_failures,
-                r.last_error.clone(),
-            )
-        };
-        let changed = news(&before) != news(&self.record);
-        if changed || self.written.is_none_or(|at| at.elapsed() >= REFRESH) {
-            self.write();
-        }
+        self.write();
+    }
+
+    /// Say in the record that locks do not reach a peer (or no longer).
+    pub fn set_lock_fault(&mut self, fault: Option<String>) {
+        self.record.lock_fault = fault;
+    }
+
+    /// The path of this record, which its owner keeps locked.
+    pub fn path(&self) -> &Path {
+        self.lock.path()
     }
 
     fn write(&mut self) {
         let mut bytes = serde_json::to_vec_pretty(&self.record).unwrap_or_default();
         bytes.push(b'\n');
-        match self.lock.rewrite(&bytes) {
-            Ok(()) => self.written = Some(Instant::now()),
-            Err(e) => tracing::debug!(error = %e, "cannot update this publisher's record"),
+        if let Err(e) = self.lock.rewrite(&bytes) {
+            tracing::debug!(error = %e, "cannot update this publisher's record");
         }
     }
 }
@@ -140,7 +150,7 @@ pub(in crate::store) fn read_all(store: &Path) -> Vec<SeenPublisher> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter_map(|path| match super::read_json::<PublisherRecord>(&path) {
             Ok(Read::Valid(record)) => Some(SeenPublisher {
-                running: is_running(&path),
+                running: record.stopped_at.is_none() && is_running(&path),
                 record,
             }),
             // Torn while its publisher rewrote it, or damaged: not worth a warning here.
@@ -157,6 +167,129 @@ pub(in crate::store) fn read_all(store: &Path) -> Vec<SeenPublisher> {
 
 fn is_running(path: &Path) -> bool {
     FileLock::is_held(path).unwrap_or(false)
+}
+
+impl Drop for Registration {
+    /// Say in the record that this publisher stopped, before its lock goes: peers that cannot
+    /// see the lock (a volume whose locks stay on each client) must not take it for alive.
+    fn drop(&mut self) {
+        self.record.stopped_at = Some(SystemTime::now());
+        self.write();
+    }
+}
+
+/// Whether a publisher of `source` (another configuration than the caller's) beat recently,
+/// whatever the locks say: its record was written within three of its periods (and at least a
+/// minute). On a volume whose locks do not work, this is what keeps a publisher of another
+/// configuration from taking over a root whose publishers still run.
+pub(in crate::store) fn alive_publisher_of(
+    store: &Path,
+    source: &super::SourceRecord,
+) -> Option<PublisherRecord> {
+    let entries = std::fs::read_dir(store.join(DIR)).ok()?;
+    let now = SystemTime::now();
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|path| {
+            let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+            match super::read_json::<PublisherRecord>(&path) {
+                Ok(Read::Valid(record)) => Some((record, modified)),
+                _ => None,
+            }
+        })
+        .filter(|(record, _)| {
+            record.stopped_at.is_none()
+                && source.same_as(&super::SourceRecord {
+                    repo: record.repo.clone(),
+                    ref_name: record.ref_name.clone(),
+                })
+        })
+        .find(|(record, modified)| {
+            let period = Duration::from_millis(record.period_ms.unwrap_or(10_000));
+            let window = (period * 3).max(Duration::from_secs(60));
+            now.duration_since(*modified).is_ok_and(|age| age <= window)
+        })
+        .map(|(record, _)| record)
+}
+
+/// Peers whose heartbeat advanced while their lock was invisible from here.
+#[derive(Debug, Default)]
+pub struct LockWitness {
+    peers: std::collections::HashMap<PathBuf, PeerBeat>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PeerBeat {
+    beat: u64,
+    /// Cycles in a row in which the beat advanced and the lock was invisible.
+    strikes: u32,
+    /// Cycles in a row in which the beat did not advance.
+    still: u32,
+}
+
+/// Locks taken through another client of the volume are invisible here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockFault {
+    pub host: String,
+    pub pid: u32,
+}
+
+impl std::fmt::Display for LockFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} pid {}", self.host, self.pid)
+    }
+}
+
+impl LockWitness {
+    /// Look at every peer's record once (a cycle of this publisher): a peer whose beat
+    /// advanced while its lock is invisible from here, in two observations in a row, proves
+    /// that locks do not travel between the two (one observation could be a peer that stopped
+    /// between writing its beat and our look). A peer whose beat stands still for three cycles
+    /// has stopped, and its evidence is forgotten.
+    pub(in crate::store) fn observe(&mut self, store: &Path, own: &Path) -> Option<LockFault> {
+        let entries = std::fs::read_dir(store.join(DIR)).ok()?;
+        let mut present = std::collections::HashSet::new();
+        let mut fault = None;
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if path == own || path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Ok(Read::Valid(record)) = super::read_json::<PublisherRecord>(&path) else {
+                continue;
+            };
+            if record.stopped_at.is_some() {
+                continue;
+            }
+            let held = FileLock::is_held(&path).unwrap_or(true);
+            present.insert(path.clone());
+            let beat = record.beat;
+            let peer = self.peers.entry(path).or_insert(PeerBeat {
+                beat,
+                strikes: 0,
+                still: 0,
+            });
+            if beat > peer.beat {
+                peer.still = 0;
+                peer.strikes = if held { 0 } else { peer.strikes + 1 };
+            } else {
+                peer.still += 1;
+                if peer.still >= 3 {
+                    peer.strikes = 0;
+                }
+            }
+            peer.beat = beat;
+            if peer.strikes >= 2 && fault.is_none() {
+                fault = Some(LockFault {
+                    host: record.host.clone(),
+                    pid: record.pid,
+                });
+            }
+        }
+        self.peers.retain(|path, _| present.contains(path));
+        fault
+    }
 }
 
 /// Remove records of publishers that stopped more than an hour ago.

@@ -1,5 +1,5 @@
 //! The records dagsnap keeps next to the snapshots, as JSON: why the link moved and when
-//! (`Publication`, in `state.json` and `journal.jsonl`), what a snapshot holds (`Manifest`),
+//! (`Publication`, in `publications/` and `journal.jsonl`), what a snapshot holds (`Manifest`),
 //! which repository and ref the root follows (`SourceRecord`), and the operator's pin (`Pin`).
 //! Field names are part of the on-disk format and of `--json` output: change them only with a
 //! migration.
@@ -25,6 +25,9 @@ pub enum Cause {
     Unpin,
     /// A damaged snapshot was rebuilt and the link swapped to the rebuilt copy (same commit).
     Repair,
+    /// A publisher put the link back on what the pin or the newest publication names (another
+    /// publisher had swapped late, or something else moved the link).
+    Reconcile,
 }
 
 impl Cause {
@@ -35,6 +38,7 @@ impl Cause {
             Cause::Pin => "pin",
             Cause::Unpin => "unpin",
             Cause::Repair => "repair",
+            Cause::Reconcile => "reconcile",
         }
     }
 }
@@ -46,7 +50,7 @@ impl std::fmt::Display for Cause {
 }
 
 /// One journal entry: what the link was pointed at (or pinned, or unpinned), when, by whom and
-/// why. `state.json` holds the latest entry that moved the link; `journal.jsonl` holds them all.
+/// why. `publications/` holds one file per entry that moved the link; `journal.jsonl` holds them all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publication {
     pub commit: String,
