@@ -593,11 +593,14 @@ fn a_root_git_sync_published_is_taken_over_while_readers_read() {
         &errors[..errors.len().min(5)]
     );
     assert!(reads > 100, "{reads}");
+    // The log line follows the removal.
+    wait_until(Duration::from_secs(10), "the removal's log line", || {
+        daemon.logs().contains("removed git-sync's files")
+    });
     let logs = daemon.logs();
     for needle in [
         "git-sync still writes this root",
         "took the link over from git-sync",
-        "removed git-sync's files",
     ] {
         assert!(logs.contains(needle), "{needle}: {logs}");
     }
