@@ -220,6 +220,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
     }
     let settings = Settings {
         period: args.period,
+        min_publish_interval: args.min_publish_interval,
         lock_timeout: args.lock_timeout,
         reuse: if args.full_copy {
             Reuse::FullCopy

@@ -204,6 +204,12 @@ pub struct SyncArgs {
     )]
     pub init_max_failures: Option<i64>,
 
+    /// No two link moves closer than this (the newest commit goes live when the interval
+    /// ends). For Airflow 2, which resolves the link for every file it opens: at most one swap
+    /// falls inside a parsing pass shorter than this. Off by default.
+    #[arg(long, env = "DAGSNAP_MIN_PUBLISH_INTERVAL", value_parser = parse_positive_duration, help_heading = "Schedule")]
+    pub min_publish_interval: Option<Duration>,
+
     /// Also sync now when this signal arrives (a name like HUP or SIGUSR1, or a number).
     /// SIGHUP always does.
     #[arg(long, env = "DAGSNAP_SYNC_ON_SIGNAL", value_parser = parse_signal, help_heading = "Schedule")]

@@ -51,11 +51,12 @@ fn seconds_histogram() -> Histogram {
 }
 
 /// What a cycle can be, as `dagsnap_syncs_total` counts it.
-const SYNC_RESULTS: [&str; 7] = [
+const SYNC_RESULTS: [&str; 8] = [
     "published",
     "unchanged",
     "held",
     "superseded",
+    "throttled",
     "deferred",
     "skipped",
     "failed",
@@ -123,7 +124,7 @@ impl Metrics {
         };
         registry.register(
             "dagsnap_syncs",
-            "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), deferred (git-sync still writes the root), skipped (a peer was busy), failed",
+            "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), throttled (--min-publish-interval), deferred (git-sync still writes the root), skipped (a peer was busy), failed",
             metrics.syncs.clone(),
         );
         registry.register(

@@ -124,6 +124,9 @@ pub enum Outcome {
     Superseded { commit: String, current: String },
     /// The remote has `commit` but an operator pinned the link; it was left alone.
     Held { commit: String, pin: Pin },
+    /// The link moved less than `--min-publish-interval` ago: `commit`'s snapshot is ready and
+    /// goes live after `wait`.
+    Throttled { commit: String, wait: Duration },
     /// The link shows git-sync's worktree of `git_sync`, and git-sync wrote the root less than
     /// `--adopt-after` ago: `commit`'s snapshot is ready, the link is left to git-sync for now.
     Deferred {
@@ -145,6 +148,8 @@ pub struct Settings {
     pub submodules: crate::git::tree::Submodules,
     /// The loop's `--period`, written into the heartbeat for peers.
     pub period: Duration,
+    /// `--min-publish-interval`: no two link moves closer than this.
+    pub min_publish_interval: Option<Duration>,
 }
 
 /// Publishes one repository into one root.
@@ -558,6 +563,19 @@ impl Publisher {
             }
         }
 
+        // At most one link move per --min-publish-interval (Airflow 2 reads through the link
+        // for each file: fewer swaps, fewer passes that straddle one). The newest commit goes
+        // live when the interval ends: the loop comes back then.
+        if let Some(interval) = self.settings.min_publish_interval {
+            let since = self.root.since_link_moved().unwrap_or(Duration::MAX);
+            if since < interval {
+                return Ok(Outcome::Throttled {
+                    commit,
+                    wait: interval - since,
+                });
+            }
+        }
+
         let publishing = Instant::now();
         let lock = self.root.lock(self.settings.lock_timeout)?;
         self.timings.lock_wait = Some(publishing.elapsed());
@@ -803,6 +821,7 @@ fn commit_of_outcome(outcome: &Outcome) -> &str {
         | Outcome::Published { commit, .. }
         | Outcome::Superseded { commit, .. }
         | Outcome::Held { commit, .. }
+        | Outcome::Throttled { commit, .. }
         | Outcome::Deferred { commit, .. } => commit,
     }
 }

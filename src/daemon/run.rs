@@ -286,8 +286,13 @@ pub async fn run(
         } else {
             (schedule.init_failure_budget, schedule.init_period)
         };
+        let throttled = match &result {
+            Ok(Outcome::Throttled { wait, .. }) => Some(*wait),
+            _ => None,
+        };
         let wait = match failed {
-            None => schedule.period,
+            // Come back when the interval ends, so that the newest commit goes live then.
+            None => throttled.map_or(schedule.period, |w| schedule.period.min(w)),
             Some(message) => {
                 if budget.is_some_and(|budget| failures > budget) {
                     if let Some(publisher) = publisher.take() {
@@ -339,6 +344,7 @@ fn observe(
         (Ok(Outcome::Held { commit, .. }), None) => ("held", Some(commit.clone())),
         (Ok(Outcome::Superseded { commit, .. }), None) => ("superseded", Some(commit.clone())),
         (Ok(Outcome::Deferred { commit, .. }), None) => ("deferred", Some(commit.clone())),
+        (Ok(Outcome::Throttled { commit, .. }), None) => ("throttled", Some(commit.clone())),
         (Err(_), None) => ("skipped", None),
     };
     // git-sync counts a sync that changed something, and the first one, as a success.
@@ -546,6 +552,10 @@ fn report(outcome: &Outcome, held: &mut Option<(String, String)>) {
             } else {
                 tracing::debug!(remote = %commit, git_sync_commit = %git_sync, "waiting for git-sync to go quiet");
             }
+            return;
+        }
+        Outcome::Throttled { commit, wait } => {
+            tracing::info!(%commit, goes_live_in = %humantime::format_duration(round_ms(*wait)), "the link moved less than --min-publish-interval ago; the new snapshot is ready");
             return;
         }
         Outcome::Unchanged { commit } => tracing::debug!(%commit, "up to date"),

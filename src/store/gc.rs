@@ -2,7 +2,8 @@
 //! a reader.
 //!
 //! A snapshot is kept if any of these holds:
-//! - the link points at it, or an operator pinned it;
+//! - the link points at it, or an operator pinned it, or a reader leased it (the Airflow bundle
+//!   on a worker running a task of that commit, `records::leases`);
 //! - it is among the `keep` most recently live snapshots besides the current and the pinned one
 //!   (for rollback; snapshots that were never linked, such as those built while the root is
 //!   pinned, do not count);
@@ -57,6 +58,7 @@ pub fn plan(
 ) -> Result<(Vec<String>, usize), StoreError> {
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
+    let leased = root.leased_commits(now);
 
     // When each commit was last active: retired by the next link move, or still live.
     let history = root.records().link_history()?;
@@ -100,7 +102,9 @@ pub fn plan(
     let mut kept = 0;
     let mut rank = 0;
     for (commit, active, linked) in candidates {
-        let protected = Some(&commit) == current.as_ref() || Some(&commit) == pinned.as_ref();
+        let protected = Some(&commit) == current.as_ref()
+            || Some(&commit) == pinned.as_ref()
+            || leased.contains(&commit);
         let age = now.duration_since(active).unwrap_or_default();
         // A snapshot never linked may be one a publisher is about to link.
         let recent = age < policy.grace || (!linked && age < policy.pending);
@@ -132,6 +136,7 @@ pub fn collect(
     // Damaged journal lines were warned about when read; this is where they go.
     root.records().clean_journal(lock)?;
     root.records().trim_publications(lock)?;
+    root.remove_expired_leases(lock, now);
     root.remove_dead_publisher_records();
     let (doomed, kept) = plan(root, policy, now)?;
     let mut removed = Vec::new();

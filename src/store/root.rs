@@ -1099,10 +1099,30 @@ impl Root {
         Registration::register(&self.store(), record)
     }
 
+    /// How long ago the link last moved (the swap creates a new symlink, so the link's own
+    /// modification time is the time of the last swap, whoever made it); `None` without a link.
+    pub fn since_link_moved(&self) -> Option<Duration> {
+        let moved = fs::symlink_metadata(self.link_path())
+            .ok()?
+            .modified()
+            .ok()?;
+        Some(SystemTime::now().duration_since(moved).unwrap_or_default())
+    }
+
     /// Look at the other publishers' heartbeats once: a peer whose locks are invisible from
     /// here (see [`records::publishers::LockWitness`]).
     pub fn observe_peers(&self, witness: &mut LockWitness, own: &Path) -> Option<LockFault> {
         witness.observe(&self.store(), own)
+    }
+
+    /// Commits that a reader's unexpired lease asks GC to keep (see `records::leases`).
+    pub fn leased_commits(&self, now: SystemTime) -> std::collections::HashSet<String> {
+        records::leases::leased(&self.store(), now)
+    }
+
+    /// Remove expired leases (GC).
+    pub fn remove_expired_leases(&self, _lock: &RootLock, now: SystemTime) {
+        records::leases::remove_expired(&self.store(), now)
     }
 
     /// Every publisher record of this root, running ones first.

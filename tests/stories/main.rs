@@ -1,6 +1,7 @@
 //! Operator stories, end to end: real git repositories, the real `dagsnap` binary, real
 //! signals. One test binary keeps link time down on small CI machines.
 
+mod airflow;
 mod auth;
 mod bad_input;
 mod broken_locks;

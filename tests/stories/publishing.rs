@@ -457,3 +457,45 @@ fn a_renamed_directory_is_shared_not_rewritten() {
     );
     assert_eq!(read_current(&scratch.root(), "dags/team_alpha/b.py"), "b\n");
 }
+
+#[test]
+fn min_publish_interval_spaces_link_moves_and_still_ends_on_the_newest_commit() {
+    let remote = Remote::new();
+    let mut last = remote.commit(&[("a.py", "0\n")], "start");
+    let scratch = Scratch::new();
+    let daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--period", "50ms", "--min-publish-interval", "2s"],
+    );
+    daemon.wait_for_commit(&scratch.root(), &last, Duration::from_secs(30));
+    for n in 1..=20 {
+        last = remote.commit(&[("a.py", &format!("{n}\n"))], &format!("change {n}"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.wait_for_commit(&scratch.root(), &last, Duration::from_secs(30));
+    let journal = std::fs::read_to_string(scratch.root().join(".dagsnap/journal.jsonl")).unwrap();
+    let moves: Vec<std::time::SystemTime> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["moved_link"] != false)
+        .filter_map(|e| humantime::parse_rfc3339_weak(e["published_at"].as_str()?).ok())
+        .collect();
+    assert!(
+        moves.len() >= 2 && moves.len() <= 5,
+        "20 commits in 4 s, moves at most every 2 s: {}",
+        moves.len()
+    );
+    for pair in moves.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap();
+        assert!(
+            gap >= Duration::from_millis(1900),
+            "two link moves {gap:?} apart"
+        );
+    }
+    assert!(
+        daemon.logs().contains("--min-publish-interval"),
+        "{}",
+        daemon.logs()
+    );
+}

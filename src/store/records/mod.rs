@@ -12,6 +12,7 @@
 
 pub mod claims;
 mod journal;
+pub mod leases;
 pub mod publishers;
 mod types;
 

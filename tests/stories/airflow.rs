@@ -1,0 +1,537 @@
+//! Real Airflow reading a dagsnap root while commits arrive: Airflow 3's DAG processor with
+//! `DagsnapBundle` (integrations/airflow), beside the plain DAG folder (LocalDagBundle) for
+//! comparison, and Airflow 2's DagBag through the link. Airflow comes from PyPI, in virtual
+//! environments under target/tools/ that scripts/test provisions.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const DAGS: usize = 40;
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/airflow");
+
+/// A virtual environment with Airflow, provisioned by scripts/test.
+struct Airflow {
+    venv: PathBuf,
+}
+
+impl Airflow {
+    fn find(major: u32) -> Option<Airflow> {
+        let venv =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/tools/airflow{major}"));
+        if venv.join("bin/airflow").exists() {
+            return Some(Airflow { venv });
+        }
+        skip(
+            &format!("Airflow {major} in {}", venv.display()),
+            "it is not installed (scripts/test installs it from PyPI)",
+        );
+        None
+    }
+
+    fn python(&self) -> PathBuf {
+        self.venv.join("bin/python")
+    }
+
+    /// `airflow ...` with a private AIRFLOW_HOME and a sqlite database in it.
+    fn command(&self, home: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.venv.join("bin/airflow"));
+        cmd.args(args)
+            .env("AIRFLOW_HOME", home)
+            .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+            .env(
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                format!("sqlite:///{}/airflow.db", home.display()),
+            )
+            // Python must not write bytecode into the snapshots (it runs as root here).
+            .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn migrate(&self, home: &Path) {
+        fs::create_dir_all(home).unwrap();
+        let out = self.command(home, &["db", "migrate"]).output().unwrap();
+        assert!(out.status.success(), "airflow db migrate: {}", stderr(&out));
+    }
+
+    /// What the database says (tests/fixtures/airflow/state.py).
+    fn state(&self, home: &Path) -> serde_json::Value {
+        let out = Command::new(self.python())
+            .arg(Path::new(FIXTURES).join("state.py"))
+            .arg(home.join("airflow.db"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A DAG file of commit `n`: DAG `dag_{k}`, recording `n` in its params.
+fn dag_file(k: usize, n: usize) -> String {
+    format!(
+        "from datetime import datetime\n\
+         try:\n    from airflow.sdk import DAG\nexcept ImportError:\n    from airflow import DAG\n\
+         try:\n    from airflow.providers.standard.operators.empty import EmptyOperator\nexcept ImportError:\n    from airflow.operators.empty import EmptyOperator\n\
+         VERSION = {n}\n\
+         with DAG(dag_id='dag_{k}', start_date=datetime(2024, 1, 1), schedule=None, catchup=False, params={{'version': VERSION}}):\n    EmptyOperator(task_id='noop')\n"
+    )
+}
+
+/// `count` commits of a 40-DAG repository on branch `work`, made with fast-import: every DAG
+/// file changes in every commit, and one DAG file moves into or out of `dags/moved/` in each.
+fn dag_commits(remote: &Remote, count: usize) -> Vec<String> {
+    let mut stream = String::new();
+    for n in 1..=count {
+        stream.push_str(&format!(
+            "commit refs/heads/work\nmark :{n}\ncommitter Ada Operator <ada@example.com> {} +0000\ndata <<EOM\ncommit {n}\nEOM\n",
+            1_700_000_000 + n
+        ));
+        if n > 1 {
+            stream.push_str(&format!("from :{}\n", n - 1));
+        }
+        stream.push_str("deleteall\n");
+        for k in 0..DAGS {
+            // DAG k lives in dags/moved/ during the commits whose number, divided by 40,
+            // is odd for it: one DAG file moves at every commit.
+            let moved = (n + k) / DAGS % 2 == 1;
+            let path = if moved {
+                format!("dags/moved/dag_{k}.py")
+            } else {
+                format!("dags/dag_{k}.py")
+            };
+            let body = dag_file(k, n);
+            stream.push_str(&format!(
+                "M 100644 inline {path}\ndata {}\n{body}\n",
+                body.len()
+            ));
+        }
+    }
+    stream.push_str("done\n");
+    let mut child = Command::new("git")
+        .current_dir(&remote.dir)
+        .args(["fast-import", "--quiet", "--done"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stream.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "fast-import");
+    let log = remote.git(&["rev-list", "--reverse", "refs/heads/work"]);
+    let ids: Vec<String> = log.lines().map(str::to_string).collect();
+    ids[ids.len() - count..].to_vec()
+}
+
+/// Move the remote's main through `commits` every `every` while `condition` samples; returns
+/// the last commit published to the remote.
+fn advance(
+    remote: &Remote,
+    commits: &[String],
+    every: Duration,
+    mut sample: impl FnMut(),
+) -> String {
+    let mut last = commits[0].clone();
+    for commit in &commits[1..] {
+        remote.git(&["update-ref", "refs/heads/main", commit]);
+        last = commit.clone();
+        let until = Instant::now() + every;
+        while Instant::now() < until {
+            sample();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    last
+}
+
+/// What one DAG-processor run under load showed.
+#[derive(Debug, Default)]
+struct Run {
+    import_errors: Vec<String>,
+    missing_files: usize,
+    lowest_active: Option<u64>,
+    versions: Vec<String>,
+    end_version: Option<String>,
+    end_active: u64,
+}
+
+/// Airflow 3's DAG processor on the dagsnap root `root` through `bundle` (a
+/// dag_bundle_config_list entry), while the remote moves through `commits` every 300 ms.
+fn processor_run(
+    airflow: &Airflow,
+    scratch: &Scratch,
+    name: &str,
+    bundle: &str,
+    remote: &Remote,
+    commits: &[String],
+    tip: &str,
+) -> Run {
+    let home = scratch.path(name);
+    airflow.migrate(&home);
+    let log = home.join("processor.log");
+    let processor = Group::spawn(
+        airflow
+            .command(&home, &["dag-processor"])
+            .env(
+                "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
+                format!("[{bundle}]"),
+            )
+            .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
+            .env("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "1")
+            .env("AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL", "1")
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(Stdio::null()),
+    );
+    let mut run = Run::default();
+    wait_until(
+        Duration::from_secs(120),
+        "the processor's first pass",
+        || airflow.state(&home)["active"].as_u64() == Some(DAGS as u64),
+    );
+    let mut last_sample = Instant::now();
+    let mut observe = |run: &mut Run| {
+        let state = airflow.state(&home);
+        if let Some(active) = state["active"].as_u64() {
+            run.lowest_active = Some(run.lowest_active.map_or(active, |l| l.min(active)));
+        }
+        for error in state["import_errors"].as_array().into_iter().flatten() {
+            let error = error.as_str().unwrap_or_default().to_string();
+            if !run.import_errors.contains(&error) {
+                run.import_errors.push(error);
+            }
+        }
+    };
+    advance(remote, commits, Duration::from_millis(300), || {
+        if last_sample.elapsed() > Duration::from_millis(500) {
+            observe(&mut run);
+            last_sample = Instant::now();
+        }
+    });
+    // The processor ends on the tip, with every DAG active.
+    let settled = Instant::now();
+    while settled.elapsed() < Duration::from_secs(120) {
+        observe(&mut run);
+        let state = airflow.state(&home);
+        run.end_version = state["bundle_version"].as_str().map(str::to_string);
+        run.end_active = state["active"].as_u64().unwrap_or(0);
+        let on_tip = run.end_version.as_deref() == Some(tip) || run.end_version.is_none();
+        if on_tip
+            && run.end_active == DAGS as u64
+            && state["import_errors"]
+                .as_array()
+                .is_some_and(|e| e.is_empty())
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let state = airflow.state(&home);
+    run.versions = state["dag_versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    drop(processor);
+    let mut logs = fs::read_to_string(&log).unwrap_or_default();
+    for entry in walkdir::WalkDir::new(home.join("logs"))
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        if entry.file_type().is_file() {
+            logs.push_str(&fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    run.missing_files = logs.matches("FileNotFoundError").count()
+        + logs.matches("Skipping processing of missing file").count();
+    run
+}
+
+#[test]
+fn airflow_3_parses_every_pass_from_one_snapshot_while_commits_arrive() {
+    let Some(airflow) = Airflow::find(3) else {
+        return;
+    };
+    let remote = Remote::new();
+    let commits = dag_commits(&remote, 100);
+    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    let daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--ref", "main", "--period", "100ms"],
+    );
+    daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));
+    let tip = commits.last().unwrap().clone();
+
+    let bundle = format!(
+        r#"{{"name": "dags", "classpath": "dagsnap_airflow.DagsnapBundle", "kwargs": {{"root": "{}"}}}}"#,
+        root.display()
+    );
+    let ours = processor_run(
+        &airflow, &scratch, "bundle", &bundle, &remote, &commits, &tip,
+    );
+    eprintln!("DagsnapBundle: {ours:?}");
+    assert!(
+        ours.import_errors.is_empty(),
+        "import errors: {:?}",
+        ours.import_errors
+    );
+    assert_eq!(ours.missing_files, 0, "missing-file messages");
+    assert_eq!(
+        ours.end_version.as_deref(),
+        Some(tip.as_str()),
+        "the processor ends on the tip"
+    );
+    assert_eq!(ours.end_active, DAGS as u64, "every DAG active at the end");
+    let live = journal_commits(&root);
+    for version in &ours.versions {
+        assert!(
+            live.contains(version),
+            "bundle version {version} was never live"
+        );
+    }
+    assert!(
+        ours.versions.len() > 1,
+        "DAG versions were recorded for several commits: {:?}",
+        ours.versions
+    );
+
+    // The same load through the plain DAG folder, for the record (docs/benchmarks.md).
+    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+    daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));
+    let folder = format!(
+        r#"{{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {{"path": "{}"}}}}"#,
+        root.join("current").display()
+    );
+    let plain = processor_run(
+        &airflow, &scratch, "folder", &folder, &remote, &commits, &tip,
+    );
+    eprintln!(
+        "LocalDagBundle through the link: {} distinct import errors, {} missing-file messages, lowest active {:?}",
+        plain.import_errors.len(),
+        plain.missing_files,
+        plain.lowest_active
+    );
+    eprintln!(
+        "DagsnapBundle: {} import errors, {} missing-file messages, lowest active {:?}, {} bundle versions",
+        ours.import_errors.len(),
+        ours.missing_files,
+        ours.lowest_active,
+        ours.versions.len()
+    );
+}
+
+#[test]
+fn airflow_2_reads_through_the_link_without_empty_folders_or_half_written_files() {
+    let Some(airflow) = Airflow::find(2) else {
+        return;
+    };
+    let remote = Remote::new();
+    let commits = dag_commits(&remote, 60);
+    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+    let measure = |extra: &[&str]| -> serde_json::Value {
+        let scratch = Scratch::new();
+        let daemon = spawn_loop(
+            &scratch,
+            &remote.url(),
+            &[&["--ref", "main", "--period", "100ms"][..], extra].concat(),
+        );
+        remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+        daemon.wait_for_commit(&scratch.root(), &commits[0], Duration::from_secs(60));
+        let home = scratch.path("airflow2");
+        fs::create_dir_all(&home).unwrap();
+        let passes = Command::new(airflow.python())
+            .arg(Path::new(FIXTURES).join("dagbag_passes.py"))
+            .arg(scratch.root().join("current"))
+            .args(["15", &DAGS.to_string()])
+            .env("AIRFLOW_HOME", &home)
+            .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+            .env("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        advance(&remote, &commits[..50], Duration::from_millis(300), || {});
+        let out = passes.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "dagbag_passes.py: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    let plain = measure(&[]);
+    let interval = measure(&["--min-publish-interval", "5s"]);
+    eprintln!("Airflow 2 DagBag through the link: {plain}");
+    eprintln!("... with --min-publish-interval 5s: {interval}");
+    for result in [&plain, &interval] {
+        assert_eq!(result["empty"], 0, "an empty folder was seen: {result}");
+        assert_eq!(
+            result["errors"]["syntax"], 0,
+            "a half-written file was seen: {result}"
+        );
+        assert!(result["passes"].as_u64().unwrap() > 3, "{result}");
+    }
+}
+
+#[test]
+fn python_readers_running_as_root_leave_bytecode_that_verify_reports() {
+    let Some(airflow) = Airflow::find(3) else {
+        return;
+    };
+    let remote = Remote::new();
+    remote.commit(&[("dags/dag_0.py", &dag_file(0, 1))], "one");
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    // Python as root ignores the read-only mode and writes __pycache__ into the snapshot.
+    let import = |env: &[(&str, &str)]| {
+        Command::new(airflow.python())
+            .args([
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]); import dag_0",
+            ])
+            .arg(scratch.root().join("current/dags"))
+            // Python's default, whatever the developer's shell says.
+            .env_remove("PYTHONDONTWRITEBYTECODE")
+            .envs(env.iter().copied())
+            .env("AIRFLOW_HOME", scratch.path("airflow"))
+            .output()
+            .unwrap()
+    };
+    let prefix = scratch.path("pycache");
+    let out = import(&[("PYTHONPYCACHEPREFIX", prefix.to_str().unwrap())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let verify = || {
+        dagsnap(scratch.tmp.path())
+            .args(["verify", "--root"])
+            .arg(scratch.root())
+            .output()
+            .unwrap()
+    };
+    assert!(
+        verify().status.success(),
+        "with PYTHONPYCACHEPREFIX nothing lands in the snapshot"
+    );
+    if nix::unistd::geteuid().is_root() {
+        let out = import(&[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = verify();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "verify reports the bytecode: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("__pycache__"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn a_task_s_bundle_version_reads_that_commit_and_leases_it_against_gc() {
+    let Some(airflow) = Airflow::find(3) else {
+        return;
+    };
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let versions = publish_versions(&remote, &scratch, 3, "v");
+    let root = scratch.root();
+    // What a worker does for a task of a DAG run scheduled on the first commit: the bundle
+    // initialized with that version, after the link moved on twice.
+    let script = r#"
+import json, sys
+from dagsnap_airflow import DagsnapBundle, SnapshotGone
+root, version = sys.argv[1], sys.argv[2]
+out = {}
+latest = DagsnapBundle(name="dags", root=root)
+latest.initialize()
+out["latest_path"] = str(latest.path)
+out["latest_version"] = getattr(latest.get_current_version(), "version", latest.get_current_version())
+task = DagsnapBundle(name="dags", root=root, version=version, lease_seconds=3600)
+task.initialize()
+out["task_path"] = str(task.path)
+out["task_file"] = open(task.path / "a.py").read()
+try:
+    DagsnapBundle(name="dags", root=root, version="0" * 40).initialize()
+except SnapshotGone as e:
+    out["gone"] = str(e)
+print(json.dumps(out))
+"#;
+    let out = Command::new(airflow.python())
+        .args(["-c", script])
+        .arg(&root)
+        .arg(&versions[0])
+        .env("AIRFLOW_HOME", scratch.path("airflow"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snapshots = fs::canonicalize(root.join(SNAPSHOTS)).unwrap();
+    assert_eq!(seen["latest_version"], versions[2].as_str());
+    assert_eq!(
+        Path::new(seen["latest_path"].as_str().unwrap()),
+        snapshots.join(&versions[2])
+    );
+    assert_eq!(
+        seen["task_path"].as_str().unwrap(),
+        root.join(SNAPSHOTS).join(&versions[0]).to_str().unwrap()
+    );
+    assert_eq!(
+        seen["task_file"], "0\n",
+        "the task reads its own commit's files"
+    );
+    let gone = seen["gone"].as_str().unwrap();
+    assert!(
+        gone.contains("--keep") && gone.contains("--grace"),
+        "{gone}"
+    );
+
+    // The lease keeps the task's snapshot through a GC that would otherwise collect it.
+    let gc = |scratch: &Scratch| {
+        dagsnap(scratch.tmp.path())
+            .args(["gc", "--keep", "0", "--grace", "0s", "--root"])
+            .arg(scratch.root())
+            .output()
+            .unwrap()
+    };
+    let out = gc(&scratch);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        root.join(SNAPSHOTS).join(&versions[0]).is_dir(),
+        "the leased snapshot stays"
+    );
+    assert!(
+        !root.join(SNAPSHOTS).join(&versions[1]).exists(),
+        "the unleased one goes"
+    );
+    // An expired lease (and a damaged one) is removed, and the snapshot with it.
+    let leases = root.join(".dagsnap/leases");
+    for entry in fs::read_dir(&leases).unwrap() {
+        let path = entry.unwrap().path();
+        let mut lease: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        lease["expires_at"] = serde_json::json!(1);
+        fs::write(&path, serde_json::to_vec(&lease).unwrap()).unwrap();
+    }
+    fs::write(leases.join("garbage.json"), "{not json").unwrap();
+    let out = gc(&scratch);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.join(SNAPSHOTS).join(&versions[0]).exists());
+    assert_eq!(
+        fs::read_dir(&leases).unwrap().count(),
+        0,
+        "expired and damaged leases removed"
+    );
+}
