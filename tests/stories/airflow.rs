@@ -195,7 +195,7 @@ fn processor_run(
         || airflow.state(&home)["active"].as_u64() == Some(DAGS as u64),
     );
     let mut last_sample = Instant::now();
-    let mut observe = |run: &mut Run| {
+    let observe = |run: &mut Run| {
         let state = airflow.state(&home);
         if let Some(active) = state["active"].as_u64() {
             run.lowest_active = Some(run.lowest_active.map_or(active, |l| l.min(active)));
