@@ -535,3 +535,116 @@ print(json.dumps(out))
         "expired and damaged leases removed"
     );
 }
+
+/// A DAG whose first task waits and whose second records which commit's files it read.
+fn probe_dag(result: &Path) -> String {
+    format!(
+        "import time\nfrom datetime import datetime\nfrom pathlib import Path\nfrom airflow.sdk import DAG, task\n\n\
+         with DAG(dag_id='probe', start_date=datetime(2024, 1, 1), schedule=None, catchup=False):\n\
+         \x20   @task\n    def wait():\n        time.sleep(8)\n\n\
+         \x20   @task\n    def read():\n        marker = (Path(__file__).parent / 'marker.txt').read_text().strip()\n        \
+         Path({result:?}).write_text(marker + ' ' + __file__)\n\n\
+         \x20   wait() >> read()\n",
+        result = result.display().to_string()
+    )
+}
+
+#[test]
+fn a_dag_run_runs_its_tasks_on_the_commit_it_started_with_after_the_link_moved_on() {
+    let Some(airflow) = Airflow::find(3) else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let result = scratch.path("result.txt");
+    let remote = Remote::new();
+    let first = remote.commit(
+        &[
+            ("dags/probe.py", &probe_dag(&result)),
+            ("dags/marker.txt", "first\n"),
+        ],
+        "first",
+    );
+    let root = scratch.root();
+    let daemon = spawn_loop(&scratch, &remote.url(), &["--period", "200ms"]);
+    daemon.wait_for_commit(&root, &first, Duration::from_secs(60));
+
+    // The scheduler, the DAG processor and the API server of one Airflow 3 deployment, with the
+    // local executor: a real DAG run, whose tasks initialize the bundle at its version.
+    let home = scratch.path("airflow");
+    airflow.migrate(&home);
+    let port = crate::servers::free_port().to_string();
+    let bundle = format!(
+        r#"[{{"name": "dags", "classpath": "dagsnap_airflow.DagsnapBundle", "kwargs": {{"root": "{}"}}}}]"#,
+        root.display()
+    );
+    let component = |args: &[&str], log: &str| {
+        Group::spawn(
+            airflow
+                .command(&home, args)
+                .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", &bundle)
+                .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
+                .env("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+                .env(
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+                    format!("http://127.0.0.1:{port}/execution/"),
+                )
+                .env(
+                    "AIRFLOW__API_AUTH__JWT_SECRET",
+                    "a-secret-for-this-story-only-0123456789",
+                )
+                .env("AIRFLOW__API__PORT", &port)
+                .env("AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC", "1")
+                .stdout(fs::File::create(home.join(log)).unwrap())
+                .stderr(Stdio::null()),
+        )
+    };
+    let _api = component(
+        &["api-server", "--host", "127.0.0.1", "--port", &port],
+        "api.log",
+    );
+    let _processor = component(&["dag-processor"], "processor.log");
+    let _scheduler = component(&["scheduler"], "scheduler.log");
+    wait_until(Duration::from_secs(120), "the DAG to be parsed", || {
+        airflow.state(&home)["dags"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+    });
+    for args in [
+        &["dags", "unpause", "probe"][..],
+        &["dags", "trigger", "probe"],
+    ] {
+        let out = airflow.command(&home, args).output().unwrap();
+        assert!(out.status.success(), "airflow {args:?}: {}", stderr(&out));
+    }
+    wait_until(Duration::from_secs(120), "the first task to run", || {
+        airflow.state(&home)["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t[0] == "wait" && t[1] == "running"))
+    });
+    let run = airflow.state(&home)["runs"][0].clone();
+    assert_eq!(
+        run[2],
+        first.as_str(),
+        "the run recorded the commit it started with: {run}"
+    );
+
+    // While it runs, a new commit goes live.
+    let second = remote.commit(&[("dags/marker.txt", "second\n")], "second");
+    daemon.wait_for_commit(&root, &second, Duration::from_secs(30));
+    wait_until(Duration::from_secs(120), "the second task", || {
+        result.exists()
+    });
+    let read = fs::read_to_string(&result).unwrap();
+    let expected_dir = root.join(SNAPSHOTS).join(&first);
+    assert!(
+        read.starts_with("first "),
+        "the task read the first commit's files: {read}"
+    );
+    assert!(
+        read.contains(expected_dir.to_str().unwrap()),
+        "from the first commit's snapshot: {read}"
+    );
+    wait_until(Duration::from_secs(60), "the run to succeed", || {
+        airflow.state(&home)["runs"][0][1] == "success"
+    });
+}
