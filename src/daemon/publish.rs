@@ -503,9 +503,9 @@ impl Publisher {
         self.followed_ref = Some(observation.ref_name.clone());
         let commit = observation.commit.to_string();
         self.observe_locks();
-        if self.lock_fault.is_none() {
-            self.reconcile()?;
-        }
+        // While locks do not work, only an operator's pin is restored: every publisher puts
+        // the link on the same pinned commit, so they cannot fight over it.
+        self.reconcile(self.lock_fault.is_some())?;
         let current = self.root.current()?;
         if let Some(current) = &current {
             if current.commit == commit && current.complete {
@@ -667,14 +667,17 @@ impl Publisher {
     }
 
     /// Step 2: put the link back on what the pin or the newest publication names, if it shows
-    /// something else.
-    fn reconcile(&mut self) -> Result<(), PublishError> {
+    /// something else (`pin_only`: only on the pin).
+    fn reconcile(&mut self, pin_only: bool) -> Result<(), PublishError> {
         let Some(current) = self.root.current()? else {
             return Ok(());
         };
-        let Some((desired, _)) = self.root.desired(&current.commit)? else {
+        let Some((desired, because)) = self.root.desired(&current.commit)? else {
             return Ok(());
         };
+        if pin_only && because != crate::store::BY_PIN {
+            return Ok(());
+        }
         if desired == current.commit || !self.root.has_snapshot(&desired) {
             return Ok(());
         }

@@ -931,7 +931,7 @@ impl Root {
     pub fn desired(&self, live: &str) -> Result<Option<(String, &'static str)>, StoreError> {
         let records = self.records();
         if let Some(pin) = records.pin(Some(live))? {
-            return Ok(Some((pin.commit, "the pin")));
+            return Ok(Some((pin.commit, BY_PIN)));
         }
         Ok(records
             .latest()?
@@ -1515,6 +1515,9 @@ fn process_alive(pid: u32) -> bool {
         Err(nix::errno::Errno::ESRCH)
     )
 }
+
+/// What [`Root::desired`] says when the pin names the commit.
+pub const BY_PIN: &str = "the pin";
 
 /// When a trash entry was trashed, from the `<millis>.<suffix>` after its label.
 fn trashed_at(tail: &str) -> Option<SystemTime> {
