@@ -313,7 +313,10 @@ fn a_link_moved_off_the_pin_or_the_newest_publication_is_put_back() {
     std::os::unix::fs::symlink(&older, &temp).unwrap();
     fs::rename(&temp, &link).unwrap();
     daemon.wait_for_commit(&scratch.root(), &versions[2], Duration::from_secs(10));
-    assert!(daemon.logs().contains("put it back"), "{}", daemon.logs());
+    // The log line follows the swap.
+    wait_until(Duration::from_secs(10), "the correction's log line", || {
+        daemon.logs().contains("put it back")
+    });
     assert_eq!(journal_commits(&scratch.root()).last(), Some(&versions[2]));
 
     // An operator pins the middle one; something moves the link off it; it comes back.
