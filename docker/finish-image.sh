@@ -14,6 +14,10 @@ mkdir -p /cache
 chown 65533:65533 /cache
 chmod 0700 /cache
 
+# The Airflow check runs as a program (git-sync's pre-publish hook execs it) once copied into an
+# Airflow image, whatever its mode was in the build context.
+chmod 0755 /opt/dagsnap /opt/dagsnap/check_dags.py
+
 # What the runtime needs, checked here so that a wrong base fails the build, not a pod.
 for tool in ssh git; do
     command -v "$tool" >/dev/null || { echo "the base image lacks $tool" >&2; exit 1; }

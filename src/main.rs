@@ -7,15 +7,17 @@ use clap::Parser;
 
 use dagsnap::cli::gitsync;
 use dagsnap::cli::{
-    CachesArgs, Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RemoveArgs,
-    RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
+    CachesArgs, Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RecheckArgs,
+    RemoveArgs, RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
 };
-use dagsnap::daemon::publish::{Publisher, Settings};
+use dagsnap::daemon::check::CheckCommand;
+use dagsnap::daemon::publish::{Gate, Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
 use dagsnap::git::{Remote, Target};
 use dagsnap::ops::status;
 use dagsnap::ops::{history, verify};
 use dagsnap::progress::Style;
+use dagsnap::store::rfc3339;
 use dagsnap::store::snapshot::Reuse;
 use dagsnap::store::volume::Locks;
 use dagsnap::store::Root;
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => roll_back(args),
         Command::Pin(args) => pin(args),
         Command::Unpin(args) => unpin(args),
+        Command::Recheck(args) => recheck(args),
         Command::Verify(args) => verify_snapshot(args),
         // Replaced by `sync` above.
         Command::GitSync(_) => Err((
@@ -142,6 +145,7 @@ fn as_git_sync(args: &[std::ffi::OsString]) -> Result<(Cli, Vec<gitsync::Note>),
     if let Command::Sync(sync) = &mut cli.command {
         sync.access.password = invocation.password;
         sync.hooks.exechook_direct = invocation.exechook_direct;
+        sync.check.check_direct = invocation.check_direct;
     }
     Ok((cli, invocation.notes))
 }
@@ -254,8 +258,27 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         }
     }
     let root_for_loop = root.clone();
+    let gate = Gate {
+        check: args.check.command().map(|command| CheckCommand {
+            command: command.to_string(),
+            direct: args.check.check_direct,
+            timeout: args.check.check_timeout,
+        }),
+    };
+    if gate.check.is_some() && args.check.check_timeout >= args.sync_timeout {
+        return Err((
+            EXIT_USAGE,
+            format!(
+                "--check-timeout {} is not shorter than --sync-timeout {}: every cycle would end before its check; raise --sync-timeout",
+                humantime::format_duration(args.check.check_timeout),
+                humantime::format_duration(args.sync_timeout)
+            ),
+        ));
+    }
+    let checks = gate.check.is_some();
     let open: daemon::Opener = std::sync::Arc::new(move || {
         Publisher::open(root.clone(), remote.clone(), &cache_dir, settings)
+            .map(|publisher| publisher.with_gate(gate.clone()))
     });
     let schedule = Schedule {
         period: args.period,
@@ -348,6 +371,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         touch_file: relative_to_root(&hook.touch_file),
         error_file: relative_to_root(&hook.error_file),
         ready_max_age: args.http.ready_max_age,
+        checks,
     };
     match runtime.block_on(daemon::run(open, root_for_loop, schedule, surface, style)) {
         Ok(Exit::Clean) => Ok(0),
@@ -551,8 +575,8 @@ fn roll_back(args: RollbackArgs) -> Outcome {
         Some(commit) => history::RollbackTarget::Commit(commit),
         None => history::RollbackTarget::Steps(args.steps.unwrap_or(1)),
     };
-    let change =
-        history::rollback(&root, target, args.reason, args.lock_timeout).map_err(history_error)?;
+    let change = history::rollback(&root, target, args.reason, args.force, args.lock_timeout)
+        .map_err(history_error)?;
     print!("{}", describe_change(&root, &change, "rolled back"));
     Ok(0)
 }
@@ -563,6 +587,7 @@ fn pin(args: PinArgs) -> Outcome {
         &root,
         args.commit.as_deref(),
         args.reason,
+        args.force,
         args.lock_timeout,
     )
     .map_err(history_error)?;
@@ -579,6 +604,33 @@ fn unpin(args: UnpinArgs) -> Outcome {
         ),
         None => println!("the root was not pinned; nothing to do"),
     }
+    Ok(0)
+}
+
+fn recheck(args: RecheckArgs) -> Outcome {
+    let root = args.root.locate().map_err(usage)?;
+    let rechecked = history::recheck(
+        &root,
+        args.commit.as_deref(),
+        args.reason,
+        args.lock_timeout,
+    )
+    .map_err(history_error)?;
+    for verdict in &rechecked.forgotten {
+        println!(
+            "forgot the verdict of {}: {}",
+            rfc3339::format(verdict.checked_at),
+            if verdict.accepted {
+                "accepted".to_string()
+            } else {
+                format!("rejected ({}: {})", verdict.why(), verdict.headline())
+            }
+        );
+    }
+    println!(
+        "sync loops check {} again at their next poll (SIGHUP or POST /sync makes that now)",
+        rechecked.commit
+    );
     Ok(0)
 }
 

@@ -42,6 +42,8 @@ pub struct Invocation {
     pub password: Option<String>,
     /// git-sync runs `--exechook-command` as a program, not through a shell.
     pub exechook_direct: bool,
+    /// The pre-publish hook, like the exec hook, is a program, not a shell command.
+    pub check_direct: bool,
     /// Said once at start: deprecated names in use, and what dagsnap does differently.
     pub notes: Vec<Note>,
 }
@@ -139,7 +141,7 @@ const FLAGS: &[Spec] = &[
     flag("exechook-command", Str, &["GITSYNC_EXECHOOK_COMMAND", "GIT_SYNC_EXECHOOK_COMMAND"], "", "a program run in the new checkout after each sync"),
     flag("exechook-timeout", Duration, &["GITSYNC_EXECHOOK_TIMEOUT", "GIT_SYNC_EXECHOOK_TIMEOUT"], "30s", "the time allowed for the exec hook"),
     flag("exechook-backoff", Duration, &["GITSYNC_EXECHOOK_BACKOFF", "GIT_SYNC_EXECHOOK_BACKOFF"], "3s", "the wait before a failed exec hook runs again"),
-    flag("pre-publish-exechook-command", Str, &["GITSYNC_PRE_PUBLISH_EXECHOOK_COMMAND"], "", "a program run before the link moves (not supported yet)"),
+    flag("pre-publish-exechook-command", Str, &["GITSYNC_PRE_PUBLISH_EXECHOOK_COMMAND"], "", "a program run in each new snapshot before the link moves; failing keeps the commit unpublished"),
     flag("pre-publish-exechook-timeout", Duration, &["GITSYNC_PRE_PUBLISH_EXECHOOK_TIMEOUT"], "30s", "the time allowed for the pre-publish hook"),
     flag("pre-publish-exechook-backoff", Duration, &["GITSYNC_PRE_PUBLISH_EXECHOOK_BACKOFF"], "3s", "the wait before a failed pre-publish hook runs again"),
     flag("webhook-url", Str, &["GITSYNC_WEBHOOK_URL", "GIT_SYNC_WEBHOOK_URL"], "", "a URL called after each sync"),
@@ -699,8 +701,24 @@ fn translate(
             &go_duration(s.duration("exechook-backoff")),
         );
     }
-    if !s.string("pre-publish-exechook-command").is_empty() {
-        return Err(invalid("--pre-publish-exechook-command is not supported by dagsnap yet: a commit would be published without the check you expect"));
+    // git-sync's pre-publish hook is dagsnap's gate: the same program, run the same way, but
+    // once per commit; a rejected commit is not retried with backoff (which would hold back
+    // every later commit), the next commit is checked instead.
+    let pre_publish = s.string("pre-publish-exechook-command");
+    let check_direct = !pre_publish.is_empty();
+    if check_direct {
+        if s.duration("pre-publish-exechook-timeout") < Duration::from_secs(1) {
+            return Err(invalid(
+                "invalid flag: --pre-publish-exechook-timeout must be at least 1s",
+            ));
+        }
+        opt(&mut argv, "check-command", &pre_publish);
+        opt(
+            &mut argv,
+            "check-timeout",
+            &go_duration(s.duration("pre-publish-exechook-timeout")),
+        );
+        info(&mut notes, "--pre-publish-exechook-command checks each new commit once, before the link moves: a commit it rejects stays unpublished (`dagsnap status` says why) and is not retried, so the next commit pushed goes live as soon as it passes; --pre-publish-exechook-backoff is not used");
     }
     let webhook = s.string("webhook-url");
     if !webhook.is_empty() {
@@ -945,6 +963,7 @@ fn translate(
         argv,
         password,
         exechook_direct,
+        check_direct,
         notes,
     })
 }

@@ -54,6 +54,9 @@ pub enum Command {
     Pin(PinArgs),
     /// Let sync loops move the link again; they publish the remote's latest commit next.
     Unpin(UnpinArgs),
+    /// Forget the check's verdict on a commit (default: the last rejected), so sync loops check
+    /// it again at their next poll.
+    Recheck(RecheckArgs),
     /// Check that a snapshot on disk still holds exactly its commit.
     Verify(VerifyArgs),
     /// Delete snapshots the retention policy no longer keeps (sync does this after publishing).
@@ -222,6 +225,9 @@ pub struct SyncArgs {
     #[command(flatten, next_help_heading = "HTTP endpoints")]
     pub http: HttpArgs,
 
+    #[command(flatten, next_help_heading = "Check before publishing")]
+    pub check: CheckArgs,
+
     #[command(flatten, next_help_heading = "Hooks and files")]
     pub hooks: HookArgs,
 
@@ -367,6 +373,36 @@ pub struct HttpArgs {
     /// X-Hub-Signature-256, GitLab's X-Gitlab-Token. A push to another ref is ignored.
     #[arg(long, env = "DAGSNAP_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+}
+
+/// The gate before the link moves.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Run this through `sh -c` in each new snapshot before the link moves to it, with
+    /// DAGSNAP_COMMIT, DAGSNAP_PREVIOUS, DAGSNAP_SNAPSHOT, DAGSNAP_REF and GITSYNC_HASH set.
+    /// Exit 0 publishes; anything else keeps the live snapshot and records why. Each commit is
+    /// checked once (`dagsnap recheck` forgets a verdict).
+    #[arg(long, env = "DAGSNAP_CHECK_COMMAND")]
+    pub check_command: Option<String>,
+
+    /// Run the check as a program rather than through `sh -c` (git-sync's pre-publish hook:
+    /// the path of an executable, without arguments).
+    #[arg(skip)]
+    pub check_direct: bool,
+
+    /// Kill the check (and what it started) after this long and reject the commit; shorter
+    /// than --sync-timeout.
+    #[arg(long, env = "DAGSNAP_CHECK_TIMEOUT", default_value = "2m", value_parser = parse_positive_duration)]
+    pub check_timeout: Duration,
+}
+
+impl CheckArgs {
+    /// The configured check; an empty command (a chart that renders the variable empty) is none.
+    pub fn command(&self) -> Option<&str> {
+        self.check_command
+            .as_deref()
+            .filter(|c| !c.trim().is_empty())
+    }
 }
 
 /// What runs after a publish, and the touch and error files.
@@ -623,6 +659,10 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub reason: Option<String>,
 
+    /// Go to the commit even if --check-command rejected it.
+    #[arg(long)]
+    pub force: bool,
+
     /// How long to wait for a publisher holding the root's lock.
     #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
@@ -635,6 +675,28 @@ pub struct PinArgs {
 
     /// Commit to pin (full id or unambiguous prefix of a retained snapshot); default: the
     /// current one. A commit that is not live is made live first.
+    pub commit: Option<String>,
+
+    /// Why, for the journal.
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// Pin the commit even if --check-command rejected it.
+    #[arg(long)]
+    pub force: bool,
+
+    /// How long to wait for a publisher holding the root's lock.
+    #[arg(long, env = "DAGSNAP_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RecheckArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+
+    /// The commit to check again (full id or unambiguous prefix); default: the one rejected
+    /// last.
     pub commit: Option<String>,
 
     /// Why, for the journal.

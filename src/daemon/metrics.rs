@@ -51,11 +51,12 @@ fn seconds_histogram() -> Histogram {
 }
 
 /// What a cycle can be, as `dagsnap_syncs_total` counts it.
-const SYNC_RESULTS: [&str; 8] = [
+const SYNC_RESULTS: [&str; 9] = [
     "published",
     "unchanged",
     "held",
     "superseded",
+    "rejected",
     "throttled",
     "deferred",
     "skipped",
@@ -78,6 +79,7 @@ pub struct Metrics {
     lock_fault: Gauge,
     lock_wait_seconds: Histogram,
     hooks: Family<HookLabel, Counter>,
+    checks: Family<ResultLabel, Counter>,
     git_sync_count: Family<StatusLabel, Counter>,
     git_sync_duration: HistogramFamily<StatusLabel>,
     git_fetch_count: Counter,
@@ -117,6 +119,7 @@ impl Metrics {
             lock_fault: Gauge::default(),
             lock_wait_seconds: seconds_histogram(),
             hooks: Family::default(),
+            checks: Family::default(),
             git_sync_count: Family::default(),
             git_sync_duration: Family::new_with_constructor(seconds_histogram),
             git_fetch_count: Counter::default(),
@@ -124,7 +127,7 @@ impl Metrics {
         };
         registry.register(
             "dagsnap_syncs",
-            "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), throttled (--min-publish-interval), deferred (git-sync still writes the root), skipped (a peer was busy), failed",
+            "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), rejected (--check-command), throttled (--min-publish-interval), deferred (git-sync still writes the root), skipped (a peer was busy), failed",
             metrics.syncs.clone(),
         );
         registry.register(
@@ -186,6 +189,11 @@ impl Metrics {
             "dagsnap_hook_runs",
             "Runs of the exec hook and the webhook by result: success, failure, timeout",
             metrics.hooks.clone(),
+        );
+        registry.register(
+            "dagsnap_check",
+            "Runs of --check-command by result: accepted, rejected, timeout, abandoned",
+            metrics.checks.clone(),
         );
         registry.register(
             "git_sync_count",
@@ -291,6 +299,17 @@ impl Metrics {
 
     pub fn set_lock_fault(&self, fault: bool) {
         self.lock_fault.set(i64::from(fault));
+    }
+
+    /// `--check-command` is configured: its series start at zero.
+    pub fn check_configured(&self) {
+        for result in ["accepted", "rejected", "timeout", "abandoned"] {
+            let _ = self.checks.get_or_create(&ResultLabel { result });
+        }
+    }
+
+    pub fn record_check(&self, result: &'static str) {
+        self.checks.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// A hook is configured: its series start at zero.

@@ -1,8 +1,10 @@
 //! The long-running side: one sync cycle ([`publish`]), the loop that schedules cycles, bounds
 //! them and stops on signals ([`run`]), and what the loop shows the outside world while it runs:
 //! its health ([`health`]), HTTP endpoints ([`http`]), Prometheus metrics ([`metrics`]), and the
-//! hooks and files that follow a publish ([`hooks`]).
+//! hooks and files that follow a publish ([`hooks`]); the operator's check that may stop a
+//! commit before the link moves ([`check`]).
 
+pub mod check;
 pub mod health;
 pub mod hooks;
 pub mod http;

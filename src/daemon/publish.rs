@@ -15,7 +15,7 @@ use crate::store::repair::{self, RepairError};
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::store::{
     Cause, Claim, Created, Current, Decision, Installed, LockFault, LockWitness, Manifest, Pin,
-    Publication, Root, RootLock, SourceRecord, StoreError,
+    Publication, Root, RootLock, SourceRecord, StoreError, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,9 @@ pub enum Outcome {
     Superseded { commit: String, current: String },
     /// The remote has `commit` but an operator pinned the link; it was left alone.
     Held { commit: String, pin: Pin },
+    /// `--check-command` rejected `commit` (now, or at an earlier poll: a commit is checked
+    /// once); the link stays where it was.
+    Rejected { commit: String, verdict: Verdict },
     /// The link moved less than `--min-publish-interval` ago: `commit`'s snapshot is ready and
     /// goes live after `wait`.
     Throttled { commit: String, wait: Duration },
@@ -152,6 +155,12 @@ pub struct Settings {
     pub min_publish_interval: Option<Duration>,
 }
 
+/// What the publisher needs besides [`Settings`]: the operator's check, if any.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    pub check: Option<super::check::CheckCommand>,
+}
+
 /// Publishes one repository into one root.
 #[derive(Debug)]
 pub struct Publisher {
@@ -176,6 +185,9 @@ pub struct Publisher {
     witness: LockWitness,
     /// A peer whose locks do not reach this publisher, while that lasts.
     lock_fault: Option<LockFault>,
+    gate: Gate,
+    /// What the last cycle's check did (`accepted`, `rejected`, `timeout`, `abandoned`).
+    last_check: Option<&'static str>,
 }
 
 /// Where a cycle spent its time, for the metrics.
@@ -247,6 +259,8 @@ impl Publisher {
                 source,
                 witness: LockWitness::default(),
                 lock_fault: None,
+                gate: Gate::default(),
+                last_check: None,
             }),
             Err(e) => {
                 root.undo_first_start(&created);
@@ -303,6 +317,17 @@ impl Publisher {
     /// A peer whose locks do not reach this publisher, while that lasts.
     pub fn lock_fault(&self) -> Option<&LockFault> {
         self.lock_fault.as_ref()
+    }
+
+    /// Check every new commit with the operator's check before the link moves to it.
+    pub fn with_gate(mut self, gate: Gate) -> Publisher {
+        self.gate = gate;
+        self
+    }
+
+    /// What the last cycle's check did, if it ran one (taken: reported once).
+    pub fn take_check_result(&mut self) -> Option<&'static str> {
+        self.last_check.take()
     }
 
     /// Run one cycle. A failure at any step leaves the link where it was.
@@ -518,6 +543,12 @@ impl Publisher {
             }
         }
 
+        // A commit the check rejected is neither built nor checked again.
+        if let Some(verdict) = self.known_rejection(&commit) {
+            self.refuse_if_locks_unreliable()?;
+            return Ok(Outcome::Rejected { commit, verdict });
+        }
+
         // The store may have been deleted or damaged under a running loop: put it back.
         self.root.ensure_layout()?;
         let info = self.cache.commit_info(observation.commit)?;
@@ -538,6 +569,13 @@ impl Publisher {
         self.timings.build = Some(building.elapsed());
 
         self.refuse_if_locks_unreliable()?;
+
+        // The operator's check, on the complete snapshot, before anything can link it.
+        if let Some(verdict) =
+            self.check(&commit, &observation.ref_name, current.as_ref(), interrupt)?
+        {
+            return Ok(Outcome::Rejected { commit, verdict });
+        }
 
         // While an operator pins the link, keep following the remote (the snapshot above is
         // ready for when the pin is released) but leave the link alone. Checked again under
@@ -618,6 +656,131 @@ impl Publisher {
             self.collect_garbage(lock);
         }
         Ok(outcome)
+    }
+
+    /// The recorded rejection of `commit` by the configured check, if any.
+    fn known_rejection(&self, commit: &str) -> Option<Verdict> {
+        let check = self.gate.check.as_ref()?;
+        let fingerprint = crate::store::records::verdicts::fingerprint(&check.command);
+        self.root
+            .records()
+            .verdict(commit, &fingerprint)
+            .filter(|v| !v.accepted)
+    }
+
+    /// Step 3b: run the operator's check on the installed snapshot of `commit`, once per
+    /// commit and check command for the whole root: a recorded verdict is used as is, and a
+    /// publisher that finds another running the check waits for its verdict (at most the check's
+    /// timeout) instead of running it again. Returns the rejection, if it was rejected. A check
+    /// the cycle's interrupt stops is abandoned: no verdict, the cycle ends as cancelled.
+    fn check(
+        &mut self,
+        commit: &str,
+        ref_name: &str,
+        current: Option<&Current>,
+        interrupt: &AtomicBool,
+    ) -> Result<Option<Verdict>, PublishError> {
+        use super::check::{self, CheckEnv, Ended};
+        let Some(command) = self.gate.check.clone() else {
+            return Ok(None);
+        };
+        let fingerprint = crate::store::records::verdicts::fingerprint(&command.command);
+        let waiting_since = Instant::now();
+        let claim = loop {
+            if let Some(verdict) = self.root.records().verdict(commit, &fingerprint) {
+                return Ok((!verdict.accepted).then_some(verdict));
+            }
+            if let Some(claim) = self.root.records().claim_check(commit, &fingerprint)? {
+                // Another publisher may have finished between our look and our claim.
+                if let Some(verdict) = self.root.records().verdict(commit, &fingerprint) {
+                    return Ok((!verdict.accepted).then_some(verdict));
+                }
+                break claim;
+            }
+            if interrupt.load(Ordering::Relaxed) {
+                return Err(SnapshotError::Cancelled.into());
+            }
+            if waiting_since.elapsed() > command.timeout + Duration::from_secs(5) {
+                return Err(StoreError::Lock(LockError::Busy {
+                    path: self.root.snapshot_path(commit),
+                    waited: waiting_since.elapsed(),
+                    holder: Some("another publisher checking this commit".into()),
+                })
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let env = CheckEnv {
+            commit,
+            previous: current.map(|c| c.commit.as_str()),
+            ref_name,
+        };
+        tracing::info!(%commit, check = %crate::text::escape(&command.command), "checking the new snapshot before it goes live");
+        let ran = check::run(&command, &self.root.snapshot_path(commit), &env, interrupt);
+        let mut verdict = Verdict {
+            commit: commit.to_string(),
+            fingerprint,
+            accepted: false,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            not_started: None,
+            duration_ms: ran.duration.as_millis() as u64,
+            output: ran.output,
+            output_dropped: ran.output_dropped,
+            checked_at: SystemTime::now(),
+            host: crate::fsutil::hostname(),
+            pid: std::process::id(),
+        };
+        let result = match ran.ended {
+            Ended::Abandoned => {
+                tracing::info!(%commit, "the check was stopped with the cycle; it runs again next time");
+                self.last_check = Some("abandoned");
+                return Err(SnapshotError::Cancelled.into());
+            }
+            Ended::Exited { code, signal } => {
+                verdict.accepted = code == Some(0);
+                verdict.exit_code = code;
+                verdict.signal = signal;
+                if verdict.accepted {
+                    "accepted"
+                } else {
+                    "rejected"
+                }
+            }
+            Ended::TimedOut => {
+                verdict.timed_out = true;
+                "timeout"
+            }
+            Ended::NotStarted(reason) => {
+                verdict.not_started = Some(reason);
+                "rejected"
+            }
+        };
+        self.root.records().record_verdict(&verdict)?;
+        drop(claim);
+        self.last_check = Some(result);
+        if verdict.accepted {
+            tracing::info!(%commit, duration_ms = verdict.duration_ms, "the check accepted the new snapshot");
+            return Ok(None);
+        }
+        let lock = self.root.lock(self.settings.lock_timeout)?;
+        self.root.record(
+            &lock,
+            &Publication {
+                commit: commit.to_string(),
+                cause: Cause::Rejected,
+                observed_at: SystemTime::now(),
+                published_at: SystemTime::now(),
+                host: crate::fsutil::hostname(),
+                pid: std::process::id(),
+                repo: self.remote.display_url(),
+                ref_name: ref_name.to_string(),
+                moved_link: false,
+                reason: Some(format!("{}: {}", verdict.why(), verdict.headline())),
+            },
+        )?;
+        Ok(Some(verdict))
     }
 
     /// Look at the peers' heartbeats once ([`crate::store::LockWitness`]); say so at ERROR when
@@ -825,6 +988,7 @@ fn commit_of_outcome(outcome: &Outcome) -> &str {
         | Outcome::Superseded { commit, .. }
         | Outcome::Held { commit, .. }
         | Outcome::Throttled { commit, .. }
+        | Outcome::Rejected { commit, .. }
         | Outcome::Deferred { commit, .. } => commit,
     }
 }

@@ -85,6 +85,8 @@ pub struct Surface {
     /// `--error-file`, absolute.
     pub error_file: Option<PathBuf>,
     pub ready_max_age: Option<Duration>,
+    /// `--check-command` is set: its metric series start at zero.
+    pub checks: bool,
 }
 
 /// Open the publisher (standing by while its cache is busy), then run cycles until a signal, a
@@ -118,6 +120,9 @@ pub async fn run(
         schedule.sync_timeout,
         surface.ready_max_age,
     ));
+    if surface.checks {
+        health.metrics.check_configured();
+    }
     let mut surface = surface;
     if let Some((listener, auth)) = surface.http.take() {
         tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz, /metrics and POST /sync");
@@ -205,7 +210,7 @@ pub async fn run(
             }
         };
 
-        let (owned, result) = match joined {
+        let (mut owned, result) = match joined {
             Ok(pair) => pair,
             Err(e) => {
                 return Ok(Exit::GaveUp {
@@ -215,6 +220,9 @@ pub async fn run(
             }
         };
         health.metrics.set_lock_fault(owned.lock_fault().is_some());
+        if let Some(result) = owned.take_check_result() {
+            health.metrics.record_check(result);
+        }
         let timings = owned.timings();
         let followed_ref = owned.followed_ref();
         let root = owned.root().clone();
@@ -222,9 +230,25 @@ pub async fn run(
 
         let failed = match &result {
             Ok(outcome) => {
-                failures = 0;
                 report(outcome, &mut held);
-                None
+                match outcome {
+                    // Nothing is live and the remote's commit was rejected: an init container
+                    // must not let Airflow start on an empty folder.
+                    Outcome::Rejected { commit, verdict }
+                        if schedule.one_time
+                            && !matches!(root.current(), Ok(Some(c)) if c.complete) =>
+                    {
+                        Some(format!(
+                            "commit {commit} was rejected by --check-command ({}) and no earlier snapshot is live: {}",
+                            verdict.why(),
+                            verdict.headline()
+                        ))
+                    }
+                    _ => {
+                        failures = 0;
+                        None
+                    }
+                }
             }
             Err(e) if e.is_cancelled() && terminating => return Ok(Exit::Clean),
             Err(e) if e.is_contention() => {
@@ -262,6 +286,14 @@ pub async fn run(
             &done,
             AfterCycle {
                 failed: failed.as_deref(),
+                rejection: match &result {
+                    Ok(Outcome::Rejected { commit, verdict }) => Some(format!(
+                        "commit {commit} was rejected by --check-command ({}); the link stays where it was: {}",
+                        verdict.why(),
+                        verdict.headline()
+                    )),
+                    _ => None,
+                },
                 failures,
                 first_success,
                 previous,
@@ -345,11 +377,13 @@ fn observe(
         (Ok(Outcome::Superseded { commit, .. }), None) => ("superseded", Some(commit.clone())),
         (Ok(Outcome::Deferred { commit, .. }), None) => ("deferred", Some(commit.clone())),
         (Ok(Outcome::Throttled { commit, .. }), None) => ("throttled", Some(commit.clone())),
+        (Ok(Outcome::Rejected { commit, .. }), None) => ("rejected", Some(commit.clone())),
         (Err(_), None) => ("skipped", None),
     };
     // git-sync counts a sync that changed something, and the first one, as a success.
     let git_sync_status = match outcome {
-        "failed" => "error",
+        // git-sync counts a pre-publish hook that fails as a failed sync.
+        "failed" | "rejected" => "error",
         "skipped" => "noop",
         "published" => "success",
         _ if !*synced_once => "success",
@@ -387,6 +421,8 @@ fn observe(
 /// What [`after_cycle`] needs to know besides the cycle's summary.
 struct AfterCycle<'a> {
     failed: Option<&'a str>,
+    /// The check's rejection of the remote's commit, as the error file says it.
+    rejection: Option<String>,
     failures: u64,
     first_success: bool,
     previous: Option<String>,
@@ -425,6 +461,19 @@ fn after_cycle(
         return;
     }
     if done.outcome == "skipped" {
+        return;
+    }
+    // A rejected commit is no failure of the loop (what is live is good), but it is the error
+    // an operator must see.
+    if let (Some(path), Some(rejection)) = (error_file, &after.rejection) {
+        let record = ErrorRecord {
+            time: SystemTime::now(),
+            error: rejection,
+            consecutive_failures: 0,
+        };
+        if let Err(e) = hooks::write_error(path, &record) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the error file");
+        }
         return;
     }
     if let Some(path) = error_file {
@@ -551,6 +600,16 @@ fn report(outcome: &Outcome, held: &mut Option<(String, String)>) {
                 *held = now;
             } else {
                 tracing::debug!(remote = %commit, git_sync_commit = %git_sync, "waiting for git-sync to go quiet");
+            }
+            return;
+        }
+        Outcome::Rejected { commit, verdict } => {
+            let now = Some(("rejected".to_string(), commit.clone()));
+            if *held != now {
+                tracing::warn!(%commit, why = %verdict.why(), output = %verdict.excerpt(20).join(" | "), "the check rejected this commit; the link stays where it is (`dagsnap recheck` runs the check again)");
+                *held = now;
+            } else {
+                tracing::debug!(%commit, "rejected by the check earlier; not checked again");
             }
             return;
         }

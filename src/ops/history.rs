@@ -1,6 +1,7 @@
 //! What operators do during an incident: see which snapshots are retained and what was
 //! published when (`list`, `log`), point the link back at an earlier snapshot (`rollback`),
-//! and hold it there (`pin`, `unpin`).
+//! hold it there (`pin`, `unpin`), and have a commit the check rejected checked again
+//! (`recheck`).
 //!
 //! The reading commands only read files that are replaced atomically, so they work while sync
 //! loops run and on a read-only mount. The writing commands take the root's lock, the same one
@@ -27,6 +28,22 @@ pub enum HistoryError {
     },
     #[error("nothing is published under {root} yet; there is nothing to pin")]
     NothingPublished { root: String },
+    #[error("commit {commit} was rejected by the check at {checked_at} ({why}: {headline}); add --force to publish it anyway, or `dagsnap recheck {commit}` to have the sync loops check it again")]
+    Rejected {
+        commit: String,
+        checked_at: String,
+        why: String,
+        headline: String,
+    },
+    #[error("no commit was rejected by the check under this root; nothing to check again")]
+    NothingRejected,
+    #[error("the check has no verdict on a commit {wanted}...; `dagsnap list` marks rejected commits with R")]
+    NoVerdict { wanted: String },
+    #[error("{wanted} names several checked commits ({}); give more of the id", candidates.join(", "))]
+    AmbiguousVerdict {
+        wanted: String,
+        candidates: Vec<String>,
+    },
 }
 
 /// One retained snapshot, as `list` shows it.
@@ -46,6 +63,9 @@ pub struct SnapshotInfo {
     pub bytes: Option<u64>,
     pub current: bool,
     pub pinned: bool,
+    /// Why the check rejected it, if it did (its newest verdict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
     #[serde(skip)]
     order: Option<SystemTime>,
 }
@@ -56,6 +76,7 @@ pub fn list(root: &Root) -> Result<Vec<SnapshotInfo>, StoreError> {
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
     let history = root.records().link_history()?;
+    let verdicts = root.records().verdicts();
     let mut snapshots = Vec::new();
     for commit in root.snapshot_commits()? {
         let manifest = root.manifest(&commit)?;
@@ -89,6 +110,11 @@ pub fn list(root: &Root) -> Result<Vec<SnapshotInfo>, StoreError> {
             files: manifest.as_ref().map(|m| m.files),
             bytes: manifest.as_ref().map(|m| m.bytes),
             pinned: pinned.as_deref() == Some(commit.as_str()),
+            rejected: verdicts
+                .iter()
+                .find(|v| v.commit == commit)
+                .filter(|v| !v.accepted)
+                .map(|v| format!("{}: {}", v.why(), v.headline())),
             current: is_current,
             commit,
             order,
@@ -108,9 +134,10 @@ pub fn render_list(snapshots: &[SnapshotInfo]) -> String {
     );
     for s in snapshots {
         let marker = format!(
-            "{}{}",
+            "{}{}{}",
             if s.current { "*" } else { " " },
-            if s.pinned { "P" } else { " " }
+            if s.pinned { "P" } else { " " },
+            if s.rejected.is_some() { "R" } else { " " }
         );
         out.push_str(&format!(
             "{:<3} {:<12} {:<20} {:<20} {:<20} {:>7} {:>10}  {} ({})\n",
@@ -125,7 +152,7 @@ pub fn render_list(snapshots: &[SnapshotInfo]) -> String {
             escape(&s.author)
         ));
     }
-    out.push_str("* = current (what readers see), P = pinned\n");
+    out.push_str("* = current (what readers see), P = pinned, R = rejected by the check\n");
     out
 }
 
@@ -147,7 +174,11 @@ pub fn render_log(entries: &[Publication]) -> String {
     let mut out = String::new();
     for e in entries {
         let action = match (e.cause, e.moved_link) {
-            (Cause::Pin, false) | (Cause::Unpin, _) | (Cause::Repair, _) => e.cause.to_string(),
+            (Cause::Pin, false)
+            | (Cause::Unpin, _)
+            | (Cause::Repair, _)
+            | (Cause::Rejected, _)
+            | (Cause::Recheck, _) => e.cause.to_string(),
             _ => format!("{} -> link", e.cause),
         };
         out.push_str(&format!(
@@ -193,27 +224,34 @@ pub struct Skipped {
 }
 
 /// Point the link at a retained snapshot and pin it there, recording who and why.
+/// A commit the check rejected is refused unless `force`; going back by steps steps over it.
 pub fn rollback(
     root: &Root,
     target: RollbackTarget,
     reason: Option<String>,
+    force: bool,
     lock_timeout: Duration,
 ) -> Result<Change, HistoryError> {
     let (lock, current) = begin_change(root, lock_timeout)?;
     let (to, skipped) = match target {
         RollbackTarget::Commit(wanted) => (root.resolve_commit(&wanted)?, Vec::new()),
-        RollbackTarget::Steps(steps) => earlier_publication(root, current.as_deref(), steps)?,
+        RollbackTarget::Steps(steps) => {
+            earlier_publication(root, current.as_deref(), steps, force)?
+        }
     };
+    refuse_rejected(root, &to, force)?;
     let mut change = move_and_pin(root, &lock, current, to, Cause::Rollback, reason)?;
     change.skipped = skipped;
     Ok(change)
 }
 
-/// Pin `commit` (default: the current snapshot), moving the link to it if it is not live.
+/// Pin `commit` (default: the current snapshot), moving the link to it if it is not live. A
+/// commit the check rejected is refused unless `force`.
 pub fn pin(
     root: &Root,
     commit: Option<&str>,
     reason: Option<String>,
+    force: bool,
     lock_timeout: Duration,
 ) -> Result<Change, HistoryError> {
     let (lock, current) = begin_change(root, lock_timeout)?;
@@ -225,7 +263,21 @@ pub fn pin(
                 root: root.path().display().to_string(),
             })?,
     };
+    refuse_rejected(root, &to, force)?;
     move_and_pin(root, &lock, current, to, Cause::Pin, reason)
+}
+
+/// A commit whose newest verdict is a rejection goes live only by force.
+fn refuse_rejected(root: &Root, commit: &str, force: bool) -> Result<(), HistoryError> {
+    match root.records().rejection(commit) {
+        Some(verdict) if !force => Err(HistoryError::Rejected {
+            commit: commit.to_string(),
+            checked_at: rfc3339::format(verdict.checked_at),
+            why: verdict.why(),
+            headline: verdict.headline(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Release the pin; sync loops publish the remote's latest commit at their next poll.
@@ -242,6 +294,70 @@ pub fn unpin(
         root.record(&lock, &entry)?;
     }
     Ok(released)
+}
+
+/// What `recheck` forgot.
+#[derive(Debug, Clone)]
+pub struct Rechecked {
+    pub commit: String,
+    /// The verdicts forgotten, newest first.
+    pub forgotten: Vec<crate::store::Verdict>,
+}
+
+/// Forget the check's verdicts on `commit` (a full id or unambiguous prefix; default: the
+/// commit of the newest rejection), so that sync loops check it again at their next poll: after
+/// a fix outside the repository (a missing package installed, a connection restored), or a
+/// check that failed for a reason of its own.
+pub fn recheck(
+    root: &Root,
+    commit: Option<&str>,
+    reason: Option<String>,
+    lock_timeout: Duration,
+) -> Result<Rechecked, HistoryError> {
+    root.require_writable()?;
+    let verdicts = root.records().verdicts();
+    let commit = match commit {
+        Some(wanted) => resolve_checked(&verdicts, wanted)?,
+        None => verdicts
+            .iter()
+            .find(|v| !v.accepted)
+            .map(|v| v.commit.clone())
+            .ok_or(HistoryError::NothingRejected)?,
+    };
+    let lock = root.lock(lock_timeout)?;
+    let forgotten: Vec<_> = verdicts
+        .into_iter()
+        .filter(|v| v.commit == commit)
+        .collect();
+    root.records().forget_verdicts(&lock, &commit);
+    let entry = operator_entry(root, &commit, Cause::Recheck, false, reason)?;
+    root.record(&lock, &entry)?;
+    Ok(Rechecked { commit, forgotten })
+}
+
+/// The commit a verdict names by full id or unique prefix (a rejected commit's snapshot may be
+/// gone, so the verdicts are what to look in).
+fn resolve_checked(
+    verdicts: &[crate::store::Verdict],
+    wanted: &str,
+) -> Result<String, HistoryError> {
+    let mut matches: Vec<&str> = verdicts
+        .iter()
+        .map(|v| v.commit.as_str())
+        .filter(|c| c.starts_with(&wanted.to_ascii_lowercase()))
+        .collect();
+    matches.sort();
+    matches.dedup();
+    match matches.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(HistoryError::NoVerdict {
+            wanted: wanted.to_string(),
+        }),
+        many => Err(HistoryError::AmbiguousVerdict {
+            wanted: wanted.to_string(),
+            candidates: many.iter().map(|c| c.to_string()).collect(),
+        }),
+    }
 }
 
 /// Every operator change starts alike: the root must be writable here, the lock is taken, and
@@ -269,6 +385,7 @@ fn earlier_publication(
     root: &Root,
     current: Option<&str>,
     steps: usize,
+    force: bool,
 ) -> Result<(String, Vec<Skipped>), HistoryError> {
     let steps = steps.max(1);
     let journal = root.records().journal()?;
@@ -300,6 +417,13 @@ fn earlier_publication(
             root.check_snapshot(commit, None)
                 .err()
                 .map(|why| format!("cannot be trusted: {why}"))
+                .or_else(|| {
+                    let rejected = root.records().rejection(commit).filter(|_| !force)?;
+                    Some(format!(
+                        "rejected by the check ({}; --force goes to it)",
+                        rejected.why()
+                    ))
+                })
         };
         if let Some(why) = why {
             skipped.push(Skipped {

@@ -68,6 +68,25 @@ pub struct Status {
     /// git-sync): its commit, and how long ago git-sync last wrote the root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub git_sync: Option<GitSyncView>,
+    /// What `--check-command` said of the live commit, when it checked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// The newest commit the check rejected, when its verdict is the newest one: the remote has
+    /// moved on to a commit that readers do not get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<RejectedView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RejectedView {
+    pub commit: String,
+    pub checked_at: String,
+    pub checked_by: String,
+    /// "exit status 1", "timed out after 2m", ...
+    pub why: String,
+    pub duration_ms: u64,
+    /// The first lines of what the check printed, control characters escaped.
+    pub output: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,7 +131,38 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         publishers: root.publishers(),
         confirmed_seconds_ago: None,
         git_sync: None,
+        check: None,
+        rejected: None,
     };
+    let verdicts = root.records().verdicts();
+    let live = current.as_ref().map(|c| c.commit.as_str());
+    status.rejected = verdicts
+        .first()
+        .filter(|v| !v.accepted && Some(v.commit.as_str()) != live)
+        .map(|v| RejectedView {
+            commit: v.commit.clone(),
+            checked_at: rfc3339::format(v.checked_at),
+            checked_by: format!("{} pid {}", v.host, v.pid),
+            why: v.why(),
+            duration_ms: v.duration_ms,
+            output: v.excerpt(STATUS_OUTPUT_LINES),
+        });
+    status.check = live
+        .and_then(|live| verdicts.iter().find(|v| v.commit == live))
+        .map(|v| {
+            let took = humantime::format_duration(std::time::Duration::from_millis(
+                (v.duration_ms + 50) / 100 * 100,
+            ));
+            if v.accepted {
+                format!("accepted in {took} at {}", rfc3339::format(v.checked_at))
+            } else {
+                format!(
+                    "REJECTED ({}) at {}, published by force",
+                    v.why(),
+                    rfc3339::format(v.checked_at)
+                )
+            }
+        });
     if current.is_none() {
         status.git_sync = root
             .git_sync_live()
@@ -194,6 +244,34 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
     Ok(status)
 }
 
+/// The newest rejection, if it is news: what the check said, for the text of `status`.
+fn render_rejected(status: &Status) -> String {
+    let Some(rejected) = &status.rejected else {
+        return String::new();
+    };
+    let keeps = if status.published {
+        "readers keep the commit above"
+    } else {
+        "nothing is live"
+    };
+    let mut out = format!(
+        "{:<13}{} by the check at {} on {} ({}); {keeps}. `dagsnap recheck` checks it again\n",
+        "REJECTED:",
+        rejected.commit,
+        rejected.checked_at,
+        crate::text::escape(&rejected.checked_by),
+        rejected.why
+    );
+    for output in &rejected.output {
+        // Already escaped.
+        out.push_str(&format!("{:<13}| {output}\n", ""));
+    }
+    out
+}
+
+/// How many lines of a rejected commit's check output `status` shows.
+const STATUS_OUTPUT_LINES: usize = 10;
+
 /// Whether the live snapshot was confirmed within `max_age` (`status --max-age`).
 pub fn is_fresh(status: &Status, max_age: std::time::Duration) -> bool {
     status
@@ -224,7 +302,9 @@ pub fn render_text(status: &Status) -> String {
         );
     }
     if !status.published {
-        return format!("nothing published yet under {}\n", status.root);
+        let mut out = format!("nothing published yet under {}\n", status.root);
+        out.push_str(&render_rejected(status));
+        return out;
     }
     let mut out = String::new();
     let mut line = |label: &str, value: Option<&str>| {
@@ -327,6 +407,7 @@ pub fn render_text(status: &Status) -> String {
         }
         line("publisher:", Some(&text));
     }
+    line("check:", status.check.as_deref());
     if let Some(pin) = &status.pinned {
         let reason = if pin.reason.is_empty() {
             String::new()
@@ -343,5 +424,6 @@ pub fn render_text(status: &Status) -> String {
             )),
         );
     }
+    out.push_str(&render_rejected(status));
     out
 }

@@ -137,6 +137,8 @@ pub fn collect(
     root.records().clean_journal(lock)?;
     root.records().trim_publications(lock)?;
     root.remove_expired_leases(lock, now);
+    root.records()
+        .remove_unneeded_verdicts(lock, &|commit| root.has_snapshot(commit));
     root.remove_dead_publisher_records();
     let (doomed, kept) = plan(root, policy, now)?;
     let mut removed = Vec::new();

@@ -38,8 +38,8 @@ use crate::store::records::{
     self, read_json, warn_damaged, PublisherRecord, Read, Records, Registration, SeenPublisher,
 };
 pub use crate::store::records::{
-    rfc3339, Cause, Claim, DirIdentity, LinkHistory, LockFault, LockWitness, Manifest, Pin,
-    Publication, SourceRecord,
+    rfc3339, Cause, CheckClaim, Claim, DirIdentity, LinkHistory, LockFault, LockWitness, Manifest,
+    Pin, Publication, SourceRecord, Verdict,
 };
 
 pub const STORE_DIR: &str = ".dagsnap";

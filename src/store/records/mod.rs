@@ -15,11 +15,13 @@ mod journal;
 pub mod leases;
 pub mod publishers;
 mod types;
+pub mod verdicts;
 
 pub use claims::Claim;
 pub use journal::LinkHistory;
 pub use publishers::{LockFault, LockWitness, PublisherRecord, Registration, SeenPublisher};
 pub use types::*;
+pub use verdicts::{CheckClaim, Verdict};
 
 use std::collections::HashSet;
 use std::fs;
@@ -117,6 +119,50 @@ impl Records {
             );
         }
         Ok(read.entries)
+    }
+
+    /// The verdict of the check named `fingerprint` on `commit`, if recorded.
+    pub fn verdict(&self, commit: &str, fingerprint: &str) -> Option<Verdict> {
+        verdicts::read(&self.store, commit, fingerprint)
+    }
+
+    /// Record a check's verdict (shared by every publisher, kept across restarts).
+    pub fn record_verdict(&self, verdict: &Verdict) -> Result<(), StoreError> {
+        verdicts::write(&self.store, verdict)
+    }
+
+    /// Every recorded verdict, newest first.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        verdicts::all(&self.store)
+    }
+
+    /// The newest verdict on `commit` (by any check command), if it is a rejection: what
+    /// operator commands go by, since they do not know the loops' check command.
+    pub fn rejection(&self, commit: &str) -> Option<Verdict> {
+        self.verdicts()
+            .into_iter()
+            .find(|v| v.commit == commit)
+            .filter(|v| !v.accepted)
+    }
+
+    /// Forget the verdicts on `commit` (`dagsnap recheck`); how many went.
+    pub fn forget_verdicts(&self, _lock: &RootLock, commit: &str) -> usize {
+        verdicts::forget(&self.store, commit)
+    }
+
+    /// The right to run the check on `commit` now, or `None` while another publisher runs it.
+    pub fn claim_check(
+        &self,
+        commit: &str,
+        fingerprint: &str,
+    ) -> Result<Option<CheckClaim>, StoreError> {
+        verdicts::claim(&self.store, commit, fingerprint)
+    }
+
+    /// Remove verdicts nobody needs any more (GC); `retained` says which commits have a
+    /// snapshot.
+    pub fn remove_unneeded_verdicts(&self, _lock: &RootLock, retained: &dyn Fn(&str) -> bool) {
+        verdicts::remove_unneeded(&self.store, retained)
     }
 
     /// When each commit was linked and unlinked, from the journal's link moves.

@@ -28,6 +28,10 @@ pub enum Cause {
     /// A publisher put the link back on what the pin or the newest publication names (another
     /// publisher had swapped late, or something else moved the link).
     Reconcile,
+    /// `--check-command` rejected the commit; the link stayed where it was.
+    Rejected,
+    /// An operator had the verdicts on the commit forgotten (`dagsnap recheck`).
+    Recheck,
 }
 
 impl Cause {
@@ -39,6 +43,8 @@ impl Cause {
             Cause::Unpin => "unpin",
             Cause::Repair => "repair",
             Cause::Reconcile => "reconcile",
+            Cause::Rejected => "rejected",
+            Cause::Recheck => "recheck",
         }
     }
 }

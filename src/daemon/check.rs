@@ -1,0 +1,257 @@
+//! `--check-command`: run the operator's check on a built snapshot, before the link moves.
+//!
+//! The check runs in the snapshot (complete and read-only) with the commit in its environment,
+//! in a process group of its own, under `--check-timeout`, on the cycle's blocking thread: the
+//! cycle is waiting for its verdict anyway. What it prints (stdout and stderr together) is kept,
+//! bounded: its first [`OUTPUT_HEAD`] bytes (the summary a check prints first, which `status`
+//! shows) and its last [`OUTPUT_TAIL`] bytes (where a traceback ends), with a marker where the
+//! middle was dropped. Python is told not to write bytecode next to the modules it
+//! imports (the snapshot is read-only; root would write anyway): `PYTHONDONTWRITEBYTECODE`, and
+//! `PYTHONPYCACHEPREFIX` in a temporary directory, unless the environment sets them.
+//!
+//! A check that the cycle's interrupt stops (SIGTERM, `--sync-timeout`) is abandoned: killed,
+//! and no verdict is recorded, so it runs again later.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How much of the start of a check's output is kept.
+pub const OUTPUT_HEAD: usize = 16 << 10;
+/// How much of the end of a check's output is kept.
+pub const OUTPUT_TAIL: usize = 48 << 10;
+
+/// The operator's check.
+#[derive(Debug, Clone)]
+pub struct CheckCommand {
+    pub command: String,
+    /// Run `command` as a program, without a shell (git-sync's pre-publish hook), instead of
+    /// `sh -c`.
+    pub direct: bool,
+    pub timeout: Duration,
+}
+
+/// What the check is told about the commit.
+#[derive(Debug, Clone)]
+pub struct CheckEnv<'a> {
+    pub commit: &'a str,
+    pub previous: Option<&'a str>,
+    pub ref_name: &'a str,
+}
+
+/// How a check ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with `code`, or was killed by `signal` (not one dagsnap sent).
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    TimedOut,
+    /// Stopped by the cycle's interrupt: no verdict.
+    Abandoned,
+    /// It could not be started (a wrong path, say): a rejection with the reason as output.
+    NotStarted(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub ended: Ended,
+    pub duration: Duration,
+    pub output: String,
+    /// Bytes of output dropped between the kept head and tail.
+    pub output_dropped: u64,
+}
+
+/// Run `check` in `snapshot`.
+pub fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &AtomicBool) -> Ran {
+    let started = Instant::now();
+    // Bytecode of what the check imports goes here, and goes away with the check.
+    let pycache =
+        std::env::temp_dir().join(format!("dagsnap-check-{}", crate::fsutil::unique_suffix()));
+    let mut command = if check.direct {
+        Command::new(&check.command)
+    } else {
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(&check.command);
+        sh
+    };
+    command
+        .current_dir(snapshot)
+        .env("DAGSNAP_COMMIT", env.commit)
+        .env("GITSYNC_HASH", env.commit)
+        .env("DAGSNAP_SNAPSHOT", snapshot)
+        .env("DAGSNAP_PREVIOUS", env.previous.unwrap_or(""))
+        .env("DAGSNAP_REF", env.ref_name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if std::env::var_os("PYTHONDONTWRITEBYTECODE").is_none() {
+        command.env("PYTHONDONTWRITEBYTECODE", "1");
+    }
+    if std::env::var_os("PYTHONPYCACHEPREFIX").is_none() {
+        command.env("PYTHONPYCACHEPREFIX", &pycache);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Ran {
+                ended: Ended::NotStarted(format!("cannot start the check: {e}")),
+                duration: started.elapsed(),
+                output: format!("cannot start `{}`: {e}", check.command),
+                output_dropped: 0,
+            }
+        }
+    };
+    let kept = Arc::new(Mutex::new(Kept::default()));
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut stream| {
+        let kept = Arc::clone(&kept);
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                kept.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(&buffer[..n]);
+            }
+            let _ = done.send(());
+        })
+    })
+    .collect();
+    drop(done);
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let kill = || {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    };
+    let ended = loop {
+        match child.try_wait() {
+            // A check that dies as the interrupt arrives (the loop stops every process it
+            // started once a cycle overruns) was stopped, not failed.
+            Ok(Some(_)) if interrupt.load(Ordering::Relaxed) => break Ended::Abandoned,
+            Ok(Some(status)) => {
+                break Ended::Exited {
+                    code: status.code(),
+                    signal: status.signal(),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                kill();
+                let _ = child.wait();
+                break Ended::NotStarted(format!("cannot wait for the check: {e}"));
+            }
+        }
+        if interrupt.load(Ordering::Relaxed) {
+            kill();
+            let _ = child.wait();
+            break Ended::Abandoned;
+        }
+        if started.elapsed() >= check.timeout {
+            kill();
+            let _ = child.wait();
+            break Ended::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Whatever the check started and left behind goes with it. A process that left the group
+    // may still hold the output pipes: wait a moment for them, not forever.
+    kill();
+    for _ in 0..readers.len() {
+        if finished.recv_timeout(Duration::from_secs(1)).is_err() {
+            break;
+        }
+    }
+    let _ = crate::fsutil::remove_tree(&pycache);
+    let (output, output_dropped) = kept.lock().unwrap_or_else(|p| p.into_inner()).text();
+    Ran {
+        ended,
+        duration: started.elapsed(),
+        output,
+        output_dropped,
+    }
+}
+
+/// The head and tail of a stream of output, and how much fell between them.
+#[derive(Debug, Default)]
+struct Kept {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    dropped: u64,
+}
+
+impl Kept {
+    fn push(&mut self, mut bytes: &[u8]) {
+        let room = OUTPUT_HEAD - self.head.len();
+        let (first, rest) = bytes.split_at(room.min(bytes.len()));
+        self.head.extend_from_slice(first);
+        bytes = rest;
+        self.tail.extend(bytes);
+        let excess = self.tail.len().saturating_sub(OUTPUT_TAIL);
+        self.tail.drain(..excess);
+        self.dropped += excess as u64;
+    }
+
+    /// The kept text (invalid UTF-8 replaced), with a marker where bytes were dropped.
+    fn text(&self) -> (String, u64) {
+        let mut bytes = self.head.clone();
+        if self.dropped > 0 {
+            bytes.extend_from_slice(
+                format!("\n[... {} bytes of output dropped ...]\n", self.dropped).as_bytes(),
+            );
+        }
+        bytes.extend(self.tail.iter());
+        (String::from_utf8_lossy(&bytes).into_owned(), self.dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_output_keeps_its_start_and_its_end() {
+        let mut kept = Kept::default();
+        kept.push(b"summary line\n");
+        for _ in 0..10_000 {
+            kept.push(&[b'x'; 100]);
+        }
+        kept.push(b"\nlast words");
+        let (text, dropped) = kept.text();
+        assert!(text.starts_with("summary line\n"));
+        assert!(text.ends_with("last words"));
+        assert!(text.contains("bytes of output dropped"));
+        assert_eq!(
+            dropped as usize + OUTPUT_HEAD + OUTPUT_TAIL,
+            13 + 1_000_000 + 11
+        );
+    }
+
+    #[test]
+    fn short_output_is_kept_whole() {
+        let mut kept = Kept::default();
+        kept.push(b"ok\n");
+        assert_eq!(kept.text(), ("ok\n".to_string(), 0));
+    }
+}

@@ -1,0 +1,269 @@
+//! `.dagsnap/verdicts/<commit>.<fingerprint>.json`: what `--check-command` said of a commit.
+//!
+//! A commit is checked once per check command (the fingerprint names the command): the
+//! verdict is shared by every publisher of the root and survives restarts, so a rejected commit
+//! is not checked again at every poll, nor once per pod. `<commit>.<fingerprint>.checking` is
+//! locked by the publisher running the check; others wait for its verdict instead of running
+//! the check too. `dagsnap recheck` forgets verdicts.
+//!
+//! Verdicts are input like any record: one that does not parse, or names another commit or
+//! command than its file name, is ignored (the commit is checked again) and removed by GC.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::{read_json, write_json, Check, Read};
+use crate::store::lock::{FileLock, LockError};
+use crate::store::{is_commit_id, StoreError};
+
+const DIR: &str = "verdicts";
+
+/// What the check said of one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub commit: String,
+    /// Names the check command (see [`fingerprint`]).
+    pub fingerprint: String,
+    pub accepted: bool,
+    /// The check's exit code (`None`: killed by a signal, timed out, or never started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed the check, when something other than dagsnap killed it (the
+    /// kernel's OOM killer, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Why the check could not be started (a command that does not exist, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_started: Option<String>,
+    pub duration_ms: u64,
+    /// What the check printed (stdout and stderr together; its start and end, at most 64 KiB),
+    /// as it printed it: escape it before showing it ([`Verdict::excerpt`]).
+    #[serde(default)]
+    pub output: String,
+    /// How many bytes of output were dropped between the kept start and end.
+    #[serde(default)]
+    pub output_dropped: u64,
+    #[serde(with = "super::rfc3339")]
+    pub checked_at: SystemTime,
+    pub host: String,
+    pub pid: u32,
+}
+
+impl Check for Verdict {
+    fn check(&self) -> Result<(), String> {
+        if !is_commit_id(&self.commit) {
+            return Err(format!("'{}' is not a commit id", self.commit));
+        }
+        Ok(())
+    }
+}
+
+impl Verdict {
+    /// Why it was rejected, in a few words: "exit status 1", "timed out after 2m".
+    pub fn why(&self) -> String {
+        if let Some(reason) = &self.not_started {
+            return crate::text::escape(reason).into_owned();
+        }
+        match (self.timed_out, self.exit_code, self.signal) {
+            (true, _, _) => format!(
+                "timed out after {}",
+                humantime::format_duration(std::time::Duration::from_secs(self.duration_ms / 1000))
+            ),
+            (false, Some(code), _) => format!("exit status {code}"),
+            (false, None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+                Ok(name) => format!("killed by signal {signal} ({name})"),
+                Err(_) => format!("killed by signal {signal}"),
+            },
+            (false, None, None) => "ended without an exit status".into(),
+        }
+    }
+
+    /// The first `lines` lines of output that are not blank, control characters escaped, each
+    /// cut at 300 characters: what status, logs and the error file show.
+    pub fn excerpt(&self, lines: usize) -> Vec<String> {
+        self.output
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(lines)
+            .map(shown_line)
+            .collect()
+    }
+
+    /// The first line worth showing, for one-line summaries (the journal, the error file).
+    pub fn headline(&self) -> String {
+        self.output
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| shown_line(l.trim_start()))
+            .unwrap_or_else(|| "(no output)".into())
+    }
+}
+
+/// One line of a check's output as dagsnap shows it: control characters escaped, cut at 300
+/// characters.
+fn shown_line(line: &str) -> String {
+    let escaped = crate::text::escape(line.trim_end());
+    match escaped.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &escaped[..cut]),
+        None => escaped.into_owned(),
+    }
+}
+
+/// A short, stable name for a check command: FNV-1a 64 of its text, in hex.
+pub fn fingerprint(command: &str) -> String {
+    let hash = command.bytes().fold(0xcbf29ce484222325u64, |hash, b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{hash:016x}")
+}
+
+fn path(store: &Path, commit: &str, fingerprint: &str) -> PathBuf {
+    store.join(DIR).join(format!("{commit}.{fingerprint}.json"))
+}
+
+/// The verdict on `commit` by the check named `fingerprint`, if one was recorded (and is valid).
+pub(in crate::store) fn read(store: &Path, commit: &str, fingerprint: &str) -> Option<Verdict> {
+    match read_json::<Verdict>(&path(store, commit, fingerprint)) {
+        Ok(Read::Valid(v)) if v.commit == commit && v.fingerprint == fingerprint => Some(v),
+        _ => None,
+    }
+}
+
+pub(in crate::store) fn write(store: &Path, verdict: &Verdict) -> Result<(), StoreError> {
+    let dir = store.join(DIR);
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(crate::fsutil::IoError::new("create", &dir, e).into())
+        }
+        _ => {}
+    }
+    write_json(&path(store, &verdict.commit, &verdict.fingerprint), verdict)
+}
+
+/// Every valid verdict, newest first.
+pub(in crate::store) fn all(store: &Path) -> Vec<Verdict> {
+    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Verdict> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| match read_json::<Verdict>(&p) {
+            Ok(Read::Valid(v)) => {
+                let name = p.file_name()?.to_string_lossy().into_owned();
+                (name == format!("{}.{}.json", v.commit, v.fingerprint)).then_some(v)
+            }
+            _ => None,
+        })
+        .collect();
+    found.sort_by(|a, b| b.checked_at.cmp(&a.checked_at));
+    found
+}
+
+/// Forget every verdict on `commit`; how many went.
+pub(in crate::store) fn forget(store: &Path, commit: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
+        return 0;
+    };
+    let prefix = format!("{commit}.");
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                && p.extension().is_some_and(|x| x == "json")
+        })
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count()
+}
+
+/// Verdicts kept at most (the newest), whatever else.
+const KEPT: usize = 200;
+/// How long a verdict on a commit that is no longer in the store is kept: a rejected commit
+/// that is still the remote's tip must not be built and checked again at every poll.
+const KEEP_UNRETAINED: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Remove damaged verdicts, old verdicts on commits no longer in the store (`retained`), and
+/// all but the newest [`KEPT`] (GC).
+pub(in crate::store) fn remove_unneeded(store: &Path, retained: &dyn Fn(&str) -> bool) {
+    let now = SystemTime::now();
+    for (rank, verdict) in all(store).iter().enumerate() {
+        let old = now
+            .duration_since(verdict.checked_at)
+            .is_ok_and(|age| age > KEEP_UNRETAINED);
+        if rank >= KEPT || (old && !retained(&verdict.commit)) {
+            let _ = std::fs::remove_file(path(store, &verdict.commit, &verdict.fingerprint));
+        }
+    }
+    remove_damaged(store);
+}
+
+fn remove_damaged(store: &Path) {
+    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
+        return;
+    };
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // A claim whose verdict is recorded has served its purpose: whoever claims it next
+        // finds the verdict before running anything (see the check in `daemon::publish`).
+        let unneeded = match name.strip_suffix(".checking") {
+            Some(stem) => store.join(DIR).join(format!("{stem}.json")).exists(),
+            None => !matches!(read_json::<Verdict>(&path), Ok(Read::Valid(_))),
+        };
+        if unneeded {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The right to run the check on `commit`: a lock only one publisher holds at a time.
+#[derive(Debug)]
+pub struct CheckClaim {
+    /// `None` on a filesystem without locks: the check runs, maybe twice.
+    _lock: Option<FileLock>,
+}
+
+/// Take the right to check `commit`, or `None` if another publisher is checking it now.
+pub(in crate::store) fn claim(
+    store: &Path,
+    commit: &str,
+    fingerprint: &str,
+) -> Result<Option<CheckClaim>, StoreError> {
+    let dir = store.join(DIR);
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(crate::fsutil::IoError::new("create", &dir, e).into())
+        }
+        _ => {}
+    }
+    let lock = dir.join(format!("{commit}.{fingerprint}.checking"));
+    match FileLock::try_exclusive(&lock) {
+        Ok(held) => Ok(held.map(|lock| CheckClaim { _lock: Some(lock) })),
+        Err(LockError::Unsupported { .. }) => Ok(Some(CheckClaim { _lock: None })),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_stable_and_tell_commands_apart() {
+        assert_eq!(fingerprint(""), "cbf29ce484222325");
+        assert_ne!(fingerprint("check a"), fingerprint("check b"));
+        assert_eq!(
+            fingerprint("python check.py"),
+            fingerprint("python check.py")
+        );
+    }
+}
