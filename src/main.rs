@@ -618,7 +618,8 @@ fn recheck(args: RecheckArgs) -> Outcome {
     .map_err(history_error)?;
     for verdict in &rechecked.forgotten {
         println!(
-            "forgot the verdict of {}: {}",
+            "forgot the verdict of {} (checked at {}): {}",
+            verdict.commit,
             rfc3339::format(verdict.checked_at),
             if verdict.accepted {
                 "accepted".to_string()

@@ -15,9 +15,10 @@ current directory) with Airflow's DagBag, as the DAG processor does, and exits
      than --min-dags were found;
   2  when Airflow cannot be loaded from this Python (the check is misconfigured).
 
-The first line it prints is the summary dagsnap shows in `status`, the journal and the error
-file; each import error follows, with its traceback. What Airflow logs while loading is held
-back (--show-log prints it at the end).
+The first line it prints is a summary; each import error follows, with its traceback; when it
+rejects, the last line names the first failing file and its error (dagsnap shows the last line
+in the journal and the error file, the first lines in `status`). What Airflow logs while loading
+is held back (--show-log prints it before the last line).
 
 Nothing is written into the snapshot (it is read-only): dagsnap sets PYTHONDONTWRITEBYTECODE
 and a PYTHONPYCACHEPREFIX outside it for the check.
@@ -159,7 +160,7 @@ def main(argv):
         if number == args.max_errors_shown:
             print(f"... and {len(errors) - number} more file(s) with import errors")
             break
-        print(f"--- {os.path.relpath(path, folder) if os.path.isabs(path) else path}:")
+        print(f"--- {shown(path, folder)}:")
         print(str(error).rstrip())
     # The import errors carry their tracebacks; Airflow's log matters when none explains a
     # failure (a folder without DAGs), or when asked for.
@@ -167,7 +168,21 @@ def main(argv):
         lines = logs.splitlines()
         print(f"--- what Airflow logged while loading ({len(lines)} line(s); the last 200):")
         print("\n".join(lines[-200:]))
-    return 1 if errors or dags < args.min_dags else 0
+    if errors:
+        path, error = next(iter(errors.items()))
+        last = [l.strip() for l in str(error).splitlines() if l.strip()]
+        more = f" (and {len(errors) - 1} more file(s))" if len(errors) > 1 else ""
+        print(f"check_dags: rejected: {shown(path, folder)}: {last[-1] if last else error}{more}")
+        return 1
+    if dags < args.min_dags:
+        print(f"check_dags: rejected: {dags} DAG(s) found, fewer than --min-dags {args.min_dags}")
+        return 1
+    return 0
+
+
+def shown(path, folder):
+    """A file as the operator knows it: relative to the DAG folder."""
+    return os.path.relpath(path, folder) if os.path.isabs(path) else path
 
 
 if __name__ == "__main__":

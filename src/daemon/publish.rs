@@ -700,6 +700,9 @@ impl Publisher {
             if interrupt.load(Ordering::Relaxed) {
                 return Err(SnapshotError::Cancelled.into());
             }
+            if waiting_since.elapsed() < Duration::from_millis(200) {
+                tracing::info!(%commit, "another publisher of this root is checking this commit; waiting for its verdict instead of checking it again");
+            }
             if waiting_since.elapsed() > command.timeout + Duration::from_secs(5) {
                 return Err(StoreError::Lock(LockError::Busy {
                     path: self.root.snapshot_path(commit),

@@ -51,6 +51,9 @@ pub struct Status {
     pub resolved_ref: Option<String>,
     /// Snapshots in the store (shown when the link is missing: they can be linked again).
     pub retained_snapshots: usize,
+    /// How many of them the check rejected (`rollback` does not take those without --force).
+    #[serde(skip)]
+    pub rejected_snapshots: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,7 +73,7 @@ pub struct Status {
     pub git_sync: Option<GitSyncView>,
     /// What `--check-command` said of the live commit, when it checked it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub check: Option<String>,
+    pub check: Option<CheckView>,
     /// The newest commit the check rejected, when its verdict is the newest one: the remote has
     /// moved on to a commit that readers do not get.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +90,32 @@ pub struct RejectedView {
     pub duration_ms: u64,
     /// The first lines of what the check printed, control characters escaped.
     pub output: Vec<String>,
+}
+
+/// The check's verdict on the live commit.
+#[derive(Debug, Serialize)]
+pub struct CheckView {
+    pub accepted: bool,
+    /// Why it was rejected, when it was (the commit is live because an operator forced it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    pub duration_ms: u64,
+    pub checked_at: String,
+}
+
+impl CheckView {
+    fn render(&self) -> String {
+        let took = humantime::format_duration(std::time::Duration::from_millis(
+            (self.duration_ms + 50) / 100 * 100,
+        ));
+        match &self.why {
+            None => format!("accepted in {took} at {}", self.checked_at),
+            Some(why) => format!(
+                "REJECTED ({why}) at {}, published by force",
+                self.checked_at
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +136,7 @@ impl Status {
 pub fn gather(root: &Root) -> Result<Status, StoreError> {
     root.require_initialized()?;
     let current = root.current()?;
+    let retained = root.snapshot_commits()?;
     let mut status = Status {
         root: root.path().display().to_string(),
         link: root.link_path().display().to_string(),
@@ -124,7 +154,11 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         repo: None,
         ref_name: None,
         resolved_ref: None,
-        retained_snapshots: root.snapshot_commits()?.len(),
+        retained_snapshots: retained.len(),
+        rejected_snapshots: retained
+            .iter()
+            .filter(|commit| root.records().rejection(commit).is_some())
+            .count(),
         files: None,
         bytes: None,
         pinned: root.pinned()?,
@@ -149,19 +183,11 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         });
     status.check = live
         .and_then(|live| verdicts.iter().find(|v| v.commit == live))
-        .map(|v| {
-            let took = humantime::format_duration(std::time::Duration::from_millis(
-                (v.duration_ms + 50) / 100 * 100,
-            ));
-            if v.accepted {
-                format!("accepted in {took} at {}", rfc3339::format(v.checked_at))
-            } else {
-                format!(
-                    "REJECTED ({}) at {}, published by force",
-                    v.why(),
-                    rfc3339::format(v.checked_at)
-                )
-            }
+        .map(|v| CheckView {
+            accepted: v.accepted,
+            why: (!v.accepted).then(|| v.why()),
+            duration_ms: v.duration_ms,
+            checked_at: rfc3339::format(v.checked_at),
         });
     if current.is_none() {
         status.git_sync = root
@@ -280,10 +306,11 @@ pub fn is_fresh(status: &Status, max_age: std::time::Duration) -> bool {
 }
 
 pub fn render_text(status: &Status) -> String {
-    if !status.published && status.retained_snapshots > 0 {
+    let linkable = status.retained_snapshots - status.rejected_snapshots;
+    if !status.published && linkable > 0 {
         return format!(
-            "the link {} is missing, but {} snapshot(s) are retained; a running sync restores it at its next poll, or `dagsnap rollback --root {}` links the newest of them now (and pins it)\n",
-            status.link, status.retained_snapshots, status.root
+            "the link {} is missing, but {linkable} snapshot(s) are retained; a running sync restores it at its next poll, or `dagsnap rollback --root {}` links the newest of them now (and pins it)\n",
+            status.link, status.root
         );
     }
     if let Some(git_sync) = &status.git_sync {
@@ -407,7 +434,10 @@ pub fn render_text(status: &Status) -> String {
         }
         line("publisher:", Some(&text));
     }
-    line("check:", status.check.as_deref());
+    line(
+        "check:",
+        status.check.as_ref().map(CheckView::render).as_deref(),
+    );
     if let Some(pin) = &status.pinned {
         let reason = if pin.reason.is_empty() {
             String::new()

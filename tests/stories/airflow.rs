@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -647,4 +648,193 @@ fn a_dag_run_runs_its_tasks_on_the_commit_it_started_with_after_the_link_moved_o
     wait_until(Duration::from_secs(60), "the run to succeed", || {
         airflow.state(&home)["runs"][0][1] == "success"
     });
+}
+
+const CHECK_DAGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/airflow/check_dags.py");
+
+/// The good DAG files of the check stories: `count` DAGs under dags/.
+fn dag_files(count: usize, version: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|k| (format!("dags/dag_{k}.py"), dag_file(k, version)))
+        .collect()
+}
+
+/// Commit exactly `files` under dags/ (what was there before is removed).
+fn commit_files(remote: &Remote, files: &[(String, String)], message: &str) -> String {
+    let _ = fs::remove_dir_all(remote.dir.join("dags"));
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    remote.commit(&files, message)
+}
+
+/// The Airflow check as the sidecar runs it: Airflow's Python, contrib/airflow/check_dags.py,
+/// a loop that rejects a DAG file with an import error and a commit that lost DAGs, and
+/// publishes the good commits around them.
+fn the_airflow_check_gates_the_link(airflow: &Airflow) {
+    let remote = Remote::new();
+    let good = commit_files(&remote, &dag_files(5, 1), "five DAGs");
+    let scratch = Scratch::new();
+    let check = format!("{} {CHECK_DAGS} --min-dags 5", airflow.python().display());
+    let log = scratch.path("loop.log");
+    let child = dagsnap(scratch.tmp.path())
+        .args(["sync", "--period", "200ms", "--repo", &remote.url()])
+        .arg("--root")
+        .arg(scratch.root())
+        .arg("--cache-dir")
+        .arg(scratch.cache())
+        .args(["--check-command", &check])
+        .env("AIRFLOW_HOME", scratch.path("airflow"))
+        .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child, log };
+    daemon.wait_for_commit(&scratch.root(), &good, Duration::from_secs(180));
+    let rejections = || {
+        daemon
+            .logs()
+            .matches("the check rejected this commit")
+            .count()
+    };
+
+    let mut files = dag_files(5, 2);
+    files.push((
+        "dags/broken.py".into(),
+        "from airflow import DAG\nimport no_such_module_for_dagsnap\n".into(),
+    ));
+    let broken = commit_files(&remote, &files, "a DAG that does not import");
+    wait_until(
+        Duration::from_secs(180),
+        "the import error rejected",
+        || rejections() == 1,
+    );
+    assert_eq!(published(&scratch.root()).as_deref(), Some(good.as_str()));
+    let status = dagsnap(scratch.tmp.path())
+        .args(["status", "--root"])
+        .arg(scratch.root())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("REJECTED:    {broken}"))
+            && status
+                .contains("| check_dags: 1 file(s) with import errors; 5 DAG(s) from 5 file(s)")
+            && status.contains("ModuleNotFoundError: No module named 'no_such_module_for_dagsnap'"),
+        "{status}"
+    );
+    let journal = dagsnap(scratch.tmp.path())
+        .args(["log", "--root"])
+        .arg(scratch.root())
+        .output()
+        .unwrap();
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(
+        journal.contains("exit status 1: check_dags: rejected: dags/broken.py: ModuleNotFoundError: No module named 'no_such_module_for_dagsnap'"),
+        "{journal}"
+    );
+
+    // Two DAGs deleted by mistake: fewer than --min-dags.
+    commit_files(&remote, &dag_files(3, 3), "lost two DAGs");
+    wait_until(
+        Duration::from_secs(180),
+        "the smaller commit rejected",
+        || rejections() == 2,
+    );
+    assert!(
+        daemon.logs().contains("fewer than --min-dags 5"),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(published(&scratch.root()).as_deref(), Some(good.as_str()));
+
+    // The fix: five good DAGs again, and it goes live.
+    let fixed = commit_files(&remote, &dag_files(5, 4), "all five, fixed");
+    daemon.wait_for_commit(&scratch.root(), &fixed, Duration::from_secs(180));
+    let verify = dagsnap(scratch.tmp.path())
+        .args(["verify", "--root"])
+        .arg(scratch.root())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "the check left nothing in the snapshot: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn airflow_3_s_check_keeps_a_dag_that_does_not_import_away_from_the_scheduler() {
+    if let Some(airflow) = Airflow::find(3) {
+        the_airflow_check_gates_the_link(&airflow);
+    }
+}
+
+#[test]
+fn airflow_2_s_check_keeps_a_dag_that_does_not_import_away_from_the_scheduler() {
+    if let Some(airflow) = Airflow::find(2) {
+        the_airflow_check_gates_the_link(&airflow);
+    }
+}
+
+/// The chart's route: an image whose git-sync is dagsnap, with Airflow's Python first on PATH,
+/// and GITSYNC_PRE_PUBLISH_EXECHOOK_COMMAND naming the script (run directly, as git-sync runs
+/// its hook).
+#[test]
+fn the_airflow_check_as_git_sync_s_pre_publish_hook_refuses_a_broken_first_commit() {
+    let Some(airflow) = Airflow::find(3) else {
+        return;
+    };
+    let remote = Remote::new();
+    let mut files = dag_files(2, 1);
+    files.push((
+        "dags/broken.py".into(),
+        "from airflow import DAG\nraise RuntimeError('the warehouse connection is not configured')\n"
+            .into(),
+    ));
+    let broken = commit_files(&remote, &files, "broken from the start");
+    let scratch = Scratch::new();
+    let path = format!(
+        "{}:{}",
+        airflow.venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let root = scratch.root().display().to_string();
+    let run = |scratch: &Scratch| {
+        git_sync_via(&[], scratch.tmp.path())
+            .env("DAGSNAP_CACHE_DIR", scratch.cache())
+            .env("PATH", &path)
+            .env("AIRFLOW_HOME", scratch.path("airflow"))
+            .envs([
+                ("GITSYNC_REPO", remote.url().as_str()),
+                ("GITSYNC_ROOT", root.as_str()),
+                ("GITSYNC_LINK", "dags"),
+                ("GITSYNC_ONE_TIME", "true"),
+                ("GITSYNC_PRE_PUBLISH_EXECHOOK_COMMAND", CHECK_DAGS),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run(&scratch);
+    assert_one_clear_line(
+        &out,
+        1,
+        &format!("commit {broken} was rejected by --check-command (exit status 1) and no earlier snapshot is live: check_dags: rejected: dags/broken.py: RuntimeError: the warehouse connection is not configured"),
+    );
+    assert!(fs::symlink_metadata(scratch.root().join("dags")).is_err());
+
+    let fixed = commit_files(&remote, &dag_files(2, 2), "without the broken DAG");
+    let out = run(&scratch);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_link(scratch.root().join("dags"))
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy(),
+        fixed
+    );
 }

@@ -8,6 +8,7 @@ mod broken_locks;
 mod cache;
 mod chaos;
 mod damaged_state;
+mod gate;
 mod git_sync;
 mod incident;
 mod lifecycle;

@@ -73,6 +73,16 @@ impl Verdict {
                 "timed out after {}",
                 humantime::format_duration(std::time::Duration::from_secs(self.duration_ms / 1000))
             ),
+            // A shell reports a child killed by signal N as 128 + N: say what that usually
+            // means (137: SIGKILL, the OOM killer's), without claiming it.
+            (false, Some(code @ 129..=192), _) => {
+                match nix::sys::signal::Signal::try_from(code - 128) {
+                    Ok(name) => {
+                        format!("exit status {code}, as a shell reports a process killed by {name}")
+                    }
+                    Err(_) => format!("exit status {code}"),
+                }
+            }
             (false, Some(code), _) => format!("exit status {code}"),
             (false, None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
                 Ok(name) => format!("killed by signal {signal} ({name})"),
@@ -93,11 +103,13 @@ impl Verdict {
             .collect()
     }
 
-    /// The first line worth showing, for one-line summaries (the journal, the error file).
+    /// The line worth showing in one-line summaries (the journal, the error file): the last one
+    /// that is not blank, because that is where failures end up (Python's exception after its
+    /// traceback, a test runner's summary, the shell's complaint before it exits).
     pub fn headline(&self) -> String {
         self.output
             .lines()
-            .find(|l| !l.trim().is_empty())
+            .rfind(|l| !l.trim().is_empty())
             .map(|l| shown_line(l.trim_start()))
             .unwrap_or_else(|| "(no output)".into())
     }
@@ -265,5 +277,63 @@ mod tests {
             fingerprint("python check.py"),
             fingerprint("python check.py")
         );
+    }
+
+    fn verdict() -> Verdict {
+        Verdict {
+            commit: "c".repeat(40),
+            fingerprint: fingerprint("check"),
+            accepted: false,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            not_started: None,
+            duration_ms: 1500,
+            output: String::new(),
+            output_dropped: 0,
+            checked_at: SystemTime::UNIX_EPOCH,
+            host: "host".into(),
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn why_a_check_failed_is_said_in_an_operator_s_words() {
+        let said = |change: &dyn Fn(&mut Verdict)| {
+            let mut v = verdict();
+            change(&mut v);
+            v.why()
+        };
+        assert_eq!(said(&|v| v.exit_code = Some(1)), "exit status 1");
+        assert_eq!(
+            said(&|v| v.exit_code = Some(137)),
+            "exit status 137, as a shell reports a process killed by SIGKILL"
+        );
+        assert_eq!(said(&|v| v.exit_code = Some(255)), "exit status 255");
+        assert_eq!(
+            said(&|v| v.signal = Some(9)),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(said(&|v| v.timed_out = true), "timed out after 1s");
+        assert_eq!(
+            said(&|v| v.not_started = Some("cannot run x: No such file\n".into())),
+            "cannot run x: No such file\\n"
+        );
+    }
+
+    #[test]
+    fn the_headline_is_the_last_line_and_excerpts_are_escaped_and_cut() {
+        let mut v = verdict();
+        assert_eq!(v.headline(), "(no output)");
+        v.output = format!(
+            "Traceback:\n  \x1b[31mred\r\n{}\nValueError: bad\n\n",
+            "y".repeat(400)
+        );
+        assert_eq!(v.headline(), "ValueError: bad");
+        let excerpt = v.excerpt(3);
+        assert_eq!(excerpt[0], "Traceback:");
+        assert_eq!(excerpt[1], "  \\u{1b}[31mred");
+        assert_eq!(excerpt[2].chars().count(), 303);
+        assert!(excerpt[2].ends_with("y..."));
     }
 }
