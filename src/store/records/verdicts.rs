@@ -173,7 +173,7 @@ pub(in crate::store) fn all(store: &Path) -> Vec<Verdict> {
             _ => None,
         })
         .collect();
-    found.sort_by(|a, b| b.checked_at.cmp(&a.checked_at));
+    found.sort_by_key(|v| std::cmp::Reverse(v.checked_at));
     found
 }
 
