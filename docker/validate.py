@@ -2,7 +2,7 @@
 """Check the Kubernetes manifest and the Airflow chart values under docker/ against the
 Kubernetes API schemas, offline (kubernetes-validate ships the schemas; nothing is fetched).
 
-- docker/kubernetes.yaml: every document, strictly (unknown fields are errors), for the oldest
+- docker/kubernetes*.yaml: every document, strictly (unknown fields are errors), for the oldest
   Kubernetes with native sidecars (1.29) and the newest the validator knows.
 - docker/airflow-values-*.yaml: the chart renders these into pods; each pod-shaped part (the
   containers, init containers, volumes and probes the values hand to the chart) is wrapped into a
@@ -101,7 +101,7 @@ def check_values(path):
 
 
 def main():
-    files = sys.argv[1:] or [os.path.join(HERE, "kubernetes.yaml")] + sorted(
+    files = sys.argv[1:] or sorted(glob.glob(os.path.join(HERE, "kubernetes*.yaml"))) + sorted(
         glob.glob(os.path.join(HERE, "airflow-values-*.yaml"))
     )
     problems = []
