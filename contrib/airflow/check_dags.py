@@ -20,8 +20,8 @@ rejects, the last line names the first failing file and its error (dagsnap shows
 in the journal and the error file, the first lines in `status`). What Airflow logs while loading
 is held back (--show-log prints it before the last line).
 
-Nothing is written into the snapshot (it is read-only): dagsnap sets PYTHONDONTWRITEBYTECODE
-and a PYTHONPYCACHEPREFIX outside it for the check.
+Nothing is written into the snapshot (it is read-only): dagsnap sets PYTHONDONTWRITEBYTECODE=1
+for the check, so Python reads Airflow's installed bytecode and writes none.
 """
 
 import argparse

@@ -345,11 +345,11 @@ impl Publisher {
     /// 3. Unless the snapshot exists already, build it in a staging directory and install it.
     ///    An interrupt here abandons the staging directory (deleted on the way out). A commit
     ///    the check rejected earlier (a verdict in the root) is not built: the cycle ends with
-    ///    [`Outcome::Rejected`].
-    /// 3a. With `--check-command`, check the installed snapshot before anything can link it
-    ///    ([`Publisher::check`]): once per commit and check command for the whole root (a peer
-    ///    checking it is waited for), the verdict recorded in the root; a rejection journals
-    ///    the commit and ends the cycle. An interrupted check is abandoned, not recorded.
+    ///    [`Outcome::Rejected`]. With `--check-command`, check the installed snapshot before
+    ///    anything can link it ([`Publisher::check`]): once per commit and check command for
+    ///    the whole root (a peer checking it is waited for), the verdict recorded in the root;
+    ///    a rejection journals the commit and ends the cycle. An interrupted check is
+    ///    abandoned, not recorded.
     /// 4. Under the root's lock, move the link unless another publisher already published a
     ///    newer observation of the remote (never backward), or the root now follows another
     ///    configuration; then check that the snapshot is still there (GC elsewhere may have

@@ -315,8 +315,13 @@ fn program_via(wrapper: &[&str], binary: &Path, home: &Path) -> Command {
     };
     for (key, _) in std::env::vars_os() {
         let name = key.to_string_lossy().to_ascii_uppercase();
-        // Nothing from the developer's shell: no settings, no proxy between us and 127.0.0.1.
-        if name.starts_with("DAGSNAP_") || name.ends_with("_PROXY") {
+        // Nothing from the developer's shell: no settings, no proxy between us and 127.0.0.1,
+        // no Python bytecode settings (the check's defaults are dagsnap's to set).
+        if name.starts_with("DAGSNAP_")
+            || name.ends_with("_PROXY")
+            || name.starts_with("PYTHONDONTWRITEBYTECODE")
+            || name.starts_with("PYTHONPYCACHEPREFIX")
+        {
             cmd.env_remove(key);
         }
     }
