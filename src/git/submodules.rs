@@ -1,0 +1,632 @@
+//! Submodules: a snapshot holds what `git clone --recurse-submodules` would show.
+//!
+//! A commit records a submodule as a gitlink: a path and a commit id, nothing more. Where that
+//! commit lives is written in the superproject's `.gitmodules` at the same commit. For each
+//! gitlink, [`Expander::expand`]:
+//!
+//! 1. finds the submodule's URL in `.gitmodules` (by path, as git does), resolving a relative
+//!    URL (`../lib.git`) against the URL of the repository that holds it;
+//! 2. fetches the recorded commit, and only that (depth 1), into a private cache of its own
+//!    under `<cache>/modules/<key>`, with the superproject's TLS and SSH settings, and its HTTP
+//!    credentials only when the submodule lives on the same host (a token for one host is
+//!    never sent to another);
+//! 3. walks the submodule commit's tree into entries under the gitlink's path (the gitlink
+//!    entry stays: it is the directory they live in, and it records the submodule's commit);
+//! 4. with `recursive`, does the same for the submodule's own submodules.
+//!
+//! The result is one entry list, in git's path order, whose blobs come from several
+//! repositories ([`ReposBlobs`]): the snapshot is still one immutable, verified tree, and
+//! unchanged submodule files are shared by hard link like any other. Nothing here runs on an
+//! idle poll: the cycle stops before building when the commit is already live.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+
+use super::{tree, Cache, Remote, RepoBlobs, SourceError, Target};
+use crate::entries::{Entries, Entry, MODE_SUBMODULE};
+use crate::text::escape_bytes;
+
+/// What to do with the submodules of a commit (git-sync's `--submodules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Each submodule is an empty directory, as `git clone` without `--recurse-submodules`
+    /// leaves it.
+    Off,
+    /// The submodules of the commit, but not theirs (`git submodule update --init`).
+    Shallow,
+    /// Submodules all the way down (`git clone --recurse-submodules`).
+    Recursive,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Shallow => "shallow",
+            Mode::Recursive => "recursive",
+        }
+    }
+}
+
+/// How deep submodules may nest: deeper than any real layout, shallow enough to stop a chain
+/// of repositories that include each other.
+const MAX_DEPTH: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmoduleError {
+    #[error("submodule '{path}' has no URL in .gitmodules{within}; add it there (git clone --recurse-submodules fails on it too), or publish with --submodules off")]
+    NoUrl { path: String, within: String },
+    #[error("cannot read .gitmodules{within}: {cause}")]
+    Gitmodules { within: String, cause: String },
+    #[error("submodule '{path}' has URL '{url}', which dagsnap cannot use: {cause}")]
+    Url {
+        path: String,
+        url: String,
+        cause: String,
+    },
+    #[error("cannot fetch submodule '{path}' (commit {commit}) from {url}: {source}")]
+    Fetch {
+        path: String,
+        commit: ObjectId,
+        url: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("submodule '{path}' (commit {commit} of {url}): {source}")]
+    Tree {
+        path: String,
+        commit: ObjectId,
+        url: String,
+        #[source]
+        source: tree::TreeError,
+    },
+    #[error("a submodule's cache: {source}")]
+    Cache {
+        #[source]
+        source: SourceError,
+    },
+    #[error("submodule '{path}' is nested more than {MAX_DEPTH} levels deep; do its repositories include each other?")]
+    TooDeep { path: String },
+    #[error("submodule '{path}' (commit {commit}) is not in the cache {}; verify without --cache-dir checks it against the entry list recorded at build time", cache.display())]
+    NotCached {
+        path: String,
+        commit: ObjectId,
+        cache: PathBuf,
+    },
+}
+
+impl SubmoduleError {
+    /// True when a submodule's cache, not the repository, may be at fault (retried once with
+    /// a fresh cache by [`Expander`] itself, so never blamed on the superproject's cache).
+    fn blames_cache(&self) -> bool {
+        match self {
+            SubmoduleError::Fetch { source, .. } => source.blames_cache(),
+            SubmoduleError::Tree { source, .. } => source.blames_cache(),
+            _ => false,
+        }
+    }
+}
+
+/// One submodule of a snapshot, for the manifest and for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// Its path in the snapshot (nested ones under their parent's).
+    pub path: Vec<u8>,
+    pub commit: ObjectId,
+    /// Where it was fetched from, credentials masked.
+    pub url: String,
+}
+
+/// A commit's entries with its submodules filled in.
+pub struct Expanded {
+    pub entries: Entries,
+    /// Where the blobs come from: the superproject's repository first.
+    pub blobs: ReposBlobs,
+    pub modules: Vec<Module>,
+}
+
+/// Blobs from several repositories (a superproject and its submodules): each is asked in turn.
+/// Object ids are content hashes, so any repository that has the object has the right one.
+pub struct ReposBlobs(pub Vec<RepoBlobs>);
+
+impl crate::entries::Blobs for ReposBlobs {
+    fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String> {
+        let mut first_error = None;
+        for repo in &self.0 {
+            match repo.read(id, buf) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| format!("no repository holds blob {id}")))
+    }
+}
+
+/// Where the submodules' repositories come from.
+enum Source {
+    /// A publisher: caches of its own under `dir`, opened (and locked) on first use, fetched
+    /// into as needed.
+    Fetching {
+        dir: PathBuf,
+        root: PathBuf,
+        caches: HashMap<PathBuf, Cache>,
+    },
+    /// `verify` against a publisher's cache: the caches under `dir` are read as they are,
+    /// without locks and without fetching.
+    ReadOnly { dir: PathBuf },
+}
+
+/// Fills in the submodules of a commit's entries; keeps the submodules' caches between cycles.
+pub struct Expander {
+    mode: Mode,
+    source: Source,
+    said_off: bool,
+}
+
+impl Expander {
+    /// For a publisher whose cache is `cache_dir`: the submodules' caches live beside its
+    /// repository, as private as it is.
+    pub fn new(mode: Mode, cache_dir: &Path, root: &Path) -> Expander {
+        Expander {
+            mode,
+            source: Source::Fetching {
+                dir: cache_dir.join("modules"),
+                root: root.to_path_buf(),
+                caches: HashMap::new(),
+            },
+            said_off: false,
+        }
+    }
+
+    /// For reading what a publisher with cache `cache_dir` fetched, without fetching.
+    pub fn read_only(mode: Mode, cache_dir: &Path) -> Expander {
+        Expander {
+            mode,
+            source: Source::ReadOnly {
+                dir: cache_dir.join("modules"),
+            },
+            said_off: false,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `entries` (a tree of `repo`, fetched from `remote`) with every submodule the mode asks
+    /// for filled in. `gitmodules` is the `.gitmodules` that describes them and `prefix` where
+    /// the tree sits in the commit (non-empty for `--subdir`: `.gitmodules` names full paths).
+    #[allow(clippy::too_many_arguments)]
+    pub fn expand(
+        &mut self,
+        remote: &Remote,
+        repo: gix::Repository,
+        entries: Entries,
+        gitmodules: Option<Vec<u8>>,
+        prefix: &[u8],
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Expanded, SubmoduleError> {
+        let has_gitlinks = entries.0.iter().any(|e| e.mode == MODE_SUBMODULE);
+        if !has_gitlinks || self.mode == Mode::Off {
+            if has_gitlinks && !self.said_off {
+                let paths: Vec<String> = entries
+                    .0
+                    .iter()
+                    .filter(|e| e.mode == MODE_SUBMODULE)
+                    .map(|e| escape_bytes(&e.path))
+                    .collect();
+                tracing::info!(submodules = %paths.join(", "), "the commit has submodules; --submodules off publishes each as an empty directory, as git clone without --recurse-submodules does");
+                self.said_off = true;
+            }
+            return Ok(Expanded {
+                entries,
+                blobs: ReposBlobs(vec![RepoBlobs(repo)]),
+                modules: Vec::new(),
+            });
+        }
+        if let Source::Fetching { caches, .. } = &mut self.source {
+            // Between cycles, not during one: this cycle reads what the last fetch brought.
+            for cache in caches.values_mut() {
+                cache
+                    .reset_if_due()
+                    .map_err(|source| SubmoduleError::Cache { source })?;
+            }
+        }
+        let mut out = entries.0.clone();
+        let mut repos = vec![repo.clone()];
+        let mut modules = Vec::new();
+        let level = Level {
+            remote,
+            entries: &entries,
+            gitmodules,
+            lookup_prefix: prefix.to_vec(),
+            place: Vec::new(),
+            depth: 0,
+        };
+        self.expand_level(level, &mut out, &mut repos, &mut modules, progress, interrupt)?;
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Expanded {
+            entries: Entries(out),
+            blobs: ReposBlobs(repos.into_iter().map(RepoBlobs).collect()),
+            modules,
+        })
+    }
+
+    fn expand_level(
+        &mut self,
+        level: Level<'_>,
+        out: &mut Vec<Entry>,
+        repos: &mut Vec<gix::Repository>,
+        modules: &mut Vec<Module>,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), SubmoduleError> {
+        let within = if level.place.is_empty() {
+            String::new()
+        } else {
+            format!(" of submodule '{}'", escape_bytes(trim_slash(&level.place)))
+        };
+        let urls = match &level.gitmodules {
+            Some(bytes) => parse_gitmodules(bytes).map_err(|cause| SubmoduleError::Gitmodules {
+                within: within.clone(),
+                cause,
+            })?,
+            None => HashMap::new(),
+        };
+        for gitlink in level.entries.0.iter().filter(|e| e.mode == MODE_SUBMODULE) {
+            let mut path = level.place.clone();
+            path.extend_from_slice(&gitlink.path);
+            let shown = escape_bytes(&path);
+            if level.depth >= MAX_DEPTH {
+                return Err(SubmoduleError::TooDeep { path: shown });
+            }
+            let mut key = level.lookup_prefix.clone();
+            key.extend_from_slice(&gitlink.path);
+            let Some(url) = urls.get(&key) else {
+                return Err(SubmoduleError::NoUrl {
+                    path: shown,
+                    within,
+                });
+            };
+            let sub_remote =
+                submodule_remote(level.remote, url, gitlink.id)
+                    .map_err(|cause| SubmoduleError::Url {
+                        path: shown.clone(),
+                        url: level.remote.redactor().redact(url),
+                        cause,
+                    })?;
+            let (sub_repo, sub_entries) =
+                match self.fetch(&sub_remote, gitlink.id, &shown, progress, interrupt) {
+                    Err(e) if e.blames_cache() => {
+                        tracing::warn!(submodule = %shown, error = %e, "the submodule's cache may be damaged; re-creating it and trying again");
+                        self.recreate(&sub_remote, &shown)?;
+                        self.fetch(&sub_remote, gitlink.id, &shown, progress, interrupt)?
+                    }
+                    other => other?,
+                };
+            modules.push(Module {
+                path: path.clone(),
+                commit: gitlink.id,
+                url: sub_remote.display_url(),
+            });
+            let mut place = path.clone();
+            place.push(b'/');
+            for entry in &sub_entries.0 {
+                let mut full = place.clone();
+                full.extend_from_slice(&entry.path);
+                out.push(Entry {
+                    path: full,
+                    ..entry.clone()
+                });
+            }
+            if !repos.iter().any(|r| r.path() == sub_repo.path()) {
+                repos.push(sub_repo.clone());
+            }
+            if self.mode == Mode::Recursive && sub_entries.0.iter().any(|e| e.mode == MODE_SUBMODULE)
+            {
+                let gitmodules = read_gitmodules(&sub_repo, &sub_entries).map_err(|cause| {
+                    SubmoduleError::Gitmodules {
+                        within: format!(" of submodule '{shown}'"),
+                        cause,
+                    }
+                })?;
+                self.expand_level(
+                    Level {
+                        remote: &sub_remote,
+                        entries: &sub_entries,
+                        gitmodules,
+                        lookup_prefix: Vec::new(),
+                        place,
+                        depth: level.depth + 1,
+                    },
+                    out,
+                    repos,
+                    modules,
+                    progress,
+                    interrupt,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The submodule's repository holding `commit`, and that commit's entries.
+    fn fetch(
+        &mut self,
+        remote: &Remote,
+        commit: ObjectId,
+        shown: &str,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(gix::Repository, Entries), SubmoduleError> {
+        let fetch_error = |source: SourceError| SubmoduleError::Fetch {
+            path: shown.to_string(),
+            commit,
+            url: remote.display_url(),
+            source,
+        };
+        let repo = match &mut self.source {
+            Source::Fetching { dir, root, caches } => {
+                let cache_dir = dir.join(cache_key(&remote.display_url()));
+                let cache = match caches.entry(cache_dir.clone()) {
+                    std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        prepare_modules_dir(dir).map_err(fetch_error)?;
+                        slot.insert(Cache::open(&cache_dir, remote, root).map_err(fetch_error)?)
+                    }
+                };
+                cache
+                    .fetch_commit(remote, commit, progress, interrupt)
+                    .map_err(fetch_error)?;
+                cache.repo()
+            }
+            Source::ReadOnly { dir } => {
+                let cache_dir = dir.join(cache_key(&remote.display_url()));
+                let not_cached = || SubmoduleError::NotCached {
+                    path: shown.to_string(),
+                    commit,
+                    cache: cache_dir.clone(),
+                };
+                let repo = gix::open_opts(
+                    cache_dir.join("repo.git"),
+                    gix::open::Options::isolated(),
+                )
+                .map_err(|_| not_cached())?;
+                if !repo.has_object(commit) {
+                    return Err(not_cached());
+                }
+                repo
+            }
+        };
+        let tree_id = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree_id().map_err(Into::into))
+            .map_err(|e| {
+                fetch_error(SourceError::Object {
+                    commit,
+                    cause: super::error_chain(&e),
+                })
+            })?;
+        let entries =
+            tree::entries(&repo, tree_id.detach()).map_err(|source| SubmoduleError::Tree {
+                path: shown.to_string(),
+                commit,
+                url: remote.display_url(),
+                source,
+            })?;
+        Ok((repo, entries))
+    }
+
+    fn recreate(&mut self, remote: &Remote, shown: &str) -> Result<(), SubmoduleError> {
+        if let Source::Fetching { dir, caches, .. } = &mut self.source {
+            let cache_dir = dir.join(cache_key(&remote.display_url()));
+            if let Some(cache) = caches.get_mut(&cache_dir) {
+                tracing::debug!(submodule = %shown, "re-creating the submodule's cache");
+                cache
+                    .recreate()
+                    .map_err(|source| SubmoduleError::Cache { source })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One repository's level of the expansion.
+struct Level<'a> {
+    /// The repository that holds these entries (relative URLs resolve against it).
+    remote: &'a Remote,
+    entries: &'a Entries,
+    gitmodules: Option<Vec<u8>>,
+    /// What `.gitmodules` paths start with beyond the entries' own (`--subdir`).
+    lookup_prefix: Vec<u8>,
+    /// Where these entries go in the snapshot (`""` or `"libs/common/"`).
+    place: Vec<u8>,
+    depth: usize,
+}
+
+fn trim_slash(path: &[u8]) -> &[u8] {
+    path.strip_suffix(b"/").unwrap_or(path)
+}
+
+/// The content of `.gitmodules` at the top of `entries`, if there is one.
+pub fn read_gitmodules(repo: &gix::Repository, entries: &Entries) -> Result<Option<Vec<u8>>, String> {
+    let Some(entry) = entries
+        .0
+        .iter()
+        .find(|e| e.path == b".gitmodules" && e.is_regular_file())
+    else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    crate::entries::Blobs::read(&RepoBlobs(repo.clone()), &entry.id, &mut buf)?;
+    Ok(Some(buf))
+}
+
+/// `.gitmodules`: each submodule's path and URL (git finds a gitlink's submodule by path).
+fn parse_gitmodules(bytes: &[u8]) -> Result<HashMap<Vec<u8>, String>, String> {
+    let file = gix::config::File::from_bytes_no_includes(
+        bytes,
+        gix::config::file::Metadata::api(),
+        Default::default(),
+    )
+    .map_err(|e| super::error_chain(&e))?;
+    let mut urls = HashMap::new();
+    for section in file.sections_by_name("submodule").into_iter().flatten() {
+        let (Some(path), Some(url)) = (section.value("path"), section.value("url")) else {
+            continue;
+        };
+        let path: &[u8] = path.as_ref();
+        let path = trim_slash(path).to_vec();
+        urls.insert(path, String::from_utf8_lossy(url.as_ref()).into_owned());
+    }
+    Ok(urls)
+}
+
+/// A cache directory name for a submodule URL: short, stable, and different per URL.
+fn cache_key(url: &str) -> String {
+    let hash = url.bytes().fold(0xcbf29ce484222325u64, |hash, b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    let name: String = url
+        .rsplit(['/', ':'])
+        .find(|s| !s.is_empty())
+        .unwrap_or("module")
+        .trim_end_matches(".git")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    format!("{name}-{hash:016x}")
+}
+
+fn prepare_modules_dir(dir: &Path) -> Result<(), SourceError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(crate::fsutil::IoError::new("create", dir, e).into()),
+    }
+}
+
+/// Resolve a submodule URL from `.gitmodules` against the URL of the repository that holds it,
+/// as git does: `./x` and `../x` are relative to that repository (each `../` drops one path
+/// component of its URL; the scheme and host, or scp-like `host:`, stay), anything else is
+/// used as it is.
+pub fn resolve_url(base: &str, url: &str) -> Result<String, String> {
+    if !(url.starts_with("./") || url.starts_with("../")) {
+        return Ok(url.to_string());
+    }
+    let base = base.trim_end_matches('/');
+    // What `../` cannot climb: `scheme://host`, `host:` (scp-like), or nothing (a local path).
+    let (head, path) = if let Some(at) = base.find("://") {
+        let after = &base[at + 3..];
+        match after.find('/') {
+            Some(slash) => base.split_at(at + 3 + slash),
+            None => (base, ""),
+        }
+    } else if base.starts_with('/') {
+        ("", base)
+    } else {
+        match base.find(':') {
+            Some(colon) => base.split_at(colon + 1),
+            None => ("", base),
+        }
+    };
+    let mut components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let mut rest = url;
+    loop {
+        if let Some(after) = rest.strip_prefix("./") {
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("../") {
+            if components.pop().is_none() {
+                return Err(format!("'{url}' climbs above the repository's URL"));
+            }
+            rest = after;
+        } else {
+            break;
+        }
+    }
+    if !rest.is_empty() {
+        components.push(rest);
+    }
+    let slash = if path.starts_with('/') { "/" } else { "" };
+    Ok(format!("{head}{slash}{}", components.join("/")))
+}
+
+/// The remote of a submodule at `url` (as `.gitmodules` of `parent` gives it): the parent's TLS,
+/// SSH and timeout settings; its HTTP credentials only on the parent's own server; depth 1.
+fn submodule_remote(parent: &Remote, url: &str, commit: ObjectId) -> Result<Remote, String> {
+    let resolved = resolve_url(&parent.url, url)?;
+    let mut access = parent.access.clone();
+    if server_of(&resolved) != server_of(&parent.url) {
+        access.username = None;
+        access.password = None;
+    }
+    Remote::new(&resolved, Target::Commit(commit), 1, access)
+}
+
+/// Scheme, host and port of a URL, to tell whether two URLs reach the same server.
+pub fn server_of(url: &str) -> Option<(String, String, Option<u16>)> {
+    let parsed = gix::url::parse(gix::bstr::BStr::new(url)).ok()?;
+    Some((
+        parsed.scheme.as_str().to_string(),
+        parsed.host().unwrap_or_default().to_ascii_lowercase(),
+        parsed.port_or_default(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_urls_resolve_as_git_resolves_them() {
+        let cases = [
+            ("https://git.example.com/org/dags.git", "../lib.git", "https://git.example.com/org/lib.git"),
+            ("https://git.example.com/org/dags.git/", "../lib.git", "https://git.example.com/org/lib.git"),
+            ("https://git.example.com/org/dags", "./sub", "https://git.example.com/org/dags/sub"),
+            ("https://git.example.com/org/dags", "../../other/lib", "https://git.example.com/other/lib"),
+            ("git@git.example.com:org/dags.git", "../lib.git", "git@git.example.com:org/lib.git"),
+            ("git@git.example.com:dags.git", "../lib.git", "git@git.example.com:lib.git"),
+            ("file:///srv/git/dags", "../lib", "file:///srv/git/lib"),
+            ("/srv/git/dags", "../lib", "/srv/git/lib"),
+            ("https://git.example.com/org/dags", "https://elsewhere.example.com/lib.git", "https://elsewhere.example.com/lib.git"),
+            ("https://git.example.com/org/dags", "git@other:lib.git", "git@other:lib.git"),
+        ];
+        for (base, url, expected) in cases {
+            assert_eq!(resolve_url(base, url).as_deref(), Ok(expected), "{base} + {url}");
+        }
+        assert!(resolve_url("https://host/a", "../../../../x").is_err());
+    }
+
+    #[test]
+    fn gitmodules_maps_paths_to_urls() {
+        let text = b"[submodule \"common\"]\n\tpath = libs/common\n\turl = ../common.git\n[submodule \"x\"]\n\tpath = x/\n\turl = https://h/x.git\n[submodule \"nourl\"]\n\tpath = n\n";
+        let urls = parse_gitmodules(text).unwrap();
+        assert_eq!(urls.get(&b"libs/common"[..]).map(String::as_str), Some("../common.git"));
+        assert_eq!(urls.get(&b"x"[..]).map(String::as_str), Some("https://h/x.git"));
+        assert!(!urls.contains_key(&b"n"[..]));
+        assert!(parse_gitmodules(b"[submodule \"broken").is_err());
+    }
+
+    #[test]
+    fn servers_are_compared_by_scheme_host_and_port() {
+        assert_eq!(server_of("https://Git.example.com/a.git"), server_of("https://git.example.com/b.git"));
+        assert_ne!(server_of("https://git.example.com/a.git"), server_of("https://git.example.com:8443/a.git"));
+        assert_ne!(server_of("https://a.example.com/x"), server_of("https://b.example.com/x"));
+        assert_eq!(server_of("file:///srv/a"), server_of("file:///srv/b"));
+    }
+
+    #[test]
+    fn cache_keys_are_readable_and_distinct() {
+        let a = cache_key("https://git.example.com/org/common.git");
+        assert!(a.starts_with("common-"), "{a}");
+        assert_ne!(a, cache_key("https://git.example.com/other/common.git"));
+    }
+}
