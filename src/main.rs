@@ -11,9 +11,9 @@ use dagsnap::cli::{
     RemoveArgs, RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
 };
 use dagsnap::daemon::check::CheckCommand;
-use dagsnap::daemon::publish::{Gate, Publisher, Settings};
+use dagsnap::daemon::publish::{Content, Gate, Publisher, Settings};
 use dagsnap::daemon::{self, Exit, Schedule};
-use dagsnap::git::{Remote, Target};
+use dagsnap::git::{select, submodules, Remote, Target};
 use dagsnap::ops::status;
 use dagsnap::ops::{history, verify};
 use dagsnap::progress::Style;
@@ -233,10 +233,20 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         },
         retention,
         verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
+    };
+    let content = Content {
         submodules: match args.submodules {
-            dagsnap::cli::Submodules::Off => dagsnap::git::tree::Submodules::Off,
-            dagsnap::cli::Submodules::Shallow => dagsnap::git::tree::Submodules::Shallow,
-            dagsnap::cli::Submodules::Recursive => dagsnap::git::tree::Submodules::Recursive,
+            dagsnap::cli::Submodules::Off => submodules::Mode::Off,
+            dagsnap::cli::Submodules::Shallow => submodules::Mode::Shallow,
+            dagsnap::cli::Submodules::Recursive => submodules::Mode::Recursive,
+        },
+        subdir: match &args.subdir {
+            Some(value) => select::parse_subdir(value).map_err(usage)?,
+            None => None,
+        },
+        sparse: match &args.sparse_checkout_file {
+            Some(file) => Some(select::Sparse::read(file).map_err(usage)?),
+            None => None,
         },
     };
     let relative_to_root = |path: &Option<std::path::PathBuf>| {
@@ -277,8 +287,14 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
     }
     let checks = gate.check.is_some();
     let open: daemon::Opener = std::sync::Arc::new(move || {
-        Publisher::open(root.clone(), remote.clone(), &cache_dir, settings)
-            .map(|publisher| publisher.with_gate(gate.clone()))
+        Publisher::open(
+            root.clone(),
+            remote.clone(),
+            &cache_dir,
+            settings,
+            content.clone(),
+        )
+        .map(|publisher| publisher.with_gate(gate.clone()))
     });
     let schedule = Schedule {
         period: args.period,

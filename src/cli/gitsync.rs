@@ -123,7 +123,7 @@ const FLAGS: &[Spec] = &[
     flag("ref", Str, &["GITSYNC_REF"], "HEAD", "the branch, tag or commit to sync"),
     flag("depth", Int, &["GITSYNC_DEPTH", "GIT_SYNC_DEPTH"], "1", "commits of history to fetch; 0 is all"),
     flag("submodules", Str, &["GITSYNC_SUBMODULES", "GIT_SYNC_SUBMODULES"], "recursive", "recursive, shallow or off"),
-    flag("sparse-checkout-file", Str, &["GITSYNC_SPARSE_CHECKOUT_FILE", "GIT_SYNC_SPARSE_CHECKOUT_FILE"], "", "a sparse-checkout file (not supported yet)"),
+    flag("sparse-checkout-file", Str, &["GITSYNC_SPARSE_CHECKOUT_FILE", "GIT_SYNC_SPARSE_CHECKOUT_FILE"], "", "a sparse-checkout file: only the paths its patterns select are published"),
     flag("root", Str, &["GITSYNC_ROOT", "GIT_SYNC_ROOT"], "", "the directory to publish into (required)"),
     flag("link", Str, &["GITSYNC_LINK", "GIT_SYNC_LINK"], "", "the link readers use, absolute or relative to --root (default: the last part of --repo)"),
     flag("error-file", Str, &["GITSYNC_ERROR_FILE", "GIT_SYNC_ERROR_FILE"], "", "a file that holds the last error (absolute or relative to --root)"),
@@ -542,8 +542,9 @@ fn translate(
         ));
     }
     opt(&mut argv, "submodules", &submodules);
-    if !s.string("sparse-checkout-file").is_empty() {
-        return Err(invalid("--sparse-checkout-file is not supported by dagsnap yet; publish the whole repository, or a subdirectory of it through --link's target"));
+    let sparse = s.string("sparse-checkout-file");
+    if !sparse.is_empty() {
+        opt(&mut argv, "sparse-checkout-file", &sparse);
     }
     let git_gc = s.string("git-gc");
     if !["auto", "always", "aggressive", "off"].contains(&git_gc.as_str()) {
@@ -831,7 +832,7 @@ fn translate(
                 }
             } else {
                 notes.push(Note::Info(format!(
-                    "--credential for {} is not used: dagsnap fetches only --repo (submodules are not checked out)",
+                    "--credential for {} is not used: dagsnap sends --repo's credentials, to --repo's server only (submodules there included)",
                     crate::git::redact::Redactor::default().redact(&credential.url)
                 )));
             }

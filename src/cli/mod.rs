@@ -254,11 +254,26 @@ pub struct SyncArgs {
     #[arg(long, env = "DAGSNAP_ADOPT_AFTER", default_value = "30s", value_parser = parse_duration, help_heading = "Root and cache")]
     pub adopt_after: Duration,
 
-    /// What to do with submodules: off publishes each as an empty directory (as `git clone`
-    /// without --recurse-submodules leaves it). Checking them out is not supported yet, so
-    /// recursive and shallow fail a commit that has any, naming it.
-    #[arg(long, env = "DAGSNAP_SUBMODULES", value_enum, default_value_t = Submodules::Off, help_heading = "Repository")]
+    /// What to do with submodules: recursive publishes each submodule's recorded commit, and
+    /// theirs, as `git clone --recurse-submodules` shows them (each fetched into a private cache
+    /// of its own); shallow only the commit's own submodules; off publishes each as an empty
+    /// directory, as `git clone` leaves it.
+    #[arg(long, env = "DAGSNAP_SUBMODULES", value_enum, default_value_t = Submodules::Recursive, help_heading = "Repository")]
     pub submodules: Submodules,
+
+    /// Publish only this directory of each commit (e.g. `dags`): the snapshot is the tree at
+    /// that path, and a commit that changes nothing in it does not move the link.
+    #[arg(long, env = "DAGSNAP_SUBDIR", help_heading = "Repository")]
+    pub subdir: Option<String>,
+
+    /// Publish only the paths git's sparse checkout would leave, with the patterns in this file
+    /// (as git reads .git/info/sparse-checkout: cone-mode or plain patterns). Read at start.
+    #[arg(
+        long,
+        env = "DAGSNAP_SPARSE_CHECKOUT_FILE",
+        help_heading = "Repository"
+    )]
+    pub sparse_checkout_file: Option<std::path::PathBuf>,
 
     /// Write every file of each new snapshot instead of hard-linking unchanged files from the
     /// previous one (for filesystems where links misbehave; costs time and space).

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::git::select::{self, Sparse};
+use crate::git::submodules::{Expanded, Expander, Mode as SubmoduleMode};
 use crate::git::{Cache, CommitInfo, Remote, SourceError};
 use crate::store::gc;
 use crate::store::lock::LockError;
@@ -14,8 +16,8 @@ use crate::store::records::{PublisherRecord, Registration};
 use crate::store::repair::{self, RepairError};
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
 use crate::store::{
-    Cause, Claim, Created, Current, Decision, Installed, LockFault, LockWitness, Manifest, Pin,
-    Publication, Root, RootLock, SourceRecord, StoreError, Verdict,
+    Cause, Claim, Created, Current, Decision, Expected, Installed, LockFault, LockWitness,
+    Manifest, ModuleRecord, Pin, Publication, Root, RootLock, SourceRecord, StoreError, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +29,9 @@ pub enum PublishError {
     #[error(transparent)]
     Tree(#[from] crate::git::tree::TreeError),
     #[error(transparent)]
-    Submodules(#[from] crate::git::tree::SubmodulesUnsupported),
+    Submodule(Box<crate::git::submodules::SubmoduleError>),
+    #[error(transparent)]
+    Select(#[from] crate::git::select::SelectError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -43,6 +47,12 @@ pub enum PublishError {
         cache: std::path::PathBuf,
         root: std::path::PathBuf,
     },
+}
+
+impl From<crate::git::submodules::SubmoduleError> for PublishError {
+    fn from(e: crate::git::submodules::SubmoduleError) -> Self {
+        PublishError::Submodule(Box::new(e))
+    }
 }
 
 impl PublishError {
@@ -84,22 +94,14 @@ impl PublishError {
         match self {
             PublishError::Snapshot(e) => e.blames_source(),
             PublishError::Tree(e) => e.blames_cache(),
-            PublishError::Source(e) => matches!(
-                e,
-                SourceError::Object { .. }
-                    | SourceError::CacheRepo { .. }
-                    | SourceError::CacheIo(_)
-                    | SourceError::NotACommit { .. }
-                    | SourceError::Remote {
-                        during: "fetch from" | "find the fetched commit from",
-                        ..
-                    }
-            ),
+            PublishError::Select(e) => e.blames_cache(),
+            PublishError::Source(e) => e.blames_cache(),
             // A library that panics on what it read most likely read damaged objects.
             PublishError::Internal(_) => true,
             PublishError::Repair(RepairError::Snapshot(e)) => e.blames_source(),
             PublishError::Repair(RepairError::Store(_))
-            | PublishError::Submodules(_)
+            // A submodule's cache is started over by the expander itself.
+            | PublishError::Submodule(_)
             | PublishError::LocksUnreliable { .. }
             | PublishError::Store(_)
             | PublishError::CacheInsideRoot { .. } => false,
@@ -124,6 +126,9 @@ pub enum Outcome {
     Superseded { commit: String, current: String },
     /// The remote has `commit` but an operator pinned the link; it was left alone.
     Held { commit: String, pin: Pin },
+    /// `commit` changes nothing this publisher publishes (only paths outside `--subdir`): the
+    /// link stays on `live`, whose snapshot holds the same tree.
+    Same { commit: String, live: String },
     /// `--check-command` rejected `commit` (now, or at an earlier poll: a commit is checked
     /// once); the link stays where it was.
     Rejected { commit: String, verdict: Verdict },
@@ -148,11 +153,45 @@ pub struct Settings {
     pub retention: gc::Policy,
     /// How often the live snapshot is checked (and repaired if damaged); `None`: never.
     pub verify_period: Option<Duration>,
-    pub submodules: crate::git::tree::Submodules,
     /// The loop's `--period`, written into the heartbeat for peers.
     pub period: Duration,
     /// `--min-publish-interval`: no two link moves closer than this.
     pub min_publish_interval: Option<Duration>,
+}
+
+/// What of each commit is published: which part (`--subdir`, sparse patterns) and how its
+/// submodules are.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub submodules: SubmoduleMode,
+    /// `--subdir`, normalized ([`crate::git::select::parse_subdir`]).
+    pub subdir: Option<Vec<u8>>,
+    pub sparse: Option<Sparse>,
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content {
+            submodules: SubmoduleMode::Recursive,
+            subdir: None,
+            sparse: None,
+        }
+    }
+}
+
+impl Content {
+    /// The selection as manifests and the root's source record write it (`subdir=dags
+    /// sparse=<fingerprint>`); empty for the whole tree.
+    pub fn select_key(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(subdir) = &self.subdir {
+            parts.push(format!("subdir={}", crate::text::escape_bytes(subdir)));
+        }
+        if let Some(sparse) = &self.sparse {
+            parts.push(format!("sparse={}", sparse.fingerprint()));
+        }
+        parts.join(" ")
+    }
 }
 
 /// What the publisher needs besides [`Settings`]: the operator's check, if any.
@@ -188,6 +227,11 @@ pub struct Publisher {
     gate: Gate,
     /// What the last cycle's check did (`accepted`, `rejected`, `timeout`, `abandoned`).
     last_check: Option<&'static str>,
+    content: Content,
+    /// Fills in submodules; keeps their caches.
+    expander: Expander,
+    /// The last commit journaled as changing nothing published (said once, not every poll).
+    said_same: Option<String>,
 }
 
 /// Where a cycle spent its time, for the metrics.
@@ -214,6 +258,7 @@ impl Publisher {
         remote: Remote,
         cache_dir: &Path,
         settings: Settings,
+        content: Content,
     ) -> Result<Publisher, PublishError> {
         refuse_cache_inside_root(cache_dir, root.path())?;
         let created = root.adopt()?;
@@ -221,6 +266,7 @@ impl Publisher {
             let source = SourceRecord {
                 repo: remote.display_url(),
                 ref_name: remote.target.to_string(),
+                select: content.select_key(),
             };
             let claim = root.claim(&source, settings.lock_timeout)?;
             root.record_link()?;
@@ -246,6 +292,7 @@ impl Publisher {
         })();
         match opened {
             Ok((claim, cache, registration, source)) => Ok(Publisher {
+                expander: Expander::new(content.submodules, cache_dir, root.path()),
                 root,
                 remote,
                 cache,
@@ -261,6 +308,8 @@ impl Publisher {
                 lock_fault: None,
                 gate: Gate::default(),
                 last_check: None,
+                content,
+                said_same: None,
             }),
             Err(e) => {
                 root.undo_first_start(&created);
@@ -449,12 +498,11 @@ impl Publisher {
         self.cache
             .fetch_commit(&self.remote, id, progress, interrupt)?;
         let info = self.cache.commit_info(id)?;
-        let repo = self.cache.repo();
-        let entries = crate::git::tree::entries(&repo, info.tree_id)?;
+        let expected = self.expected(&info)?;
         let manifest = match self.root.manifest(&current.commit)? {
             Some(manifest) => manifest,
             None => manifest_for(
-                info,
+                info.clone(),
                 Stats {
                     files: 0,
                     bytes: 0,
@@ -462,7 +510,16 @@ impl Publisher {
                 },
             ),
         };
-        let blobs = crate::git::RepoBlobs(repo);
+        let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
+        let blobs = expanded.blobs;
+        // What git says the snapshot holds, unless it was built with other settings than this
+        // publisher's (a pinned snapshot from before a change of --subdir): then what was
+        // recorded when it was built.
+        let same_settings = expected.matches(&manifest, || recorded.clone()).is_ok();
+        let entries = match (&recorded, same_settings) {
+            (Some(recorded), false) => recorded.clone(),
+            _ => expanded.entries,
+        };
         if current.in_repair {
             let entries = recorded.unwrap_or(entries);
             repair::finish(
@@ -549,17 +606,29 @@ impl Publisher {
             }
         }
 
+        // The store may have been deleted or damaged under a running loop: put it back.
+        self.root.ensure_layout()?;
+        let info = self.cache.commit_info(observation.commit)?;
+        let expected = self.expected(&info)?;
+
+        // A commit that changes nothing published (only paths outside --subdir) leaves the
+        // link where it is: readers need not parse the same files again.
+        if self.content.subdir.is_some() && self.root.live_holds(&expected) {
+            if let Some(live) = current.as_ref().map(|c| c.commit.clone()) {
+                self.refuse_if_locks_unreliable()?;
+                self.journal_same(&commit, &live, &observation.ref_name)?;
+                return Ok(Outcome::Same { commit, live });
+            }
+        }
+
         // A commit the check rejected is neither built nor checked again.
         if let Some(verdict) = self.known_rejection(&commit) {
             self.refuse_if_locks_unreliable()?;
             return Ok(Outcome::Rejected { commit, verdict });
         }
 
-        // The store may have been deleted or damaged under a running loop: put it back.
-        self.root.ensure_layout()?;
-        let info = self.cache.commit_info(observation.commit)?;
         if self.root.has_snapshot(&commit) {
-            if let Err(why) = self.root.check_snapshot(&commit, Some(&info.tree)) {
+            if let Err(why) = self.root.check_snapshot(&commit, Some(&expected)) {
                 let lock = self.root.lock(self.settings.lock_timeout)?;
                 self.root.set_aside(&lock, &commit, &why)?;
                 drop(lock);
@@ -570,7 +639,7 @@ impl Publisher {
         let built = if self.root.has_snapshot(&commit) {
             None
         } else {
-            Some(self.build(info, progress, interrupt)?)
+            Some(self.build(info, &expected, progress, interrupt)?)
         };
         self.timings.build = Some(building.elapsed());
 
@@ -944,13 +1013,122 @@ impl Publisher {
         }
     }
 
+    /// What a snapshot of the commit `info` describes must hold, as this publisher publishes
+    /// it: the tree at `--subdir` (or the commit's), the selection, the submodules mode.
+    fn expected(&self, info: &CommitInfo) -> Result<Expected, PublishError> {
+        let tree = match &self.content.subdir {
+            Some(subdir) => select::subtree(&self.cache.repo(), info.tree_id, subdir)?,
+            None => info.tree_id,
+        };
+        Ok(Expected {
+            tree: tree.to_string(),
+            select: self.content.select_key(),
+            submodules: self.content.submodules.name(),
+        })
+    }
+
+    /// Journal, once per commit, that `commit` changes nothing published and `live` stays.
+    fn journal_same(
+        &mut self,
+        commit: &str,
+        live: &str,
+        ref_name: &str,
+    ) -> Result<(), PublishError> {
+        if self.said_same.as_deref() == Some(commit) {
+            return Ok(());
+        }
+        // Said already by a peer, or by this publisher before a restart.
+        let journaled = self.root.records().journal().unwrap_or_default();
+        if journaled
+            .iter()
+            .rev()
+            .take(20)
+            .any(|e| e.cause == Cause::Unchanged && e.commit == commit)
+        {
+            self.said_same = Some(commit.to_string());
+            return Ok(());
+        }
+        let subdir = self
+            .content
+            .subdir
+            .as_deref()
+            .map(crate::text::escape_bytes)
+            .unwrap_or_default();
+        tracing::info!(%commit, %live, "the new commit changes nothing in --subdir {subdir}; the link stays");
+        let lock = self.root.lock(self.settings.lock_timeout)?;
+        self.root.record(
+            &lock,
+            &Publication {
+                commit: commit.to_string(),
+                cause: Cause::Unchanged,
+                observed_at: SystemTime::now(),
+                published_at: SystemTime::now(),
+                host: crate::fsutil::hostname(),
+                pid: std::process::id(),
+                repo: self.remote.display_url(),
+                ref_name: ref_name.to_string(),
+                moved_link: false,
+                reason: Some(format!(
+                    "{subdir}/ is the same as in {live}, which stays live"
+                )),
+            },
+        )?;
+        self.said_same = Some(commit.to_string());
+        Ok(())
+    }
+
+    /// The entries of the commit `info` describes as this publisher publishes them (the part
+    /// `--subdir` and the sparse patterns select, submodules filled in), and where their
+    /// content comes from.
+    fn entries_of(
+        &mut self,
+        info: &CommitInfo,
+        expected: &Expected,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Expanded, PublishError> {
+        let repo = self.cache.repo();
+        let tree =
+            gix::ObjectId::from_hex(expected.tree.as_bytes()).map_err(|e| SourceError::Object {
+                commit: info.tree_id,
+                cause: e.to_string(),
+            })?;
+        let entries = crate::git::tree::entries(&repo, tree)?;
+        let prefix = self.content.subdir.clone().unwrap_or_default();
+        let entries = match &self.content.sparse {
+            Some(sparse) => sparse.filter(entries, &prefix)?,
+            None => entries,
+        };
+        let gitmodules =
+            crate::git::submodules::gitmodules_of_tree(&repo, info.tree_id).map_err(|cause| {
+                crate::git::submodules::SubmoduleError::Gitmodules {
+                    within: String::new(),
+                    cause,
+                }
+            })?;
+        let lookup_prefix = if prefix.is_empty() {
+            prefix
+        } else {
+            [prefix.as_slice(), b"/"].concat()
+        };
+        Ok(self.expander.expand(
+            &self.remote,
+            repo,
+            entries,
+            gitmodules,
+            &lookup_prefix,
+            progress,
+            interrupt,
+        )?)
+    }
+
     fn build(
-        &self,
+        &mut self,
         info: CommitInfo,
+        expected: &Expected,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Stats, PublishError> {
-        let tree = info.tree_id;
         // Unchanged files are shared with the snapshot readers see now, if it is intact.
         let current = self.root.current()?.filter(|c| c.complete);
         let previous_entries = match &current {
@@ -966,13 +1144,16 @@ impl Publisher {
             .zip(previous_entries.as_ref())
             .map(|(dir, entries)| Previous { dir, entries });
 
-        let repo = self.cache.repo();
-        let entries = crate::git::tree::entries(&repo, tree)?;
-        self.settings.submodules.check(&entries)?;
+        let expanded = self.entries_of(&info, expected, progress, interrupt)?;
+        let has_submodules = expanded
+            .entries
+            .0
+            .iter()
+            .any(|e| e.mode == crate::entries::MODE_SUBMODULE);
         let staging = self.root.begin_staging()?;
         let built = snapshot::build(
-            entries,
-            &crate::git::RepoBlobs(repo),
+            expanded.entries,
+            &expanded.blobs,
             staging.path(),
             previous,
             self.settings.reuse,
@@ -982,12 +1163,29 @@ impl Publisher {
         if interrupt.load(Ordering::Relaxed) {
             return Err(SnapshotError::Cancelled.into());
         }
-        let manifest = manifest_for(info, built.stats);
+        let mut manifest = manifest_for(info, built.stats);
+        manifest.tree = expected.tree.clone();
+        manifest.select = expected.select.clone();
+        if has_submodules {
+            manifest.submodules = expected.submodules.to_string();
+        }
+        manifest.modules = module_records(&expanded.modules);
         if self.root.install(staging, &manifest, &built.entries)? == Installed::AlreadyThere {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
         }
         Ok(built.stats)
     }
+}
+
+fn module_records(modules: &[crate::git::submodules::Module]) -> Vec<ModuleRecord> {
+    modules
+        .iter()
+        .map(|m| ModuleRecord {
+            path: String::from_utf8_lossy(&m.path).into_owned(),
+            commit: m.commit.to_string(),
+            url: m.url.clone(),
+        })
+        .collect()
 }
 
 fn commit_of_outcome(outcome: &Outcome) -> &str {
@@ -998,6 +1196,7 @@ fn commit_of_outcome(outcome: &Outcome) -> &str {
         | Outcome::Held { commit, .. }
         | Outcome::Throttled { commit, .. }
         | Outcome::Rejected { commit, .. }
+        | Outcome::Same { commit, .. }
         | Outcome::Deferred { commit, .. } => commit,
     }
 }
@@ -1015,6 +1214,9 @@ fn manifest_for(info: CommitInfo, stats: Stats) -> Manifest {
         materialized_at: SystemTime::now(),
         materialized_by: format!("{} pid {}", crate::fsutil::hostname(), std::process::id()),
         dir: None,
+        select: String::new(),
+        submodules: String::new(),
+        modules: Vec::new(),
     }
 }
 

@@ -373,6 +373,8 @@ fn observe(
         (_, Some(_)) => ("failed", None),
         (Ok(Outcome::Published { commit, .. }), None) => ("published", Some(commit.clone())),
         (Ok(Outcome::Unchanged { commit }), None) => ("unchanged", Some(commit.clone())),
+        // The link is right: it holds everything the remote's commit publishes.
+        (Ok(Outcome::Same { live, .. }), None) => ("unchanged", Some(live.clone())),
         (Ok(Outcome::Held { commit, .. }), None) => ("held", Some(commit.clone())),
         (Ok(Outcome::Superseded { commit, .. }), None) => ("superseded", Some(commit.clone())),
         (Ok(Outcome::Deferred { commit, .. }), None) => ("deferred", Some(commit.clone())),
@@ -618,6 +620,9 @@ fn report(outcome: &Outcome, held: &mut Option<(String, String)>) {
             return;
         }
         Outcome::Unchanged { commit } => tracing::debug!(%commit, "up to date"),
+        Outcome::Same { commit, live } => {
+            tracing::debug!(%commit, %live, "up to date: the commit changes nothing published")
+        }
         Outcome::Published {
             commit,
             previous,

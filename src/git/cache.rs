@@ -196,6 +196,17 @@ impl Cache {
         self.reset()
     }
 
+    /// Re-create the repository now if the last fetch found it grown (see
+    /// [`Cache::after_fetch`]): for caches that are only ever fetched into by commit id (a
+    /// submodule's), between cycles.
+    pub fn reset_if_due(&mut self) -> Result<(), SourceError> {
+        if self.reset_due {
+            tracing::debug!(cache = %self.dir.display(), "re-creating a grown cache");
+            self.reset()?;
+        }
+        Ok(())
+    }
+
     /// Wipe and re-create the repository.
     fn reset(&mut self) -> Result<(), SourceError> {
         let marker = self.dir.join(MARKER);

@@ -7,8 +7,10 @@
 //! - [`Cache`]: a bare repository on local disk owned by exactly one publisher process.
 //!
 //! Beside them: [`access`] (credentials, TLS and SSH settings), [`diagnose`] (errors that say
-//! what to do), [`redact`] (secrets never printed) and [`tree`] (a commit's tree as a list of
-//! entries, with the path rules git applies on Linux).
+//! what to do), [`redact`] (secrets never printed), [`tree`] (a commit's tree as a list of
+//! entries, with the path rules git applies on Linux), [`select`] (`--subdir` and sparse
+//! patterns: the part of a commit that is published) and [`submodules`] (each submodule's
+//! commit fetched into a cache of its own and filled into the entry list).
 //!
 //! The cache is never on the shared volume and never seen by readers; it holds the only git
 //! state dagsnap has. Each cycle asks the remote for the target's commit (handshake + ls-refs)
@@ -20,6 +22,8 @@ mod cache;
 pub mod diagnose;
 pub mod redact;
 mod remote;
+pub mod select;
+pub mod submodules;
 pub mod tree;
 
 pub use cache::{Cache, CacheRecord, CommitInfo, Observation, RepoBlobs};
@@ -139,6 +143,25 @@ fn known_refs_suffix(known: &[String]) -> String {
         ""
     };
     format!(" (it has: {}{more})", shown.join(", "))
+}
+
+impl SourceError {
+    /// True when the cache may be at fault, so that starting it over may help: damaged or
+    /// missing objects, an unusable repository or directory, a pack that could not be
+    /// received into it. Not a remote that cannot be reached or refuses us, nor a wrong setting.
+    pub fn blames_cache(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Object { .. }
+                | SourceError::CacheRepo { .. }
+                | SourceError::CacheIo(_)
+                | SourceError::NotACommit { .. }
+                | SourceError::Remote {
+                    during: "fetch from" | "find the fetched commit from",
+                    ..
+                }
+        )
+    }
 }
 
 /// `err` and its causes on one line, without repeating a cause its parent already quotes.

@@ -101,12 +101,8 @@ pub struct Sparse {
 impl Sparse {
     /// Read `file` (at start: a file that is missing or unreadable stops dagsnap there).
     pub fn read(file: &Path) -> Result<Sparse, String> {
-        let text = std::fs::read(file).map_err(|e| {
-            format!(
-                "cannot read --sparse-checkout-file {}: {e}",
-                file.display()
-            )
-        })?;
+        let text = std::fs::read(file)
+            .map_err(|e| format!("cannot read --sparse-checkout-file {}: {e}", file.display()))?;
         let sparse = Sparse::parse(file, &text);
         if sparse.patterns.is_empty() {
             return Err(format!(
@@ -238,10 +234,13 @@ mod tests {
 
     #[test]
     fn plain_patterns_match_as_gitignore_does() {
-        let patterns = sparse("# only Python under dags\n*.py\n!tests/\n/dags/**/*.sql\n");
+        let patterns = sparse("# Python and SQL\n*.py\n!tests/*\n/dags/**/*.sql\n!docs/\n");
         assert!(patterns.includes(b"dags/a.py"));
         assert!(patterns.includes(b"setup.py"));
         assert!(!patterns.includes(b"tests/test_a.py"));
+        // A file's own match decides before its directory's, as in git's sparse checkout.
+        assert!(patterns.includes(b"docs/conf.py"));
+        assert!(!patterns.includes(b"docs/index.md"));
         assert!(patterns.includes(b"dags/q/x.sql"));
         assert!(!patterns.includes(b"x.sql"));
         assert!(!patterns.includes(b"README.md"));

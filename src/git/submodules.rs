@@ -73,7 +73,7 @@ pub enum SubmoduleError {
         commit: ObjectId,
         url: String,
         #[source]
-        source: SourceError,
+        source: Box<SourceError>,
     },
     #[error("submodule '{path}' (commit {commit} of {url}): {source}")]
     Tree {
@@ -81,12 +81,12 @@ pub enum SubmoduleError {
         commit: ObjectId,
         url: String,
         #[source]
-        source: tree::TreeError,
+        source: Box<tree::TreeError>,
     },
     #[error("a submodule's cache: {source}")]
     Cache {
         #[source]
-        source: SourceError,
+        source: Box<SourceError>,
     },
     #[error("submodule '{path}' is nested more than {MAX_DEPTH} levels deep; do its repositories include each other?")]
     TooDeep { path: String },
@@ -147,25 +147,27 @@ impl crate::entries::Blobs for ReposBlobs {
     }
 }
 
-/// Where the submodules' repositories come from.
-enum Source {
-    /// A publisher: caches of its own under `dir`, opened (and locked) on first use, fetched
-    /// into as needed.
-    Fetching {
-        dir: PathBuf,
-        root: PathBuf,
-        caches: HashMap<PathBuf, Cache>,
-    },
-    /// `verify` against a publisher's cache: the caches under `dir` are read as they are,
-    /// without locks and without fetching.
-    ReadOnly { dir: PathBuf },
+/// The submodules' private caches: one per URL under `dir`, opened (and locked) on first use.
+struct Caches {
+    dir: PathBuf,
+    root: PathBuf,
+    open: HashMap<PathBuf, Cache>,
 }
 
 /// Fills in the submodules of a commit's entries; keeps the submodules' caches between cycles.
 pub struct Expander {
     mode: Mode,
-    source: Source,
+    caches: Caches,
     said_off: bool,
+}
+
+impl std::fmt::Debug for Expander {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expander")
+            .field("mode", &self.mode)
+            .field("dir", &self.caches.dir)
+            .finish()
+    }
 }
 
 impl Expander {
@@ -174,21 +176,10 @@ impl Expander {
     pub fn new(mode: Mode, cache_dir: &Path, root: &Path) -> Expander {
         Expander {
             mode,
-            source: Source::Fetching {
+            caches: Caches {
                 dir: cache_dir.join("modules"),
                 root: root.to_path_buf(),
-                caches: HashMap::new(),
-            },
-            said_off: false,
-        }
-    }
-
-    /// For reading what a publisher with cache `cache_dir` fetched, without fetching.
-    pub fn read_only(mode: Mode, cache_dir: &Path) -> Expander {
-        Expander {
-            mode,
-            source: Source::ReadOnly {
-                dir: cache_dir.join("modules"),
+                open: HashMap::new(),
             },
             said_off: false,
         }
@@ -230,13 +221,13 @@ impl Expander {
                 modules: Vec::new(),
             });
         }
-        if let Source::Fetching { caches, .. } = &mut self.source {
-            // Between cycles, not during one: this cycle reads what the last fetch brought.
-            for cache in caches.values_mut() {
-                cache
-                    .reset_if_due()
-                    .map_err(|source| SubmoduleError::Cache { source })?;
-            }
+        // Between cycles, not during one: this cycle reads what the last fetch brought.
+        for cache in self.caches.open.values_mut() {
+            cache
+                .reset_if_due()
+                .map_err(|source| SubmoduleError::Cache {
+                    source: Box::new(source),
+                })?;
         }
         let mut out = entries.0.clone();
         let mut repos = vec![repo.clone()];
@@ -249,7 +240,14 @@ impl Expander {
             place: Vec::new(),
             depth: 0,
         };
-        self.expand_level(level, &mut out, &mut repos, &mut modules, progress, interrupt)?;
+        self.expand_level(
+            level,
+            &mut out,
+            &mut repos,
+            &mut modules,
+            progress,
+            interrupt,
+        )?;
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Expanded {
             entries: Entries(out),
@@ -294,22 +292,27 @@ impl Expander {
                     within,
                 });
             };
-            let sub_remote =
-                submodule_remote(level.remote, url, gitlink.id)
-                    .map_err(|cause| SubmoduleError::Url {
-                        path: shown.clone(),
-                        url: level.remote.redactor().redact(url),
-                        cause,
-                    })?;
-            let (sub_repo, sub_entries) =
-                match self.fetch(&sub_remote, gitlink.id, &shown, progress, interrupt) {
-                    Err(e) if e.blames_cache() => {
-                        tracing::warn!(submodule = %shown, error = %e, "the submodule's cache may be damaged; re-creating it and trying again");
-                        self.recreate(&sub_remote, &shown)?;
-                        self.fetch(&sub_remote, gitlink.id, &shown, progress, interrupt)?
-                    }
-                    other => other?,
-                };
+            let sub_remote = submodule_remote(level.remote, url, gitlink.id).map_err(|cause| {
+                SubmoduleError::Url {
+                    path: shown.clone(),
+                    url: level.remote.redactor().redact(url),
+                    cause,
+                }
+            })?;
+            let (sub_repo, sub_entries) = match self.fetch(
+                &sub_remote,
+                gitlink.id,
+                &shown,
+                progress,
+                interrupt,
+            ) {
+                Err(e) if e.blames_cache() => {
+                    tracing::warn!(submodule = %shown, error = %e, "the submodule's cache may be damaged; re-creating it and trying again");
+                    self.recreate(&sub_remote, &shown)?;
+                    self.fetch(&sub_remote, gitlink.id, &shown, progress, interrupt)?
+                }
+                other => other?,
+            };
             modules.push(Module {
                 path: path.clone(),
                 commit: gitlink.id,
@@ -328,7 +331,8 @@ impl Expander {
             if !repos.iter().any(|r| r.path() == sub_repo.path()) {
                 repos.push(sub_repo.clone());
             }
-            if self.mode == Mode::Recursive && sub_entries.0.iter().any(|e| e.mode == MODE_SUBMODULE)
+            if self.mode == Mode::Recursive
+                && sub_entries.0.iter().any(|e| e.mode == MODE_SUBMODULE)
             {
                 let gitmodules = read_gitmodules(&sub_repo, &sub_entries).map_err(|cause| {
                     SubmoduleError::Gitmodules {
@@ -369,44 +373,24 @@ impl Expander {
             path: shown.to_string(),
             commit,
             url: remote.display_url(),
-            source,
+            source: Box::new(source),
         };
-        let repo = match &mut self.source {
-            Source::Fetching { dir, root, caches } => {
-                let cache_dir = dir.join(cache_key(&remote.display_url()));
-                let cache = match caches.entry(cache_dir.clone()) {
-                    std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        prepare_modules_dir(dir).map_err(fetch_error)?;
-                        slot.insert(Cache::open(&cache_dir, remote, root).map_err(fetch_error)?)
-                    }
-                };
-                cache
-                    .fetch_commit(remote, commit, progress, interrupt)
-                    .map_err(fetch_error)?;
-                cache.repo()
-            }
-            Source::ReadOnly { dir } => {
-                let cache_dir = dir.join(cache_key(&remote.display_url()));
-                let not_cached = || SubmoduleError::NotCached {
-                    path: shown.to_string(),
-                    commit,
-                    cache: cache_dir.clone(),
-                };
-                let repo = gix::open_opts(
-                    cache_dir.join("repo.git"),
-                    gix::open::Options::isolated(),
-                )
-                .map_err(|_| not_cached())?;
-                if !repo.has_object(commit) {
-                    return Err(not_cached());
-                }
-                repo
+        let Caches { dir, root, open } = &mut self.caches;
+        let cache_dir = dir.join(cache_key(&remote.display_url()));
+        let cache = match open.entry(cache_dir.clone()) {
+            std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                prepare_modules_dir(dir).map_err(fetch_error)?;
+                slot.insert(Cache::open(&cache_dir, remote, root).map_err(fetch_error)?)
             }
         };
+        cache
+            .fetch_commit(remote, commit, progress, interrupt)
+            .map_err(fetch_error)?;
+        let repo = cache.repo();
         let tree_id = repo
             .find_commit(commit)
-            .and_then(|c| c.tree_id().map_err(Into::into))
+            .and_then(|c| c.tree_id())
             .map_err(|e| {
                 fetch_error(SourceError::Object {
                     commit,
@@ -418,23 +402,72 @@ impl Expander {
                 path: shown.to_string(),
                 commit,
                 url: remote.display_url(),
-                source,
+                source: Box::new(source),
             })?;
         Ok((repo, entries))
     }
 
     fn recreate(&mut self, remote: &Remote, shown: &str) -> Result<(), SubmoduleError> {
-        if let Source::Fetching { dir, caches, .. } = &mut self.source {
-            let cache_dir = dir.join(cache_key(&remote.display_url()));
-            if let Some(cache) = caches.get_mut(&cache_dir) {
-                tracing::debug!(submodule = %shown, "re-creating the submodule's cache");
-                cache
-                    .recreate()
-                    .map_err(|source| SubmoduleError::Cache { source })?;
-            }
+        let cache_dir = self.caches.dir.join(cache_key(&remote.display_url()));
+        if let Some(cache) = self.caches.open.get_mut(&cache_dir) {
+            tracing::debug!(submodule = %shown, "re-creating the submodule's cache");
+            cache.recreate().map_err(|source| SubmoduleError::Cache {
+                source: Box::new(source),
+            })?;
         }
         Ok(())
     }
+}
+
+/// The entries of a snapshot's submodules as the caches of the publisher whose cache is
+/// `cache_dir` hold them, read as they are (no lock, no fetch): what `verify` checks a
+/// snapshot with submodules against. `modules` are the manifest's (path, commit, URL as
+/// recorded); returns the entries under their paths and the repositories that hold them.
+pub fn cached_modules(
+    cache_dir: &Path,
+    modules: &[(Vec<u8>, ObjectId, String)],
+) -> Result<(Vec<Entry>, Vec<gix::Repository>), SubmoduleError> {
+    let mut entries = Vec::new();
+    let mut repos: Vec<gix::Repository> = Vec::new();
+    for (path, commit, url) in modules {
+        let shown = escape_bytes(path);
+        let dir = cache_dir.join("modules").join(cache_key(url));
+        let not_cached = || SubmoduleError::NotCached {
+            path: shown.clone(),
+            commit: *commit,
+            cache: dir.clone(),
+        };
+        let repo = gix::open_opts(dir.join("repo.git"), gix::open::Options::isolated())
+            .map_err(|_| not_cached())?;
+        if !repo.has_object(commit) {
+            return Err(not_cached());
+        }
+        let tree = repo
+            .find_commit(*commit)
+            .map_err(|_| not_cached())?
+            .tree_id()
+            .map_err(|_| not_cached())?
+            .detach();
+        let found = tree::entries(&repo, tree).map_err(|source| SubmoduleError::Tree {
+            path: shown.clone(),
+            commit: *commit,
+            url: url.clone(),
+            source: Box::new(source),
+        })?;
+        for entry in found.0 {
+            let mut full = path.clone();
+            full.push(b'/');
+            full.extend_from_slice(&entry.path);
+            entries.push(Entry {
+                path: full,
+                ..entry
+            });
+        }
+        if !repos.iter().any(|r| r.path() == repo.path()) {
+            repos.push(repo);
+        }
+    }
+    Ok((entries, repos))
 }
 
 /// One repository's level of the expansion.
@@ -455,7 +488,10 @@ fn trim_slash(path: &[u8]) -> &[u8] {
 }
 
 /// The content of `.gitmodules` at the top of `entries`, if there is one.
-pub fn read_gitmodules(repo: &gix::Repository, entries: &Entries) -> Result<Option<Vec<u8>>, String> {
+pub fn read_gitmodules(
+    repo: &gix::Repository,
+    entries: &Entries,
+) -> Result<Option<Vec<u8>>, String> {
     let Some(entry) = entries
         .0
         .iter()
@@ -466,6 +502,27 @@ pub fn read_gitmodules(repo: &gix::Repository, entries: &Entries) -> Result<Opti
     let mut buf = Vec::new();
     crate::entries::Blobs::read(&RepoBlobs(repo.clone()), &entry.id, &mut buf)?;
     Ok(Some(buf))
+}
+
+/// The content of `.gitmodules` at the top of the commit tree `tree`, if there is one.
+pub fn gitmodules_of_tree(
+    repo: &gix::Repository,
+    tree: ObjectId,
+) -> Result<Option<Vec<u8>>, String> {
+    let tree = repo.find_tree(tree).map_err(|e| super::error_chain(&e))?;
+    let Some(entry) = tree
+        .lookup_entry_by_path(".gitmodules")
+        .map_err(|e| super::error_chain(&e))?
+    else {
+        return Ok(None);
+    };
+    if !entry.mode().is_blob() {
+        return Ok(None);
+    }
+    let blob = repo
+        .find_blob(entry.object_id())
+        .map_err(|e| super::error_chain(&e))?;
+    Ok(Some(blob.data.clone()))
 }
 
 /// `.gitmodules`: each submodule's path and URL (git finds a gitlink's submodule by path).
@@ -588,19 +645,55 @@ mod tests {
     #[test]
     fn relative_urls_resolve_as_git_resolves_them() {
         let cases = [
-            ("https://git.example.com/org/dags.git", "../lib.git", "https://git.example.com/org/lib.git"),
-            ("https://git.example.com/org/dags.git/", "../lib.git", "https://git.example.com/org/lib.git"),
-            ("https://git.example.com/org/dags", "./sub", "https://git.example.com/org/dags/sub"),
-            ("https://git.example.com/org/dags", "../../other/lib", "https://git.example.com/other/lib"),
-            ("git@git.example.com:org/dags.git", "../lib.git", "git@git.example.com:org/lib.git"),
-            ("git@git.example.com:dags.git", "../lib.git", "git@git.example.com:lib.git"),
+            (
+                "https://git.example.com/org/dags.git",
+                "../lib.git",
+                "https://git.example.com/org/lib.git",
+            ),
+            (
+                "https://git.example.com/org/dags.git/",
+                "../lib.git",
+                "https://git.example.com/org/lib.git",
+            ),
+            (
+                "https://git.example.com/org/dags",
+                "./sub",
+                "https://git.example.com/org/dags/sub",
+            ),
+            (
+                "https://git.example.com/org/dags",
+                "../../other/lib",
+                "https://git.example.com/other/lib",
+            ),
+            (
+                "git@git.example.com:org/dags.git",
+                "../lib.git",
+                "git@git.example.com:org/lib.git",
+            ),
+            (
+                "git@git.example.com:dags.git",
+                "../lib.git",
+                "git@git.example.com:lib.git",
+            ),
             ("file:///srv/git/dags", "../lib", "file:///srv/git/lib"),
             ("/srv/git/dags", "../lib", "/srv/git/lib"),
-            ("https://git.example.com/org/dags", "https://elsewhere.example.com/lib.git", "https://elsewhere.example.com/lib.git"),
-            ("https://git.example.com/org/dags", "git@other:lib.git", "git@other:lib.git"),
+            (
+                "https://git.example.com/org/dags",
+                "https://elsewhere.example.com/lib.git",
+                "https://elsewhere.example.com/lib.git",
+            ),
+            (
+                "https://git.example.com/org/dags",
+                "git@other:lib.git",
+                "git@other:lib.git",
+            ),
         ];
         for (base, url, expected) in cases {
-            assert_eq!(resolve_url(base, url).as_deref(), Ok(expected), "{base} + {url}");
+            assert_eq!(
+                resolve_url(base, url).as_deref(),
+                Ok(expected),
+                "{base} + {url}"
+            );
         }
         assert!(resolve_url("https://host/a", "../../../../x").is_err());
     }
@@ -609,17 +702,32 @@ mod tests {
     fn gitmodules_maps_paths_to_urls() {
         let text = b"[submodule \"common\"]\n\tpath = libs/common\n\turl = ../common.git\n[submodule \"x\"]\n\tpath = x/\n\turl = https://h/x.git\n[submodule \"nourl\"]\n\tpath = n\n";
         let urls = parse_gitmodules(text).unwrap();
-        assert_eq!(urls.get(&b"libs/common"[..]).map(String::as_str), Some("../common.git"));
-        assert_eq!(urls.get(&b"x"[..]).map(String::as_str), Some("https://h/x.git"));
+        assert_eq!(
+            urls.get(&b"libs/common"[..]).map(String::as_str),
+            Some("../common.git")
+        );
+        assert_eq!(
+            urls.get(&b"x"[..]).map(String::as_str),
+            Some("https://h/x.git")
+        );
         assert!(!urls.contains_key(&b"n"[..]));
         assert!(parse_gitmodules(b"[submodule \"broken").is_err());
     }
 
     #[test]
     fn servers_are_compared_by_scheme_host_and_port() {
-        assert_eq!(server_of("https://Git.example.com/a.git"), server_of("https://git.example.com/b.git"));
-        assert_ne!(server_of("https://git.example.com/a.git"), server_of("https://git.example.com:8443/a.git"));
-        assert_ne!(server_of("https://a.example.com/x"), server_of("https://b.example.com/x"));
+        assert_eq!(
+            server_of("https://Git.example.com/a.git"),
+            server_of("https://git.example.com/b.git")
+        );
+        assert_ne!(
+            server_of("https://git.example.com/a.git"),
+            server_of("https://git.example.com:8443/a.git")
+        );
+        assert_ne!(
+            server_of("https://a.example.com/x"),
+            server_of("https://b.example.com/x")
+        );
         assert_eq!(server_of("file:///srv/a"), server_of("file:///srv/b"));
     }
 

@@ -26,43 +26,6 @@ pub enum TreeError {
     Refused { path: String, reason: &'static str },
 }
 
-/// What to do with the submodules of a commit (git-sync's `--submodules`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Submodules {
-    /// Each submodule is an empty directory, as `git clone` without `--recurse-submodules`
-    /// leaves it.
-    Off,
-    /// Check them out (not supported yet: a commit that has any is refused, naming one).
-    Shallow,
-    Recursive,
-}
-
-/// A commit has a submodule that cannot be checked out as asked.
-#[derive(Debug, thiserror::Error)]
-#[error("the commit has a submodule at '{path}', and dagsnap cannot check out submodules yet (--submodules {mode}); with --submodules off each submodule is published as an empty directory")]
-pub struct SubmodulesUnsupported {
-    pub path: String,
-    pub mode: &'static str,
-}
-
-impl Submodules {
-    /// Refuse `entries` if they hold a submodule that this mode would check out.
-    pub fn check(self, entries: &Entries) -> Result<(), SubmodulesUnsupported> {
-        let mode = match self {
-            Submodules::Off => return Ok(()),
-            Submodules::Shallow => "shallow",
-            Submodules::Recursive => "recursive",
-        };
-        match entries.0.iter().find(|e| e.mode == MODE_SUBMODULE) {
-            Some(entry) => Err(SubmodulesUnsupported {
-                path: escape_bytes(&entry.path),
-                mode,
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
 impl TreeError {
     /// True when the cache, not the repository, is at fault.
     pub fn blames_cache(&self) -> bool {

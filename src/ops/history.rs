@@ -66,6 +66,12 @@ pub struct SnapshotInfo {
     /// Why the check rejected it, if it did (its newest verdict).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+    /// What of the commit it holds when not all of it (`subdir=dags`, `sparse=...`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub select: String,
+    /// Its submodules: path, commit, URL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub submodules: Vec<crate::store::ModuleRecord>,
     #[serde(skip)]
     order: Option<SystemTime>,
 }
@@ -115,6 +121,14 @@ pub fn list(root: &Root) -> Result<Vec<SnapshotInfo>, StoreError> {
                 .find(|v| v.commit == commit)
                 .filter(|v| !v.accepted)
                 .map(|v| format!("{}: {}", v.why(), v.headline())),
+            select: manifest
+                .as_ref()
+                .map(|m| m.select.clone())
+                .unwrap_or_default(),
+            submodules: manifest
+                .as_ref()
+                .map(|m| m.modules.clone())
+                .unwrap_or_default(),
             current: is_current,
             commit,
             order,
@@ -151,6 +165,15 @@ pub fn render_list(snapshots: &[SnapshotInfo]) -> String {
             escape(&s.subject),
             escape(&s.author)
         ));
+        for module in &s.submodules {
+            out.push_str(&format!(
+                "{:<3} {:<12} submodule {} at {}\n",
+                "",
+                "",
+                escape(&module.path),
+                &module.commit[..12.min(module.commit.len())]
+            ));
+        }
     }
     out.push_str("* = current (what readers see), P = pinned, R = rejected by the check\n");
     out
@@ -178,7 +201,8 @@ pub fn render_log(entries: &[Publication]) -> String {
             | (Cause::Unpin, _)
             | (Cause::Repair, _)
             | (Cause::Rejected, _)
-            | (Cause::Recheck, _) => e.cause.to_string(),
+            | (Cause::Recheck, _)
+            | (Cause::Unchanged, _) => e.cause.to_string(),
             _ => format!("{} -> link", e.cause),
         };
         out.push_str(&format!(

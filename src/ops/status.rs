@@ -74,6 +74,12 @@ pub struct Status {
     /// What `--check-command` said of the live commit, when it checked it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckView>,
+    /// What of the commit the live snapshot holds when not all of it (`subdir=dags`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub select: String,
+    /// The live snapshot's submodules: path, commit, URL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub submodules: Vec<crate::store::ModuleRecord>,
     /// The newest commit the check rejected, when its verdict is the newest one: the remote has
     /// moved on to a commit that readers do not get.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +173,8 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         git_sync: None,
         check: None,
         rejected: None,
+        select: String::new(),
+        submodules: Vec::new(),
     };
     let verdicts = root.records().verdicts();
     let live = current.as_ref().map(|c| c.commit.as_str());
@@ -232,6 +240,8 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
             SystemTime::UNIX_EPOCH
                 + std::time::Duration::from_secs(manifest.commit_time.max(0) as u64),
         ));
+        status.select = manifest.select.clone();
+        status.submodules = manifest.modules.clone();
         status.files = Some(manifest.files);
         status.bytes = Some(manifest.bytes);
         status.published_at = Some(rfc3339::format(manifest.materialized_at));
@@ -381,6 +391,18 @@ pub fn render_text(status: &Status) -> String {
             None => r.clone(),
         });
     line("ref:", ref_line.as_deref());
+    if !status.select.is_empty() {
+        line("publishes:", Some(&status.select));
+    }
+    for module in &status.submodules {
+        line(
+            "submodule:",
+            Some(&format!(
+                "{} at {} ({})",
+                module.path, module.commit, module.url
+            )),
+        );
+    }
     let size = status.files.zip(status.bytes).map(|(files, bytes)| {
         format!(
             "{files} file{}, {bytes} byte{}",

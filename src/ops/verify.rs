@@ -142,17 +142,22 @@ pub fn repair(
         }
     };
     let result = (|| {
-        let commit_obj = repo
-            .find_commit(id)
-            .map_err(|e| failed(crate::git::error_chain(&e)))?;
-        let tree = commit_obj
-            .tree_id()
-            .map_err(|e| failed(crate::git::error_chain(&e)))?
-            .detach();
-        let entries = crate::git::tree::entries(&repo, tree).map_err(|e| failed(e.to_string()))?;
         let manifest = root
             .manifest(commit)?
             .ok_or_else(|| failed("it has no manifest to describe the rebuilt copy".into()))?;
+        // The published tree: the commit's, or the one at --subdir.
+        let tree =
+            ObjectId::from_hex(manifest.tree.as_bytes()).map_err(|e| failed(e.to_string()))?;
+        let (entries, repos) = match (&from.cache, &temporary) {
+            (Some(cache), None) => from_git_cache(root, commit, cache)?,
+            _ if !manifest.modules.is_empty() || manifest.select.contains("sparse=") => {
+                return Err(failed("it has submodules or sparse patterns; give --cache-dir of a publisher, whose caches hold what it was built from".into()))
+            }
+            _ => (
+                crate::git::tree::entries(&repo, tree).map_err(|e| failed(e.to_string()))?,
+                vec![repo.clone()],
+            ),
+        };
         let source = root.source()?;
         let who = repair::Repairer {
             host: format!("{}@{}", operator(), crate::fsutil::hostname()),
@@ -165,7 +170,9 @@ pub fn repair(
             root,
             commit,
             entries,
-            &crate::git::RepoBlobs(repo.clone()),
+            &crate::git::submodules::ReposBlobs(
+                repos.into_iter().map(crate::git::RepoBlobs).collect(),
+            ),
             &manifest,
             &who,
             lock_timeout,
@@ -379,6 +386,19 @@ fn hash_file(path: &Path) -> io::Result<ObjectId> {
 /// The commit's entries as git has them, from a publisher's cache. Opens the cache read-only
 /// and without its lock: a running publisher may keep it.
 fn entries_from_cache(root: &Root, commit: &str, cache: &Path) -> Result<Entries, VerifyError> {
+    Ok(from_git_cache(root, commit, cache)?.0)
+}
+
+/// What the snapshot of `commit` holds according to git, read from the caches of the publisher
+/// whose cache is `cache` (not locked, nothing fetched): the published tree (the one at
+/// `--subdir`, if it was built with one), its submodules from their caches, and for a sparse
+/// selection only the paths it kept (the patterns are not recorded; git vouches for each path
+/// kept). Also the repositories the objects come from.
+fn from_git_cache(
+    root: &Root,
+    commit: &str,
+    cache: &Path,
+) -> Result<(Entries, Vec<gix::Repository>), VerifyError> {
     let manifest = root
         .manifest(commit)?
         .ok_or_else(|| VerifyError::NoRecord {
@@ -401,7 +421,34 @@ fn entries_from_cache(root: &Root, commit: &str, cache: &Path) -> Result<Entries
         .map_err(|e| failed(crate::git::error_chain(&e)))?
         .to_thread_local();
     let tree = ObjectId::from_hex(manifest.tree.as_bytes()).map_err(|e| failed(e.to_string()))?;
-    crate::git::tree::entries(&repo, tree).map_err(|e| failed(e.to_string()))
+    let mut entries = crate::git::tree::entries(&repo, tree).map_err(|e| failed(e.to_string()))?;
+    let mut repos = vec![repo];
+    if manifest
+        .select
+        .split(' ')
+        .any(|part| part.starts_with("sparse="))
+    {
+        let recorded = root.entries(commit)?.ok_or_else(|| VerifyError::NoRecord {
+            commit: commit.to_string(),
+            what: "entry list",
+        })?;
+        let kept: HashSet<&[u8]> = recorded.0.iter().map(|e| e.path.as_slice()).collect();
+        entries.0.retain(|e| kept.contains(e.path.as_slice()));
+    }
+    if !manifest.modules.is_empty() {
+        let mut modules = Vec::new();
+        for module in &manifest.modules {
+            let id =
+                ObjectId::from_hex(module.commit.as_bytes()).map_err(|e| failed(e.to_string()))?;
+            modules.push((module.path.as_bytes().to_vec(), id, module.url.clone()));
+        }
+        let (more, module_repos) = crate::git::submodules::cached_modules(cache, &modules)
+            .map_err(|e| failed(e.to_string()))?;
+        entries.0.extend(more);
+        entries.0.sort_by(|a, b| a.path.cmp(&b.path));
+        repos.extend(module_repos);
+    }
+    Ok((entries, repos))
 }
 
 pub fn render(report: &Report) -> String {

@@ -38,8 +38,8 @@ use crate::store::records::{
     self, read_json, warn_damaged, PublisherRecord, Read, Records, Registration, SeenPublisher,
 };
 pub use crate::store::records::{
-    rfc3339, Cause, CheckClaim, Claim, DirIdentity, LinkHistory, LockFault, LockWitness, Manifest,
-    Pin, Publication, SourceRecord, Verdict,
+    rfc3339, Cause, CheckClaim, Claim, DirIdentity, Expected, LinkHistory, LockFault, LockWitness,
+    Manifest, ModuleRecord, Pin, Publication, SourceRecord, Verdict,
 };
 
 pub const STORE_DIR: &str = ".dagsnap";
@@ -734,7 +734,7 @@ impl Root {
     /// modification time, which a rename keeps, so only the directory dagsnap built has them), or,
     /// for a manifest without one (older dagsnap) or a volume restored from a backup, whose
     /// files match the recorded entry list in type, mode and size. Returns why not, otherwise.
-    pub fn check_snapshot(&self, commit: &str, tree: Option<&str>) -> Result<(), String> {
+    pub fn check_snapshot(&self, commit: &str, expected: Option<&Expected>) -> Result<(), String> {
         let dir = self.snapshot_path(commit);
         let meta = match fs::symlink_metadata(&dir) {
             Ok(meta) if meta.is_dir() => meta,
@@ -749,11 +749,8 @@ impl Root {
         if manifest.commit != commit {
             return Err(format!("its manifest is for commit {}", manifest.commit));
         }
-        if let Some(tree) = tree.filter(|t| *t != manifest.tree) {
-            return Err(format!(
-                "its manifest records tree {}, not the commit's tree {tree}",
-                manifest.tree
-            ));
+        if let Some(expected) = expected {
+            expected.matches(&manifest, || self.entries(commit).ok().flatten())?;
         }
         if manifest.dir == Some(DirIdentity::of(&meta)) {
             return Ok(());
@@ -764,6 +761,16 @@ impl Root {
         crate::store::snapshot::quick_check(&dir, &entries).map_err(|problem| {
             format!("it is not the directory dagsnap built, and it differs from its entry list ({problem})")
         })
+    }
+
+    /// Whether the live snapshot holds what a build of `expected` would (the same tree, selected
+    /// and with submodules the same way), so that a commit that changed nothing it publishes
+    /// (a change outside `--subdir`) need not move the link.
+    pub fn live_holds(&self, expected: &Expected) -> bool {
+        let Ok(Some(current)) = self.current() else {
+            return false;
+        };
+        current.complete && self.check_snapshot(&current.commit, Some(expected)).is_ok()
     }
 
     /// Move a snapshot that cannot be trusted out of the way, so that it is rebuilt.

@@ -204,6 +204,9 @@ pub(in crate::store) fn alive_publisher_of(
                 && source.same_as(&super::SourceRecord {
                     repo: record.repo.clone(),
                     ref_name: record.ref_name.clone(),
+                    // Publisher records do not say what they select; repository and ref tell
+                    // the configurations apart well enough to find a running one.
+                    select: source.select.clone(),
                 })
         })
         .find(|(record, modified)| {

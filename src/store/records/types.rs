@@ -32,6 +32,9 @@ pub enum Cause {
     Rejected,
     /// An operator had the verdicts on the commit forgotten (`dagsnap recheck`).
     Recheck,
+    /// The remote's new commit changes nothing that is published (only paths outside
+    /// `--subdir`); the link stayed on the snapshot that holds the same tree.
+    Unchanged,
 }
 
 impl Cause {
@@ -45,6 +48,7 @@ impl Cause {
             Cause::Reconcile => "reconcile",
             Cause::Rejected => "rejected",
             Cause::Recheck => "recheck",
+            Cause::Unchanged => "unchanged",
         }
     }
 }
@@ -121,6 +125,88 @@ pub struct Manifest {
     /// 0.2): one that appears under the snapshot's name by any other means is another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<DirIdentity>,
+    /// What of the commit the snapshot holds when not all of it (`subdir=dags`,
+    /// `sparse=<fingerprint of the patterns>`); `tree` is then the tree at `--subdir`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub select: String,
+    /// How its submodules were published (`recursive`, `shallow`, `off`), when it has any.
+    /// Empty in snapshots without submodules, and in those of dagsnap before 0.3, which
+    /// published every submodule as an empty directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub submodules: String,
+    /// The submodules checked out in it, nested ones included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleRecord>,
+}
+
+/// What the snapshot of a commit must hold to be the one a publisher would build now: the same
+/// tree, selected the same way, with submodules published the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// The tree published: the commit's, or the one at `--subdir`.
+    pub tree: String,
+    /// As [`Manifest::select`].
+    pub select: String,
+    /// `off`, `shallow` or `recursive`.
+    pub submodules: &'static str,
+}
+
+impl Expected {
+    /// Why `manifest` describes another snapshot, if it does. `entries` (the snapshot's entry
+    /// list) is read only to tell whether a snapshot of an older dagsnap has submodules.
+    pub fn matches(
+        &self,
+        manifest: &Manifest,
+        entries: impl FnOnce() -> Option<crate::entries::Entries>,
+    ) -> Result<(), String> {
+        if manifest.tree != self.tree {
+            return Err(format!(
+                "its manifest records tree {}, not the tree {} this publisher publishes",
+                manifest.tree, self.tree
+            ));
+        }
+        if manifest.select != self.select {
+            let shown = |s: &str| {
+                if s.is_empty() {
+                    "the whole tree".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            return Err(format!(
+                "it holds {}, not {}",
+                shown(&manifest.select),
+                shown(&self.select)
+            ));
+        }
+        let built = if manifest.submodules.is_empty() {
+            "off"
+        } else {
+            manifest.submodules.as_str()
+        };
+        if built != self.submodules {
+            let has_submodules = !manifest.submodules.is_empty()
+                || entries()
+                    .is_some_and(|e| e.0.iter().any(|x| x.mode == crate::entries::MODE_SUBMODULE));
+            if has_submodules {
+                return Err(format!(
+                    "its submodules were published with --submodules {built}, not {}",
+                    self.submodules
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One submodule of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    /// Its path in the snapshot (not valid UTF-8: lossily converted; for people only).
+    pub path: String,
+    pub commit: String,
+    /// Where it was fetched from, credentials masked.
+    pub url: String,
 }
 
 /// A directory, told apart from any other that takes its name later: its inode number and its
@@ -147,6 +233,16 @@ impl Check for Manifest {
         if !is_commit_id(&self.commit) {
             return Err(format!("'{}' is not a commit id", self.commit));
         }
+        if !["", "off", "shallow", "recursive"].contains(&self.submodules.as_str()) {
+            return Err(format!("unknown submodules mode '{}'", self.submodules));
+        }
+        if let Some(module) = self.modules.iter().find(|m| !is_commit_id(&m.commit)) {
+            return Err(format!(
+                "submodule '{}' has '{}' for a commit id",
+                crate::text::escape(&module.path),
+                module.commit
+            ));
+        }
         Ok(())
     }
 }
@@ -160,6 +256,10 @@ pub struct SourceRecord {
     /// `--ref` as given, or `HEAD` when unset.
     #[serde(rename = "ref")]
     pub ref_name: String,
+    /// What of each commit is published when not all of it (`--subdir`, sparse patterns), as
+    /// in [`Manifest::select`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub select: String,
 }
 
 impl SourceRecord {
@@ -169,6 +269,7 @@ impl SourceRecord {
     pub fn same_as(&self, other: &SourceRecord) -> bool {
         normalize_repo(&self.repo) == normalize_repo(&other.repo)
             && normalize_ref(&self.ref_name) == normalize_ref(&other.ref_name)
+            && self.select == other.select
     }
 }
 
@@ -208,7 +309,11 @@ impl Check for SourceRecord {
 
 impl std::fmt::Display for SourceRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (ref {})", self.repo, self.ref_name)
+        write!(f, "{} (ref {}", self.repo, self.ref_name)?;
+        if !self.select.is_empty() {
+            write!(f, ", {}", self.select)?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -259,6 +364,7 @@ mod tests {
         let record = |repo: &str, r: &str| SourceRecord {
             repo: repo.into(),
             ref_name: r.into(),
+            select: String::new(),
         };
         let base = record("/srv/dags", "main");
         for same in [
