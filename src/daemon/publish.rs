@@ -192,6 +192,19 @@ impl Content {
         }
         parts.join(" ")
     }
+
+    /// The selection and a submodules mode other than the default, as the root's source record
+    /// writes it: publishers that would publish different trees must not share a root.
+    pub fn source_key(&self) -> String {
+        let mut key = self.select_key();
+        if self.submodules != SubmoduleMode::Recursive {
+            if !key.is_empty() {
+                key.push(' ');
+            }
+            key.push_str(&format!("submodules={}", self.submodules.name()));
+        }
+        key
+    }
 }
 
 /// What the publisher needs besides [`Settings`]: the operator's check, if any.
@@ -232,6 +245,8 @@ pub struct Publisher {
     expander: Expander,
     /// The last commit journaled as changing nothing published (said once, not every poll).
     said_same: Option<String>,
+    /// The live commit whose snapshot was found to hold what this publisher publishes.
+    settled: Option<String>,
 }
 
 /// Where a cycle spent its time, for the metrics.
@@ -266,7 +281,7 @@ impl Publisher {
             let source = SourceRecord {
                 repo: remote.display_url(),
                 ref_name: remote.target.to_string(),
-                select: content.select_key(),
+                select: content.source_key(),
             };
             let claim = root.claim(&source, settings.lock_timeout)?;
             root.record_link()?;
@@ -310,6 +325,7 @@ impl Publisher {
                 last_check: None,
                 content,
                 said_same: None,
+                settled: None,
             }),
             Err(e) => {
                 root.undo_first_start(&created);
@@ -501,14 +517,7 @@ impl Publisher {
         let expected = self.expected(&info)?;
         let manifest = match self.root.manifest(&current.commit)? {
             Some(manifest) => manifest,
-            None => manifest_for(
-                info.clone(),
-                Stats {
-                    files: 0,
-                    bytes: 0,
-                    reused: 0,
-                },
-            ),
+            None => manifest_for(info.clone(), Stats::default()),
         };
         let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
         let blobs = expanded.blobs;
@@ -598,6 +607,7 @@ impl Publisher {
         if let Some(current) = &current {
             if current.commit == commit && current.complete {
                 self.refuse_if_locks_unreliable()?;
+                self.settle_live(current, observation.commit, progress, interrupt)?;
                 self.retire_git_sync();
                 return Ok(Outcome::Unchanged { commit });
             }
@@ -1027,6 +1037,60 @@ impl Publisher {
         })
     }
 
+    /// Make sure the live snapshot of the remote's commit holds what this publisher publishes,
+    /// rebuilding it if it does not: a root whose commit stays while the settings change (a new
+    /// `--subdir`, sparse patterns or `--submodules`; a snapshot of dagsnap before 0.3, which
+    /// published submodules as empty directories). The rebuild is a repair ([`repair::repair`]):
+    /// readers are moved to the new copy atomically. Looked at once per process and commit, so
+    /// idle polls cost nothing more.
+    fn settle_live(
+        &mut self,
+        current: &Current,
+        id: gix::ObjectId,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), PublishError> {
+        if self.settled.as_deref() == Some(current.commit.as_str()) {
+            return Ok(());
+        }
+        let info = self.cache.commit_info(id)?;
+        let expected = self.expected(&info)?;
+        let why = match self.root.manifest(&current.commit)? {
+            Some(manifest) => expected
+                .matches(&manifest, || {
+                    self.root.entries(&current.commit).ok().flatten()
+                })
+                .err(),
+            // No manifest: for the periodic check of the live snapshot to deal with.
+            None => None,
+        };
+        if let Some(why) = why {
+            tracing::info!(commit = %current.commit, %why, "the live snapshot was published with other settings; rebuilding it with this publisher's and swapping the link to the new copy");
+            let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
+            let manifest = content_manifest(info, &expected, &expanded, Stats::default());
+            let who = repair::Repairer {
+                host: crate::fsutil::hostname(),
+                pid: std::process::id(),
+                repo: self.remote.display_url(),
+                ref_name: self.remote.target.to_string(),
+                reason: format!("published with other settings: {why}"),
+            };
+            repair::repair(
+                &self.root,
+                &current.commit,
+                expanded.entries,
+                &expanded.blobs,
+                &manifest,
+                &who,
+                self.settings.lock_timeout,
+                progress,
+                interrupt,
+            )?;
+        }
+        self.settled = Some(current.commit.clone());
+        Ok(())
+    }
+
     /// Journal, once per commit, that `commit` changes nothing published and `live` stays.
     fn journal_same(
         &mut self,
@@ -1145,12 +1209,9 @@ impl Publisher {
             .map(|(dir, entries)| Previous { dir, entries });
 
         let expanded = self.entries_of(&info, expected, progress, interrupt)?;
-        let has_submodules = expanded
-            .entries
-            .0
-            .iter()
-            .any(|e| e.mode == crate::entries::MODE_SUBMODULE);
         let staging = self.root.begin_staging()?;
+        // The manifest first: building consumes the entries.
+        let mut manifest = content_manifest(info, expected, &expanded, Stats::default());
         let built = snapshot::build(
             expanded.entries,
             &expanded.blobs,
@@ -1163,17 +1224,37 @@ impl Publisher {
         if interrupt.load(Ordering::Relaxed) {
             return Err(SnapshotError::Cancelled.into());
         }
-        let mut manifest = manifest_for(info, built.stats);
-        manifest.tree = expected.tree.clone();
-        manifest.select = expected.select.clone();
-        if has_submodules {
-            manifest.submodules = expected.submodules.to_string();
-        }
-        manifest.modules = module_records(&expanded.modules);
+        manifest.files = built.stats.files;
+        manifest.bytes = built.stats.bytes;
         if self.root.install(staging, &manifest, &built.entries)? == Installed::AlreadyThere {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
         }
         Ok(built.stats)
+    }
+}
+
+/// The manifest of a snapshot of `info`'s commit holding what `expected` and `expanded` say.
+fn content_manifest(
+    info: CommitInfo,
+    expected: &Expected,
+    expanded: &Expanded,
+    stats: Stats,
+) -> Manifest {
+    let has_submodules = expanded
+        .entries
+        .0
+        .iter()
+        .any(|e| e.mode == crate::entries::MODE_SUBMODULE);
+    Manifest {
+        tree: expected.tree.clone(),
+        select: expected.select.clone(),
+        submodules: if has_submodules {
+            expected.submodules.to_string()
+        } else {
+            String::new()
+        },
+        modules: module_records(&expanded.modules),
+        ..manifest_for(info, stats)
     }
 }
 

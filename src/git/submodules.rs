@@ -732,6 +732,31 @@ mod tests {
     }
 
     #[test]
+    fn credentials_go_to_the_superproject_s_server_only() {
+        let access = crate::git::access::Access {
+            username: Some("ci-bot".into()),
+            password: Some(crate::git::access::Password::Fixed("token".into())),
+            ..Default::default()
+        };
+        let parent = Remote::new(
+            "https://git.example.com/org/dags.git",
+            Target::RemoteHead,
+            1,
+            access,
+        )
+        .unwrap();
+        let commit = ObjectId::null(gix::hash::Kind::Sha1);
+        let same = submodule_remote(&parent, "../lib.git", commit).unwrap();
+        assert_eq!(same.url, "https://git.example.com/org/lib.git");
+        assert_eq!(same.access.username.as_deref(), Some("ci-bot"));
+        assert!(same.access.password.is_some());
+        assert_eq!(same.depth, 1);
+        let other = submodule_remote(&parent, "https://other.example.com/lib.git", commit).unwrap();
+        assert_eq!(other.access.username, None);
+        assert!(other.access.password.is_none());
+    }
+
+    #[test]
     fn cache_keys_are_readable_and_distinct() {
         let a = cache_key("https://git.example.com/org/common.git");
         assert!(a.starts_with("common-"), "{a}");

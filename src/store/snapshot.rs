@@ -90,7 +90,7 @@ pub struct Built {
 }
 
 /// Size of a built snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Files, symlinks and submodule directories in the snapshot.
     pub files: u64,

@@ -22,6 +22,7 @@ mod reuse;
 mod seed_incident;
 mod self_repair;
 mod servers;
+mod shapes;
 mod shared_root;
 mod sidecar;
 mod status;
