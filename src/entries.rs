@@ -111,6 +111,9 @@ impl Entries {
 pub trait Blobs {
     /// Put the content of blob `id` into `buf`, replacing what it held.
     fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String>;
+
+    /// Another reader of the same blobs, for another thread.
+    fn fork(&self) -> Box<dyn Blobs + Send>;
 }
 
 /// The path rules git applies when it checks out on Linux, which are the rules for a path in a

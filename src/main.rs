@@ -233,6 +233,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         },
         retention,
         verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
+        build_jobs: args.build_jobs,
     };
     let content = Content {
         submodules: match args.submodules {

@@ -275,6 +275,11 @@ pub struct SyncArgs {
     )]
     pub sparse_checkout_file: Option<std::path::PathBuf>,
 
+    /// Threads that write each snapshot (directories, links, files, modes): on a network volume
+    /// every such call is a round trip, and parallel ones overlap. 1 writes one file at a time.
+    #[arg(long, env = "DAGSNAP_BUILD_JOBS", default_value_t = crate::store::snapshot::DEFAULT_BUILD_JOBS, value_parser = parse_jobs, help_heading = "Root and cache")]
+    pub build_jobs: usize,
+
     /// Write every file of each new snapshot instead of hard-linking unchanged files from the
     /// previous one (for filesystems where links misbehave; costs time and space).
     #[arg(long, env = "DAGSNAP_FULL_COPY", help_heading = "Root and cache", value_parser = parse_bool)]
@@ -830,6 +835,14 @@ fn parse_http_method(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_string())
+}
+
+/// A number of threads, 1 to 256.
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match values::parse_go_int(text) {
+        Ok(n) if (1..=256).contains(&n) => Ok(n as usize),
+        _ => Err(format!("'{text}' is not a number of threads from 1 to 256")),
+    }
 }
 
 /// 0 (any answer) or an HTTP status, 100 to 599.

@@ -157,6 +157,8 @@ pub struct Settings {
     pub period: Duration,
     /// `--min-publish-interval`: no two link moves closer than this.
     pub min_publish_interval: Option<Duration>,
+    /// `--build-jobs`: threads that write a snapshot.
+    pub build_jobs: usize,
 }
 
 /// What of each commit is published: which part (`--subdir`, sparse patterns) and how its
@@ -538,6 +540,7 @@ impl Publisher {
                 &blobs,
                 &manifest,
                 self.settings.lock_timeout,
+                self.settings.build_jobs,
                 progress,
                 interrupt,
             )?;
@@ -557,6 +560,7 @@ impl Publisher {
                 &manifest,
                 &who,
                 self.settings.lock_timeout,
+                self.settings.build_jobs,
                 progress,
                 interrupt,
             )?;
@@ -1083,6 +1087,7 @@ impl Publisher {
                 &manifest,
                 &who,
                 self.settings.lock_timeout,
+                self.settings.build_jobs,
                 progress,
                 interrupt,
             )?;
@@ -1218,6 +1223,7 @@ impl Publisher {
             staging.path(),
             previous,
             self.settings.reuse,
+            self.settings.build_jobs,
             progress,
             interrupt,
         )?;

@@ -480,6 +480,10 @@ impl crate::entries::Blobs for RepoBlobs {
         buf.truncate(len);
         Ok(())
     }
+
+    fn fork(&self) -> Box<dyn crate::entries::Blobs + Send> {
+        Box::new(RepoBlobs(self.0.clone()))
+    }
 }
 
 /// Take the cache's lock without waiting: a second process on one cache is refused.

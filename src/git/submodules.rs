@@ -145,6 +145,12 @@ impl crate::entries::Blobs for ReposBlobs {
         }
         Err(first_error.unwrap_or_else(|| format!("no repository holds blob {id}")))
     }
+
+    fn fork(&self) -> Box<dyn crate::entries::Blobs + Send> {
+        Box::new(ReposBlobs(
+            self.0.iter().map(|r| RepoBlobs(r.0.clone())).collect(),
+        ))
+    }
 }
 
 /// The submodules' private caches: one per URL under `dir`, opened (and locked) on first use.

@@ -176,6 +176,7 @@ pub fn repair(
             &manifest,
             &who,
             lock_timeout,
+            crate::store::snapshot::DEFAULT_BUILD_JOBS,
             &progress,
             &interrupt,
         )

@@ -60,6 +60,7 @@ pub fn repair(
     manifest: &Manifest,
     who: &Repairer,
     lock_timeout: Duration,
+    jobs: usize,
     progress: &gix::progress::tree::Root,
     interrupt: &AtomicBool,
 ) -> Result<Stats, RepairError> {
@@ -71,6 +72,7 @@ pub fn repair(
         staging.path(),
         None,
         Reuse::FullCopy,
+        jobs,
         progress,
         interrupt,
     )?;
@@ -104,6 +106,7 @@ pub fn repair(
         blobs,
         manifest,
         lock_timeout,
+        jobs,
         progress,
         interrupt,
     )?;
@@ -121,6 +124,7 @@ pub fn finish(
     blobs: &dyn Blobs,
     manifest: &Manifest,
     lock_timeout: Duration,
+    jobs: usize,
     progress: &gix::progress::tree::Root,
     interrupt: &AtomicBool,
 ) -> Result<(), RepairError> {
@@ -141,6 +145,7 @@ pub fn finish(
             entries,
         }),
         Reuse::HardLink,
+        jobs,
         progress,
         interrupt,
     )?;

@@ -22,6 +22,11 @@ use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_FILE, MODE_SUBMODULE,
 use crate::fsutil::{self, IoError};
 use crate::text::escape_bytes;
 
+/// Threads that write a snapshot unless told otherwise (`--build-jobs`): on a network volume
+/// every create, link and chmod is a round trip, and parallel ones overlap; on local disk more
+/// threads than this gain nothing (docs/benchmarks.md).
+pub const DEFAULT_BUILD_JOBS: usize = 8;
+
 /// Linux's limit on a path handed to a system call, including the terminating NUL.
 const PATH_MAX: usize = libc::PATH_MAX as usize;
 /// The longest file name most Linux filesystems accept.
@@ -100,13 +105,18 @@ pub struct Stats {
     pub reused: u64,
 }
 
-/// Materialize `entries` into the empty directory `dir` and seal it.
+/// Materialize `entries` into the empty directory `dir` and seal it, with `jobs` threads.
 ///
 /// 1. Check that every path fits: no name longer than `NAME_MAX` and no path longer than
 ///    `PATH_MAX` once placed under `dir`. The error names the path, where a system call would
 ///    only say ENAMETOOLONG.
-/// 2. For each entry, in git's order (a directory's parents always come first), create the
-///    directories it needs, then:
+/// 2. Create every directory the entries need (submodules included: each is a directory, as
+///    git leaves it without `--recurse-submodules`, holding its files when they were filled
+///    in), one depth at a time, the directories of a depth in parallel.
+/// 3. Deal the entries to the workers by directory (the kernel serializes creates and links
+///    within one directory, so workers in different directories do not wait for each other;
+///    on a network volume each of those calls is a round trip), largest directories first to
+///    the least loaded worker. Each worker, for each of its entries:
 ///    - a regular file whose mode and blob id the `previous` snapshot holds (at the same path,
 ///      or at any path, for renamed and copied files) is hard-linked from there, after checking
 ///      that the file there is still what was recorded (a regular file, read-only, of the
@@ -119,26 +129,32 @@ pub struct Stats {
 ///      when executable) with `O_EXCL`. Content is written exactly as git stores it: no
 ///      line-ending conversion, no filter drivers, so a file always hashes to its blob id
 ///      (which is what makes reuse and `verify` exact).
-///    - a symlink is created with the blob's content as its target, as git does;
-///    - a submodule is an empty directory, as git leaves it without `--recurse-submodules`.
-/// 3. Make every directory read-only (`0555`), deepest first so that each is still writable
-///    while its children are made. Readers can no longer write `__pycache__` or add files.
-/// 4. `syncfs` the filesystem so that data and metadata are on stable storage before the caller
+///    - a symlink is created with the blob's content as its target, as git does.
+///
+///    The first error stops every worker; the build returns it.
+/// 4. Make every directory read-only (`0555`), deepest first (each is still writable while its
+///    children are made), the directories of a depth in parallel. Readers can no longer write
+///    `__pycache__` or add files.
+/// 5. `syncfs` the filesystem so that data and metadata are on stable storage before the caller
 ///    renames `dir` into the store: after a power cut a published snapshot is complete.
 ///
 /// If `interrupt` is raised, the build stops at its next check and returns `Cancelled`; the
 /// caller's staging guard removes the directory. Errors name the path in the repository.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     entries: Entries,
     blobs: &dyn Blobs,
     dir: &Path,
     previous: Option<Previous<'_>>,
     reuse: Reuse,
+    jobs: usize,
     progress: &gix::progress::tree::Root,
     interrupt: &AtomicBool,
 ) -> Result<Built, SnapshotError> {
     let started = Instant::now();
     let mut entries = entries.0;
+    let jobs = jobs.max(1);
+    // 1.
     check_lengths(dir, &entries)?;
 
     let files = progress.add_child("write files");
@@ -146,65 +162,91 @@ pub fn build(
     let bytes = progress.add_child("write");
     bytes.init(None, gix::progress::bytes());
 
+    // 2.
     let modes = Modes::for_current_umask();
-    let mut dirs = Directories::new(dir, modes);
-    let mut sharing = match (previous, reuse) {
-        (Some(previous), Reuse::HardLink) => Some(Sharing::new(previous)),
+    let dirs = Directories::plan(dir, &entries, modes);
+    dirs.create_all(jobs, interrupt)?;
+    let made_dirs = Instant::now();
+
+    // 3.
+    let index = match (previous, reuse) {
+        (Some(previous), Reuse::HardLink) => Some(SharingIndex::new(previous)),
         _ => None,
     };
-    let mut buf = Vec::new();
+    let shared = Shared {
+        dir,
+        entries: &entries,
+        index: index.as_ref(),
+        modes,
+        interrupt,
+        stop: AtomicBool::new(false),
+        warned: AtomicBool::new(false),
+        links_refused: AtomicBool::new(false),
+        files: &files,
+        bytes: &bytes,
+    };
+    let parts = deal_by_directory(&entries, jobs);
+    let done: Vec<Result<Written, SnapshotError>> = if parts.len() <= 1 {
+        parts
+            .into_iter()
+            .map(|part| shared.write(part, blobs.fork()))
+            .collect()
+    } else {
+        let readers: Vec<Box<dyn Blobs + Send>> = parts.iter().map(|_| blobs.fork()).collect();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .zip(readers)
+                .map(|(part, reader)| {
+                    let shared = &shared;
+                    scope.spawn(move || shared.write(part, reader))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|_| Err(SnapshotError::Cancelled))
+                })
+                .collect()
+        })
+    };
     let mut reused = 0u64;
-    for (n, entry) in entries.iter_mut().enumerate() {
-        if n % 256 == 0 && interrupt.load(Ordering::Relaxed) {
-            return Err(SnapshotError::Cancelled);
-        }
-        let target = dir.join(std::ffi::OsStr::from_bytes(&entry.path));
-        dirs.create_parents_of(&entry.path)?;
-        match entry.mode {
-            MODE_FILE | MODE_EXECUTABLE => {
-                if let Some(size) = sharing.as_mut().and_then(|s| s.link(entry, &target)) {
-                    entry.size = size;
-                    reused += 1;
-                } else {
-                    read_blob(blobs, entry, &mut buf)?;
-                    write_file(&target, &buf, entry.mode == MODE_EXECUTABLE, modes)
-                        .map_err(|e| write_error("write", &entry.path, e))?;
-                    entry.size = buf.len() as u64;
-                    bytes.inc_by(buf.len());
+    let mut first_error = None;
+    for result in done {
+        match result {
+            Ok(written) => {
+                reused += written.reused;
+                for (n, size) in written.sizes {
+                    entries[n].size = size;
                 }
             }
-            MODE_SYMLINK => {
-                read_blob(blobs, entry, &mut buf)?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&buf), &target)
-                    .map_err(|e| write_error("create symlink", &entry.path, e))?;
-                entry.size = buf.len() as u64;
-            }
-            MODE_SUBMODULE => {
-                dirs.create(&entry.path)?;
-                entry.size = 0;
-            }
-            other => {
-                // Entry lists only hold the four modes above (the tree walk and the decoder
-                // make sure of it).
-                return Err(write_error(
-                    "write",
-                    &entry.path,
-                    io::Error::other(format!("unknown mode {other:o}")),
-                ));
+            Err(e) => {
+                // A worker stopped by another's error reports Cancelled: keep the real one.
+                if first_error.is_none() || matches!(first_error, Some(SnapshotError::Cancelled)) {
+                    first_error = Some(e);
+                }
             }
         }
-        files.inc();
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     if interrupt.load(Ordering::Relaxed) {
         return Err(SnapshotError::Cancelled);
     }
     let written = Instant::now();
-    dirs.seal_all()?;
+    // 4.
+    dirs.seal_all(jobs)?;
     let sealed = Instant::now();
+    // 5.
     fsutil::sync_filesystem(dir)?;
 
     tracing::debug!(
-        write_ms = written.duration_since(started).as_millis() as u64,
+        jobs,
+        directories_ms = made_dirs.duration_since(started).as_millis() as u64,
+        write_ms = written.duration_since(made_dirs).as_millis() as u64,
         read_only_ms = sealed.duration_since(written).as_millis() as u64,
         syncfs_ms = sealed.elapsed().as_millis() as u64,
         reused,
@@ -218,6 +260,160 @@ pub fn build(
             reused,
         },
         entries,
+    })
+}
+
+/// What every worker of step 3 shares.
+struct Shared<'a> {
+    dir: &'a Path,
+    entries: &'a [Entry],
+    index: Option<&'a SharingIndex<'a>>,
+    modes: Modes,
+    interrupt: &'a AtomicBool,
+    /// Another worker failed: stop.
+    stop: AtomicBool,
+    /// A changed file of the previous snapshot was reported (once per build).
+    warned: AtomicBool,
+    /// The filesystem refuses hard links altogether: every worker writes instead.
+    links_refused: AtomicBool,
+    files: &'a gix::progress::tree::Item,
+    bytes: &'a gix::progress::tree::Item,
+}
+
+/// What one worker wrote: the size of each of its entries, and how many it shared.
+struct Written {
+    sizes: Vec<(usize, u64)>,
+    reused: u64,
+}
+
+impl Shared<'_> {
+    /// Write the entries numbered `part`, reading blobs through `blobs`.
+    fn write(
+        &self,
+        part: Vec<usize>,
+        blobs: Box<dyn Blobs + Send>,
+    ) -> Result<Written, SnapshotError> {
+        let result = self.write_part(&part, &*blobs);
+        if result.is_err() {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn write_part(&self, part: &[usize], blobs: &dyn Blobs) -> Result<Written, SnapshotError> {
+        let mut sharing = self.index.map(|index| Sharing {
+            index,
+            sound_dirs: HashSet::new(),
+            warned: &self.warned,
+            disabled: &self.links_refused,
+        });
+        let mut written = Written {
+            sizes: Vec::with_capacity(part.len()),
+            reused: 0,
+        };
+        let mut buf = Vec::new();
+        for (k, &n) in part.iter().enumerate() {
+            if k % 64 == 0
+                && (self.interrupt.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed))
+            {
+                return Err(SnapshotError::Cancelled);
+            }
+            let entry = &self.entries[n];
+            let target = self.dir.join(std::ffi::OsStr::from_bytes(&entry.path));
+            let size = match entry.mode {
+                MODE_FILE | MODE_EXECUTABLE => {
+                    if let Some(size) = sharing.as_mut().and_then(|s| s.link(entry, &target)) {
+                        written.reused += 1;
+                        size
+                    } else {
+                        read_blob(blobs, entry, &mut buf)?;
+                        write_file(&target, &buf, entry.mode == MODE_EXECUTABLE, self.modes)
+                            .map_err(|e| write_error("write", &entry.path, e))?;
+                        self.bytes.inc_by(buf.len());
+                        buf.len() as u64
+                    }
+                }
+                MODE_SYMLINK => {
+                    read_blob(blobs, entry, &mut buf)?;
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&buf), &target)
+                        .map_err(|e| write_error("create symlink", &entry.path, e))?;
+                    buf.len() as u64
+                }
+                // Created with the directories (step 2).
+                MODE_SUBMODULE => 0,
+                other => {
+                    // Entry lists only hold the four modes above (the tree walk and the decoder
+                    // make sure of it).
+                    return Err(write_error(
+                        "write",
+                        &entry.path,
+                        io::Error::other(format!("unknown mode {other:o}")),
+                    ));
+                }
+            };
+            written.sizes.push((n, size));
+            self.files.inc();
+        }
+        Ok(written)
+    }
+}
+
+/// The entries (by number) each worker writes: whole directories per worker, so that workers
+/// do not queue on one directory's lock; the largest directories first, each to the worker
+/// with the least to do. Submodule directories are made in step 2 and need no worker.
+fn deal_by_directory(entries: &[Entry], jobs: usize) -> Vec<Vec<usize>> {
+    let mut by_dir: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    for (n, entry) in entries.iter().enumerate() {
+        let parent = match entry.path.iter().rposition(|b| *b == b'/') {
+            Some(end) => &entry.path[..end],
+            None => &[][..],
+        };
+        by_dir.entry(parent).or_default().push(n);
+    }
+    let mut groups: Vec<Vec<usize>> = by_dir.into_values().collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    let workers = jobs.min(groups.len()).max(1);
+    let mut parts: Vec<Vec<usize>> = vec![Vec::new(); workers];
+    for group in groups {
+        if let Some(lightest) = parts.iter_mut().min_by_key(|p| p.len()) {
+            lightest.extend(group);
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+/// Run `work` on each item of `items`, on up to `jobs` threads; the first error is returned.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    jobs: usize,
+    work: impl Fn(&T) -> Result<(), SnapshotError> + Sync,
+) -> Result<(), SnapshotError> {
+    if jobs <= 1 || items.len() <= 1 {
+        return items.iter().try_for_each(work);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.min(items.len()))
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= items.len() || failed.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    if let Err(e) = work(&items[n]) {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(Err(SnapshotError::Cancelled)))
+            .collect::<Result<Vec<()>, SnapshotError>>()
+            .map(|_| ())
     })
 }
 
@@ -360,24 +556,18 @@ fn write_file(path: &Path, data: &[u8], executable: bool, modes: Modes) -> io::R
     Ok(())
 }
 
-/// Step 2's sharing of unchanged files with the previous snapshot.
-struct Sharing<'a> {
+/// What step 3 knows of the previous snapshot, shared by the workers.
+struct SharingIndex<'a> {
     previous: Previous<'a>,
     by_path: HashMap<&'a [u8], &'a Entry>,
     /// Same blob and mode under another path (a renamed directory, a copied file) is the same
     /// content too, so it can be shared as well.
     by_content: HashMap<(ObjectId, u32), &'a Entry>,
-    /// Directories of the previous snapshot checked to be real directories (not symlinks).
-    sound_dirs: HashSet<&'a [u8]>,
-    /// The previous snapshot was found changed on disk; said once per build.
-    warned: bool,
-    /// The filesystem refuses hard links altogether.
-    disabled: bool,
 }
 
-impl<'a> Sharing<'a> {
-    fn new(previous: Previous<'a>) -> Sharing<'a> {
-        Sharing {
+impl<'a> SharingIndex<'a> {
+    fn new(previous: Previous<'a>) -> SharingIndex<'a> {
+        SharingIndex {
             by_path: previous.entries.by_path(),
             by_content: previous
                 .entries
@@ -387,27 +577,39 @@ impl<'a> Sharing<'a> {
                 .map(|e| ((e.id, e.mode), e))
                 .collect(),
             previous,
-            sound_dirs: HashSet::new(),
-            warned: false,
-            disabled: false,
         }
     }
+}
 
+/// One worker's sharing of unchanged files with the previous snapshot.
+struct Sharing<'a, 'b> {
+    index: &'a SharingIndex<'a>,
+    /// Directories of the previous snapshot checked to be real directories (not symlinks).
+    sound_dirs: HashSet<&'a [u8]>,
+    /// The previous snapshot was found changed on disk; said once per build.
+    warned: &'b AtomicBool,
+    /// The filesystem refuses hard links altogether.
+    disabled: &'b AtomicBool,
+}
+
+impl<'a> Sharing<'a, '_> {
     /// Hard-link `entry` from the previous snapshot to `target`; its size if that worked.
     fn link(&mut self, entry: &Entry, target: &Path) -> Option<u64> {
-        if self.disabled {
+        if self.disabled.load(Ordering::Relaxed) {
             return None;
         }
-        let old: &'a Entry = match self.by_path.get(entry.path.as_slice()) {
+        let index = self.index;
+        let old: &'a Entry = match index.by_path.get(entry.path.as_slice()) {
             Some(old) if old.mode == entry.mode && old.id == entry.id => old,
-            _ => self.by_content.get(&(entry.id, entry.mode))?,
+            _ => index.by_content.get(&(entry.id, entry.mode))?,
         };
         let source = self.intact_source(old)?;
         match fs::hard_link(&source, target) {
             Ok(()) => Some(old.size),
             Err(e) if link_refused_everywhere(&e) => {
-                tracing::info!(error = %e, "cannot hard-link into the new snapshot; writing every file instead");
-                self.disabled = true;
+                if !self.disabled.swap(true, Ordering::Relaxed) {
+                    tracing::info!(error = %e, "cannot hard-link into the new snapshot; writing every file instead");
+                }
                 None
             }
             // This one file cannot be shared (a link-count limit, a race): write it.
@@ -420,7 +622,7 @@ impl<'a> Sharing<'a> {
 
     /// The path of `old` in the previous snapshot, if the file there is still what was recorded.
     fn intact_source(&mut self, old: &'a Entry) -> Option<PathBuf> {
-        let dir = self.previous.dir;
+        let dir = self.index.previous.dir;
         // Every directory on the way must be a real one: a symlink planted in place of one would
         // make the link share a file from anywhere.
         for (i, _) in old.path.iter().enumerate().filter(|(_, b)| **b == b'/') {
@@ -460,10 +662,9 @@ impl<'a> Sharing<'a> {
     }
 
     fn changed(&mut self, old: &Entry, what: &str) -> Option<PathBuf> {
-        if !self.warned {
-            self.warned = true;
+        if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                snapshot = %self.previous.dir.display(),
+                snapshot = %self.index.previous.dir.display(),
                 path = %escape_bytes(&old.path),
                 what,
                 "a file of the previous snapshot was changed on disk after it was published; writing such files from git instead of sharing them (`dagsnap verify` lists the damage)"
@@ -481,42 +682,57 @@ fn link_refused_everywhere(e: &io::Error) -> bool {
     )
 }
 
-/// The directories of a snapshot being built: created on demand, and sealed read-only at the
-/// end, deepest first.
+/// The directories of a snapshot being built: every one the entries need, by depth.
 struct Directories {
     root: PathBuf,
-    /// Paths (relative to `root`) of every directory created, the root's being empty.
-    known: HashSet<Vec<u8>>,
+    /// `levels[d]`: the directories at depth `d + 1` (relative to `root`).
+    levels: Vec<Vec<Vec<u8>>>,
     modes: Modes,
 }
 
 impl Directories {
-    fn new(root: &Path, modes: Modes) -> Directories {
+    /// Every directory above an entry, and every submodule's.
+    fn plan(root: &Path, entries: &[Entry], modes: Modes) -> Directories {
+        let mut all: HashSet<&[u8]> = HashSet::new();
+        for entry in entries {
+            for (i, _) in entry.path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+                all.insert(&entry.path[..i]);
+            }
+            if entry.mode == MODE_SUBMODULE {
+                all.insert(&entry.path);
+            }
+        }
+        let mut levels: Vec<Vec<Vec<u8>>> = Vec::new();
+        for dir in all {
+            let depth = dir.iter().filter(|b| **b == b'/').count();
+            if levels.len() <= depth {
+                levels.resize(depth + 1, Vec::new());
+            }
+            levels[depth].push(dir.to_vec());
+        }
+        for level in &mut levels {
+            level.sort();
+        }
         Directories {
             root: root.to_path_buf(),
-            known: HashSet::from([Vec::new()]),
+            levels,
             modes,
         }
     }
 
-    /// Create every missing directory above `path`.
-    fn create_parents_of(&mut self, path: &[u8]) -> Result<(), SnapshotError> {
-        let Some(end) = path.iter().rposition(|b| *b == b'/') else {
-            return Ok(());
-        };
-        if self.known.contains(&path[..end]) {
-            return Ok(());
-        }
-        for (i, _) in path[..=end].iter().enumerate().filter(|(_, b)| **b == b'/') {
-            if !self.known.contains(&path[..i]) {
-                self.create(&path[..i])?;
+    /// Create them, parents first: one depth at a time, each depth's in parallel.
+    fn create_all(&self, jobs: usize, interrupt: &AtomicBool) -> Result<(), SnapshotError> {
+        for level in &self.levels {
+            if interrupt.load(Ordering::Relaxed) {
+                return Err(SnapshotError::Cancelled);
             }
+            in_parallel(level, jobs, |dir| self.create(dir))?;
         }
         Ok(())
     }
 
     /// Create the directory `path` (its parent exists).
-    fn create(&mut self, path: &[u8]) -> Result<(), SnapshotError> {
+    fn create(&self, path: &[u8]) -> Result<(), SnapshotError> {
         let full = self.root.join(std::ffi::OsStr::from_bytes(path));
         fs::DirBuilder::new()
             .mode(0o755)
@@ -528,27 +744,22 @@ impl Directories {
                     Ok(())
                 }
             })
-            .map_err(|e| write_error("create directory", path, e))?;
-        self.known.insert(path.to_vec());
-        Ok(())
+            .map_err(|e| write_error("create directory", path, e))
     }
 
-    fn seal_all(&self) -> Result<(), SnapshotError> {
-        let mut dirs: Vec<&Vec<u8>> = self.known.iter().collect();
-        // The root (empty path) last, every directory before its parent.
-        let depth = |p: &[u8]| match p.is_empty() {
-            true => 0,
-            false => p.iter().filter(|b| **b == b'/').count() + 1,
-        };
-        dirs.sort_by_key(|d| std::cmp::Reverse(depth(d)));
-        for dir in dirs {
+    /// Make every directory read-only, deepest first (each depth in parallel), the root last.
+    fn seal_all(&self, jobs: usize) -> Result<(), SnapshotError> {
+        let seal = |dir: &Vec<u8>| {
             let full = self.root.join(std::ffi::OsStr::from_bytes(dir));
             fs::set_permissions(
                 &full,
                 fs::Permissions::from_mode(fsutil::read_only_mode(true, false)),
             )
-            .map_err(|e| write_error("make read-only", dir, e))?;
+            .map_err(|e| write_error("make read-only", dir, e))
+        };
+        for level in self.levels.iter().rev() {
+            in_parallel(level, jobs, seal)?;
         }
-        Ok(())
+        seal(&Vec::new())
     }
 }
