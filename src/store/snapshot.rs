@@ -205,9 +205,10 @@ pub fn build(
             workers
                 .into_iter()
                 .map(|worker| {
+                    // A panic in a worker is the cycle's panic (turned into an error there).
                     worker
                         .join()
-                        .unwrap_or_else(|_| Err(SnapshotError::Cancelled))
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 })
                 .collect()
         })
@@ -411,7 +412,10 @@ fn in_parallel<T: Sync>(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or(Err(SnapshotError::Cancelled)))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
             .collect::<Result<Vec<()>, SnapshotError>>()
             .map(|_| ())
     })
