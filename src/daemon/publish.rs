@@ -454,6 +454,10 @@ impl Publisher {
             }
         }
         let outcome = outcome?;
+        if let Outcome::Published { built: Some(_), .. } = &outcome {
+            // Just written and sealed by this cycle: nothing to check it against yet.
+            self.last_verified = Some(Instant::now());
+        }
         self.check_live(progress, interrupt);
         Ok(outcome)
     }
@@ -496,10 +500,12 @@ impl Publisher {
             "a repair was interrupted".to_string()
         } else {
             match &recorded {
-                Some(entries) => match snapshot::quick_check(&current.dir, entries) {
-                    Ok(()) => return Ok(()),
-                    Err(problem) => problem,
-                },
+                Some(entries) => {
+                    match snapshot::quick_check(&current.dir, entries, self.settings.build_jobs) {
+                        Ok(()) => return Ok(()),
+                        Err(problem) => problem,
+                    }
+                }
                 None => {
                     tracing::debug!(commit = %current.commit, "the live snapshot has no entry list to check it against");
                     return Ok(());

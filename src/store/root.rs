@@ -758,7 +758,8 @@ impl Root {
         let entries = self.entries(commit).ok().flatten().ok_or(
             "it is not the directory dagsnap built, and has no entry list to check it against",
         )?;
-        crate::store::snapshot::quick_check(&dir, &entries).map_err(|problem| {
+        let jobs = crate::store::snapshot::DEFAULT_BUILD_JOBS;
+        crate::store::snapshot::quick_check(&dir, &entries, jobs).map_err(|problem| {
             format!("it is not the directory dagsnap built, and it differs from its entry list ({problem})")
         })
     }
