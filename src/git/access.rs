@@ -318,10 +318,12 @@ impl Access {
     }
 
     /// Add dagsnap's HTTP settings to gix's (which come from git configuration): a bound on
-    /// every request, and the extra CA certificates.
+    /// every request, and the certificates to trust: none for `http://` (nothing to verify),
+    /// else the system's (read once per process, [`system_roots`]) and the extra CA files.
     pub fn http_options(
         &self,
         from_config: Option<Box<dyn std::any::Any>>,
+        https: bool,
     ) -> Box<dyn std::any::Any> {
         use gix::protocol::transport::client::blocking_io::http;
         let mut options = from_config
@@ -332,13 +334,16 @@ impl Access {
         // `http.sslCAInfo` / GIT_SSL_CAINFO, which the reqwest backend does not apply by itself.
         extra_ca.extend(options.ssl_ca_info.take());
         let timeout = self.http_timeout;
-        let configure: Box<http::reqwest::ConfigureClientFn> = Box::new(move |mut builder| {
-            builder = builder.timeout(timeout);
-            for path in &extra_ca {
-                let certs = certificates(path).map_err(gix::Error::from_error)?;
-                builder = builder.tls_certs_merge(certs);
+        let configure: Box<http::reqwest::ConfigureClientFn> = Box::new(move |builder| {
+            let mut roots = Vec::new();
+            if https {
+                roots.extend_from_slice(system_roots());
+                for path in &extra_ca {
+                    roots.extend(certificates(path).map_err(gix::Error::from_error)?);
+                }
             }
-            Ok(builder)
+            // Only these: the platform verifier would read the whole store again.
+            Ok(builder.timeout(timeout).tls_certs_only(roots))
         });
         let backend = http::reqwest::Options {
             configure_client: Some(configure),
@@ -394,6 +399,27 @@ pub fn proxy_for(url: &str) -> Option<(String, String)> {
     };
     let (name, proxy) = variable(own).or_else(|| variable("ALL_PROXY"))?;
     Some((name, Redactor::for_url(&proxy).redact(&proxy)))
+}
+
+/// The system's trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR`, else the distribution's), read
+/// once per process. Reading it costs about 5 ms (every file of /etc/ssl/certs), and gix builds
+/// an HTTP client for every poll; certificates it cannot read are skipped, as the platform
+/// verifier skips them.
+fn system_roots() -> &'static [reqwest::Certificate] {
+    static ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            tracing::debug!(%error, "skipping an unreadable certificate of the system's store");
+        }
+        let roots: Vec<_> = found
+            .certs
+            .iter()
+            .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+            .collect();
+        tracing::debug!(certificates = roots.len(), "read the system's trust store");
+        roots
+    })
 }
 
 fn certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, AccessError> {

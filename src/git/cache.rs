@@ -647,7 +647,8 @@ fn open_connection<'a, 'r>(
     let from_config = repo
         .transport_options(remote.url.as_str(), None)
         .map_err(|e| remote_error(remote, "configure HTTP for", &e, interrupt))?;
-    connection = connection.with_transport_options(remote.access.http_options(from_config));
+    let https = remote.url.to_ascii_lowercase().starts_with("https://");
+    connection = connection.with_transport_options(remote.access.http_options(from_config, https));
     if let (Some(password), true) = (password, remote.access.has_http_credentials()) {
         let username = remote.access.username.clone().unwrap_or_default();
         let password = password.to_string();
