@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""An idle poll over HTTP: the CPU dagsnap's loop spends per poll of an unchanged remote served
+by nginx + git-http-backend on 127.0.0.1, for a small and a large repository, against what
+git-sync spends per idle poll (`git ls-remote`, with the processes it starts), in one run.
+
+dagsnap's figure is its own process's user + system time (from /proc/<pid>/stat) over the
+measured window divided by its polls; the server's work is not counted for either.
+
+Needs nginx and fcgiwrap (apt-get install nginx fcgiwrap); runs them as the current user in a
+temporary directory.
+
+Usage: bench/idle_http.py [--seconds 20] [--period 100ms] [--sizes 200,10000]
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+import netvol  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """nginx in front of fcgiwrap running git-http-backend, serving `projects`."""
+
+    def __init__(self, tmp, projects):
+        self.port = free_port()
+        d = os.path.join(tmp, "nginx")
+        for sub in ("body", "fastcgi", "proxy", "uwsgi", "scgi"):
+            os.makedirs(os.path.join(d, sub))
+        socket_path = os.path.join(d, "fcgi.sock")
+        self.fcgi = subprocess.Popen(["fcgiwrap", "-c", "4", "-s", f"unix:{socket_path}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        while not os.path.exists(socket_path):
+            time.sleep(0.01)
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""{user}
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; fastcgi_temp_path {d}/fastcgi; proxy_temp_path {d}/proxy;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{
+      include /etc/nginx/fastcgi_params;
+      fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
+      fastcgi_param GIT_PROJECT_ROOT {projects};
+      fastcgi_param GIT_HTTP_EXPORT_ALL "";
+      fastcgi_param PATH_INFO $uri;
+      fastcgi_param GIT_PROTOCOL $http_git_protocol;
+      fastcgi_pass unix:{socket_path};
+    }}
+  }}
+}}
+""")
+        self.nginx = subprocess.Popen(["nginx", "-p", d, "-c", conf, "-g", "daemon off;"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    sys.exit("nginx did not start")
+                time.sleep(0.05)
+
+    def close(self):
+        for proc in (self.nginx, self.fcgi):
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def dagsnap_idle(binary, url, tmp, name, seconds, period):
+    root, cache = os.path.join(tmp, name, "root"), os.path.join(tmp, name, "cache")
+    bench.dagsnap_once(binary, url, root, cache)
+    log_path = os.path.join(tmp, f"{name}.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([binary, "sync", "--repo", url, "--root", root, "--cache-dir", cache,
+                                 "--period", period, "--log-level", "dagsnap=debug"],
+                                env=bench.env(), stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        time.sleep(2)
+        polls = lambda: open(log_path).read().count("up to date")  # noqa: E731
+        ticks0, polls0 = bench.proc_cpu_ticks(proc.pid)[0], polls()
+        time.sleep(seconds)
+        ticks1, polls1 = bench.proc_cpu_ticks(proc.pid)[0], polls()
+    finally:
+        proc.terminate()
+        proc.wait()
+    n = polls1 - polls0
+    return (ticks1 - ticks0) / os.sysconf("SC_CLK_TCK") / max(n, 1), n
+
+
+def ls_remote_cpu(url, runs=20):
+    cpus = []
+    for _ in range(runs):
+        proc = subprocess.Popen(["git", "ls-remote", url, "HEAD"], env=bench.env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, _, usage = os.wait4(proc.pid, 0)
+        cpus.append(usage.ru_utime + usage.ru_stime)
+    cpus.sort()
+    return cpus[len(cpus) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--period", default="100ms")
+    parser.add_argument("--sizes", default="200,10000")
+    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
+    args = parser.parse_args()
+    binary = os.path.abspath(args.binary)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dagsnap-bench-idle-http-") as tmp:
+        projects = os.path.join(tmp, "projects")
+        os.makedirs(projects)
+        for size in (int(s) for s in args.sizes.split(",")):
+            work = os.path.join(tmp, f"work-{size}")
+            netvol.make_repo(work, size, max(1, size // 50))
+            bench.git("clone", "-q", "--bare", work, os.path.join(projects, f"r{size}.git"), cwd=tmp)
+        server = Server(tmp, projects)
+        try:
+            for size in (int(s) for s in args.sizes.split(",")):
+                url = f"http://127.0.0.1:{server.port}/r{size}.git"
+                per_poll, polls = dagsnap_idle(binary, url, tmp, f"d{size}", args.seconds, args.period)
+                git = ls_remote_cpu(url)
+                rows.append((size, per_poll, polls, git))
+        finally:
+            server.close()
+    print("Idle polls over HTTP (nginx + git-http-backend on 127.0.0.1), CPU of the client side\n")
+    print("| files | dagsnap per poll | polls | git ls-remote (git-sync's idle poll) | ratio |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for size, per_poll, polls, git in rows:
+        print(f"| {size} | {per_poll * 1000:.2f} ms | {polls} | {git * 1000:.2f} ms | {per_poll / git:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
