@@ -551,22 +551,12 @@ impl Publisher {
                 interrupt,
             )?;
         } else {
-            let who = repair::Repairer {
-                host: crate::fsutil::hostname(),
-                pid: std::process::id(),
-                repo: self.remote.display_url(),
-                ref_name: self.remote.target.to_string(),
-                reason: problem,
-            };
-            repair::repair(
-                &self.root,
+            self.rebuild(
                 &current.commit,
                 entries,
                 &blobs,
                 &manifest,
-                &who,
-                self.settings.lock_timeout,
-                self.settings.build_jobs,
+                problem,
                 progress,
                 interrupt,
             )?;
@@ -1078,27 +1068,52 @@ impl Publisher {
             tracing::info!(commit = %current.commit, %why, "the live snapshot was published with other settings; rebuilding it with this publisher's and swapping the link to the new copy");
             let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
             let manifest = content_manifest(info, &expected, &expanded, Stats::default());
-            let who = repair::Repairer {
-                host: crate::fsutil::hostname(),
-                pid: std::process::id(),
-                repo: self.remote.display_url(),
-                ref_name: self.remote.target.to_string(),
-                reason: format!("published with other settings: {why}"),
-            };
-            repair::repair(
-                &self.root,
+            self.rebuild(
                 &current.commit,
                 expanded.entries,
                 &expanded.blobs,
                 &manifest,
-                &who,
-                self.settings.lock_timeout,
-                self.settings.build_jobs,
+                format!("published with other settings: {why}"),
                 progress,
                 interrupt,
             )?;
         }
         self.settled = Some(current.commit.clone());
+        Ok(())
+    }
+
+    /// Rebuild the snapshot of `commit` and move readers to the new copy ([`repair::repair`]),
+    /// journaled as this publisher's repair for `reason`.
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild(
+        &self,
+        commit: &str,
+        entries: crate::entries::Entries,
+        blobs: &dyn crate::entries::Blobs,
+        manifest: &Manifest,
+        reason: String,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), PublishError> {
+        let who = repair::Repairer {
+            host: crate::fsutil::hostname(),
+            pid: std::process::id(),
+            repo: self.remote.display_url(),
+            ref_name: self.remote.target.to_string(),
+            reason,
+        };
+        repair::repair(
+            &self.root,
+            commit,
+            entries,
+            blobs,
+            manifest,
+            &who,
+            self.settings.lock_timeout,
+            self.settings.build_jobs,
+            progress,
+            interrupt,
+        )?;
         Ok(())
     }
 
