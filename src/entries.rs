@@ -21,7 +21,8 @@ pub const MODE_FILE: u32 = 0o100644;
 pub const MODE_EXECUTABLE: u32 = 0o100755;
 /// Git's mode of a symlink.
 pub const MODE_SYMLINK: u32 = 0o120000;
-/// Git's mode of a submodule (a commit id, checked out as an empty directory).
+/// Git's mode of a submodule (a gitlink: a commit id; in a snapshot, a directory holding the
+/// submodule's files, or empty with `--submodules off`).
 pub const MODE_SUBMODULE: u32 = 0o160000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
