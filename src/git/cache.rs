@@ -89,6 +89,8 @@ pub struct Cache {
     resolved: Option<String>,
     /// Set when the cache should be re-created before the next fetch.
     reset_due: bool,
+    /// Set when the cache's packs should be consolidated before the next fetch.
+    consolidate_due: bool,
     /// This process created the cache directory (see [`Cache::remove_if_created`]).
     created_dir: bool,
     _lock: FileLock,
@@ -151,6 +153,7 @@ impl Cache {
             record,
             resolved: None,
             reset_due: false,
+            consolidate_due: false,
             created_dir,
             config,
             _lock: lock,
@@ -200,10 +203,55 @@ impl Cache {
     /// [`Cache::after_fetch`]): for caches that are only ever fetched into by commit id (a
     /// submodule's), between cycles.
     pub fn reset_if_due(&mut self) -> Result<(), SourceError> {
+        self.maintain()
+    }
+
+    /// Between cycles: consolidate a grown cache, or re-create one that is due for it.
+    fn maintain(&mut self) -> Result<(), SourceError> {
+        if self.consolidate_due && !self.reset_due {
+            self.consolidate_due = false;
+            if let Err(why) = self.consolidate() {
+                // Re-creating costs a fetch of the tip, and always works.
+                tracing::info!(cache = %self.dir.display(), %why, "cannot consolidate the cache's packs; re-creating it instead (one fetch of the tip)");
+                self.reset_due = true;
+            }
+        }
         if self.reset_due {
-            tracing::debug!(cache = %self.dir.display(), "re-creating a grown cache");
             self.reset()?;
         }
+        Ok(())
+    }
+
+    /// Rewrite the cache's packs into one that holds what its refs reach (`git repack -a -d`):
+    /// the objects of commits the cache no longer follows go, nothing is fetched again, and the
+    /// cache stays bounded by the size of the tip (shallow) or of the history (`--depth 0`).
+    /// Needs the `git` program (the image carries it); without it, the caller re-creates the
+    /// cache instead. The cache is locked by this process, so no one else writes to it.
+    fn consolidate(&mut self) -> Result<(), String> {
+        let repo_dir = self.dir.join("repo.git");
+        let before: u64 = pack_sizes(&repo_dir).iter().sum();
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&repo_dir)
+            .args(["-c", "gc.auto=0", "-c", "repack.writeBitmaps=false"])
+            .args(["repack", "-a", "-d", "-q"])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env_remove("GIT_DIR")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "git repack failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        self.repo = open_repo(&repo_dir, &self.config)?;
+        let after: u64 = pack_sizes(&repo_dir).iter().sum();
+        tracing::info!(cache = %self.dir.display(), bytes_before = before, bytes_after = after, elapsed_ms = started.elapsed().as_millis() as u64, "consolidated the cache's packs");
         Ok(())
     }
 
@@ -232,9 +280,7 @@ impl Cache {
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Observation, SourceError> {
-        if self.reset_due {
-            self.reset()?;
-        }
+        self.maintain()?;
         let observed_at = SystemTime::now();
         let repo = self.repo();
         if let Target::Commit(id) = &remote.target {
@@ -347,9 +393,9 @@ impl Cache {
     /// The handle is re-opened so gix sees (and has room for) the new pack. Once the cache
     /// holds more than `MAX_PACKS` packs (lookups slow down), or its packs weigh more than twice
     /// its largest one (usually the first, full fetch: history the cache no longer needs has
-    /// doubled it), it is re-created before the next update. With a shallow cache that costs one
-    /// fetch of the tip, like a first start; with full history (`--depth 0`) only the pack
-    /// count applies.
+    /// doubled it), it is consolidated before the next update ([`Cache::consolidate`]): its
+    /// packs rewritten into one holding what its refs reach, so nothing is fetched again. With
+    /// full history (`--depth 0`) only the pack count applies.
     fn after_fetch(&mut self) -> Result<(), SourceError> {
         let repo_dir = self.dir.join("repo.git");
         let packs = pack_sizes(&repo_dir);
@@ -358,8 +404,8 @@ impl Cache {
         let grown = self.record.depth > 0 && total > 2 * largest + GROWTH_SLACK_BYTES;
         if packs.len() > MAX_PACKS || grown {
             // Not now: this cycle still reads the commit just fetched.
-            tracing::info!(cache = %self.dir.display(), packs = packs.len(), bytes = total, "the cache has grown; it is re-created before the next fetch");
-            self.reset_due = true;
+            tracing::debug!(cache = %self.dir.display(), packs = packs.len(), bytes = total, "the cache has grown; it is consolidated before the next fetch");
+            self.consolidate_due = true;
         }
         self.repo = open_repo(&repo_dir, &self.config).map_err(|cause| SourceError::CacheRepo {
             dir: repo_dir.clone(),

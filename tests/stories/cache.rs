@@ -33,6 +33,14 @@ fn the_cache_stays_shallow_and_bounded_across_1000_updates() {
     let interrupt = AtomicBool::new(false);
     let pack_dir = scratch.cache().join("repo.git/objects/pack");
     let (mut max_packs, mut max_bytes, mut first_bytes) = (0, 0, 0);
+    // Re-creating the cache (a full fetch of the tip) makes a new repository directory.
+    let inode = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(scratch.cache().join("repo.git"))
+            .unwrap()
+            .ino()
+    };
+    let mut first_inode = None;
     for (i, commit) in commits.iter().enumerate() {
         remote.git(&["update-ref", "refs/heads/main", commit]);
         let seen = cache.update(&source, &progress, &interrupt).unwrap();
@@ -50,7 +58,13 @@ fn the_cache_stays_shallow_and_bounded_across_1000_updates() {
         let bytes = cache_bytes(&scratch.cache());
         if i == 0 {
             first_bytes = bytes;
+            first_inode = Some(inode());
         }
+        assert_eq!(
+            Some(inode()),
+            first_inode,
+            "update {i}: the cache was re-created (its packs are consolidated instead)"
+        );
         max_packs = max_packs.max(packs);
         max_bytes = max_bytes.max(bytes);
     }
