@@ -36,7 +36,7 @@ def free_port():
 class Server:
     """nginx in front of fcgiwrap running git-http-backend, serving `projects`."""
 
-    def __init__(self, tmp, projects):
+    def __init__(self, tmp, projects, access_log=None):
         self.port = free_port()
         d = os.path.join(tmp, "nginx")
         for sub in ("body", "fastcgi", "proxy", "uwsgi", "scgi"):
@@ -56,7 +56,8 @@ pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 64; }}
 http {{
-  access_log off;
+  log_format bytes '$request_method $uri $status $body_bytes_sent';
+  access_log {access_log or "off"}{" bytes" if access_log else ""};
   client_body_temp_path {d}/body; fastcgi_temp_path {d}/fastcgi; proxy_temp_path {d}/proxy;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   server {{

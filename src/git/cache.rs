@@ -147,13 +147,16 @@ impl Cache {
             }
             None => init_repo(&repo_dir, &marker, &record, &config)?,
         };
+        // A cache that grew in an earlier process (a one-time run exits before its next
+        // update) is consolidated at this one's first update.
+        let grown = has_grown(&pack_sizes(&repo_dir), record.depth);
         Ok(Cache {
+            consolidate_due: grown,
             dir: dir.to_path_buf(),
             repo,
             record,
             resolved: None,
             reset_due: false,
-            consolidate_due: false,
             created_dir,
             config,
             _lock: lock,
@@ -399,12 +402,9 @@ impl Cache {
     fn after_fetch(&mut self) -> Result<(), SourceError> {
         let repo_dir = self.dir.join("repo.git");
         let packs = pack_sizes(&repo_dir);
-        let total: u64 = packs.iter().sum();
-        let largest = packs.iter().copied().max().unwrap_or(0);
-        let grown = self.record.depth > 0 && total > 2 * largest + GROWTH_SLACK_BYTES;
-        if packs.len() > MAX_PACKS || grown {
+        if has_grown(&packs, self.record.depth) {
             // Not now: this cycle still reads the commit just fetched.
-            tracing::debug!(cache = %self.dir.display(), packs = packs.len(), bytes = total, "the cache has grown; it is consolidated before the next fetch");
+            tracing::debug!(cache = %self.dir.display(), packs = packs.len(), bytes = packs.iter().sum::<u64>(), "the cache has grown; it is consolidated before the next fetch");
             self.consolidate_due = true;
         }
         self.repo = open_repo(&repo_dir, &self.config).map_err(|cause| SourceError::CacheRepo {
@@ -618,6 +618,13 @@ fn remove_stale_lock_files(repo_dir: &Path) -> Result<(), SourceError> {
 }
 
 /// Sizes of the packs in the repository at `dir`.
+/// Whether packs of these sizes are due for consolidation ([`Cache::after_fetch`]).
+fn has_grown(packs: &[u64], depth: u32) -> bool {
+    let total: u64 = packs.iter().sum();
+    let largest = packs.iter().copied().max().unwrap_or(0);
+    packs.len() > MAX_PACKS || (depth > 0 && total > 2 * largest + GROWTH_SLACK_BYTES)
+}
+
 fn pack_sizes(dir: &Path) -> Vec<u64> {
     std::fs::read_dir(dir.join("objects/pack"))
         .map(|entries| {
