@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """An idle poll over HTTP: the CPU dagsnap's loop spends per poll of an unchanged remote served
 by nginx + git-http-backend on 127.0.0.1, for a small and a large repository, against what
-git-sync spends per idle poll (`git ls-remote`, with the processes it starts), in one run.
+git-sync spends per idle poll, in one run: `git ls-remote` alone, and one idle iteration of
+tests/fixtures/git-sync-v4.sh (git-sync v4's steps: ls-remote, the worktree checks, the shell),
+each with the processes it starts.
 
 dagsnap's figure is its own process's user + system time (from /proc/<pid>/stat) over the
 measured window divided by its polls; the server's work is not counted for either.
@@ -111,6 +113,9 @@ def dagsnap_idle(binary, url, tmp, name, seconds, period):
         proc.terminate()
         proc.wait()
     n = polls1 - polls0
+    failed = open(log_path).read().count("sync failed")
+    if failed:
+        sys.exit(f"{failed} poll(s) failed; see {log_path}")
     return (ticks1 - ticks0) / os.sysconf("SC_CLK_TCK") / max(n, 1), n
 
 
@@ -118,6 +123,23 @@ def ls_remote_cpu(url, runs=20):
     cpus = []
     for _ in range(runs):
         proc = subprocess.Popen(["git", "ls-remote", url, "HEAD"], env=bench.env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, _, usage = os.wait4(proc.pid, 0)
+        cpus.append(usage.ru_utime + usage.ru_stime)
+    cpus.sort()
+    return cpus[len(cpus) // 2]
+
+
+def git_sync_model_cpu(url, tmp, name, runs=20):
+    """One idle iteration of git-sync v4 (tests/fixtures/git-sync-v4.sh with `once`, against a
+    root it already published): its ls-remote, worktree checks and the shell that runs them."""
+    script = os.path.join(HERE, "..", "tests", "fixtures", "git-sync-v4.sh")
+    root = os.path.join(tmp, name)
+    subprocess.run(["sh", script, url, root, "dags", "0", "once"], env=bench.env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpus = []
+    for _ in range(runs):
+        proc = subprocess.Popen(["sh", script, url, root, "dags", "0", "once"], env=bench.env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _, _, usage = os.wait4(proc.pid, 0)
         cpus.append(usage.ru_utime + usage.ru_stime)
@@ -147,14 +169,16 @@ def main():
                 url = f"http://127.0.0.1:{server.port}/r{size}.git"
                 per_poll, polls = dagsnap_idle(binary, url, tmp, f"d{size}", args.seconds, args.period)
                 git = ls_remote_cpu(url)
-                rows.append((size, per_poll, polls, git))
+                model = git_sync_model_cpu(url, tmp, f"g{size}")
+                rows.append((size, per_poll, polls, git, model))
         finally:
             server.close()
     print("Idle polls over HTTP (nginx + git-http-backend on 127.0.0.1), CPU of the client side\n")
-    print("| files | dagsnap per poll | polls | git ls-remote (git-sync's idle poll) | ratio |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    for size, per_poll, polls, git in rows:
-        print(f"| {size} | {per_poll * 1000:.2f} ms | {polls} | {git * 1000:.2f} ms | {per_poll / git:.3f}x |")
+    print("| files | dagsnap per poll | polls | `git ls-remote` | git-sync v4's idle iteration (model) | dagsnap / git-sync |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for size, per_poll, polls, git, model in rows:
+        print(f"| {size} | {per_poll * 1000:.2f} ms | {polls} | {git * 1000:.2f} ms | "
+              f"{model * 1000:.2f} ms | {per_poll / model:.3f}x |")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ pub struct Cache {
     consolidate_due: bool,
     /// This process created the cache directory (see [`Cache::remove_if_created`]).
     created_dir: bool,
+    /// The HTTP backend every conversation of this cache uses.
+    http: SharedHttp,
     _lock: FileLock,
 }
 
@@ -158,6 +160,7 @@ impl Cache {
             resolved: None,
             reset_due: false,
             created_dir,
+            http: SharedHttp::default(),
             config,
             _lock: lock,
         })
@@ -354,6 +357,7 @@ impl Cache {
             TARGET_REF,
             progress,
             interrupt,
+            &self.http,
         )
     }
 
@@ -382,6 +386,7 @@ impl Cache {
             REPAIR_REF,
             progress,
             interrupt,
+            &self.http,
         )
         .map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
         if fetched.2 {
@@ -431,7 +436,8 @@ impl Cache {
             .map(|(i, c)| format!("+{c}:refs/dagsnap/candidate/{i}"))
             .collect();
         let git_remote = make_remote(repo, remote, &specs)?;
-        let connection = open_connection(&git_remote, repo, remote, password, interrupt)?;
+        let connection =
+            open_connection(&git_remote, repo, remote, password, interrupt, &self.http)?;
         // List every ref, not only the candidates: this runs once per start, and when the name
         // is wrong the error can then say which branches and tags do exist.
         let options = gix::remote::ref_map::Options {
@@ -682,6 +688,58 @@ type Connection<'a, 'r> = gix::remote::Connection<
     Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
 >;
 
+use gix::protocol::transport::client::blocking_io::http as gix_http;
+use gix_http::Http;
+
+/// gix's reqwest HTTP backend (an HTTP client with its TLS roots and connection pool, on a
+/// worker thread), kept for the life of the cache and lent to each conversation's transport:
+/// a backend per conversation would build a client, start its threads and connect anew at
+/// every poll.
+#[derive(Clone, Default)]
+struct SharedHttp(std::sync::Arc<std::sync::Mutex<gix_http::reqwest::Remote>>);
+
+impl SharedHttp {
+    fn backend(&self) -> std::sync::MutexGuard<'_, gix_http::reqwest::Remote> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Http for SharedHttp {
+    type Headers = <gix_http::reqwest::Remote as Http>::Headers;
+    type ResponseBody = <gix_http::reqwest::Remote as Http>::ResponseBody;
+    type PostBody = <gix_http::reqwest::Remote as Http>::PostBody;
+
+    fn get(
+        &mut self,
+        url: &str,
+        base_url: &str,
+        headers: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> gix::error::Result<gix_http::GetResponse<Self::Headers, Self::ResponseBody>> {
+        self.backend().get(url, base_url, headers)
+    }
+
+    fn post(
+        &mut self,
+        url: &str,
+        base_url: &str,
+        headers: impl IntoIterator<Item = impl AsRef<str>>,
+        body: gix_http::PostBodyDataKind,
+    ) -> gix::error::Result<gix_http::PostResponse<Self::Headers, Self::ResponseBody, Self::PostBody>>
+    {
+        self.backend().post(url, base_url, headers, body)
+    }
+
+    fn configure(&mut self, config: &dyn std::any::Any) -> gix::error::Result {
+        self.backend().configure(config)
+    }
+
+    fn redirected_base_url(&self) -> Option<String> {
+        self.backend().redirected_base_url()
+    }
+}
+
 /// Connect to the remote with dagsnap's HTTP settings and, if configured, its credentials.
 /// Without dagsnap credentials, git's credential helpers (if configured) are asked as usual.
 fn open_connection<'a, 'r>(
@@ -690,13 +748,28 @@ fn open_connection<'a, 'r>(
     remote: &Remote,
     password: Option<&str>,
     interrupt: &AtomicBool,
+    http: &SharedHttp,
 ) -> Result<Connection<'a, 'r>, SourceError> {
-    let mut connection = git_remote
-        .connect(gix::remote::Direction::Fetch)
-        .map_err(|e| remote_error(remote, "connect to", &e, interrupt))?;
     if !remote.is_http() {
-        return Ok(connection);
+        return git_remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| remote_error(remote, "connect to", &e, interrupt));
     }
+    // A transport of its own for this conversation, over the HTTP client kept for the cache.
+    let url = gix::url::parse(gix::bstr::BStr::new(remote.url.as_str()))
+        .map_err(|e| remote_error(remote, "connect to", &gix::Error::from_error(e), interrupt))?;
+    let v1 = repo
+        .config_snapshot()
+        .string("protocol.version")
+        .is_some_and(|v| v.as_slice() == b"1");
+    let version = if v1 {
+        gix::protocol::transport::Protocol::V1
+    } else {
+        gix::protocol::transport::Protocol::V2
+    };
+    let transport: Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send> =
+        Box::new(gix_http::connect_http(http.clone(), url, version, false));
+    let mut connection = git_remote.to_connection_with_transport(transport);
     let from_config = repo
         .transport_options(remote.url.as_str(), None)
         .map_err(|e| remote_error(remote, "configure HTTP for", &e, interrupt))?;
@@ -748,6 +821,7 @@ fn make_remote<'r>(
 /// negotiation only if the advertised commit is not in the cache yet.
 ///
 /// Returns the commit, the full name of the ref that matched, and whether a pack came in.
+#[allow(clippy::too_many_arguments)]
 fn fetch_if_needed(
     repo: &gix::Repository,
     remote: &Remote,
@@ -756,9 +830,10 @@ fn fetch_if_needed(
     local_ref: &str,
     progress: &gix::progress::tree::Root,
     interrupt: &AtomicBool,
+    http: &SharedHttp,
 ) -> Result<(ObjectId, String, bool), SourceError> {
     let git_remote = make_remote(repo, remote, &[format!("+{spec_source}:{local_ref}")])?;
-    let connection = open_connection(&git_remote, repo, remote, password, interrupt)?;
+    let connection = open_connection(&git_remote, repo, remote, password, interrupt, http)?;
     let prepare = connection
         .prepare_fetch(progress.add_child("list refs"), Default::default())
         .map_err(|e| remote_error(remote, "list refs of", &e, interrupt))?;
