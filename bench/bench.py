@@ -21,10 +21,12 @@ Usage: bench/bench.py [--shapes 1k,10k,100k] [--runs 5] [--idle-seconds 20]
 """
 
 import argparse
+import itertools
 import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -138,7 +140,9 @@ def file_body(i, rng_seed):
     return (body + "#" * max(0, FILE_BYTES - len(body) - 1) + "\n")[:FILE_BYTES].encode()
 
 
-def make_repo(path, files, dirs):
+def import_repo(path, files):
+    """A repository of `files` ((path, bytes) pairs, any iterable) in one commit on `main`,
+    made with git fast-import, checked out."""
     os.makedirs(path)
     git("init", "-q", "-b", "main", cwd=path)
     importer = subprocess.Popen(
@@ -146,18 +150,40 @@ def make_repo(path, files, dirs):
     )
     out = importer.stdin
     out.write(b"commit refs/heads/main\ncommitter bench <bench@example.com> 1700000000 +0000\ndata 7\ninitial\n")
-    for i in range(files):
-        body = file_body(i, 0)
-        out.write(f"M 100644 inline {file_path(i, dirs)}\ndata {len(body)}\n".encode() + body + b"\n")
-    blob_rng = random.Random(42)
-    for b in range(BINARIES):
-        data = blob_rng.randbytes(BINARY_BYTES)
-        out.write(f"M 100644 inline assets/model_{b}.bin\ndata {len(data)}\n".encode() + data + b"\n")
+    for name, body in files:
+        out.write(f"M 100644 inline {name}\ndata {len(body)}\n".encode() + body + b"\n")
     out.write(b"done\n")
     out.close()
     if importer.wait() != 0:
         sys.exit("fast-import failed")
     git("checkout", "-q", "main", cwd=path)
+
+
+def dag_files(files, dirs):
+    """`files` DAG-like files of about 4 KiB in `dirs` directories."""
+    return ((file_path(i, dirs), file_body(i, 0)) for i in range(files))
+
+
+def make_repo(path, files, dirs, binaries=BINARIES):
+    """`files` DAG-like files in `dirs` directories, plus `binaries` random 8 MiB files."""
+    blob_rng = random.Random(42)
+    blobs = ((f"assets/model_{b}.bin", blob_rng.randbytes(BINARY_BYTES)) for b in range(binaries))
+    import_repo(path, itertools.chain(dag_files(files, dirs), blobs))
+
+
+def change_one(repo, serial, dirs):
+    """Commit a new content for one of the first 1,000 files; its path."""
+    name = file_path(serial * 37 % 1000, dirs)
+    with open(os.path.join(repo, name), "wb") as f:
+        f.write(file_body(serial, serial + 1))
+    git("commit", "-q", "-am", f"change {serial}", cwd=repo)
+    return name
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Change:

@@ -24,22 +24,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-import netvol  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """nginx in front of fcgiwrap running git-http-backend, serving `projects`."""
 
     def __init__(self, tmp, projects, access_log=None):
-        self.port = free_port()
+        self.port = bench.free_port()
         d = os.path.join(tmp, "nginx")
         for sub in ("body", "fastcgi", "proxy", "uwsgi", "scgi"):
             os.makedirs(os.path.join(d, sub))
@@ -161,7 +154,7 @@ def main():
         os.makedirs(projects)
         for size in (int(s) for s in args.sizes.split(",")):
             work = os.path.join(tmp, f"work-{size}")
-            netvol.make_repo(work, size, max(1, size // 50))
+            bench.make_repo(work, size, max(1, size // 50), binaries=0)
             bench.git("clone", "-q", "--bare", work, os.path.join(projects, f"r{size}.git"), cwd=tmp)
         server = Server(tmp, projects)
         try:

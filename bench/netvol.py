@@ -34,31 +34,6 @@ import bench  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def make_repo(path, files, dirs):
-    os.makedirs(path)
-    bench.git("init", "-q", "-b", "main", cwd=path)
-    importer = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=path,
-                                env=bench.env(), stdin=subprocess.PIPE)
-    out = importer.stdin
-    out.write(b"commit refs/heads/main\ncommitter bench <bench@example.com> 1700000000 +0000\ndata 7\ninitial\n")
-    for i in range(files):
-        body = bench.file_body(i, 0)
-        out.write(f"M 100644 inline {bench.file_path(i, dirs)}\ndata {len(body)}\n".encode() + body + b"\n")
-    out.write(b"done\n")
-    out.close()
-    if importer.wait() != 0:
-        sys.exit("fast-import failed")
-    bench.git("checkout", "-q", "main", cwd=path)
-
-
-def change_one(repo, serial, dirs):
-    name = bench.file_path(serial * 37 % 1000, dirs)
-    with open(os.path.join(repo, name), "wb") as f:
-        f.write(bench.file_body(serial, serial + 1))
-    bench.git("commit", "-q", "-am", f"change {serial}", cwd=repo)
-    return name
-
-
 def build_slowfs():
     out = os.path.join(HERE, "..", "target", "bench", "slowfs")
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -128,7 +103,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-netvol-") as work:
         repo = os.path.join(work, "repo")
-        make_repo(repo, args.files, args.dirs)
+        bench.make_repo(repo, args.files, args.dirs, binaries=0)
         url = f"file://{repo}"
         checkout = os.path.join(work, "checkout")
         shutil.copytree(repo, checkout, ignore=shutil.ignore_patterns(".git"))
@@ -145,7 +120,7 @@ def main():
                                  dagsnap(binary, url, os.path.join(v, f"root-{run}-{j}"),
                                          os.path.join(base, "cache"), j)))
                 serial += 1
-                name = change_one(repo, serial, args.dirs)
+                name = bench.change_one(repo, serial, args.dirs)
 
                 def cp_al():
                     start = time.perf_counter()
@@ -171,7 +146,7 @@ def main():
                 rows.append(("local disk", "first publish", f"dagsnap --build-jobs {j}",
                              dagsnap(binary, url, os.path.join(base, "root"), os.path.join(base, "cache"), j)))
             serial += 1
-            change_one(repo, serial, args.dirs)
+            bench.change_one(repo, serial, args.dirs)
             for j in jobs:
                 base = os.path.join(work, f"local-{run}-{j}")
                 rows.append(("local disk", "1 file changed", f"dagsnap --build-jobs {j}",

@@ -21,7 +21,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 import idle_http  # noqa: E402
-import netvol  # noqa: E402
 import ttl  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,7 +52,7 @@ def main():
     dirs = max(1, args.files // 50)
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-refetch-") as tmp:
         work = os.path.join(tmp, "work")
-        netvol.make_repo(work, args.files, dirs)
+        bench.make_repo(work, args.files, dirs, binaries=0)
         projects = os.path.join(tmp, "projects")
         os.makedirs(projects)
         bare = os.path.join(projects, "dags.git")
@@ -67,7 +66,7 @@ def main():
         log = open(os.path.join(tmp, "dagsnap.log"), "w")
         # Each push is followed by `POST /sync` (as a webhook would), so the log counts one cycle
         # per update rather than the idle polls between them.
-        port = ttl.free_port()
+        port = bench.free_port()
         loop = subprocess.Popen([binary, "sync", "--repo", url, "--root", root, "--cache-dir", cache,
                                  "--period", "1h", "--http-bind", f"127.0.0.1:{port}"],
                                 env=bench.env(), stdout=subprocess.DEVNULL, stderr=log,

@@ -18,7 +18,6 @@ Usage: bench/shapes.py [--files 10000] [--dag-files 500] [--runs 5]
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -26,23 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def import_repo(path, files):
-    """A repository of `files` ((path, body) pairs) in one commit, made with fast-import."""
-    os.makedirs(path)
-    bench.git("init", "-q", "-b", "main", cwd=path)
-    importer = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=path,
-                                env=bench.env(), stdin=subprocess.PIPE)
-    out = importer.stdin
-    out.write(b"commit refs/heads/main\ncommitter bench <bench@example.com> 1700000000 +0000\ndata 7\ninitial\n")
-    for name, body in files:
-        out.write(f"M 100644 inline {name}\ndata {len(body)}\n".encode() + body + b"\n")
-    out.write(b"done\n")
-    out.close()
-    if importer.wait() != 0:
-        sys.exit("fast-import failed")
-    bench.git("checkout", "-q", "main", cwd=path)
 
 
 def change(repo, name, serial):
@@ -68,9 +50,9 @@ def main():
         services = [(f"services/s{i % 200:03}/mod_{i:06}.py", bench.file_body(i + 1_000_000, 0))
                     for i in range(args.files - args.dag_files)]
         mono = os.path.join(work, "mono")
-        import_repo(mono, dags + services)
+        bench.import_repo(mono, dags + services)
         alone = os.path.join(work, "alone")
-        import_repo(alone, [(name[len("dags/"):], body) for name, body in dags])
+        bench.import_repo(alone, [(name[len("dags/"):], body) for name, body in dags])
         urls = {"mono": f"file://{mono}", "alone": f"file://{alone}"}
 
         rows = {}

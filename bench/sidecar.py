@@ -12,7 +12,6 @@ Usage: bench/sidecar.py [--seconds 120] [--period 1s] [--files 1000]
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,12 +21,6 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(base):
@@ -47,7 +40,7 @@ def loop(binary, url, work, name, seconds, period, http):
     log_path = os.path.join(work, f"{name}.log")
     extra, base = [], None
     if http:
-        port = free_port()
+        port = bench.free_port()
         extra = ["--http-bind", f"127.0.0.1:{port}"]
         base = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:

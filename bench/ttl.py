@@ -17,7 +17,6 @@ import argparse
 import http.client
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,16 +25,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-import netvol  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GIT_SYNC = os.path.join(HERE, "..", "tests", "fixtures", "git-sync-v4.sh")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shows(link, commit):
@@ -55,7 +47,7 @@ def wait_for(link, commit, timeout=120):
 
 
 def push(work, bare, serial, dirs):
-    netvol.change_one(work, serial, dirs)
+    bench.change_one(work, serial, dirs)
     commit = bench.git_out("rev-parse", "HEAD", cwd=work)
     start = time.perf_counter()
     bench.git("push", "-q", bare, "main", cwd=work)
@@ -96,14 +88,14 @@ def main():
     results = []
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-ttl-") as tmp:
         work = os.path.join(tmp, "work")
-        netvol.make_repo(work, args.files, args.dirs)
+        bench.make_repo(work, args.files, args.dirs, binaries=0)
         bare = os.path.join(tmp, "dags.git")
         bench.git("clone", "-q", "--bare", work, bare, cwd=tmp)
         url = f"file://{bare}"
         serial = 0
         period = f"{args.period:g}s"
 
-        port = free_port()
+        port = bench.free_port()
         root = os.path.join(tmp, "dagsnap-root")
         log = open(os.path.join(tmp, "dagsnap.log"), "w")
         loop = subprocess.Popen(

@@ -12,15 +12,6 @@ fn store(scratch: &Scratch) -> std::path::PathBuf {
     scratch.root().join(".dagsnap")
 }
 
-fn dagsnap_cmd(scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    dagsnap(scratch.tmp.path())
-        .args(args)
-        .arg("--root")
-        .arg(scratch.root())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_damaged_state_file_stops_neither_publishing_nor_status() {
     let remote = Remote::new();
@@ -30,7 +21,7 @@ fn a_damaged_state_file_stops_neither_publishing_nor_status() {
     let torn = store(&scratch).join("publications/99999999999999999999-torn.json");
     fs::write(&torn, "{\"commit\": tru").unwrap();
 
-    let status = dagsnap_cmd(&scratch, &["status"]);
+    let status = on_root(&scratch, &["status"]);
     assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains("commit:"));
 
@@ -58,7 +49,7 @@ fn a_damaged_pin_holds_the_live_snapshot_until_unpin_releases_it() {
     let remote = Remote::new();
     let scratch = Scratch::new();
     let first = publish_versions(&remote, &scratch, 1, "v").remove(0);
-    let pin = dagsnap_cmd(&scratch, &["pin", "--reason", "release window"]);
+    let pin = on_root(&scratch, &["pin", "--reason", "release window"]);
     assert!(pin.status.success(), "{}", stderr(&pin));
     fs::write(store(&scratch).join("pin.json"), b"\x00\x01garbage").unwrap();
 
@@ -68,7 +59,7 @@ fn a_damaged_pin_holds_the_live_snapshot_until_unpin_releases_it() {
     assert_eq!(published(&scratch.root()), Some(first.clone()), "held");
     assert!(stderr(&out).contains("dagsnap unpin"), "{}", stderr(&out));
 
-    let status = dagsnap_cmd(&scratch, &["status"]);
+    let status = on_root(&scratch, &["status"]);
     assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
@@ -76,7 +67,7 @@ fn a_damaged_pin_holds_the_live_snapshot_until_unpin_releases_it() {
         "{text}"
     );
 
-    let unpin = dagsnap_cmd(&scratch, &["unpin"]);
+    let unpin = on_root(&scratch, &["unpin"]);
     assert_eq!(unpin.status.code(), Some(0), "{}", stderr(&unpin));
     let out = sync_once(&scratch, &remote.url(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -97,20 +88,20 @@ fn an_invalid_byte_in_the_journal_costs_one_line_and_gc_removes_it() {
     );
     fs::write(&journal, bytes).unwrap();
 
-    let log = dagsnap_cmd(&scratch, &["log", "--json"]);
+    let log = on_root(&scratch, &["log", "--json"]);
     assert_eq!(log.status.code(), Some(0), "{}", stderr(&log));
     let entries: Vec<serde_json::Value> = serde_json::from_slice(&log.stdout).unwrap();
     assert_eq!(entries.len(), 3);
     assert!(stderr(&log).contains("damaged"), "{}", stderr(&log));
     for command in [&["list"][..], &["gc"]] {
-        let out = dagsnap_cmd(&scratch, command);
+        let out = on_root(&scratch, command);
         assert_eq!(out.status.code(), Some(0), "{command:?}: {}", stderr(&out));
     }
     assert!(
         String::from_utf8(fs::read(&journal).unwrap()).is_ok(),
         "gc rewrote the journal without the damaged line"
     );
-    let rollback = dagsnap_cmd(&scratch, &["rollback"]);
+    let rollback = on_root(&scratch, &["rollback"]);
     assert_eq!(rollback.status.code(), Some(0), "{}", stderr(&rollback));
     assert_eq!(published(&scratch.root()).as_ref(), Some(&commits[1]));
 }
@@ -274,9 +265,9 @@ fn rollback_refuses_a_snapshot_replaced_on_disk() {
     fs::create_dir(&old).unwrap();
     fs::write(old.join("a.py"), "planted\n").unwrap();
 
-    let out = dagsnap_cmd(&scratch, &["rollback"]);
+    let out = on_root(&scratch, &["rollback"]);
     assert_one_clear_line(&out, 2, "cannot be trusted");
-    let out = dagsnap_cmd(&scratch, &["rollback", &commits[0]]);
+    let out = on_root(&scratch, &["rollback", &commits[0]]);
     assert_one_clear_line(&out, 2, "cannot be trusted");
     assert_eq!(published(&scratch.root()).as_ref(), Some(&commits[1]));
 }

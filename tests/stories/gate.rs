@@ -60,23 +60,9 @@ impl Check {
     }
 }
 
-/// `dagsnap <args> --root <root>`.
-fn operator(scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    dagsnap(scratch.tmp.path())
-        .args(args)
-        .arg("--root")
-        .arg(scratch.root())
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `dagsnap status --json`.
 fn status_json(scratch: &Scratch) -> serde_json::Value {
-    let out = operator(scratch, &["status", "--json"]);
+    let out = on_root(scratch, &["status", "--json"]);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("status --json ({e}): {}{}", stdout(&out), stderr(&out)))
 }
@@ -176,7 +162,7 @@ fn a_commit_that_does_not_import_is_rejected_once_and_the_fix_goes_live_at_once(
         )) && message.ends_with("dags/a.py does not import"),
         "{message}"
     );
-    let status = stdout(&operator(&scratch, &["status"]));
+    let status = stdout(&on_root(&scratch, &["status"]));
     assert!(status.contains(&format!("commit:      {good}")), "{status}");
     assert!(status.contains("check:       accepted in"), "{status}");
     assert!(
@@ -189,11 +175,11 @@ fn a_commit_that_does_not_import_is_rejected_once_and_the_fix_goes_live_at_once(
     assert_eq!(json["rejected"]["commit"], bad.as_str());
     assert_eq!(json["rejected"]["why"], "exit status 3");
     assert_eq!(json["check"]["accepted"], true);
-    let list = stdout(&operator(&scratch, &["list"]));
+    let list = stdout(&on_root(&scratch, &["list"]));
     let row = list.lines().find(|l| l.contains(&bad[..12])).unwrap();
     assert!(row.starts_with("  R "), "{list}");
     assert!(list.contains("R = rejected by the check"), "{list}");
-    let log = stdout(&operator(&scratch, &["log"]));
+    let log = stdout(&on_root(&scratch, &["log"]));
     assert!(
         log.lines().any(|l| l.contains("rejected")
             && l.contains(&bad[..12])
@@ -252,7 +238,7 @@ fn a_commit_that_does_not_import_is_rejected_once_and_the_fix_goes_live_at_once(
     if let Some(dir) = pycache_under(&scratch.root()) {
         panic!("the check wrote bytecode into the store: {}", dir.display());
     }
-    let verify = operator(&scratch, &["verify"]);
+    let verify = on_root(&scratch, &["verify"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
 
@@ -332,7 +318,7 @@ fn a_check_that_hangs_or_is_killed_rejects_the_commit_and_leaves_nothing_running
         3,
         "each new check command checks again"
     );
-    let log = stdout(&operator(&scratch, &["log"]));
+    let log = stdout(&on_root(&scratch, &["log"]));
     assert_eq!(log.matches("rejected").count(), 3, "{log}");
 }
 
@@ -386,7 +372,7 @@ fn a_check_interrupted_by_sigterm_is_abandoned_not_held_against_the_commit() {
     let daemon = spawn_loop(&scratch, &remote.url(), &args);
     daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
     assert_eq!(check.runs_of(&commit), 2);
-    let log = stdout(&operator(&scratch, &["log"]));
+    let log = stdout(&on_root(&scratch, &["log"]));
     assert!(!log.contains("rejected"), "{log}");
 }
 
@@ -431,7 +417,7 @@ fn two_publishers_on_one_root_check_each_commit_once() {
         waited.contains("another publisher of this root is checking this commit"),
         "{waited}"
     );
-    let log = stdout(&operator(&scratch, &["log"]));
+    let log = stdout(&on_root(&scratch, &["log"]));
     assert_eq!(log.matches("rejected").count(), 1, "{log}");
     assert_eq!(published(&scratch.root()).as_deref(), Some(second.as_str()));
 }
@@ -482,7 +468,7 @@ exit 1"#,
     assert!(output.contains("bytes of output dropped"));
     assert_eq!(check.runs_of(&commit), 1);
 
-    let status = stdout(&operator(&scratch, &["status"]));
+    let status = stdout(&on_root(&scratch, &["status"]));
     assert!(
         !status.contains('\x1b') && !status.contains('\r'),
         "{status:?}"
@@ -494,7 +480,7 @@ exit 1"#,
     let longest = status.lines().map(|l| l.chars().count()).max().unwrap();
     assert!(longest < 400, "a line of {longest} characters:\n{status}");
     assert!(status.lines().count() < 40, "{status}");
-    let log = stdout(&operator(&scratch, &["log"]));
+    let log = stdout(&on_root(&scratch, &["log"]));
     assert!(!log.contains('\x1b'), "{log:?}");
     assert!(
         log.contains("exit status 1: last \\u{1b}[0m words"),
@@ -530,7 +516,7 @@ fn recheck_forgets_a_verdict_and_rollback_or_pin_to_a_rejected_commit_needs_forc
     assert_eq!(published(&scratch.root()).as_deref(), Some(good.as_str()));
 
     for command in ["rollback", "pin"] {
-        let out = operator(&scratch, &[command, &rejected[..10]]);
+        let out = on_root(&scratch, &[command, &rejected[..10]]);
         assert_one_clear_line(
             &out,
             2,
@@ -539,7 +525,7 @@ fn recheck_forgets_a_verdict_and_rollback_or_pin_to_a_rejected_commit_needs_forc
         assert!(stderr(&out).contains("add --force"), "{}", stderr(&out));
         assert_eq!(published(&scratch.root()).as_deref(), Some(good.as_str()));
     }
-    let out = operator(
+    let out = on_root(
         &scratch,
         &["rollback", &rejected, "--force", "--reason", "we know"],
     );
@@ -550,33 +536,33 @@ fn recheck_forgets_a_verdict_and_rollback_or_pin_to_a_rejected_commit_needs_forc
     );
     let json = status_json(&scratch);
     assert_eq!(json["check"]["accepted"], false, "{json}");
-    let status = stdout(&operator(&scratch, &["status"]));
+    let status = stdout(&on_root(&scratch, &["status"]));
     assert!(
         status.contains("check:       REJECTED (exit status 1) at")
             && status.contains("published by force"),
         "{status}"
     );
-    let list = stdout(&operator(&scratch, &["list"]));
+    let list = stdout(&on_root(&scratch, &["list"]));
     assert!(
         list.lines()
             .any(|l| l.starts_with("*PR") && l.contains(&rejected[..12])),
         "{list}"
     );
-    let out = operator(&scratch, &["rollback", &good]);
+    let out = on_root(&scratch, &["rollback", &good]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = operator(&scratch, &["unpin"]);
+    let out = on_root(&scratch, &["unpin"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     // The warehouse is back: recheck, and the next sync checks the commit again.
     fs::remove_file(&flag).unwrap();
-    let out = operator(&scratch, &["recheck", "--reason", "warehouse is back"]);
+    let out = on_root(&scratch, &["recheck", "--reason", "warehouse is back"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains(&format!("forgot the verdict of {rejected}")),
         "{}",
         stdout(&out)
     );
-    let out = operator(&scratch, &["recheck"]);
+    let out = on_root(&scratch, &["recheck"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     sync(&scratch);
     assert_eq!(
@@ -584,13 +570,13 @@ fn recheck_forgets_a_verdict_and_rollback_or_pin_to_a_rejected_commit_needs_forc
         Some(rejected.as_str())
     );
     assert_eq!(check.runs_of(&rejected), 2);
-    let log = stdout(&operator(&scratch, &["log"]));
+    let log = stdout(&on_root(&scratch, &["log"]));
     assert!(
         log.lines()
             .any(|l| l.contains("recheck") && l.contains("warehouse is back")),
         "{log}"
     );
-    let out = operator(&scratch, &["recheck", "0000000"]);
+    let out = on_root(&scratch, &["recheck", "0000000"]);
     assert_one_clear_line(&out, 2, "0000000");
 }
 

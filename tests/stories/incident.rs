@@ -7,19 +7,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn run(scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    dagsnap(scratch.tmp.path())
-        .args(args)
-        .arg("--root")
-        .arg(scratch.root())
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
@@ -46,7 +33,7 @@ fn rollback_while_two_sync_loops_run_holds_until_unpin() {
     let c3 = remote.commit(&[("dags/a.py", "v3 broken\n")], "v3 breaks the scheduler");
     loops[0].wait_for_commit(&scratch.root(), &c3, Duration::from_secs(30));
 
-    let out = run(
+    let out = on_root(
         &scratch,
         &["rollback", "--reason", "v3 breaks the scheduler"],
     );
@@ -79,18 +66,18 @@ fn rollback_while_two_sync_loops_run_holds_until_unpin() {
             .iter()
             .any(|d| d.logs().contains("the root is pinned"))
     });
-    let status = run(&scratch, &["status", "--json"]);
+    let status = on_root(&scratch, &["status", "--json"]);
     assert_eq!(json(&status)["pinned"]["commit"], c2.as_str());
     assert_eq!(json(&status)["pinned"]["reason"], "v3 breaks the scheduler");
     assert_eq!(json(&status)["cause"], "rollback");
-    assert!(stdout(&run(&scratch, &["status"])).contains("PINNED:"));
+    assert!(stdout(&on_root(&scratch, &["status"])).contains("PINNED:"));
 
-    let out = run(&scratch, &["unpin", "--reason", "v5 is out"]);
+    let out = on_root(&scratch, &["unpin", "--reason", "v5 is out"]);
     assert!(out.status.success(), "{}", stderr(&out));
     loops[0].wait_for_commit(&scratch.root(), &c5, Duration::from_secs(30));
     assert_eq!(read_current(&scratch.root(), "dags/a.py"), "v5 fixed\n");
 
-    let log = run(&scratch, &["log", "--json"]);
+    let log = on_root(&scratch, &["log", "--json"]);
     let causes: Vec<String> = json(&log)
         .as_array()
         .unwrap()
@@ -102,7 +89,7 @@ fn rollback_while_two_sync_loops_run_holds_until_unpin() {
         &["sync", "unpin", "rollback"],
         "newest first: {causes:?}"
     );
-    let text = stdout(&run(&scratch, &["log"]));
+    let text = stdout(&on_root(&scratch, &["log"]));
     assert!(
         text.contains("rollback -> link") && text.contains("v3 breaks the scheduler"),
         "{text}"
@@ -118,13 +105,13 @@ fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
     let scratch = Scratch::new();
     let commits = publish_versions(&remote, &scratch, 3, "v");
     // Evict the oldest.
-    assert!(run(&scratch, &["gc", "--keep", "1", "--grace", "0s"])
+    assert!(on_root(&scratch, &["gc", "--keep", "1", "--grace", "0s"])
         .status
         .success());
     let before = reader_view(&scratch.root());
 
     for wanted in ["deadbeef", commits[0].as_str()] {
-        let out = run(&scratch, &["rollback", wanted]);
+        let out = on_root(&scratch, &["rollback", wanted]);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(
             stderr(&out).contains("no retained snapshot matches"),
@@ -143,7 +130,7 @@ fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
         );
     }
     // Three steps back is further than what is retained.
-    let out = run(&scratch, &["rollback", "--steps", "3"]);
+    let out = on_root(&scratch, &["rollback", "--steps", "3"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no snapshot 3 step(s) back")
@@ -154,7 +141,7 @@ fn rollback_to_a_commit_that_is_not_retained_changes_nothing() {
 
     assert_eq!(reader_view(&scratch.root()), before, "nothing changed");
     assert!(
-        json(&run(&scratch, &["status", "--json"]))["pinned"].is_null(),
+        json(&on_root(&scratch, &["status", "--json"]))["pinned"].is_null(),
         "nothing pinned"
     );
 }
@@ -164,7 +151,7 @@ fn rollback_by_prefix_and_pin_of_the_current_snapshot() {
     let remote = Remote::new();
     let scratch = Scratch::new();
     let commits = publish_versions(&remote, &scratch, 3, "v");
-    let out = run(&scratch, &["rollback", &commits[0][..7]]);
+    let out = on_root(&scratch, &["rollback", &commits[0][..7]]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(published(&scratch.root()), Some(commits[0].clone()));
 
@@ -178,13 +165,13 @@ fn rollback_by_prefix_and_pin_of_the_current_snapshot() {
         "built ahead for the unpin"
     );
 
-    assert!(run(&scratch, &["unpin"]).status.success());
-    assert!(stdout(&run(&scratch, &["unpin"])).contains("was not pinned"));
-    let out = run(&scratch, &["pin", "--reason", "freeze for the release"]);
+    assert!(on_root(&scratch, &["unpin"]).status.success());
+    assert!(stdout(&on_root(&scratch, &["unpin"])).contains("was not pinned"));
+    let out = on_root(&scratch, &["pin", "--reason", "freeze for the release"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("stays live"), "{}", stdout(&out));
     assert_eq!(
-        json(&run(&scratch, &["status", "--json"]))["pinned"]["commit"],
+        json(&on_root(&scratch, &["status", "--json"]))["pinned"]["commit"],
         commits[0].as_str()
     );
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
@@ -193,7 +180,7 @@ fn rollback_by_prefix_and_pin_of_the_current_snapshot() {
         Some(commits[0].clone()),
         "still pinned"
     );
-    assert!(run(&scratch, &["unpin"]).status.success());
+    assert!(on_root(&scratch, &["unpin"]).status.success());
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
     assert_eq!(
         published(&scratch.root()),
@@ -211,13 +198,13 @@ fn rolling_back_again_goes_further_back_and_never_forward() {
     let old = scratch.root().join(SNAPSHOTS).join(&v[1]);
     dagsnap::fsutil::remove_tree(&old).unwrap();
 
-    let out = run(
+    let out = on_root(
         &scratch,
         &["rollback", "--reason", "v4 breaks the scheduler"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(published(&scratch.root()).as_ref(), Some(&v[3]));
-    let out = run(&scratch, &["rollback", "--reason", "v3 is broken too"]);
+    let out = on_root(&scratch, &["rollback", "--reason", "v3 is broken too"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         published(&scratch.root()).as_ref(),
@@ -227,7 +214,7 @@ fn rolling_back_again_goes_further_back_and_never_forward() {
     assert!(stdout(&out).contains("link moved from"), "{}", stdout(&out));
 
     // Two steps back from v2: v1 is gone, so v0, naming what was skipped and why.
-    let out = run(&scratch, &["rollback", "--steps", "1"]);
+    let out = on_root(&scratch, &["rollback", "--steps", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(published(&scratch.root()).as_ref(), Some(&v[0]));
     assert!(
@@ -237,16 +224,16 @@ fn rolling_back_again_goes_further_back_and_never_forward() {
         stdout(&out)
     );
     // Nothing before v0.
-    let out = run(&scratch, &["rollback"]);
+    let out = on_root(&scratch, &["rollback"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(published(&scratch.root()).as_ref(), Some(&v[0]));
 
     // After unpin the loops follow the remote again (v4), and a later rollback steps back
     // through what was live since: v0 (just before v4), then v2.
-    assert!(run(&scratch, &["unpin"]).status.success());
+    assert!(on_root(&scratch, &["unpin"]).status.success());
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
     assert_eq!(published(&scratch.root()).as_ref(), Some(&v[4]));
-    let out = run(&scratch, &["rollback", "--steps", "2"]);
+    let out = on_root(&scratch, &["rollback", "--steps", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(published(&scratch.root()).as_ref(), Some(&v[2]));
 }
@@ -256,10 +243,10 @@ fn log_limit_zero_shows_every_entry() {
     let remote = Remote::new();
     let scratch = Scratch::new();
     publish_versions(&remote, &scratch, 3, "v");
-    let out = run(&scratch, &["log", "--limit", "0"]);
+    let out = on_root(&scratch, &["log", "--limit", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
-    let out = run(&scratch, &["log", "--limit", "2"]);
+    let out = on_root(&scratch, &["log", "--limit", "2"]);
     assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
 }
 
@@ -268,9 +255,9 @@ fn list_shows_retained_snapshots_newest_first_with_markers() {
     let remote = Remote::new();
     let scratch = Scratch::new();
     let commits = publish_versions(&remote, &scratch, 3, "release");
-    assert!(run(&scratch, &["rollback"]).status.success());
+    assert!(on_root(&scratch, &["rollback"]).status.success());
 
-    let out = run(&scratch, &["list", "--json"]);
+    let out = on_root(&scratch, &["list", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = json(&out);
     let rows = list.as_array().unwrap();
@@ -294,7 +281,7 @@ fn list_shows_retained_snapshots_newest_first_with_markers() {
     ] {
         assert!(!rows[0][field].is_null(), "{field} missing: {}", rows[0]);
     }
-    let text = stdout(&run(&scratch, &["list"]));
+    let text = stdout(&on_root(&scratch, &["list"]));
     assert!(text.lines().nth(1).unwrap().starts_with("*P"), "{text}");
     assert!(text.contains("release 2"), "{text}");
 }
@@ -313,7 +300,7 @@ fn verify_finds_flipped_bytes_lost_files_changed_modes_and_extras() {
     );
     let scratch = Scratch::new();
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
-    let clean = run(&scratch, &["verify"]);
+    let clean = on_root(&scratch, &["verify"]);
     assert!(
         clean.status.success(),
         "{}{}",
@@ -393,7 +380,7 @@ fn verify_finds_flipped_bytes_lost_files_changed_modes_and_extras() {
             "the untouched file is fine: {report}"
         );
     }
-    let text = stdout(&run(&scratch, &["verify"]));
+    let text = stdout(&on_root(&scratch, &["verify"]));
     assert!(
         text.contains("DAMAGED") && text.contains("content differs"),
         "{text}"
@@ -467,11 +454,11 @@ fn a_read_only_mount_serves_the_reading_commands_and_refuses_the_rest() {
         &["list", "--json"],
         &["status", "--json"],
     ] {
-        let out = run(&scratch, args);
+        let out = on_root(&scratch, args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     }
     for args in [&["rollback"][..], &["pin"], &["unpin"], &["gc"]] {
-        let out = run(&scratch, args);
+        let out = on_root(&scratch, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(
             stderr(&out).contains("is read-only here"),
@@ -487,7 +474,7 @@ fn a_pinned_snapshot_deleted_by_hand_is_rebuilt_and_stays_pinned() {
     let scratch = Scratch::new();
     let pinned = remote.commit(&[("a.py", "pinned\n")], "pinned");
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
-    assert!(run(&scratch, &["pin", "--reason", "release freeze"])
+    assert!(on_root(&scratch, &["pin", "--reason", "release freeze"])
         .status
         .success());
     dagsnap::fsutil::remove_tree(&scratch.root().join(SNAPSHOTS).join(&pinned)).unwrap();
@@ -496,7 +483,7 @@ fn a_pinned_snapshot_deleted_by_hand_is_rebuilt_and_stays_pinned() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(assert_root_valid(&scratch.root()), pinned);
     assert_eq!(
-        json(&run(&scratch, &["status", "--json"]))["pinned"]["commit"],
+        json(&on_root(&scratch, &["status", "--json"]))["pinned"]["commit"],
         pinned.as_str()
     );
 }
@@ -506,7 +493,7 @@ fn a_pin_without_a_reason_is_logged_without_an_empty_one() {
     let remote = Remote::new();
     let scratch = Scratch::new();
     publish_versions(&remote, &scratch, 1, "v");
-    assert!(run(&scratch, &["pin"]).status.success());
+    assert!(on_root(&scratch, &["pin"]).status.success());
     remote.commit(&[("a.py", "new\n")], "new");
     let daemon = spawn_loop(&scratch, &remote.url(), &["--period", "50ms"]);
     wait_until(

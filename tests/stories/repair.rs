@@ -10,15 +10,6 @@ use std::time::Duration;
 use crate::readers::Readers;
 use crate::support::*;
 
-fn dagsnap_on(scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    dagsnap(scratch.tmp.path())
-        .args(args)
-        .arg("--root")
-        .arg(scratch.root())
-        .output()
-        .unwrap()
-}
-
 /// What a reader running as root, or a person with an editor, does to a live snapshot.
 fn damage_live(root: &Path) {
     let live = root.join("current");
@@ -47,7 +38,7 @@ fn verify_repair_rebuilds_a_damaged_live_snapshot_while_readers_read() {
         .success());
     damage_live(&scratch.root());
 
-    let out = dagsnap_on(&scratch, &["verify"]);
+    let out = on_root(&scratch, &["verify"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -59,7 +50,7 @@ fn verify_repair_rebuilds_a_damaged_live_snapshot_while_readers_read() {
     // is what they read before the swap, but no open may ever fail.
     let readers = Readers::start(&scratch.root(), 0, 2);
     let cache = scratch.cache().display().to_string();
-    let out = dagsnap_on(&scratch, &["verify", "--repair", "--cache-dir", &cache]);
+    let out = on_root(&scratch, &["verify", "--repair", "--cache-dir", &cache]);
     let (passes, failures) = readers.finish();
     assert!(
         out.status.success(),
@@ -78,7 +69,7 @@ fn verify_repair_rebuilds_a_damaged_live_snapshot_while_readers_read() {
     assert_eq!(assert_root_valid(&scratch.root()), commits[0]);
     assert_eq!(read_current(&scratch.root(), "dir1/file1.py"), "1\n");
     assert!(!scratch.root().join("current/dir2/__pycache__").exists());
-    assert_eq!(dagsnap_on(&scratch, &["verify"]).status.code(), Some(0));
+    assert_eq!(on_root(&scratch, &["verify"]).status.code(), Some(0));
     // The damaged copy is retired, not deleted: a reader may still hold it until --grace.
     let retired: Vec<_> = fs::read_dir(scratch.root().join(SNAPSHOTS))
         .unwrap()
@@ -86,12 +77,10 @@ fn verify_repair_rebuilds_a_damaged_live_snapshot_while_readers_read() {
         .filter(|n| n.starts_with(".retired-"))
         .collect();
     assert_eq!(retired.len(), 1, "{retired:?}");
-    let log = String::from_utf8_lossy(&dagsnap_on(&scratch, &["log"]).stdout).into_owned();
+    let log = String::from_utf8_lossy(&on_root(&scratch, &["log"]).stdout).into_owned();
     assert!(log.contains("repair"), "{log}");
     // GC deletes it once the grace period is over.
-    assert!(dagsnap_on(&scratch, &["gc", "--grace", "0s"])
-        .status
-        .success());
+    assert!(on_root(&scratch, &["gc", "--grace", "0s"]).status.success());
     assert!(!fs::read_dir(scratch.root().join(SNAPSHOTS))
         .unwrap()
         .any(|e| e
@@ -130,7 +119,7 @@ fn the_loop_repairs_the_live_snapshot_by_itself() {
         daemon.logs()
     );
     assert_eq!(assert_root_valid(&scratch.root()), commits[0]);
-    assert_eq!(dagsnap_on(&scratch, &["verify"]).status.code(), Some(0));
+    assert_eq!(on_root(&scratch, &["verify"]).status.code(), Some(0));
     assert!(!daemon.logs().contains("ERROR"), "{}", daemon.logs());
 }
 
@@ -145,11 +134,11 @@ fn verify_repair_fetches_a_commit_the_cache_let_go() {
             .success());
     }
     // Rolled back to the first commit, which the shallow cache no longer holds.
-    assert!(dagsnap_on(&scratch, &["rollback", &commits[0]])
+    assert!(on_root(&scratch, &["rollback", &commits[0]])
         .status
         .success());
     damage_live(&scratch.root());
-    let out = dagsnap_on(&scratch, &["verify", "--repair"]);
+    let out = on_root(&scratch, &["verify", "--repair"]);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -157,9 +146,9 @@ fn verify_repair_fetches_a_commit_the_cache_let_go() {
         stderr(&out)
     );
     assert_eq!(assert_root_valid(&scratch.root()), commits[0]);
-    assert_eq!(dagsnap_on(&scratch, &["verify"]).status.code(), Some(0));
+    assert_eq!(on_root(&scratch, &["verify"]).status.code(), Some(0));
     let status: serde_json::Value =
-        serde_json::from_slice(&dagsnap_on(&scratch, &["status", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&on_root(&scratch, &["status", "--json"]).stdout).unwrap();
     assert_eq!(
         status["pinned"]["commit"],
         commits[0].as_str(),
@@ -194,7 +183,7 @@ fn a_repair_interrupted_with_the_link_on_the_fresh_copy_is_finished_by_the_loop(
     .unwrap();
     fs::rename(&temp, &link).unwrap();
     assert_eq!(
-        dagsnap_on(&scratch, &["status"]).status.code(),
+        on_root(&scratch, &["status"]).status.code(),
         Some(0),
         "served meanwhile"
     );

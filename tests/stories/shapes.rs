@@ -106,19 +106,6 @@ fn published_checkout(scratch: &Scratch) -> BTreeMap<PathBuf, String> {
     checkout(&scratch.root().join("current"))
 }
 
-fn operator(scratch: &Scratch, args: &[&str]) -> std::process::Output {
-    dagsnap(scratch.tmp.path())
-        .args(args)
-        .arg("--root")
-        .arg(scratch.root())
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn sync_ok(scratch: &Scratch, url: &str, extra: &[&str]) -> String {
     let out = sync_once(scratch, url, extra);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -150,7 +137,7 @@ fn submodules_are_published_as_git_clone_recurse_submodules_shows_them() {
 
     // Operators see which submodule commits are live, and verify checks their content too.
     let lib_commit = git(&remote.dir.join("dags/libs/common"), &["rev-parse", "HEAD"]);
-    let status = stdout(&operator(&scratch, &["status"]));
+    let status = stdout(&on_root(&scratch, &["status"]));
     assert!(
         status.contains(&format!("submodule:   dags/libs/common at {lib_commit}")),
         "{status}"
@@ -159,7 +146,7 @@ fn submodules_are_published_as_git_clone_recurse_submodules_shows_them() {
         status.contains("submodule:   dags/libs/common/deep at"),
         "{status}"
     );
-    let list = stdout(&operator(&scratch, &["list"]));
+    let list = stdout(&on_root(&scratch, &["list"]));
     assert!(
         list.contains(&format!(
             "submodule dags/libs/common at {}",
@@ -175,7 +162,7 @@ fn submodules_are_published_as_git_clone_recurse_submodules_shows_them() {
             &scratch.cache().display().to_string(),
         ][..],
     ] {
-        let out = operator(&scratch, args);
+        let out = on_root(&scratch, args);
         assert!(out.status.success(), "{args:?}: {}", stdout(&out));
         assert!(stdout(&out).contains("intact"), "{}", stdout(&out));
     }
@@ -376,7 +363,7 @@ fn a_private_submodule_over_https_uses_the_same_credentials_and_idle_polls_ask_o
     );
     assert!(requests("dags.git") > dags_before, "the loop kept polling");
     assert!(!daemon.logs().contains(TOKEN));
-    let status = stdout(&operator(&scratch, &["status"]));
+    let status = stdout(&on_root(&scratch, &["status"]));
     assert!(
         status.contains("submodule:   dags/common at")
             && status.contains(&server.url(Door::Private, "lib.git")),
@@ -418,7 +405,7 @@ fn a_subdirectory_is_published_alone_and_the_link_moves_only_when_it_changes() {
     );
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(published(&scratch.root()).as_deref(), Some(first.as_str()));
-    let log = stdout(&operator(&scratch, &["log"]));
+    let log = stdout(&on_root(&scratch, &["log"]));
     let unchanged: Vec<&str> = log.lines().filter(|l| l.contains("unchanged")).collect();
     assert_eq!(unchanged.len(), 1, "{log}");
     assert!(
@@ -435,9 +422,9 @@ fn a_subdirectory_is_published_alone_and_the_link_moves_only_when_it_changes() {
         fs::read_to_string(scratch.root().join("current/a.py")).unwrap(),
         "a = 2\n"
     );
-    let status = stdout(&operator(&scratch, &["status"]));
+    let status = stdout(&on_root(&scratch, &["status"]));
     assert!(status.contains("publishes:   subdir=dags"), "{status}");
-    let verify = operator(
+    let verify = on_root(
         &scratch,
         &[
             "verify",
@@ -552,7 +539,7 @@ fn sparse_patterns_publish_what_git_s_sparse_checkout_leaves() {
             expected,
             "{name}: dagsnap and git sparse-checkout differ"
         );
-        let verify = operator(
+        let verify = on_root(
             &scratch,
             &[
                 "verify",

@@ -487,6 +487,20 @@ impl Drop for Daemon {
     }
 }
 
+/// `dagsnap <args> --root <the scratch root>`, run to its end: an operator's command.
+pub fn on_root(scratch: &Scratch, args: &[&str]) -> Output {
+    dagsnap(scratch.tmp.path())
+        .args(args)
+        .arg("--root")
+        .arg(scratch.root())
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
