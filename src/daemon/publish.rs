@@ -245,8 +245,10 @@ pub struct Publisher {
     content: Content,
     /// Fills in submodules; keeps their caches.
     expander: Expander,
-    /// The last commit journaled as changing nothing published (said once, not every poll).
-    said_same: Option<String>,
+    /// The last remote commit found to change nothing published, and the live commit that
+    /// holds the same: later polls that see both again need not look again, and it is
+    /// journaled once.
+    same: Option<(String, String)>,
     /// The live commit whose snapshot was found to hold what this publisher publishes.
     settled: Option<String>,
 }
@@ -326,7 +328,7 @@ impl Publisher {
                 gate: Gate::default(),
                 last_check: None,
                 content,
-                said_same: None,
+                same: None,
                 settled: None,
             }),
             Err(e) => {
@@ -616,6 +618,16 @@ impl Publisher {
             }
         }
 
+        // Found at an earlier poll to change nothing published, with the same snapshot live:
+        // an idle poll of a monorepo whose other folders move costs what any idle poll costs.
+        if let (Some((same, live)), Some(current)) = (&self.same, &current) {
+            if *same == commit && *live == current.commit && current.complete {
+                let live = live.clone();
+                self.refuse_if_locks_unreliable()?;
+                return Ok(Outcome::Same { commit, live });
+            }
+        }
+
         // The store may have been deleted or damaged under a running loop: put it back.
         self.root.ensure_layout()?;
         let info = self.cache.commit_info(observation.commit)?;
@@ -852,21 +864,11 @@ impl Publisher {
             tracing::info!(%commit, duration_ms = verdict.duration_ms, "the check accepted the new snapshot");
             return Ok(None);
         }
-        let lock = self.root.lock(self.settings.lock_timeout)?;
-        self.root.record(
-            &lock,
-            &Publication {
-                commit: commit.to_string(),
-                cause: Cause::Rejected,
-                observed_at: SystemTime::now(),
-                published_at: SystemTime::now(),
-                host: crate::fsutil::hostname(),
-                pid: std::process::id(),
-                repo: self.remote.display_url(),
-                ref_name: ref_name.to_string(),
-                moved_link: false,
-                reason: Some(format!("{}: {}", verdict.why(), verdict.headline())),
-            },
+        self.journal(
+            commit,
+            Cause::Rejected,
+            ref_name,
+            format!("{}: {}", verdict.why(), verdict.headline()),
         )?;
         Ok(Some(verdict))
     }
@@ -1117,16 +1119,44 @@ impl Publisher {
         Ok(())
     }
 
-    /// Journal, once per commit, that `commit` changes nothing published and `live` stays.
+    /// A journal entry about `commit` that moves no link (a rejection, an unchanged subtree),
+    /// written under the root's lock like every record.
+    fn journal(
+        &self,
+        commit: &str,
+        cause: Cause,
+        ref_name: &str,
+        reason: String,
+    ) -> Result<(), PublishError> {
+        let lock = self.root.lock(self.settings.lock_timeout)?;
+        let now = SystemTime::now();
+        self.root.record(
+            &lock,
+            &Publication {
+                commit: commit.to_string(),
+                cause,
+                observed_at: now,
+                published_at: now,
+                host: crate::fsutil::hostname(),
+                pid: std::process::id(),
+                repo: self.remote.display_url(),
+                ref_name: ref_name.to_string(),
+                moved_link: false,
+                reason: Some(reason),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Remember, and journal once per commit, that `commit` changes nothing published and
+    /// `live` stays.
     fn journal_same(
         &mut self,
         commit: &str,
         live: &str,
         ref_name: &str,
     ) -> Result<(), PublishError> {
-        if self.said_same.as_deref() == Some(commit) {
-            return Ok(());
-        }
+        self.same = Some((commit.to_string(), live.to_string()));
         // Said already by a peer, or by this publisher before a restart.
         let journaled = self.root.records().journal().unwrap_or_default();
         if journaled
@@ -1135,7 +1165,6 @@ impl Publisher {
             .take(20)
             .any(|e| e.cause == Cause::Unchanged && e.commit == commit)
         {
-            self.said_same = Some(commit.to_string());
             return Ok(());
         }
         let subdir = self
@@ -1145,25 +1174,12 @@ impl Publisher {
             .map(crate::text::escape_bytes)
             .unwrap_or_default();
         tracing::info!(%commit, %live, "the new commit changes nothing in --subdir {subdir}; the link stays");
-        let lock = self.root.lock(self.settings.lock_timeout)?;
-        self.root.record(
-            &lock,
-            &Publication {
-                commit: commit.to_string(),
-                cause: Cause::Unchanged,
-                observed_at: SystemTime::now(),
-                published_at: SystemTime::now(),
-                host: crate::fsutil::hostname(),
-                pid: std::process::id(),
-                repo: self.remote.display_url(),
-                ref_name: ref_name.to_string(),
-                moved_link: false,
-                reason: Some(format!(
-                    "{subdir}/ is the same as in {live}, which stays live"
-                )),
-            },
+        self.journal(
+            commit,
+            Cause::Unchanged,
+            ref_name,
+            format!("{subdir}/ is the same as in {live}, which stays live"),
         )?;
-        self.said_same = Some(commit.to_string());
         Ok(())
     }
 
