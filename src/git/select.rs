@@ -20,7 +20,7 @@ use crate::text::escape_bytes;
 pub enum SelectError {
     #[error("--subdir {subdir}: the commit has no directory there; create it in the repository, or correct --subdir")]
     NoSubdir { subdir: String },
-    #[error("--subdir {subdir}: the commit has a {what} there, not a directory")]
+    #[error("--subdir {subdir}: the commit has a {what} there, not a directory; point --subdir at the directory that holds the DAGs")]
     NotADirectory { subdir: String, what: &'static str },
     #[error("cannot read tree '{path}' from the cache: {cause}")]
     Read { path: String, cause: String },

@@ -59,9 +59,9 @@ const MAX_DEPTH: usize = 8;
 pub enum SubmoduleError {
     #[error("submodule '{path}' has no URL in .gitmodules{within}; add it there (git clone --recurse-submodules fails on it too), or publish with --submodules off")]
     NoUrl { path: String, within: String },
-    #[error("cannot read .gitmodules{within}: {cause}")]
+    #[error("cannot read .gitmodules{within}: {cause}; correct it in the repository, or publish with --submodules off")]
     Gitmodules { within: String, cause: String },
-    #[error("submodule '{path}' has URL '{url}', which dagsnap cannot use: {cause}")]
+    #[error("submodule '{path}' has URL '{url}', which dagsnap cannot use: {cause}; correct it in .gitmodules, or publish with --submodules off")]
     Url {
         path: String,
         url: String,
@@ -88,7 +88,7 @@ pub enum SubmoduleError {
         #[source]
         source: Box<SourceError>,
     },
-    #[error("submodule '{path}' is nested more than {MAX_DEPTH} levels deep; do its repositories include each other?")]
+    #[error("submodule '{path}' is nested more than {MAX_DEPTH} levels deep (do its repositories include each other?); publish with --submodules shallow or off")]
     TooDeep { path: String },
     #[error("submodule '{path}' (commit {commit}) is not in the cache {}; verify without --cache-dir checks it against the entry list recorded at build time", cache.display())]
     NotCached {

@@ -333,3 +333,13 @@ fn a_local_repository_of_another_user_says_why_git_refuses_it() {
         "not blamed on the URL: {line}"
     );
 }
+
+#[test]
+fn a_build_jobs_count_out_of_range_is_refused_saying_what_is_accepted() {
+    let remote = Remote::new();
+    remote.commit(&[("a.py", "1\n")], "one");
+    for bad in ["0", "1000", "many"] {
+        let out = sync_once(&Scratch::new(), &remote.url(), &["--build-jobs", bad]);
+        assert_one_clear_line(&out, 2, "is not a number of threads from 1 to 256");
+    }
+}

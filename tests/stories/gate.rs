@@ -633,3 +633,28 @@ fn git_sync_s_pre_publish_hook_is_the_gate_in_the_git_sync_personality() {
         fixed
     );
 }
+
+#[test]
+fn a_check_timeout_that_the_cycle_would_cut_short_is_refused_at_start() {
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "x = 1\n")], "one");
+    let scratch = Scratch::new();
+    let out = sync_once(
+        &scratch,
+        &remote.url(),
+        &[
+            "--check-command",
+            "true",
+            "--check-timeout",
+            "10m",
+            "--sync-timeout",
+            "5m",
+        ],
+    );
+    assert_one_clear_line(
+        &out,
+        2,
+        "--check-timeout 10m is not shorter than --sync-timeout 5m: every cycle would end before its check; raise --sync-timeout",
+    );
+    assert!(published(&scratch.root()).is_none());
+}

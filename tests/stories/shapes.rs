@@ -447,6 +447,16 @@ fn a_subdirectory_is_published_alone_and_the_link_moves_only_when_it_changes() {
         },
     );
     assert_eq!(published(&scratch.root()).as_deref(), Some(inside.as_str()));
+
+    // A --subdir that leaves the repository, or names a file, is refused with what to do.
+    let out = sync_once(&Scratch::new(), &remote.url(), &["--subdir", "dags/../.."]);
+    assert_one_clear_line(&out, 2, "give a path inside the repository");
+    let out = sync_once(&Scratch::new(), &remote.url(), &["--subdir", "README.md"]);
+    assert_one_clear_line(
+        &out,
+        1,
+        "--subdir README.md: the commit has a file there, not a directory; point --subdir at",
+    );
 }
 
 /// What git's own sparse checkout of `url` leaves with `patterns` (cone mode on or off).
@@ -593,4 +603,11 @@ fn sparse_patterns_publish_what_git_s_sparse_checkout_leaves() {
         &["--sparse-checkout-file", "/no/such/file"],
     );
     assert_one_clear_line(&out, 2, "cannot read --sparse-checkout-file /no/such/file");
+    fs::write(&file, "# only a comment\n\n").unwrap();
+    let out = sync_once(
+        &scratch,
+        &remote.url(),
+        &["--sparse-checkout-file", &file.display().to_string()],
+    );
+    assert_one_clear_line(&out, 2, "holds no patterns; git would check out nothing");
 }
