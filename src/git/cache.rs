@@ -205,15 +205,10 @@ impl Cache {
         self.reset()
     }
 
-    /// Re-create the repository now if the last fetch found it grown (see
-    /// [`Cache::after_fetch`]): for caches that are only ever fetched into by commit id (a
-    /// submodule's), between cycles.
-    pub fn reset_if_due(&mut self) -> Result<(), SourceError> {
-        self.maintain()
-    }
-
-    /// Between cycles: consolidate a grown cache, or re-create one that is due for it.
-    fn maintain(&mut self) -> Result<(), SourceError> {
+    /// Between cycles: consolidate a grown cache, or re-create one that is due for it. Called
+    /// before each update; caches only ever fetched into by commit id (a submodule's) are
+    /// maintained by their owner the same way.
+    pub fn maintain(&mut self) -> Result<(), SourceError> {
         if self.consolidate_due && !self.reset_due {
             self.consolidate_due = false;
             if let Err(why) = self.consolidate() {

@@ -191,10 +191,6 @@ impl Expander {
         }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// `entries` (a tree of `repo`, fetched from `remote`) with every submodule the mode asks
     /// for filled in. `gitmodules` is the `.gitmodules` that describes them and `prefix` where
     /// the tree sits in the commit (non-empty for `--subdir`: `.gitmodules` names full paths).
@@ -229,11 +225,9 @@ impl Expander {
         }
         // Between cycles, not during one: this cycle reads what the last fetch brought.
         for cache in self.caches.open.values_mut() {
-            cache
-                .reset_if_due()
-                .map_err(|source| SubmoduleError::Cache {
-                    source: Box::new(source),
-                })?;
+            cache.maintain().map_err(|source| SubmoduleError::Cache {
+                source: Box::new(source),
+            })?;
         }
         let mut out = entries.0.clone();
         let mut repos = vec![repo.clone()];
@@ -305,7 +299,7 @@ impl Expander {
                     cause,
                 }
             })?;
-            let (sub_repo, sub_entries) = match self.fetch(
+            let (sub_repo, sub_tree, sub_entries) = match self.fetch(
                 &sub_remote,
                 gitlink.id,
                 &shown,
@@ -340,7 +334,7 @@ impl Expander {
             if self.mode == Mode::Recursive
                 && sub_entries.0.iter().any(|e| e.mode == MODE_SUBMODULE)
             {
-                let gitmodules = read_gitmodules(&sub_repo, &sub_entries).map_err(|cause| {
+                let gitmodules = gitmodules_of_tree(&sub_repo, sub_tree).map_err(|cause| {
                     SubmoduleError::Gitmodules {
                         within: format!(" of submodule '{shown}'"),
                         cause,
@@ -374,7 +368,7 @@ impl Expander {
         shown: &str,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
-    ) -> Result<(gix::Repository, Entries), SubmoduleError> {
+    ) -> Result<(gix::Repository, ObjectId, Entries), SubmoduleError> {
         let fetch_error = |source: SourceError| SubmoduleError::Fetch {
             path: shown.to_string(),
             commit,
@@ -396,21 +390,20 @@ impl Expander {
         let repo = cache.repo();
         let tree_id = repo
             .find_commit(commit)
-            .and_then(|c| c.tree_id())
+            .and_then(|c| c.tree_id().map(|id| id.detach()))
             .map_err(|e| {
                 fetch_error(SourceError::Object {
                     commit,
                     cause: super::error_chain(&e),
                 })
             })?;
-        let entries =
-            tree::entries(&repo, tree_id.detach()).map_err(|source| SubmoduleError::Tree {
-                path: shown.to_string(),
-                commit,
-                url: remote.display_url(),
-                source: Box::new(source),
-            })?;
-        Ok((repo, entries))
+        let entries = tree::entries(&repo, tree_id).map_err(|source| SubmoduleError::Tree {
+            path: shown.to_string(),
+            commit,
+            url: remote.display_url(),
+            source: Box::new(source),
+        })?;
+        Ok((repo, tree_id, entries))
     }
 
     fn recreate(&mut self, remote: &Remote, shown: &str) -> Result<(), SubmoduleError> {
@@ -493,24 +486,7 @@ fn trim_slash(path: &[u8]) -> &[u8] {
     path.strip_suffix(b"/").unwrap_or(path)
 }
 
-/// The content of `.gitmodules` at the top of `entries`, if there is one.
-pub fn read_gitmodules(
-    repo: &gix::Repository,
-    entries: &Entries,
-) -> Result<Option<Vec<u8>>, String> {
-    let Some(entry) = entries
-        .0
-        .iter()
-        .find(|e| e.path == b".gitmodules" && e.is_regular_file())
-    else {
-        return Ok(None);
-    };
-    let mut buf = Vec::new();
-    crate::entries::Blobs::read(&RepoBlobs(repo.clone()), &entry.id, &mut buf)?;
-    Ok(Some(buf))
-}
-
-/// The content of `.gitmodules` at the top of the commit tree `tree`, if there is one.
+/// The content of `.gitmodules` at the top of the tree `tree` (a commit's), if there is one.
 pub fn gitmodules_of_tree(
     repo: &gix::Repository,
     tree: ObjectId,
