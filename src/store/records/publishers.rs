@@ -201,13 +201,9 @@ pub(in crate::store) fn alive_publisher_of(
         })
         .filter(|(record, _)| {
             record.stopped_at.is_none()
-                && source.same_as(&super::SourceRecord {
-                    repo: record.repo.clone(),
-                    ref_name: record.ref_name.clone(),
-                    // Publisher records do not say what they select; repository and ref tell
-                    // the configurations apart well enough to find a running one.
-                    select: source.select.clone(),
-                })
+                // Publisher records do not say what they select; repository and ref tell the
+                // configurations apart well enough to find a running one.
+                && source.follows(&record.repo, &record.ref_name)
         })
         .find(|(record, modified)| {
             let period = Duration::from_millis(record.period_ms.unwrap_or(10_000));

@@ -267,9 +267,13 @@ impl SourceRecord {
     /// `refs/heads/main` is `main`, an unset ref is `HEAD`, and a local repository is the same
     /// as a plain path, a `file://` URL, or either with a trailing slash.
     pub fn same_as(&self, other: &SourceRecord) -> bool {
-        normalize_repo(&self.repo) == normalize_repo(&other.repo)
-            && normalize_ref(&self.ref_name) == normalize_ref(&other.ref_name)
-            && self.select == other.select
+        self.follows(&other.repo, &other.ref_name) && self.select == other.select
+    }
+
+    /// Whether this record names repository `repo` and ref `ref_name`, spelled either way.
+    pub fn follows(&self, repo: &str, ref_name: &str) -> bool {
+        normalize_repo(&self.repo) == normalize_repo(repo)
+            && normalize_ref(&self.ref_name) == normalize_ref(ref_name)
     }
 }
 
@@ -379,5 +383,14 @@ mod tests {
         assert!(!base.same_as(&record("/srv/other", "main")));
         assert!(!base.same_as(&record("/srv/dags", "release")));
         assert!(!base.same_as(&record("/srv/dags", "refs/tags/main")));
+        let subdir = SourceRecord {
+            select: "subdir=dags".into(),
+            ..record("/srv/dags", "main")
+        };
+        assert!(
+            !base.same_as(&subdir),
+            "another selection is another source"
+        );
+        assert!(subdir.follows("/srv/dags", "main"));
     }
 }
