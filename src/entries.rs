@@ -11,8 +11,6 @@
 //! Format: records `<mode in octal> <object id in hex> <size> <path>\0`, in git's path order.
 //! Paths are bytes (git allows any byte but NUL in a path), hence the NUL terminator.
 
-use std::collections::HashMap;
-
 use gix::ObjectId;
 
 /// Git's mode of a regular file.
@@ -59,7 +57,9 @@ impl Entries {
     /// Parse an entry list written by [`Entries::encode`], refusing any record a tree walk would
     /// not have produced: an unknown mode, or a path that breaks [`check_path`].
     pub fn decode(bytes: &[u8]) -> Result<Entries, String> {
-        let mut entries = Vec::new();
+        // Sized exactly: a list of 100,000 entries is 5.6 MB, and growing it by doubling would
+        // hold up to twice that.
+        let mut entries = Vec::with_capacity(bytes.iter().filter(|b| **b == 0).count());
         for (n, record) in bytes.split(|b| *b == 0).enumerate() {
             if record.is_empty() {
                 continue;
@@ -98,20 +98,35 @@ impl Entries {
         Ok(Entries(entries))
     }
 
-    /// Entries by path, for comparing two snapshots.
-    pub fn by_path(&self) -> HashMap<&[u8], &Entry> {
-        self.0.iter().map(|e| (e.path.as_slice(), e)).collect()
-    }
-
     pub fn total_size(&self) -> u64 {
         self.0.iter().map(|e| e.size).sum()
     }
+}
+
+/// Why a blob could not be copied: reading it (the source's fault) or writing it (the target's).
+#[derive(Debug)]
+pub enum CopyError {
+    Read(String),
+    Write(std::io::Error),
 }
 
 /// Where the content of each entry comes from (the git side provides it; the store writes it).
 pub trait Blobs {
     /// Put the content of blob `id` into `buf`, replacing what it held.
     fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String>;
+
+    /// Write the content of blob `id` to `out` and return its size; `buf` is room to read into.
+    /// Unless the source can do better (stream a large blob), the blob is read whole.
+    fn copy(
+        &self,
+        id: &gix::oid,
+        out: &mut dyn std::io::Write,
+        buf: &mut Vec<u8>,
+    ) -> Result<u64, CopyError> {
+        self.read(id, buf).map_err(CopyError::Read)?;
+        out.write_all(buf).map_err(CopyError::Write)?;
+        Ok(buf.len() as u64)
+    }
 
     /// Another reader of the same blobs, for another thread.
     fn fork(&self) -> Box<dyn Blobs + Send>;

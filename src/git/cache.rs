@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
+use super::http::SharedHttp;
 use super::remote::{Remote, Target};
 use super::{error_chain, SourceError};
 use crate::fsutil::{self, Context, IoError};
@@ -172,7 +173,7 @@ impl Cache {
 
     /// A thread-local handle on the cache's repository, for reading trees and blobs.
     pub fn repo(&self) -> gix::Repository {
-        self.repo.to_thread_local()
+        super::pages::keep_mapped(self.repo.to_thread_local())
     }
 
     /// Delete the cache directory if this process created it (a first start that failed for
@@ -510,29 +511,6 @@ fn current_password(remote: &Remote) -> Result<Option<String>, SourceError> {
         })
 }
 
-/// A repository's objects, as the content of a snapshot.
-pub struct RepoBlobs(pub gix::Repository);
-
-impl crate::entries::Blobs for RepoBlobs {
-    fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String> {
-        use gix::objs::FindExt;
-        let len = self
-            .0
-            .objects
-            .find_blob(id, buf)
-            .map_err(|e| error_chain(&e))?
-            .data
-            .len();
-        // The blob's data is the start of `buf`; drop what a larger earlier object left.
-        buf.truncate(len);
-        Ok(())
-    }
-
-    fn fork(&self) -> Box<dyn crate::entries::Blobs + Send> {
-        Box::new(RepoBlobs(self.0.clone()))
-    }
-}
-
 /// Take the cache's lock without waiting: a second process on one cache is refused.
 fn lock_cache(dir: &Path) -> Result<FileLock, SourceError> {
     match FileLock::acquire_as_holder(&dir.join("lock"), Duration::ZERO) {
@@ -683,58 +661,6 @@ type Connection<'a, 'r> = gix::remote::Connection<
     Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
 >;
 
-use gix::protocol::transport::client::blocking_io::http as gix_http;
-use gix_http::Http;
-
-/// gix's reqwest HTTP backend (an HTTP client with its TLS roots and connection pool, on a
-/// worker thread), kept for the life of the cache and lent to each conversation's transport:
-/// a backend per conversation would build a client, start its threads and connect anew at
-/// every poll.
-#[derive(Clone, Default)]
-struct SharedHttp(std::sync::Arc<std::sync::Mutex<gix_http::reqwest::Remote>>);
-
-impl SharedHttp {
-    fn backend(&self) -> std::sync::MutexGuard<'_, gix_http::reqwest::Remote> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Http for SharedHttp {
-    type Headers = <gix_http::reqwest::Remote as Http>::Headers;
-    type ResponseBody = <gix_http::reqwest::Remote as Http>::ResponseBody;
-    type PostBody = <gix_http::reqwest::Remote as Http>::PostBody;
-
-    fn get(
-        &mut self,
-        url: &str,
-        base_url: &str,
-        headers: impl IntoIterator<Item = impl AsRef<str>>,
-    ) -> gix::error::Result<gix_http::GetResponse<Self::Headers, Self::ResponseBody>> {
-        self.backend().get(url, base_url, headers)
-    }
-
-    fn post(
-        &mut self,
-        url: &str,
-        base_url: &str,
-        headers: impl IntoIterator<Item = impl AsRef<str>>,
-        body: gix_http::PostBodyDataKind,
-    ) -> gix::error::Result<gix_http::PostResponse<Self::Headers, Self::ResponseBody, Self::PostBody>>
-    {
-        self.backend().post(url, base_url, headers, body)
-    }
-
-    fn configure(&mut self, config: &dyn std::any::Any) -> gix::error::Result {
-        self.backend().configure(config)
-    }
-
-    fn redirected_base_url(&self) -> Option<String> {
-        self.backend().redirected_base_url()
-    }
-}
-
 /// Connect to the remote with dagsnap's HTTP settings and, if configured, its credentials.
 /// Without dagsnap credentials, git's credential helpers (if configured) are asked as usual.
 fn open_connection<'a, 'r>(
@@ -763,7 +689,7 @@ fn open_connection<'a, 'r>(
         gix::protocol::transport::Protocol::V2
     };
     let transport: Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send> =
-        Box::new(gix_http::connect_http(http.clone(), url, version, false));
+        Box::new(http.connect(url, version));
     let mut connection = git_remote.to_connection_with_transport(transport);
     let from_config = repo
         .transport_options(remote.url.as_str(), None)
@@ -869,10 +795,13 @@ fn fetch_if_needed(
         drop(prepare);
         false
     } else {
-        prepare
-            .with_shallow(remote.shallow())
-            .receive(progress.add_child("fetch"), interrupt)
-            .map_err(|e| remote_error(remote, "fetch from", &e, interrupt))?;
+        // gix indexes the pack it receives through a map of it: bound what that holds.
+        super::pages::while_running(|| {
+            prepare
+                .with_shallow(remote.shallow())
+                .receive(progress.add_child("fetch"), interrupt)
+        })
+        .map_err(|e| remote_error(remote, "fetch from", &e, interrupt))?;
         true
     };
 

@@ -8,7 +8,9 @@
 //!
 //! Beside them: [`access`] (credentials, TLS and SSH settings), [`diagnose`] (errors that say
 //! what to do), [`redact`] (secrets never printed), [`tree`] (a commit's tree as a list of
-//! entries, with the path rules git applies on Linux), [`select`] (`--subdir` and sparse
+//! entries, with the path rules git applies on Linux), [`blobs`] (objects as a snapshot's
+//! content) and [`pages`] (pack pages handed back, so memory does not grow with the repository),
+//! [`select`] (`--subdir` and sparse
 //! patterns: the part of a commit that is published) and [`submodules`] (each submodule's
 //! commit fetched into a cache of its own and filled into the entry list).
 //!
@@ -18,15 +20,19 @@
 //! and no writes. Only a new commit causes a pack to be negotiated and received.
 
 pub mod access;
+mod blobs;
 mod cache;
 pub mod diagnose;
+mod http;
+pub mod pages;
 pub mod redact;
 mod remote;
 pub mod select;
 pub mod submodules;
 pub mod tree;
 
-pub use cache::{Cache, CacheRecord, CommitInfo, Observation, RepoBlobs};
+pub use blobs::RepoBlobs;
+pub use cache::{Cache, CacheRecord, CommitInfo, Observation};
 pub use remote::{Remote, Target};
 
 use std::path::PathBuf;

@@ -146,10 +146,28 @@ impl crate::entries::Blobs for ReposBlobs {
         Err(first_error.unwrap_or_else(|| format!("no repository holds blob {id}")))
     }
 
+    fn copy(
+        &self,
+        id: &gix::oid,
+        out: &mut dyn std::io::Write,
+        buf: &mut Vec<u8>,
+    ) -> Result<u64, crate::entries::CopyError> {
+        // A copy may have written part of the blob when it fails, so it is asked of the
+        // repository that has the blob, not of each in turn.
+        match self.0.iter().find(|repo| repo.has(id)) {
+            Some(repo) => repo.copy(id, out, buf),
+            None => {
+                self.read(id, buf)
+                    .map_err(crate::entries::CopyError::Read)?;
+                out.write_all(buf)
+                    .map_err(crate::entries::CopyError::Write)?;
+                Ok(buf.len() as u64)
+            }
+        }
+    }
+
     fn fork(&self) -> Box<dyn crate::entries::Blobs + Send> {
-        Box::new(ReposBlobs(
-            self.0.iter().map(|r| RepoBlobs(r.0.clone())).collect(),
-        ))
+        Box::new(ReposBlobs(self.0.clone()))
     }
 }
 
@@ -219,7 +237,7 @@ impl Expander {
             }
             return Ok(Expanded {
                 entries,
-                blobs: ReposBlobs(vec![RepoBlobs(repo)]),
+                blobs: ReposBlobs(vec![RepoBlobs::new(repo)]),
                 modules: Vec::new(),
             });
         }
@@ -251,7 +269,7 @@ impl Expander {
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Expanded {
             entries: Entries(out),
-            blobs: ReposBlobs(repos.into_iter().map(RepoBlobs).collect()),
+            blobs: ReposBlobs(repos.into_iter().map(RepoBlobs::new).collect()),
             modules,
         })
     }
@@ -437,6 +455,7 @@ pub fn cached_modules(
             cache: dir.clone(),
         };
         let repo = gix::open_opts(dir.join("repo.git"), gix::open::Options::isolated())
+            .map(super::pages::keep_mapped)
             .map_err(|_| not_cached())?;
         if !repo.has_object(commit) {
             return Err(not_cached());

@@ -37,7 +37,12 @@ impl TreeError {
 pub fn entries(repo: &gix::Repository, tree: ObjectId) -> Result<Entries, TreeError> {
     let mut out = Vec::new();
     let mut prefix = Vec::new();
-    walk(repo, tree, &mut prefix, &mut out)?;
+    let walked = walk(repo, tree, &mut prefix, &mut out);
+    // The trees are spread over the pack: the walk has mapped pages all over it.
+    super::pages::release();
+    walked?;
+    // Grown by doubling: give back up to half of it for the rest of the cycle.
+    out.shrink_to_fit();
     Ok(Entries(out))
 }
 
@@ -57,6 +62,7 @@ fn walk(
         cause: crate::git::error_chain(e),
     };
     let object = repo.find_tree(tree).map_err(|e| read_error(prefix, &e))?;
+    super::pages::release_if_due();
     for entry in object.iter() {
         let entry = entry.map_err(|e| read_error(prefix, &e))?;
         let name: &[u8] = entry.filename();

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,7 +18,9 @@ use std::time::Instant;
 use gix::ObjectId;
 
 pub use crate::entries::Blobs;
-use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_FILE, MODE_SUBMODULE, MODE_SYMLINK};
+use crate::entries::{
+    CopyError, Entries, Entry, MODE_EXECUTABLE, MODE_FILE, MODE_SUBMODULE, MODE_SYMLINK,
+};
 use crate::fsutil::{self, IoError};
 use crate::text::escape_bytes;
 
@@ -328,11 +330,20 @@ impl Shared<'_> {
                         written.reused += 1;
                         size
                     } else {
-                        read_blob(blobs, entry, &mut buf)?;
-                        write_file(&target, &buf, entry.mode == MODE_EXECUTABLE, self.modes)
-                            .map_err(|e| write_error("write", &entry.path, e))?;
-                        self.bytes.inc_by(buf.len());
-                        buf.len() as u64
+                        let executable = entry.mode == MODE_EXECUTABLE;
+                        let size = write_file(&target, executable, self.modes, |file| {
+                            blobs.copy(&entry.id, file, &mut buf)
+                        })
+                        .map_err(|e| match e {
+                            CopyError::Read(cause) => SnapshotError::Object {
+                                path: escape_bytes(&entry.path),
+                                id: entry.id,
+                                cause,
+                            },
+                            CopyError::Write(e) => write_error("write", &entry.path, e),
+                        })?;
+                        self.bytes.inc_by(size as usize);
+                        size
                     }
                 }
                 MODE_SYMLINK => {
@@ -555,8 +566,13 @@ impl Modes {
     }
 }
 
-/// Create `path` read-only with `data` as its content.
-fn write_file(path: &Path, data: &[u8], executable: bool, modes: Modes) -> io::Result<()> {
+/// Create `path` read-only with what `fill` writes as its content; returns `fill`'s size.
+fn write_file(
+    path: &Path,
+    executable: bool,
+    modes: Modes,
+    fill: impl FnOnce(&mut fs::File) -> Result<u64, CopyError>,
+) -> Result<u64, CopyError> {
     let mode = fsutil::read_only_mode(false, executable);
     // O_CREAT with a read-only mode still gives a writable descriptor: permissions are checked
     // when an existing file is opened, not when it is created.
@@ -564,36 +580,66 @@ fn write_file(path: &Path, data: &[u8], executable: bool, modes: Modes) -> io::R
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)?;
-    file.write_all(data)?;
+        .open(path)
+        .map_err(CopyError::Write)?;
+    let size = fill(&mut file)?;
     if modes.need_chmod {
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(CopyError::Write)?;
     }
-    Ok(())
+    Ok(size)
 }
 
-/// What step 3 knows of the previous snapshot, shared by the workers.
+/// What step 3 knows of the previous snapshot, shared by the workers: its entries by path and
+/// by content, as sorted entry numbers (4 bytes an entry, where maps took 40).
 struct SharingIndex<'a> {
     previous: Previous<'a>,
-    by_path: HashMap<&'a [u8], &'a Entry>,
-    /// Same blob and mode under another path (a renamed directory, a copied file) is the same
-    /// content too, so it can be shared as well.
-    by_content: HashMap<(ObjectId, u32), &'a Entry>,
+    /// In path order. The lists dagsnap writes are in that order already; one read back is not
+    /// trusted to be.
+    by_path: Vec<u32>,
+    /// The regular files, by blob and mode: same blob and mode under another path (a renamed
+    /// directory, a copied file) is the same content too, so it can be shared as well.
+    by_content: Vec<u32>,
 }
 
 impl<'a> SharingIndex<'a> {
     fn new(previous: Previous<'a>) -> SharingIndex<'a> {
+        let entries = &previous.entries.0;
+        let mut by_path: Vec<u32> = (0..entries.len() as u32).collect();
+        by_path.sort_by(|a, b| entries[*a as usize].path.cmp(&entries[*b as usize].path));
+        let mut by_content: Vec<u32> = by_path
+            .iter()
+            .copied()
+            .filter(|n| entries[*n as usize].is_regular_file())
+            .collect();
+        by_content.sort_by_key(|n| (entries[*n as usize].id, entries[*n as usize].mode));
         SharingIndex {
-            by_path: previous.entries.by_path(),
-            by_content: previous
-                .entries
-                .0
-                .iter()
-                .filter(|e| e.is_regular_file())
-                .map(|e| ((e.id, e.mode), e))
-                .collect(),
             previous,
+            by_path,
+            by_content,
         }
+    }
+
+    /// The previous entry at `path`.
+    fn at_path(&self, path: &[u8]) -> Option<&'a Entry> {
+        let entries = &self.previous.entries.0;
+        let at = self
+            .by_path
+            .binary_search_by(|n| entries[*n as usize].path.as_slice().cmp(path))
+            .ok()?;
+        Some(&entries[self.by_path[at] as usize])
+    }
+
+    /// A previous regular file with blob `id` and `mode`.
+    fn with_content(&self, id: ObjectId, mode: u32) -> Option<&'a Entry> {
+        let entries = &self.previous.entries.0;
+        let at = self
+            .by_content
+            .binary_search_by_key(&(id, mode), |n| {
+                (entries[*n as usize].id, entries[*n as usize].mode)
+            })
+            .ok()?;
+        Some(&entries[self.by_content[at] as usize])
     }
 }
 
@@ -615,9 +661,9 @@ impl<'a> Sharing<'a, '_> {
             return None;
         }
         let index = self.index;
-        let old: &'a Entry = match index.by_path.get(entry.path.as_slice()) {
+        let old: &'a Entry = match index.at_path(&entry.path) {
             Some(old) if old.mode == entry.mode && old.id == entry.id => old,
-            _ => index.by_content.get(&(entry.id, entry.mode))?,
+            _ => index.with_content(entry.id, entry.mode)?,
         };
         let source = self.intact_source(old)?;
         match fs::hard_link(&source, target) {
