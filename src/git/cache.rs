@@ -301,6 +301,9 @@ impl Cache {
             let _ = std::fs::write(&ssh_log, b"");
         }
         let result = self.talk(&repo, remote, progress, interrupt);
+        if result.is_err() {
+            self.http.forget_advertisement();
+        }
         if let Err(SourceError::RefNotFound { .. }) = &result {
             // The branch may have been deleted and a tag of that name created; look again next time.
             self.resolved = None;
@@ -384,7 +387,10 @@ impl Cache {
             interrupt,
             &self.http,
         )
-        .map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
+        .map_err(|e| {
+            self.http.forget_advertisement();
+            with_ssh_log(e, &ssh_log, remote)
+        })?;
         if fetched.2 {
             self.after_fetch()?;
         }

@@ -1,5 +1,17 @@
 //! The HTTP side of a conversation with the remote: one client per cache, lent to each
-//! conversation's transport, and fetch requests that ask for no progress messages.
+//! conversation's transport; the server's capability advertisement reused for a minute; and
+//! fetch requests that ask for no progress messages.
+//!
+//! Each poll is a conversation, and over HTTP a conversation starts with
+//! `GET info/refs?service=git-upload-pack`: protocol v2's capability advertisement, which says
+//! what the server can do and nothing about its refs (those come from the `ls-refs` request
+//! that follows). It is the same for every poll, so [`SharedHttp`] keeps the last complete one
+//! and answers the next handshakes from it for [`ADVERTISEMENT_TTL`]: an idle poll is then one
+//! request instead of two. Protocol v2 requests are self-contained (the server keeps no state
+//! between them), so a reused advertisement is exactly what a fresh one would say unless the
+//! server's capabilities change; it is asked again after a minute, after any failed
+//! conversation, and whenever the request's headers (credentials included) differ. A protocol
+//! v1 advertisement lists the refs, so it is never reused.
 //!
 //! git's `upload-pack` reports its progress ("Counting objects: 11% (1/9)\r", ...) to the client
 //! unless the fetch request says `no-progress`; git's own CLI says it whenever its stderr is not
@@ -7,24 +19,42 @@
 //! weigh about 700 bytes, as much as the change itself. [`NoProgress`] adds the argument to each
 //! fetch request on its way out.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use gix::protocol::transport::client::blocking_io::http as gix_http;
 use gix::protocol::transport::Protocol;
 use gix_http::Http;
 
+/// How long a server's capability advertisement is reused (see the module's documentation).
+const ADVERTISEMENT_TTL: Duration = Duration::from_secs(60);
+
+type Backend = gix_http::reqwest::Remote;
+type BackendReader = <Backend as Http>::ResponseBody;
+
 /// gix's reqwest HTTP backend (an HTTP client with its TLS roots and connection pool, on a
 /// worker thread), kept for the life of the cache and lent to each conversation's transport:
 /// a backend per conversation would build a client, start its threads and connect anew at
-/// every poll.
+/// every poll. With it, the last capability advertisement.
 #[derive(Clone, Default)]
-pub(super) struct SharedHttp(std::sync::Arc<std::sync::Mutex<gix_http::reqwest::Remote>>);
+pub(super) struct SharedHttp {
+    backend: Arc<Mutex<Backend>>,
+    advertisement: Arc<Mutex<Option<Advertisement>>>,
+}
+
+/// A complete capability advertisement, as the server sent it.
+struct Advertisement {
+    /// The URL and request headers it answered.
+    request: String,
+    headers: Arc<[u8]>,
+    body: Arc<[u8]>,
+    received: Instant,
+}
 
 impl SharedHttp {
-    fn backend(&self) -> std::sync::MutexGuard<'_, gix_http::reqwest::Remote> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn backend(&self) -> MutexGuard<'_, Backend> {
+        lock(&self.backend)
     }
 
     /// A transport of its own for one conversation with `url`, over this client.
@@ -35,12 +65,24 @@ impl SharedHttp {
     ) -> gix_http::Transport<SharedHttp> {
         gix_http::connect_http(self.clone(), url, version, false)
     }
+
+    /// Ask the server for its capabilities at the next handshake: a conversation failed, and
+    /// a changed server is one reason it may have.
+    pub(super) fn forget_advertisement(&self) {
+        *lock(&self.advertisement) = None;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Http for SharedHttp {
-    type Headers = <gix_http::reqwest::Remote as Http>::Headers;
-    type ResponseBody = <gix_http::reqwest::Remote as Http>::ResponseBody;
-    type PostBody = NoProgress<<gix_http::reqwest::Remote as Http>::PostBody>;
+    type Headers = Reader;
+    type ResponseBody = Reader;
+    type PostBody = NoProgress<<Backend as Http>::PostBody>;
 
     fn get(
         &mut self,
@@ -48,7 +90,43 @@ impl Http for SharedHttp {
         base_url: &str,
         headers: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> gix::error::Result<gix_http::GetResponse<Self::Headers, Self::ResponseBody>> {
-        self.backend().get(url, base_url, headers)
+        let headers: Vec<String> = headers.into_iter().map(|h| h.as_ref().to_owned()).collect();
+        if !url.ends_with("/info/refs?service=git-upload-pack") {
+            let response = self.backend().get(url, base_url, &headers)?;
+            return Ok(gix_http::GetResponse {
+                headers: Reader::live(response.headers),
+                body: Reader::live(response.body),
+            });
+        }
+        let request = format!("{url}\n{}", headers.join("\n"));
+        if let Some(cached) = lock(&self.advertisement)
+            .as_ref()
+            .filter(|a| a.request == request && a.received.elapsed() < ADVERTISEMENT_TTL)
+        {
+            return Ok(gix_http::GetResponse {
+                headers: Reader::Replayed(io::Cursor::new(Arc::clone(&cached.headers))),
+                body: Reader::Replayed(io::Cursor::new(Arc::clone(&cached.body))),
+            });
+        }
+        let response = self.backend().get(url, base_url, &headers)?;
+        let recording = Arc::new(Mutex::new(Recording {
+            request,
+            headers: Vec::new(),
+            headers_complete: false,
+            into: Arc::clone(&self.advertisement),
+        }));
+        Ok(gix_http::GetResponse {
+            headers: Reader::Recorded {
+                inner: response.headers,
+                pending: Vec::new(),
+                record: Record::Headers(Arc::clone(&recording)),
+            },
+            body: Reader::Recorded {
+                inner: response.body,
+                pending: Vec::new(),
+                record: Record::Body(recording, Vec::new()),
+            },
+        })
     }
 
     fn post(
@@ -62,8 +140,8 @@ impl Http for SharedHttp {
         let response = self.backend().post(url, base_url, headers, body)?;
         Ok(gix_http::PostResponse {
             post_body: NoProgress::new(response.post_body),
-            headers: response.headers,
-            body: response.body,
+            headers: Reader::live(response.headers),
+            body: Reader::live(response.body),
         })
     }
 
@@ -74,6 +152,169 @@ impl Http for SharedHttp {
     fn redirected_base_url(&self) -> Option<String> {
         self.backend().redirected_base_url()
     }
+}
+
+/// A response's headers or body: from the server (recorded, for an advertisement), or
+/// replayed from a recorded advertisement.
+pub(super) enum Reader {
+    Recorded {
+        inner: BackendReader,
+        /// What the last `fill_buf` returned, until it is consumed.
+        pending: Vec<u8>,
+        record: Record,
+    },
+    Replayed(io::Cursor<Arc<[u8]>>),
+}
+
+/// Where a recorded reader's bytes go.
+pub(super) enum Record {
+    Nothing,
+    Headers(Arc<Mutex<Recording>>),
+    /// The body's bytes, kept here until it is dropped.
+    Body(Arc<Mutex<Recording>>, Vec<u8>),
+}
+
+/// An advertisement being received.
+pub(super) struct Recording {
+    request: String,
+    headers: Vec<u8>,
+    headers_complete: bool,
+    into: Arc<Mutex<Option<Advertisement>>>,
+}
+
+impl Reader {
+    fn live(inner: BackendReader) -> Reader {
+        Reader::Recorded {
+            inner,
+            pending: Vec::new(),
+            record: Record::Nothing,
+        }
+    }
+}
+
+impl Record {
+    fn keep(&mut self, bytes: &[u8]) {
+        match self {
+            Record::Nothing => {}
+            Record::Headers(recording) => lock(recording).headers.extend_from_slice(bytes),
+            Record::Body(_, body) => body.extend_from_slice(bytes),
+        }
+    }
+
+    fn at_end(&mut self) {
+        if let Record::Headers(recording) = self {
+            lock(recording).headers_complete = true;
+        }
+    }
+}
+
+impl Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Reader::Replayed(cursor) => cursor.read(buf),
+            Reader::Recorded { .. } => {
+                let available = self.fill_buf()?;
+                let n = available.len().min(buf.len());
+                buf[..n].copy_from_slice(&available[..n]);
+                self.consume(n);
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl BufRead for Reader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            Reader::Replayed(cursor) => cursor.fill_buf(),
+            Reader::Recorded {
+                inner,
+                pending,
+                record,
+            } => {
+                if pending.is_empty() {
+                    let available = inner.fill_buf()?;
+                    if available.is_empty() {
+                        record.at_end();
+                    }
+                    pending.extend_from_slice(available);
+                    let n = pending.len();
+                    inner.consume(n);
+                }
+                Ok(pending)
+            }
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match self {
+            Reader::Replayed(cursor) => cursor.consume(amount),
+            Reader::Recorded {
+                pending, record, ..
+            } => {
+                let amount = amount.min(pending.len());
+                record.keep(&pending[..amount]);
+                pending.drain(..amount);
+            }
+        }
+    }
+}
+
+impl Drop for Record {
+    /// The handshake has read what it needed of the body: keep the advertisement if it is a
+    /// complete protocol v2 one.
+    fn drop(&mut self) {
+        let Record::Body(recording, body) = self else {
+            return;
+        };
+        let recording = lock(recording);
+        if recording.headers_complete && is_complete_v2_advertisement(body) {
+            *lock(&recording.into) = Some(Advertisement {
+                request: recording.request.clone(),
+                headers: recording.headers.as_slice().into(),
+                body: std::mem::take(body).into(),
+                received: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Whether `body` is a protocol v2 capability advertisement that ends where it should: an
+/// optional service announcement, `version 2`, capabilities, and the flush that ends them.
+fn is_complete_v2_advertisement(body: &[u8]) -> bool {
+    let mut rest = body;
+    let mut lines = Vec::new();
+    while rest.len() >= 4 {
+        let Some(length) = std::str::from_utf8(&rest[..4])
+            .ok()
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+        else {
+            return false;
+        };
+        if length == 0 {
+            lines.push(&b""[..]);
+            rest = &rest[4..];
+            continue;
+        }
+        if length < 4 || length > rest.len() {
+            return false;
+        }
+        lines.push(&rest[4..length]);
+        rest = &rest[length..];
+    }
+    if !rest.is_empty() {
+        return false;
+    }
+    // The service announcement and its flush, when the server sends them.
+    if lines.first().is_some_and(|l| l.starts_with(b"# service=")) {
+        if lines.get(1) != Some(&&b""[..]) {
+            return false;
+        }
+        lines.drain(..2);
+    }
+    lines.first() == Some(&&b"version 2\n"[..])
+        && lines.last() == Some(&&b""[..])
+        && lines.iter().filter(|l| l.is_empty()).count() == 1
 }
 
 /// The argument added to each protocol v2 fetch request, as a pkt-line.
@@ -257,6 +498,36 @@ mod tests {
                 "written {piece} bytes at a time"
             );
         }
+    }
+
+    #[test]
+    fn only_a_whole_v2_advertisement_is_kept() {
+        let v2 = request(&[
+            "version 2\n",
+            "agent=git/2.47.3\n",
+            "ls-refs=unborn\n",
+            "FLUSH",
+        ]);
+        assert!(is_complete_v2_advertisement(&v2));
+        let mut announced = request(&["# service=git-upload-pack\n", "FLUSH"]);
+        announced.extend_from_slice(&v2);
+        assert!(is_complete_v2_advertisement(&announced));
+        // Cut short, without its flush, or with trailing bytes: not kept.
+        assert!(!is_complete_v2_advertisement(&v2[..v2.len() - 4]));
+        assert!(!is_complete_v2_advertisement(&v2[..10]));
+        assert!(!is_complete_v2_advertisement(
+            &[v2.as_slice(), b"00"].concat()
+        ));
+        // Protocol v1 lists the refs: never kept.
+        let v1 = request(&[
+            "# service=git-upload-pack\n",
+            "FLUSH",
+            "1111111111111111111111111111111111111111 HEAD\0multi_ack\n",
+            "FLUSH",
+        ]);
+        assert!(!is_complete_v2_advertisement(&v1));
+        assert!(!is_complete_v2_advertisement(b""));
+        assert!(!is_complete_v2_advertisement(b"<html>401</html>"));
     }
 
     #[test]
