@@ -184,3 +184,96 @@ impl crate::entries::Blobs for RepoBlobs {
         Box::new(self.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entries::Blobs;
+    use std::path::Path;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Bytes zlib cannot shrink, so the blob's compressed copy is as large as it is.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_blob_is_streamed_from_its_pack_and_a_damaged_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = noise(STREAM_FROM as usize + 123_457);
+        std::fs::write(dir.path().join("model.bin"), &content).unwrap();
+        git(dir.path(), &["init", "-q"]);
+        git(dir.path(), &["add", "model.bin"]);
+        git(dir.path(), &["commit", "-qm", "large"]);
+        git(dir.path(), &["repack", "-adq"]);
+        let id =
+            gix::ObjectId::from_hex(git(dir.path(), &["rev-parse", "HEAD:model.bin"]).as_bytes())
+                .unwrap();
+        let blobs = RepoBlobs::new(gix::open(dir.path()).unwrap());
+        assert!(blobs.locate(&id).is_some(), "the blob is in a pack");
+        let mut out = Vec::new();
+        let streamed = blobs.stream(&id, &mut out).unwrap();
+        assert_eq!(
+            streamed,
+            Some(content.len() as u64),
+            "streamed, not read whole"
+        );
+        assert!(out == content);
+
+        // Damage the compressed data in the middle of the blob's entry.
+        let (pack, offset) = blobs.locate(&id).unwrap();
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let at = offset as usize + content.len() / 2;
+        bytes[at] ^= 0x55;
+        let mut perms = std::fs::metadata(&pack).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&pack, perms).unwrap();
+        std::fs::write(&pack, &bytes).unwrap();
+        let blobs = RepoBlobs::new(gix::open(dir.path()).unwrap());
+        match blobs.copy(&id, &mut Vec::new(), &mut Vec::new()) {
+            Err(CopyError::Read(why)) => assert!(why.contains("damaged"), "{why}"),
+            other => panic!("a damaged blob was copied: {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn small_blobs_and_deltas_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dag.py"), b"print('hi')\n").unwrap();
+        git(dir.path(), &["init", "-q"]);
+        git(dir.path(), &["add", "dag.py"]);
+        git(dir.path(), &["commit", "-qm", "small"]);
+        let id = gix::ObjectId::from_hex(git(dir.path(), &["rev-parse", "HEAD:dag.py"]).as_bytes())
+            .unwrap();
+        let blobs = RepoBlobs::new(gix::open(dir.path()).unwrap());
+        assert_eq!(blobs.stream(&id, &mut Vec::new()).unwrap(), None);
+        let mut out = Vec::new();
+        assert_eq!(blobs.copy(&id, &mut out, &mut Vec::new()).unwrap(), 12);
+        assert_eq!(out, b"print('hi')\n");
+    }
+}
