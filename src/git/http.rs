@@ -94,8 +94,8 @@ impl Http for SharedHttp {
         if !url.ends_with("/info/refs?service=git-upload-pack") {
             let response = self.backend().get(url, base_url, &headers)?;
             return Ok(gix_http::GetResponse {
-                headers: Reader::live(response.headers),
-                body: Reader::live(response.body),
+                headers: Reader::Live(response.headers),
+                body: Reader::Live(response.body),
             });
         }
         let request = format!("{url}\n{}", headers.join("\n"));
@@ -118,12 +118,10 @@ impl Http for SharedHttp {
         Ok(gix_http::GetResponse {
             headers: Reader::Recorded {
                 inner: response.headers,
-                pending: Vec::new(),
                 record: Record::Headers(Arc::clone(&recording)),
             },
             body: Reader::Recorded {
                 inner: response.body,
-                pending: Vec::new(),
                 record: Record::Body(recording, Vec::new()),
             },
         })
@@ -140,8 +138,8 @@ impl Http for SharedHttp {
         let response = self.backend().post(url, base_url, headers, body)?;
         Ok(gix_http::PostResponse {
             post_body: NoProgress::new(response.post_body),
-            headers: Reader::live(response.headers),
-            body: Reader::live(response.body),
+            headers: Reader::Live(response.headers),
+            body: Reader::Live(response.body),
         })
     }
 
@@ -154,13 +152,12 @@ impl Http for SharedHttp {
     }
 }
 
-/// A response's headers or body: from the server (recorded, for an advertisement), or
-/// replayed from a recorded advertisement.
+/// A response's headers or body: from the server, recorded as it is read (an advertisement),
+/// or replayed from a recorded advertisement.
 pub(super) enum Reader {
+    Live(BackendReader),
     Recorded {
         inner: BackendReader,
-        /// What the last `fill_buf` returned, until it is consumed.
-        pending: Vec<u8>,
         record: Record,
     },
     Replayed(io::Cursor<Arc<[u8]>>),
@@ -168,7 +165,6 @@ pub(super) enum Reader {
 
 /// Where a recorded reader's bytes go.
 pub(super) enum Record {
-    Nothing,
     Headers(Arc<Mutex<Recording>>),
     /// The body's bytes, kept here until it is dropped.
     Body(Arc<Mutex<Recording>>, Vec<u8>),
@@ -182,20 +178,9 @@ pub(super) struct Recording {
     into: Arc<Mutex<Option<Advertisement>>>,
 }
 
-impl Reader {
-    fn live(inner: BackendReader) -> Reader {
-        Reader::Recorded {
-            inner,
-            pending: Vec::new(),
-            record: Record::Nothing,
-        }
-    }
-}
-
 impl Record {
     fn keep(&mut self, bytes: &[u8]) {
         match self {
-            Record::Nothing => {}
             Record::Headers(recording) => lock(recording).headers.extend_from_slice(bytes),
             Record::Body(_, body) => body.extend_from_slice(bytes),
         }
@@ -210,51 +195,40 @@ impl Record {
 
 impl Read for Reader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Reader::Replayed(cursor) => cursor.read(buf),
-            Reader::Recorded { .. } => {
-                let available = self.fill_buf()?;
-                let n = available.len().min(buf.len());
-                buf[..n].copy_from_slice(&available[..n]);
-                self.consume(n);
-                Ok(n)
-            }
-        }
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
     }
 }
 
 impl BufRead for Reader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         match self {
+            Reader::Live(inner) => inner.fill_buf(),
             Reader::Replayed(cursor) => cursor.fill_buf(),
-            Reader::Recorded {
-                inner,
-                pending,
-                record,
-            } => {
-                if pending.is_empty() {
-                    let available = inner.fill_buf()?;
-                    if available.is_empty() {
-                        record.at_end();
-                    }
-                    pending.extend_from_slice(available);
-                    let n = pending.len();
-                    inner.consume(n);
+            Reader::Recorded { inner, record } => {
+                let available = inner.fill_buf()?;
+                if available.is_empty() {
+                    record.at_end();
                 }
-                Ok(pending)
+                Ok(available)
             }
         }
     }
 
     fn consume(&mut self, amount: usize) {
         match self {
+            Reader::Live(inner) => inner.consume(amount),
             Reader::Replayed(cursor) => cursor.consume(amount),
-            Reader::Recorded {
-                pending, record, ..
-            } => {
-                let amount = amount.min(pending.len());
-                record.keep(&pending[..amount]);
-                pending.drain(..amount);
+            Reader::Recorded { inner, record } => {
+                // What is consumed is the start of the buffer the last `fill_buf` returned, which
+                // asking again returns without reading.
+                if let Ok(available) = inner.fill_buf() {
+                    record.keep(&available[..amount.min(available.len())]);
+                }
+                inner.consume(amount);
             }
         }
     }
