@@ -1104,7 +1104,7 @@ impl Publisher {
             ref_name: self.remote.target.to_string(),
             reason,
         };
-        repair::repair(
+        let repaired = repair::repair(
             &self.root,
             commit,
             entries,
@@ -1115,7 +1115,9 @@ impl Publisher {
             self.settings.build_jobs,
             progress,
             interrupt,
-        )?;
+        );
+        crate::git::pages::give_back();
+        repaired?;
         Ok(())
     }
 
@@ -1263,7 +1265,10 @@ impl Publisher {
             self.settings.build_jobs,
             progress,
             interrupt,
-        )?;
+        );
+        // What the build mapped and allocated would otherwise stay with an idle loop.
+        crate::git::pages::give_back();
+        let built = built?;
         if interrupt.load(Ordering::Relaxed) {
             return Err(SnapshotError::Cancelled.into());
         }

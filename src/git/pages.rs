@@ -59,6 +59,21 @@ pub fn release() {
     }
 }
 
+/// After a build: hand back the pack pages its last reads mapped, and the heap the build freed.
+///
+/// glibc keeps freed memory in its arenas for reuse; after a build of 100,000 files that is
+/// some 20 MiB (entry lists, the workers' buffers) an idle loop would hold until the next build.
+/// `malloc_trim` returns the free pages of every arena to the kernel.
+pub fn give_back() {
+    release();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it takes the arenas'
+    // locks like any allocation does.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `repo`, reading through a handle that keeps every pack gix maps for as long as it lives,
 /// even one deleted from disk (see [`release`] for why).
 pub fn keep_mapped(mut repo: gix::Repository) -> gix::Repository {
