@@ -40,18 +40,24 @@ const WHILE_RUNNING_EVERY: Duration = Duration::from_millis(1);
 /// be pack maps when it runs, not only when /proc/self/maps was read. They are: gix unmaps a
 /// pack only when its store is dropped, since every handle dagsnap reads through keeps packs
 /// mapped ([`keep_mapped`]), and stores are dropped by the thread that runs the cycle (or the
-/// operator command), never while a hand-back runs: hand-backs run on that thread, or on
-/// threads it waits for (build workers, [`while_running`]).
+/// operator command), never while this runs: it runs on that thread, or on threads it waits for
+/// (the build's workers). [`while_running`] runs beside gix's own work, which maps and unmaps
+/// the pack it receives, and uses `MADV_PAGEOUT` instead.
 pub fn release() {
+    release_with(libc::MADV_DONTNEED);
+}
+
+fn release_with(advice: libc::c_int) {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };
     for (start, end) in pack_maps(&maps) {
-        // SAFETY: [start, end) is a read-only map of a pack file for the whole call (see
-        // above), whose pages MADV_DONTNEED only drops: reads of it fault the same content in
-        // again, so no reference into it sees a change.
-        let rc =
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        // SAFETY: MADV_PAGEOUT never changes what memory holds (reclaimed pages are read or
+        // swapped in again on the next access), whatever is mapped at [start, end) by now.
+        // MADV_DONTNEED is only passed by `release`, when [start, end) is a read-only map of a
+        // pack file for the whole call (see there), whose pages it only drops: reads of it
+        // fault the same content in again, so no reference into it sees a change.
+        let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
         if rc != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "cannot hand back pack pages");
             return;
@@ -98,6 +104,12 @@ pub fn release_if_due() {
 
 /// Run `work` while another thread hands back pack pages every [`WHILE_RUNNING_EVERY`], and
 /// once more when it is done: for gix's own reads of a pack, which no caller can count.
+///
+/// The thread runs beside gix, which unmaps the pack it received when it has indexed it, so it
+/// uses `MADV_PAGEOUT`, which is safe whatever is mapped at an address by the time it runs.
+/// The pages of a pack just received are not yet written back, so the kernel unmaps them and
+/// keeps them in the page cache, as `MADV_DONTNEED` would. (Kernels before 5.4 refuse it; the
+/// pages then stay until the fetch ends.)
 pub fn while_running<T>(work: impl FnOnce() -> T) -> T {
     let done = Mutex::new(false);
     let wake = Condvar::new();
@@ -109,7 +121,7 @@ pub fn while_running<T>(work: impl FnOnce() -> T) -> T {
                     Ok((guard, _)) => guard,
                     Err(poisoned) => poisoned.into_inner().0,
                 };
-                release();
+                release_with(libc::MADV_PAGEOUT);
             }
         });
         let result = work();
