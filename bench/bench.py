@@ -223,6 +223,16 @@ class Change:
         return git_out("rev-parse", "HEAD", cwd=source)
 
 
+def parse_args(parser):
+    """`parser`'s arguments plus --binary, the dagsnap to measure (the release build by
+    default), made absolute."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser.add_argument("--binary", default=os.path.join(here, "..", "target", "release", "dagsnap"))
+    args = parser.parse_args()
+    args.binary = os.path.abspath(args.binary)
+    return args
+
+
 def dagsnap_once(binary, url, root, cache, *extra):
     return run([binary, "sync", "--one-time", "--repo", url, "--root", root, "--cache-dir", cache, *extra])
 

@@ -79,8 +79,7 @@ def main():
     parser.add_argument("--airflow", default=os.path.join(HERE, "..", "target", "tools", "airflow3"))
     parser.add_argument("--dags", type=int, default=100)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
-    args = parser.parse_args()
+    args = bench.parse_args(parser)
     python = os.path.abspath(os.path.join(args.airflow, "bin", "python"))
     if not os.path.exists(python):
         sys.exit(f"no Airflow at {args.airflow} (scripts/test installs it into target/tools/)")

@@ -152,9 +152,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--period", default="100ms")
     parser.add_argument("--sizes", default="200,10000")
-    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
-    args = parser.parse_args()
-    binary = os.path.abspath(args.binary)
+    args = bench.parse_args(parser)
+    binary = args.binary
     rows = []
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-idle-http-") as tmp:
         projects = os.path.join(tmp, "projects")

@@ -32,7 +32,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1024
 
 
@@ -86,9 +85,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--blob-mb", type=int, default=200)
-    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
-    args = parser.parse_args()
-    binary = os.path.abspath(args.binary)
+    args = bench.parse_args(parser)
+    binary = args.binary
     files, dirs = bench.SHAPES["100k"]
     rows = {}
 

@@ -96,9 +96,8 @@ def main():
     parser.add_argument("--delay", default="1ms")
     parser.add_argument("--jobs", default="1,8,16,32")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
-    args = parser.parse_args()
-    binary = os.path.abspath(args.binary)
+    args = bench.parse_args(parser)
+    binary = args.binary
     jobs = [int(j) for j in args.jobs.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-netvol-") as work:

@@ -23,7 +23,6 @@ import bench  # noqa: E402
 import idle_http  # noqa: E402
 import ttl  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def thin_pack_bytes(repo, revs):
@@ -46,9 +45,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--updates", type=int, default=1000)
-    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
-    args = parser.parse_args()
-    binary = os.path.abspath(args.binary)
+    args = bench.parse_args(parser)
+    binary = args.binary
     dirs = max(1, args.files // 50)
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-refetch-") as tmp:
         work = os.path.join(tmp, "work")

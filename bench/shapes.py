@@ -24,7 +24,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def change(repo, name, serial):
@@ -42,9 +41,8 @@ def main():
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--dag-files", type=int, default=500)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
-    args = parser.parse_args()
-    binary = os.path.abspath(args.binary)
+    args = bench.parse_args(parser)
+    binary = args.binary
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-shapes-") as work:
         dags = [(f"dags/d{i % 25:02}/dag_{i:05}.py", bench.file_body(i, 0)) for i in range(args.dag_files)]
         services = [(f"services/s{i % 200:03}/mod_{i:06}.py", bench.file_body(i + 1_000_000, 0))

@@ -82,9 +82,8 @@ def main():
     parser.add_argument("--period", type=float, default=10)
     parser.add_argument("--pushes", type=int, default=5)
     parser.add_argument("--triggered", type=int, default=10)
-    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "dagsnap"))
-    args = parser.parse_args()
-    binary = os.path.abspath(args.binary)
+    args = bench.parse_args(parser)
+    binary = args.binary
     results = []
     with tempfile.TemporaryDirectory(prefix="dagsnap-bench-ttl-") as tmp:
         work = os.path.join(tmp, "work")

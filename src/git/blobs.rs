@@ -14,7 +14,7 @@
 //!   are read whole, as before.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use gix::odb::pack;
@@ -100,7 +100,7 @@ impl RepoBlobs {
 fn inflate_checked(
     id: &gix::oid,
     size: u64,
-    reader: &mut dyn BufRead,
+    reader: &mut impl BufRead,
     out: &mut dyn Write,
 ) -> Result<u64, CopyError> {
     let damaged =
@@ -112,12 +112,8 @@ fn inflate_checked(
     let mut copied = 0u64;
     while copied < size {
         let want = (size - copied).min(STREAM_CHUNK as u64) as usize;
-        let n = gix::zlib::stream::inflate::read(
-            &mut BufReadRef(reader),
-            &mut state,
-            &mut chunk[..want],
-        )
-        .map_err(|e| damaged(e.to_string()))?;
+        let n = gix::zlib::stream::inflate::read(reader, &mut state, &mut chunk[..want])
+            .map_err(|e| damaged(e.to_string()))?;
         if n == 0 {
             return Err(damaged(format!("it ends after {copied} of {size} bytes")));
         }
@@ -129,24 +125,6 @@ fn inflate_checked(
         Ok(actual) if actual.as_ref() == id => Ok(copied),
         Ok(actual) => Err(damaged(format!("its content hashes to {actual}"))),
         Err(e) => Err(damaged(e.to_string())),
-    }
-}
-
-/// `inflate::read` wants a sized `BufRead`.
-struct BufReadRef<'a>(&'a mut dyn BufRead);
-
-impl Read for BufReadRef<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl BufRead for BufReadRef<'_> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.0.fill_buf()
-    }
-    fn consume(&mut self, amount: usize) {
-        self.0.consume(amount)
     }
 }
 

@@ -171,6 +171,15 @@ impl SourceError {
 }
 
 /// `err` and its causes on one line, without repeating a cause its parent already quotes.
+/// Open the repository at `dir` to read its objects, as operator commands do with a cache they
+/// do not own: git's configuration of this host and user ignored, and packs kept mapped while
+/// the handle lives ([`pages::keep_mapped`], which [`pages::release`] relies on).
+pub fn open_for_reading(dir: &std::path::Path) -> gix::error::Result<gix::Repository> {
+    gix::open::Options::isolated()
+        .open(dir)
+        .map(|repo| pages::keep_mapped(repo.to_thread_local()))
+}
+
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();

@@ -156,13 +156,9 @@ impl crate::entries::Blobs for ReposBlobs {
         // repository that has the blob, not of each in turn.
         match self.0.iter().find(|repo| repo.has(id)) {
             Some(repo) => repo.copy(id, out, buf),
-            None => {
-                self.read(id, buf)
-                    .map_err(crate::entries::CopyError::Read)?;
-                out.write_all(buf)
-                    .map_err(crate::entries::CopyError::Write)?;
-                Ok(buf.len() as u64)
-            }
+            None => Err(crate::entries::CopyError::Read(format!(
+                "no repository holds blob {id}"
+            ))),
         }
     }
 
@@ -454,9 +450,7 @@ pub fn cached_modules(
             commit: *commit,
             cache: dir.clone(),
         };
-        let repo = gix::open_opts(dir.join("repo.git"), gix::open::Options::isolated())
-            .map(super::pages::keep_mapped)
-            .map_err(|_| not_cached())?;
+        let repo = super::open_for_reading(&dir.join("repo.git")).map_err(|_| not_cached())?;
         if !repo.has_object(commit) {
             return Err(not_cached());
         }

@@ -116,12 +116,7 @@ pub fn repair(
         } else {
             dir.to_path_buf()
         };
-        let repo = crate::git::pages::keep_mapped(
-            gix::open::Options::isolated()
-                .open(&repo_dir)
-                .ok()?
-                .to_thread_local(),
-        );
+        let repo = crate::git::open_for_reading(&repo_dir).ok()?;
         repo.has_object(id).then_some(repo)
     });
     let mut temporary = None;
@@ -419,12 +414,8 @@ fn from_git_cache(
     } else {
         cache.to_path_buf()
     };
-    let repo = crate::git::pages::keep_mapped(
-        gix::open::Options::isolated()
-            .open(&repo_dir)
-            .map_err(|e| failed(crate::git::error_chain(&e)))?
-            .to_thread_local(),
-    );
+    let repo =
+        crate::git::open_for_reading(&repo_dir).map_err(|e| failed(crate::git::error_chain(&e)))?;
     let tree = ObjectId::from_hex(manifest.tree.as_bytes()).map_err(|e| failed(e.to_string()))?;
     let mut entries = crate::git::tree::entries(&repo, tree).map_err(|e| failed(e.to_string()))?;
     let mut repos = vec![repo];

@@ -607,9 +607,7 @@ impl<'a> SharingIndex<'a> {
         let entries = &previous.entries.0;
         let mut by_path: Vec<u32> = (0..entries.len() as u32).collect();
         by_path.sort_by(|a, b| entries[*a as usize].path.cmp(&entries[*b as usize].path));
-        let mut by_content: Vec<u32> = by_path
-            .iter()
-            .copied()
+        let mut by_content: Vec<u32> = (0..entries.len() as u32)
             .filter(|n| entries[*n as usize].is_regular_file())
             .collect();
         by_content.sort_by_key(|n| (entries[*n as usize].id, entries[*n as usize].mode));

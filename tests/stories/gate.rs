@@ -153,7 +153,11 @@ fn a_commit_that_does_not_import_is_rejected_once_and_the_fix_goes_live_at_once(
     let cwd = fs::read_to_string(check.seen.join(format!("{bad}.cwd"))).unwrap();
     assert_eq!(Path::new(cwd.trim()), snapshot);
 
-    // Everyone can see it: the error file, status, list, the journal, the metrics.
+    // Everyone can see it: the error file, status, list, the journal, the metrics. The error file
+    // is written after the cycle has logged its outcome.
+    wait_until(Duration::from_secs(30), "the error file", || {
+        error_file.exists()
+    });
     let error: serde_json::Value = serde_json::from_slice(&fs::read(&error_file).unwrap()).unwrap();
     let message = error["error"].as_str().unwrap();
     assert!(

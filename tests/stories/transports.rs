@@ -80,6 +80,59 @@ fn an_idle_poll_is_one_request_for_one_ref_and_negotiates_nothing() {
     );
 }
 
+#[test]
+fn after_a_failed_poll_the_server_s_capabilities_are_asked_again() {
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "one\n")], "one");
+    let server = HttpServer::start();
+    let url = server.serve(&remote.dir, "dags.git");
+    let scratch = Scratch::new();
+    let mut daemon = spawn_loop(
+        &scratch,
+        &url,
+        &["--period", "50ms", "--log-level", "debug"],
+    );
+    let polls = |daemon: &Daemon| daemon.logs().matches("up to date").count();
+    wait_until(Duration::from_secs(30), "five idle polls", || {
+        polls(&daemon) >= 5
+    });
+    let advertisements = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("\"GET ") && l.contains("/info/refs"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        advertisements(&server.access_log()).len(),
+        1,
+        "one advertisement serves the polls of a minute"
+    );
+
+    // The repository disappears from the server for a moment: a poll fails.
+    let served = server.projects.join("dags.git");
+    let away = server.projects.join("dags.git.away");
+    std::fs::rename(&served, &away).unwrap();
+    wait_until(Duration::from_secs(30), "a failed poll", || {
+        daemon.logs().contains("sync failed")
+    });
+    std::fs::rename(&away, &served).unwrap();
+    let before = polls(&daemon);
+    wait_until(Duration::from_secs(60), "idle polls again", || {
+        polls(&daemon) >= before + 3
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+
+    // Well within the minute an advertisement is reused for: the failure made the next poll ask.
+    let asked = advertisements(&server.access_log());
+    assert!(asked.len() >= 2, "{}", asked.join("\n"));
+    assert!(
+        asked.last().is_some_and(|l| l.contains("\" 200 ")),
+        "{}",
+        asked.join("\n")
+    );
+}
+
 /// An ssh-agent holding the client key, in the foreground of its own process group, stopped
 /// when dropped.
 struct Agent {
