@@ -244,6 +244,29 @@ def proc_cpu_ticks(pid):
     return utime + stime, cutime + cstime
 
 
+def proc_threads_cpu_ns(pid):
+    """CPU time of each of `pid`'s threads, in nanoseconds (/proc/<pid>/task/*/schedstat): the
+    precision /proc/<pid>/stat's clock ticks lack when a process spends a few ms a second."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                times[tid] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return times
+
+
+def cpu_between(pid, before_ns, before_ticks):
+    """`pid`'s CPU seconds since `before_ns` (proc_threads_cpu_ns) and `before_ticks`
+    (proc_cpu_ticks): exact from the threads' own counters when every thread measured at the
+    start is still there, else from the process's clock ticks (which keep ended threads')."""
+    after_ns, after_ticks = proc_threads_cpu_ns(pid), proc_cpu_ticks(pid)[0]
+    if set(before_ns) <= set(after_ns):
+        return sum(ns - before_ns.get(tid, 0) for tid, ns in after_ns.items()) / 1e9
+    return (after_ticks - before_ticks) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status_kib(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

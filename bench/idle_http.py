@@ -5,8 +5,8 @@ git-sync spends per idle poll, in one run: `git ls-remote` alone, and one idle i
 tests/fixtures/git-sync-v4.sh (git-sync v4's steps: ls-remote, the worktree checks, the shell),
 each with the processes it starts.
 
-dagsnap's figure is its own process's user + system time (from /proc/<pid>/stat) over the
-measured window divided by its polls (counted in nginx's access log, so dagsnap runs at its
+dagsnap's figure is its own process's CPU time (its threads' counters in
+/proc/<pid>/task/*/schedstat, in nanoseconds) over the measured window divided by its polls (counted in nginx's access log, so dagsnap runs at its
 default log level); the server's work is not counted for either.
 
 Needs nginx and fcgiwrap (apt-get install nginx fcgiwrap); runs them as the current user in a
@@ -106,9 +106,9 @@ def dagsnap_idle(binary, url, tmp, name, seconds, period, access_log):
                                 env=bench.env(), stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(2)
-        ticks0, polls0 = bench.proc_cpu_ticks(proc.pid)[0], polls()
+        ns0, ticks0, polls0 = bench.proc_threads_cpu_ns(proc.pid), bench.proc_cpu_ticks(proc.pid)[0], polls()
         time.sleep(seconds)
-        ticks1, polls1 = bench.proc_cpu_ticks(proc.pid)[0], polls()
+        cpu, polls1 = bench.cpu_between(proc.pid, ns0, ticks0), polls()
     finally:
         proc.terminate()
         proc.wait()
@@ -116,7 +116,7 @@ def dagsnap_idle(binary, url, tmp, name, seconds, period, access_log):
     failed = open(log_path).read().count("sync failed")
     if failed:
         sys.exit(f"{failed} poll(s) failed; see {log_path}")
-    return (ticks1 - ticks0) / os.sysconf("SC_CLK_TCK") / max(n, 1), n
+    return cpu / max(n, 1), n
 
 
 def ls_remote_cpu(url, runs=20):

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+
 use crate::git::redact::Redactor;
 
 #[derive(Debug, thiserror::Error)]
@@ -331,8 +333,9 @@ impl Access {
             .map(|o| *o)
             .unwrap_or_default();
         let mut extra_ca: Vec<PathBuf> = self.ca_file.iter().cloned().collect();
-        // `http.sslCAInfo` / GIT_SSL_CAINFO, which the reqwest backend does not apply by itself.
-        extra_ca.extend(options.ssl_ca_info.take());
+        // `http.sslCAInfo` / GIT_SSL_CAINFO, which the reqwest backend does not apply by itself
+        // (left in the options for the listing's own connection, see `git::listing`).
+        extra_ca.extend(options.ssl_ca_info.clone());
         let timeout = self.http_timeout;
         let configure: Box<http::reqwest::ConfigureClientFn> = Box::new(move |builder| {
             let mut roots = Vec::new();
@@ -405,20 +408,29 @@ pub fn proxy_for(url: &str) -> Option<(String, String)> {
 /// once per process. Reading it costs about 5 ms (every file of /etc/ssl/certs), and gix builds
 /// an HTTP client for every poll; certificates it cannot read are skipped, as the platform
 /// verifier skips them.
-fn system_roots() -> &'static [reqwest::Certificate] {
-    static ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+pub(super) fn system_root_certificates() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
     ROOTS.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();
         for error in &found.errors {
             tracing::debug!(%error, "skipping an unreadable certificate of the system's store");
         }
-        let roots: Vec<_> = found
-            .certs
+        tracing::debug!(
+            certificates = found.certs.len(),
+            "read the system's trust store"
+        );
+        found.certs
+    })
+}
+
+/// [`system_root_certificates`], as the HTTP client takes them.
+fn system_roots() -> &'static [reqwest::Certificate] {
+    static ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        system_root_certificates()
             .iter()
             .filter_map(|der| reqwest::Certificate::from_der(der).ok())
-            .collect();
-        tracing::debug!(certificates = roots.len(), "read the system's trust store");
-        roots
+            .collect()
     })
 }
 

@@ -9,6 +9,7 @@ use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
 use super::http::SharedHttp;
+use super::listing::{Listing, Settings};
 use super::remote::{Remote, Target};
 use super::{error_chain, SourceError};
 use crate::fsutil::{self, Context, IoError};
@@ -96,7 +97,20 @@ pub struct Cache {
     created_dir: bool,
     /// The HTTP backend every conversation of this cache uses.
     http: SharedHttp,
+    /// What the next poll over HTTP asks first (see [`IdleCheck`]).
+    idle: Option<IdleCheck>,
     _lock: FileLock,
+}
+
+/// The last poll's question over HTTP and what was concluded from its answer: if the server
+/// answers the same `ls-refs` request byte for byte as it did, the target is where it was and
+/// the poll needs no conversation (see `git::http`). Valid while the credentials are the
+/// ones it was asked with, and until the cache is reset.
+struct IdleCheck {
+    listing: Listing,
+    password: Option<String>,
+    commit: ObjectId,
+    ref_name: String,
 }
 
 impl std::fmt::Debug for Cache {
@@ -162,6 +176,7 @@ impl Cache {
             reset_due: false,
             created_dir,
             http: SharedHttp::default(),
+            idle: None,
             config,
             _lock: lock,
         })
@@ -267,6 +282,7 @@ impl Cache {
             &self.config,
         )?;
         self.resolved = None;
+        self.idle = None;
         self.reset_due = false;
         Ok(())
     }
@@ -284,6 +300,28 @@ impl Cache {
     ) -> Result<Observation, SourceError> {
         self.maintain()?;
         let observed_at = SystemTime::now();
+        // Read the password now, every time: a rotated token is picked up without a restart.
+        let password = current_password(remote)?;
+        if let Some(check) = self.idle.take() {
+            // The commit was in the cache when the check was made, and only a reset (which
+            // drops the check) removes what the target ref holds.
+            let settings = Settings {
+                timeout: remote.access.http_timeout,
+                ca_file: remote.access.ca_file.as_deref(),
+            };
+            if check.password == password && self.http.answers_as_before(&check.listing, &settings)
+            {
+                tracing::debug!(commit = %check.commit, "the remote answered the last listing as before");
+                let observation = Observation {
+                    commit: check.commit,
+                    ref_name: check.ref_name.clone(),
+                    observed_at,
+                    fetched: false,
+                };
+                self.idle = Some(check);
+                return Ok(observation);
+            }
+        }
         let repo = self.repo();
         if let Target::Commit(id) = &remote.target {
             if repo.has_object(id) {
@@ -300,7 +338,7 @@ impl Cache {
         if remote.is_ssh() {
             let _ = std::fs::write(&ssh_log, b"");
         }
-        let result = self.talk(&repo, remote, progress, interrupt);
+        let result = self.talk(&repo, remote, password.as_deref(), progress, interrupt);
         if result.is_err() {
             self.http.forget_advertisement();
         }
@@ -309,6 +347,13 @@ impl Cache {
             self.resolved = None;
         }
         let (commit, ref_name, fetched) = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
+        // The listing of the conversation that just ended (its `ls-refs`, made last).
+        self.idle = self.http.take_listing().map(|listing| IdleCheck {
+            listing,
+            password,
+            commit,
+            ref_name: ref_name.clone(),
+        });
         if fetched {
             self.after_fetch()?;
         }
@@ -326,24 +371,16 @@ impl Cache {
         &mut self,
         repo: &gix::Repository,
         remote: &Remote,
+        password: Option<&str>,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<(ObjectId, String, bool), SourceError> {
-        // Read the password now, every time: a rotated token is picked up without a restart.
-        let password = current_password(remote)?;
         let spec_source = match (&remote.target, &self.resolved) {
             (Target::RemoteHead, _) => "HEAD".to_string(),
             (Target::Commit(id), _) => id.to_string(),
             (Target::Name(_), Some(full)) => full.clone(),
             (Target::Name(name), None) => {
-                let full = self.resolve_name(
-                    repo,
-                    remote,
-                    password.as_deref(),
-                    name,
-                    progress,
-                    interrupt,
-                )?;
+                let full = self.resolve_name(repo, remote, password, name, progress, interrupt)?;
                 self.resolved = Some(full.clone());
                 full
             }
@@ -351,7 +388,7 @@ impl Cache {
         fetch_if_needed(
             repo,
             remote,
-            password.as_deref(),
+            password,
             &spec_source,
             TARGET_REF,
             progress,
@@ -760,6 +797,8 @@ fn fetch_if_needed(
     http: &SharedHttp,
 ) -> Result<(ObjectId, String, bool), SourceError> {
     let git_remote = make_remote(repo, remote, &[format!("+{spec_source}:{local_ref}")])?;
+    // The listing this exchange makes is the one a later poll may ask again, not any before it.
+    http.forget_listing();
     let connection = open_connection(&git_remote, repo, remote, password, interrupt, http)?;
     let prepare = connection
         .prepare_fetch(progress.add_child("list refs"), Default::default())

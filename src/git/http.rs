@@ -18,6 +18,26 @@
 //! a terminal. gix never does, and nothing reads those messages here: for a one-file update they
 //! weigh about 700 bytes, as much as the change itself. [`NoProgress`] adds the argument to each
 //! fetch request on its way out.
+//!
+//! gix's HTTP backend makes each request on a worker thread of its own and hands every piece
+//! over through a channel that waits for the other side: each pkt-line of a request body, and
+//! each header name, colon and value of the response, is a trip between two threads. For an
+//! idle poll that is some fifty context switches, which cost more than everything else the
+//! poll does. So [`SharedHttp`] makes a `POST` (ls-refs, fetch) itself, on the calling thread,
+//! with a client built once from the same settings gix's would be built from (trust roots,
+//! timeout, proxies from the environment, `http.extraHeader`): the body is collected, sent in
+//! one piece when gix starts reading the answer, and a successful answer is read straight from
+//! the client. Anything else — a redirect, an error status (401 included), a connection that
+//! fails — and the request is made again through gix's backend, unchanged, so that redirects,
+//! credentials and every error are handled and worded exactly as gix does; requests to
+//! `upload-pack` only read, so asking twice is harmless. Once gix has followed a redirect, its
+//! backend makes every request.
+//!
+//! An idle poll then needs no conversation at all. The `ls-refs` request of a conversation is
+//! kept with the server's answer ([`Listing`]); the next poll makes that request again
+//! ([`SharedHttp::answers_as_before`]), and an answer that is the same, byte for byte, lists
+//! the same refs at the same commits: whatever gix would conclude from it, it concluded last
+//! time. Any other answer, or none, and the poll has the conversation as usual.
 
 use std::io::{self, BufRead, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +46,8 @@ use std::time::{Duration, Instant};
 use gix::protocol::transport::client::blocking_io::http as gix_http;
 use gix::protocol::transport::Protocol;
 use gix_http::Http;
+
+use super::listing::{Listing, Relister, Settings};
 
 /// How long a server's capability advertisement is reused (see the module's documentation).
 const ADVERTISEMENT_TTL: Duration = Duration::from_secs(60);
@@ -36,11 +58,33 @@ type BackendReader = <Backend as Http>::ResponseBody;
 /// gix's reqwest HTTP backend (an HTTP client with its TLS roots and connection pool, on a
 /// worker thread), kept for the life of the cache and lent to each conversation's transport:
 /// a backend per conversation would build a client, start its threads and connect anew at
-/// every poll. With it, the last capability advertisement.
+/// every poll. With it, the client that makes `POST`s on the calling thread, and the last
+/// capability advertisement.
 #[derive(Clone, Default)]
 pub(super) struct SharedHttp {
     backend: Arc<Mutex<Backend>>,
+    direct: Arc<Mutex<Direct>>,
     advertisement: Arc<Mutex<Option<Advertisement>>>,
+    /// The last `ls-refs` exchange made on this thread and answered in full.
+    listing: Arc<Mutex<Option<Listing>>>,
+    /// The connection that asks it again.
+    relister: Arc<Mutex<Relister>>,
+}
+
+/// The largest `ls-refs` answer kept whole. One ref's line is under 100 bytes; a listing of all
+/// of a large repository's refs (a short `--ref` is looked up once that way) is passed on as it
+/// is read instead.
+const LISTING_LIMIT: usize = 256 * 1024;
+/// A protocol v2 request's first pkt-line, when it is an `ls-refs`.
+const LS_REFS_COMMAND: &[u8] = b"0014command=ls-refs\n";
+
+/// The client for requests made on the calling thread (see the module's documentation).
+#[derive(Default)]
+struct Direct {
+    /// The transport options of the current conversation, as gix's backend receives them.
+    options: Option<gix_http::Options>,
+    /// Built once, at the first request that can use it.
+    client: Option<reqwest::blocking::Client>,
 }
 
 /// A complete capability advertisement, as the server sent it.
@@ -71,6 +115,100 @@ impl SharedHttp {
     pub(super) fn forget_advertisement(&self) {
         *lock(&self.advertisement) = None;
     }
+
+    /// Forget the `ls-refs` exchange kept so far: a conversation whose listing may be asked
+    /// again starts.
+    pub(super) fn forget_listing(&self) {
+        *lock(&self.listing) = None;
+    }
+
+    /// The `ls-refs` exchange of the conversation that just ended, if it was made on this
+    /// thread and answered in full.
+    pub(super) fn take_listing(&self) -> Option<Listing> {
+        lock(&self.listing).take()
+    }
+
+    /// Make `listing`'s request again: whether the server answers it exactly as it did (false
+    /// when it cannot be asked, or the answer differs in any way, or is not a success). Asked
+    /// on a connection of this thread's ([`Relister`]) where it can be, else through the HTTP
+    /// client.
+    pub(super) fn answers_as_before(&self, listing: &Listing, settings: &Settings) -> bool {
+        if self.backend().redirected_base_url().is_some() {
+            return false;
+        }
+        match lock(&self.relister).ask(listing, settings) {
+            Ok(same) => return same,
+            Err(why) => {
+                tracing::trace!(why = %why.0, "the refs are listed again through the HTTP client")
+            }
+        }
+        let Some((client, _)) = self.direct_client() else {
+            return false;
+        };
+        let sent = client
+            .post(&listing.url)
+            .headers(listing.headers.clone())
+            .body(listing.body.clone())
+            .send();
+        let response = match sent {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => {
+                tracing::debug!(status = %response.status(), "the refs were not listed again");
+                return false;
+            }
+            Err(error) => {
+                tracing::debug!(error = %super::error_chain(&error), "the refs were not listed again");
+                return false;
+            }
+        };
+        // One byte more than the last answer is enough to know this one differs.
+        let mut answer = Vec::with_capacity(listing.answer.len() + 1);
+        let read = response
+            .take(listing.answer.len() as u64 + 1)
+            .read_to_end(&mut answer);
+        read.is_ok() && answer == listing.answer
+    }
+
+    /// The client for a request made on this thread, with the extra headers git configuration
+    /// asks for; `None` when gix's backend must make it: it has followed a redirect (it
+    /// rewrites later URLs), or the options are not dagsnap's (a request hook this client would
+    /// not run), or the client cannot be built (gix's backend then says why).
+    fn direct_client(&self) -> Option<(reqwest::blocking::Client, gix_http::Options)> {
+        if self.backend().redirected_base_url().is_some() {
+            return None;
+        }
+        let mut direct = lock(&self.direct);
+        let options = direct.options.clone()?;
+        if direct.client.is_none() {
+            direct.client = build_direct_client(&options);
+        }
+        Some((direct.client.clone()?, options))
+    }
+}
+
+/// A client like the one gix's reqwest backend builds from `options` (its connect timeout and
+/// header case, then dagsnap's settings: trust roots and timeout), except that it follows no
+/// redirect: a redirect is gix's to follow.
+fn build_direct_client(options: &gix_http::Options) -> Option<reqwest::blocking::Client> {
+    let settings = options.backend.as_ref()?;
+    let mut settings = settings.lock().ok()?;
+    let settings = settings.downcast_mut::<gix_http::reqwest::Options>()?;
+    if settings.configure_request.is_some() {
+        return None;
+    }
+    let mut builder = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(20))
+        .http1_title_case_headers();
+    if let Some(configure) = settings.configure_client.as_mut() {
+        builder = configure(builder)
+            .inspect_err(|error| tracing::debug!(%error, "HTTP requests go through gix's client"))
+            .ok()?;
+    }
+    builder
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .inspect_err(|error| tracing::debug!(%error, "HTTP requests go through gix's client"))
+        .ok()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,7 +220,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Http for SharedHttp {
     type Headers = Reader;
     type ResponseBody = Reader;
-    type PostBody = NoProgress<<Backend as Http>::PostBody>;
+    type PostBody = NoProgress<PostBody>;
 
     fn get(
         &mut self,
@@ -135,15 +273,38 @@ impl Http for SharedHttp {
         body: gix_http::PostBodyDataKind,
     ) -> gix::error::Result<gix_http::PostResponse<Self::Headers, Self::ResponseBody, Self::PostBody>>
     {
-        let response = self.backend().post(url, base_url, headers, body)?;
+        let headers: Vec<String> = headers.into_iter().map(|h| h.as_ref().to_owned()).collect();
+        if let Some((client, options)) = self.direct_client() {
+            let exchange = Arc::new(Mutex::new(Exchange::Writing(Pending {
+                listing: Arc::clone(&self.listing),
+                extra_headers: options.extra_headers,
+                ca_info: options.ssl_ca_info,
+                client,
+                url: url.to_owned(),
+                base_url: base_url.to_owned(),
+                headers,
+                kind: body,
+                body: Vec::new(),
+                backend: Arc::clone(&self.backend),
+            })));
+            return Ok(gix_http::PostResponse {
+                post_body: NoProgress::new(PostBody::Collected(Arc::clone(&exchange))),
+                headers: Reader::Unsent(Arc::clone(&exchange), Part::Headers),
+                body: Reader::Unsent(exchange, Part::Body),
+            });
+        }
+        let response = self.backend().post(url, base_url, &headers, body)?;
         Ok(gix_http::PostResponse {
-            post_body: NoProgress::new(response.post_body),
+            post_body: NoProgress::new(PostBody::Relayed(response.post_body)),
             headers: Reader::Live(response.headers),
             body: Reader::Live(response.body),
         })
     }
 
     fn configure(&mut self, config: &dyn std::any::Any) -> gix::error::Result {
+        if let Some(options) = config.downcast_ref::<gix_http::Options>() {
+            lock(&self.direct).options = Some(options.clone());
+        }
         self.backend().configure(config)
     }
 
@@ -152,8 +313,9 @@ impl Http for SharedHttp {
     }
 }
 
-/// A response's headers or body: from the server, recorded as it is read (an advertisement),
-/// or replayed from a recorded advertisement.
+/// A response's headers or body: from the server through gix's backend, recorded as it is read
+/// (an advertisement), replayed from a recorded advertisement, or from a request made on this
+/// thread (before it is sent, once it is answered, or how it failed).
 pub(super) enum Reader {
     Live(BackendReader),
     Recorded {
@@ -161,6 +323,212 @@ pub(super) enum Reader {
         record: Record,
     },
     Replayed(io::Cursor<Arc<[u8]>>),
+    Unsent(Arc<Mutex<Exchange>>, Part),
+    Held(io::Cursor<Vec<u8>>),
+    Body(io::BufReader<Box<dyn Read + Send>>),
+    Failed(Option<io::Error>),
+}
+
+/// Which part of an answer a reader reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Part {
+    Headers,
+    Body,
+}
+
+/// A `POST` made on the calling thread: its body being written, then the parts of its answer
+/// that neither reader has taken yet.
+pub(super) enum Exchange {
+    Writing(Pending),
+    Sent {
+        headers: Option<Reader>,
+        body: Option<Reader>,
+    },
+}
+
+/// A request whose body is being written.
+pub(super) struct Pending {
+    /// Where an `ls-refs` exchange is kept once answered.
+    listing: Arc<Mutex<Option<Listing>>>,
+    client: reqwest::blocking::Client,
+    url: String,
+    base_url: String,
+    headers: Vec<String>,
+    extra_headers: Vec<String>,
+    /// `http.sslCAInfo`, kept with a listing.
+    ca_info: Option<std::path::PathBuf>,
+    kind: gix_http::PostBodyDataKind,
+    body: Vec<u8>,
+    /// Where the request goes if this thread's attempt is not answered with success.
+    backend: Arc<Mutex<Backend>>,
+}
+
+impl Pending {
+    /// Send the request; the answer's headers and body.
+    fn send(self) -> (Reader, Reader) {
+        match self.attempt() {
+            Ok((sent_headers, response)) => {
+                let mut headers = Vec::new();
+                for (name, value) in response.headers() {
+                    headers.extend_from_slice(name.as_str().as_bytes());
+                    headers.push(b':');
+                    headers.extend_from_slice(value.as_bytes());
+                    headers.push(b'\n');
+                }
+                let body = if self.body.starts_with(LS_REFS_COMMAND) {
+                    self.keep_listing(sent_headers, response)
+                } else {
+                    Reader::Body(io::BufReader::with_capacity(64 * 1024, Box::new(response)))
+                };
+                (Reader::Held(io::Cursor::new(headers)), body)
+            }
+            Err(why) => {
+                tracing::debug!(url = %self.url, %why, "the request is made again through gix's HTTP client");
+                self.relay()
+            }
+        }
+    }
+
+    /// The request on this thread; the headers sent and a successful answer, or why it is not
+    /// one.
+    fn attempt(&self) -> Result<(reqwest::header::HeaderMap, reqwest::blocking::Response), String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for line in self.headers.iter().chain(&self.extra_headers) {
+            insert_header(&mut headers, line);
+        }
+        let response = self
+            .client
+            .post(&self.url)
+            .headers(headers.clone())
+            .body(self.body.clone())
+            .send()
+            .map_err(|e| super::error_chain(&e))?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP status {}", response.status()));
+        }
+        Ok((headers, response))
+    }
+
+    /// Read an `ls-refs` answer whole and keep the exchange; an answer too large to keep is
+    /// passed on as it is read, and one that cannot be read fails as it would have.
+    fn keep_listing(
+        &self,
+        headers: reqwest::header::HeaderMap,
+        response: reqwest::blocking::Response,
+    ) -> Reader {
+        let mut answer = Vec::new();
+        let mut response = response.take(LISTING_LIMIT as u64 + 1);
+        if let Err(error) = response.read_to_end(&mut answer) {
+            return Reader::Failed(Some(error));
+        }
+        if answer.len() > LISTING_LIMIT {
+            let rest = io::Cursor::new(answer).chain(response.into_inner());
+            return Reader::Body(io::BufReader::with_capacity(64 * 1024, Box::new(rest)));
+        }
+        *lock(&self.listing) = Some(Listing {
+            url: self.url.clone(),
+            headers,
+            body: self.body.clone(),
+            answer: answer.clone(),
+            ca_info: self.ca_info.clone(),
+        });
+        Reader::Held(io::Cursor::new(answer))
+    }
+
+    /// The same request through gix's backend, its body written in one piece (each write is a
+    /// trip to gix's thread).
+    fn relay(self) -> (Reader, Reader) {
+        let response =
+            match lock(&self.backend).post(&self.url, &self.base_url, &self.headers, self.kind) {
+                Ok(response) => response,
+                Err(error) => {
+                    let failed = || Reader::Failed(Some(io::Error::other(error.to_string())));
+                    return (failed(), failed());
+                }
+            };
+        let mut post_body = response.post_body;
+        let written = post_body.write_all(&self.body);
+        drop(post_body);
+        match written {
+            Ok(()) => (Reader::Live(response.headers), Reader::Live(response.body)),
+            Err(error) => (Reader::Failed(Some(error)), Reader::Live(response.body)),
+        }
+    }
+}
+
+/// Add one `name: value` line to `headers`, as gix's backend does: a line it cannot parse
+/// (git configuration may hold anything) is left out, and a name given twice is sent twice.
+fn insert_header(headers: &mut reqwest::header::HeaderMap, line: &str) {
+    let Some((name, value)) = line.split_once(':') else {
+        return;
+    };
+    let name = reqwest::header::HeaderName::from_bytes(name.as_bytes());
+    let value = reqwest::header::HeaderValue::try_from(value.trim());
+    if let (Ok(name), Ok(value)) = (name, value) {
+        headers.append(name, value);
+    }
+}
+
+/// Send the exchange's request if it was not sent yet, and take `part` of its answer.
+fn take_part(exchange: &Mutex<Exchange>, part: Part) -> Reader {
+    let mut exchange = lock(exchange);
+    if let Exchange::Writing(_) = &*exchange {
+        let sent = Exchange::Sent {
+            headers: None,
+            body: None,
+        };
+        if let Exchange::Writing(pending) = std::mem::replace(&mut *exchange, sent) {
+            let (headers, body) = pending.send();
+            *exchange = Exchange::Sent {
+                headers: Some(headers),
+                body: Some(body),
+            };
+        }
+    }
+    let taken = match (&mut *exchange, part) {
+        (Exchange::Sent { headers, .. }, Part::Headers) => headers.take(),
+        (Exchange::Sent { body, .. }, Part::Body) => body.take(),
+        (Exchange::Writing(_), _) => None,
+    };
+    taken.unwrap_or_else(|| {
+        let part = match part {
+            Part::Headers => "headers",
+            Part::Body => "body",
+        };
+        Reader::Failed(Some(io::Error::other(format!(
+            "the response's {part} was read twice"
+        ))))
+    })
+}
+
+/// A request body: collected for a request made on this thread, or handed to gix's backend.
+pub(super) enum PostBody {
+    Collected(Arc<Mutex<Exchange>>),
+    Relayed(<Backend as Http>::PostBody),
+}
+
+impl Write for PostBody {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            PostBody::Relayed(inner) => inner.write(buf),
+            PostBody::Collected(exchange) => match &mut *lock(exchange) {
+                Exchange::Writing(pending) => {
+                    pending.body.extend_from_slice(buf);
+                    Ok(buf.len())
+                }
+                Exchange::Sent { .. } => Err(io::Error::other(
+                    "the request was sent before its body was complete",
+                )),
+            },
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            PostBody::Relayed(inner) => inner.flush(),
+            PostBody::Collected(_) => Ok(()),
+        }
+    }
 }
 
 /// Where a recorded reader's bytes go.
@@ -205,9 +573,18 @@ impl Read for Reader {
 
 impl BufRead for Reader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if let Reader::Unsent(exchange, part) = self {
+            *self = take_part(exchange, *part);
+        }
         match self {
             Reader::Live(inner) => inner.fill_buf(),
             Reader::Replayed(cursor) => cursor.fill_buf(),
+            Reader::Held(cursor) => cursor.fill_buf(),
+            Reader::Body(response) => response.fill_buf(),
+            Reader::Failed(error) => Err(error
+                .take()
+                .unwrap_or_else(|| io::Error::other("the request failed"))),
+            Reader::Unsent(..) => Ok(&[]),
             Reader::Recorded { inner, record } => {
                 let available = inner.fill_buf()?;
                 if available.is_empty() {
@@ -222,6 +599,9 @@ impl BufRead for Reader {
         match self {
             Reader::Live(inner) => inner.consume(amount),
             Reader::Replayed(cursor) => cursor.consume(amount),
+            Reader::Held(cursor) => cursor.consume(amount),
+            Reader::Body(response) => response.consume(amount),
+            Reader::Unsent(..) | Reader::Failed(_) => {}
             Reader::Recorded { inner, record } => {
                 // What is consumed is the start of the buffer the last `fill_buf` returned, which
                 // asking again returns without reading.

@@ -10,6 +10,8 @@
 //! what to do), [`redact`] (secrets never printed), [`tree`] (a commit's tree as a list of
 //! entries, with the path rules git applies on Linux), [`blobs`] (objects as a snapshot's
 //! content) and [`pages`] (pack pages handed back, so memory does not grow with the repository),
+//! [`http`] (the HTTP client gix's conversations go through) and [`listing`] (an idle poll
+//! over HTTP: the last ref listing asked again on a connection of its own),
 //! [`select`] (`--subdir` and sparse
 //! patterns: the part of a commit that is published) and [`submodules`] (each submodule's
 //! commit fetched into a cache of its own and filled into the entry list).
@@ -17,13 +19,16 @@
 //! The cache is never on the shared volume and never seen by readers; it holds the only git
 //! state dagsnap has. Each cycle asks the remote for the target's commit (handshake + ls-refs)
 //! and stops there if that commit is already in the cache, so an idle poll costs one round trip
-//! and no writes. Only a new commit causes a pack to be negotiated and received.
+//! and no writes; over HTTP, once a conversation has listed the refs, the next poll only asks
+//! that listing again and has a conversation only if the answer differs. Only a new commit
+//! causes a pack to be negotiated and received.
 
 pub mod access;
 mod blobs;
 mod cache;
 pub mod diagnose;
 mod http;
+mod listing;
 pub mod pages;
 pub mod redact;
 mod remote;

@@ -77,6 +77,8 @@ pub enum Door {
     Public,
     Private,
     Forbidden,
+    /// Answers every request with a permanent redirect to the public door.
+    Moved,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -160,6 +162,11 @@ impl HttpServer {
     }
 
     pub fn start_with(tls: bool, user: &str, password: &str) -> HttpServer {
+        Self::start_tuned(tls, user, password, "")
+    }
+
+    /// A server with `directives` added to nginx's `http` block (keep-alive limits, say).
+    pub fn start_tuned(tls: bool, user: &str, password: &str, directives: &str) -> HttpServer {
         let nginx = require("nginx", "nginx");
         let fcgiwrap = require("fcgiwrap", "fcgiwrap");
         let backend = Path::new("/usr/lib/git-core/git-http-backend");
@@ -239,9 +246,11 @@ http {{
   proxy_temp_path {d}/proxy;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
+  {directives}
   server {{
     {listen}
     location ~ ^/forbidden/ {{ return 403; }}
+    location ~ ^/moved/(.*)$ {{ return 301 /$1$is_args$args; }}
     location ~ ^/private(/.*)$ {{
       auth_basic "git";
       auth_basic_user_file {htpasswd};
@@ -296,6 +305,7 @@ http {{
             Door::Public => "",
             Door::Private => "private/",
             Door::Forbidden => "forbidden/",
+            Door::Moved => "moved/",
         };
         format!("{scheme}://127.0.0.1:{}/{prefix}{name}", self.port)
     }

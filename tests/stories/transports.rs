@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::servers::{HttpServer, SshServer};
+use crate::servers::{Door, HttpServer, SshServer};
 use crate::support::*;
 
 #[test]
@@ -77,6 +77,119 @@ fn an_idle_poll_is_one_request_for_one_ref_and_negotiates_nothing() {
     assert_eq!(
         cache_before, cache_after,
         "idle polls wrote nothing to the cache"
+    );
+}
+
+/// What the idle polls of a loop did: polls, and how many were settled by asking the last
+/// listing again on dagsnap's own connection, and how many of those could not be asked.
+fn idle_poll_counts(daemon: &Daemon) -> (usize, usize, usize) {
+    let logs = daemon.logs();
+    (
+        logs.matches("up to date").count(),
+        logs.matches("the remote answered the last listing as before")
+            .count(),
+        logs.matches("the refs could not be listed again").count(),
+    )
+}
+
+#[test]
+fn idle_polls_over_https_ask_again_on_a_kept_connection_that_the_server_may_close() {
+    const USER: &str = "ci-bot";
+    const TOKEN: &str = "glpat-Idl3P0llT0ken";
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "one\n")], "one");
+    // nginx closes a connection after its third request, or after 150 ms without one.
+    let server = HttpServer::start_tuned(
+        true,
+        USER,
+        TOKEN,
+        "keepalive_requests 3; keepalive_timeout 150ms;",
+    );
+    server.serve(&remote.dir, "dags.git");
+    let url = server.url(Door::Private, "dags.git");
+    let scratch = Scratch::new();
+    let password = scratch.path("token");
+    std::fs::write(&password, TOKEN).unwrap();
+    let (ca, pw) = (
+        server.ca_file.display().to_string(),
+        password.display().to_string(),
+    );
+    let access = ["--username", USER, "--password-file", &pw, "--ca-file", &ca];
+
+    // Polls 50 ms apart: the server closes every third request's connection itself. Then
+    // 300 ms apart: it has closed the kept connection by the next poll.
+    for period in ["50ms", "300ms"] {
+        let mut daemon = spawn_loop(
+            &scratch,
+            &url,
+            &[&access[..], &["--period", period, "--log-level", "debug"]].concat(),
+        );
+        wait_until(Duration::from_secs(60), "eight idle polls", || {
+            idle_poll_counts(&daemon).0 >= 8
+        });
+        if period == "300ms" {
+            let second = remote.commit(&[("dags/a.py", "two\n")], "two");
+            server.update(&remote.dir, "dags.git");
+            daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+        }
+        daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            daemon.wait(Duration::from_secs(30)).success(),
+            "{}",
+            daemon.logs()
+        );
+        let (polls, asked_again, not_asked) = idle_poll_counts(&daemon);
+        // The first poll of a process has the conversation that makes the listing.
+        assert!(
+            asked_again + 1 >= polls && not_asked == 0,
+            "every {period} idle poll but the first asks the listing again: {polls} polls, \
+             {asked_again} asked again, {not_asked} could not be asked\n{}",
+            daemon.logs()
+        );
+        assert!(!daemon.logs().contains("sync failed"), "{}", daemon.logs());
+    }
+    assert_eq!(read_current(&scratch.root(), "dags/a.py"), "two\n");
+}
+
+#[test]
+fn a_moved_repository_is_followed_through_its_redirect() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "one\n")], "one");
+    let server = HttpServer::start();
+    server.serve(&remote.dir, "dags.git");
+    let url = server.url(Door::Moved, "dags.git");
+    let scratch = Scratch::new();
+    let mut daemon = spawn_loop(
+        &scratch,
+        &url,
+        &["--period", "50ms", "--log-level", "debug"],
+    );
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "five idle polls", || {
+        idle_poll_counts(&daemon).0 >= 5
+    });
+    let second = remote.commit(&[("dags/a.py", "two\n")], "two");
+    server.update(&remote.dir, "dags.git");
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.logs()
+    );
+    assert!(!daemon.logs().contains("sync failed"), "{}", daemon.logs());
+    // The handshake follows the redirect (as git does, for the first request only); every
+    // later request goes where it led, through gix's client, which knows it was redirected.
+    let log = server.access_log();
+    let posts: Vec<&str> = log.lines().filter(|l| l.contains("\"POST ")).collect();
+    assert!(
+        !posts.is_empty() && posts.iter().all(|l| !l.contains("/moved/")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"GET /moved/dags.git/info/refs")),
+        "{log}"
     );
 }
 
