@@ -6,13 +6,17 @@ tests/fixtures/git-sync-v4.sh (git-sync v4's steps: ls-remote, the worktree chec
 each with the processes it starts.
 
 dagsnap's figure is its own process's CPU time (its threads' counters in
-/proc/<pid>/task/*/schedstat, in nanoseconds) over the measured window divided by its polls (counted in nginx's access log, so dagsnap runs at its
-default log level); the server's work is not counted for either.
+/proc/<pid>/task/*/schedstat, in nanoseconds) over the measured window divided by its polls
+(counted in nginx's access log, so dagsnap runs at its default log level); the server's work is
+not counted for either.
 
 Needs nginx and fcgiwrap (apt-get install nginx fcgiwrap); runs them as the current user in a
 temporary directory.
 
-Usage: bench/idle_http.py [--seconds 20] [--period 100ms] [--sizes 200,10000]
+With --tls the server speaks https with a certificate of a CA made for the run (openssl), which
+dagsnap and git both trust through GIT_SSL_CAINFO (git's http.sslCAInfo).
+
+Usage: bench/idle_http.py [--seconds 20] [--period 100ms] [--sizes 200,10000] [--tls]
 """
 
 import argparse
@@ -32,11 +36,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Server:
     """nginx in front of fcgiwrap running git-http-backend, serving `projects`."""
 
-    def __init__(self, tmp, projects, access_log=None):
+    def __init__(self, tmp, projects, access_log=None, tls=False):
         self.port = bench.free_port()
+        self.scheme = "https" if tls else "http"
         d = os.path.join(tmp, "nginx")
         for sub in ("body", "fastcgi", "proxy", "uwsgi", "scgi"):
             os.makedirs(os.path.join(d, sub))
+        listen = f"listen 127.0.0.1:{self.port};"
+        if tls:
+            make_certificates(d)
+            listen = (f"listen 127.0.0.1:{self.port} ssl; ssl_certificate {d}/server.pem; "
+                      f"ssl_certificate_key {d}/server.key;")
+            self.ca_file = os.path.join(d, "ca.pem")
         socket_path = os.path.join(d, "fcgi.sock")
         self.fcgi = subprocess.Popen(["fcgiwrap", "-c", "4", "-s", f"unix:{socket_path}"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -57,7 +68,7 @@ http {{
   client_body_temp_path {d}/body; fastcgi_temp_path {d}/fastcgi; proxy_temp_path {d}/proxy;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   server {{
-    listen 127.0.0.1:{self.port};
+    {listen}
     location / {{
       include /etc/nginx/fastcgi_params;
       fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
@@ -87,6 +98,21 @@ http {{
         for proc in (self.nginx, self.fcgi):
             os.killpg(proc.pid, 9)
             proc.wait()
+
+
+def make_certificates(d):
+    """A CA, and a certificate for 127.0.0.1 it signed, in `d`."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=dagsnap bench CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
 
 
 def dagsnap_idle(binary, url, tmp, name, seconds, period, access_log):
@@ -152,6 +178,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--period", default="100ms")
     parser.add_argument("--sizes", default="200,10000")
+    parser.add_argument("--tls", action="store_true", help="serve over https")
     args = bench.parse_args(parser)
     binary = args.binary
     rows = []
@@ -163,10 +190,12 @@ def main():
             bench.make_repo(work, size, max(1, size // 50), binaries=0)
             bench.git("clone", "-q", "--bare", work, os.path.join(projects, f"r{size}.git"), cwd=tmp)
         access_log = os.path.join(tmp, "access.log")
-        server = Server(tmp, projects, access_log=access_log)
+        server = Server(tmp, projects, access_log=access_log, tls=args.tls)
+        if args.tls:
+            os.environ["GIT_SSL_CAINFO"] = server.ca_file
         try:
             for size in (int(s) for s in args.sizes.split(",")):
-                url = f"http://127.0.0.1:{server.port}/r{size}.git"
+                url = f"{server.scheme}://127.0.0.1:{server.port}/r{size}.git"
                 per_poll, polls = dagsnap_idle(binary, url, tmp, f"d{size}", args.seconds, args.period,
                                                access_log)
                 git = ls_remote_cpu(url)
@@ -174,7 +203,8 @@ def main():
                 rows.append((size, per_poll, polls, git, model))
         finally:
             server.close()
-    print("Idle polls over HTTP (nginx + git-http-backend on 127.0.0.1), CPU of the client side\n")
+    scheme = "HTTPS" if args.tls else "HTTP"
+    print(f"Idle polls over {scheme} (nginx + git-http-backend on 127.0.0.1), CPU of the client side\n")
     print("| files | dagsnap per poll | polls | `git ls-remote` | git-sync v4's idle iteration (model) | dagsnap / git-sync |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for size, per_poll, polls, git, model in rows:
