@@ -47,7 +47,7 @@ use gix::protocol::transport::client::blocking_io::http as gix_http;
 use gix::protocol::transport::Protocol;
 use gix_http::Http;
 
-use super::listing::{Listing, Relister, Settings};
+use super::listing::{Answer, Asked, Listing, Relister, Settings, LISTING_LIMIT};
 
 /// How long a server's capability advertisement is reused (see the module's documentation).
 const ADVERTISEMENT_TTL: Duration = Duration::from_secs(60);
@@ -69,12 +69,17 @@ pub(super) struct SharedHttp {
     listing: Arc<Mutex<Option<Listing>>>,
     /// The connection that asks it again.
     relister: Arc<Mutex<Relister>>,
+    /// An answer to the kept listing that differed: the conversation that follows is answered
+    /// from it instead of asking the same question twice in one poll.
+    fresh: Arc<Mutex<Option<Fresh>>>,
 }
 
-/// The largest `ls-refs` answer kept whole. One ref's line is under 100 bytes; a listing of all
-/// of a large repository's refs (a short `--ref` is looked up once that way) is passed on as it
-/// is read instead.
-const LISTING_LIMIT: usize = 256 * 1024;
+/// A listing's request with the answer it was just given.
+struct Fresh {
+    listing: Listing,
+    headers: Vec<u8>,
+}
+
 /// A protocol v2 request's first pkt-line, when it is an `ls-refs`.
 const LS_REFS_COMMAND: &[u8] = b"0014command=ls-refs\n";
 
@@ -123,8 +128,10 @@ impl SharedHttp {
     }
 
     /// The `ls-refs` exchange of the conversation that just ended, if it was made on this
-    /// thread and answered in full.
+    /// thread and answered in full. Whatever fresh answer the conversation did not use is
+    /// forgotten: the next poll asks anew.
     pub(super) fn take_listing(&self) -> Option<Listing> {
+        *lock(&self.fresh) = None;
         lock(&self.listing).take()
     }
 
@@ -136,8 +143,23 @@ impl SharedHttp {
         if self.backend().redirected_base_url().is_some() {
             return false;
         }
-        match lock(&self.relister).ask(listing, settings) {
-            Ok(same) => return same,
+        let asked = lock(&self.relister).ask(listing, settings);
+        match asked {
+            Ok(Asked::Same) => return true,
+            Ok(Asked::Differs(None)) => return false,
+            Ok(Asked::Differs(Some(Answer { headers, body }))) => {
+                *lock(&self.fresh) = Some(Fresh {
+                    listing: Listing {
+                        url: listing.url.clone(),
+                        headers: listing.headers.clone(),
+                        body: listing.body.clone(),
+                        answer: body,
+                        ca_info: listing.ca_info.clone(),
+                    },
+                    headers,
+                });
+                return false;
+            }
             Err(why) => {
                 tracing::trace!(why = %why.0, "the refs are listed again through the HTTP client")
             }
@@ -277,6 +299,7 @@ impl Http for SharedHttp {
         if let Some((client, options)) = self.direct_client() {
             let exchange = Arc::new(Mutex::new(Exchange::Writing(Pending {
                 listing: Arc::clone(&self.listing),
+                fresh: Arc::clone(&self.fresh),
                 extra_headers: options.extra_headers,
                 ca_info: options.ssl_ca_info,
                 client,
@@ -350,6 +373,8 @@ pub(super) enum Exchange {
 pub(super) struct Pending {
     /// Where an `ls-refs` exchange is kept once answered.
     listing: Arc<Mutex<Option<Listing>>>,
+    /// The answer to this very request, if the listing was just asked again.
+    fresh: Arc<Mutex<Option<Fresh>>>,
     client: reqwest::blocking::Client,
     url: String,
     base_url: String,
@@ -366,7 +391,21 @@ pub(super) struct Pending {
 impl Pending {
     /// Send the request; the answer's headers and body.
     fn send(self) -> (Reader, Reader) {
-        match self.attempt() {
+        let headers = self.request_headers();
+        let fresh = lock(&self.fresh).take_if(|fresh| {
+            fresh.listing.url == self.url
+                && fresh.listing.body == self.body
+                && fresh.listing.headers == headers
+        });
+        if let Some(Fresh { listing, headers }) = fresh {
+            let answer = listing.answer.clone();
+            *lock(&self.listing) = Some(listing);
+            return (
+                Reader::Held(io::Cursor::new(headers)),
+                Reader::Held(io::Cursor::new(answer)),
+            );
+        }
+        match self.attempt(headers) {
             Ok((sent_headers, response)) => {
                 let mut headers = Vec::new();
                 for (name, value) in response.headers() {
@@ -391,11 +430,10 @@ impl Pending {
 
     /// The request on this thread; the headers sent and a successful answer, or why it is not
     /// one.
-    fn attempt(&self) -> Result<(reqwest::header::HeaderMap, reqwest::blocking::Response), String> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for line in self.headers.iter().chain(&self.extra_headers) {
-            insert_header(&mut headers, line);
-        }
+    fn attempt(
+        &self,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<(reqwest::header::HeaderMap, reqwest::blocking::Response), String> {
         let response = self
             .client
             .post(&self.url)
@@ -407,6 +445,15 @@ impl Pending {
             return Err(format!("HTTP status {}", response.status()));
         }
         Ok((headers, response))
+    }
+
+    /// The request's headers: gix's, then git configuration's extra ones.
+    fn request_headers(&self) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for line in self.headers.iter().chain(&self.extra_headers) {
+            insert_header(&mut headers, line);
+        }
+        headers
     }
 
     /// Read an `ls-refs` answer whole and keep the exchange; an answer too large to keep is

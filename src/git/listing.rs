@@ -38,6 +38,26 @@ pub(super) struct Settings<'a> {
     pub(super) ca_file: Option<&'a Path>,
 }
 
+/// The largest `ls-refs` answer kept whole. One ref's line is under 100 bytes; a listing of all
+/// of a large repository's refs (a short `--ref` is looked up once that way) is passed on as it
+/// is read instead.
+pub(super) const LISTING_LIMIT: usize = 256 * 1024;
+
+/// What the server said when the listing was asked again.
+pub(super) enum Asked {
+    /// The same answer, byte for byte.
+    Same,
+    /// Another answer; when it is a complete success, its headers (as `name:value` lines) and
+    /// body: the answer the conversation that follows would get, so it need not ask again.
+    Differs(Option<Answer>),
+}
+
+/// A successful answer, whole.
+pub(super) struct Answer {
+    pub(super) headers: Vec<u8>,
+    pub(super) body: Vec<u8>,
+}
+
 /// Why [`Relister::ask`] did not ask: the caller asks through the HTTP client instead.
 #[derive(Debug)]
 pub(super) struct NotHere(pub(super) String);
@@ -66,22 +86,23 @@ const HEAD_LIMIT: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Relister {
-    /// Send `listing`'s request again: whether the answer is a success with the same body.
+    /// Send `listing`'s request again: whether the answer is a success with the same body, and
+    /// if it is another success, that answer.
     ///
     /// 1. Parse the URL; a URL a proxy applies to is not asked here.
     /// 2. Reuse the open connection if it goes to the same origin, else connect (TLS for
     ///    `https://`, verified against the system's roots and the configured CA files).
     /// 3. Write the request whole: the recorded headers, `Host`, `Content-Length`, the body.
     /// 4. Read the response's head; anything but a 2xx status is an answer that differs.
-    /// 5. Read its body (by `Content-Length`, chunked, or to the end) up to one byte more than
-    ///    the last answer, and compare. The connection is kept only if the body was read to
-    ///    its end and the server did not ask to close it.
+    /// 5. Read its body (by `Content-Length`, chunked, or to the end) up to [`LISTING_LIMIT`],
+    ///    and compare. The connection is kept only if the body was read to its end and the
+    ///    server did not ask to close it.
     ///
     /// A reused connection that fails before any of the response is read was closed by the
     /// server while idle: the request is made once more on a new one. Any other failure (no
     /// connection, a TLS error, an answer cut short) is an answer that differs: the poll's
     /// conversation follows and, if the failure is real, says what it is as it always did.
-    pub(super) fn ask(&mut self, listing: &Listing, settings: &Settings) -> Result<bool, NotHere> {
+    pub(super) fn ask(&mut self, listing: &Listing, settings: &Settings) -> Result<Asked, NotHere> {
         if super::access::proxy_for(&listing.url).is_some() {
             return Err(NotHere("a proxy applies".into()));
         }
@@ -105,27 +126,27 @@ impl Relister {
                     Ok(connection) => connection,
                     Err(error) => {
                         tracing::debug!(%error, url = %target.origin, "the refs could not be listed again");
-                        return Ok(false);
+                        return Ok(Asked::Differs(None));
                     }
                 },
             };
             match exchange(&mut connection, &request, &listing.answer) {
-                Ok(Exchanged { same, keep }) => {
+                Ok(Exchanged { asked, keep }) => {
                     if keep {
                         self.connection = Some(connection);
                     }
-                    return Ok(same);
+                    return Ok(asked);
                 }
                 Err(Failure::BeforeAnswer(error)) if attempt == 0 && reused => {
                     tracing::trace!(%error, "the kept connection was closed; connecting again");
                 }
                 Err(Failure::BeforeAnswer(error) | Failure::InAnswer(error)) => {
                     tracing::debug!(%error, url = %target.origin, "the refs could not be listed again");
-                    return Ok(false);
+                    return Ok(Asked::Differs(None));
                 }
             }
         }
-        Ok(false)
+        Ok(Asked::Differs(None))
     }
 
     /// The TLS settings of every `https://` connection: built once, from the first listing's.
@@ -282,7 +303,7 @@ fn tls_config(
 
 /// How an exchange ended.
 struct Exchanged {
-    same: bool,
+    asked: Asked,
     /// The connection can carry the next request.
     keep: bool,
 }
@@ -306,11 +327,11 @@ fn exchange(
     let head = read_head(&mut connection.stream)?;
     if !(200..300).contains(&head.status) {
         return Ok(Exchanged {
-            same: false,
+            asked: Asked::Differs(None),
             keep: false,
         });
     }
-    let limit = expected.len() + 1;
+    let limit = LISTING_LIMIT + 1;
     let (body, complete) = match head.framing {
         Framing::Length(length) => {
             let mut body = Vec::with_capacity(length.min(limit));
@@ -338,14 +359,24 @@ fn exchange(
             (body, complete)
         }
     };
+    let asked = match complete {
+        true if body == expected => Asked::Same,
+        true => Asked::Differs(Some(Answer {
+            headers: head.lines,
+            body,
+        })),
+        false => Asked::Differs(None),
+    };
     Ok(Exchanged {
-        same: complete && body == expected,
+        asked,
         keep: complete && !head.close,
     })
 }
 
 struct Head {
     status: u16,
+    /// The headers as `name:value` lines (what gix reads from its backend).
+    lines: Vec<u8>,
     framing: Framing,
     /// The server closes the connection after this response.
     close: bool,
@@ -398,7 +429,12 @@ fn read_head(stream: &mut impl BufRead) -> Result<Head, Failure> {
     let mut close = response.version != Some(1);
     let mut length = None;
     let mut chunked = false;
+    let mut lines = Vec::new();
     for header in response.headers.iter() {
+        lines.extend_from_slice(header.name.to_ascii_lowercase().as_bytes());
+        lines.push(b':');
+        lines.extend_from_slice(header.value);
+        lines.push(b'\n');
         let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
         if header.name.eq_ignore_ascii_case("content-length") {
             length = value.trim().parse::<usize>().ok();
@@ -421,6 +457,7 @@ fn read_head(stream: &mut impl BufRead) -> Result<Head, Failure> {
     };
     Ok(Head {
         status,
+        lines,
         framing,
         close,
     })

@@ -152,6 +152,77 @@ fn idle_polls_over_https_ask_again_on_a_kept_connection_that_the_server_may_clos
 }
 
 #[test]
+fn a_push_found_by_asking_the_listing_again_costs_one_listing_and_one_fetch() {
+    let remote = Remote::new();
+    remote.commit(&[("dags/a.py", "one\n")], "one");
+    let server = HttpServer::start();
+    let url = server.serve(&remote.dir, "dags.git");
+    let scratch = Scratch::new();
+    // Polls only when asked, so that each one's requests can be told apart.
+    let port = crate::servers::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut daemon = spawn_loop(
+        &scratch,
+        &url,
+        &[
+            "--period",
+            "1h",
+            "--http-bind",
+            &bind,
+            "--log-level",
+            "debug",
+        ],
+    );
+    wait_until(Duration::from_secs(30), "the first publish", || {
+        published(&scratch.root()).is_some()
+    });
+    let poll = |expected: &str| {
+        let before = server.access_log().lines().count();
+        let (status, body) = http("POST", &format!("http://{bind}/sync?wait=1"), &[], b"");
+        assert_eq!(status, 200, "{body}");
+        let outcome: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(outcome["outcome"], expected, "{outcome}");
+        let log = server.access_log();
+        log.lines()
+            .skip(before)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let is_post = |r: &String| r.contains("\"POST /dags.git/git-upload-pack");
+
+    let idle = poll("unchanged");
+    assert!(idle.len() == 1 && is_post(&idle[0]), "{idle:#?}");
+    // The listing asked again differs: its answer is the conversation's, which asks only for
+    // the pack (the capability advertisement is less than a minute old).
+    let second = remote.commit(&[("dags/a.py", "two\n")], "two");
+    server.update(&remote.dir, "dags.git");
+    let update = poll("published");
+    assert!(
+        update.len() == 2 && update.iter().all(is_post),
+        "{update:#?}"
+    );
+    assert_eq!(published(&scratch.root()).as_deref(), Some(second.as_str()));
+    // And the next idle poll asks the new listing.
+    let idle = poll("unchanged");
+    assert!(idle.len() == 1 && is_post(&idle[0]), "{idle:#?}");
+    assert!(
+        daemon
+            .logs()
+            .matches("the remote answered the last listing as before")
+            .count()
+            >= 2,
+        "{}",
+        daemon.logs()
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[test]
 fn a_moved_repository_is_followed_through_its_redirect() {
     let remote = Remote::new();
     let first = remote.commit(&[("dags/a.py", "one\n")], "one");
