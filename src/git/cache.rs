@@ -339,6 +339,10 @@ impl Cache {
             let _ = std::fs::write(&ssh_log, b"");
         }
         let result = self.talk(&repo, remote, password.as_deref(), progress, interrupt);
+        // The listing the conversation made (its `ls-refs`, made last), for the next poll if
+        // it succeeded. This also drops an answer the conversation did not use (it failed
+        // before listing): it must not answer a later poll's question.
+        let listing = self.http.take_listing();
         if result.is_err() {
             self.http.forget_advertisement();
         }
@@ -347,8 +351,7 @@ impl Cache {
             self.resolved = None;
         }
         let (commit, ref_name, fetched) = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
-        // The listing of the conversation that just ended (its `ls-refs`, made last).
-        self.idle = self.http.take_listing().map(|listing| IdleCheck {
+        self.idle = listing.map(|listing| IdleCheck {
             listing,
             password,
             commit,

@@ -128,8 +128,8 @@ impl SharedHttp {
     }
 
     /// The `ls-refs` exchange of the conversation that just ended, if it was made on this
-    /// thread and answered in full. Whatever fresh answer the conversation did not use is
-    /// forgotten: the next poll asks anew.
+    /// thread and answered in full. A fresh answer the conversation did not use is dropped:
+    /// it answered this poll's question, and must never answer a later one's.
     pub(super) fn take_listing(&self) -> Option<Listing> {
         *lock(&self.fresh) = None;
         lock(&self.listing).take()
@@ -899,6 +899,28 @@ mod tests {
                 "written {piece} bytes at a time"
             );
         }
+    }
+
+    #[test]
+    fn an_answer_the_conversation_did_not_use_never_answers_a_later_poll() {
+        let http = SharedHttp::default();
+        let listing = |answer: &[u8]| Listing {
+            url: "http://127.0.0.1:1/dags.git/git-upload-pack".into(),
+            headers: reqwest::header::HeaderMap::new(),
+            body: b"0014command=ls-refs\n0000".to_vec(),
+            answer: answer.to_vec(),
+            ca_info: None,
+        };
+        *lock(&http.fresh) = Some(Fresh {
+            listing: listing(b"0032new..."),
+            headers: b"content-type:application/x-git-upload-pack-result\n".to_vec(),
+        });
+        *lock(&http.listing) = Some(listing(b"0032old..."));
+        // The conversation ends (it failed before it listed the refs, say).
+        let kept = http.take_listing();
+        assert_eq!(kept.map(|l| l.answer), Some(b"0032old...".to_vec()));
+        assert!(lock(&http.fresh).is_none());
+        assert!(http.take_listing().is_none());
     }
 
     #[test]
