@@ -37,7 +37,10 @@
 //! kept with the server's answer ([`Listing`]); the next poll makes that request again
 //! ([`SharedHttp::answers_as_before`]), and an answer that is the same, byte for byte, lists
 //! the same refs at the same commits: whatever gix would conclude from it, it concluded last
-//! time. Any other answer, or none, and the poll has the conversation as usual.
+//! time. Any other answer, or none, and the poll has the conversation as usual; a successful
+//! answer that differs is that conversation's `ls-refs` answer (the same request, asked a
+//! moment ago), so a poll that finds a change lists the refs once. The request itself goes out
+//! on a connection of its own ([`Relister`], `git::listing`).
 
 use std::io::{self, BufRead, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -405,21 +408,21 @@ impl Pending {
                 Reader::Held(io::Cursor::new(answer)),
             );
         }
-        match self.attempt(headers) {
-            Ok((sent_headers, response)) => {
-                let mut headers = Vec::new();
+        match self.attempt(&headers) {
+            Ok(response) => {
+                let mut lines = Vec::new();
                 for (name, value) in response.headers() {
-                    headers.extend_from_slice(name.as_str().as_bytes());
-                    headers.push(b':');
-                    headers.extend_from_slice(value.as_bytes());
-                    headers.push(b'\n');
+                    lines.extend_from_slice(name.as_str().as_bytes());
+                    lines.push(b':');
+                    lines.extend_from_slice(value.as_bytes());
+                    lines.push(b'\n');
                 }
                 let body = if self.body.starts_with(LS_REFS_COMMAND) {
-                    self.keep_listing(sent_headers, response)
+                    self.keep_listing(headers, response)
                 } else {
                     Reader::Body(io::BufReader::with_capacity(64 * 1024, Box::new(response)))
                 };
-                (Reader::Held(io::Cursor::new(headers)), body)
+                (Reader::Held(io::Cursor::new(lines)), body)
             }
             Err(why) => {
                 tracing::debug!(url = %self.url, %why, "the request is made again through gix's HTTP client");
@@ -428,12 +431,11 @@ impl Pending {
         }
     }
 
-    /// The request on this thread; the headers sent and a successful answer, or why it is not
-    /// one.
+    /// The request on this thread: a successful answer, or why it is not one.
     fn attempt(
         &self,
-        headers: reqwest::header::HeaderMap,
-    ) -> Result<(reqwest::header::HeaderMap, reqwest::blocking::Response), String> {
+        headers: &reqwest::header::HeaderMap,
+    ) -> Result<reqwest::blocking::Response, String> {
         let response = self
             .client
             .post(&self.url)
@@ -444,7 +446,7 @@ impl Pending {
         if !response.status().is_success() {
             return Err(format!("HTTP status {}", response.status()));
         }
-        Ok((headers, response))
+        Ok(response)
     }
 
     /// The request's headers: gix's, then git configuration's extra ones.
