@@ -344,7 +344,7 @@ impl Cache {
         // before listing): it must not answer a later poll's question.
         let listing = self.http.take_listing();
         if result.is_err() {
-            self.http.forget_advertisement();
+            self.http.start_over();
         }
         if let Err(SourceError::RefNotFound { .. }) = &result {
             // The branch may have been deleted and a tag of that name created; look again next time.
@@ -428,7 +428,7 @@ impl Cache {
             &self.http,
         )
         .map_err(|e| {
-            self.http.forget_advertisement();
+            self.http.start_over();
             with_ssh_log(e, &ssh_log, remote)
         })?;
         if fetched.2 {

@@ -118,10 +118,17 @@ impl SharedHttp {
         gix_http::connect_http(self.clone(), url, version, false)
     }
 
-    /// Ask the server for its capabilities at the next handshake: a conversation failed, and
-    /// a changed server is one reason it may have.
-    pub(super) fn forget_advertisement(&self) {
+    /// After a failed conversation, start the next one from nothing: ask the server for its
+    /// capabilities again (a changed server is one reason a conversation fails), and build the
+    /// clients anew at their next request, reading the CA files again (a certificate signed by
+    /// a rotated CA is trusted once the files say so, without a restart). The system's trust
+    /// store is read once per process, whatever happens.
+    pub(super) fn start_over(&self) {
         *lock(&self.advertisement) = None;
+        // gix's worker thread ends when its backend is dropped.
+        *self.backend() = Backend::default();
+        lock(&self.direct).client = None;
+        *lock(&self.relister) = Relister::default();
     }
 
     /// Forget the `ls-refs` exchange kept so far: a conversation whose listing may be asked

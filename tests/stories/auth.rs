@@ -99,6 +99,60 @@ fn https_with_basic_auth_and_a_private_ca_follows_a_rotated_token() {
 }
 
 #[test]
+fn a_certificate_from_a_rotated_ca_is_trusted_once_the_ca_file_says_so() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "one\n")], "one");
+    let server = HttpServer::start_with(true, USER, TOKEN);
+    let url = server.serve(&remote.dir, "dags.git");
+    let scratch = Scratch::new();
+    // The operator's CA bundle, mounted from a secret: replaced whole when it changes.
+    let bundle = scratch.path("ca.pem");
+    let install_bundle = || {
+        let next = scratch.path("ca.pem.new");
+        std::fs::copy(&server.ca_file, &next).unwrap();
+        std::fs::rename(&next, &bundle).unwrap();
+    };
+    install_bundle();
+    let ca = bundle.display().to_string();
+    let mut daemon = spawn_loop(
+        &scratch,
+        &url,
+        &[
+            "--ca-file",
+            &ca,
+            "--period",
+            "50ms",
+            "--backoff-max",
+            "200ms",
+        ],
+    );
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+
+    // The server's certificate now comes from a new CA the bundle does not hold yet.
+    server.rotate_certificate();
+    let second = remote.commit(&[("dags/a.py", "two\n")], "two");
+    server.update(&remote.dir, "dags.git");
+    wait_until(Duration::from_secs(30), "a poll refused by TLS", || {
+        daemon.logs().contains("sync failed")
+    });
+    assert_eq!(
+        published(&scratch.root()).as_deref(),
+        Some(first.as_str()),
+        "{}",
+        daemon.logs()
+    );
+    // The bundle catches up: the loop follows without a restart.
+    install_bundle();
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+    daemon.signal(Signal::SIGTERM);
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[test]
 fn anonymous_read_over_https_needs_no_credentials() {
     let remote = Remote::new();
     let commit = remote.commit(&[("a.py", "a\n")], "one");

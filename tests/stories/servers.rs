@@ -315,6 +315,45 @@ http {{
         fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default()
     }
 
+    /// Give the server a certificate signed by a new CA, written over `ca_file`, and wait until
+    /// nginx presents it (it reloads on SIGHUP) and its old worker, which holds the connections
+    /// made before, has exited.
+    pub fn rotate_certificate(&self) {
+        assert!(self.tls, "an http server has no certificate");
+        let d = self._dir.path();
+        let new = d.join("rotated");
+        fs::create_dir_all(&new).unwrap();
+        make_certificates(&new);
+        for file in ["server.pem", "server.key", "ca.pem"] {
+            fs::rename(new.join(file), d.join(file)).unwrap();
+        }
+        nix::sys::signal::kill(self._nginx.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+        let url = format!("https://127.0.0.1:{}/", self.port);
+        let start = Instant::now();
+        loop {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "--cacert"])
+                .arg(&self.ca_file)
+                .arg(&url)
+                .status()
+                .unwrap();
+            // The master and one worker (worker_processes 1): the old worker is gone.
+            let processes = Command::new("pgrep")
+                .args(["-g", &self._nginx.pid().to_string()])
+                .output()
+                .unwrap();
+            let count = String::from_utf8_lossy(&processes.stdout).lines().count();
+            if out.success() && count == 2 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not present the new certificate with its old worker gone"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Change the basic-auth password (nginx reads the file on every request).
     pub fn set_password(&self, user: &str, password: &str) {
         let tmp = self.htpasswd.with_extension("new");
