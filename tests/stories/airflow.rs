@@ -48,6 +48,13 @@ impl Airflow {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
                 format!("sqlite:///{}/airflow.db", home.display()),
             )
+            // Airflow keeps bundle versions and their use under a directory of the machine's
+            // (/tmp/airflow) unless told otherwise: what an earlier run left there (tracking
+            // files hours old) would be cleaned up, with errors, during this one's passes.
+            .env(
+                "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH",
+                home.join("dag_bundles"),
+            )
             // Python must not write bytecode into the snapshots (it runs as root here).
             .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
             .stdin(Stdio::null());
