@@ -145,18 +145,24 @@ impl SharedHttp {
         lock(&self.listing).take()
     }
 
-    /// Make `listing`'s request again: whether the server answers it exactly as it did (false
-    /// when it cannot be asked, or the answer differs in any way, or is not a success). Asked
-    /// on a connection of this thread's ([`Relister`]) where it can be, else through the HTTP
-    /// client.
+    /// Make `listing`'s request again ([`Relister`]): whether the server answers it exactly as
+    /// it did. False when the answer differs in any way, is not a success, or cannot be asked
+    /// here (a proxy applies, the TLS settings cannot be read): the poll then has its
+    /// conversation, which reports any failure. A successful answer that differs is kept for
+    /// that conversation ([`Fresh`]).
     pub(super) fn answers_as_before(&self, listing: &Listing, settings: &Settings) -> bool {
         if self.backend().redirected_base_url().is_some() {
             return false;
         }
-        let asked = lock(&self.relister).ask(listing, settings);
+        // `http.sslCAInfo` of the conversation that made the listing.
+        let ca_info = lock(&self.direct)
+            .options
+            .as_ref()
+            .and_then(|o| o.ssl_ca_info.clone());
+        let asked = lock(&self.relister).ask(listing, settings, ca_info.as_deref());
         match asked {
-            Ok(Asked::Same) => return true,
-            Ok(Asked::Differs(None)) => return false,
+            Ok(Asked::Same) => true,
+            Ok(Asked::Differs(None)) => false,
             Ok(Asked::Differs(Some(Answer { headers, body }))) => {
                 *lock(&self.fresh) = Some(Fresh {
                     listing: Listing {
@@ -164,41 +170,16 @@ impl SharedHttp {
                         headers: listing.headers.clone(),
                         body: listing.body.clone(),
                         answer: body,
-                        ca_info: listing.ca_info.clone(),
                     },
                     headers,
                 });
-                return false;
+                false
             }
             Err(why) => {
-                tracing::trace!(why = %why.0, "the refs are listed again through the HTTP client")
+                tracing::debug!(why = %why.0, "the last listing is not asked again here; the poll has its conversation");
+                false
             }
         }
-        let Some((client, _)) = self.direct_client() else {
-            return false;
-        };
-        let sent = client
-            .post(&listing.url)
-            .headers(listing.headers.clone())
-            .body(listing.body.clone())
-            .send();
-        let response = match sent {
-            Ok(response) if response.status().is_success() => response,
-            Ok(response) => {
-                tracing::debug!(status = %response.status(), "the refs were not listed again");
-                return false;
-            }
-            Err(error) => {
-                tracing::debug!(error = %super::error_chain(&error), "the refs were not listed again");
-                return false;
-            }
-        };
-        // One byte more than the last answer is enough to know this one differs.
-        let mut answer = Vec::with_capacity(listing.answer.len() + 1);
-        let read = response
-            .take(listing.answer.len() as u64 + 1)
-            .read_to_end(&mut answer);
-        read.is_ok() && answer == listing.answer
     }
 
     /// The client for a request made on this thread, with the extra headers git configuration
@@ -307,11 +288,10 @@ impl Http for SharedHttp {
     {
         let headers: Vec<String> = headers.into_iter().map(|h| h.as_ref().to_owned()).collect();
         if let Some((client, options)) = self.direct_client() {
-            let exchange = Arc::new(Mutex::new(Exchange::Writing(Pending {
+            let exchange = Arc::new(Mutex::new(Exchange::new(Pending {
                 listing: Arc::clone(&self.listing),
                 fresh: Arc::clone(&self.fresh),
                 extra_headers: options.extra_headers,
-                ca_info: options.ssl_ca_info,
                 client,
                 url: url.to_owned(),
                 base_url: base_url.to_owned(),
@@ -369,14 +349,22 @@ pub(super) enum Part {
     Body,
 }
 
-/// A `POST` made on the calling thread: its body being written, then the parts of its answer
-/// that neither reader has taken yet.
-pub(super) enum Exchange {
-    Writing(Pending),
-    Sent {
-        headers: Option<Reader>,
-        body: Option<Reader>,
-    },
+/// A `POST` made on the calling thread: the request while its body is being written, then
+/// the parts of its answer that neither reader has taken yet.
+pub(super) struct Exchange {
+    pending: Option<Pending>,
+    headers: Option<Reader>,
+    body: Option<Reader>,
+}
+
+impl Exchange {
+    fn new(pending: Pending) -> Exchange {
+        Exchange {
+            pending: Some(pending),
+            headers: None,
+            body: None,
+        }
+    }
 }
 
 /// A request whose body is being written.
@@ -390,8 +378,6 @@ pub(super) struct Pending {
     base_url: String,
     headers: Vec<String>,
     extra_headers: Vec<String>,
-    /// `http.sslCAInfo`, kept with a listing.
-    ca_info: Option<std::path::PathBuf>,
     kind: gix_http::PostBodyDataKind,
     body: Vec<u8>,
     /// Where the request goes if this thread's attempt is not answered with success.
@@ -486,7 +472,6 @@ impl Pending {
             headers,
             body: self.body.clone(),
             answer: answer.clone(),
-            ca_info: self.ca_info.clone(),
         });
         Reader::Held(io::Cursor::new(answer))
     }
@@ -528,23 +513,14 @@ fn insert_header(headers: &mut reqwest::header::HeaderMap, line: &str) {
 /// Send the exchange's request if it was not sent yet, and take `part` of its answer.
 fn take_part(exchange: &Mutex<Exchange>, part: Part) -> Reader {
     let mut exchange = lock(exchange);
-    if let Exchange::Writing(_) = &*exchange {
-        let sent = Exchange::Sent {
-            headers: None,
-            body: None,
-        };
-        if let Exchange::Writing(pending) = std::mem::replace(&mut *exchange, sent) {
-            let (headers, body) = pending.send();
-            *exchange = Exchange::Sent {
-                headers: Some(headers),
-                body: Some(body),
-            };
-        }
+    if let Some(pending) = exchange.pending.take() {
+        let (headers, body) = pending.send();
+        exchange.headers = Some(headers);
+        exchange.body = Some(body);
     }
-    let taken = match (&mut *exchange, part) {
-        (Exchange::Sent { headers, .. }, Part::Headers) => headers.take(),
-        (Exchange::Sent { body, .. }, Part::Body) => body.take(),
-        (Exchange::Writing(_), _) => None,
+    let taken = match part {
+        Part::Headers => exchange.headers.take(),
+        Part::Body => exchange.body.take(),
     };
     taken.unwrap_or_else(|| {
         let part = match part {
@@ -567,12 +543,12 @@ impl Write for PostBody {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             PostBody::Relayed(inner) => inner.write(buf),
-            PostBody::Collected(exchange) => match &mut *lock(exchange) {
-                Exchange::Writing(pending) => {
+            PostBody::Collected(exchange) => match &mut lock(exchange).pending {
+                Some(pending) => {
                     pending.body.extend_from_slice(buf);
                     Ok(buf.len())
                 }
-                Exchange::Sent { .. } => Err(io::Error::other(
+                None => Err(io::Error::other(
                     "the request was sent before its body was complete",
                 )),
             },
@@ -918,7 +894,6 @@ mod tests {
             headers: reqwest::header::HeaderMap::new(),
             body: b"0014command=ls-refs\n0000".to_vec(),
             answer: answer.to_vec(),
-            ca_info: None,
         };
         *lock(&http.fresh) = Some(Fresh {
             listing: listing(b"0032new..."),

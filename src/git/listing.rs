@@ -10,12 +10,12 @@
 //! rustls for `https://`), kept open between polls. gix's reqwest backend would carry it
 //! through two threads (its worker and reqwest's runtime), and the trips between threads cost
 //! more than the request. It is used only where it makes the same request reqwest would:
-//! not through a proxy (those go through the HTTP client, see [`super::access::proxy_for`]),
-//! with the same trust roots and timeout.
+//! not through a proxy (an idle poll through one has its conversation; see
+//! [`super::access::proxy_for`]), with the same trust roots and timeout.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +28,6 @@ pub(super) struct Listing {
     pub(super) headers: reqwest::header::HeaderMap,
     pub(super) body: Vec<u8>,
     pub(super) answer: Vec<u8>,
-    /// `http.sslCAInfo` of the conversation it was made in (trusted beside dagsnap's own).
-    pub(super) ca_info: Option<PathBuf>,
 }
 
 /// What the request needs besides the listing: dagsnap's `--http-timeout` and `--ca-file`.
@@ -58,7 +56,7 @@ pub(super) struct Answer {
     pub(super) body: Vec<u8>,
 }
 
-/// Why [`Relister::ask`] did not ask: the caller asks through the HTTP client instead.
+/// Why [`Relister::ask`] did not ask: the poll has its conversation instead.
 #[derive(Debug)]
 pub(super) struct NotHere(pub(super) String);
 
@@ -102,13 +100,18 @@ impl Relister {
     /// server while idle: the request is made once more on a new one. Any other failure (no
     /// connection, a TLS error, an answer cut short) is an answer that differs: the poll's
     /// conversation follows and, if the failure is real, says what it is as it always did.
-    pub(super) fn ask(&mut self, listing: &Listing, settings: &Settings) -> Result<Asked, NotHere> {
+    pub(super) fn ask(
+        &mut self,
+        listing: &Listing,
+        settings: &Settings,
+        ca_info: Option<&Path>,
+    ) -> Result<Asked, NotHere> {
         if super::access::proxy_for(&listing.url).is_some() {
             return Err(NotHere("a proxy applies".into()));
         }
         let target = Target::parse(&listing.url)?;
         let tls = match target.https {
-            true => Some(self.tls(listing, settings)?),
+            true => Some(self.tls(settings, ca_info)?),
             false => None,
         };
         let request = target.request(listing);
@@ -149,16 +152,18 @@ impl Relister {
         Ok(Asked::Differs(None))
     }
 
-    /// The TLS settings of every `https://` connection: built once, from the first listing's.
+    /// The TLS settings of every `https://` connection: built once (again after
+    /// `SharedHttp::start_over`), trusting `--ca-file` and `http.sslCAInfo` (`ca_info`) beside
+    /// the system's roots.
     fn tls(
         &mut self,
-        listing: &Listing,
         settings: &Settings,
+        ca_info: Option<&Path>,
     ) -> Result<Arc<rustls::ClientConfig>, NotHere> {
         if let Some(config) = &self.tls {
             return Ok(Arc::clone(config));
         }
-        let config = tls_config(settings.ca_file, listing.ca_info.as_deref())?;
+        let config = tls_config(settings.ca_file, ca_info)?;
         self.tls = Some(Arc::clone(&config));
         Ok(config)
     }
@@ -609,7 +614,6 @@ mod tests {
             headers,
             body: b"0014command=ls-refs\n0000".to_vec(),
             answer: Vec::new(),
-            ca_info: None,
         };
         let target = Target::parse(&listing.url).ok().unwrap();
         assert!(target.https);

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
 use crate::servers::{Door, HttpServer, SilentServer, SshServer};
 use crate::support::*;
 
@@ -82,12 +80,7 @@ fn https_with_basic_auth_and_a_private_ca_follows_a_rotated_token() {
     let second = remote.commit(&[("dags/a.py", "two\n")], "two");
     server.update(&remote.dir, "dags.git");
     daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
-    daemon.signal(Signal::SIGTERM);
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.logs()
-    );
+    daemon.stop();
 
     for secret in [TOKEN, ROTATED] {
         assert_secret_absent(secret, &[daemon.logs()], &scratch.root());
@@ -144,12 +137,7 @@ fn a_certificate_from_a_rotated_ca_is_trusted_once_the_ca_file_says_so() {
     // The bundle catches up: the loop follows without a restart.
     install_bundle();
     daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
-    daemon.signal(Signal::SIGTERM);
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.logs()
-    );
+    daemon.stop();
 }
 
 #[test]
@@ -426,8 +414,7 @@ fn a_silent_https_server_is_cut_off_by_the_sync_timeout_and_the_loop_survives() 
         daemon.child.try_wait().unwrap().is_none(),
         "the loop is still running"
     );
-    daemon.signal(Signal::SIGTERM);
-    assert!(daemon.wait(Duration::from_secs(30)).success());
+    daemon.stop();
 }
 
 /// A deploy key owned by `uid` (ssh refuses keys others can read).

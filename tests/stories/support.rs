@@ -363,8 +363,20 @@ pub fn spawn_loop(scratch: &Scratch, repo: &str, extra: &[&str]) -> Daemon {
 }
 
 pub fn spawn_loop_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Daemon {
+    spawn_loop_in_env(scratch, cache, repo, extra, &[])
+}
+
+/// [`spawn_loop_with`], with `env` added to the loop's environment.
+pub fn spawn_loop_in_env(
+    scratch: &Scratch,
+    cache: &Path,
+    repo: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
     let log = scratch.path(&format!("daemon-{}.log", rand_suffix()));
     let child = dagsnap(scratch.tmp.path())
+        .envs(env.iter().copied())
         .args(["sync", "--repo", repo])
         .arg("--root")
         .arg(scratch.root())
@@ -460,6 +472,18 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// SIGTERM, as Kubernetes stops a container: the loop must exit 0 within 30 s (panics with
+    /// its log otherwise).
+    pub fn stop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.wait(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "dagsnap exited {status}; log:\n{}",
+            self.logs()
+        );
     }
 
     /// Wait until the link points at `commit`; panics with the publisher's log after `timeout`.

@@ -49,8 +49,7 @@ fn an_idle_poll_is_one_request_for_one_ref_and_negotiates_nothing() {
     wait_until(Duration::from_secs(30), "ten idle polls", || {
         daemon.logs().matches("up to date").count() >= 10
     });
-    daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(daemon.wait(Duration::from_secs(30)).success());
+    daemon.stop();
     let polls = daemon.logs().matches("up to date").count();
     let log = server.access_log();
     let requests: Vec<&str> = log.lines().skip(requests_before).collect();
@@ -114,15 +113,27 @@ fn idle_polls_over_https_ask_again_on_a_kept_connection_that_the_server_may_clos
         server.ca_file.display().to_string(),
         password.display().to_string(),
     );
-    let access = ["--username", USER, "--password-file", &pw, "--ca-file", &ca];
+    let access = ["--username", USER, "--password-file", &pw];
 
     // Polls 50 ms apart: the server closes every third request's connection itself. Then
-    // 300 ms apart: it has closed the kept connection by the next poll.
+    // 300 ms apart: it has closed the kept connection by the next poll. The CA is trusted
+    // through --ca-file, then through git's http.sslCAInfo (GIT_SSL_CAINFO).
     for period in ["50ms", "300ms"] {
-        let mut daemon = spawn_loop(
+        let (trust, env): (&[&str], &[(&str, &str)]) = match period {
+            "50ms" => (&["--ca-file", &ca], &[]),
+            _ => (&[], &[("GIT_SSL_CAINFO", &ca)]),
+        };
+        let mut daemon = spawn_loop_in_env(
             &scratch,
+            &scratch.cache(),
             &url,
-            &[&access[..], &["--period", period, "--log-level", "debug"]].concat(),
+            &[
+                &access[..],
+                trust,
+                &["--period", period, "--log-level", "debug"],
+            ]
+            .concat(),
+            env,
         );
         wait_until(Duration::from_secs(60), "eight idle polls", || {
             idle_poll_counts(&daemon).0 >= 8
@@ -132,12 +143,7 @@ fn idle_polls_over_https_ask_again_on_a_kept_connection_that_the_server_may_clos
             server.update(&remote.dir, "dags.git");
             daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
         }
-        daemon.signal(nix::sys::signal::Signal::SIGTERM);
-        assert!(
-            daemon.wait(Duration::from_secs(30)).success(),
-            "{}",
-            daemon.logs()
-        );
+        daemon.stop();
         let (polls, asked_again, not_asked) = idle_poll_counts(&daemon);
         // The first poll of a process has the conversation that makes the listing.
         assert!(
@@ -214,12 +220,7 @@ fn a_push_found_by_asking_the_listing_again_costs_one_listing_and_one_fetch() {
         "{}",
         daemon.logs()
     );
-    daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.logs()
-    );
+    daemon.stop();
 }
 
 #[test]
@@ -242,12 +243,7 @@ fn a_moved_repository_is_followed_through_its_redirect() {
     let second = remote.commit(&[("dags/a.py", "two\n")], "two");
     server.update(&remote.dir, "dags.git");
     daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
-    daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(
-        daemon.wait(Duration::from_secs(30)).success(),
-        "{}",
-        daemon.logs()
-    );
+    daemon.stop();
     assert!(!daemon.logs().contains("sync failed"), "{}", daemon.logs());
     // The handshake follows the redirect (as git does, for the first request only); every
     // later request goes where it led, through gix's client, which knows it was redirected.
@@ -304,8 +300,7 @@ fn after_a_failed_poll_the_server_s_capabilities_are_asked_again() {
     wait_until(Duration::from_secs(60), "idle polls again", || {
         polls(&daemon) >= before + 3
     });
-    daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(daemon.wait(Duration::from_secs(30)).success());
+    daemon.stop();
 
     // Well within the minute an advertisement is reused for: the failure made the next poll ask.
     let asked = advertisements(&server.access_log());
