@@ -8,8 +8,10 @@
 //! [`Entries::decode`] applies the same path rules as a tree walk, so a tampered list cannot
 //! name a path outside the snapshot.
 //!
-//! Format: records `<mode in octal> <object id in hex> <size> <path>\0`, in git's path order.
-//! Paths are bytes (git allows any byte but NUL in a path), hence the NUL terminator.
+//! Format: records `<mode in octal> <object id in hex> <size>[@<mtime>] <path>\0`, in git's
+//! path order, `<mtime>` (nanoseconds since the epoch) for regular files as they were written
+//! (lists of dagsnap before 0.4 have none). Paths are bytes (git allows any byte but NUL in a
+//! path), hence the NUL terminator.
 
 use gix::ObjectId;
 
@@ -29,6 +31,10 @@ pub struct Entry {
     pub id: ObjectId,
     /// Bytes of content (for a symlink, of its target).
     pub size: u64,
+    /// A regular file's modification time as written into the snapshot, in nanoseconds since
+    /// the epoch (`None` before it is written, or in an older list): a file edited in place
+    /// and given back its size and mode still has another one.
+    pub mtime: Option<i128>,
     pub path: Vec<u8>,
 }
 
@@ -45,8 +51,12 @@ impl Entries {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.0.len() * 80);
         for entry in &self.0 {
+            let stamp = match entry.mtime {
+                Some(mtime) => format!("@{mtime}"),
+                None => String::new(),
+            };
             out.extend_from_slice(
-                format!("{:o} {} {} ", entry.mode, entry.id, entry.size).as_bytes(),
+                format!("{:o} {} {}{stamp} ", entry.mode, entry.id, entry.size).as_bytes(),
             );
             out.extend_from_slice(&entry.path);
             out.push(0);
@@ -76,10 +86,13 @@ impl Entries {
                 .next()
                 .and_then(|i| ObjectId::from_hex(i).ok())
                 .ok_or_else(|| bad("bad object id"))?;
-            let size = fields
+            let (size, mtime) = fields
                 .next()
                 .and_then(|s| std::str::from_utf8(s).ok())
-                .and_then(|s| s.parse().ok())
+                .and_then(|s| match s.split_once('@') {
+                    Some((size, mtime)) => Some((size.parse().ok()?, Some(mtime.parse().ok()?))),
+                    None => Some((s.parse().ok()?, None)),
+                })
                 .ok_or_else(|| bad("bad size"))?;
             let path = fields.next().unwrap_or_default();
             check_path(path, mode).map_err(|reason| {
@@ -92,6 +105,7 @@ impl Entries {
                 mode,
                 id,
                 size,
+                mtime,
                 path: path.to_vec(),
             });
         }
@@ -200,17 +214,30 @@ mod tests {
                 mode: MODE_EXECUTABLE,
                 id: ObjectId::empty_blob(gix::hash::Kind::Sha1),
                 size: 0,
+                mtime: Some(1_700_000_000_123_456_789),
                 path: b"bin/run me.sh".to_vec(),
             },
             Entry {
                 mode: MODE_SYMLINK,
                 id: ObjectId::empty_tree(gix::hash::Kind::Sha1),
                 size: 7,
+                mtime: None,
                 path: b"odd\nname".to_vec(),
             },
         ]);
         assert_eq!(Entries::decode(&entries.encode()).unwrap(), entries);
         assert!(Entries::decode(b"100644 zz 1 a\0").is_err());
+        // Lists written before modification times were recorded still read.
+        let old = format!(
+            "100644 {} 3 a.py\0",
+            ObjectId::empty_blob(gix::hash::Kind::Sha1)
+        );
+        assert_eq!(Entries::decode(old.as_bytes()).unwrap().0[0].mtime, None);
+        let bad = format!(
+            "100644 {} 3@x a.py\0",
+            ObjectId::empty_blob(gix::hash::Kind::Sha1)
+        );
+        assert!(Entries::decode(bad.as_bytes()).is_err());
     }
 
     #[test]

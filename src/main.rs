@@ -390,7 +390,11 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         ready_max_age: args.http.ready_max_age,
         checks,
     };
-    match runtime.block_on(daemon::run(open, root_for_loop, schedule, surface, style)) {
+    let exit = runtime.block_on(daemon::run(open, root_for_loop, schedule, surface, style));
+    // A cycle abandoned after SIGTERM may still sit in a system call on a blocking thread:
+    // dropping the runtime would wait for it. Whatever it leaves is removed on the next start.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match exit {
         Ok(Exit::Clean) => Ok(0),
         Ok(Exit::Unusable { message }) => Err((EXIT_USAGE, redactor.redact(&message))),
         Ok(Exit::GaveUp {

@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use super::values::{parse_bool, parse_duration, parse_go_int};
+use super::values::{
+    format_git_config, parse_bool, parse_duration, parse_git_config, parse_go_int,
+};
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -900,19 +902,27 @@ fn translate(
     }
     let git_config = s.string("git-config");
     if !git_config.is_empty() {
-        for (key, value) in parse_git_config(&git_config)? {
+        let mut passed = Vec::new();
+        for (key, value) in
+            parse_git_config(&git_config).map_err(|e| invalid(format!("invalid flag: {e}")))?
+        {
             match key.to_ascii_lowercase().as_str() {
                 "http.sslcainfo" => opt(&mut argv, "ca-file", &value),
                 "safe.directory" => info(
                     &mut notes,
                     "--git-config safe.directory has nothing to do: dagsnap's cache is private to this process",
                 ),
+                // git's transport policy, which dagsnap applies to submodules as git does.
+                "protocol.file.allow" | "protocol.allow" => passed.push((key, value)),
                 _ => {
                     return Err(invalid(format!(
-                        "--git-config {key} is not supported by dagsnap (it understands http.sslCAInfo and safe.directory); remove it, or tell us what you need it for"
+                        "--git-config {key} is not supported by dagsnap (it understands http.sslCAInfo, safe.directory, protocol.allow and protocol.file.allow); remove it, or tell us what you need it for"
                     )))
                 }
             }
+        }
+        if !passed.is_empty() {
+            opt(&mut argv, "git-config", &format_git_config(&passed));
         }
     }
 
@@ -1003,53 +1013,6 @@ fn is_ssh(repo: &str) -> bool {
         Some((host, _)) => !host.is_empty() && !host.contains('/'),
         None => false,
     }
-}
-
-/// git-sync's `--git-config` syntax: `key:value,key2:value2`, where keys and values may be
-/// double-quoted (with `\"` inside) to hold `:` or `,`.
-fn parse_git_config(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    let bad = || {
-        invalid(format!(
-            "invalid flag: --git-config {text:?}: expected key:value pairs separated by commas"
-        ))
-    };
-    let mut pairs = Vec::new();
-    let mut chars = text.chars().peekable();
-    let read = |chars: &mut std::iter::Peekable<std::str::Chars>, stop: &[char]| {
-        let mut out = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('\\') => out.push(chars.next()?),
-                    Some('"') => return Some(out),
-                    Some(c) => out.push(c),
-                    None => return None,
-                }
-            }
-        }
-        while let Some(&c) = chars.peek() {
-            if stop.contains(&c) {
-                break;
-            }
-            out.push(c);
-            chars.next();
-        }
-        Some(out)
-    };
-    while chars.peek().is_some() {
-        let key = read(&mut chars, &[':']).ok_or_else(bad)?;
-        if chars.next() != Some(':') || key.is_empty() {
-            return Err(bad());
-        }
-        let value = read(&mut chars, &[',']).ok_or_else(bad)?;
-        pairs.push((key, value));
-        match chars.next() {
-            Some(',') | None => {}
-            Some(_) => return Err(bad()),
-        }
-    }
-    Ok(pairs)
 }
 
 fn help() -> String {

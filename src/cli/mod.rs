@@ -524,6 +524,21 @@ pub struct AccessArgs {
     /// `ssh://user@host:port/path` form can).
     #[arg(long, env = "DAGSNAP_SSH_PORT")]
     pub ssh_port: Option<u16>,
+
+    /// git configuration for every fetch, as `git -c` would give it, in git-sync's syntax:
+    /// `key:value[,key:value...]` (quote a key or value holding `:` or `,`); repeatable. For
+    /// example `protocol.file.allow:always` lets a repository fetched over the network have
+    /// submodules on this machine's disk, which git (and dagsnap) refuse by default.
+    #[arg(long = "git-config", env = "DAGSNAP_GIT_CONFIG", value_parser = parse_git_config_arg)]
+    pub git_config: Vec<GitConfig>,
+}
+
+/// One `--git-config`'s pairs.
+#[derive(Debug, Clone)]
+pub struct GitConfig(pub Vec<(String, String)>);
+
+fn parse_git_config_arg(text: &str) -> Result<GitConfig, String> {
+    values::parse_git_config(text).map(GitConfig)
 }
 
 impl AccessArgs {
@@ -552,6 +567,7 @@ impl AccessArgs {
                 connect_timeout: Duration::from_secs(30).min(request_timeout),
             },
             http_timeout: request_timeout,
+            git_config: self.git_config.iter().flat_map(|c| c.0.clone()).collect(),
         }
     }
 }

@@ -140,6 +140,61 @@ pub fn parse_go_int(text: &str) -> Result<i64, String> {
     i64::try_from(value).map_err(|_| format!("number '{text}' is out of range"))
 }
 
+/// git-sync's `--git-config` syntax, which dagsnap's own `--git-config` reads too:
+/// `key:value,key2:value2`, where keys and values may be double-quoted (with `\"` inside) to
+/// hold `:` or `,`.
+pub fn parse_git_config(text: &str) -> Result<Vec<(String, String)>, String> {
+    let bad =
+        || format!("invalid --git-config {text:?}: expected key:value pairs separated by commas");
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    let read = |chars: &mut std::iter::Peekable<std::str::Chars>, stop: &[char]| {
+        let mut out = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => out.push(chars.next()?),
+                    Some('"') => return Some(out),
+                    Some(c) => out.push(c),
+                    None => return None,
+                }
+            }
+        }
+        while let Some(&c) = chars.peek() {
+            if stop.contains(&c) {
+                break;
+            }
+            out.push(c);
+            chars.next();
+        }
+        Some(out)
+    };
+    while chars.peek().is_some() {
+        let key = read(&mut chars, &[':']).ok_or_else(bad)?;
+        if chars.next() != Some(':') || key.is_empty() {
+            return Err(bad());
+        }
+        let value = read(&mut chars, &[',']).ok_or_else(bad)?;
+        pairs.push((key, value));
+        match chars.next() {
+            Some(',') | None => {}
+            Some(_) => return Err(bad()),
+        }
+    }
+    Ok(pairs)
+}
+
+/// Pairs as [`parse_git_config`] reads them back.
+pub fn format_git_config(pairs: &[(String, String)]) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

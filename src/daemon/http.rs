@@ -8,17 +8,29 @@
 //! | `POST /sync` | 202: a cycle runs now (coalesced); `?wait=1`: its outcome |
 //!
 //! The server runs on the loop's runtime but can never stall or slow it: requests only read the
-//! shared state (a mutex held for a few field reads) or raise the trigger; connections are
-//! bounded in number and in time; request bodies are bounded (413). `POST /sync` is
-//! authenticated when a secret is configured: a bearer token, or a push webhook's own
-//! signature (GitHub's `X-Hub-Signature-256`, GitLab's `X-Gitlab-Token`), compared in constant
-//! time. A push to another branch is acknowledged and ignored.
+//! shared state (a mutex held for a few field reads) or raise the trigger. Whoever can reach the
+//! port is input, and nothing they send can starve the kubelet's probes:
+//!
+//! - `POST /sync` is authenticated on its headers, before a byte of its body is read, when a
+//!   secret is configured: a bearer token or GitLab's `X-Gitlab-Token`, compared in constant
+//!   time; a missing or wrong one is answered 401 at once and the connection closed. Only a
+//!   GitHub delivery needs its body to be authenticated (`X-Hub-Signature-256` signs it): that
+//!   body is read within [`BODY_TIMEOUT`] and [`MAX_BODY`] bytes, then checked.
+//! - Connections are bounded in number ([`MAX_CONNECTIONS`]) and in time (headers within
+//!   [`HEADER_TIMEOUT`], the whole connection within [`CONNECTION_TIMEOUT`]). A connection that
+//!   is not serving an answered request (waiting for headers, idle between requests, sending
+//!   an unauthenticated body) can be evicted: when every slot is taken, a new connection
+//!   evicts the one that has waited longest ([`Slots`]). Slow clients cannot hold slots
+//!   against a probe, whose request arrives whole at once.
+//!
+//! A push to another branch is acknowledged and ignored.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -31,10 +43,13 @@ use tokio::net::TcpListener;
 
 use super::health::Health;
 
-/// Connections served at once; more wait in the kernel's backlog.
+/// Connections open at once; a new one beyond evicts the one waiting longest ([`Slots`]).
 const MAX_CONNECTIONS: usize = 32;
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request body (only a GitHub delivery's is read before it is authenticated) must arrive
+/// within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection (keep-alive included) lasts at most this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request body: push payloads are tens of kilobytes (GitHub lists 20 commits at most).
@@ -74,7 +89,7 @@ pub struct Auth {
 }
 
 /// How a `POST /sync` was let in.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Caller {
     /// No secret is configured.
     Anyone,
@@ -83,16 +98,29 @@ enum Caller {
     GitLab,
 }
 
+/// What the headers of a `POST /sync` decide.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// Authenticated (or no secret is configured).
+    Let(Caller),
+    /// A GitHub delivery: authenticated once its body matches this signature with this key.
+    Signed { key: Vec<u8>, tag: Vec<u8> },
+    /// Refused, without reading the body.
+    Refuse(&'static str),
+}
+
+const REFUSED: &str = "authentication required: a bearer token (--trigger-token-file) or a webhook signature (--webhook-secret-file) that matches";
+
 impl Auth {
     fn required(&self) -> bool {
         self.token_file.is_some() || self.webhook_secret_file.is_some()
     }
 
-    /// Who the request is, or why it is refused. Secrets are read at each request, so a
+    /// What the headers alone say of a request. Secrets are read at each request, so a
     /// rotated one takes effect at once.
-    fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<Caller, &'static str> {
+    fn authenticate(&self, headers: &HeaderMap) -> Gate {
         if !self.required() {
-            return Ok(Caller::Anyone);
+            return Gate::Let(Caller::Anyone);
         }
         let secret = |path: &Option<PathBuf>| -> Option<Vec<u8>> {
             let text = std::fs::read(path.as_ref()?).ok()?;
@@ -103,31 +131,31 @@ impl Auth {
         if let (Some(token), Some(given)) = (secret(&self.token_file), header("authorization")) {
             if let Some(given) = given.strip_prefix(b"Bearer ") {
                 if equal(given, &token) {
-                    return Ok(Caller::Token);
+                    return Gate::Let(Caller::Token);
                 }
             }
         }
         if let Some(key) = secret(&self.webhook_secret_file) {
-            if let Some(signature) = header("x-hub-signature-256") {
-                let valid = signature
-                    .strip_prefix(b"sha256=")
-                    .and_then(decode_hex)
-                    .is_some_and(|tag| {
-                        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-                        ring::hmac::verify(&key, body, &tag).is_ok()
-                    });
-                if valid {
-                    return Ok(Caller::GitHub);
-                }
-            }
             if let Some(token) = header("x-gitlab-token") {
                 if equal(token, &key) {
-                    return Ok(Caller::GitLab);
+                    return Gate::Let(Caller::GitLab);
                 }
             }
+            let tag = header("x-hub-signature-256")
+                .and_then(|signature| signature.strip_prefix(b"sha256="))
+                .and_then(decode_hex);
+            if let Some(tag) = tag {
+                return Gate::Signed { key, tag };
+            }
         }
-        Err("authentication required: a bearer token (--trigger-token-file) or a webhook signature (--webhook-secret-file) that matches")
+        Gate::Refuse(REFUSED)
     }
+}
+
+/// Whether `body` is what GitHub signed with `key` into `tag`.
+fn signed(key: &[u8], tag: &[u8], body: &[u8]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    ring::hmac::verify(&key, body, tag).is_ok()
 }
 
 /// Constant-time comparison, so that a caller cannot guess a secret byte by byte from timing.
@@ -145,6 +173,65 @@ fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The open connections, and which of them may be evicted.
+///
+/// A connection is *evictable* while it does not serve an answered request: waiting for its
+/// headers, idle between requests, or sending a body that is not authenticated yet. When every
+/// slot is taken, a new connection evicts the evictable one that has been so longest (a slow
+/// client, never a probe being answered); with none evictable, the new one is closed.
+#[derive(Default)]
+struct Slots {
+    open: Mutex<Vec<Arc<Slot>>>,
+}
+
+struct Slot {
+    /// Since when it is evictable, in milliseconds since the server started (+1); 0 while it
+    /// serves a request that must not be cut.
+    evictable_since: AtomicU64,
+    evicted: tokio::sync::Notify,
+}
+
+impl Slot {
+    fn protect(&self) {
+        self.evictable_since.store(0, Ordering::SeqCst);
+    }
+
+    fn release(&self, started: Instant) {
+        let now = started.elapsed().as_millis() as u64 + 1;
+        self.evictable_since.store(now, Ordering::SeqCst);
+    }
+}
+
+impl Slots {
+    /// A slot for a new connection, evicting the longest-waiting evictable one if all are
+    /// taken; `None` if all are taken by requests being served.
+    fn take(&self, started: Instant) -> Option<Arc<Slot>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= MAX_CONNECTIONS {
+            let oldest = open
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.evictable_since.load(Ordering::SeqCst) != 0)
+                .min_by_key(|(_, s)| s.evictable_since.load(Ordering::SeqCst))
+                .map(|(n, _)| n)?;
+            let evicted = open.swap_remove(oldest);
+            evicted.evicted.notify_one();
+        }
+        let slot = Arc::new(Slot {
+            evictable_since: AtomicU64::new(0),
+            evicted: tokio::sync::Notify::new(),
+        });
+        slot.release(started);
+        open.push(Arc::clone(&slot));
+        Some(slot)
+    }
+
+    fn give_back(&self, slot: &Arc<Slot>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|s| !Arc::ptr_eq(s, slot));
+    }
+}
+
 /// Serve until the runtime shuts down.
 pub async fn serve(listener: std::net::TcpListener, health: Arc<Health>, auth: Arc<Auth>) {
     let listener = match TcpListener::from_std(listener) {
@@ -154,12 +241,9 @@ pub async fn serve(listener: std::net::TcpListener, health: Arc<Health>, auth: A
             return;
         }
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::default());
+    let started = Instant::now();
     loop {
-        // Wait for a free slot before accepting: excess connections queue in the backlog.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -168,18 +252,33 @@ pub async fn serve(listener: std::net::TcpListener, health: Arc<Health>, auth: A
                 continue;
             }
         };
-        let (health, auth) = (Arc::clone(&health), Arc::clone(&auth));
+        let Some(slot) = slots.take(started) else {
+            tracing::debug!("every connection serves a request; closing a new one");
+            continue;
+        };
+        let (health, auth, slots) = (Arc::clone(&health), Arc::clone(&auth), Arc::clone(&slots));
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let (health, auth) = (Arc::clone(&health), Arc::clone(&auth));
-                async move { Ok::<_, Infallible>(handle(request, &health, &auth).await) }
+            let service = hyper::service::service_fn({
+                let slot = Arc::clone(&slot);
+                move |request| {
+                    let (health, auth, slot) =
+                        (Arc::clone(&health), Arc::clone(&auth), Arc::clone(&slot));
+                    async move {
+                        let reply = handle(request, &health, &auth, &slot).await;
+                        slot.release(started);
+                        Ok::<_, Infallible>(reply)
+                    }
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-            drop(slot);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+                _ = slot.evicted.notified() => tracing::debug!("evicted a slow connection"),
+            }
+            slots.give_back(&slot);
         });
     }
 }
@@ -205,14 +304,18 @@ fn text(status: StatusCode, body: String) -> Reply {
     reply(status, "text/plain; charset=utf-8", body + "\n")
 }
 
-async fn handle(request: Request<Incoming>, health: &Health, auth: &Auth) -> Reply {
+async fn handle(request: Request<Incoming>, health: &Health, auth: &Auth, slot: &Slot) -> Reply {
     let path = request.uri().path().to_string();
     match (request.method().clone(), path.as_str()) {
-        (Method::GET | Method::HEAD, "/healthz") => match health.liveness() {
-            Ok(()) => text(StatusCode::OK, "ok".into()),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
-        },
+        (Method::GET | Method::HEAD, "/healthz") => {
+            slot.protect();
+            match health.liveness() {
+                Ok(()) => text(StatusCode::OK, "ok".into()),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            }
+        }
         (Method::GET | Method::HEAD, "/readyz" | "/") => {
+            slot.protect();
             let readiness = health.readiness();
             let status = if readiness.ready {
                 StatusCode::OK
@@ -221,12 +324,15 @@ async fn handle(request: Request<Incoming>, health: &Health, auth: &Auth) -> Rep
             };
             json(status, &readiness)
         }
-        (Method::GET | Method::HEAD, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            health.metrics.encode(),
-        ),
-        (Method::POST, "/sync") => sync(request, health, auth).await,
+        (Method::GET | Method::HEAD, "/metrics") => {
+            slot.protect();
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                health.metrics.encode(),
+            )
+        }
+        (Method::POST, "/sync") => sync(request, health, auth, slot).await,
         (_, "/healthz" | "/readyz" | "/" | "/metrics" | "/sync") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
         }
@@ -237,6 +343,41 @@ async fn handle(request: Request<Incoming>, health: &Health, auth: &Auth) -> Rep
     }
 }
 
+/// An answer after which the connection is closed: its request's body was not read.
+fn closing(mut reply: Reply) -> Reply {
+    reply
+        .headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    reply
+}
+
+/// Read a request's body within [`BODY_TIMEOUT`] and [`MAX_BODY`] bytes, or the answer.
+async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Err(_) => Err(closing(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(BODY_TIMEOUT)
+            ),
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(closing(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {MAX_BODY} bytes"),
+            )))
+        }
+        Ok(Err(_)) => Err(closing(text(
+            StatusCode::BAD_REQUEST,
+            "unreadable request body".into(),
+        ))),
+    }
+}
+
 #[derive(Serialize)]
 struct Accepted {
     accepted: bool,
@@ -244,30 +385,58 @@ struct Accepted {
     ignored: Option<String>,
 }
 
-async fn sync(request: Request<Incoming>, health: &Health, auth: &Auth) -> Reply {
+async fn sync(request: Request<Incoming>, health: &Health, auth: &Auth, slot: &Slot) -> Reply {
     let wait = request
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|p| matches!(p, "wait=1" | "wait=true")));
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over {MAX_BODY} bytes"),
-            )
+    // Authenticated on the headers, before the body is read: an unauthenticated client
+    // cannot make the server wait for its body.
+    let caller = match auth.authenticate(&parts.headers) {
+        Gate::Refuse(why) => return closing(text(StatusCode::UNAUTHORIZED, why.into())),
+        Gate::Let(caller) => {
+            slot.protect();
+            caller
         }
-        Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable request body".into()),
+        Gate::Signed { key, tag } => {
+            // Still evictable while its body arrives: nothing is known of its sender yet.
+            let body = match read_body(body).await {
+                Ok(body) => body,
+                Err(reply) => return reply,
+            };
+            if !signed(&key, &tag, &body) {
+                return closing(text(StatusCode::UNAUTHORIZED, REFUSED.into()));
+            }
+            slot.protect();
+            return answer(Caller::GitHub, &parts.headers, &body, wait, health).await;
+        }
     };
-    let caller = match auth.authenticate(&parts.headers, &body) {
-        Ok(caller) => caller,
-        Err(why) => return text(StatusCode::UNAUTHORIZED, why.into()),
+    // Only a GitLab delivery's body is looked at (which ref was pushed); the others' bodies
+    // mean nothing to dagsnap and are not read.
+    let body = match caller {
+        Caller::GitLab => match read_body(body).await {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        },
+        _ => Bytes::new(),
     };
-    if let Some(ignored) = ignored_event(&caller, &parts.headers, &body, health.followed_ref()) {
+    let reply = answer(caller, &parts.headers, &body, wait, health).await;
+    match caller {
+        Caller::GitLab => reply,
+        _ => closing(reply),
+    }
+}
+
+/// The answer to an authenticated `POST /sync`.
+async fn answer(
+    caller: Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    wait: bool,
+    health: &Health,
+) -> Reply {
+    if let Some(ignored) = ignored_event(&caller, headers, body, health.followed_ref()) {
         return json(
             StatusCode::ACCEPTED,
             &Accepted {
@@ -367,15 +536,21 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let signed = headers(&[("x-hub-signature-256", &format!("sha256={tag}"))]);
-        assert_eq!(auth.authenticate(&signed, body), Ok(Caller::GitHub));
-        assert!(auth.authenticate(&signed, b"{}").is_err(), "another body");
+        let github = headers(&[("x-hub-signature-256", &format!("sha256={tag}"))]);
+        let Gate::Signed { key, tag } = auth.authenticate(&github) else {
+            panic!("a signature asks for the body")
+        };
+        assert!(signed(&key, &tag, body));
+        assert!(!signed(&key, &tag, b"{}"), "another body");
         let gitlab = headers(&[("x-gitlab-token", "s3cret")]);
-        assert_eq!(auth.authenticate(&gitlab, body), Ok(Caller::GitLab));
-        assert!(auth
-            .authenticate(&headers(&[("x-gitlab-token", "s3cres")]), body)
-            .is_err());
-        assert!(auth.authenticate(&HeaderMap::new(), body).is_err());
+        assert_eq!(auth.authenticate(&gitlab), Gate::Let(Caller::GitLab));
+        assert_eq!(
+            auth.authenticate(&headers(&[("x-gitlab-token", "s3cres")])),
+            Gate::Refuse(REFUSED)
+        );
+        assert_eq!(auth.authenticate(&HeaderMap::new()), Gate::Refuse(REFUSED));
+        let garbled = headers(&[("x-hub-signature-256", "sha256=zz")]);
+        assert_eq!(auth.authenticate(&garbled), Gate::Refuse(REFUSED));
     }
 
     #[test]

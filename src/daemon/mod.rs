@@ -2,7 +2,8 @@
 //! them and stops on signals ([`run`]), and what the loop shows the outside world while it runs:
 //! its health ([`health`]), HTTP endpoints ([`http`]), Prometheus metrics ([`metrics`]), and the
 //! hooks and files that follow a publish ([`hooks`]); the operator's check that may stop a
-//! commit before the link moves ([`check`]).
+//! commit before the link moves ([`check`]); and the watchdog that ends the process within its
+//! bound after SIGTERM whatever a system call does ([`shutdown`]).
 
 pub mod check;
 pub mod health;
@@ -11,5 +12,6 @@ pub mod http;
 pub mod metrics;
 pub mod publish;
 mod run;
+pub mod shutdown;
 
 pub use run::{run, Exit, Opener, Schedule, Surface};

@@ -306,6 +306,7 @@ impl Publisher {
                 stopped_at: None,
                 period_ms: u64::try_from(settings.period.as_millis()).ok(),
                 lock_fault: None,
+                suspects: Vec::new(),
             })?;
             Ok::<_, PublishError>((claim, cache, registration, source))
         })();
@@ -876,10 +877,11 @@ impl Publisher {
     /// Look at the peers' heartbeats once ([`crate::store::LockWitness`]); say so at ERROR when
     /// a peer's locks turn out invisible from here, and when that clears.
     fn observe_locks(&mut self) {
-        let fault = self
+        let me = format!("{} {}", crate::fsutil::hostname(), std::process::id());
+        let observed = self
             .root
-            .observe_peers(&mut self.witness, self.registration.path());
-        match (&self.lock_fault, &fault) {
+            .observe_peers(&mut self.witness, self.registration.name(), &me);
+        match (&self.lock_fault, &observed.fault) {
             (None, Some(peer)) => {
                 tracing::error!(%peer, "locks on this volume do not reach another publisher of this root: its heartbeat advances while its lock is invisible from here. Not moving the link until this clears; mount the volume with working locks, or run a single publisher per root")
             }
@@ -889,11 +891,13 @@ impl Publisher {
             _ => {}
         }
         self.registration.set_lock_fault(
-            fault
+            observed
+                .fault
                 .as_ref()
                 .map(|peer| format!("locks do not reach publisher {peer}")),
+            observed.suspects,
         );
-        self.lock_fault = fault;
+        self.lock_fault = observed.fault;
     }
 
     fn refuse_if_locks_unreliable(&self) -> Result<(), PublishError> {
@@ -1246,9 +1250,15 @@ impl Publisher {
             }),
             None => None,
         };
-        let previous_dir = current.as_ref().map(|c| c.dir.clone());
+        let previous_dir = match &current {
+            Some(current) => self.root.open_current(current).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot share files of the current snapshot; writing all files");
+                None
+            }),
+            None => None,
+        };
         let previous = previous_dir
-            .as_deref()
+            .as_ref()
             .zip(previous_entries.as_ref())
             .map(|(dir, entries)| Previous { dir, entries });
 
@@ -1259,7 +1269,7 @@ impl Publisher {
         let built = snapshot::build(
             expanded.entries,
             &expanded.blobs,
-            staging.path(),
+            staging.dir(),
             previous,
             self.settings.reuse,
             self.settings.build_jobs,

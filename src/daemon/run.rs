@@ -64,10 +64,10 @@ pub type Opener = Arc<dyn Fn() -> Result<Publisher, PublishError> + Send + Sync>
 /// While another process holds the cache, how often to try to take it over.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 
-/// After SIGTERM, how long a cycle in flight may take to wind down before the process exits
-/// anyway (Kubernetes sends SIGKILL 30 s after SIGTERM by default). Whatever it leaves behind
-/// is a staging directory, which the next start removes.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// After SIGTERM, how long a cycle in flight may take to wind down before the loop gives up on
+/// it and returns; the watchdog (`shutdown`) ends the process a little later if even the loop
+/// cannot run.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(super::shutdown::SHUTDOWN_GRACE.as_secs() - 2);
 
 /// After `--sync-timeout` fires, how long the cycle may take to notice its interrupt flag before
 /// its transport processes are killed.
@@ -106,6 +106,7 @@ pub async fn run(
 ) -> std::io::Result<Exit> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    super::shutdown::arm()?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sync_signal = match schedule
         .sync_signal
@@ -518,12 +519,18 @@ async fn stand_by(
     let started = tokio::time::Instant::now();
     let mut waiting = false;
     loop {
-        let attempt = tokio::task::spawn_blocking({
+        let opening = tokio::task::spawn_blocking({
             let open = Arc::clone(open);
             move || open()
-        })
-        .await
-        .map_err(|e| format!("internal error while starting: {e}"))?;
+        });
+        let attempt = tokio::select! {
+            joined = opening => joined.map_err(|e| format!("internal error while starting: {e}"))?,
+            // Opening may hang on a stalled volume: a stop request is answered all the same.
+            _ = terminate(sigterm, sigint) => {
+                tracing::info!("stop requested while starting; exiting");
+                return Ok(None);
+            }
+        };
         match attempt {
             Ok(publisher) => {
                 if waiting {

@@ -133,6 +133,8 @@ pub struct Access {
     pub ssh: Ssh,
     /// Bound for one HTTP request, so a silent server cannot block a fetch forever.
     pub http_timeout: Duration,
+    /// `--git-config`: git configuration for every fetch (`git -c`), key and value.
+    pub git_config: Vec<(String, String)>,
 }
 
 impl Default for Access {
@@ -148,6 +150,7 @@ impl Default for Access {
                 ..Ssh::default()
             },
             http_timeout: Duration::from_secs(300),
+            git_config: Vec::new(),
         }
     }
 }

@@ -688,7 +688,14 @@ fn init_repo(
 
 /// Configuration applied in memory to every open of the cache.
 fn cache_config(remote: &Remote, ssh_log: &Path) -> Vec<String> {
-    vec![
+    let mut config: Vec<String> = remote
+        .access
+        .git_config
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    // dagsnap's own settings last: they are what the cache is built on.
+    config.extend([
         "protocol.version=2".into(),
         format!(
             "core.sshCommand={}",
@@ -697,7 +704,8 @@ fn cache_config(remote: &Remote, ssh_log: &Path) -> Vec<String> {
         "gitoxide.userAgent=dagsnap".into(),
         // A shallow cache is the point; a server that is itself shallow is fine.
         "clone.rejectShallow=false".into(),
-    ]
+    ]);
+    config
 }
 
 type Connection<'a, 'r> = gix::remote::Connection<

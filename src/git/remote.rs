@@ -137,6 +137,12 @@ impl Remote {
         path.starts_with('/').then(|| PathBuf::from(path))
     }
 
+    /// True for a repository reached on this machine's disk (`file://` or a path), which is
+    /// everything not reached over the network (http(s), ssh, `git://`).
+    pub fn is_local(&self) -> bool {
+        !self.is_http() && !self.is_ssh() && !self.url.to_ascii_lowercase().starts_with("git://")
+    }
+
     /// True for `http://` and `https://` remotes.
     pub(super) fn is_http(&self) -> bool {
         let lower = self.url.to_ascii_lowercase();

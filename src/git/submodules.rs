@@ -54,6 +54,10 @@ impl Mode {
 /// How deep submodules may nest: deeper than any real layout, shallow enough to stop a chain
 /// of repositories that include each other.
 const MAX_DEPTH: usize = 8;
+/// How many submodules one snapshot may check out, nested ones and one repository at several
+/// paths each counted: a commit is a few objects, and without a bound ten pushed objects can
+/// name one submodule at thousands of paths and fill the volume with copies of it.
+const MAX_SUBMODULES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmoduleError {
@@ -90,6 +94,10 @@ pub enum SubmoduleError {
     },
     #[error("submodule '{path}' is nested more than {MAX_DEPTH} levels deep (do its repositories include each other?); publish with --submodules shallow or off")]
     TooDeep { path: String },
+    #[error("the commit checks out more than {MAX_SUBMODULES} submodules (counting nested ones, and each path a submodule appears at); '{path}' is one too many. Publish with --submodules shallow or off, or reduce the submodules in the repository")]
+    TooMany { path: String },
+    #[error("submodule '{path}' has URL '{url}' on this machine's disk, and the repository was fetched over the network: transport 'file' not allowed (git refuses it too, protocol.file.allow; a commit must not make dagsnap publish files of the host it runs on). If this is intended, allow it: --git-config protocol.file.allow:always")]
+    FileTransport { path: String, url: String },
     #[error("submodule '{path}' (commit {commit}) is not in the cache {}; verify without --cache-dir checks it against the entry list recorded at build time", cache.display())]
     NotCached {
         path: String,
@@ -244,6 +252,7 @@ impl Expander {
             })?;
         }
         let mut out = entries.0.clone();
+        let allow_file = file_transport_allowed(&repo);
         let mut repos = vec![repo.clone()];
         let mut modules = Vec::new();
         let level = Level {
@@ -253,6 +262,7 @@ impl Expander {
             lookup_prefix: prefix.to_vec(),
             place: Vec::new(),
             depth: 0,
+            allow_file,
         };
         self.expand_level(
             level,
@@ -298,6 +308,9 @@ impl Expander {
             if level.depth >= MAX_DEPTH {
                 return Err(SubmoduleError::TooDeep { path: shown });
             }
+            if modules.len() >= MAX_SUBMODULES {
+                return Err(SubmoduleError::TooMany { path: shown });
+            }
             let mut key = level.lookup_prefix.clone();
             key.extend_from_slice(&gitlink.path);
             let Some(url) = urls.get(&key) else {
@@ -313,6 +326,15 @@ impl Expander {
                     cause,
                 }
             })?;
+            // git's transport policy for submodules (protocol.file.allow, CVE-2022-39253): a
+            // repository on this machine only for a superproject that is itself local, or when
+            // the operator allows it.
+            if sub_remote.is_local() && !level.remote.is_local() && !level.allow_file {
+                return Err(SubmoduleError::FileTransport {
+                    path: shown,
+                    url: sub_remote.display_url(),
+                });
+            }
             let (sub_repo, sub_tree, sub_entries) = match self.fetch(
                 &sub_remote,
                 gitlink.id,
@@ -362,6 +384,7 @@ impl Expander {
                         lookup_prefix: Vec::new(),
                         place,
                         depth: level.depth + 1,
+                        allow_file: level.allow_file,
                     },
                     out,
                     repos,
@@ -493,6 +516,19 @@ struct Level<'a> {
     /// Where these entries go in the snapshot (`""` or `"libs/common/"`).
     place: Vec<u8>,
     depth: usize,
+    /// `protocol.file.allow=always` (or `protocol.allow`) is configured.
+    allow_file: bool,
+}
+
+/// Whether git configuration (`--git-config`, or the user's and the system's) allows the
+/// `file` transport for submodules: only `always` does, since git treats a submodule's fetch
+/// as not the user's own (`GIT_PROTOCOL_FROM_USER=0`), which `user` refuses.
+fn file_transport_allowed(repo: &gix::Repository) -> bool {
+    let config = repo.config_snapshot();
+    config
+        .string("protocol.file.allow")
+        .or_else(|| config.string("protocol.allow"))
+        .is_some_and(|value| value.eq_ignore_ascii_case(b"always"))
 }
 
 fn trim_slash(path: &[u8]) -> &[u8] {

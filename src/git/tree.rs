@@ -92,6 +92,7 @@ fn walk(
             mode,
             id: entry.object_id(),
             size: 0,
+            mtime: None,
             path: prefix.clone(),
         });
         prefix.truncate(at);

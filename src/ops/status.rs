@@ -141,7 +141,7 @@ impl Status {
 
 pub fn gather(root: &Root) -> Result<Status, StoreError> {
     root.require_initialized()?;
-    let current = root.current()?;
+    let current = root.current_as_readers_find_it()?;
     let retained = root.snapshot_commits()?;
     let mut status = Status {
         root: root.path().display().to_string(),

@@ -156,10 +156,10 @@ pub fn collect(
         tracing::info!(%commit, "snapshot retired past the retention policy; deleting it");
         removed.push(commit);
     }
-    for (path, retired_at) in root.retired_dirs()? {
+    for (retired, retired_at) in root.retired_dirs()? {
         if now.duration_since(retired_at).unwrap_or_default() > policy.grace {
-            tracing::info!(path = %path.display(), "deleting a copy retired by a repair");
-            root.move_retired_to_trash(lock, &path)?;
+            tracing::info!(path = %retired.path.display(), "deleting a copy retired by a repair");
+            root.move_retired_to_trash(lock, &retired)?;
         }
     }
     let mut staging_removed = 0;

@@ -20,7 +20,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::fsutil::{self, IoError};
+use crate::fsutil::{Dir, IoError, Kind};
 
 /// git-sync v4's worktrees, under the root.
 const WORKTREES: &str = ".worktrees";
@@ -123,27 +123,49 @@ pub fn last_write(root: &Path, link: &Path, link_is_git_sync: bool) -> Option<Sy
         .max()
 }
 
-/// Remove git-sync's files from `root`; returns what was removed. Worktrees go first (they are
-/// what readers could see), the repository last.
-pub fn remove(root: &Path) -> Result<Vec<PathBuf>, IoError> {
-    let mut found: Vec<PathBuf> = fs::read_dir(root)
-        .map_err(|e| IoError::new("list", root, e))?
-        .filter_map(Result::ok)
-        .filter(|e| is_git_sync_entry(&e.file_name()))
-        .map(|e| e.path())
-        .collect();
-    found.sort_by_key(|p| p.file_name() == Some(OsStr::new(GIT_DIR)));
-    let mut removed = Vec::new();
-    for path in found {
-        let meta = fs::symlink_metadata(&path).map_err(|e| IoError::new("inspect", &path, e))?;
-        if meta.is_dir() {
-            fsutil::remove_tree(&path)?;
-        } else {
-            fs::remove_file(&path).map_err(|e| IoError::new("remove", &path, e))?;
+/// Remove git-sync's files from `root` (opened by the caller); returns what was removed.
+/// Worktrees go first (they are what readers could see), the repository last.
+///
+/// Only what git-sync itself writes goes, as git-sync writes it: its repository and worktrees
+/// are real directories, its temporary link a symlink into its worktrees. A symlink named like
+/// one of them (dagsnap's own link, when `--link` is `.git` or `tmp-link`, as git-sync's
+/// defaults make it with `--repo=…/.git`), anything at `link_top` (the first component of the
+/// configured link), and anything else under those names stays.
+pub fn remove(root: &Dir, link_top: &OsStr) -> Result<Vec<PathBuf>, IoError> {
+    let mut found: Vec<(std::ffi::OsString, Kind)> = Vec::new();
+    for (name, kind) in root.entries()? {
+        if !is_git_sync_entry(&name) || name == link_top {
+            continue;
         }
-        removed.push(path);
+        let kind = match kind {
+            Some(kind) => kind,
+            None => match root.kind(&name)? {
+                Some(kind) => kind,
+                None => continue,
+            },
+        };
+        let git_sync_wrote_it = match kind {
+            Kind::Dir => true,
+            Kind::Symlink => name == TEMP_LINK && is_worktree_link(root, &name),
+            _ => false,
+        };
+        if git_sync_wrote_it {
+            found.push((name, kind));
+        }
+    }
+    found.sort_by_key(|(name, _)| name == GIT_DIR);
+    let mut removed = Vec::new();
+    for (name, _) in found {
+        root.remove_tree(&name)?;
+        removed.push(root.join(&name));
     }
     Ok(removed)
+}
+
+/// Whether the symlink `name` in `root` points into git-sync's worktrees.
+fn is_worktree_link(root: &Dir, name: &OsStr) -> bool {
+    root.read_link(name)
+        .is_ok_and(|target| worktree_of(root.path(), root.path(), &target).is_some())
 }
 
 #[cfg(test)]

@@ -1,16 +1,318 @@
-//! The one thing readers look at: a symlink, replaced atomically.
+//! The link: the one thing readers look at. Where it points ([`Root::current`]), the atomic
+//! swap ([`swap`]), and every decision to move it: forward only ([`Root::publish_if_newer`]),
+//! back onto what the records name ([`Root::reconcile_link`]), and to a repair's copy of the
+//! same commit ([`Root::relink`]).
+//!
+//! The link's directory is reached from the root one component at a time without following a
+//! symlink ([`open_parent`]), so the link is never read, swapped or removed anywhere but where
+//! readers look.
 
-use std::fs;
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use crate::fsutil::{self, Context, IoError};
+use super::layout::{REPAIR_DIR, SNAPSHOTS_DIR, STORE_DIR};
+use super::records::{Cause, Pin, Publication};
+use super::{gitsync, is_commit_id, Root, RootLock, StoreError};
+use crate::fsutil::{self, Dir, IoError, Kind};
 
 /// Prefix of the temporary links [`swap`] creates next to the link. It starts with `.dagsnap`
 /// so the `.airflowignore` that dagsnap writes hides a leftover one from Airflow, and start-up
 /// recognizes and removes leftovers after a crash.
 pub const TEMP_PREFIX: &str = ".dagsnap-link-";
+
+/// What [`Root::desired`] says when the pin names the commit.
+pub const BY_PIN: &str = "the pin";
+
+/// The action of the error [`open_parent`] fails with when a directory on the way is not one.
+const NOT_A_LINK_DIR: &str = "use as the link's directory";
+
+/// What the link points at right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub commit: String,
+    /// False if the snapshot was deleted from under the link (a dangling link).
+    pub complete: bool,
+    /// The directory the link names: `snapshots/<commit>`, or, while a repair swaps a fresh
+    /// copy in, `snapshots/.repair/<commit>`.
+    pub dir: PathBuf,
+    /// The link names a repair's fresh copy (if this lasts, a repair was interrupted).
+    pub in_repair: bool,
+}
+
+/// What [`Root::publish_if_newer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Published {
+        previous: Option<String>,
+    },
+    /// The link already showed this commit.
+    AlreadyCurrent,
+    /// Another publisher recorded a later observation of the remote; the link was left alone.
+    Superseded {
+        newer: Publication,
+    },
+    /// An operator pinned the link; it was left alone.
+    Pinned {
+        pin: Pin,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{} is a real {kind}, not the link dagsnap manages; move it away (dagsnap never deletes what it did not create) or choose another --link", path.display())]
+    NotALink { path: PathBuf, kind: &'static str },
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+impl Root {
+    /// Where the link points now. `None` when there is no link yet.
+    pub fn current(&self) -> Result<Option<Current>, StoreError> {
+        let Some(target) = read(&self.root, &self.link_rel)? else {
+            return Ok(None);
+        };
+        // git-sync's link, in a root being taken over: nothing of dagsnap's is live yet.
+        if self.adopt_git_sync.is_some()
+            && gitsync::worktree_of(&self.root, parent_of(&self.link_path()), &target).is_some()
+        {
+            return Ok(None);
+        }
+        self.current_from(target).map(Some)
+    }
+
+    /// Where the link points as a reader finds it: like [`Root::current`], but reaching the
+    /// link through its path even where a directory on the way was replaced by a symlink (what
+    /// `status` shows, with where readers then arrive); only for display.
+    pub fn current_as_readers_find_it(&self) -> Result<Option<Current>, StoreError> {
+        match self.current() {
+            Err(StoreError::Link(ReadError::Io(e))) if e.action == NOT_A_LINK_DIR => {
+                let link = self.link_path();
+                match std::fs::symlink_metadata(&link) {
+                    Ok(meta) if meta.file_type().is_symlink() => {
+                        let target = std::fs::read_link(&link)
+                            .map_err(|e| IoError::new("read link", &link, e))?;
+                        self.current_from(target).map(Some)
+                    }
+                    _ => Err(StoreError::Link(ReadError::Io(e))),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// What a link target names.
+    fn current_from(&self, target: PathBuf) -> Result<Current, StoreError> {
+        let link = self.link_path();
+        let prefix = path_to_root(&self.link_rel)
+            .join(STORE_DIR)
+            .join(SNAPSHOTS_DIR);
+        let rest = target
+            .strip_prefix(&prefix)
+            .ok()
+            .and_then(|rest| rest.to_str());
+        let (commit, in_repair) = match rest.map(|r| r.strip_prefix(REPAIR_DIR)) {
+            Some(Some(commit)) if commit.starts_with('/') => (&commit[1..], true),
+            _ => (rest.unwrap_or_default(), false),
+        };
+        if !is_commit_id(commit) {
+            return Err(StoreError::ForeignLink { link, target });
+        }
+        let (dir, complete) = if in_repair {
+            let dir = self.fresh_copy_path(commit);
+            let complete = self
+                .repair_dir()?
+                .is_some_and(|d| matches!(d.kind(commit), Ok(Some(Kind::Dir))));
+            (dir, complete)
+        } else {
+            (self.snapshot_path(commit), self.has_snapshot(commit))
+        };
+        Ok(Current {
+            commit: commit.to_string(),
+            complete,
+            dir,
+            in_repair,
+        })
+    }
+
+    /// What the link stores to point at the snapshot of `commit` (or its repair's fresh copy):
+    /// relative to the link's directory, so it resolves the same in every pod.
+    fn link_target(&self, commit: &str, fresh_copy: bool) -> PathBuf {
+        let snapshots = path_to_root(&self.link_rel)
+            .join(STORE_DIR)
+            .join(SNAPSHOTS_DIR);
+        if fresh_copy {
+            snapshots.join(REPAIR_DIR).join(commit)
+        } else {
+            snapshots.join(commit)
+        }
+    }
+
+    /// Point the link at `publication.commit` unless that would move it backward.
+    ///
+    /// Runs under the root's lock, so the decision and the swap are one step for every other
+    /// publisher of this root:
+    /// 1. If the link already shows the commit, there is nothing to do. If an operator pinned a
+    ///    snapshot, the link stays where the pin put it.
+    /// 2. If the newest publication names another commit observed later than ours, another
+    ///    publisher saw a newer state of the remote: leave the link alone. The record, not the
+    ///    link, is compared, because a publisher that died between writing the record and
+    ///    moving the link still saw what it saw. "Newest" is what [`super::Records::latest`]
+    ///    says, for this decision as for every other: a record whose observation lies more
+    ///    than [`super::MAX_CLOCK_SKEW`] ahead of this host's clock is believed by none.
+    /// 3. The snapshot must still exist (GC or a person may have removed it since it was
+    ///    installed); the link never points at nothing.
+    /// 4. Write the records, then swap the link ([`Root::publish`]).
+    pub fn publish_if_newer(
+        &self,
+        lock: &RootLock,
+        publication: &Publication,
+    ) -> Result<Decision, StoreError> {
+        // (1)
+        let current = self.current()?.filter(|c| c.complete);
+        if current
+            .as_ref()
+            .is_some_and(|c| c.commit == publication.commit)
+        {
+            return Ok(Decision::AlreadyCurrent);
+        }
+        let records = self.records();
+        // A pin holds the link on its commit; only that commit may be (re)linked, e.g. when
+        // its snapshot was deleted by hand and rebuilt.
+        let live = current.as_ref().map(|c| c.commit.as_str());
+        if let Some(pin) = records
+            .pin(live)?
+            .filter(|p| p.commit != publication.commit)
+        {
+            return Ok(Decision::Pinned { pin });
+        }
+        // (2)
+        if let Some(latest) = records.latest()? {
+            if latest.commit != publication.commit && latest.observed_at > publication.observed_at {
+                return Ok(Decision::Superseded { newer: latest });
+            }
+        }
+        // (3)
+        if !self.has_snapshot(&publication.commit) {
+            return Err(StoreError::SnapshotGone {
+                commit: publication.commit.clone(),
+            });
+        }
+        // (4)
+        self.publish(lock, publication)?;
+        Ok(Decision::Published {
+            previous: current.map(|c| c.commit),
+        })
+    }
+
+    /// Point the link at the installed snapshot of `publication.commit` and record why.
+    ///
+    /// The records are written before the link moves: a crash in between leaves a record that
+    /// is newer than the link, never a link that is newer than every record, so the
+    /// never-backward comparison always has the newest observation to go by.
+    pub fn publish(&self, lock: &RootLock, publication: &Publication) -> Result<(), StoreError> {
+        self.records().record_publication(lock, publication)?;
+        swap(
+            &self.root,
+            &self.link_rel,
+            &self.link_target(&publication.commit, false),
+        )?;
+        Ok(())
+    }
+
+    /// What the link should show, whatever moved it last: the pinned commit while an operator
+    /// pins one, else the commit of the newest publication that moved the link; with what names
+    /// it. `live` is the commit the link shows (a damaged pin holds it).
+    pub fn desired(&self, live: &str) -> Result<Option<(String, &'static str)>, StoreError> {
+        let records = self.records();
+        if let Some(pin) = records.pin(Some(live))? {
+            return Ok(Some((pin.commit, BY_PIN)));
+        }
+        Ok(records
+            .latest()?
+            .filter(|p| p.moved_link)
+            .map(|p| (p.commit, "the newest publication")))
+    }
+
+    /// Put the link back on what [`Root::desired`] names, if it shows something else and that
+    /// snapshot is intact; journaled as `reconcile` by `who`. Returns (from, to, what named it)
+    /// when it moved the link.
+    ///
+    /// With working locks nothing needs correcting: every decision and swap happens under the
+    /// root's lock. Where locks do not travel between clients, a publisher that decided under a
+    /// lock it wrongly believed exclusive, and stalled before swapping, can swap an older commit
+    /// over a newer one, or over a pin; every publisher's next cycle, and the late one right
+    /// after its swap, puts the link back.
+    pub fn reconcile_link(
+        &self,
+        lock: &RootLock,
+        who: &Publication,
+    ) -> Result<Option<(String, String, &'static str)>, StoreError> {
+        let Some(current) = self.current()? else {
+            return Ok(None);
+        };
+        let Some((desired, because)) = self.desired(&current.commit)? else {
+            return Ok(None);
+        };
+        if desired == current.commit || self.check_snapshot(&desired, None).is_err() {
+            return Ok(None);
+        }
+        let entry = Publication {
+            commit: desired.clone(),
+            cause: Cause::Reconcile,
+            reason: Some(format!(
+                "the link showed {}; {because} names {desired}",
+                current.commit
+            )),
+            ..who.clone()
+        };
+        self.publish(lock, &entry)?;
+        Ok(Some((current.commit, desired, because)))
+    }
+
+    /// Point the link at `commit`'s snapshot (`fresh_copy`: at the repair's fresh copy), if the
+    /// link names that commit now; whether it did. Another publisher may have moved the link
+    /// on meanwhile, and then there is nothing to swap.
+    pub fn relink(
+        &self,
+        _lock: &RootLock,
+        commit: &str,
+        fresh_copy: bool,
+    ) -> Result<bool, StoreError> {
+        match self.current()? {
+            Some(current) if current.commit == commit => {
+                swap(
+                    &self.root,
+                    &self.link_rel,
+                    &self.link_target(commit, fresh_copy),
+                )?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// How long ago the link last moved (the swap creates a new symlink, so the link's own
+    /// modification time is the time of the last swap, whoever made it); `None` without a link.
+    pub fn since_link_moved(&self) -> Option<Duration> {
+        let moved = link_modified(&self.root, &self.link_rel)?;
+        Some(SystemTime::now().duration_since(moved).unwrap_or_default())
+    }
+}
+
+/// When the link at `link_rel` under `root` was last swapped, if there is one.
+pub fn link_modified(root: &Path, link_rel: &Path) -> Option<SystemTime> {
+    let dir = open_parent(root, link_rel).ok()?;
+    let stat = dir.stat(file_name(link_rel)).ok()??;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::new(
+                stat.st_mtime.max(0) as u64,
+                stat.st_mtime_nsec.max(0) as u32,
+            ),
+    )
+}
 
 /// Point the link at `link_rel` under `root` at `target`, so that every reader sees either the
 /// old or the new target.
@@ -35,114 +337,99 @@ pub const TEMP_PREFIX: &str = ".dagsnap-link-";
 /// `target` is stored as given; callers pass a path relative to the link's directory so the
 /// link resolves the same in every pod, whatever the volume's mount point.
 pub fn swap(root: &Path, link_rel: &Path, target: &Path) -> Result<(), IoError> {
-    let link = root.join(link_rel);
+    // (1)
     let dir = open_parent(root, link_rel)?;
-    let name = link_rel.file_name().unwrap_or(link_rel.as_os_str());
+    let name = file_name(link_rel);
+    // (2)
     let temp = format!("{TEMP_PREFIX}{}", fsutil::unique_suffix());
-    let fd = Some(dir.as_raw_fd());
-    nix::unistd::symlinkat(target, fd, temp.as_str()).map_err(|e| {
-        IoError::new(
-            "create temporary link",
-            parent_dir(&link).join(&temp),
-            e.into(),
-        )
-    })?;
-    if let Err(e) = nix::fcntl::renameat(fd, temp.as_str(), fd, name) {
-        let _ = nix::unistd::unlinkat(fd, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-        return Err(IoError::new("replace link", &link, e.into()));
+    dir.symlink(target, &temp)?;
+    // (3)
+    if let Err(e) = dir.rename(&temp, name) {
+        let _ = dir.remove_file(&temp);
+        return Err(IoError::new("replace link", root.join(link_rel), e.source));
     }
-    nix::unistd::fsync(dir.as_raw_fd())
-        .map_err(|e| IoError::new("fsync directory", parent_dir(&link), e.into()))
+    // (4)
+    dir.fsync()
 }
 
 /// The directory that holds the link at `link_rel` under `root`, opened by walking down from
 /// `root` with `O_NOFOLLOW` at every step: each directory between the root and the link must be
 /// a real directory, so the link can never land outside the root through a symlink. (`root`
 /// itself is the operator's choice and may be reached through symlinks.)
-pub fn open_parent(root: &Path, link_rel: &Path) -> Result<OwnedFd, IoError> {
-    use nix::fcntl::{openat, OFlag};
-    use nix::sys::stat::Mode;
-    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-    let open = |dirfd: Option<i32>, name: &std::ffi::OsStr, at: &Path, flags: OFlag| {
-        openat(dirfd, name, flags, Mode::empty())
-            // SAFETY: openat returned a new descriptor that nothing else owns.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .map_err(|errno| match errno {
-                nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => IoError::new(
-                    "use as the link's directory",
-                    at,
-                    io::Error::other(
-                        "it is a symlink or not a directory; the link's directories must be real directories inside the root",
-                    ),
-                ),
-                errno => IoError::new("open the link's directory", at, errno.into()),
-            })
-    };
-    let mut dir = open(None, root.as_os_str(), root, flags)?;
+pub fn open_parent(root: &Path, link_rel: &Path) -> Result<Dir, IoError> {
+    let mut dir = Dir::open_path(root)?;
     let parents: Vec<Component> = link_rel
         .parent()
         .map(|p| p.components().collect())
         .unwrap_or_default();
-    let mut at = root.to_path_buf();
     for component in parents {
-        at.push(component);
-        dir = open(
-            Some(dir.as_raw_fd()),
-            component.as_os_str(),
-            &at,
-            flags | OFlag::O_NOFOLLOW,
-        )?;
+        let name = component.as_os_str();
+        dir = match dir.open_dir(name) {
+            Ok(Some(next)) => next,
+            Ok(None) => {
+                return Err(IoError::new(
+                    "open the link's directory",
+                    dir.join(name),
+                    io::Error::from_raw_os_error(libc::ENOENT),
+                ))
+            }
+            Err(e) if fsutil::is_not_a_directory(&e) => {
+                return Err(IoError::new(
+                    NOT_A_LINK_DIR,
+                    dir.join(name),
+                    io::Error::other(
+                        "it is a symlink or not a directory; the link's directories must be real directories inside the root",
+                    ),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
     }
     Ok(dir)
 }
 
-/// The link's target as stored, or `None` if there is no link. Anything at that path that is
-/// not a symlink is an error: it is something dagsnap did not create.
-pub fn read(link: &Path) -> Result<Option<PathBuf>, ReadError> {
-    match fs::symlink_metadata(link) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(IoError::new("inspect link", link, e).into()),
-        Ok(meta) if !meta.file_type().is_symlink() => Err(ReadError::NotALink {
-            path: link.to_path_buf(),
-            kind: if meta.is_dir() { "directory" } else { "file" },
+/// The link's target as stored, or `None` if there is no link (or no directory for it yet).
+/// Anything at that path that is not a symlink is an error: it is something dagsnap did not
+/// create.
+pub fn read(root: &Path, link_rel: &Path) -> Result<Option<PathBuf>, ReadError> {
+    let dir = match open_parent(root, link_rel) {
+        Ok(dir) => dir,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let name = file_name(link_rel);
+    match dir.kind(name)? {
+        None => Ok(None),
+        Some(Kind::Symlink) => Ok(Some(dir.read_link(name)?)),
+        Some(kind) => Err(ReadError::NotALink {
+            path: root.join(link_rel),
+            kind: match kind {
+                Kind::Dir => "directory",
+                _ => "file",
+            },
         }),
-        Ok(_) => Ok(Some(fs::read_link(link).at("read link", link)?)),
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("{} is a real {kind}, not the link dagsnap manages; move it away (dagsnap never deletes what it did not create) or choose another --link", path.display())]
-    NotALink { path: PathBuf, kind: &'static str },
-    #[error(transparent)]
-    Io(#[from] IoError),
-}
-
-/// Remove temporary links a crash left between steps 1 and 2 of [`swap`].
-pub fn remove_stale_temporaries(link: &Path) -> Result<(), IoError> {
-    let dir = parent_dir(link);
-    let entries = match fs::read_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other.at("list", dir)?,
+/// Remove temporary links a crash left between steps 2 and 3 of [`swap`].
+pub fn remove_stale_temporaries(root: &Path, link_rel: &Path) -> Result<(), IoError> {
+    let dir = match open_parent(root, link_rel) {
+        Ok(dir) => dir,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(TEMP_PREFIX) {
-            let path = entry.path();
-            // Only symlinks: never delete a real file that happens to share the prefix.
-            if fs::symlink_metadata(&path)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-            {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                        return Err(IoError::new("remove stale temporary link", &path, e))
-                    }
-                    _ => {
-                        tracing::debug!(path = %path.display(), "removed temporary link left by a crash")
-                    }
-                }
-            }
+    for (name, kind) in dir.entries()? {
+        if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        // Only symlinks: never delete a real file that happens to share the prefix.
+        let kind = match kind {
+            Some(kind) => Some(kind),
+            None => dir.kind(&name)?,
+        };
+        if kind == Some(Kind::Symlink) {
+            dir.remove_file(&name)?;
+            tracing::debug!(path = %dir.join(&name).display(), "removed temporary link left by a crash");
         }
     }
     Ok(())
@@ -161,24 +448,29 @@ pub fn path_to_root(link_rel: &Path) -> PathBuf {
         .collect()
 }
 
-fn parent_dir(link: &Path) -> &Path {
-    match link.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
+fn file_name(link_rel: &Path) -> &OsStr {
+    link_rel.file_name().unwrap_or(link_rel.as_os_str())
+}
+
+/// The directory holding `path` (the root itself for a top-level name).
+pub(super) fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn swap_replaces_target_and_leaves_no_temporaries() {
         let dir = tempfile::tempdir().unwrap();
-        let link = dir.path().join("current");
         swap(dir.path(), Path::new("current"), Path::new("a")).unwrap();
         swap(dir.path(), Path::new("current"), Path::new("b")).unwrap();
-        assert_eq!(read(&link).unwrap(), Some(PathBuf::from("b")));
+        assert_eq!(
+            read(dir.path(), Path::new("current")).unwrap(),
+            Some(PathBuf::from("b"))
+        );
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -194,13 +486,14 @@ mod tests {
         let err = swap(dir.path(), Path::new("dags/current"), Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("real directories"), "{err}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(read(dir.path(), Path::new("dags/current")).is_err());
     }
 
     #[test]
     fn a_real_directory_is_not_taken_for_the_link() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("current")).unwrap();
-        let err = read(&dir.path().join("current")).unwrap_err();
+        let err = read(dir.path(), Path::new("current")).unwrap_err();
         assert!(err.to_string().contains("real directory"), "{err}");
     }
 

@@ -10,15 +10,18 @@
 //!
 //! The wait is a poll with a deadline rather than a blocking `F_OFD_SETLKW`: a lock request that
 //! hangs on a wedged NFS server must not hang the sync loop forever.
+//!
+//! A lock file is opened by name in its directory's descriptor, never through a symlink, and
+//! must be a regular file: a lock file under the root is input like any other.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::fsutil::{Context, IoError};
+use crate::fsutil::{Dir, IoError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -46,40 +49,54 @@ fn holder_suffix(holder: &Option<String>) -> String {
 pub struct FileLock {
     /// The lock lives as long as this open file description.
     _file: fs::File,
-    path: PathBuf,
+    /// The directory holding the file, and its name: where [`FileLock::is_still_at_path`]
+    /// looks, never through a symlink.
+    dir: Dir,
+    name: OsString,
 }
 
 impl FileLock {
     /// Take the lock at `path` exclusively (the file is created if missing), waiting at most
     /// `timeout`; a zero `timeout` tries once. The file's content is not touched, so taking
-    /// and releasing the lock leaves no trace on disk.
+    /// and releasing the lock leaves no trace on disk. `path`'s directory is reached by its
+    /// path: for directories of this process's own (a private cache); under the root, use
+    /// [`FileLock::acquire_in`].
     pub fn acquire(path: &Path, timeout: Duration) -> Result<FileLock, LockError> {
-        Self::acquire_inner(path, timeout, false)
+        let (dir, name) = parent(path)?;
+        Self::acquire_inner(&dir, name, timeout, false)
+    }
+
+    /// [`FileLock::acquire`] of `name` in `dir`.
+    pub fn acquire_in(dir: &Dir, name: &str, timeout: Duration) -> Result<FileLock, LockError> {
+        Self::acquire_inner(dir, OsStr::new(name), timeout, false)
     }
 
     /// Like [`FileLock::acquire`], and then write the holder's identity (`host pid`) into the
     /// file so that whoever finds it busy can say who holds it. For private locks, where the
     /// write costs nothing and the name helps.
     pub fn acquire_as_holder(path: &Path, timeout: Duration) -> Result<FileLock, LockError> {
-        Self::acquire_inner(path, timeout, true)
+        let (dir, name) = parent(path)?;
+        Self::acquire_inner(&dir, name, timeout, true)
     }
 
     fn acquire_inner(
-        path: &Path,
+        dir: &Dir,
+        name: &OsStr,
         timeout: Duration,
         record_holder: bool,
     ) -> Result<FileLock, LockError> {
-        let mut file = open(path)?;
+        let path = dir.join(name);
+        let mut file = open(dir, name)?;
         let start = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
-            if set_lock(&file, path, libc::F_WRLCK)? {
+            if set_lock(&file, &path, libc::F_WRLCK)? {
                 break;
             }
             let waited = start.elapsed();
             if waited >= timeout {
                 return Err(LockError::Busy {
-                    path: path.to_path_buf(),
+                    path,
                     waited,
                     holder: read_holder(&mut file),
                 });
@@ -99,29 +116,32 @@ impl FileLock {
         }
         Ok(FileLock {
             _file: file,
-            path: path.to_path_buf(),
+            dir: dir.try_clone()?,
+            name: name.to_os_string(),
         })
     }
 
-    /// Try once to take a shared lock on `path`: any number of shared holders coexist, and
-    /// they keep an exclusive lock out. `None` if someone holds it exclusively.
-    pub fn try_shared(path: &Path) -> Result<Option<FileLock>, LockError> {
-        Self::try_once(path, libc::F_RDLCK)
+    /// Try once to take a shared lock on `name` in `dir`: any number of shared holders
+    /// coexist, and they keep an exclusive lock out. `None` if someone holds it exclusively.
+    pub fn try_shared(dir: &Dir, name: &str) -> Result<Option<FileLock>, LockError> {
+        Self::try_once(dir, OsStr::new(name), libc::F_RDLCK)
     }
 
-    /// Try once to take an exclusive lock on `path`. `None` if anyone holds it.
-    pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>, LockError> {
-        Self::try_once(path, libc::F_WRLCK)
+    /// Try once to take an exclusive lock on `name` in `dir`. `None` if anyone holds it.
+    pub fn try_exclusive(dir: &Dir, name: &str) -> Result<Option<FileLock>, LockError> {
+        Self::try_once(dir, OsStr::new(name), libc::F_WRLCK)
     }
 
-    /// Whether anyone holds a lock on `path` now, asked without taking one and without
-    /// write access: works on a read-only mount, and creates nothing (a missing file is not
-    /// held).
-    pub fn is_held(path: &Path) -> Result<bool, LockError> {
-        let file = match fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(IoError::new("open lock file", path, e).into()),
+    /// Whether anyone holds a lock on `name` in `dir` now, asked without taking one and
+    /// without write access: works on a read-only mount, and creates nothing (a missing file
+    /// is not held). Anything but a regular file there is not held either.
+    pub fn is_held_in(dir: &Dir, name: &str) -> Result<bool, LockError> {
+        let path = dir.join(name);
+        let file = match dir.open_read(name) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(false),
+            Err(e) if crate::fsutil::is_not_regular(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
         };
         // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
         let mut flock: libc::flock = unsafe { std::mem::zeroed() };
@@ -132,18 +152,30 @@ impl FileLock {
             nix::fcntl::FcntlArg::F_OFD_GETLK(&mut flock),
         ) {
             Ok(_) => Ok(flock.l_type != libc::F_UNLCK as libc::c_short),
-            Err(nix::errno::Errno::ENOLCK) => Err(LockError::Unsupported {
-                path: path.to_path_buf(),
-            }),
+            Err(nix::errno::Errno::ENOLCK) => Err(LockError::Unsupported { path }),
             Err(errno) => Err(IoError::new("inspect lock", path, io::Error::from(errno)).into()),
         }
     }
 
-    fn try_once(path: &Path, kind: libc::c_int) -> Result<Option<FileLock>, LockError> {
-        let file = open(path)?;
-        Ok(set_lock(&file, path, kind)?.then(|| FileLock {
+    /// [`FileLock::is_held_in`] for a path of this process's own (a private cache).
+    pub fn is_held(path: &Path) -> Result<bool, LockError> {
+        let (dir, name) = match parent(path) {
+            Ok(found) => found,
+            Err(LockError::Io(e)) if e.errno() == Some(libc::ENOENT) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Self::is_held_in(&dir, &name.to_string_lossy())
+    }
+
+    fn try_once(dir: &Dir, name: &OsStr, kind: libc::c_int) -> Result<Option<FileLock>, LockError> {
+        let file = open(dir, name)?;
+        if !set_lock(&file, &dir.join(name), kind)? {
+            return Ok(None);
+        }
+        Ok(Some(FileLock {
             _file: file,
-            path: path.to_path_buf(),
+            dir: dir.try_clone()?,
+            name: name.to_os_string(),
         }))
     }
 
@@ -158,41 +190,53 @@ impl FileLock {
     /// Turn an exclusive lock into a shared one, atomically: there is no moment at which the
     /// file is unlocked.
     pub fn downgrade(&self) -> Result<(), LockError> {
-        match set_lock(&self._file, &self.path, libc::F_RDLCK)? {
+        match set_lock(&self._file, &self.path(), libc::F_RDLCK)? {
             true => Ok(()),
             false => Err(IoError::new(
                 "downgrade lock",
-                &self.path,
+                self.path(),
                 io::Error::from_raw_os_error(libc::EAGAIN),
             )
             .into()),
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
     }
 
-    /// Whether the locked file is still the one at its path. A lock on a file that was deleted
-    /// (or replaced) protects nothing: whoever opens the path now locks another file.
+    /// The file's name in its directory.
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    /// Whether the locked file is still the one at its name. A lock on a file that was deleted
+    /// (or replaced) protects nothing: whoever opens the name now locks another file.
     pub fn is_still_at_path(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (self._file.metadata(), fs::metadata(&self.path)) {
-            (Ok(held), Ok(there)) => held.dev() == there.dev() && held.ino() == there.ino(),
+        match (self._file.metadata(), self.dir.stat(&self.name)) {
+            (Ok(held), Ok(Some(there))) => held.dev() == there.st_dev && held.ino() == there.st_ino,
             _ => false,
         }
     }
 }
 
-fn open(path: &Path) -> Result<fs::File, LockError> {
-    Ok(fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(crate::fsutil::file_mode())
-        .open(path)
-        .at("open lock file", path)?)
+/// The directory holding `path`, opened by its path, and the file's name.
+fn parent(path: &Path) -> Result<(Dir, &OsStr), LockError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| IoError::new("lock", path, io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((Dir::open_path(dir)?, name))
+}
+
+/// Open (creating if missing) the lock file `name` in `dir`, without following a symlink;
+/// anything but a regular file there is refused ([`crate::fsutil::is_not_regular`]).
+fn open(dir: &Dir, name: &OsStr) -> Result<fs::File, LockError> {
+    Ok(dir.open_rw(name, true)?)
 }
 
 /// One non-blocking attempt at an OFD lock of `kind` on the whole file: `Ok(false)` if it is
@@ -243,27 +287,32 @@ mod tests {
     #[test]
     fn shared_holders_coexist_and_keep_an_exclusive_one_out() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("publishers");
-        let a = FileLock::try_shared(&path).unwrap().expect("first shared");
-        let b = FileLock::try_shared(&path).unwrap().expect("second shared");
-        assert!(FileLock::try_exclusive(&path).unwrap().is_none());
-        assert!(FileLock::is_held(&path).unwrap());
+        let d = Dir::open_path(dir.path()).unwrap();
+        let path = "publishers";
+        let a = FileLock::try_shared(&d, path)
+            .unwrap()
+            .expect("first shared");
+        let b = FileLock::try_shared(&d, path)
+            .unwrap()
+            .expect("second shared");
+        assert!(FileLock::try_exclusive(&d, path).unwrap().is_none());
+        assert!(FileLock::is_held_in(&d, path).unwrap());
         drop((a, b));
-        assert!(!FileLock::is_held(&path).unwrap());
-        assert!(!FileLock::is_held(&dir.path().join("missing")).unwrap());
+        assert!(!FileLock::is_held_in(&d, path).unwrap());
+        assert!(!FileLock::is_held_in(&d, "missing").unwrap());
         assert!(
             !dir.path().join("missing").exists(),
             "asking creates nothing"
         );
-        let exclusive = FileLock::try_exclusive(&path)
+        let exclusive = FileLock::try_exclusive(&d, path)
             .unwrap()
             .expect("exclusive once alone");
-        assert!(FileLock::try_shared(&path).unwrap().is_none());
+        assert!(FileLock::try_shared(&d, path).unwrap().is_none());
         exclusive.downgrade().unwrap();
         assert!(
-            FileLock::try_shared(&path).unwrap().is_some(),
+            FileLock::try_shared(&d, path).unwrap().is_some(),
             "downgraded to shared"
         );
-        assert!(FileLock::try_exclusive(&path).unwrap().is_none());
+        assert!(FileLock::try_exclusive(&d, path).unwrap().is_none());
     }
 }

@@ -1,19 +1,28 @@
 //! The published root: what readers see, and everything written under it.
 //!
-//! - [`root`]: [`Root`], the layout of a root and the only code that builds paths under it;
-//!   adoption at start-up, installing snapshots, moving the link, pins and claims.
-//! - [`records`]: the files dagsnap keeps beside the snapshots (journal, publication state,
-//!   pin, source record, manifests), each read back as untrusted input.
+//! - [`layout`]: [`Root`] and [`Store`]: where everything lies under a root (the whole tree is
+//!   drawn there) and how it is reached: from the root's descriptor, never through a symlink.
+//! - [`adopt`]: making a root ready at start-up, and taking one over from git-sync.
+//! - [`lifecycle`]: a snapshot's life, staging → installed → live → out of service → trash →
+//!   gone, its states numbered in that module's doc.
+//! - [`link`]: the link: where it points, the atomic swap, and every decision to move it.
+//! - [`root`]: what a root says about its publishers, leases and pin (doors into `records`).
+//! - [`records`]: the files dagsnap keeps beside the snapshots (journal, publications, pin,
+//!   source record, publisher records, verdicts, leases), each read back as untrusted input.
 //! - [`snapshot`]: turning a list of entries into a sealed, read-only directory.
-//! - [`link`]: the atomic symlink swap.
 //! - [`lock`]: advisory locks with a bounded wait.
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely.
 //! - [`repair`]: replacing a damaged snapshot with a fresh build while readers are served.
 //! - [`gitsync`]: git-sync's files in a root dagsnap takes over.
 //! - [`volume`]: what the root's mount promises about locks.
+//! - `error`: [`StoreError`], each error saying what to do.
 
+mod adopt;
+mod error;
 pub mod gc;
 pub mod gitsync;
+mod layout;
+mod lifecycle;
 pub mod link;
 pub mod lock;
 pub mod records;
@@ -22,4 +31,12 @@ mod root;
 pub mod snapshot;
 pub mod volume;
 
-pub use root::*;
+pub use adopt::{Created, GitSyncLive};
+pub use error::StoreError;
+pub use layout::{is_commit_id, Root, RootLock, Store, MAX_CLOCK_SKEW, STORE_DIR};
+pub use lifecycle::{Installed, Staging, StagingDir, StoreEntry};
+pub use link::{Current, Decision, BY_PIN};
+pub use records::{
+    rfc3339, Cause, CheckClaim, Claim, DirIdentity, Expected, LinkHistory, LockFault, LockWitness,
+    Manifest, ModuleRecord, Observed, Pin, Publication, SourceRecord, Verdict,
+};

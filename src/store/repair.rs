@@ -69,7 +69,7 @@ pub fn repair(
     let fresh = snapshot::build(
         entries,
         blobs,
-        staging.path(),
+        staging.dir(),
         None,
         Reuse::FullCopy,
         jobs,
@@ -134,16 +134,14 @@ pub fn finish(
         root.retire_snapshot(&lock, commit)?;
     }
     // 4.
-    let fresh_dir = root.fresh_copy_path(commit);
+    // Without the fresh copy (removed by hand), every file is written from the cache.
+    let fresh_dir = root.open_fresh_copy(commit)?;
     let staging = root.begin_staging()?;
     let rebuilt = snapshot::build(
         entries.clone(),
         blobs,
-        staging.path(),
-        Some(Previous {
-            dir: &fresh_dir,
-            entries,
-        }),
+        staging.dir(),
+        fresh_dir.as_ref().map(|dir| Previous { dir, entries }),
         Reuse::HardLink,
         jobs,
         progress,

@@ -1,16 +1,22 @@
 //! Turning a list of entries into a complete, durable, read-only directory.
 //!
-//! This module writes into a directory it is given (a private staging directory) and knows
-//! nothing of links, locks or where snapshots live: [`crate::store::Root`] names the directory
-//! and renames it into place once [`build`] has returned. It knows nothing of git either: the
-//! content of each entry comes from a [`Blobs`] source, and the entries were checked against
-//! git's path rules by whoever listed them.
+//! This module writes into a directory it is given (a private staging directory, open) and
+//! knows nothing of links, locks or where snapshots live: [`crate::store::Root`] names the
+//! directory and renames it into place once [`build`] has returned. It knows nothing of git
+//! either: the content of each entry comes from a [`Blobs`] source, and the entries were checked
+//! against git's path rules by whoever listed them.
+//!
+//! Everything is done relative to the staging directory's descriptor (and the previous
+//! snapshot's, for sharing), each directory opened with no symlink followed on the way
+//! ([`Dir::open_beneath`]): a directory replaced by a symlink while a build runs cannot send a
+//! write, a link or a `chmod` anywhere else.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -21,7 +27,7 @@ pub use crate::entries::Blobs;
 use crate::entries::{
     CopyError, Entries, Entry, MODE_EXECUTABLE, MODE_FILE, MODE_SUBMODULE, MODE_SYMLINK,
 };
-use crate::fsutil::{self, IoError};
+use crate::fsutil::{self, Dir, IoError, Kind};
 use crate::text::escape_bytes;
 
 /// Threads that write a snapshot unless told otherwise (`--build-jobs`). On a volume where each
@@ -77,7 +83,7 @@ impl SnapshotError {
 /// An earlier snapshot on the same filesystem whose unchanged files can be shared.
 #[derive(Debug, Clone, Copy)]
 pub struct Previous<'a> {
-    pub dir: &'a Path,
+    pub dir: &'a Dir,
     pub entries: &'a Entries,
 }
 
@@ -147,7 +153,7 @@ pub struct Stats {
 pub fn build(
     entries: Entries,
     blobs: &dyn Blobs,
-    dir: &Path,
+    dir: &Dir,
     previous: Option<Previous<'_>>,
     reuse: Reuse,
     jobs: usize,
@@ -158,7 +164,7 @@ pub fn build(
     let mut entries = entries.0;
     let jobs = jobs.max(1);
     // 1.
-    check_lengths(dir, &entries)?;
+    check_lengths(dir.path(), &entries)?;
 
     let files = progress.add_child("write files");
     files.init(Some(entries.len()), gix::progress::count("files"));
@@ -222,8 +228,9 @@ pub fn build(
         match result {
             Ok(written) => {
                 reused += written.reused;
-                for (n, size) in written.sizes {
+                for (n, size, mtime) in written.sizes {
                     entries[n].size = size;
+                    entries[n].mtime = mtime;
                 }
             }
             Err(e) => {
@@ -245,7 +252,7 @@ pub fn build(
     dirs.seal_all(jobs)?;
     let sealed = Instant::now();
     // 5.
-    fsutil::sync_filesystem(dir)?;
+    dir.sync_filesystem()?;
 
     tracing::debug!(
         jobs,
@@ -269,7 +276,7 @@ pub fn build(
 
 /// What every worker of step 3 shares.
 struct Shared<'a> {
-    dir: &'a Path,
+    dir: &'a Dir,
     entries: &'a [Entry],
     index: Option<&'a SharingIndex<'a>>,
     modes: Modes,
@@ -284,9 +291,10 @@ struct Shared<'a> {
     bytes: &'a gix::progress::tree::Item,
 }
 
-/// What one worker wrote: the size of each of its entries, and how many it shared.
+/// What one worker wrote: the size (and a file's modification time) of each of its entries,
+/// and how many it shared.
 struct Written {
-    sizes: Vec<(usize, u64)>,
+    sizes: Vec<(usize, u64, Option<i128>)>,
     reused: u64,
 }
 
@@ -307,7 +315,7 @@ impl Shared<'_> {
     fn write_part(&self, part: &[usize], blobs: &dyn Blobs) -> Result<Written, SnapshotError> {
         let mut sharing = self.index.map(|index| Sharing {
             index,
-            sound_dirs: HashSet::new(),
+            sources: Parents::default(),
             warned: &self.warned,
             disabled: &self.links_refused,
         });
@@ -315,6 +323,8 @@ impl Shared<'_> {
             sizes: Vec::with_capacity(part.len()),
             reused: 0,
         };
+        // Entries come a whole directory at a time: each is opened once.
+        let mut parents = Parents::default();
         let mut buf = Vec::new();
         for (k, &n) in part.iter().enumerate() {
             if k % 64 == 0
@@ -323,15 +333,18 @@ impl Shared<'_> {
                 return Err(SnapshotError::Cancelled);
             }
             let entry = &self.entries[n];
-            let target = self.dir.join(std::ffi::OsStr::from_bytes(&entry.path));
-            let size = match entry.mode {
+            let (parent, leaf) = split_path(&entry.path);
+            let into = parents
+                .open(self.dir, parent)
+                .map_err(|e| write_error("open the directory of", &entry.path, e.source))?;
+            let (size, mtime) = match entry.mode {
                 MODE_FILE | MODE_EXECUTABLE => {
-                    if let Some(size) = sharing.as_mut().and_then(|s| s.link(entry, &target)) {
+                    if let Some(shared) = sharing.as_mut().and_then(|s| s.link(entry, into, leaf)) {
                         written.reused += 1;
-                        size
+                        shared
                     } else {
                         let executable = entry.mode == MODE_EXECUTABLE;
-                        let size = write_file(&target, executable, self.modes, |file| {
+                        let size = write_file(into, leaf, executable, self.modes, |file| {
                             blobs.copy(&entry.id, file, &mut buf)
                         })
                         .map_err(|e| match e {
@@ -342,18 +355,18 @@ impl Shared<'_> {
                             },
                             CopyError::Write(e) => write_error("write", &entry.path, e),
                         })?;
-                        self.bytes.inc_by(size as usize);
+                        self.bytes.inc_by(size.0 as usize);
                         size
                     }
                 }
                 MODE_SYMLINK => {
                     read_blob(blobs, entry, &mut buf)?;
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&buf), &target)
-                        .map_err(|e| write_error("create symlink", &entry.path, e))?;
-                    buf.len() as u64
+                    into.symlink(Path::new(OsStr::from_bytes(&buf)), leaf)
+                        .map_err(|e| write_error("create symlink", &entry.path, e.source))?;
+                    (buf.len() as u64, None)
                 }
                 // Created with the directories (step 2).
-                MODE_SUBMODULE => 0,
+                MODE_SUBMODULE => (0, None),
                 other => {
                     // Entry lists only hold the four modes above (the tree walk and the decoder
                     // make sure of it).
@@ -364,10 +377,38 @@ impl Shared<'_> {
                     ));
                 }
             };
-            written.sizes.push((n, size));
+            written.sizes.push((n, size, mtime));
             self.files.inc();
         }
         Ok(written)
+    }
+}
+
+/// A path's parent directory (empty at the top) and its last component.
+fn split_path(path: &[u8]) -> (&[u8], &OsStr) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(slash) => (&path[..slash], OsStr::from_bytes(&path[slash + 1..])),
+        None => (&[][..], OsStr::from_bytes(path)),
+    }
+}
+
+/// The directory a worker writes in now, kept open while its entries come.
+#[derive(Default)]
+struct Parents {
+    open: Option<(Vec<u8>, Dir)>,
+}
+
+impl Parents {
+    /// The directory `relative` below `top`, opened without following a symlink on the way.
+    fn open(&mut self, top: &Dir, relative: &[u8]) -> Result<&Dir, IoError> {
+        if self.open.as_ref().is_none_or(|(at, _)| at != relative) {
+            let dir = top.open_beneath(relative)?;
+            self.open = Some((relative.to_vec(), dir));
+        }
+        match &self.open {
+            Some((_, dir)) => Ok(dir),
+            None => unreachable!("set above"),
+        }
     }
 }
 
@@ -497,6 +538,14 @@ fn check_entry(dir: &Path, entry: &Entry) -> Result<(), String> {
         {
             Some(format!("has mode {mode:o}"))
         }
+        MODE_FILE | MODE_EXECUTABLE
+            if entry.mtime.is_some_and(|recorded| {
+                use std::os::unix::fs::MetadataExt;
+                recorded != mtime_ns(meta.mtime(), meta.mtime_nsec())
+            }) =>
+        {
+            Some("was modified after it was written (its modification time changed)".into())
+        }
         _ => None,
     };
     match problem {
@@ -566,28 +615,37 @@ impl Modes {
     }
 }
 
-/// Create `path` read-only with what `fill` writes as its content; returns `fill`'s size.
+/// Create `name` in `dir` read-only with what `fill` writes as its content; returns `fill`'s
+/// size and the file's modification time once written (recorded in the entry list: a file
+/// edited in place later has another one, even when given back its size and mode).
 fn write_file(
-    path: &Path,
+    dir: &Dir,
+    name: &OsStr,
     executable: bool,
     modes: Modes,
     fill: impl FnOnce(&mut fs::File) -> Result<u64, CopyError>,
-) -> Result<u64, CopyError> {
+) -> Result<(u64, Option<i128>), CopyError> {
     let mode = fsutil::read_only_mode(false, executable);
     // O_CREAT with a read-only mode still gives a writable descriptor: permissions are checked
     // when an existing file is opened, not when it is created.
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(CopyError::Write)?;
+    let mut file = dir
+        .create_new(name, mode)
+        .map_err(|e| CopyError::Write(e.source))?;
     let size = fill(&mut file)?;
     if modes.need_chmod {
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(CopyError::Write)?;
     }
-    Ok(size)
+    let mtime = file.metadata().ok().map(|meta| {
+        use std::os::unix::fs::MetadataExt;
+        mtime_ns(meta.mtime(), meta.mtime_nsec())
+    });
+    Ok((size, mtime))
+}
+
+/// A modification time in nanoseconds since the epoch, as entry lists record it.
+fn mtime_ns(seconds: i64, nanoseconds: i64) -> i128 {
+    i128::from(seconds) * 1_000_000_000 + i128::from(nanoseconds)
 }
 
 /// What step 3 knows of the previous snapshot, shared by the workers: its entries by path and
@@ -644,8 +702,8 @@ impl<'a> SharingIndex<'a> {
 /// One worker's sharing of unchanged files with the previous snapshot.
 struct Sharing<'a, 'b> {
     index: &'a SharingIndex<'a>,
-    /// Directories of the previous snapshot checked to be real directories (not symlinks).
-    sound_dirs: HashSet<&'a [u8]>,
+    /// The previous snapshot's directory of the last file shared.
+    sources: Parents,
     /// The previous snapshot was found changed on disk; said once per build.
     warned: &'b AtomicBool,
     /// The filesystem refuses hard links altogether.
@@ -653,8 +711,9 @@ struct Sharing<'a, 'b> {
 }
 
 impl<'a> Sharing<'a, '_> {
-    /// Hard-link `entry` from the previous snapshot to `target`; its size if that worked.
-    fn link(&mut self, entry: &Entry, target: &Path) -> Option<u64> {
+    /// Hard-link `entry` from the previous snapshot to `leaf` in `into`; its size and
+    /// modification time if that worked.
+    fn link(&mut self, entry: &Entry, into: &Dir, leaf: &OsStr) -> Option<(u64, Option<i128>)> {
         if self.disabled.load(Ordering::Relaxed) {
             return None;
         }
@@ -663,10 +722,10 @@ impl<'a> Sharing<'a, '_> {
             Some(old) if old.mode == entry.mode && old.id == entry.id => old,
             _ => index.with_content(entry.id, entry.mode)?,
         };
-        let source = self.intact_source(old)?;
-        match fs::hard_link(&source, target) {
-            Ok(()) => Some(old.size),
-            Err(e) if link_refused_everywhere(&e) => {
+        let (source_dir, source_leaf, mtime) = self.intact_source(old)?;
+        match source_dir.hard_link_to(source_leaf, into, leaf) {
+            Ok(()) => Some((old.size, Some(mtime))),
+            Err(e) if link_refused_everywhere(&e.source) => {
                 if !self.disabled.swap(true, Ordering::Relaxed) {
                     tracing::info!(error = %e, "cannot hard-link into the new snapshot; writing every file instead");
                 }
@@ -674,57 +733,64 @@ impl<'a> Sharing<'a, '_> {
             }
             // This one file cannot be shared (a link-count limit, a race): write it.
             Err(e) => {
-                tracing::debug!(path = %target.display(), error = %e, "writing instead of linking");
+                tracing::debug!(path = %into.join(leaf).display(), error = %e, "writing instead of linking");
                 None
             }
         }
     }
 
-    /// The path of `old` in the previous snapshot, if the file there is still what was recorded.
-    fn intact_source(&mut self, old: &'a Entry) -> Option<PathBuf> {
-        let dir = self.index.previous.dir;
+    /// Where `old` is in the previous snapshot (its directory, opened without following a
+    /// symlink on the way, and its name), and its modification time, if the file there is
+    /// still what was recorded: a regular file, read-only, of the recorded size and (when
+    /// recorded) modification time.
+    fn intact_source(&mut self, old: &'a Entry) -> Option<(&Dir, &'a OsStr, i128)> {
+        let (parent, leaf) = split_path(&old.path);
+        let previous = self.index.previous.dir;
         // Every directory on the way must be a real one: a symlink planted in place of one would
         // make the link share a file from anywhere.
-        for (i, _) in old.path.iter().enumerate().filter(|(_, b)| **b == b'/') {
-            let parent = &old.path[..i];
-            if self.sound_dirs.contains(parent) {
-                continue;
+        let stat = match self.sources.open(previous, parent) {
+            Ok(dir) => match dir.stat(leaf) {
+                Ok(Some(stat)) => stat,
+                // Deleted by hand: nothing to share, nothing to warn about beyond verify's.
+                _ => return None,
+            },
+            Err(e) if fsutil::is_not_a_directory(&e) => {
+                return self.changed(old, "a directory on its path is not a directory")
             }
-            match fs::symlink_metadata(dir.join(std::ffi::OsStr::from_bytes(parent))) {
-                Ok(meta) if meta.is_dir() => {
-                    self.sound_dirs.insert(parent);
-                }
-                Ok(_) => return self.changed(old, "a directory on its path is not a directory"),
-                Err(_) => return None,
-            }
-        }
-        let source = dir.join(std::ffi::OsStr::from_bytes(&old.path));
-        let meta = match fs::symlink_metadata(&source) {
-            Ok(meta) => meta,
-            // Deleted by hand: nothing to share, nothing to warn about beyond what verify says.
             Err(_) => return None,
         };
         let wanted = fsutil::read_only_mode(false, old.mode == MODE_EXECUTABLE);
-        let mode = meta.permissions().mode() & 0o7777;
-        if !meta.is_file() {
+        let mode = stat.st_mode & 0o7777;
+        if Kind::of_stat(&stat) != Kind::File {
             return self.changed(old, "it is no longer a regular file");
         }
         if mode != wanted {
             return self.changed(old, &format!("its mode is {mode:o}, not {wanted:o}"));
         }
-        if meta.len() != old.size {
+        if stat.st_size as u64 != old.size {
             return self.changed(
                 old,
-                &format!("it has {} bytes, not the {} recorded", meta.len(), old.size),
+                &format!(
+                    "it has {} bytes, not the {} recorded",
+                    stat.st_size, old.size
+                ),
             );
         }
-        Some(source)
+        let mtime = mtime_ns(stat.st_mtime, stat.st_mtime_nsec);
+        if old.mtime.is_some_and(|recorded| recorded != mtime) {
+            return self.changed(
+                old,
+                "it was modified after it was written (its modification time changed)",
+            );
+        }
+        let dir = self.sources.open.as_ref().map(|(_, dir)| dir)?;
+        Some((dir, leaf, mtime))
     }
 
-    fn changed(&mut self, old: &Entry, what: &str) -> Option<PathBuf> {
+    fn changed<T>(&mut self, old: &Entry, what: &str) -> Option<T> {
         if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                snapshot = %self.index.previous.dir.display(),
+                snapshot = %self.index.previous.dir.path().display(),
                 path = %escape_bytes(&old.path),
                 what,
                 "a file of the previous snapshot was changed on disk after it was published; writing such files from git instead of sharing them (`dagsnap verify` lists the damage)"
@@ -743,16 +809,16 @@ fn link_refused_everywhere(e: &io::Error) -> bool {
 }
 
 /// The directories of a snapshot being built: every one the entries need, by depth.
-struct Directories {
-    root: PathBuf,
+struct Directories<'a> {
+    root: &'a Dir,
     /// `levels[d]`: the directories at depth `d + 1` (relative to `root`).
     levels: Vec<Vec<Vec<u8>>>,
     modes: Modes,
 }
 
-impl Directories {
+impl<'a> Directories<'a> {
     /// Every directory above an entry, and every submodule's.
-    fn plan(root: &Path, entries: &[Entry], modes: Modes) -> Directories {
+    fn plan(root: &'a Dir, entries: &[Entry], modes: Modes) -> Directories<'a> {
         let mut all: HashSet<&[u8]> = HashSet::new();
         for entry in entries {
             for (i, _) in entry.path.iter().enumerate().filter(|(_, b)| **b == b'/') {
@@ -774,7 +840,7 @@ impl Directories {
             level.sort();
         }
         Directories {
-            root: root.to_path_buf(),
+            root,
             levels,
             modes,
         }
@@ -793,29 +859,26 @@ impl Directories {
 
     /// Create the directory `path` (its parent exists).
     fn create(&self, path: &[u8]) -> Result<(), SnapshotError> {
-        let full = self.root.join(std::ffi::OsStr::from_bytes(path));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&full)
-            .and_then(|()| {
+        let (parent, leaf) = split_path(path);
+        self.root
+            .open_beneath(parent)
+            .and_then(|parent| {
+                parent.make_dir(leaf, 0o755)?;
                 if self.modes.need_chmod {
-                    fs::set_permissions(&full, fs::Permissions::from_mode(0o755))
-                } else {
-                    Ok(())
+                    parent.set_mode_of(leaf, 0o755)?;
                 }
+                Ok(())
             })
-            .map_err(|e| write_error("create directory", path, e))
+            .map_err(|e| write_error("create directory", path, e.source))
     }
 
     /// Make every directory read-only, deepest first (each depth in parallel), the root last.
     fn seal_all(&self, jobs: usize) -> Result<(), SnapshotError> {
         let seal = |dir: &Vec<u8>| {
-            let full = self.root.join(std::ffi::OsStr::from_bytes(dir));
-            fs::set_permissions(
-                &full,
-                fs::Permissions::from_mode(fsutil::read_only_mode(true, false)),
-            )
-            .map_err(|e| write_error("make read-only", dir, e))
+            self.root
+                .open_beneath(dir)
+                .and_then(|d| d.set_mode(fsutil::read_only_mode(true, false)))
+                .map_err(|e| write_error("make read-only", dir, e.source))
         };
         for level in self.levels.iter().rev() {
             in_parallel(level, jobs, seal)?;

@@ -14,13 +14,14 @@ use crate::servers::free_port;
 use crate::support::*;
 
 /// FUSE mounts of one directory, each its own client: unmounted when dropped.
-struct Mounts {
-    points: Vec<PathBuf>,
-    _daemons: Vec<Group>,
+pub struct Mounts {
+    pub points: Vec<PathBuf>,
+    /// The FUSE daemons: stopping one (SIGSTOP) stalls its mount, as a hung NFS server would.
+    pub daemons: Vec<Group>,
 }
 
 impl Mounts {
-    fn of(shared: &Path, scratch: &Scratch, count: usize) -> Option<Mounts> {
+    pub fn of(shared: &Path, scratch: &Scratch, count: usize) -> Option<Mounts> {
         if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
             skip(
                 "root and /dev/fuse, for FUSE mounts",
@@ -54,15 +55,15 @@ impl Mounts {
                     .contains(&format!(" {} ", point.display()))
             });
         }
-        Some(Mounts {
-            points,
-            _daemons: daemons,
-        })
+        Some(Mounts { points, daemons })
     }
 }
 
 impl Drop for Mounts {
     fn drop(&mut self) {
+        for daemon in &self.daemons {
+            let _ = nix::sys::signal::killpg(daemon.pid(), nix::sys::signal::Signal::SIGCONT);
+        }
         for point in &self.points {
             let _ = Command::new("fusermount")
                 .args(["-u", "-z"])

@@ -4,6 +4,7 @@
 mod airflow;
 mod auth;
 mod bad_input;
+mod boundaries;
 mod broken_locks;
 mod cache;
 mod chaos;

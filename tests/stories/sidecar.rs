@@ -1045,6 +1045,12 @@ fn status_lists_every_publisher_and_fails_when_the_dags_are_stale() {
     let mut daemon = spawn_loop(&scratch, &remote.url(), &["--period", "200ms"]);
     daemon.wait_for_commit(&scratch.root(), &commit, Duration::from_secs(30));
     let pid = daemon.child.id();
+    // The record says so once the cycle that moved the link has ended.
+    wait_until(
+        Duration::from_secs(10),
+        "the publisher record of the success",
+        || status_json(&scratch, &[]).1["publishers"][0]["last_success_at"].is_string(),
+    );
 
     let (code, json) = status_json(&scratch, &["--max-age", "5m"]);
     assert_eq!(code, Some(0), "{json}");

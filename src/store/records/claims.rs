@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{read_json, warn_damaged, write_json, Read, SourceRecord};
+use super::{read_json, set_aside, warn_damaged, write_json, Read, SourceRecord};
+use crate::fsutil::{is_not_regular, Dir};
 use crate::store::lock::{FileLock, LockError};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 const SOURCE_FILE: &str = "source.json";
 const PUBLISHERS_FILE: &str = "publishers";
@@ -36,16 +37,19 @@ pub struct Claim {
 ///
 /// Locks die with their process, so a crashed publisher never blocks a reconfiguration.
 pub(in crate::store) fn claim(
-    store: &Path,
+    store: &Store,
     root: &Path,
     source: &SourceRecord,
     timeout: Duration,
 ) -> Result<Claim, StoreError> {
+    let dir = store.create()?;
     // A lock of its own, not the root's: a start-up must not wait for publishes or GC.
-    let _serialized = FileLock::acquire(&store.join(CLAIM_LOCK_FILE), timeout)?;
-    let record_path = store.join(SOURCE_FILE);
-    let publishers = store.join(PUBLISHERS_FILE);
-    let recorded = match read_json::<SourceRecord>(&record_path)? {
+    let _serialized = lock_file(&dir, CLAIM_LOCK_FILE, |dir, name| {
+        FileLock::acquire_in(dir, name, timeout)
+    })?;
+    let record_path = dir.join(SOURCE_FILE);
+    let publishers = dir.join(PUBLISHERS_FILE);
+    let recorded = match read_json::<SourceRecord>(&dir, SOURCE_FILE)? {
         Read::Valid(record) => Some(record),
         Read::Missing => None,
         Read::Damaged(why) => {
@@ -58,34 +62,36 @@ pub(in crate::store) fn claim(
         }
     };
     let held = match recorded {
-        Some(theirs) if !theirs.same_as(source) => match FileLock::try_exclusive(&publishers)? {
-            // The lock says nobody follows the old configuration; a heartbeat may say otherwise
-            // on a volume whose locks stay on each client.
-            Some(_) if super::publishers::alive_publisher_of(store, &theirs).is_some() => {
-                return Err(StoreError::SourceMismatch {
-                    root: root.to_path_buf(),
-                    theirs: Box::new(theirs),
-                    ours: Box::new(source.clone()),
-                })
+        Some(theirs) if !theirs.same_as(source) => {
+            match lock_file(&dir, PUBLISHERS_FILE, FileLock::try_exclusive)? {
+                // The lock says nobody follows the old configuration; a heartbeat may say otherwise
+                // on a volume whose locks stay on each client.
+                Some(_) if super::publishers::alive_publisher_of(store, &theirs).is_some() => {
+                    return Err(StoreError::SourceMismatch {
+                        root: root.to_path_buf(),
+                        theirs: Box::new(theirs),
+                        ours: Box::new(source.clone()),
+                    })
+                }
+                Some(exclusive) => {
+                    tracing::warn!(from = %theirs, to = %source, "no publisher of the previous configuration is running; this root now follows the new one");
+                    write_json(&dir, SOURCE_FILE, source)?;
+                    exclusive.downgrade()?;
+                    Some(exclusive)
+                }
+                None => {
+                    return Err(StoreError::SourceMismatch {
+                        root: root.to_path_buf(),
+                        theirs: Box::new(theirs),
+                        ours: Box::new(source.clone()),
+                    })
+                }
             }
-            Some(exclusive) => {
-                tracing::warn!(from = %theirs, to = %source, "no publisher of the previous configuration is running; this root now follows the new one");
-                write_json(&record_path, source)?;
-                exclusive.downgrade()?;
-                Some(exclusive)
-            }
-            None => {
-                return Err(StoreError::SourceMismatch {
-                    root: root.to_path_buf(),
-                    theirs: Box::new(theirs),
-                    ours: Box::new(source.clone()),
-                })
-            }
-        },
-        Some(_) => FileLock::try_shared(&publishers)?,
+        }
+        Some(_) => lock_file(&dir, PUBLISHERS_FILE, FileLock::try_shared)?,
         None => {
-            write_json(&record_path, source)?;
-            FileLock::try_shared(&publishers)?
+            write_json(&dir, SOURCE_FILE, source)?;
+            lock_file(&dir, PUBLISHERS_FILE, FileLock::try_shared)?
         }
     };
     // Exclusive holders only exist inside this function, under the claim lock we hold.
@@ -99,15 +105,37 @@ pub(in crate::store) fn claim(
     Ok(Claim { _shared: lock })
 }
 
+/// Take a lock on the file `name` in `dir` with `take`; something else than a regular file in
+/// its place (a symlink, a FIFO) is moved aside first, with a warning.
+pub(in crate::store) fn lock_file<T>(
+    dir: &Dir,
+    name: &str,
+    take: impl Fn(&Dir, &str) -> Result<T, LockError>,
+) -> Result<T, LockError> {
+    match take(dir, name) {
+        Err(LockError::Io(e)) if is_not_regular(&e) => {
+            set_aside(dir, name);
+            take(dir, name)
+        }
+        other => other,
+    }
+}
+
 /// Whether any publisher of the root in `store` is running (holds its shared claim).
-pub(in crate::store) fn publishers_running(store: &Path) -> Result<bool, StoreError> {
-    Ok(FileLock::is_held(&store.join(PUBLISHERS_FILE))?)
+pub(in crate::store) fn publishers_running(store: &Store) -> Result<bool, StoreError> {
+    match store.open()? {
+        Some(dir) => Ok(FileLock::is_held_in(&dir, PUBLISHERS_FILE)?),
+        None => Ok(false),
+    }
 }
 
 /// The repository and ref recorded for the root in `store`, if readable.
-pub(in crate::store) fn source(store: &Path) -> Result<Option<SourceRecord>, StoreError> {
-    let path = store.join(SOURCE_FILE);
-    Ok(match read_json::<SourceRecord>(&path)? {
+pub(in crate::store) fn source(store: &Store) -> Result<Option<SourceRecord>, StoreError> {
+    let Some(dir) = store.open()? else {
+        return Ok(None);
+    };
+    let path = dir.join(SOURCE_FILE);
+    Ok(match read_json::<SourceRecord>(&dir, SOURCE_FILE)? {
         Read::Valid(record) => Some(record),
         Read::Missing => None,
         Read::Damaged(why) => {

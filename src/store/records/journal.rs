@@ -5,36 +5,70 @@
 //! invalid UTF-8 byte costs that line only.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::time::SystemTime;
 
 use super::{Check, Publication};
-use crate::fsutil::{self, Context, IoError};
+use crate::fsutil::{is_not_regular, Context, Dir, IoError};
 use crate::store::StoreError;
 
 /// Past this size, the journal is trimmed after an append.
 const MAX_BYTES: u64 = 1 << 20;
 /// What a trim keeps: the newest lines that fit in this many bytes (thousands of entries).
 const KEEP_BYTES: usize = 512 << 10;
+/// What is read of a journal: its last this many bytes. A journal dagsnap wrote is never
+/// larger (it is trimmed at [`MAX_BYTES`]); one that is (a forged one, a file written to by
+/// mistake) costs its older lines, never the reader's memory.
+const READ_BYTES: u64 = 2 * MAX_BYTES;
 
 pub(super) struct Read {
     pub entries: Vec<Publication>,
-    /// Line numbers (1-based) that could not be read.
+    /// Line numbers (1-based, in what was read) that could not be read.
     pub damaged: Vec<usize>,
+    /// The file should be written anew: it was larger than what is read, or is no regular
+    /// file at all.
+    pub replace: bool,
 }
 
-pub(super) fn read(path: &Path) -> Result<Read, StoreError> {
-    let bytes = match fs::read(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        other => other.at("read journal", path)?,
-    };
+pub(super) fn read(dir: &Dir, name: &str) -> Result<Read, StoreError> {
+    let path = dir.join(name);
     let mut read = Read {
         entries: Vec::new(),
         damaged: Vec::new(),
+        replace: false,
     };
+    let mut file = match dir.open_read(name) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(read),
+        Err(e) if is_not_regular(&e) => {
+            super::warn_damaged(
+                &path,
+                "it is no regular file",
+                "ignoring it; GC replaces it",
+            );
+            read.replace = true;
+            return Ok(read);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let size = file.metadata().at("inspect", &path)?.len();
+    let mut bytes = Vec::new();
+    if size > READ_BYTES {
+        read.replace = true;
+        file.seek(SeekFrom::Start(size - READ_BYTES))
+            .at("read journal", &path)?;
+    }
+    file.take(READ_BYTES)
+        .read_to_end(&mut bytes)
+        .at("read journal", &path)?;
+    if read.replace {
+        // The first line read is most likely cut.
+        let first_end = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |n| n + 1);
+        bytes.drain(..first_end);
+    }
     for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -49,20 +83,23 @@ pub(super) fn read(path: &Path) -> Result<Read, StoreError> {
 
 /// Append `entry` and make it durable. A journal past [`MAX_BYTES`] is then trimmed to its
 /// newest readable lines; a trim that fails is only logged: the entry is recorded, and the next
-/// append tries again.
-pub(super) fn append(path: &Path, entry: &Publication) -> Result<(), StoreError> {
-    let mut line = encode(entry, path)?;
+/// append tries again. Something else than a regular file where the journal goes is moved
+/// aside and a new journal begun.
+pub(super) fn append(dir: &Dir, name: &str, entry: &Publication) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let mut line = encode(entry, &path)?;
     line.push(b'\n');
-    let mut file = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(crate::fsutil::file_mode())
-        .open(path)
-        .at("open journal", path)?;
-    file.write_all(&line).at("append to journal", path)?;
-    file.sync_data().at("fsync journal", path)?;
+    let mut file = match dir.open_append(name) {
+        Err(e) if is_not_regular(&e) => {
+            super::set_aside(dir, name);
+            dir.open_append(name)?
+        }
+        other => other?,
+    };
+    file.write_all(&line).at("append to journal", &path)?;
+    file.sync_data().at("fsync journal", &path)?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) > MAX_BYTES {
-        if let Err(e) = read(path).and_then(|r| rewrite(path, &r.entries)) {
+        if let Err(e) = read(dir, name).and_then(|r| rewrite(dir, name, &r.entries)) {
             tracing::warn!(error = %e, "could not trim the journal; the next publication retries");
         }
     }
@@ -70,11 +107,12 @@ pub(super) fn append(path: &Path, entry: &Publication) -> Result<(), StoreError>
 }
 
 /// Replace the journal with the newest of `entries` that fit in [`KEEP_BYTES`], atomically.
-pub(super) fn rewrite(path: &Path, entries: &[Publication]) -> Result<(), StoreError> {
+pub(super) fn rewrite(dir: &Dir, name: &str, entries: &[Publication]) -> Result<(), StoreError> {
+    let path = dir.join(name);
     let mut lines = Vec::new();
     let mut size = 0;
     for entry in entries.iter().rev() {
-        let mut line = encode(entry, path)?;
+        let mut line = encode(entry, &path)?;
         line.push(b'\n');
         size += line.len();
         if size > KEEP_BYTES {
@@ -83,10 +121,17 @@ pub(super) fn rewrite(path: &Path, entries: &[Publication]) -> Result<(), StoreE
         lines.push(line);
     }
     lines.reverse();
-    Ok(fsutil::write_atomically(path, &lines.concat())?)
+    let bytes = lines.concat();
+    match dir.write_atomically(name, &bytes) {
+        Err(e) if matches!(e.errno(), Some(libc::EISDIR) | Some(libc::ENOTEMPTY)) => {
+            super::set_aside(dir, name);
+            Ok(dir.write_atomically(name, &bytes)?)
+        }
+        other => Ok(other?),
+    }
 }
 
-fn encode(entry: &Publication, path: &Path) -> Result<Vec<u8>, StoreError> {
+fn encode(entry: &Publication, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(entry).map_err(|e| {
         IoError::new(
             "encode an entry of",
@@ -129,6 +174,7 @@ impl LinkHistory {
 mod tests {
     use super::*;
     use crate::store::records::Cause;
+    use std::fs;
 
     fn entry(n: u8) -> Publication {
         Publication {
@@ -145,17 +191,20 @@ mod tests {
         }
     }
 
+    const NAME: &str = "journal.jsonl";
+
     #[test]
     fn a_damaged_line_costs_that_line_only() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.jsonl");
-        append(&path, &entry(1)).unwrap();
+        let d = Dir::open_path(dir.path()).unwrap();
+        let path = dir.path().join(NAME);
+        append(&d, NAME, &entry(1)).unwrap();
         let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"commit\": \"\xff garbage\n{\"torn\":")
             .unwrap();
         file.write_all(b"\n").unwrap();
-        append(&path, &entry(2)).unwrap();
-        let read = read(&path).unwrap();
+        append(&d, NAME, &entry(2)).unwrap();
+        let read = read(&d, NAME).unwrap();
         assert_eq!(read.entries, vec![entry(1), entry(2)]);
         assert_eq!(read.damaged, vec![2, 3]);
     }
@@ -163,7 +212,8 @@ mod tests {
     #[test]
     fn a_journal_past_its_limit_is_trimmed_and_keeps_accepting_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.jsonl");
+        let d = Dir::open_path(dir.path()).unwrap();
+        let path = dir.path().join(NAME);
         // Over the limit already, with an invalid byte in the middle.
         let mut big = Vec::new();
         for n in 0..6000u32 {
@@ -175,15 +225,15 @@ mod tests {
         }
         fs::write(&path, &big).unwrap();
         assert!(fs::metadata(&path).unwrap().len() > MAX_BYTES);
-        append(&path, &entry(250)).unwrap();
+        append(&d, NAME, &entry(250)).unwrap();
         let size = fs::metadata(&path).unwrap().len();
         assert!(size <= KEEP_BYTES as u64, "trimmed to {size}");
-        let read = read(&path).unwrap();
+        let read = read(&d, NAME).unwrap();
         assert_eq!(read.entries.last(), Some(&entry(250)));
         assert!(read.damaged.is_empty());
-        append(&path, &entry(251)).unwrap();
+        append(&d, NAME, &entry(251)).unwrap();
         assert_eq!(
-            super::read(&path).unwrap().entries.last(),
+            super::read(&d, NAME).unwrap().entries.last(),
             Some(&entry(251))
         );
     }

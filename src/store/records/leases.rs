@@ -8,12 +8,14 @@
 //! mistaken far-future expiry cannot keep a snapshot forever.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::store::is_commit_id;
+use super::{sub_dir, MAX_RECORD};
+use crate::fsutil::{Dir, Found};
+use crate::store::{is_commit_id, Store};
 
 const DIR: &str = "leases";
 /// The longest a lease is honoured, counted from when its file was written.
@@ -25,40 +27,44 @@ struct Lease {
     expires_at: u64,
 }
 
-/// Each lease file with the commit it names and when it ends (`None`: damaged).
-fn read_all(store: &Path) -> Vec<(PathBuf, Option<(String, SystemTime)>)> {
-    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+/// Each lease file with the commit it names and when it ends (`None`: damaged: unreadable,
+/// not a regular file, over [`MAX_RECORD`] bytes).
+fn read_all(dir: &Dir) -> Vec<(OsString, Option<(String, SystemTime)>)> {
+    dir.names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            name.ends_with(".json") && !name.starts_with('.')
         })
-        .map(|path| {
-            let lease = std::fs::read(&path)
+        .map(|name| {
+            let lease = match dir.read_record(&name, MAX_RECORD) {
+                Ok(Found::Bytes(bytes)) => serde_json::from_slice::<Lease>(&bytes)
+                    .ok()
+                    .filter(|lease| is_commit_id(&lease.commit)),
+                _ => None,
+            };
+            let written = dir
+                .stat(&name)
                 .ok()
-                .and_then(|bytes| serde_json::from_slice::<Lease>(&bytes).ok())
-                .filter(|lease| is_commit_id(&lease.commit));
-            let written = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
+                .flatten()
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s.st_mtime.max(0) as u64))
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             let ends = lease.map(|lease| {
                 let asked = SystemTime::UNIX_EPOCH + Duration::from_secs(lease.expires_at);
                 (lease.commit, asked.min(written + MAX_LEASE))
             });
-            (path, ends)
+            (name, ends)
         })
         .collect()
 }
 
 /// The commits that an unexpired lease names.
-pub(in crate::store) fn leased(store: &Path, now: SystemTime) -> HashSet<String> {
-    read_all(store)
+pub(in crate::store) fn leased(store: &Store, now: SystemTime) -> HashSet<String> {
+    let Some(dir) = sub_dir(store, DIR) else {
+        return HashSet::new();
+    };
+    read_all(&dir)
         .into_iter()
         .filter_map(|(_, lease)| lease)
         .filter(|(_, ends)| *ends > now)
@@ -66,11 +72,14 @@ pub(in crate::store) fn leased(store: &Path, now: SystemTime) -> HashSet<String>
         .collect()
 }
 
-/// Remove expired and damaged leases (GC, under the root's lock).
-pub(in crate::store) fn remove_expired(store: &Path, now: SystemTime) {
-    for (path, lease) in read_all(store) {
+/// Remove expired and damaged leases (GC, under the root's lock), never following a symlink.
+pub(in crate::store) fn remove_expired(store: &Store, now: SystemTime) {
+    let Some(dir) = sub_dir(store, DIR) else {
+        return;
+    };
+    for (name, lease) in read_all(&dir) {
         if lease.is_none_or(|(_, ends)| ends <= now) {
-            let _ = std::fs::remove_file(path);
+            let _ = dir.remove_tree(&name);
         }
     }
 }

@@ -19,22 +19,24 @@ pub mod verdicts;
 
 pub use claims::Claim;
 pub use journal::LinkHistory;
-pub use publishers::{LockFault, LockWitness, PublisherRecord, Registration, SeenPublisher};
+pub use publishers::{
+    LockFault, LockWitness, Observed, PublisherRecord, Registration, SeenPublisher,
+};
 pub use types::*;
 pub use verdicts::{CheckClaim, Verdict};
 
 use std::collections::HashSet;
-use std::fs;
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{RootLock, StoreError};
-use crate::fsutil::{self, Context, IoError};
+use super::{RootLock, Store, StoreError, MAX_CLOCK_SKEW};
+use crate::fsutil::{self, Dir, Found, IoError};
 
 /// Where dagsnap before 0.3 kept the latest publication (one file, overwritten); still read
 /// when no publication file exists.
@@ -47,73 +49,76 @@ const PUBLICATIONS_DIR: &str = "publications";
 const PUBLICATIONS_KEPT: usize = 64;
 const JOURNAL_FILE: &str = "journal.jsonl";
 const PIN_FILE: &str = "pin.json";
+/// The largest record read (a publication, a pin, a verdict with its 64 KiB of output, a
+/// manifest): anything larger is damaged, whatever it holds.
+pub(crate) const MAX_RECORD: u64 = 1 << 20;
 
 /// The record files in one root's store directory.
 #[derive(Debug, Clone)]
 pub struct Records {
-    store: PathBuf,
+    store: Store,
 }
 
 impl Records {
-    pub(super) fn at(store: &Path) -> Records {
-        Records {
-            store: store.to_path_buf(),
-        }
+    pub(super) fn at(store: Store) -> Records {
+        Records { store }
     }
 
-    fn file(&self, name: &str) -> PathBuf {
-        self.store.join(name)
-    }
-
-    /// The newest publication: the newest readable file in `publications/` (newest by
-    /// observation time, then publication time); without one, `state.json` as dagsnap before
-    /// 0.3 wrote it, or the journal's newest entry.
+    /// The newest publication that is believed ([`believed`]): the newest readable file in
+    /// `publications/` (newest by observation time, then publication time); without one,
+    /// `state.json` as dagsnap before 0.3 wrote it, or the journal's newest entry. Every
+    /// decision that asks what is newest asks this, so a record not believed for one is not
+    /// believed for any.
     pub fn latest(&self) -> Result<Option<Publication>, StoreError> {
-        let dir = self.file(PUBLICATIONS_DIR);
-        let mut names = match fs::read_dir(&dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            other => other
-                .at("list", &dir)?
-                .filter_map(Result::ok)
-                .map(|e| e.file_name())
-                .filter(|n| {
-                    let n = n.to_string_lossy();
-                    n.ends_with(".json") && !n.starts_with('.')
-                })
-                .collect(),
-        };
-        names.sort();
-        for name in names.iter().rev() {
-            let path = dir.join(name);
-            match read_json::<Publication>(&path)? {
-                Read::Valid(publication) => return Ok(Some(publication)),
-                Read::Damaged(why) => {
-                    warn_damaged(&path, &why, "using the publication before it instead")
+        let now = SystemTime::now();
+        if let Some(dir) = self.store.read_dir(PUBLICATIONS_DIR)? {
+            let mut names = publication_names(&dir)?;
+            names.sort();
+            for name in names.iter().rev() {
+                match read_json::<Publication>(&dir, name)? {
+                    Read::Valid(publication) if believed(&publication, now) => {
+                        return Ok(Some(publication))
+                    }
+                    Read::Valid(publication) => warn_unbelieved(&dir.join(name), &publication),
+                    Read::Damaged(why) => warn_damaged(
+                        &dir.join(name),
+                        &why,
+                        "using the publication before it instead",
+                    ),
+                    // Removed by GC between listing and reading.
+                    Read::Missing => {}
                 }
-                // Removed by GC between listing and reading.
+            }
+        }
+        if let Some(store) = self.store.open()? {
+            match read_json::<Publication>(&store, STATE_FILE)? {
+                Read::Valid(state) if believed(&state, now) => return Ok(Some(state)),
+                Read::Valid(state) => warn_unbelieved(&store.join(STATE_FILE), &state),
+                Read::Damaged(why) => warn_damaged(
+                    &store.join(STATE_FILE),
+                    &why,
+                    "using the journal's latest entry instead; the next publish rewrites it",
+                ),
                 Read::Missing => {}
             }
         }
-        match read_json::<Publication>(&self.file(STATE_FILE))? {
-            Read::Valid(state) => return Ok(Some(state)),
-            Read::Damaged(why) => warn_damaged(
-                &self.file(STATE_FILE),
-                &why,
-                "using the journal's latest entry instead; the next publish rewrites it",
-            ),
-            Read::Missing => {}
-        }
-        Ok(self.journal()?.pop())
+        Ok(self
+            .journal()?
+            .into_iter()
+            .rev()
+            .find(|entry| believed(entry, now)))
     }
 
     /// Every journal entry, oldest first; damaged lines are skipped with a warning.
     pub fn journal(&self) -> Result<Vec<Publication>, StoreError> {
-        let path = self.file(JOURNAL_FILE);
-        let read = journal::read(&path)?;
+        let Some(store) = self.store.open()? else {
+            return Ok(Vec::new());
+        };
+        let read = journal::read(&store, JOURNAL_FILE)?;
         if !read.damaged.is_empty() {
             let lines: Vec<String> = read.damaged.iter().map(|n| n.to_string()).collect();
             warn_damaged(
-                &path,
+                &store.join(JOURNAL_FILE),
                 &format!("unreadable line(s) {}", lines.join(", ")),
                 "skipping them; the next collection removes them",
             );
@@ -179,68 +184,75 @@ impl Records {
         _lock: &RootLock,
         publication: &Publication,
     ) -> Result<(), StoreError> {
+        let store = self.store.create()?;
         // A correction names what an earlier publication named; it observes nothing new.
         let observes = publication.cause != Cause::Reconcile;
         if publication.resets_ordering() {
             // An operator's action ends the ordering of everything observed before it,
             // including a record from a clock that runs ahead: only it remains to compare with.
-            let dir = self.file(PUBLICATIONS_DIR);
-            if let Ok(entries) = fs::read_dir(&dir) {
-                for entry in entries.filter_map(Result::ok) {
-                    let _ = fs::remove_file(entry.path());
+            if let Some(dir) = self.store.read_dir(PUBLICATIONS_DIR)? {
+                for name in dir.names().unwrap_or_default() {
+                    let _ = dir.remove_file(&name);
                 }
             }
-            let _ = fs::remove_file(self.file(STATE_FILE));
+            let _ = store.remove_file(STATE_FILE);
         }
         if (publication.moved_link && observes) || publication.resets_ordering() {
-            write_publication(&self.file(PUBLICATIONS_DIR), publication)?;
+            write_publication(&self.store.ensure(PUBLICATIONS_DIR)?, publication)?;
         }
-        journal::append(&self.file(JOURNAL_FILE), publication)
+        journal::append(&store, JOURNAL_FILE, publication)
     }
 
-    /// Keep the newest [`PUBLICATIONS_KEPT`] publication files (under the lock, from GC); the
-    /// old `state.json` goes once a publication file replaces it.
+    /// Keep the newest [`PUBLICATIONS_KEPT`] publication files (under the lock, from GC),
+    /// removing damaged ones and those not [`believed`] first; the old `state.json` goes once
+    /// a publication file replaces it.
     pub fn trim_publications(&self, _lock: &RootLock) -> Result<(), StoreError> {
-        let dir = self.file(PUBLICATIONS_DIR);
-        let mut names: Vec<_> = match fs::read_dir(&dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            other => other
-                .at("list", &dir)?
-                .filter_map(Result::ok)
-                .map(|e| e.file_name())
-                .collect(),
+        let Some(dir) = self.store.read_dir(PUBLICATIONS_DIR)? else {
+            return Ok(());
         };
+        let now = SystemTime::now();
+        let mut names = dir.names()?;
         if names.is_empty() {
             return Ok(());
         }
-        // Damaged ones first (they were warned about when read): the newest must be readable.
+        // The newest must be readable and believed.
         names.retain(|name| {
-            let path = dir.join(name);
-            let damaged = name.to_string_lossy().ends_with(".json")
-                && !name.to_string_lossy().starts_with('.')
-                && matches!(read_json::<Publication>(&path), Ok(Read::Damaged(_)));
-            if damaged {
-                let _ = fs::remove_file(&path);
-                tracing::info!(path = %path.display(), "removed a damaged publication record");
+            let text = name.to_string_lossy();
+            if !text.ends_with(".json") || text.starts_with('.') {
+                // Temporary names of writers that died, and anything else.
+                return true;
             }
-            !damaged
+            let why = match read_json::<Publication>(&dir, name) {
+                Ok(Read::Damaged(why)) => why,
+                Ok(Read::Valid(p)) if !believed(&p, now) => {
+                    "its observation lies in the future".to_string()
+                }
+                _ => return true,
+            };
+            let _ = dir.remove_file(name);
+            tracing::info!(path = %dir.join(name).display(), why, "removed a publication record");
+            false
         });
         names.sort();
         let excess = names.len().saturating_sub(PUBLICATIONS_KEPT);
         for name in &names[..excess] {
-            let _ = fs::remove_file(dir.join(name));
+            let _ = dir.remove_file(name);
         }
-        let _ = fs::remove_file(self.file(STATE_FILE));
+        if let Some(store) = self.store.open()? {
+            let _ = store.remove_file(STATE_FILE);
+        }
         Ok(())
     }
 
     /// Rewrite the journal without its damaged lines (under the lock, from GC).
     pub fn clean_journal(&self, _lock: &RootLock) -> Result<(), StoreError> {
-        let path = self.file(JOURNAL_FILE);
-        let read = journal::read(&path)?;
-        if !read.damaged.is_empty() {
-            journal::rewrite(&path, &read.entries)?;
-            tracing::info!(path = %path.display(), removed = read.damaged.len(), "removed damaged lines from the journal");
+        let Some(store) = self.store.open()? else {
+            return Ok(());
+        };
+        let read = journal::read(&store, JOURNAL_FILE)?;
+        if !read.damaged.is_empty() || read.replace {
+            journal::rewrite(&store, JOURNAL_FILE, &read.entries)?;
+            tracing::info!(path = %store.join(JOURNAL_FILE).display(), removed = read.damaged.len(), "removed damaged lines from the journal");
         }
         Ok(())
     }
@@ -248,8 +260,11 @@ impl Records {
     /// The operator's pin, if any. A pin file that cannot be read is taken as a pin of the live
     /// snapshot (`live`): when in doubt, hold the link where it is, and say how to release it.
     pub fn pin(&self, live: Option<&str>) -> Result<Option<Pin>, StoreError> {
-        let path = self.file(PIN_FILE);
-        match read_json::<Pin>(&path)? {
+        let Some(store) = self.store.open()? else {
+            return Ok(None);
+        };
+        let path = store.join(PIN_FILE);
+        match read_json::<Pin>(&store, PIN_FILE)? {
             Read::Valid(pin) => Ok(Some(pin)),
             Read::Missing => Ok(None),
             Read::Damaged(why) => {
@@ -262,9 +277,12 @@ impl Records {
                     &why,
                     "holding the live snapshot as if pinned; `dagsnap unpin` releases it, `dagsnap pin` replaces it",
                 );
-                let pinned_at = fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .unwrap_or_else(|_| SystemTime::now());
+                let pinned_at = store
+                    .stat(PIN_FILE)
+                    .ok()
+                    .flatten()
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s.st_mtime.max(0) as u64))
+                    .unwrap_or_else(SystemTime::now);
                 Ok(Some(Pin {
                     commit: live.to_string(),
                     reason: format!("pin.json is damaged ({why})"),
@@ -276,18 +294,58 @@ impl Records {
     }
 
     pub(super) fn set_pin(&self, _lock: &RootLock, pin: &Pin) -> Result<(), StoreError> {
-        write_json(&self.file(PIN_FILE), pin)
+        write_json(&self.store.create()?, PIN_FILE, pin)
     }
 
     /// Remove the pin file, whatever it holds; whether there was one.
     pub(super) fn clear_pin(&self, _lock: &RootLock) -> Result<bool, StoreError> {
-        let path = self.file(PIN_FILE);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(IoError::new("remove", &path, e).into()),
+        let Some(store) = self.store.open()? else {
+            return Ok(false);
+        };
+        let there = store.kind(PIN_FILE)?.is_some();
+        match store.kind(PIN_FILE)? {
+            Some(fsutil::Kind::Dir) => store.remove_tree(PIN_FILE)?,
+            _ => store.remove_file(PIN_FILE)?,
         }
+        Ok(there)
     }
+}
+
+/// Whether a publication is believed: its observation of the remote lies at most
+/// [`MAX_CLOCK_SKEW`] ahead of this host's clock. One further ahead comes from a clock that ran
+/// ahead (or was forged, or this clock was stepped back); believing it would stop every
+/// correctly clocked publisher until that time, or have the link put back on it every cycle.
+pub fn believed(publication: &Publication, now: SystemTime) -> bool {
+    publication.observed_at <= now + MAX_CLOCK_SKEW
+}
+
+/// Say once per record that its observation lies in the future and it is not believed.
+fn warn_unbelieved(path: &Path, publication: &Publication) {
+    let ahead = publication
+        .observed_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    warn_damaged(
+        path,
+        &format!(
+            "its observation of the remote (by {}) lies {} in the future by this host's clock",
+            publication.host,
+            humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+        ),
+        "not believing it for any decision (check the clocks of both hosts: NTP); GC removes it",
+    );
+}
+
+/// Names of publication files in `dir` (not temporaries).
+fn publication_names(dir: &Dir) -> Result<Vec<std::ffi::OsString>, StoreError> {
+    Ok(dir
+        .names()?
+        .into_iter()
+        .filter(|n| {
+            let n = n.to_string_lossy();
+            n.ends_with(".json") && !n.starts_with('.')
+        })
+        .collect())
 }
 
 /// A record file as read from disk.
@@ -303,12 +361,17 @@ pub(crate) trait Check {
     fn check(&self) -> Result<(), String>;
 }
 
-/// Read a JSON record. Only failing to read the file is an error; a file that does not parse
-/// or does not make sense is [`Read::Damaged`].
-pub(crate) fn read_json<T: DeserializeOwned + Check>(path: &Path) -> Result<Read<T>, IoError> {
-    let bytes = match fs::read(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Missing),
-        other => other.at("read", path)?,
+/// Read the JSON record `name` in `dir` (a regular file of at most [`MAX_RECORD`] bytes,
+/// never through a symlink). Only failing to read the file is an error; anything else there,
+/// or a file that does not parse or does not make sense, is [`Read::Damaged`].
+pub(crate) fn read_json<T: DeserializeOwned + Check>(
+    dir: &Dir,
+    name: impl AsRef<OsStr>,
+) -> Result<Read<T>, IoError> {
+    let bytes = match dir.read_record(name, MAX_RECORD)? {
+        Found::Missing => return Ok(Read::Missing),
+        Found::Unusable(why) => return Ok(Read::Damaged(why)),
+        Found::Bytes(bytes) => bytes,
     };
     Ok(match serde_json::from_slice::<T>(&bytes) {
         Ok(value) => match value.check() {
@@ -320,53 +383,70 @@ pub(crate) fn read_json<T: DeserializeOwned + Check>(path: &Path) -> Result<Read
 }
 
 /// Write a JSON record atomically (a reader sees the old or the new one, never a torn one).
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+/// A directory in its place is moved into the trash first.
+pub(crate) fn write_json<T: Serialize>(dir: &Dir, name: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = encode(value, &dir.join(name))?;
+    match dir.write_atomically(name, &bytes) {
+        Err(e) if matches!(e.errno(), Some(libc::EISDIR) | Some(libc::ENOTEMPTY)) => {
+            set_aside(dir, name);
+            Ok(dir.write_atomically(name, &bytes)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+fn encode<T: Serialize>(value: &T, path: &Path) -> Result<Vec<u8>, IoError> {
+    serde_json::to_vec_pretty(value).map_err(|e| {
         IoError::new(
             "encode",
             path,
             io::Error::new(io::ErrorKind::InvalidData, e),
         )
-    })?;
-    Ok(fsutil::write_atomically(path, &bytes)?)
+    })
+}
+
+/// Move what is at `dir/name` (something dagsnap would not have put there: a directory where a
+/// record goes, a symlink or a FIFO where a lock file goes) into the trash beside it, with a
+/// warning; GC deletes it later without following it.
+pub(crate) fn set_aside(dir: &Dir, name: &str) {
+    let found = match dir.kind(name) {
+        Ok(Some(kind)) => kind.described(),
+        _ => return,
+    };
+    let aside = super::layout::trash_name(name);
+    tracing::warn!(path = %dir.join(name).display(), found, "a file of the store is not a regular file (anyone who can write the volume could have put it there); moving it aside");
+    if let Err(e) = dir.rename(name, &aside) {
+        tracing::warn!(error = %e, "cannot move it aside");
+    }
 }
 
 /// Write `publication` as a new file in `dir`, named so that names sort by observation time,
 /// then publication time: written under a temporary name and hard-linked into place, so it
 /// appears whole, and never replaces another publisher's.
-fn write_publication(dir: &Path, publication: &Publication) -> Result<(), StoreError> {
+fn write_publication(dir: &Dir, publication: &Publication) -> Result<(), StoreError> {
     let nanos = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     };
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            return Err(IoError::new("create", dir, e).into())
-        }
-        _ => {}
-    }
     let name = format!(
         "{:020}-{:020}-{}.json",
         nanos(publication.observed_at),
         nanos(publication.published_at),
         fsutil::unique_suffix()
     );
-    let bytes = serde_json::to_vec_pretty(publication).map_err(|e| {
-        IoError::new(
-            "encode",
-            dir.join(&name),
-            io::Error::new(io::ErrorKind::InvalidData, e),
-        )
-    })?;
-    let temp = dir.join(format!(".tmp-{name}"));
-    fsutil::write_atomically(&temp, &bytes)?;
-    let path = dir.join(&name);
-    let linked = fs::hard_link(&temp, &path).at("create", &path);
-    let _ = fs::remove_file(&temp);
+    let bytes = encode(publication, &dir.join(&name))?;
+    let temp = dir.write_temporary(OsStr::new(&name), &bytes)?;
+    let linked = dir.hard_link(&temp, &name);
+    let _ = dir.remove_file(&temp);
     linked?;
-    fsutil::fsync_dir(dir)?;
+    dir.fsync()?;
     Ok(())
+}
+
+/// The store directory of `store`, for the record modules: `None` when there is none.
+pub(crate) fn sub_dir(store: &Store, name: &str) -> Option<Dir> {
+    store.read_dir(name).ok().flatten()
 }
 
 /// Warn that a record is damaged and what dagsnap does instead, once per process for each file

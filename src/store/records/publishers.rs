@@ -7,15 +7,21 @@
 //! store, never where readers look. Peers compare the beat with what the lock says
 //! ([`LockWitness`]): a beat that advances under a lock they cannot see means the volume does
 //! not carry locks between them.
+//!
+//! Records are input: anyone who can write the volume can write one with an advancing beat.
+//! Such a record is not taken for evidence unless a real publisher could have written it
+//! ([`LockWitness::observe`]).
 
-use std::path::{Path, PathBuf};
+use std::ffi::{OsStr, OsString};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Read};
+use super::claims::lock_file;
+use super::{sub_dir, Check, Read};
+use crate::fsutil::Dir;
 use crate::store::lock::FileLock;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 const DIR: &str = "publishers.d";
 /// Records of publishers that stopped are kept this long after their last write.
@@ -59,6 +65,10 @@ pub struct PublisherRecord {
     /// Set while this publisher has found that locks do not reach a peer (see [`LockWitness`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_fault: Option<String>,
+    /// Peers (`host pid`) whose beat advanced while their lock was invisible from here: what
+    /// a peer on another host needs to see before it believes that locks fail between the two.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspects: Vec<String>,
 }
 
 impl Check for PublisherRecord {
@@ -86,18 +96,14 @@ pub struct Registration {
 impl Registration {
     /// Create this process's record in the store at `store`, locked.
     pub(in crate::store) fn register(
-        store: &Path,
+        store: &Store,
         record: PublisherRecord,
     ) -> Result<Registration, StoreError> {
-        let dir = store.join(DIR);
-        match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(crate::fsutil::IoError::new("create", &dir, e).into())
-            }
-            _ => {}
-        }
-        let path = dir.join(format!("{}.{}.json", record.host, record.pid));
-        let lock = FileLock::acquire(&path, Duration::ZERO)?;
+        let dir = store.ensure(DIR)?;
+        let name = format!("{}.{}.json", record.host, record.pid);
+        let lock = lock_file(&dir, &name, |dir, name| {
+            FileLock::acquire_in(dir, name, Duration::ZERO)
+        })?;
         let mut registration = Registration { lock, record };
         registration.write();
         Ok(registration)
@@ -120,14 +126,16 @@ impl Registration {
         self.write();
     }
 
-    /// Say in the record that locks do not reach a peer (or no longer).
-    pub fn set_lock_fault(&mut self, fault: Option<String>) {
+    /// Say in the record that locks do not reach a peer (or no longer), and which peers are
+    /// suspected.
+    pub fn set_lock_fault(&mut self, fault: Option<String>, suspects: Vec<String>) {
         self.record.lock_fault = fault;
+        self.record.suspects = suspects;
     }
 
-    /// The path of this record, which its owner keeps locked.
-    pub fn path(&self) -> &Path {
-        self.lock.path()
+    /// The name of this record in `publishers.d/`, which its owner keeps locked.
+    pub fn name(&self) -> &OsStr {
+        self.lock.name()
     }
 
     fn write(&mut self) {
@@ -139,22 +147,33 @@ impl Registration {
     }
 }
 
+/// The publisher records in `dir` (names ending in `.json`), read as input: damaged ones, and
+/// anything but a regular file, are left out.
+fn records_in(dir: &Dir) -> Vec<(OsString, PublisherRecord)> {
+    dir.names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.to_string_lossy().ends_with(".json"))
+        .filter_map(
+            |name| match super::read_json::<PublisherRecord>(dir, &name) {
+                Ok(Read::Valid(record)) => Some((name, record)),
+                // Torn while its publisher rewrote it, or damaged: not worth a warning here.
+                _ => None,
+            },
+        )
+        .collect()
+}
+
 /// Every publisher record in the store at `store`, running ones first.
-pub(in crate::store) fn read_all(store: &Path) -> Vec<SeenPublisher> {
-    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
+pub(in crate::store) fn read_all(store: &Store) -> Vec<SeenPublisher> {
+    let Some(dir) = sub_dir(store, DIR) else {
         return Vec::new();
     };
-    let mut seen: Vec<SeenPublisher> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|path| match super::read_json::<PublisherRecord>(&path) {
-            Ok(Read::Valid(record)) => Some(SeenPublisher {
-                running: record.stopped_at.is_none() && is_running(&path),
-                record,
-            }),
-            // Torn while its publisher rewrote it, or damaged: not worth a warning here.
-            _ => None,
+    let mut seen: Vec<SeenPublisher> = records_in(&dir)
+        .into_iter()
+        .map(|(name, record)| SeenPublisher {
+            running: record.stopped_at.is_none() && is_running(&dir, &name),
+            record,
         })
         .collect();
     seen.sort_by(|a, b| {
@@ -165,8 +184,8 @@ pub(in crate::store) fn read_all(store: &Path) -> Vec<SeenPublisher> {
     seen
 }
 
-fn is_running(path: &Path) -> bool {
-    FileLock::is_held(path).unwrap_or(false)
+fn is_running(dir: &Dir, name: &OsStr) -> bool {
+    FileLock::is_held_in(dir, &name.to_string_lossy()).unwrap_or(false)
 }
 
 impl Drop for Registration {
@@ -183,40 +202,44 @@ impl Drop for Registration {
 /// minute). On a volume whose locks do not work, this is what keeps a publisher of another
 /// configuration from taking over a root whose publishers still run.
 pub(in crate::store) fn alive_publisher_of(
-    store: &Path,
+    store: &Store,
     source: &super::SourceRecord,
 ) -> Option<PublisherRecord> {
-    let entries = std::fs::read_dir(store.join(DIR)).ok()?;
+    let dir = sub_dir(store, DIR)?;
     let now = SystemTime::now();
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|path| {
-            let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
-            match super::read_json::<PublisherRecord>(&path) {
-                Ok(Read::Valid(record)) => Some((record, modified)),
-                _ => None,
-            }
-        })
-        .filter(|(record, _)| {
+    records_in(&dir)
+        .into_iter()
+        .filter(|(_, record)| {
             record.stopped_at.is_none()
                 // Publisher records do not say what they select; repository and ref tell the
                 // configurations apart well enough to find a running one.
                 && source.follows(&record.repo, &record.ref_name)
         })
-        .find(|(record, modified)| {
+        .find(|(name, record)| {
             let period = Duration::from_millis(record.period_ms.unwrap_or(10_000));
             let window = (period * 3).max(Duration::from_secs(60));
-            now.duration_since(*modified).is_ok_and(|age| age <= window)
+            modified(&dir, name)
+                .is_some_and(|at| now.duration_since(at).is_ok_and(|age| age <= window))
         })
-        .map(|(record, _)| record)
+        .map(|(_, record)| record)
+}
+
+/// When `name` in `dir` was last written.
+fn modified(dir: &Dir, name: &OsStr) -> Option<SystemTime> {
+    let stat = dir.stat(name).ok()??;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::new(
+                stat.st_mtime.max(0) as u64,
+                stat.st_mtime_nsec.max(0) as u32,
+            ),
+    )
 }
 
 /// Peers whose heartbeat advanced while their lock was invisible from here.
 #[derive(Debug, Default)]
 pub struct LockWitness {
-    peers: std::collections::HashMap<PathBuf, PeerBeat>,
+    peers: std::collections::HashMap<OsString, PeerBeat>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -241,30 +264,46 @@ impl std::fmt::Display for LockFault {
     }
 }
 
+/// What [`LockWitness::observe`] concluded from one look.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// A peer whose locks are invisible from here, proven.
+    pub fault: Option<LockFault>,
+    /// Peers (`host pid`) whose beat advanced under an invisible lock at the last look.
+    pub suspects: Vec<String>,
+}
+
 impl LockWitness {
     /// Look at every peer's record once (a cycle of this publisher): a peer whose beat
     /// advanced while its lock is invisible from here, in two observations in a row, proves
     /// that locks do not travel between the two (one observation could be a peer that stopped
     /// between writing its beat and our look). A peer whose beat stands still for three cycles
     /// has stopped, and its evidence is forgotten.
-    pub(in crate::store) fn observe(&mut self, store: &Path, own: &Path) -> Option<LockFault> {
-        let entries = std::fs::read_dir(store.join(DIR)).ok()?;
+    ///
+    /// Records are input, so only a record a real publisher could have written is evidence
+    /// ([`credible`]): not one in this publisher's own name (`me`, as `host pid`); on this host
+    /// (where every lock is visible to the kernel that holds it, so only the volume's mounts can
+    /// hide one), only one naming a live process of this program; from another host, only one
+    /// whose publisher suspects this one in turn (a volume that loses locks between two
+    /// clients loses them both ways, and both see it within two beats).
+    pub(in crate::store) fn observe(&mut self, store: &Store, own: &OsStr, me: &str) -> Observed {
+        let Some(dir) = sub_dir(store, DIR) else {
+            return Observed::default();
+        };
         let mut present = std::collections::HashSet::new();
-        let mut fault = None;
-        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-            if path == own || path.extension().is_none_or(|x| x != "json") {
+        let mut observed = Observed::default();
+        for (name, record) in records_in(&dir) {
+            if name == own || record.stopped_at.is_some() {
                 continue;
             }
-            let Ok(Read::Valid(record)) = super::read_json::<PublisherRecord>(&path) else {
-                continue;
-            };
-            if record.stopped_at.is_some() {
+            let identity = format!("{} {}", record.host, record.pid);
+            if identity == me {
                 continue;
             }
-            let held = FileLock::is_held(&path).unwrap_or(true);
-            present.insert(path.clone());
+            let held = FileLock::is_held_in(&dir, &name.to_string_lossy()).unwrap_or(true);
+            present.insert(name.clone());
             let beat = record.beat;
-            let peer = self.peers.entry(path).or_insert(PeerBeat {
+            let peer = self.peers.entry(name).or_insert(PeerBeat {
                 beat,
                 strikes: 0,
                 still: 0,
@@ -279,32 +318,60 @@ impl LockWitness {
                 }
             }
             peer.beat = beat;
-            if peer.strikes >= 2 && fault.is_none() {
-                fault = Some(LockFault {
+            if peer.strikes == 0 || !credible(&record, me) {
+                continue;
+            }
+            observed.suspects.push(identity);
+            if peer.strikes >= 2 && observed.fault.is_none() && corroborated(&record, me) {
+                observed.fault = Some(LockFault {
                     host: record.host.clone(),
                     pid: record.pid,
                 });
             }
         }
-        self.peers.retain(|path, _| present.contains(path));
-        fault
+        self.peers.retain(|name, _| present.contains(name));
+        observed
     }
 }
 
-/// Remove records of publishers that stopped more than an hour ago.
-pub(in crate::store) fn remove_dead(store: &Path) {
-    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
+/// Whether a real publisher could have written `record`: one on this host must be a running
+/// process of this very program (its lock, had it one, would be visible here); one on another
+/// host cannot be checked from here ([`corroborated`] asks it to vouch for itself).
+fn credible(record: &PublisherRecord, me: &str) -> bool {
+    let host = me.rsplit_once(' ').map_or(me, |(host, _)| host);
+    record.host != host || same_program_runs(record.pid)
+}
+
+/// Whether a peer on another host suspects this publisher (`me`) in turn; a peer on this host
+/// needs no such word (see [`credible`]).
+fn corroborated(record: &PublisherRecord, me: &str) -> bool {
+    let host = me.rsplit_once(' ').map_or(me, |(host, _)| host);
+    record.host == host || record.suspects.iter().any(|s| s == me)
+}
+
+/// Whether `pid` is a live process running the same executable as this one.
+fn same_program_runs(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let exe = |pid: &str| std::fs::metadata(format!("/proc/{pid}/exe")).ok();
+    match (exe(&pid.to_string()), exe("self")) {
+        (Some(theirs), Some(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
+        _ => false,
+    }
+}
+
+/// Remove records of publishers that stopped more than an hour ago, by name in
+/// `publishers.d/`, never through a symlink.
+pub(in crate::store) fn remove_dead(store: &Store) {
+    let Some(dir) = sub_dir(store, DIR) else {
         return;
     };
-    let paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    for path in paths {
-        let old = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| m.elapsed().ok())
+    let now = SystemTime::now();
+    for name in dir.names().unwrap_or_default() {
+        let old = modified(&dir, &name)
+            .and_then(|at| now.duration_since(at).ok())
             .is_some_and(|age| age > KEEP_DEAD);
-        if old && !is_running(&path) {
-            let _ = std::fs::remove_file(&path);
+        if old && !is_running(&dir, &name) {
+            let _ = dir.remove_tree(&name);
         }
     }
 }

@@ -219,11 +219,10 @@ pub struct DirIdentity {
 }
 
 impl DirIdentity {
-    pub fn of(meta: &std::fs::Metadata) -> DirIdentity {
-        use std::os::unix::fs::MetadataExt;
+    pub fn of(stat: &nix::sys::stat::FileStat) -> DirIdentity {
         DirIdentity {
-            inode: meta.ino(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            inode: stat.st_ino,
+            mtime_ns: i128::from(stat.st_mtime) * 1_000_000_000 + i128::from(stat.st_mtime_nsec),
         }
     }
 }

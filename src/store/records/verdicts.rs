@@ -9,14 +9,15 @@
 //! Verdicts are input like any record: one that does not parse, or names another commit or
 //! command than its file name, is ignored (the commit is checked again) and removed by GC.
 
-use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_json, write_json, Check, Read};
+use super::claims::lock_file;
+use super::{read_json, sub_dir, write_json, Check, Read};
+use crate::fsutil::Dir;
 use crate::store::lock::{FileLock, LockError};
-use crate::store::{is_commit_id, StoreError};
+use crate::store::{is_commit_id, Store, StoreError};
 
 const DIR: &str = "verdicts";
 
@@ -133,42 +134,34 @@ pub fn fingerprint(command: &str) -> String {
     format!("{hash:016x}")
 }
 
-fn path(store: &Path, commit: &str, fingerprint: &str) -> PathBuf {
-    store.join(DIR).join(format!("{commit}.{fingerprint}.json"))
+fn name(commit: &str, fingerprint: &str) -> String {
+    format!("{commit}.{fingerprint}.json")
 }
 
 /// The verdict on `commit` by the check named `fingerprint`, if one was recorded (and is valid).
-pub(in crate::store) fn read(store: &Path, commit: &str, fingerprint: &str) -> Option<Verdict> {
-    match read_json::<Verdict>(&path(store, commit, fingerprint)) {
+pub(in crate::store) fn read(store: &Store, commit: &str, fingerprint: &str) -> Option<Verdict> {
+    let dir = sub_dir(store, DIR)?;
+    match read_json::<Verdict>(&dir, name(commit, fingerprint)) {
         Ok(Read::Valid(v)) if v.commit == commit && v.fingerprint == fingerprint => Some(v),
         _ => None,
     }
 }
 
-pub(in crate::store) fn write(store: &Path, verdict: &Verdict) -> Result<(), StoreError> {
-    let dir = store.join(DIR);
-    match std::fs::create_dir(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(crate::fsutil::IoError::new("create", &dir, e).into())
-        }
-        _ => {}
-    }
-    write_json(&path(store, &verdict.commit, &verdict.fingerprint), verdict)
+pub(in crate::store) fn write(store: &Store, verdict: &Verdict) -> Result<(), StoreError> {
+    let dir = store.ensure(DIR)?;
+    write_json(&dir, &name(&verdict.commit, &verdict.fingerprint), verdict)
 }
 
-/// Every valid verdict, newest first.
-pub(in crate::store) fn all(store: &Path) -> Vec<Verdict> {
-    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
-        return Vec::new();
-    };
-    let mut found: Vec<Verdict> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|p| match read_json::<Verdict>(&p) {
+/// Every valid verdict in `dir`, newest first.
+fn all_in(dir: &Dir) -> Vec<Verdict> {
+    let mut found: Vec<Verdict> = dir
+        .names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.to_string_lossy().ends_with(".json"))
+        .filter_map(|n| match read_json::<Verdict>(dir, &n) {
             Ok(Read::Valid(v)) => {
-                let name = p.file_name()?.to_string_lossy().into_owned();
-                (name == format!("{}.{}.json", v.commit, v.fingerprint)).then_some(v)
+                (n.to_string_lossy() == name(&v.commit, &v.fingerprint)).then_some(v)
             }
             _ => None,
         })
@@ -177,21 +170,27 @@ pub(in crate::store) fn all(store: &Path) -> Vec<Verdict> {
     found
 }
 
+/// Every valid verdict, newest first.
+pub(in crate::store) fn all(store: &Store) -> Vec<Verdict> {
+    sub_dir(store, DIR)
+        .map(|dir| all_in(&dir))
+        .unwrap_or_default()
+}
+
 /// Forget every verdict on `commit`; how many went.
-pub(in crate::store) fn forget(store: &Path, commit: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
+pub(in crate::store) fn forget(store: &Store, commit: &str) -> usize {
+    let Some(dir) = sub_dir(store, DIR) else {
         return 0;
     };
     let prefix = format!("{commit}.");
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-                && p.extension().is_some_and(|x| x == "json")
+    dir.names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with(&prefix) && n.ends_with(".json")
         })
-        .filter(|p| std::fs::remove_file(p).is_ok())
+        .filter(|n| dir.remove_file(n).is_ok())
         .count()
 }
 
@@ -202,37 +201,34 @@ const KEPT: usize = 200;
 const KEEP_UNRETAINED: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// Remove damaged verdicts, old verdicts on commits no longer in the store (`retained`), and
-/// all but the newest [`KEPT`] (GC).
-pub(in crate::store) fn remove_unneeded(store: &Path, retained: &dyn Fn(&str) -> bool) {
+/// all but the newest [`KEPT`] (GC). Only names in `verdicts/` go, never through a symlink.
+pub(in crate::store) fn remove_unneeded(store: &Store, retained: &dyn Fn(&str) -> bool) {
+    let Some(dir) = sub_dir(store, DIR) else {
+        return;
+    };
     let now = SystemTime::now();
-    for (rank, verdict) in all(store).iter().enumerate() {
+    for (rank, verdict) in all_in(&dir).iter().enumerate() {
         let old = now
             .duration_since(verdict.checked_at)
             .is_ok_and(|age| age > KEEP_UNRETAINED);
         if rank >= KEPT || (old && !retained(&verdict.commit)) {
-            let _ = std::fs::remove_file(path(store, &verdict.commit, &verdict.fingerprint));
+            let _ = dir.remove_file(name(&verdict.commit, &verdict.fingerprint));
         }
     }
-    remove_damaged(store);
+    remove_damaged(&dir);
 }
 
-fn remove_damaged(store: &Path) {
-    let Ok(entries) = std::fs::read_dir(store.join(DIR)) else {
-        return;
-    };
-    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+fn remove_damaged(dir: &Dir) {
+    for entry in dir.names().unwrap_or_default() {
+        let text = entry.to_string_lossy().into_owned();
         // A claim whose verdict is recorded has served its purpose: whoever claims it next
         // finds the verdict before running anything (see the check in `daemon::publish`).
-        let unneeded = match name.strip_suffix(".checking") {
-            Some(stem) => store.join(DIR).join(format!("{stem}.json")).exists(),
-            None => !matches!(read_json::<Verdict>(&path), Ok(Read::Valid(_))),
+        let unneeded = match text.strip_suffix(".checking") {
+            Some(stem) => dir.kind(format!("{stem}.json")).is_ok_and(|k| k.is_some()),
+            None => !matches!(read_json::<Verdict>(dir, &entry), Ok(Read::Valid(_))),
         };
         if unneeded {
-            let _ = std::fs::remove_file(&path);
+            let _ = dir.remove_tree(&entry);
         }
     }
 }
@@ -246,19 +242,13 @@ pub struct CheckClaim {
 
 /// Take the right to check `commit`, or `None` if another publisher is checking it now.
 pub(in crate::store) fn claim(
-    store: &Path,
+    store: &Store,
     commit: &str,
     fingerprint: &str,
 ) -> Result<Option<CheckClaim>, StoreError> {
-    let dir = store.join(DIR);
-    match std::fs::create_dir(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(crate::fsutil::IoError::new("create", &dir, e).into())
-        }
-        _ => {}
-    }
-    let lock = dir.join(format!("{commit}.{fingerprint}.checking"));
-    match FileLock::try_exclusive(&lock) {
+    let dir = store.ensure(DIR)?;
+    let lock = format!("{commit}.{fingerprint}.checking");
+    match lock_file(&dir, &lock, FileLock::try_exclusive) {
         Ok(held) => Ok(held.map(|lock| CheckClaim { _lock: Some(lock) })),
         Err(LockError::Unsupported { .. }) => Ok(Some(CheckClaim { _lock: None })),
         Err(e) => Err(e.into()),

@@ -7,8 +7,10 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+mod dir;
+pub use dir::{is_not_a_directory, is_not_regular, Dir, Found, Kind};
 
 /// An I/O failure on a named path: `"<action> <path>: <cause><hint>"`.
 ///
@@ -169,86 +171,42 @@ pub fn read_only_mode(is_dir: bool, executable: bool) -> u32 {
 
 /// Delete the tree at `path` (which must not be a symlink itself), restoring owner write
 /// permission on its directories first so that a non-root publisher can delete a read-only
-/// snapshot. Symlinks inside are removed, never followed: nothing outside `path` is touched.
+/// snapshot. Symlinks inside are removed, never followed: nothing outside `path` is touched
+/// (see [`Dir::remove_tree`]; `path`'s parent is reached by its path, so this is for
+/// directories of this process's own, such as a private cache).
 pub fn remove_tree(path: &Path) -> Result<(), IoError> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(IoError::new("inspect", path, e)),
-        Ok(meta) if !meta.is_dir() => return fs::remove_file(path).at("remove", path),
-        Ok(_) => {}
-    }
-    for entry in walkdir::WalkDir::new(path).follow_links(false) {
-        let entry = match entry {
-            Ok(entry) => entry,
-            // Another process may be deleting the same tree; what is gone is fine.
-            Err(e) if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound) => {
-                continue
-            }
-            Err(e) => return Err(walk_error(path, e)),
-        };
-        if entry.file_type().is_dir() {
-            let mode = entry
-                .metadata()
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0o755);
-            if mode & 0o700 != 0o700 {
-                fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode | 0o700))
-                    .at("restore write permission on", entry.path())?;
-            }
-        }
-    }
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other.at("remove", path),
+    let (parent, name) = split(path)?;
+    match Dir::open_path(parent) {
+        Ok(dir) => dir.remove_tree(name),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
-fn walk_error(root: &Path, err: walkdir::Error) -> IoError {
-    let path = err.path().unwrap_or(root).to_path_buf();
-    let source = err
-        .into_io_error()
-        .unwrap_or_else(|| io::Error::other("filesystem loop"));
-    IoError::new("walk", path, source)
+/// `path`'s parent directory and its last component.
+fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr), IoError> {
+    let name = path.file_name().ok_or_else(|| {
+        IoError::new(
+            "use",
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "it has no file name"),
+        )
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((parent, name))
 }
 
 /// Write `contents` to `path` atomically: a temporary sibling, fsync, rename.
 ///
-/// Readers of small state files (manifest, state) therefore see the old or the new version,
-/// never a torn one, and a crash leaves at most a `.tmp-*` file that start-up ignores.
+/// Readers of small state files see the old or the new version, never a torn one, and a crash
+/// leaves at most a `.tmp-*` file that start-up ignores. For files of this process's own (the
+/// cache's marker, the error file); records under the root go through their store's [`Dir`].
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), IoError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".tmp-{name}-{}", unique_suffix()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .shared_mode()
-            .open(&tmp)
-            .at("create", &tmp)?;
-        file.write_all(contents).at("write", &tmp)?;
-        file.sync_all().at("fsync", &tmp)?;
-        fs::rename(&tmp, path).at("rename into place", path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-trait OpenMode {
-    fn shared_mode(&mut self) -> &mut Self;
-}
-
-impl OpenMode for fs::OpenOptions {
-    fn shared_mode(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(file_mode())
-    }
+    let (parent, name) = split(path)?;
+    Dir::open_path(parent)?.write_atomically(name, contents)
 }
 
 /// A suffix that does not collide between processes, hosts and threads sharing a directory:
@@ -269,28 +227,6 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remove_tree_deletes_read_only_dirs_without_following_symlinks() {
-        let outside = tempfile::tempdir().unwrap();
-        let kept = outside.path().join("kept");
-        fs::write(&kept, b"x").unwrap();
-
-        let store = tempfile::tempdir().unwrap();
-        let snap = store.path().join("snap");
-        fs::create_dir_all(snap.join("sub")).unwrap();
-        fs::write(snap.join("sub/f"), b"y").unwrap();
-        std::os::unix::fs::symlink(outside.path(), snap.join("escape")).unwrap();
-        for dir in [snap.join("sub"), snap.clone()] {
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
-        }
-
-        remove_tree(&snap).unwrap();
-        assert!(!snap.exists());
-        assert!(kept.exists(), "a symlink inside the tree was followed");
-        let mode = fs::metadata(outside.path()).unwrap().permissions().mode();
-        assert_ne!(mode & 0o200, 0, "permissions outside the tree were touched");
-    }
 
     #[test]
     fn full_disk_error_says_what_to_do() {
