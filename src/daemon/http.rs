@@ -351,6 +351,13 @@ fn closing(mut reply: Reply) -> Reply {
     reply
 }
 
+fn too_large() -> Reply {
+    closing(text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body over {MAX_BODY} bytes"),
+    ))
+}
+
 /// Read a request's body within [`BODY_TIMEOUT`] and [`MAX_BODY`] bytes, or the answer.
 async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
@@ -366,10 +373,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(closing(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over {MAX_BODY} bytes"),
-            )))
+            Err(too_large())
         }
         Ok(Err(_)) => Err(closing(text(
             StatusCode::BAD_REQUEST,
@@ -391,13 +395,25 @@ async fn sync(request: Request<Incoming>, health: &Health, auth: &Auth, slot: &S
         .query()
         .is_some_and(|q| q.split('&').any(|p| matches!(p, "wait=1" | "wait=true")));
     let (parts, body) = request.into_parts();
+    // An unauthenticated body announced larger than any delivery is refused without reading
+    // it.
+    let announced = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // Authenticated on the headers, before the body is read: an unauthenticated client
     // cannot make the server wait for its body.
     let caller = match auth.authenticate(&parts.headers) {
         Gate::Refuse(why) => return closing(text(StatusCode::UNAUTHORIZED, why.into())),
+        // Without a secret, anyone may ask, but nobody may hold a slot against a probe while
+        // waiting for a cycle: such a request stays evictable.
+        Gate::Let(Caller::Anyone) => Caller::Anyone,
         Gate::Let(caller) => {
             slot.protect();
             caller
+        }
+        Gate::Signed { .. } if announced.is_some_and(|length| length > MAX_BODY as u64) => {
+            return too_large();
         }
         Gate::Signed { key, tag } => {
             // Still evictable while its body arrives: nothing is known of its sender yet.
@@ -412,20 +428,13 @@ async fn sync(request: Request<Incoming>, health: &Health, auth: &Auth, slot: &S
             return answer(Caller::GitHub, &parts.headers, &body, wait, health).await;
         }
     };
-    // Only a GitLab delivery's body is looked at (which ref was pushed); the others' bodies
-    // mean nothing to dagsnap and are not read.
-    let body = match caller {
-        Caller::GitLab => match read_body(body).await {
-            Ok(body) => body,
-            Err(reply) => return reply,
-        },
-        _ => Bytes::new(),
+    // Let in: its body is read as before (bounded in size and time), though only a GitLab
+    // delivery's is looked at (which ref was pushed).
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
     };
-    let reply = answer(caller, &parts.headers, &body, wait, health).await;
-    match caller {
-        Caller::GitLab => reply,
-        _ => closing(reply),
-    }
+    answer(caller, &parts.headers, &body, wait, health).await
 }
 
 /// The answer to an authenticated `POST /sync`.

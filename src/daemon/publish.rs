@@ -441,8 +441,12 @@ impl Publisher {
         }
         let outcome = match self.guarded_cycle(progress, interrupt, started) {
             Err(e) if e.blames_cache() && !interrupt.load(Ordering::Relaxed) => {
+                // What reading a damaged cache says (an object "is a tag, not a commit") would
+                // mislead: say what is done, and keep the details for the debug log. If a fresh
+                // cache fails the same way, that error is reported as it is.
                 let error = self.remote.redactor().redact(&crate::git::error_chain(&e));
-                tracing::warn!(cache = %self.cache.dir().display(), %error, "the cache may be damaged; re-creating it and trying again");
+                tracing::warn!(cache = %self.cache.dir().display(), "the cache could not be read or extended as expected (its objects may be damaged); re-creating it and trying again");
+                tracing::debug!(%error, "what the damaged cache said");
                 self.cache.recreate()?;
                 self.guarded_cycle(progress, interrupt, started)
             }

@@ -891,11 +891,38 @@ fn remote_error(
             cause = format!("{cause} | git upload-pack: {said}");
         }
     }
+    // A pack that ends before it is complete was cut off by the server (it failed while
+    // packing: a repository it cannot pack, such as a tree deeper than its core.maxTreeDepth)
+    // or by the network; a fresh cache would receive the same.
+    let during = match during {
+        "fetch from" if ends_early(err) => {
+            cause = format!(
+                "the pack ended before it was complete: the server stopped sending it (its own log says why, e.g. a repository it cannot pack) or the connection was cut; {cause}"
+            );
+            "receive a complete pack from"
+        }
+        other => other,
+    };
     SourceError::Remote {
         during,
         url: remote.display_url(),
         cause: remote.redactor().redact(&cause),
     }
+}
+
+/// Whether `err` says that a stream ended early (an `UnexpectedEof` somewhere in its causes).
+fn ends_early(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    let text = error_chain(err);
+    text.contains("failed to fill whole buffer") || text.contains("early eof")
 }
 
 /// What `git upload-pack`, the server side of a local remote, says when asked for its refs.

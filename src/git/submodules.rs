@@ -343,7 +343,8 @@ impl Expander {
                 interrupt,
             ) {
                 Err(e) if e.blames_cache() => {
-                    tracing::warn!(submodule = %shown, error = %e, "the submodule's cache may be damaged; re-creating it and trying again");
+                    tracing::warn!(submodule = %shown, "the submodule's cache could not be read or extended as expected (its objects may be damaged); re-creating it and trying again");
+                    tracing::debug!(submodule = %shown, error = %e, "what the damaged cache said");
                     self.recreate(&sub_remote, &shown)?;
                     self.fetch(&sub_remote, gitlink.id, &shown, progress, interrupt)?
                 }

@@ -276,10 +276,12 @@ impl Root {
 
     /// Install a complete staged snapshot as `snapshots/<commit>`.
     ///
-    /// 1. Write the entry list and the manifest (atomically), the manifest recording the
-    ///    staging directory's identity (inode and modification time), which the rename keeps.
-    ///    They go first so that a snapshot is never visible without them; a crash after this
-    ///    step leaves records without a snapshot, which the next attempt simply overwrites.
+    /// 1. If another publisher installed the commit while this one built it, discard this copy
+    ///    and leave its records alone (step 2's race, made rare). Otherwise write the entry
+    ///    list and the manifest (atomically), the manifest recording the staging directory's
+    ///    identity (inode and modification time), which the rename keeps. They go first so
+    ///    that a snapshot is never visible without them; a crash after this step leaves
+    ///    records without a snapshot, which the next attempt simply overwrites.
     /// 2. `rename(2)` the staging directory to `snapshots/<commit>`. If that name already exists
     ///    (`EEXIST`/`ENOTEMPTY`), another publisher installed the same commit first: same commit,
     ///    same content, so our copy is deleted and this is success. Our manifest and entry list
@@ -297,6 +299,10 @@ impl Root {
         let manifests = self.store().ensure(MANIFESTS_DIR)?;
         let mut manifest = manifest.clone();
         // (1)
+        if staging.parent.kind(&commit)? == Some(Kind::Dir) {
+            drop(staging);
+            return Ok(Installed::AlreadyThere);
+        }
         manifest.dir = Some(DirIdentity::of(&staging.dir.stat_self()?));
         manifests.write_atomically(format!("{commit}.entries"), &entries.encode())?;
         records::write_json(&manifests, &format!("{commit}.json"), &manifest)?;
@@ -563,6 +569,13 @@ impl Root {
 
     /// What the snapshot of `commit` holds, as recorded when it was built; `None` when there is
     /// no readable entry list (a damaged one is warned about).
+    ///
+    /// Files' modification times belong to one build: they are kept only when the manifest
+    /// records the identity of the directory now at `snapshots/<commit>`, i.e. when the list
+    /// was written for that very directory. Two publishers that build a commit at once both
+    /// write the records before one of them wins the rename; until the loser writes them again,
+    /// the list's times are the loser's, and comparing them would take the winner's files for
+    /// edited ones.
     pub fn entries(&self, commit: &str) -> Result<Option<Entries>, StoreError> {
         let Some(manifests) = self.manifests_dir()? else {
             return Ok(None);
@@ -571,13 +584,33 @@ impl Root {
         let why = match manifests.read_record(&name, MAX_ENTRIES_BYTES)? {
             Found::Missing => return Ok(None),
             Found::Bytes(bytes) => match Entries::decode(&bytes) {
-                Ok(entries) => return Ok(Some(entries)),
+                Ok(mut entries) => {
+                    if entries.0.iter().any(|e| e.mtime.is_some()) && !self.built_here(commit) {
+                        entries.0.iter_mut().for_each(|e| e.mtime = None);
+                    }
+                    return Ok(Some(entries));
+                }
                 Err(why) => why,
             },
             Found::Unusable(why) => why,
         };
         warn_damaged(&manifests.join(&name), &why, "not using it");
         Ok(None)
+    }
+
+    /// Whether the manifest of `commit` records the identity of the directory now at
+    /// `snapshots/<commit>`.
+    fn built_here(&self, commit: &str) -> bool {
+        let Ok(Some(snapshots)) = self.snapshots_dir() else {
+            return false;
+        };
+        let Ok(Some(stat)) = snapshots.stat(commit) else {
+            return false;
+        };
+        self.manifest(commit)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.dir == Some(DirIdentity::of(&stat)))
     }
 
     /// The full id of the snapshot that `wanted` names: a full id or an unambiguous prefix of at

@@ -224,14 +224,7 @@ fn sigterm_ends_the_process_within_its_bound_while_the_volume_stalls() {
     let log = scratch.path("loop.log");
     let mut daemon = Daemon {
         child: dagsnap(scratch.tmp.path())
-            .args([
-                "sync",
-                "--repo",
-                &remote.url(),
-                "--period",
-                "200ms",
-                "--root",
-            ])
+            .args(["sync", "--repo", &remote.url(), "--period", "1h", "--root"])
             .arg(&root)
             .arg("--cache-dir")
             .arg(scratch.cache())
@@ -242,9 +235,16 @@ fn sigterm_ends_the_process_within_its_bound_while_the_volume_stalls() {
         log: log.clone(),
     };
     daemon.wait_for_commit(&volume.join("root"), &first, Duration::from_secs(30));
-    // The volume stops answering (its server hangs): the next cycle's system calls on it hang,
-    // and so may the loop's own between cycles.
+    wait_until(Duration::from_secs(30), "the first cycle to end", || {
+        beat(&volume.join("root"), daemon.child.id()) >= 1
+    });
+    // The volume stops answering (its server hangs) while the loop waits; then a cycle starts
+    // (SIGHUP) and its system calls on the volume hang. (Stopped between requests, the server
+    // leaves them queued, where a fatal signal can still end them: a request it had already
+    // taken would hold even SIGKILL until answered, in the kernel's FUSE client.)
+    std::thread::sleep(Duration::from_millis(500));
     stall(nix::sys::signal::Signal::SIGSTOP);
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
     std::thread::sleep(Duration::from_secs(2));
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     let status = ends_within(&mut daemon.child, Duration::from_secs(30), &log);
@@ -863,4 +863,68 @@ fn a_file_edited_in_place_with_its_size_and_mode_restored_is_neither_shared_nor_
     wait_until(Duration::from_secs(30), "the repair", || {
         read_current(&scratch.root(), "a.py") == "hello\n"
     });
+}
+
+#[test]
+fn a_damaged_pack_in_the_cache_is_said_plainly_and_repaired_without_its_misleading_words() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    publish_versions(&remote, &scratch, 1, "v");
+    // Every object of the cache's packs damaged (header and trailer kept).
+    let packs = scratch.cache().join("repo.git/objects/pack");
+    for entry in fs::read_dir(&packs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "pack") {
+            let mut bytes = fs::read(&path).unwrap();
+            let end = bytes.len() - 20;
+            for b in &mut bytes[12..end] {
+                *b ^= 0x5a;
+            }
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            fs::write(&path, bytes).unwrap();
+        }
+    }
+    // Every file is written from the cache (none shared), so the damage is read.
+    let commit = remote.commit(&[("v.py", "two\n")], "two");
+    let out = sync_once(&scratch, &remote.url(), &["--full-copy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(assert_root_valid(&scratch.root()), commit);
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.contains("re-creating it"))
+        .unwrap_or_else(|| panic!("the damage was not noticed:\n{err}"));
+    assert!(line.contains("may be damaged"), "{line}");
+    // Said plainly: what the damaged objects read as (a tag, not a commit; a ref) would mislead.
+    assert!(!line.contains("error="), "{line}");
+}
+
+#[test]
+fn a_tree_the_server_cannot_pack_is_blamed_on_the_server_not_the_cache() {
+    // 4,000 directories deep: git's own upload-pack fails while packing it.
+    let remote = Remote::new();
+    let live = remote.commit(&[("a.py", "a\n")], "one");
+    let scratch = Scratch::new();
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut files = vec![TreeFile::file("a.py", "a\n")];
+    let deep: Vec<u8> = std::iter::repeat_n(&b"d/"[..], 4000)
+        .flatten()
+        .copied()
+        .collect();
+    files.push(TreeFile::file([&deep[..], b"f.txt"].concat(), "deep\n"));
+    // The fixture writes trees recursively: a thread with room for 4,000 levels.
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn_scoped(scope, || remote.commit_tree(&files, "deep"))
+            .unwrap()
+            .join()
+            .unwrap()
+    });
+    let out = sync_once(&scratch, &remote.url(), &[]);
+    let line = assert_one_clear_line(&out, 1, "the pack ended before it was complete");
+    assert!(line.contains("the server stopped sending it"), "{line}");
+    assert!(!stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()), Some(live));
 }
