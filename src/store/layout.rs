@@ -481,8 +481,10 @@ mod tests {
         let leases = top.path().join(".dagsnap/leases");
         std::os::unix::fs::symlink(outside.path(), &leases).unwrap();
         root.ensure_layout().unwrap();
-        assert!(std::fs::symlink_metadata(&leases).unwrap().is_dir());
+        assert!(std::fs::symlink_metadata(&leases).is_err(), "moved aside");
         assert!(outside.path().join("kept").exists());
+        root.store().ensure("leases").unwrap();
+        assert!(std::fs::symlink_metadata(&leases).unwrap().is_dir());
         let aside: Vec<_> = std::fs::read_dir(top.path().join(".dagsnap"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
