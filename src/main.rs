@@ -686,7 +686,7 @@ fn verify_snapshot(args: VerifyArgs) -> Outcome {
     let remote = match args
         .repo
         .clone()
-        .or_else(|| root.source().ok().flatten().map(|s| s.repo))
+        .or_else(|| root.records().source().ok().flatten().map(|s| s.repo))
     {
         Some(url) => Some(
             Remote::new(

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::fsutil::lock::LockError;
 use crate::git::select::{self, Sparse};
 use crate::git::submodules::{Expanded, Expander, Mode as SubmoduleMode};
 use crate::git::{Cache, CommitInfo, Remote, SourceError};
 use crate::store::gc;
-use crate::store::lock::LockError;
 use crate::store::records::{PublisherRecord, Registration};
 use crate::store::repair::{self, RepairError};
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
@@ -287,11 +287,11 @@ impl Publisher {
                 ref_name: remote.target.to_string(),
                 select: content.source_key(),
             };
-            let claim = root.claim(&source, settings.lock_timeout)?;
+            let claim = root.records().claim(&source, settings.lock_timeout)?;
             root.record_link()?;
             let cache = Cache::open(cache_dir, &remote, root.path())?;
             let now = SystemTime::now();
-            let registration = root.register_publisher(PublisherRecord {
+            let registration = root.records().register(PublisherRecord {
                 host: crate::fsutil::hostname(),
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -353,7 +353,9 @@ impl Publisher {
         } = self;
         // Our own claim must not count as a running publisher.
         drop(claim);
-        if root.current().ok().flatten().is_some() || root.publishers_running().unwrap_or(true) {
+        if root.current().ok().flatten().is_some()
+            || root.records().publishers_running().unwrap_or(true)
+        {
             return;
         }
         let mut removed = root.undo_first_start(&created);
@@ -882,9 +884,10 @@ impl Publisher {
     /// a peer's locks turn out invisible from here, and when that clears.
     fn observe_locks(&mut self) {
         let me = format!("{} {}", crate::fsutil::hostname(), std::process::id());
-        let observed = self
-            .root
-            .observe_peers(&mut self.witness, self.registration.name(), &me);
+        let observed =
+            self.root
+                .records()
+                .observe_peers(&mut self.witness, self.registration.name(), &me);
         match (&self.lock_fault, &observed.fault) {
             (None, Some(peer)) => {
                 tracing::error!(%peer, "locks on this volume do not reach another publisher of this root: its heartbeat advances while its lock is invisible from here. Not moving the link until this clears; mount the volume with working locks, or run a single publisher per root")
@@ -916,7 +919,7 @@ impl Publisher {
     /// The root follows another configuration now: a publisher of it took the root over (on a
     /// volume whose locks do not work, this publisher's claim did not keep it out).
     fn refuse_if_claimed_by_another(&self) -> Result<(), PublishError> {
-        match self.root.source()? {
+        match self.root.records().source()? {
             Some(theirs) if !theirs.same_as(&self.source) => Err(StoreError::SourceMismatch {
                 root: self.root.path().to_path_buf(),
                 theirs: Box::new(theirs),
@@ -1140,7 +1143,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let lock = self.root.lock(self.settings.lock_timeout)?;
         let now = SystemTime::now();
-        self.root.record(
+        self.root.records().record_publication(
             &lock,
             &Publication {
                 commit: commit.to_string(),

@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 mod dir;
+pub mod lock;
 pub use dir::{is_not_a_directory, is_not_regular, Dir, Found, Kind};
 
 /// An I/O failure on a named path: `"<action> <path>: <cause><hint>"`.

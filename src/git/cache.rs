@@ -12,8 +12,8 @@ use super::http::SharedHttp;
 use super::listing::{Listing, Settings};
 use super::remote::{Remote, Target};
 use super::{error_chain, SourceError};
+use crate::fsutil::lock::{FileLock, LockError};
 use crate::fsutil::{self, Context, IoError};
-use crate::store::lock::{FileLock, LockError};
 
 /// The local ref every fetch writes to. Keeping exactly one ref means the cache's ref store
 /// never grows and negotiation always has the previous tip as a "have".

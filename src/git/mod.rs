@@ -44,8 +44,8 @@ use std::path::PathBuf;
 
 use gix::ObjectId;
 
+use crate::fsutil::lock::LockError;
 use crate::fsutil::IoError;
-use crate::store::lock::LockError;
 use access::AccessError;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::fsutil::lock::FileLock;
 use crate::git::CacheRecord;
-use crate::store::lock::FileLock;
 
 /// One cache directory, as `caches` shows it.
 #[derive(Debug, Clone, Serialize)]

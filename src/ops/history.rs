@@ -315,7 +315,7 @@ pub fn unpin(
     let released = root.unpin(&lock)?;
     if let Some(pin) = &released {
         let entry = operator_entry(root, &pin.commit, Cause::Unpin, false, reason)?;
-        root.record(&lock, &entry)?;
+        root.records().record_publication(&lock, &entry)?;
     }
     Ok(released)
 }
@@ -355,7 +355,7 @@ pub fn recheck(
         .collect();
     root.records().forget_verdicts(&lock, &commit);
     let entry = operator_entry(root, &commit, Cause::Recheck, false, reason)?;
-    root.record(&lock, &entry)?;
+    root.records().record_publication(&lock, &entry)?;
     Ok(Rechecked { commit, forgotten })
 }
 
@@ -501,11 +501,11 @@ fn move_and_pin(
     };
     // Pin first: from this instant no sync loop moves the link, even one that already holds a
     // newer snapshot and waits for the lock we hold.
-    root.pin(lock, &pin)?;
+    root.records().set_pin(lock, &pin)?;
     if moves {
         root.publish(lock, &entry)?;
     } else {
-        root.record(lock, &entry)?;
+        root.records().record_publication(lock, &entry)?;
     }
     Ok(Change {
         from,
@@ -526,7 +526,7 @@ fn operator_entry(
     moved_link: bool,
     reason: Option<String>,
 ) -> Result<Publication, StoreError> {
-    let source = root.source()?;
+    let source = root.records().source()?;
     let now = SystemTime::now();
     Ok(Publication {
         commit: commit.to_string(),

@@ -55,7 +55,7 @@ pub fn snapshots(
 /// while any of its publishers runs.
 pub fn everything(root: &Root, lock_timeout: Duration) -> Result<Vec<PathBuf>, RemoveError> {
     root.require_writable()?;
-    if root.publishers_running()? {
+    if root.records().publishers_running()? {
         return Err(RemoveError::PublishersRunning {
             root: root.path().display().to_string(),
         });

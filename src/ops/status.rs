@@ -168,7 +168,7 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         files: None,
         bytes: None,
         pinned: root.pinned()?,
-        publishers: root.publishers(),
+        publishers: root.records().publishers(),
         confirmed_seconds_ago: None,
         git_sync: None,
         check: None,
@@ -210,7 +210,7 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
             });
     }
     let journal = root.records().journal()?;
-    if let Some(source) = root.source()? {
+    if let Some(source) = root.records().source()? {
         let resolved = journal
             .iter()
             .rev()

@@ -155,7 +155,7 @@ pub fn repair(
                 vec![repo.clone()],
             ),
         };
-        let source = root.source()?;
+        let source = root.records().source()?;
         let who = repair::Repairer {
             host: format!("{}@{}", operator(), crate::fsutil::hostname()),
             pid: std::process::id(),

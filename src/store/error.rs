@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use super::link;
-use super::lock::LockError;
 use super::records::SourceRecord;
 use super::STORE_DIR;
+use crate::fsutil::lock::LockError;
 use crate::fsutil::IoError;
 
 #[derive(Debug, thiserror::Error)]

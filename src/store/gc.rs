@@ -58,7 +58,7 @@ pub fn plan(
 ) -> Result<(Vec<String>, usize), StoreError> {
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
-    let leased = root.leased_commits(now);
+    let leased = root.records().leased(now);
 
     // When each commit was last active: retired by the next link move, or still live.
     let history = root.records().link_history()?;
@@ -136,10 +136,10 @@ pub fn collect(
     // Damaged journal lines were warned about when read; this is where they go.
     root.records().clean_journal(lock)?;
     root.records().trim_publications(lock)?;
-    root.remove_expired_leases(lock, now);
+    root.records().remove_expired_leases(lock, now);
     root.records()
         .remove_unneeded_verdicts(lock, &|commit| root.has_snapshot(commit));
-    root.remove_dead_publisher_records();
+    root.records().remove_dead_publishers(lock);
     let (doomed, kept) = plan(root, policy, now)?;
     let mut removed = Vec::new();
     for commit in doomed {

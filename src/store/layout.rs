@@ -44,9 +44,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::gitsync;
-use super::lock::FileLock;
 use super::records::{warn_damaged, Records};
 use super::StoreError;
+use crate::fsutil::lock::FileLock;
 use crate::fsutil::{self, is_not_a_directory, Dir, Found, IoError};
 
 pub const STORE_DIR: &str = ".dagsnap";
@@ -316,6 +316,11 @@ impl Store {
     /// Where it is, for messages.
     pub fn path(&self) -> PathBuf {
         self.root.join(STORE_DIR)
+    }
+
+    /// The root it belongs to, for messages.
+    pub fn root_path(&self) -> &Path {
+        &self.root
     }
 
     /// The root directory itself, opened by its path (the operator's choice).

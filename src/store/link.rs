@@ -293,6 +293,19 @@ impl Root {
         }
     }
 
+    /// The operator's pin, if any (a damaged pin file holds what is live).
+    pub fn pinned(&self) -> Result<Option<Pin>, StoreError> {
+        let live = self.current().ok().flatten().map(|c| c.commit);
+        self.records().pin(live.as_deref())
+    }
+
+    /// Release the pin, whatever state its file is in; returns what it was.
+    pub fn unpin(&self, lock: &RootLock) -> Result<Option<Pin>, StoreError> {
+        let pin = self.pinned()?;
+        self.records().clear_pin(lock)?;
+        Ok(pin)
+    }
+
     /// How long ago the link last moved (the swap creates a new symlink, so the link's own
     /// modification time is the time of the last swap, whoever made it); `None` without a link.
     pub fn since_link_moved(&self) -> Option<Duration> {

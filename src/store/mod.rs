@@ -6,11 +6,9 @@
 //! - [`lifecycle`]: a snapshot's life, staging → installed → live → out of service → trash →
 //!   gone, its states numbered in that module's doc.
 //! - [`link`]: the link: where it points, the atomic swap, and every decision to move it.
-//! - [`root`]: what a root says about its publishers, leases and pin (doors into `records`).
 //! - [`records`]: the files dagsnap keeps beside the snapshots (journal, publications, pin,
 //!   source record, publisher records, verdicts, leases), each read back as untrusted input.
 //! - [`snapshot`]: turning a list of entries into a sealed, read-only directory.
-//! - [`lock`]: advisory locks with a bounded wait.
 //! - [`gc`]: which snapshots are kept, and deleting the rest safely.
 //! - [`repair`]: replacing a damaged snapshot with a fresh build while readers are served.
 //! - [`gitsync`]: git-sync's files in a root dagsnap takes over.
@@ -24,10 +22,8 @@ pub mod gitsync;
 mod layout;
 mod lifecycle;
 pub mod link;
-pub mod lock;
 pub mod records;
 pub mod repair;
-mod root;
 pub mod snapshot;
 pub mod volume;
 

@@ -82,7 +82,7 @@ pub fn repair(
         let lock = root.lock(lock_timeout)?;
         if root.relink(&lock, commit, true)? {
             let now = SystemTime::now();
-            root.record(
+            root.records().record_publication(
                 &lock,
                 &Publication {
                     commit: commit.to_string(),

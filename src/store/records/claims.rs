@@ -1,12 +1,11 @@
 //! Which repository and ref a root follows, and who is publishing it: `source.json`, and a
 //! shared lock on `publishers` held by every running publisher.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::{read_json, set_aside, warn_damaged, write_json, Read, SourceRecord};
+use crate::fsutil::lock::{FileLock, LockError};
 use crate::fsutil::{is_not_regular, Dir};
-use crate::store::lock::{FileLock, LockError};
 use crate::store::{Store, StoreError};
 
 const SOURCE_FILE: &str = "source.json";
@@ -38,10 +37,10 @@ pub struct Claim {
 /// Locks die with their process, so a crashed publisher never blocks a reconfiguration.
 pub(in crate::store) fn claim(
     store: &Store,
-    root: &Path,
     source: &SourceRecord,
     timeout: Duration,
 ) -> Result<Claim, StoreError> {
+    let root = store.root_path();
     let dir = store.create()?;
     // A lock of its own, not the root's: a start-up must not wait for publishes or GC.
     let _serialized = lock_file(&dir, CLAIM_LOCK_FILE, |dir, name| {

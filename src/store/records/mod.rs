@@ -179,7 +179,7 @@ impl Records {
     /// action): the latest publication and a journal line, both before the link moves, so that a
     /// crash in between leaves a record newer than the link and never a link newer than every
     /// record.
-    pub(super) fn record_publication(
+    pub fn record_publication(
         &self,
         _lock: &RootLock,
         publication: &Publication,
@@ -293,7 +293,9 @@ impl Records {
         }
     }
 
-    pub(super) fn set_pin(&self, _lock: &RootLock, pin: &Pin) -> Result<(), StoreError> {
+    /// Pin the link: sync loops will not move it until the pin is cleared. The caller moves
+    /// the link first if the pinned commit is not live.
+    pub fn set_pin(&self, _lock: &RootLock, pin: &Pin) -> Result<(), StoreError> {
         write_json(&self.store.create()?, PIN_FILE, pin)
     }
 
@@ -308,6 +310,55 @@ impl Records {
             _ => store.remove_file(PIN_FILE)?,
         }
         Ok(there)
+    }
+}
+
+/// Publishers, their claims and heartbeats, and readers' leases.
+impl Records {
+    /// Register this process as a publisher of `source` (see [`claims::claim`]).
+    pub fn claim(&self, source: &SourceRecord, timeout: Duration) -> Result<Claim, StoreError> {
+        claims::claim(&self.store, source, timeout)
+    }
+
+    /// The repository and ref recorded for this root.
+    pub fn source(&self) -> Result<Option<SourceRecord>, StoreError> {
+        claims::source(&self.store)
+    }
+
+    /// Whether a sync loop of this root is running, on any host that shares its locks.
+    pub fn publishers_running(&self) -> Result<bool, StoreError> {
+        claims::publishers_running(&self.store)
+    }
+
+    /// Create this process's publisher record (see [`publishers`]).
+    pub fn register(&self, record: PublisherRecord) -> Result<Registration, StoreError> {
+        Registration::register(&self.store, record)
+    }
+
+    /// Every publisher record of this root, running ones first.
+    pub fn publishers(&self) -> Vec<SeenPublisher> {
+        publishers::read_all(&self.store)
+    }
+
+    /// Look at the other publishers' heartbeats once ([`LockWitness::observe`]); `own` is this
+    /// publisher's record's name, `me` its identity (`host pid`).
+    pub fn observe_peers(&self, witness: &mut LockWitness, own: &OsStr, me: &str) -> Observed {
+        witness.observe(&self.store, own, me)
+    }
+
+    /// Remove records of publishers that stopped long ago (GC).
+    pub fn remove_dead_publishers(&self, _lock: &RootLock) {
+        publishers::remove_dead(&self.store)
+    }
+
+    /// Commits that a reader's unexpired lease asks GC to keep (see [`leases`]).
+    pub fn leased(&self, now: SystemTime) -> HashSet<String> {
+        leases::leased(&self.store, now)
+    }
+
+    /// Remove expired and damaged leases (GC).
+    pub fn remove_expired_leases(&self, _lock: &RootLock, now: SystemTime) {
+        leases::remove_expired(&self.store, now)
     }
 }
 

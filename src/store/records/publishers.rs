@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::claims::lock_file;
 use super::{sub_dir, Check, Read};
+use crate::fsutil::lock::FileLock;
 use crate::fsutil::Dir;
-use crate::store::lock::FileLock;
 use crate::store::{Store, StoreError};
 
 const DIR: &str = "publishers.d";

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::claims::lock_file;
 use super::{read_json, sub_dir, write_json, Check, Read};
+use crate::fsutil::lock::{FileLock, LockError};
 use crate::fsutil::Dir;
-use crate::store::lock::{FileLock, LockError};
 use crate::store::{is_commit_id, Store, StoreError};
 
 const DIR: &str = "verdicts";

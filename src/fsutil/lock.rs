@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::fsutil::{Dir, IoError};
+use super::{Dir, IoError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
