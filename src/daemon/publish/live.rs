@@ -1,0 +1,203 @@
+//! Keeping the live snapshot what it should be: the periodic check (`--verify-period`) and
+//! repairs, and rebuilding it when the settings change what it must hold.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use super::build::{content_manifest, manifest_for};
+use super::{PublishError, Publisher};
+use crate::git::SourceError;
+use crate::store::repair;
+use crate::store::snapshot::{self, Stats};
+use crate::store::{Current, Manifest};
+
+impl Publisher {
+    /// Step 5: when `--verify-period` has passed since the last check, check the live snapshot
+    /// cheaply against its entry list ([`snapshot::quick_check`]: types, modes and sizes, no
+    /// content read), and repair it if it is damaged ([`repair::repair`]: rebuilt from the
+    /// cache, fetching the commit if the cache let it go, and the link swapped to the rebuilt
+    /// copy). A repair that was interrupted is finished at once. A failed repair is logged and
+    /// tried again at the next cycle; it does not fail the sync.
+    pub(super) fn check_live(
+        &mut self,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) {
+        let Some(period) = self.settings.verify_period else {
+            return;
+        };
+        let Ok(Some(current)) = self.root.current() else {
+            return;
+        };
+        let due = self.last_verified.is_none_or(|at| at.elapsed() >= period);
+        if !current.complete || (!due && !current.in_repair) {
+            return;
+        }
+        match self.repair_if_damaged(&current, progress, interrupt) {
+            Ok(()) => self.last_verified = Some(Instant::now()),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                let error = self.remote.redactor().redact(&crate::git::error_chain(&e));
+                tracing::error!(commit = %current.commit, %error, "could not repair the live snapshot; trying again at the next cycle");
+            }
+        }
+    }
+
+    pub(super) fn repair_if_damaged(
+        &mut self,
+        current: &Current,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), PublishError> {
+        let recorded = self.root.entries(&current.commit)?;
+        let problem = if current.in_repair {
+            "a repair was interrupted".to_string()
+        } else {
+            match &recorded {
+                Some(entries) => {
+                    match snapshot::quick_check(&current.dir, entries, self.settings.build_jobs) {
+                        Ok(()) => return Ok(()),
+                        Err(problem) => problem,
+                    }
+                }
+                None => {
+                    tracing::debug!(commit = %current.commit, "the live snapshot has no entry list to check it against");
+                    return Ok(());
+                }
+            }
+        };
+        tracing::warn!(commit = %current.commit, %problem, "the live snapshot is damaged; rebuilding it and swapping the link to the rebuilt copy");
+        let id = gix::ObjectId::from_hex(current.commit.as_bytes()).map_err(|e| {
+            SourceError::Object {
+                commit: gix::ObjectId::null(gix::hash::Kind::Sha1),
+                cause: e.to_string(),
+            }
+        })?;
+        self.cache
+            .fetch_commit(&self.remote, id, progress, interrupt)?;
+        let info = self.cache.commit_info(id)?;
+        let expected = self.expected(&info)?;
+        let manifest = match self.root.manifest(&current.commit)? {
+            Some(manifest) => manifest,
+            None => manifest_for(info.clone(), Stats::default()),
+        };
+        let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
+        let blobs = expanded.blobs;
+        // What git says the snapshot holds, unless it was built with other settings than this
+        // publisher's (a pinned snapshot from before a change of --subdir): then what was
+        // recorded when it was built.
+        let same_settings = expected.matches(&manifest, || recorded.clone()).is_ok();
+        let entries = match (&recorded, same_settings) {
+            (Some(recorded), false) => recorded.clone(),
+            _ => expanded.entries,
+        };
+        if current.in_repair {
+            let entries = recorded.unwrap_or(entries);
+            repair::finish(
+                &self.root,
+                &current.commit,
+                &entries,
+                &blobs,
+                &manifest,
+                self.settings.lock_timeout,
+                self.settings.build_jobs,
+                progress,
+                interrupt,
+            )?;
+        } else {
+            self.rebuild(
+                &current.commit,
+                entries,
+                &blobs,
+                &manifest,
+                problem,
+                progress,
+                interrupt,
+            )?;
+        }
+        tracing::info!(commit = %current.commit, "repaired the live snapshot; readers are served the rebuilt copy");
+        Ok(())
+    }
+
+    /// Make sure the live snapshot of the remote's commit holds what this publisher publishes,
+    /// rebuilding it if it does not: a root whose commit stays while the settings change (a new
+    /// `--subdir`, sparse patterns or `--submodules`; a snapshot of dagsnap before 0.3, which
+    /// published submodules as empty directories). The rebuild is a repair ([`repair::repair`]):
+    /// readers are moved to the new copy atomically. Looked at once per process and commit, so
+    /// idle polls cost nothing more.
+    pub(super) fn settle_live(
+        &mut self,
+        current: &Current,
+        id: gix::ObjectId,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), PublishError> {
+        if self.settled.as_deref() == Some(current.commit.as_str()) {
+            return Ok(());
+        }
+        let info = self.cache.commit_info(id)?;
+        let expected = self.expected(&info)?;
+        let why = match self.root.manifest(&current.commit)? {
+            Some(manifest) => expected
+                .matches(&manifest, || {
+                    self.root.entries(&current.commit).ok().flatten()
+                })
+                .err(),
+            // No manifest: for the periodic check of the live snapshot to deal with.
+            None => None,
+        };
+        if let Some(why) = why {
+            tracing::info!(commit = %current.commit, %why, "the live snapshot was published with other settings; rebuilding it with this publisher's and swapping the link to the new copy");
+            let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
+            let manifest = content_manifest(info, &expected, &expanded, Stats::default());
+            self.rebuild(
+                &current.commit,
+                expanded.entries,
+                &expanded.blobs,
+                &manifest,
+                format!("published with other settings: {why}"),
+                progress,
+                interrupt,
+            )?;
+        }
+        self.settled = Some(current.commit.clone());
+        Ok(())
+    }
+
+    /// Rebuild the snapshot of `commit` and move readers to the new copy ([`repair::repair`]),
+    /// journaled as this publisher's repair for `reason`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rebuild(
+        &self,
+        commit: &str,
+        entries: crate::entries::Entries,
+        blobs: &dyn crate::entries::Blobs,
+        manifest: &Manifest,
+        reason: String,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), PublishError> {
+        let who = repair::Repairer {
+            host: crate::fsutil::hostname(),
+            pid: std::process::id(),
+            repo: self.remote.display_url(),
+            ref_name: self.remote.target.to_string(),
+            reason,
+        };
+        let repaired = repair::repair(
+            &self.root,
+            commit,
+            entries,
+            blobs,
+            manifest,
+            &who,
+            self.settings.lock_timeout,
+            self.settings.build_jobs,
+            progress,
+            interrupt,
+        );
+        crate::git::pages::give_back();
+        repaired?;
+        Ok(())
+    }
+}

@@ -1,0 +1,469 @@
+//! The steps of [`Publisher::cycle`] that decide whether the cycle goes on, one method each
+//! (numbered as in that method's doc), and what they share: the heartbeat watch, reconciling
+//! the link, the journal, git-sync's leftovers and garbage collection.
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{Outcome, PublishError, Publisher};
+use crate::git::CommitInfo;
+use crate::git::Observation;
+use crate::store::snapshot::Stats;
+use crate::store::{
+    gc, Cause, Current, Decision, Expected, GitSyncLive, Publication, RootLock, StoreError, Verdict,
+};
+
+/// What the remote said (step 2), for the steps after it.
+pub(super) struct Seen {
+    pub commit: String,
+    pub observation: Observation,
+}
+
+/// A step either ends the cycle with its outcome, or hands the next steps what it found.
+pub(super) enum Step<T> {
+    Done(Outcome),
+    Next(T),
+}
+
+/// The commit to build and what its snapshot must hold (from step 5, for step 7).
+pub(super) struct Candidate {
+    pub info: CommitInfo,
+    pub expected: Expected,
+}
+
+impl Publisher {
+    /// Step 2: ask the remote for the target commit (fetching it if it is new), and look at
+    /// the peers' heartbeats.
+    pub(super) fn observe(
+        &mut self,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Seen, PublishError> {
+        let fetching = Instant::now();
+        let observation = self.cache.update(&self.remote, progress, interrupt)?;
+        self.timings.fetch = Some(fetching.elapsed());
+        self.timings.fetched = observation.fetched;
+        self.followed_ref = Some(observation.ref_name.clone());
+        self.observe_locks();
+        Ok(Seen {
+            commit: observation.commit.to_string(),
+            observation,
+        })
+    }
+
+    /// Step 4: the link shows the commit's complete snapshot: make sure it holds what this
+    /// publisher publishes, and tidy up after git-sync.
+    pub(super) fn unchanged(
+        &mut self,
+        seen: &Seen,
+        current: Option<&Current>,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Option<Outcome>, PublishError> {
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        if current.commit == seen.commit && current.complete {
+            self.refuse_if_locks_unreliable()?;
+            self.settle_live(current, seen.observation.commit, progress, interrupt)?;
+            self.retire_git_sync();
+            return Ok(Some(Outcome::Unchanged {
+                commit: seen.commit.clone(),
+            }));
+        }
+        if !current.complete {
+            tracing::warn!(commit = %current.commit, "the published snapshot is missing (deleted by hand?); republishing");
+        }
+        Ok(None)
+    }
+
+    /// Step 5: whether the commit changes nothing published (only paths outside `--subdir`),
+    /// as found at an earlier poll (which an idle poll of a monorepo whose other folders move
+    /// then costs nothing more) or now; else what a snapshot of it must hold.
+    pub(super) fn same(
+        &mut self,
+        seen: &Seen,
+        current: Option<&Current>,
+    ) -> Result<Step<Candidate>, PublishError> {
+        if let (Some((same, live)), Some(current)) = (&self.same, current) {
+            if *same == seen.commit && *live == current.commit && current.complete {
+                let live = live.clone();
+                self.refuse_if_locks_unreliable()?;
+                return Ok(Step::Done(Outcome::Same {
+                    commit: seen.commit.clone(),
+                    live,
+                }));
+            }
+        }
+        // The store may have been deleted or damaged under a running loop: put it back.
+        self.root.ensure_layout()?;
+        let info = self.cache.commit_info(seen.observation.commit)?;
+        let expected = self.expected(&info)?;
+        // Readers need not parse the same files again.
+        if self.content.subdir.is_some() && self.root.live_holds(&expected) {
+            if let Some(live) = current.map(|c| c.commit.clone()) {
+                self.refuse_if_locks_unreliable()?;
+                self.journal_same(&seen.commit, &live, &seen.observation.ref_name)?;
+                return Ok(Step::Done(Outcome::Same {
+                    commit: seen.commit.clone(),
+                    live,
+                }));
+            }
+        }
+        Ok(Step::Next(Candidate { info, expected }))
+    }
+
+    /// Step 7: unless the commit's trusted snapshot is installed, build and install it (one
+    /// that is not trusted is moved aside first). What was built, if anything.
+    pub(super) fn build_if_needed(
+        &mut self,
+        seen: &Seen,
+        candidate: Candidate,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Option<Stats>, PublishError> {
+        let commit = &seen.commit;
+        if self.root.has_snapshot(commit) {
+            if let Err(why) = self.root.check_snapshot(commit, Some(&candidate.expected)) {
+                let lock = self.root.lock(self.settings.lock_timeout)?;
+                self.root.set_aside(&lock, commit, &why)?;
+                drop(lock);
+                self.root.empty_trash(self.settings.retention.pending)?;
+            }
+        }
+        let building = Instant::now();
+        let built = if self.root.has_snapshot(commit) {
+            None
+        } else {
+            Some(self.build(candidate.info, &candidate.expected, progress, interrupt)?)
+        };
+        self.timings.build = Some(building.elapsed());
+        Ok(built)
+    }
+
+    /// Step 9: while an operator pins the link, keep following the remote (the snapshot is
+    /// ready for when the pin is released) but leave the link alone. Checked again under the
+    /// lock in step 12; this early look spares idle polls the lock.
+    pub(super) fn pinned(&self, seen: &Seen, built: bool) -> Result<Option<Outcome>, PublishError> {
+        match self.root.pinned()?.filter(|p| p.commit != seen.commit) {
+            Some(pin) => {
+                if built {
+                    self.collect_garbage(self.root.lock(self.settings.lock_timeout)?);
+                }
+                Ok(Some(Outcome::Held {
+                    commit: seen.commit.clone(),
+                    pin,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Step 10: a root being taken over from git-sync: the link moves only once git-sync has
+    /// left the root alone for `--adopt-after` (see `store::gitsync`).
+    pub(super) fn deferred(&self, seen: &Seen, git_sync: Option<&GitSyncLive>) -> Option<Outcome> {
+        let (git_sync, after) = (git_sync?, self.root.adopt_after()?);
+        let quiet_for = git_sync.quiet_for();
+        (quiet_for < after).then(|| Outcome::Deferred {
+            commit: seen.commit.clone(),
+            git_sync: git_sync.commit.clone(),
+            quiet_for,
+        })
+    }
+
+    /// Step 11: at most one link move per `--min-publish-interval` (Airflow 2 reads through the
+    /// link for each file: fewer swaps, fewer passes that straddle one). The newest commit goes
+    /// live when the interval ends: the loop comes back then.
+    pub(super) fn throttled(&self, seen: &Seen) -> Option<Outcome> {
+        let interval = self.settings.min_publish_interval?;
+        let since = self.root.since_link_moved().unwrap_or(Duration::MAX);
+        (since < interval).then(|| Outcome::Throttled {
+            commit: seen.commit.clone(),
+            wait: interval - since,
+        })
+    }
+
+    /// Step 12: under the root's lock, move the link unless that would move it backward (or a
+    /// pin appeared, or the root follows another configuration now), then check the snapshot
+    /// is still there and reconcile once more. The outcome, and the lock for step 13.
+    pub(super) fn publish(
+        &mut self,
+        seen: Seen,
+        built: Option<Stats>,
+        git_sync: Option<&GitSyncLive>,
+        started: Instant,
+    ) -> Result<(Outcome, RootLock), PublishError> {
+        let publishing = Instant::now();
+        let lock = self.root.lock(self.settings.lock_timeout)?;
+        self.timings.lock_wait = Some(publishing.elapsed());
+        self.refuse_if_claimed_by_another()?;
+        let Seen {
+            commit,
+            observation,
+        } = seen;
+        let publication = Publication {
+            commit: commit.clone(),
+            cause: Cause::Sync,
+            observed_at: observation.observed_at,
+            published_at: SystemTime::now(),
+            host: crate::fsutil::hostname(),
+            pid: std::process::id(),
+            repo: self.remote.display_url(),
+            ref_name: observation.ref_name,
+            moved_link: true,
+            reason: None,
+        };
+        let outcome = match self.root.publish_if_newer(&lock, &publication)? {
+            Decision::AlreadyCurrent => Outcome::Unchanged { commit },
+            Decision::Superseded { newer } => Outcome::Superseded {
+                commit,
+                current: newer.commit,
+            },
+            Decision::Pinned { pin } => Outcome::Held { commit, pin },
+            Decision::Published { previous } => {
+                self.after_swap(&commit, &lock)?;
+                if let Some(git_sync) = git_sync {
+                    tracing::info!(git_sync_commit = %git_sync.commit, %commit, grace = %humantime::format_duration(self.settings.retention.grace), "took the link over from git-sync; its files are removed once the link has been dagsnap's for --grace with no write from git-sync");
+                }
+                Outcome::Published {
+                    commit,
+                    previous,
+                    built,
+                    elapsed: started.elapsed(),
+                }
+            }
+        };
+        self.timings.publish = Some(publishing.elapsed());
+        Ok((outcome, lock))
+    }
+
+    /// The recorded rejection of `commit` by the configured check, if any.
+    pub(super) fn known_rejection(&self, commit: &str) -> Option<Verdict> {
+        let check = self.gate.check.as_ref()?;
+        let fingerprint = crate::store::records::verdicts::fingerprint(&check.command);
+        self.root
+            .records()
+            .verdict(commit, &fingerprint)
+            .filter(|v| !v.accepted)
+    }
+
+    /// Look at the peers' heartbeats once ([`crate::store::LockWitness`]); say so at ERROR when
+    /// a peer's locks turn out invisible from here, and when that clears.
+    pub(super) fn observe_locks(&mut self) {
+        let me = format!("{} {}", crate::fsutil::hostname(), std::process::id());
+        let observed =
+            self.root
+                .records()
+                .observe_peers(&mut self.witness, self.registration.name(), &me);
+        match (&self.lock_fault, &observed.fault) {
+            (None, Some(peer)) => {
+                tracing::error!(%peer, "locks on this volume do not reach another publisher of this root: its heartbeat advances while its lock is invisible from here. Not moving the link until this clears; mount the volume with working locks, or run a single publisher per root")
+            }
+            (Some(_), None) => tracing::info!(
+                "locks reach every running publisher of this root again; moving the link again"
+            ),
+            _ => {}
+        }
+        self.registration.set_lock_fault(
+            observed
+                .fault
+                .as_ref()
+                .map(|peer| format!("locks do not reach publisher {peer}")),
+            observed.suspects,
+        );
+        self.lock_fault = observed.fault;
+    }
+
+    pub(super) fn refuse_if_locks_unreliable(&self) -> Result<(), PublishError> {
+        match &self.lock_fault {
+            Some(peer) => Err(PublishError::LocksUnreliable {
+                peer: peer.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The root follows another configuration now: a publisher of it took the root over (on a
+    /// volume whose locks do not work, this publisher's claim did not keep it out).
+    pub(super) fn refuse_if_claimed_by_another(&self) -> Result<(), PublishError> {
+        match self.root.records().source()? {
+            Some(theirs) if !theirs.same_as(&self.source) => Err(StoreError::SourceMismatch {
+                root: self.root.path().to_path_buf(),
+                theirs: Box::new(theirs),
+                ours: Box::new(self.source.clone()),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Step 2: put the link back on what the pin or the newest publication names, if it shows
+    /// something else (`pin_only`: only on the pin).
+    pub(super) fn reconcile(&mut self, pin_only: bool) -> Result<(), PublishError> {
+        let Some(current) = self.root.current()? else {
+            return Ok(());
+        };
+        let Some((desired, because)) = self.root.desired(&current.commit)? else {
+            return Ok(());
+        };
+        if pin_only && because != crate::store::BY_PIN {
+            return Ok(());
+        }
+        if desired == current.commit || !self.root.has_snapshot(&desired) {
+            return Ok(());
+        }
+        self.refuse_if_claimed_by_another()?;
+        let lock = self.root.lock(self.settings.lock_timeout)?;
+        self.reconcile_under(&lock)
+    }
+
+    pub(super) fn reconcile_under(&self, lock: &RootLock) -> Result<(), PublishError> {
+        let who = Publication {
+            commit: String::new(),
+            cause: Cause::Reconcile,
+            observed_at: SystemTime::now(),
+            published_at: SystemTime::now(),
+            host: crate::fsutil::hostname(),
+            pid: std::process::id(),
+            repo: self.remote.display_url(),
+            ref_name: self.source.ref_name.clone(),
+            moved_link: true,
+            reason: None,
+        };
+        if let Some((from, to, because)) = self.root.reconcile_link(lock, &who)? {
+            tracing::warn!(%from, %to, because, "the link showed a commit that is neither pinned nor the newest publication (a publisher swapped late, or something else moved it); put it back");
+        }
+        Ok(())
+    }
+
+    /// Right after this publisher swapped the link to `commit`: the snapshot must still be
+    /// there (on a volume without working locks, GC elsewhere may have retired it between our
+    /// decision and our swap; it is in the trash, whole, and comes back), and what the link
+    /// shows is reconciled once more (a newer publication or a pin may have appeared).
+    pub(super) fn after_swap(&self, commit: &str, lock: &RootLock) -> Result<(), PublishError> {
+        if !self.root.has_snapshot(commit) {
+            if self
+                .root
+                .restore_from_trash(commit, self.settings.retention.pending)
+            {
+                tracing::warn!(%commit, "the snapshot was retired by GC while this publisher linked it (locks on this volume may not work); brought it back");
+            } else {
+                return Err(StoreError::SnapshotGone {
+                    commit: commit.to_string(),
+                }
+                .into());
+            }
+        }
+        self.reconcile_under(lock)
+    }
+
+    /// Remove git-sync's files from a root taken over from it, once nobody can need them
+    /// ([`Root::remove_git_sync_leftovers`]). Looked at on idle polls too, without a write or a
+    /// lock until something is due.
+    pub(super) fn retire_git_sync(&self) {
+        if self.root.adopt_after().is_none() || !crate::store::gitsync::present(self.root.path()) {
+            return;
+        }
+        let removed = self
+            .root
+            .lock(self.settings.lock_timeout)
+            .map_err(|e| e.to_string())
+            .and_then(|lock| {
+                self.root
+                    .remove_git_sync_leftovers(&lock, self.settings.retention.grace)
+                    .map_err(|e| e.to_string())
+            });
+        match removed {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => {
+                let removed: Vec<String> =
+                    removed.iter().map(|p| p.display().to_string()).collect();
+                tracing::info!(removed = %removed.join(", "), "removed git-sync's files: the root is dagsnap's alone now");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove git-sync's files yet; trying again at the next poll")
+            }
+        }
+    }
+
+    /// Retire old snapshots while holding `lock`, then delete them after releasing it. A failed
+    /// collection is logged, not returned: it does not undo what the cycle did.
+    pub(super) fn collect_garbage(&self, lock: RootLock) {
+        let collected = gc::collect(
+            &self.root,
+            &lock,
+            &self.settings.retention,
+            SystemTime::now(),
+        );
+        drop(lock);
+        if let Err(e) =
+            collected.and_then(|_| self.root.empty_trash(self.settings.retention.pending))
+        {
+            tracing::warn!(error = %e, "could not remove old snapshots; the next publish retries");
+        }
+    }
+
+    /// A journal entry about `commit` that moves no link (a rejection, an unchanged subtree),
+    /// written under the root's lock like every record.
+    pub(super) fn journal(
+        &self,
+        commit: &str,
+        cause: Cause,
+        ref_name: &str,
+        reason: String,
+    ) -> Result<(), PublishError> {
+        let lock = self.root.lock(self.settings.lock_timeout)?;
+        let now = SystemTime::now();
+        self.root.records().record_publication(
+            &lock,
+            &Publication {
+                commit: commit.to_string(),
+                cause,
+                observed_at: now,
+                published_at: now,
+                host: crate::fsutil::hostname(),
+                pid: std::process::id(),
+                repo: self.remote.display_url(),
+                ref_name: ref_name.to_string(),
+                moved_link: false,
+                reason: Some(reason),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Remember, and journal once per commit, that `commit` changes nothing published and
+    /// `live` stays.
+    pub(super) fn journal_same(
+        &mut self,
+        commit: &str,
+        live: &str,
+        ref_name: &str,
+    ) -> Result<(), PublishError> {
+        self.same = Some((commit.to_string(), live.to_string()));
+        // Said already by a peer, or by this publisher before a restart.
+        let journaled = self.root.records().journal().unwrap_or_default();
+        if journaled
+            .iter()
+            .rev()
+            .take(20)
+            .any(|e| e.cause == Cause::Unchanged && e.commit == commit)
+        {
+            return Ok(());
+        }
+        let subdir = self
+            .content
+            .subdir
+            .as_deref()
+            .map(crate::text::escape_bytes)
+            .unwrap_or_default();
+        tracing::info!(%commit, %live, "the new commit changes nothing in --subdir {subdir}; the link stays");
+        self.journal(
+            commit,
+            Cause::Unchanged,
+            ref_name,
+            format!("{subdir}/ is the same as in {live}, which stays live"),
+        )?;
+        Ok(())
+    }
+}
