@@ -6,20 +6,17 @@ use std::time::Duration;
 use clap::Parser;
 
 use dagsnap::cli::gitsync;
+use dagsnap::cli::SyncPlan;
 use dagsnap::cli::{
     CachesArgs, Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RecheckArgs,
     RemoveArgs, RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
 };
-use dagsnap::daemon::check::CheckCommand;
-use dagsnap::daemon::publish::{Content, Gate, Publisher, Settings};
-use dagsnap::daemon::{self, Exit, Schedule};
-use dagsnap::git::{select, submodules, Remote, Target};
+use dagsnap::daemon::{self, Exit};
+use dagsnap::git::{Remote, Target};
 use dagsnap::ops::status;
 use dagsnap::ops::{history, verify};
 use dagsnap::progress::Style;
 use dagsnap::store::rfc3339;
-use dagsnap::store::snapshot::Reuse;
-use dagsnap::store::volume::Locks;
 use dagsnap::store::Root;
 use dagsnap::store::StoreError;
 
@@ -93,9 +90,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The least `--grace` on a volume whose locks are not known to work.
-const MIN_UNVERIFIED_GRACE: Duration = Duration::from_secs(120);
-
 /// The mount of `root` (or of its nearest existing ancestor, before it is created).
 fn volume_mount(root: &std::path::Path) -> Option<dagsnap::store::volume::Mount> {
     root.ancestors()
@@ -135,7 +129,7 @@ fn as_git_sync(args: &[std::ffi::OsString]) -> Result<(Cli, Vec<gitsync::Note>),
             return Err(ExitCode::from(EXIT_USAGE));
         }
     };
-    let mut cli = Cli::try_parse_from(&invocation.argv).map_err(|e| {
+    let mut cli = Cli::try_parse_from(invocation.argv()).map_err(|e| {
         // A value only dagsnap's own checks refuse (a webhook URL, say): its first line.
         let text = e.to_string();
         let line = text.lines().next().unwrap_or_default();
@@ -143,9 +137,9 @@ fn as_git_sync(args: &[std::ffi::OsString]) -> Result<(Cli, Vec<gitsync::Note>),
         ExitCode::from(EXIT_USAGE)
     })?;
     if let Command::Sync(sync) = &mut cli.command {
-        sync.access.password = invocation.password;
-        sync.hooks.exechook_direct = invocation.exechook_direct;
-        sync.check.check_direct = invocation.check_direct;
+        sync.access.password = invocation.password();
+        sync.hooks.exechook_direct = invocation.exechook_direct();
+        sync.check.check_direct = invocation.check_direct();
     }
     Ok((cli, invocation.notes))
 }
@@ -170,227 +164,47 @@ fn usage<E: std::fmt::Display>(e: E) -> (u8, String) {
 }
 
 fn sync(args: SyncArgs, style: Style) -> Outcome {
-    if args.group_write {
+    let mount = volume_mount(&args.root.root);
+    let plan = SyncPlan::new(args, mount.as_ref()).map_err(|e| (EXIT_USAGE, e))?;
+    if plan.group_write {
         dagsnap::fsutil::set_group_write(true);
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
     }
-    let target = Target::parse(args.git_ref.as_deref()).map_err(usage)?;
-    let access = args.access.access(args.sync_timeout);
-    if !access.ssh.check_host_keys {
-        tracing::warn!("SSH HOST KEY CHECKING IS OFF (--ssh-known-hosts=false): anyone between this pod and the server can serve it DAGs. Use --ssh-known-hosts-file instead");
-    }
-    let remote = Remote::new(&args.repo, target, args.depth, access).map_err(usage)?;
-    let cache_dir = args.cache_dir(&remote.display_url());
-    if remote.is_ssh() {
+    if plan.remote.is_ssh() {
         // Before any thread exists: this may set LD_PRELOAD for the ssh processes.
-        if let Some(dir) = dagsnap::git::access::provide_passwd_entry(&cache_dir).map_err(usage)? {
+        if let Some(dir) =
+            dagsnap::git::access::provide_passwd_entry(&plan.cache_dir).map_err(usage)?
+        {
             tracing::info!(files = %dir.display(), "this uid has no passwd entry; giving ssh one through nss_wrapper");
         }
     }
-    let root = args.root.locate().map_err(usage)?;
     tracing::info!(
-        repo = %remote.display_url(),
-        r#ref = %remote.target,
-        depth = remote.depth,
-        root = %root.path().display(),
-        link = %root.link_path().display(),
-        cache = %cache_dir.display(),
-        period = %humantime::format_duration(args.period),
-        one_time = args.one_time,
+        repo = %plan.remote.display_url(),
+        r#ref = %plan.remote.target,
+        depth = plan.remote.depth,
+        root = %plan.root.path().display(),
+        link = %plan.root.link_path().display(),
+        cache = %plan.cache_dir.display(),
+        period = %humantime::format_duration(plan.schedule.period),
+        one_time = plan.schedule.one_time,
         "dagsnap sync starting"
     );
-    let redactor = remote.redactor().clone();
-    // On a volume other machines share, a publisher's decision may reach the link as late as
-    // its lock timeout plus its sync timeout if locks fail: what it may link is kept that long.
-    let mount = volume_mount(root.path());
-    let pending = if mount.as_ref().is_none_or(|m| m.is_shared()) {
-        args.lock_timeout + args.sync_timeout
-    } else {
-        Duration::ZERO
-    };
-    let mut retention = args.retention.policy(pending);
-    match mount.map(|m| m.locks()).unwrap_or(Locks::Expected) {
-        Locks::Local(why) => return Err((EXIT_USAGE, why)),
-        Locks::Unverified(why) => {
-            tracing::warn!("{why}");
-            // Without locks that are known to work, GC elsewhere may retire a snapshot readers
-            // were just sent to; a longer grace gives them time.
-            if retention.grace < MIN_UNVERIFIED_GRACE {
-                tracing::warn!(grace = %humantime::format_duration(MIN_UNVERIFIED_GRACE), "raising --grace: locks on this volume are not known to work");
-                retention.grace = MIN_UNVERIFIED_GRACE;
-            }
-        }
-        Locks::Expected => {}
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
     }
-    let settings = Settings {
-        period: args.period,
-        min_publish_interval: args.min_publish_interval,
-        lock_timeout: args.lock_timeout,
-        reuse: if args.full_copy {
-            Reuse::FullCopy
-        } else {
-            Reuse::HardLink
-        },
-        retention,
-        verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
-        build_jobs: args.build_jobs,
-    };
-    let content = Content {
-        submodules: match args.submodules {
-            dagsnap::cli::Submodules::Off => submodules::Mode::Off,
-            dagsnap::cli::Submodules::Shallow => submodules::Mode::Shallow,
-            dagsnap::cli::Submodules::Recursive => submodules::Mode::Recursive,
-        },
-        subdir: match &args.subdir {
-            Some(value) => select::parse_subdir(value).map_err(usage)?,
-            None => None,
-        },
-        sparse: match &args.sparse_checkout_file {
-            Some(file) => Some(select::Sparse::read(file).map_err(usage)?),
-            None => None,
-        },
-    };
-    let relative_to_root = |path: &Option<std::path::PathBuf>| {
-        path.as_ref().map(|p| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                args.root.root.join(p)
-            }
-        })
-    };
-    let mut root = root;
-    if args.adopt_git_sync {
-        root = root.adopting_git_sync(args.adopt_after);
-    }
-    for file in [&args.hooks.touch_file, &args.hooks.error_file] {
-        if let Some(path) = relative_to_root(file) {
-            root = root.owning(&path);
-        }
-    }
-    let root_for_loop = root.clone();
-    let gate = Gate {
-        check: args.check.command().map(|command| CheckCommand {
-            command: command.to_string(),
-            direct: args.check.check_direct,
-            timeout: args.check.check_timeout,
-        }),
-    };
-    if gate.check.is_some() && args.check.check_timeout >= args.sync_timeout {
-        return Err((
-            EXIT_USAGE,
-            format!(
-                "--check-timeout {} is not shorter than --sync-timeout {}: every cycle would end before its check; raise --sync-timeout",
-                humantime::format_duration(args.check.check_timeout),
-                humantime::format_duration(args.sync_timeout)
-            ),
-        ));
-    }
-    let checks = gate.check.is_some();
-    let open: daemon::Opener = std::sync::Arc::new(move || {
-        Publisher::open(
-            root.clone(),
-            remote.clone(),
-            &cache_dir,
-            settings,
-            content.clone(),
-        )
-        .map(|publisher| publisher.with_gate(gate.clone()))
-    });
-    let schedule = Schedule {
-        period: args.period,
-        sync_timeout: args.sync_timeout,
-        failure_budget: args.failure_budget(),
-        backoff_max: args.backoff_max,
-        one_time: args.one_time,
-        progress_interval: args.progress_interval,
-        init_period: args.init_period,
-        init_failure_budget: args.init_failure_budget(),
-        sync_signal: args.sync_on_signal,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
-    if args.http.http_bind.is_none() {
-        let needs_server = [
-            ("--ready-max-age", args.http.ready_max_age.is_some()),
-            (
-                "--trigger-token-file",
-                args.http.trigger_token_file.is_some(),
-            ),
-            (
-                "--webhook-secret-file",
-                args.http.webhook_secret_file.is_some(),
-            ),
-        ];
-        if let Some((flag, _)) = needs_server.iter().find(|(_, given)| *given) {
-            return Err((
-                EXIT_USAGE,
-                format!(
-                    "{flag} needs --http-bind: it applies to the HTTP endpoints, which are off"
-                ),
-            ));
-        }
-    }
-    // A secret that cannot be read would refuse every request: say so now, not at 3 am.
-    for (flag, file) in [
-        ("--trigger-token-file", &args.http.trigger_token_file),
-        ("--webhook-secret-file", &args.http.webhook_secret_file),
-    ] {
-        if let Some(file) = file {
-            let secret = std::fs::read(file).map_err(|e| {
-                (
-                    EXIT_USAGE,
-                    format!(
-                        "cannot read {flag} {}: {e}; mount the secret there or drop the flag",
-                        file.display()
-                    ),
-                )
-            })?;
-            if secret.trim_ascii().is_empty() {
-                return Err((
-                    EXIT_USAGE,
-                    format!("{flag} {} is empty; put the secret in it", file.display()),
-                ));
-            }
-        }
-    }
-    let http = match &args.http.http_bind {
-        Some(bind) => Some((
-            daemon::http::bind(bind).map_err(|e| (EXIT_USAGE, e))?,
-            daemon::http::Auth {
-                token_file: args.http.trigger_token_file.clone(),
-                webhook_secret_file: args.http.webhook_secret_file.clone(),
-            },
-        )),
-        None => None,
-    };
-    let hook = &args.hooks;
-    let surface = daemon::Surface {
-        http,
-        exec_hook: hook
-            .exechook_command
-            .clone()
-            .map(|command| daemon::hooks::ExecHook {
-                command,
-                direct: hook.exechook_direct,
-                timeout: hook.exechook_timeout,
-                backoff: hook.exechook_backoff,
-            }),
-        web_hook: hook.webhook_url.clone().map(|url| daemon::hooks::WebHook {
-            url,
-            method: hook.webhook_method.clone(),
-            success_status: hook.webhook_success_status,
-            timeout: hook.webhook_timeout,
-            backoff: hook.webhook_backoff,
-        }),
-        touch_file: relative_to_root(&hook.touch_file),
-        error_file: relative_to_root(&hook.error_file),
-        ready_max_age: args.http.ready_max_age,
-        checks,
-    };
-    let exit = runtime.block_on(daemon::run(open, root_for_loop, schedule, surface, style));
+    let surface = plan.surface().map_err(|e| (EXIT_USAGE, e))?;
+    let redactor = plan.remote.redactor().clone();
+    let exit = runtime.block_on(daemon::run(
+        plan.opener(),
+        plan.root.clone(),
+        plan.schedule.clone(),
+        surface,
+        style,
+    ));
     // A cycle abandoned after SIGTERM may still sit in a system call on a blocking thread:
     // dropping the runtime would wait for it. Whatever it leaves is removed on the next start.
     runtime.shutdown_timeout(Duration::from_millis(500));

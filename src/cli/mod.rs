@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod gitsync;
+mod plan;
 pub mod values;
+
+pub use plan::{SyncPlan, MIN_UNVERIFIED_GRACE};
 
 pub use values::{parse_bool, parse_duration, parse_positive_duration};
 
