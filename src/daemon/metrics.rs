@@ -125,6 +125,18 @@ impl Metrics {
             git_fetch_count: Counter::default(),
             registry: Registry::default(),
         };
+        metrics.register_dagsnap(&mut registry);
+        metrics.register_git_sync(&mut registry);
+        metrics.start_at_zero();
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// dagsnap's own families.
+    fn register_dagsnap(&self, registry: &mut Registry) {
+        let metrics = self;
         registry.register(
             "dagsnap_syncs",
             "Sync cycles by result: published, unchanged, held (pinned), superseded (a peer was ahead), rejected (--check-command), throttled (--min-publish-interval), deferred (git-sync still writes the root), skipped (a peer was busy), failed",
@@ -195,6 +207,11 @@ impl Metrics {
             "Runs of --check-command by result: accepted, rejected, timeout, abandoned",
             metrics.checks.clone(),
         );
+    }
+
+    /// git-sync's names, with git-sync's meanings.
+    fn register_git_sync(&self, registry: &mut Registry) {
+        let metrics = self;
         registry.register(
             "git_sync_count",
             "How many git syncs completed, partitioned by state (success, error, noop), as git-sync counts them",
@@ -210,8 +227,12 @@ impl Metrics {
             "How many fetches received a pack (git-sync counts its git fetch runs)",
             metrics.git_fetch_count.clone(),
         );
-        // Every known series exists from the start, at zero, so that a rate() or an alert on
-        // failures sees a value before the first failure.
+    }
+
+    /// Every known series exists from the start, at zero, so that a rate() or an alert on
+    /// failures sees a value before the first failure.
+    fn start_at_zero(&self) {
+        let metrics = self;
         for result in SYNC_RESULTS {
             let _ = metrics.syncs.get_or_create(&ResultLabel { result });
         }
@@ -222,10 +243,6 @@ impl Metrics {
             let _ = metrics
                 .git_sync_duration
                 .get_or_create(&StatusLabel { status });
-        }
-        Metrics {
-            registry,
-            ..metrics
         }
     }
 

@@ -224,6 +224,18 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
     let Some(current) = current else {
         return Ok(status);
     };
+    describe_live(root, current, &journal, &mut status)?;
+    Ok(status)
+}
+
+/// What `status` says of the live snapshot: where readers arrive, what the manifest records,
+/// when and why the link moved to it, and when a publisher last confirmed it.
+fn describe_live(
+    root: &Root,
+    current: crate::store::Current,
+    journal: &[crate::store::Publication],
+    status: &mut Status,
+) -> Result<(), StoreError> {
     if current.complete {
         // What readers get is where the link resolves, not what it says.
         let snapshot = std::fs::canonicalize(&current.dir);
@@ -248,11 +260,11 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
     }
     // When and why the link last moved to this commit (a crash between writing the record and
     // moving the link can leave a newer record for another commit: the link is the truth).
-    if let Some(moved) = journal
+    let moved = journal
         .iter()
         .rev()
-        .find(|e| e.moved_link && e.commit == current.commit)
-    {
+        .find(|e| e.moved_link && e.commit == current.commit);
+    if let Some(moved) = moved {
         status.published_at = Some(rfc3339::format(moved.published_at));
         status.age_seconds = SystemTime::now()
             .duration_since(moved.published_at)
@@ -267,17 +279,12 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         .filter(|p| p.running)
         .filter_map(|p| p.record.last_success_at)
         .max();
-    let published = journal
-        .iter()
-        .rev()
-        .find(|e| e.moved_link && e.commit == current.commit)
-        .map(|e| e.published_at);
     status.confirmed_seconds_ago = confirmed
-        .or(published)
+        .or(moved.map(|e| e.published_at))
         .and_then(|at| SystemTime::now().duration_since(at).ok())
         .map(|d| d.as_secs());
     status.commit = Some(current.commit);
-    Ok(status)
+    Ok(())
 }
 
 /// The newest rejection, if it is news: what the check said, for the text of `status`.
@@ -316,32 +323,8 @@ pub fn is_fresh(status: &Status, max_age: std::time::Duration) -> bool {
 }
 
 pub fn render_text(status: &Status) -> String {
-    let linkable = status.retained_snapshots - status.rejected_snapshots;
-    if !status.published && linkable > 0 {
-        return format!(
-            "the link {} is missing, but {linkable} snapshot(s) are retained; a running sync restores it at its next poll, or `dagsnap rollback --root {}` links the newest of them now (and pins it)\n",
-            status.link, status.root
-        );
-    }
-    if let Some(git_sync) = &status.git_sync {
-        let ago = git_sync
-            .last_write_seconds_ago
-            .map(|s| {
-                format!(
-                    "{} ago",
-                    humantime::format_duration(std::time::Duration::from_secs(s))
-                )
-            })
-            .unwrap_or_else(|| "at an unknown time".into());
-        return format!(
-            "served by git-sync: {} points at git-sync's worktree of {} (git-sync last wrote the root {ago}); a dagsnap sync with --adopt-git-sync takes the link over once git-sync has left the root alone for --adopt-after\n",
-            status.link, git_sync.commit
-        );
-    }
-    if !status.published {
-        let mut out = format!("nothing published yet under {}\n", status.root);
-        out.push_str(&render_rejected(status));
-        return out;
+    if let Some(text) = render_unpublished(status) {
+        return text;
     }
     let mut out = String::new();
     let mut line = |label: &str, value: Option<&str>| {
@@ -373,10 +356,7 @@ pub fn render_text(status: &Status) -> String {
         .published_at
         .as_ref()
         .map(|at| match status.age_seconds {
-            Some(age) => format!(
-                "{at} ({} ago)",
-                humantime::format_duration(std::time::Duration::from_secs(age))
-            ),
+            Some(age) => format!("{at} ({} ago)", humantime::format_duration(seconds(age))),
             None => at.clone(),
         });
     line("published:", published.as_deref());
@@ -412,70 +392,105 @@ pub fn render_text(status: &Status) -> String {
     });
     line("size:", size.as_deref());
     for publisher in &status.publishers {
-        let record = &publisher.record;
-        let ago = |at: SystemTime| {
-            SystemTime::now()
-                .duration_since(at)
-                .map(|d| {
-                    format!(
-                        "{} ago",
-                        humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
-                    )
-                })
-                .unwrap_or_else(|_| "just now".into())
-        };
-        let mut text = format!(
-            "{} pid {} ({}): last cycle {}, last success {}",
-            record.host,
-            record.pid,
-            if publisher.running {
-                "running"
-            } else {
-                "stopped"
-            },
-            ago(record.last_cycle_at),
-            record
-                .last_success_at
-                .map(ago)
-                .unwrap_or_else(|| "never".into()),
-        );
-        if record.consecutive_failures > 0 {
-            text.push_str(&format!(
-                ", {} failure{} in a row: {}",
-                record.consecutive_failures,
-                if record.consecutive_failures == 1 {
-                    ""
-                } else {
-                    "s"
-                },
-                record.last_error.as_deref().unwrap_or("?")
-            ));
-        }
-        if let Some(fault) = &record.lock_fault {
-            text.push_str(&format!("; LOCKS: {fault}, so it does not move the link"));
-        }
-        line("publisher:", Some(&text));
+        line("publisher:", Some(&describe_publisher(publisher)));
     }
     line(
         "check:",
         status.check.as_ref().map(CheckView::render).as_deref(),
     );
-    if let Some(pin) = &status.pinned {
-        let reason = if pin.reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", pin.reason)
-        };
-        line(
-            "PINNED:",
-            Some(&format!(
-                "{} since {} by {}{reason}; sync loops will not move the link until `dagsnap unpin`",
-                &pin.commit[..12.min(pin.commit.len())],
-                rfc3339::format(pin.pinned_at),
-                pin.pinned_by
-            )),
-        );
-    }
+    line(
+        "PINNED:",
+        status.pinned.as_ref().map(describe_pin).as_deref(),
+    );
     out.push_str(&render_rejected(status));
     out
+}
+
+/// What `status` says when nothing of dagsnap's is live: the link is missing (with
+/// snapshots to link), git-sync serves the root, or nothing was ever published.
+fn render_unpublished(status: &Status) -> Option<String> {
+    let linkable = status.retained_snapshots - status.rejected_snapshots;
+    if !status.published && linkable > 0 {
+        return Some(format!(
+            "the link {} is missing, but {linkable} snapshot(s) are retained; a running sync restores it at its next poll, or `dagsnap rollback --root {}` links the newest of them now (and pins it)\n",
+            status.link, status.root
+        ));
+    }
+    if let Some(git_sync) = &status.git_sync {
+        let ago = git_sync
+            .last_write_seconds_ago
+            .map(|s| format!("{} ago", humantime::format_duration(seconds(s))))
+            .unwrap_or_else(|| "at an unknown time".into());
+        return Some(format!(
+            "served by git-sync: {} points at git-sync's worktree of {} (git-sync last wrote the root {ago}); a dagsnap sync with --adopt-git-sync takes the link over once git-sync has left the root alone for --adopt-after\n",
+            status.link, git_sync.commit
+        ));
+    }
+    if !status.published {
+        let mut out = format!("nothing published yet under {}\n", status.root);
+        out.push_str(&render_rejected(status));
+        return Some(out);
+    }
+    None
+}
+
+/// One publisher's line: running or not, its last cycle and success, its failures, a lock
+/// fault.
+fn describe_publisher(publisher: &SeenPublisher) -> String {
+    let record = &publisher.record;
+    let ago = |at: SystemTime| {
+        SystemTime::now()
+            .duration_since(at)
+            .map(|d| format!("{} ago", humantime::format_duration(seconds(d.as_secs()))))
+            .unwrap_or_else(|_| "just now".into())
+    };
+    let mut text = format!(
+        "{} pid {} ({}): last cycle {}, last success {}",
+        record.host,
+        record.pid,
+        if publisher.running {
+            "running"
+        } else {
+            "stopped"
+        },
+        ago(record.last_cycle_at),
+        record
+            .last_success_at
+            .map(ago)
+            .unwrap_or_else(|| "never".into()),
+    );
+    if record.consecutive_failures > 0 {
+        text.push_str(&format!(
+            ", {} failure{} in a row: {}",
+            record.consecutive_failures,
+            if record.consecutive_failures == 1 {
+                ""
+            } else {
+                "s"
+            },
+            record.last_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if let Some(fault) = &record.lock_fault {
+        text.push_str(&format!("; LOCKS: {fault}, so it does not move the link"));
+    }
+    text
+}
+
+fn describe_pin(pin: &Pin) -> String {
+    let reason = if pin.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", pin.reason)
+    };
+    format!(
+        "{} since {} by {}{reason}; sync loops will not move the link until `dagsnap unpin`",
+        &pin.commit[..12.min(pin.commit.len())],
+        rfc3339::format(pin.pinned_at),
+        pin.pinned_by
+    )
+}
+
+fn seconds(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
 }

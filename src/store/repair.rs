@@ -69,10 +69,12 @@ pub fn repair(
     let fresh = snapshot::build(
         entries,
         blobs,
-        staging.dir(),
-        None,
-        Reuse::FullCopy,
-        jobs,
+        snapshot::Into {
+            dir: staging.dir(),
+            previous: None,
+            reuse: Reuse::FullCopy,
+            jobs,
+        },
         progress,
         interrupt,
     )?;
@@ -140,10 +142,12 @@ pub fn finish(
     let rebuilt = snapshot::build(
         entries.clone(),
         blobs,
-        staging.dir(),
-        fresh_dir.as_ref().map(|dir| Previous { dir, entries }),
-        Reuse::HardLink,
-        jobs,
+        snapshot::Into {
+            dir: staging.dir(),
+            previous: fresh_dir.as_ref().map(|dir| Previous { dir, entries }),
+            reuse: Reuse::HardLink,
+            jobs,
+        },
         progress,
         interrupt,
     )?;

@@ -106,10 +106,12 @@ impl Publisher {
         let built = snapshot::build(
             expanded.entries,
             &expanded.blobs,
-            staging.dir(),
-            previous,
-            self.settings.reuse,
-            self.settings.build_jobs,
+            snapshot::Into {
+                dir: staging.dir(),
+                previous,
+                reuse: self.settings.reuse,
+                jobs: self.settings.build_jobs,
+            },
             progress,
             interrupt,
         );
