@@ -70,9 +70,54 @@ pub struct Ran {
     pub output_dropped: u64,
 }
 
-/// Run `check` in `snapshot`.
+/// Run `check` in `snapshot`:
+///
+/// 1. Start it in a process group of its own, in the snapshot, with the commit's environment
+///    ([`command`]); a check that cannot be started is a verdict too.
+/// 2. Collect its output (the head and tail of stdout and stderr together) on threads of its own
+///    ([`collect`]).
+/// 3. Wait for it to end, killing its group at `--check-timeout` or when the cycle is
+///    interrupted ([`wait`]).
+/// 4. Kill whatever it left behind in its group, and take what it printed.
 pub fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &AtomicBool) -> Ran {
     let started = Instant::now();
+    // (1)
+    let mut child = match command(check, snapshot, env).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Ran {
+                ended: Ended::NotStarted(format!("cannot start the check: {e}")),
+                duration: started.elapsed(),
+                output: format!("cannot start `{}`: {e}", check.command),
+                output_dropped: 0,
+            }
+        }
+    };
+    // (2)
+    let (kept, streams, finished) = collect(&mut child);
+    // (3)
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let ended = wait(&mut child, group, check.timeout, started, interrupt);
+    // (4) A process that left the group may still hold the output pipes: wait a moment for
+    // them, not forever.
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    for _ in 0..streams {
+        if finished.recv_timeout(Duration::from_secs(1)).is_err() {
+            break;
+        }
+    }
+    let (output, output_dropped) = kept.lock().unwrap_or_else(|p| p.into_inner()).text();
+    Ran {
+        ended,
+        duration: started.elapsed(),
+        output,
+        output_dropped,
+    }
+}
+
+/// The check's command: run directly or through `sh -c`, in the snapshot, with the commit's
+/// environment, in a process group of its own.
+fn command(check: &CheckCommand, snapshot: &Path, env: &CheckEnv) -> Command {
     let mut command = if check.direct {
         Command::new(&check.command)
     } else {
@@ -94,20 +139,17 @@ pub fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &At
     if std::env::var_os("PYTHONDONTWRITEBYTECODE").is_none() {
         command.env("PYTHONDONTWRITEBYTECODE", "1");
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            return Ran {
-                ended: Ended::NotStarted(format!("cannot start the check: {e}")),
-                duration: started.elapsed(),
-                output: format!("cannot start `{}`: {e}", check.command),
-                output_dropped: 0,
-            }
-        }
-    };
+    command
+}
+
+/// Read the child's stdout and stderr on threads of their own into one [`Kept`]; how many
+/// streams, and where each says it ended.
+fn collect(
+    child: &mut std::process::Child,
+) -> (Arc<Mutex<Kept>>, usize, std::sync::mpsc::Receiver<()>) {
     let kept = Arc::new(Mutex::new(Kept::default()));
     let (done, finished) = std::sync::mpsc::channel::<()>();
-    let readers: Vec<_> = [
+    let streams = [
         child
             .stdout
             .take()
@@ -116,12 +158,11 @@ pub fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &At
             .stderr
             .take()
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut stream| {
-        let kept = Arc::clone(&kept);
-        let done = done.clone();
+    ];
+    let mut count = 0;
+    for mut stream in streams.into_iter().flatten() {
+        let (kept, done) = (Arc::clone(&kept), done.clone());
+        count += 1;
         std::thread::spawn(move || {
             let mut buffer = [0u8; 8192];
             while let Ok(n) = stream.read(&mut buffer) {
@@ -133,58 +174,49 @@ pub fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &At
                     .push(&buffer[..n]);
             }
             let _ = done.send(());
-        })
-    })
-    .collect();
-    drop(done);
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    let kill = || {
+        });
+    }
+    (kept, count, finished)
+}
+
+/// Wait for the child to end; kill its group at `timeout` or on `interrupt`.
+fn wait(
+    child: &mut std::process::Child,
+    group: nix::unistd::Pid,
+    timeout: Duration,
+    started: Instant,
+    interrupt: &AtomicBool,
+) -> Ended {
+    let kill = |child: &mut std::process::Child| {
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait();
     };
-    let ended = loop {
+    loop {
         match child.try_wait() {
             // A check that dies as the interrupt arrives (the loop stops every process it
             // started once a cycle overruns) was stopped, not failed.
-            Ok(Some(_)) if interrupt.load(Ordering::Relaxed) => break Ended::Abandoned,
+            Ok(Some(_)) if interrupt.load(Ordering::Relaxed) => return Ended::Abandoned,
             Ok(Some(status)) => {
-                break Ended::Exited {
+                return Ended::Exited {
                     code: status.code(),
                     signal: status.signal(),
                 }
             }
             Ok(None) => {}
             Err(e) => {
-                kill();
-                let _ = child.wait();
-                break Ended::NotStarted(format!("cannot wait for the check: {e}"));
+                kill(child);
+                return Ended::NotStarted(format!("cannot wait for the check: {e}"));
             }
         }
         if interrupt.load(Ordering::Relaxed) {
-            kill();
-            let _ = child.wait();
-            break Ended::Abandoned;
+            kill(child);
+            return Ended::Abandoned;
         }
-        if started.elapsed() >= check.timeout {
-            kill();
-            let _ = child.wait();
-            break Ended::TimedOut;
+        if started.elapsed() >= timeout {
+            kill(child);
+            return Ended::TimedOut;
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    // Whatever the check started and left behind goes with it. A process that left the group
-    // may still hold the output pipes: wait a moment for them, not forever.
-    kill();
-    for _ in 0..readers.len() {
-        if finished.recv_timeout(Duration::from_secs(1)).is_err() {
-            break;
-        }
-    }
-    let (output, output_dropped) = kept.lock().unwrap_or_else(|p| p.into_inner()).text();
-    Ran {
-        ended,
-        duration: started.elapsed(),
-        output,
-        output_dropped,
     }
 }
 

@@ -213,20 +213,21 @@ impl Expander {
         }
     }
 
-    /// `entries` (a tree of `repo`, fetched from `remote`) with every submodule the mode asks
-    /// for filled in. `gitmodules` is the `.gitmodules` that describes them and `prefix` where
-    /// the tree sits in the commit (non-empty for `--subdir`: `.gitmodules` names full paths).
-    #[allow(clippy::too_many_arguments)]
+    /// `tree`'s entries (fetched from `remote`) with every submodule the mode asks for filled
+    /// in.
     pub fn expand(
         &mut self,
         remote: &Remote,
-        repo: gix::Repository,
-        entries: Entries,
-        gitmodules: Option<Vec<u8>>,
-        prefix: &[u8],
+        tree: Tree,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Expanded, SubmoduleError> {
+        let Tree {
+            repo,
+            entries,
+            gitmodules,
+            prefix,
+        } = tree;
         let has_gitlinks = entries.0.iter().any(|e| e.mode == MODE_SUBMODULE);
         if !has_gitlinks || self.mode == Mode::Off {
             if has_gitlinks && !self.said_off {
@@ -251,27 +252,33 @@ impl Expander {
                 source: Box::new(source),
             })?;
         }
-        let mut out = entries.0.clone();
-        let allow_file = file_transport_allowed(&repo);
-        let mut repos = vec![repo.clone()];
-        let mut modules = Vec::new();
+        let mut found = Found {
+            out: entries.0.clone(),
+            repos: vec![repo.clone()],
+            modules: Vec::new(),
+        };
         let level = Level {
             remote,
             entries: &entries,
             gitmodules,
-            lookup_prefix: prefix.to_vec(),
+            lookup_prefix: prefix,
             place: Vec::new(),
             depth: 0,
-            allow_file,
+            allow_file: file_transport_allowed(&repo),
         };
         self.expand_level(
             level,
-            &mut out,
-            &mut repos,
-            &mut modules,
-            progress,
-            interrupt,
+            &mut found,
+            &Pass {
+                progress,
+                interrupt,
+            },
         )?;
+        let Found {
+            mut out,
+            repos,
+            modules,
+        } = found;
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Expanded {
             entries: Entries(out),
@@ -280,14 +287,12 @@ impl Expander {
         })
     }
 
+    /// Fill in the submodules of one repository's entries (and, recursively, theirs).
     fn expand_level(
         &mut self,
         level: Level<'_>,
-        out: &mut Vec<Entry>,
-        repos: &mut Vec<gix::Repository>,
-        modules: &mut Vec<Module>,
-        progress: &gix::progress::tree::Root,
-        interrupt: &AtomicBool,
+        found: &mut Found,
+        pass: &Pass<'_>,
     ) -> Result<(), SubmoduleError> {
         let within = if level.place.is_empty() {
             String::new()
@@ -302,100 +307,109 @@ impl Expander {
             None => HashMap::new(),
         };
         for gitlink in level.entries.0.iter().filter(|e| e.mode == MODE_SUBMODULE) {
-            let mut path = level.place.clone();
-            path.extend_from_slice(&gitlink.path);
-            let shown = escape_bytes(&path);
-            if level.depth >= MAX_DEPTH {
-                return Err(SubmoduleError::TooDeep { path: shown });
-            }
-            if modules.len() >= MAX_SUBMODULES {
-                return Err(SubmoduleError::TooMany { path: shown });
-            }
-            let mut key = level.lookup_prefix.clone();
-            key.extend_from_slice(&gitlink.path);
-            let Some(url) = urls.get(&key) else {
-                return Err(SubmoduleError::NoUrl {
-                    path: shown,
-                    within,
-                });
-            };
-            let sub_remote = submodule_remote(level.remote, url, gitlink.id).map_err(|cause| {
-                SubmoduleError::Url {
-                    path: shown.clone(),
-                    url: level.remote.redactor().redact(url),
-                    cause,
-                }
-            })?;
-            // git's transport policy for submodules (protocol.file.allow, CVE-2022-39253): a
-            // repository on this machine only for a superproject that is itself local, or when
-            // the operator allows it.
-            if sub_remote.is_local() && !level.remote.is_local() && !level.allow_file {
-                return Err(SubmoduleError::FileTransport {
-                    path: shown,
-                    url: sub_remote.display_url(),
-                });
-            }
-            let (sub_repo, sub_tree, sub_entries) = match self.fetch(
-                &sub_remote,
-                gitlink.id,
-                &shown,
-                progress,
-                interrupt,
-            ) {
-                Err(e) if e.blames_cache() => {
-                    tracing::warn!(submodule = %shown, "the submodule's cache could not be read or extended as expected (its objects may be damaged); re-creating it and trying again");
-                    tracing::debug!(submodule = %shown, error = %e, "what the damaged cache said");
-                    self.recreate(&sub_remote, &shown)?;
-                    self.fetch(&sub_remote, gitlink.id, &shown, progress, interrupt)?
-                }
-                other => other?,
-            };
-            modules.push(Module {
-                path: path.clone(),
-                commit: gitlink.id,
-                url: sub_remote.display_url(),
-            });
-            let mut place = path.clone();
-            place.push(b'/');
-            for entry in &sub_entries.0 {
-                let mut full = place.clone();
-                full.extend_from_slice(&entry.path);
-                out.push(Entry {
-                    path: full,
-                    ..entry.clone()
-                });
-            }
-            if !repos.iter().any(|r| r.path() == sub_repo.path()) {
-                repos.push(sub_repo.clone());
-            }
-            if self.mode == Mode::Recursive
-                && sub_entries.0.iter().any(|e| e.mode == MODE_SUBMODULE)
-            {
-                let gitmodules = gitmodules_of_tree(&sub_repo, sub_tree).map_err(|cause| {
-                    SubmoduleError::Gitmodules {
-                        within: format!(" of submodule '{shown}'"),
-                        cause,
-                    }
-                })?;
-                self.expand_level(
-                    Level {
-                        remote: &sub_remote,
-                        entries: &sub_entries,
-                        gitmodules,
-                        lookup_prefix: Vec::new(),
-                        place,
-                        depth: level.depth + 1,
-                        allow_file: level.allow_file,
-                    },
-                    out,
-                    repos,
-                    modules,
-                    progress,
-                    interrupt,
-                )?;
-            }
+            self.expand_gitlink(&level, gitlink, &urls, &within, found, pass)?;
         }
         Ok(())
+    }
+
+    /// Fill in the submodule at `gitlink` of `level`: check its URL, fetch its commit, add its
+    /// entries under the gitlink's path, and go down into its own submodules (recursive mode).
+    fn expand_gitlink(
+        &mut self,
+        level: &Level<'_>,
+        gitlink: &Entry,
+        urls: &HashMap<Vec<u8>, String>,
+        within: &str,
+        found: &mut Found,
+        pass: &Pass<'_>,
+    ) -> Result<(), SubmoduleError> {
+        let mut path = level.place.clone();
+        path.extend_from_slice(&gitlink.path);
+        let shown = escape_bytes(&path);
+        if level.depth >= MAX_DEPTH {
+            return Err(SubmoduleError::TooDeep { path: shown });
+        }
+        if found.modules.len() >= MAX_SUBMODULES {
+            return Err(SubmoduleError::TooMany { path: shown });
+        }
+        let mut key = level.lookup_prefix.clone();
+        key.extend_from_slice(&gitlink.path);
+        let Some(url) = urls.get(&key) else {
+            return Err(SubmoduleError::NoUrl {
+                path: shown,
+                within: within.to_string(),
+            });
+        };
+        let sub_remote = submodule_remote(level.remote, url, gitlink.id).map_err(|cause| {
+            SubmoduleError::Url {
+                path: shown.clone(),
+                url: level.remote.redactor().redact(url),
+                cause,
+            }
+        })?;
+        // git's transport policy for submodules (protocol.file.allow, CVE-2022-39253): a
+        // repository on this machine only for a superproject that is itself local, or when the
+        // operator allows it.
+        if sub_remote.is_local() && !level.remote.is_local() && !level.allow_file {
+            return Err(SubmoduleError::FileTransport {
+                path: shown,
+                url: sub_remote.display_url(),
+            });
+        }
+        let (sub_repo, sub_tree, sub_entries) = match self.fetch(
+            &sub_remote,
+            gitlink.id,
+            &shown,
+            pass,
+        ) {
+            Err(e) if e.blames_cache() => {
+                tracing::warn!(submodule = %shown, "the submodule's cache could not be read or extended as expected (its objects may be damaged); re-creating it and trying again");
+                tracing::debug!(submodule = %shown, error = %e, "what the damaged cache said");
+                self.recreate(&sub_remote, &shown)?;
+                self.fetch(&sub_remote, gitlink.id, &shown, pass)?
+            }
+            other => other?,
+        };
+        found.modules.push(Module {
+            path: path.clone(),
+            commit: gitlink.id,
+            url: sub_remote.display_url(),
+        });
+        let mut place = path;
+        place.push(b'/');
+        for entry in &sub_entries.0 {
+            let mut full = place.clone();
+            full.extend_from_slice(&entry.path);
+            found.out.push(Entry {
+                path: full,
+                ..entry.clone()
+            });
+        }
+        if !found.repos.iter().any(|r| r.path() == sub_repo.path()) {
+            found.repos.push(sub_repo.clone());
+        }
+        if self.mode != Mode::Recursive || !sub_entries.0.iter().any(|e| e.mode == MODE_SUBMODULE) {
+            return Ok(());
+        }
+        let gitmodules = gitmodules_of_tree(&sub_repo, sub_tree).map_err(|cause| {
+            SubmoduleError::Gitmodules {
+                within: format!(" of submodule '{shown}'"),
+                cause,
+            }
+        })?;
+        self.expand_level(
+            Level {
+                remote: &sub_remote,
+                entries: &sub_entries,
+                gitmodules,
+                lookup_prefix: Vec::new(),
+                place,
+                depth: level.depth + 1,
+                allow_file: level.allow_file,
+            },
+            found,
+            pass,
+        )
     }
 
     /// The submodule's repository holding `commit`, and that commit's entries.
@@ -404,9 +418,9 @@ impl Expander {
         remote: &Remote,
         commit: ObjectId,
         shown: &str,
-        progress: &gix::progress::tree::Root,
-        interrupt: &AtomicBool,
+        pass: &Pass<'_>,
     ) -> Result<(gix::Repository, ObjectId, Entries), SubmoduleError> {
+        let (progress, interrupt) = (pass.progress, pass.interrupt);
         let fetch_error = |source: SourceError| SubmoduleError::Fetch {
             path: shown.to_string(),
             commit,
@@ -504,6 +518,32 @@ pub fn cached_modules(
         }
     }
     Ok((entries, repos))
+}
+
+/// A tree whose submodules are to be filled in.
+pub struct Tree {
+    /// The repository holding it.
+    pub repo: gix::Repository,
+    pub entries: Entries,
+    /// The `.gitmodules` that describes its submodules.
+    pub gitmodules: Option<Vec<u8>>,
+    /// Where the tree sits in the commit, ending in `/` (non-empty for `--subdir`:
+    /// `.gitmodules` names full paths).
+    pub prefix: Vec<u8>,
+}
+
+/// What an expansion has found so far: the entries, the repositories their blobs are in, the
+/// submodules.
+struct Found {
+    out: Vec<Entry>,
+    repos: Vec<gix::Repository>,
+    modules: Vec<Module>,
+}
+
+/// What a fetch reports to and listens to.
+struct Pass<'a> {
+    progress: &'a gix::progress::tree::Root,
+    interrupt: &'a AtomicBool,
 }
 
 /// One repository's level of the expansion.

@@ -60,15 +60,15 @@ impl Publisher {
         } else {
             [prefix.as_slice(), b"/"].concat()
         };
-        Ok(self.expander.expand(
-            &self.remote,
+        let tree = crate::git::submodules::Tree {
             repo,
             entries,
             gitmodules,
-            &lookup_prefix,
-            progress,
-            interrupt,
-        )?)
+            prefix: lookup_prefix,
+        };
+        Ok(self
+            .expander
+            .expand(&self.remote, tree, progress, interrupt)?)
     }
 
     pub(super) fn build(

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{PublishError, Publisher};
 use crate::fsutil::lock::LockError;
 use crate::store::snapshot::SnapshotError;
-use crate::store::{Cause, Current, StoreError, Verdict};
+use crate::store::{Cause, CheckClaim, Current, StoreError, Verdict};
 
 impl Publisher {
-    /// Step 3b: run the operator's check on the installed snapshot of `commit`, once per
+    /// Step 8: run the operator's check on the installed snapshot of `commit`, once per
     /// commit and check command for the whole root: a recorded verdict is used as is, and a
     /// publisher that finds another running the check waits for its verdict (at most the check's
     /// timeout) instead of running it again. Returns the rejection, if it was rejected. A check
@@ -27,33 +27,9 @@ impl Publisher {
             return Ok(None);
         };
         let fingerprint = crate::store::records::verdicts::fingerprint(&command.command);
-        let waiting_since = Instant::now();
-        let claim = loop {
-            if let Some(verdict) = self.root.records().verdict(commit, &fingerprint) {
-                return Ok((!verdict.accepted).then_some(verdict));
-            }
-            if let Some(claim) = self.root.records().claim_check(commit, &fingerprint)? {
-                // Another publisher may have finished between our look and our claim.
-                if let Some(verdict) = self.root.records().verdict(commit, &fingerprint) {
-                    return Ok((!verdict.accepted).then_some(verdict));
-                }
-                break claim;
-            }
-            if interrupt.load(Ordering::Relaxed) {
-                return Err(SnapshotError::Cancelled.into());
-            }
-            if waiting_since.elapsed() < Duration::from_millis(200) {
-                tracing::info!(%commit, "another publisher of this root is checking this commit; waiting for its verdict instead of checking it again");
-            }
-            if waiting_since.elapsed() > command.timeout + Duration::from_secs(5) {
-                return Err(StoreError::Lock(LockError::Busy {
-                    path: self.root.snapshot_path(commit),
-                    waited: waiting_since.elapsed(),
-                    holder: Some("another publisher checking this commit".into()),
-                })
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let claim = match self.claim_check(commit, &fingerprint, command.timeout, interrupt)? {
+            Claimed::Decided(verdict) => return Ok((!verdict.accepted).then_some(verdict)),
+            Claimed::Ours(claim) => claim,
         };
         let env = CheckEnv {
             commit,
@@ -117,4 +93,52 @@ impl Publisher {
         )?;
         Ok(Some(verdict))
     }
+
+    /// The right to check `commit` for the root, or the verdict another publisher recorded:
+    /// a publisher that finds another running the check waits for its verdict, at most the
+    /// check's timeout (and a little), instead of running it again.
+    fn claim_check(
+        &self,
+        commit: &str,
+        fingerprint: &str,
+        timeout: Duration,
+        interrupt: &AtomicBool,
+    ) -> Result<Claimed, PublishError> {
+        let waiting_since = Instant::now();
+        loop {
+            if let Some(verdict) = self.root.records().verdict(commit, fingerprint) {
+                return Ok(Claimed::Decided(verdict));
+            }
+            if let Some(claim) = self.root.records().claim_check(commit, fingerprint)? {
+                // Another publisher may have finished between our look and our claim.
+                if let Some(verdict) = self.root.records().verdict(commit, fingerprint) {
+                    return Ok(Claimed::Decided(verdict));
+                }
+                return Ok(Claimed::Ours(claim));
+            }
+            if interrupt.load(Ordering::Relaxed) {
+                return Err(SnapshotError::Cancelled.into());
+            }
+            if waiting_since.elapsed() < Duration::from_millis(200) {
+                tracing::info!(%commit, "another publisher of this root is checking this commit; waiting for its verdict instead of checking it again");
+            }
+            if waiting_since.elapsed() > timeout + Duration::from_secs(5) {
+                return Err(StoreError::Lock(LockError::Busy {
+                    path: self.root.snapshot_path(commit),
+                    waited: waiting_since.elapsed(),
+                    holder: Some("another publisher checking this commit".into()),
+                })
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// What claiming the check of a commit found.
+enum Claimed {
+    /// A verdict is recorded: the check is not run again.
+    Decided(Verdict),
+    /// This publisher runs the check, holding the claim until the verdict is written.
+    Ours(CheckClaim),
 }
