@@ -195,6 +195,69 @@ pub fn format_git_config(pairs: &[(String, String)]) -> String {
         .join(",")
 }
 
+/// A signal by name (`HUP`, `SIGUSR1`, in any case) or number.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let trimmed = text.trim();
+    if let Ok(number) = parse_go_int(trimmed) {
+        return i32::try_from(number)
+            .ok()
+            .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+            .map(|s| s as i32)
+            .ok_or_else(|| format!("invalid signal '{text}': no such signal number"));
+    }
+    let upper = trimmed.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("invalid signal '{text}': use a name like HUP or USR1, or a number"))
+}
+
+/// An http(s) URL with a host: a typo fails at start, not at every publish.
+pub(super) fn parse_webhook_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("invalid URL: {e} (expected http://host[:port]/path)"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "'{}' is not an http:// or https:// URL with a host",
+            crate::git::redact::Redactor::default().redact(text)
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// An HTTP method as servers expect it: an upper-case token (`POST`, `PUT`, `GET`).
+pub(super) fn parse_http_method(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase());
+    if !valid {
+        return Err(format!(
+            "invalid method '{text}': use an upper-case HTTP method such as POST, PUT or GET"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// A number of threads, 1 to 256.
+pub(super) fn parse_jobs(text: &str) -> Result<usize, String> {
+    match parse_go_int(text) {
+        Ok(n) if (1..=256).contains(&n) => Ok(n as usize),
+        _ => Err(format!("'{text}' is not a number of threads from 1 to 256")),
+    }
+}
+
+/// 0 (any answer) or an HTTP status, 100 to 599.
+pub(super) fn parse_success_status(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(status) if status == 0 || (100..=599).contains(&status) => Ok(status),
+        _ => Err(format!(
+            "invalid status '{text}': use an HTTP status (100-599), or 0 to accept any answer"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

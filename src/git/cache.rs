@@ -1,13 +1,14 @@
-//! The private cache: a bare repository on local disk that one publisher process owns, and the
-//! conversation with the remote that keeps it up to date.
+//! The private cache: a bare repository on local disk that one publisher process owns, kept up
+//! to date by conversations with the remote ([`super::fetch`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
+use super::fetch::{current_password, with_ssh_log, Conversation, Fetched};
 use super::http::SharedHttp;
 use super::listing::{Listing, Settings};
 use super::remote::{Remote, Target};
@@ -338,7 +339,17 @@ impl Cache {
         if remote.is_ssh() {
             let _ = std::fs::write(&ssh_log, b"");
         }
-        let result = self.talk(&repo, remote, password.as_deref(), progress, interrupt);
+        let result = Self::talk(
+            &mut self.resolved,
+            &Conversation {
+                repo: &repo,
+                remote,
+                password: password.as_deref(),
+                progress,
+                interrupt,
+                http: &self.http,
+            },
+        );
         // The listing the conversation made (its `ls-refs`, made last), for the next poll if
         // it succeeded. This also drops an answer the conversation did not use (it failed
         // before listing): it must not answer a later poll's question.
@@ -350,7 +361,11 @@ impl Cache {
             // The branch may have been deleted and a tag of that name created; look again next time.
             self.resolved = None;
         }
-        let (commit, ref_name, fetched) = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
+        let Fetched {
+            commit,
+            ref_name,
+            fetched,
+        } = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
         self.idle = listing.map(|listing| IdleCheck {
             listing,
             password,
@@ -371,33 +386,20 @@ impl Cache {
     /// The conversation with the remote: resolve a short ref name (once), then list the ref and
     /// fetch what is new.
     fn talk(
-        &mut self,
-        repo: &gix::Repository,
-        remote: &Remote,
-        password: Option<&str>,
-        progress: &gix::progress::tree::Root,
-        interrupt: &AtomicBool,
-    ) -> Result<(ObjectId, String, bool), SourceError> {
-        let spec_source = match (&remote.target, &self.resolved) {
+        resolved: &mut Option<String>,
+        talk: &Conversation<'_>,
+    ) -> Result<Fetched, SourceError> {
+        let spec_source = match (&talk.remote.target, &*resolved) {
             (Target::RemoteHead, _) => "HEAD".to_string(),
             (Target::Commit(id), _) => id.to_string(),
             (Target::Name(_), Some(full)) => full.clone(),
             (Target::Name(name), None) => {
-                let full = self.resolve_name(repo, remote, password, name, progress, interrupt)?;
-                self.resolved = Some(full.clone());
+                let full = talk.resolve_name(name)?;
+                *resolved = Some(full.clone());
                 full
             }
         };
-        fetch_if_needed(
-            repo,
-            remote,
-            password,
-            &spec_source,
-            TARGET_REF,
-            progress,
-            interrupt,
-            &self.http,
-        )
+        talk.fetch_if_needed(&spec_source, TARGET_REF)
     }
 
     /// Make sure the cache holds `commit`, fetching it by id if it does not: repairing a
@@ -417,21 +419,21 @@ impl Cache {
         }
         let password = current_password(remote)?;
         let ssh_log = self.dir.join(SSH_LOG);
-        let fetched = fetch_if_needed(
-            &repo,
+        let talk = Conversation {
+            repo: &repo,
             remote,
-            password.as_deref(),
-            &commit.to_string(),
-            REPAIR_REF,
+            password: password.as_deref(),
             progress,
             interrupt,
-            &self.http,
-        )
-        .map_err(|e| {
-            self.http.start_over();
-            with_ssh_log(e, &ssh_log, remote)
-        })?;
-        if fetched.2 {
+            http: &self.http,
+        };
+        let fetched = talk
+            .fetch_if_needed(&commit.to_string(), REPAIR_REF)
+            .map_err(|e| {
+                self.http.start_over();
+                with_ssh_log(e, &ssh_log, remote)
+            })?;
+        if fetched.fetched {
             self.after_fetch()?;
         }
         Ok(())
@@ -459,58 +461,6 @@ impl Cache {
             cause,
         })?;
         Ok(())
-    }
-
-    /// Find which full ref a short `--ref` names on the remote (one ls-refs, no fetch).
-    fn resolve_name(
-        &self,
-        repo: &gix::Repository,
-        remote: &Remote,
-        password: Option<&str>,
-        name: &str,
-        progress: &gix::progress::tree::Root,
-        interrupt: &AtomicBool,
-    ) -> Result<String, SourceError> {
-        let candidates = Target::candidates(name);
-        let specs: Vec<String> = candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("+{c}:refs/dagsnap/candidate/{i}"))
-            .collect();
-        let git_remote = make_remote(repo, remote, &specs)?;
-        let connection =
-            open_connection(&git_remote, repo, remote, password, interrupt, &self.http)?;
-        // List every ref, not only the candidates: this runs once per start, and when the name
-        // is wrong the error can then say which branches and tags do exist.
-        let options = gix::remote::ref_map::Options {
-            prefix_from_spec_as_filter_on_remote: false,
-            ..Default::default()
-        };
-        let (ref_map, _handshake) = connection
-            .ref_map(progress.add_child("list refs"), options)
-            .map_err(|e| remote_error(remote, "list refs of", &e, interrupt))?;
-        let advertised: Vec<String> = ref_map
-            .remote_refs
-            .iter()
-            .map(|r| r.unpack().0.to_string())
-            .filter(|n| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
-            .collect();
-        let matching: Vec<&String> = candidates
-            .iter()
-            .filter(|c| advertised.contains(c))
-            .collect();
-        match matching.as_slice() {
-            [] => Err(SourceError::RefNotFound {
-                wanted: name.to_string(),
-                url: remote.display_url(),
-                known: advertised,
-            }),
-            [only] => Ok(only.to_string()),
-            [first, others @ ..] => {
-                tracing::warn!(r#ref = %name, using = %first, ignoring = ?others, "--ref is ambiguous; following the branch. Give the full ref name to silence this");
-                Ok(first.to_string())
-            }
-        }
     }
 
     /// Commit metadata for the manifest.
@@ -541,20 +491,6 @@ impl Cache {
             commit_time,
         })
     }
-}
-
-/// The HTTP password as of now (a password file is read again each time), for http remotes.
-fn current_password(remote: &Remote) -> Result<Option<String>, SourceError> {
-    if !remote.is_http() {
-        return Ok(None);
-    }
-    remote
-        .access
-        .password(&remote.redactor)
-        .map_err(|source| SourceError::Access {
-            url: remote.display_url(),
-            source,
-        })
 }
 
 /// Take the cache's lock without waiting: a second process on one cache is refused.
@@ -706,274 +642,4 @@ fn cache_config(remote: &Remote, ssh_log: &Path) -> Vec<String> {
         "clone.rejectShallow=false".into(),
     ]);
     config
-}
-
-type Connection<'a, 'r> = gix::remote::Connection<
-    'a,
-    'static,
-    'r,
-    Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
->;
-
-/// Connect to the remote with dagsnap's HTTP settings and, if configured, its credentials.
-/// Without dagsnap credentials, git's credential helpers (if configured) are asked as usual.
-fn open_connection<'a, 'r>(
-    git_remote: &'a gix::Remote<'r>,
-    repo: &gix::Repository,
-    remote: &Remote,
-    password: Option<&str>,
-    interrupt: &AtomicBool,
-    http: &SharedHttp,
-) -> Result<Connection<'a, 'r>, SourceError> {
-    if !remote.is_http() {
-        return git_remote
-            .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| remote_error(remote, "connect to", &e, interrupt));
-    }
-    // A transport of its own for this conversation, over the HTTP client kept for the cache.
-    let url = gix::url::parse(gix::bstr::BStr::new(remote.url.as_str()))
-        .map_err(|e| remote_error(remote, "connect to", &gix::Error::from_error(e), interrupt))?;
-    let v1 = repo
-        .config_snapshot()
-        .string("protocol.version")
-        .is_some_and(|v| v.as_slice() == b"1");
-    let version = if v1 {
-        gix::protocol::transport::Protocol::V1
-    } else {
-        gix::protocol::transport::Protocol::V2
-    };
-    let transport: Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send> =
-        Box::new(http.connect(url, version));
-    let mut connection = git_remote.to_connection_with_transport(transport);
-    let from_config = repo
-        .transport_options(remote.url.as_str(), None)
-        .map_err(|e| remote_error(remote, "configure HTTP for", &e, interrupt))?;
-    let https = remote.url.to_ascii_lowercase().starts_with("https://");
-    connection = connection.with_transport_options(remote.access.http_options(from_config, https));
-    if let (Some(password), true) = (password, remote.access.has_http_credentials()) {
-        let username = remote.access.username.clone().unwrap_or_default();
-        let password = password.to_string();
-        connection = connection.with_credentials(move |action| match action {
-            gix::credentials::helper::Action::Get(context) => {
-                Ok(Some(gix::credentials::protocol::Outcome {
-                    identity: gix::sec::identity::Account {
-                        username: username.clone(),
-                        password: password.clone(),
-                        oauth_refresh_token: None,
-                    },
-                    next: context.into(),
-                }))
-            }
-            // Nothing to store or forget: the credentials come from dagsnap's configuration.
-            _ => Ok(None),
-        });
-    }
-    Ok(connection)
-}
-
-/// A gix remote for `remote.url` that fetches exactly `specs` and no tags.
-fn make_remote<'r>(
-    repo: &'r gix::Repository,
-    remote: &Remote,
-    specs: &[String],
-) -> Result<gix::Remote<'r>, SourceError> {
-    let invalid = |e: gix::Error| SourceError::Remote {
-        during: "set up a fetch from",
-        url: remote.display_url(),
-        cause: remote.redactor().redact(&error_chain(&e)),
-    };
-    repo.remote_at(remote.url.as_str())
-        .map_err(invalid)?
-        .with_fetch_tags(gix::remote::fetch::Tags::None)
-        .with_refspecs(
-            specs.iter().map(String::as_str),
-            gix::remote::Direction::Fetch,
-        )
-        .map_err(invalid)
-}
-
-/// Run one fetch exchange for `spec_source`: handshake and ref listing always, pack
-/// negotiation only if the advertised commit is not in the cache yet.
-///
-/// Returns the commit, the full name of the ref that matched, and whether a pack came in.
-#[allow(clippy::too_many_arguments)]
-fn fetch_if_needed(
-    repo: &gix::Repository,
-    remote: &Remote,
-    password: Option<&str>,
-    spec_source: &str,
-    local_ref: &str,
-    progress: &gix::progress::tree::Root,
-    interrupt: &AtomicBool,
-    http: &SharedHttp,
-) -> Result<(ObjectId, String, bool), SourceError> {
-    let git_remote = make_remote(repo, remote, &[format!("+{spec_source}:{local_ref}")])?;
-    // The listing this exchange makes is the one a later poll may ask again, not any before it.
-    http.forget_listing();
-    let connection = open_connection(&git_remote, repo, remote, password, interrupt, http)?;
-    let prepare = connection
-        .prepare_fetch(progress.add_child("list refs"), Default::default())
-        .map_err(|e| remote_error(remote, "list refs of", &e, interrupt))?;
-
-    let ref_map = prepare.ref_map();
-    let mapping = ref_map.mappings.iter().find(|m| {
-        matches!(
-            m.spec_index,
-            gix::protocol::fetch::refmap::SpecIndex::ExplicitInRemote(_)
-        )
-    });
-    let Some(mapping) = mapping else {
-        return Err(SourceError::RefNotFound {
-            wanted: spec_source.to_string(),
-            url: remote.display_url(),
-            known: ref_map
-                .remote_refs
-                .iter()
-                .map(|r| r.unpack().0.to_string())
-                .collect(),
-        });
-    };
-    let ref_name = mapping
-        .remote
-        .as_target()
-        .or_else(|| mapping.remote.as_name())
-        .map(|n| n.to_string())
-        .unwrap_or_else(|| spec_source.to_string());
-    let Some(commit) = mapping.remote.peeled_id().map(|id| id.to_owned()) else {
-        return Err(SourceError::EmptyRemote {
-            url: remote.display_url(),
-        });
-    };
-
-    let fetched = if repo.has_object(commit) {
-        // Unchanged (or already fetched by an earlier cycle): dropping `prepare` ends the
-        // conversation with a flush, without negotiating a pack.
-        drop(prepare);
-        false
-    } else {
-        // gix indexes the pack it receives through a map of it: bound what that holds.
-        super::pages::while_running(|| {
-            prepare
-                .with_shallow(remote.shallow())
-                .receive(progress.add_child("fetch"), interrupt)
-        })
-        .map_err(|e| remote_error(remote, "fetch from", &e, interrupt))?;
-        true
-    };
-
-    let object = repo.find_header(commit).map_err(|e| SourceError::Remote {
-        during: "find the fetched commit from",
-        url: remote.display_url(),
-        cause: format!("{commit} is missing after the fetch: {}", error_chain(&e)),
-    })?;
-    if object.kind() != gix::object::Kind::Commit {
-        return Err(SourceError::NotACommit {
-            what: ref_name,
-            url: remote.display_url(),
-            kind: object.kind().to_string(),
-        });
-    }
-    Ok((commit, ref_name, fetched))
-}
-
-fn remote_error(
-    remote: &Remote,
-    during: &'static str,
-    err: &gix::Error,
-    interrupt: &AtomicBool,
-) -> SourceError {
-    if interrupt.load(Ordering::Relaxed) {
-        return SourceError::Cancelled;
-    }
-    let mut cause = error_chain(err);
-    if let (Some(path), "connect to" | "list refs of") = (remote.local_path(), during) {
-        if let Some(said) = local_server_says(&path) {
-            cause = format!("{cause} | git upload-pack: {said}");
-        }
-    }
-    // A pack that ends before it is complete was cut off by the server (it failed while
-    // packing: a repository it cannot pack, such as a tree deeper than its core.maxTreeDepth)
-    // or by the network; a fresh cache would receive the same.
-    let during = match during {
-        "fetch from" if ends_early(err) => {
-            cause = format!(
-                "the pack ended before it was complete: the server stopped sending it (its own log says why, e.g. a repository it cannot pack) or the connection was cut; {cause}"
-            );
-            "receive a complete pack from"
-        }
-        other => other,
-    };
-    SourceError::Remote {
-        during,
-        url: remote.display_url(),
-        cause: remote.redactor().redact(&cause),
-    }
-}
-
-/// Whether `err` says that a stream ended early (an `UnexpectedEof` somewhere in its causes).
-fn ends_early(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    let text = error_chain(err);
-    text.contains("failed to fill whole buffer") || text.contains("early eof")
-}
-
-/// What `git upload-pack`, the server side of a local remote, says when asked for its refs.
-/// gix runs it with its error output discarded, so a refusal (a repository owned by another
-/// user: "dubious ownership") reaches dagsnap only as a closed pipe. Asked again, after a
-/// failure only, and for at most a few seconds.
-fn local_server_says(path: &Path) -> Option<String> {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("git")
-        .args(["upload-pack", "--advertise-refs"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while child.try_wait().ok()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut said = String::new();
-    child
-        .stderr
-        .take()?
-        .take(4096)
-        .read_to_string(&mut said)
-        .ok()?;
-    let said = crate::git::diagnose::one_line(&said);
-    (!said.is_empty()).then_some(said)
-}
-
-/// Add what ssh said (its log of this fetch) to a remote failure: gix only sees the connection
-/// close, ssh knows why.
-fn with_ssh_log(err: SourceError, log: &Path, remote: &Remote) -> SourceError {
-    match err {
-        SourceError::Remote { during, url, cause } if remote.is_ssh() => {
-            let said = std::fs::read_to_string(log).unwrap_or_default();
-            let said = crate::git::diagnose::one_line(&remote.redactor().redact(&said));
-            let cause = if said.is_empty() {
-                cause
-            } else {
-                format!("{cause} | ssh: {said}")
-            };
-            SourceError::Remote { during, url, cause }
-        }
-        other => other,
-    }
 }

@@ -6,15 +6,20 @@
 //! - [`Remote`]: the repository URL, its redactor, the target and the fetch depth.
 //! - [`Cache`]: a bare repository on local disk owned by exactly one publisher process.
 //!
-//! Beside them: [`access`] (credentials, TLS and SSH settings), [`diagnose`] (errors that say
-//! what to do), [`redact`] (secrets never printed), [`tree`] (a commit's tree as a list of
-//! entries, with the path rules git applies on Linux), [`blobs`] (objects as a snapshot's
-//! content) and [`pages`] (pack pages handed back, so memory does not grow with the repository),
-//! [`http`] (the HTTP client gix's conversations go through) and [`listing`] (an idle poll
-//! over HTTP: the last ref listing asked again on a connection of its own),
-//! [`select`] (`--subdir` and sparse
-//! patterns: the part of a commit that is published) and [`submodules`] (each submodule's
-//! commit fetched into a cache of its own and filled into the entry list).
+//! One file per concept:
+//! - `remote.rs`: [`Remote`] and [`Target`].
+//! - `cache.rs`: [`Cache`], its on-disk layout, its lock, and keeping it bounded.
+//! - `fetch.rs`: one conversation with the remote (list refs, receive a pack only when new).
+//! - `http.rs`: the HTTP client gix's conversations go through, kept for the cache's life.
+//! - `listing.rs`: an idle poll over HTTP, the last ref listing asked again.
+//! - `no_progress.rs`: fetch requests that ask the server for no progress messages.
+//! - `access.rs`: credentials, TLS and SSH settings, and git configuration for the cache.
+//! - `redact.rs`: secrets never printed. `diagnose.rs`: errors that say what to do.
+//! - `tree.rs`: a commit's tree as a list of entries, with the path rules git applies on Linux.
+//! - `select.rs`: `--subdir` and sparse patterns, the part of a commit that is published.
+//! - `submodules.rs`: each submodule's commit fetched into a cache of its own and filled in.
+//! - `blobs.rs`: objects as a snapshot's content. `pages.rs`: pack pages handed back, so memory
+//!   does not grow with the repository.
 //!
 //! The cache is never on the shared volume and never seen by readers; it holds the only git
 //! state dagsnap has. Each cycle asks the remote for the target's commit (handshake + ls-refs)
@@ -27,8 +32,10 @@ pub mod access;
 mod blobs;
 mod cache;
 pub mod diagnose;
+mod fetch;
 mod http;
 mod listing;
+mod no_progress;
 pub mod pages;
 pub mod redact;
 mod remote;

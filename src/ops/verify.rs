@@ -89,7 +89,7 @@ pub struct RepairFrom {
     pub remote: Option<crate::git::Remote>,
 }
 
-/// Rebuild the snapshot of `commit` and swap the link to the rebuilt copy ([`repair::repair`]),
+/// Rebuild the snapshot of `commit` and swap the link to the rebuilt copy ([`repair::Repair::run`]),
 /// with the objects from `from`.
 pub fn repair(
     root: &Root,
@@ -163,20 +163,19 @@ pub fn repair(
             ref_name: source.map(|s| s.ref_name).unwrap_or_default(),
             reason,
         };
-        repair::repair(
+        let blobs = crate::git::submodules::ReposBlobs(
+            repos.into_iter().map(crate::git::RepoBlobs::new).collect(),
+        );
+        repair::Repair {
             root,
             commit,
-            entries,
-            &crate::git::submodules::ReposBlobs(
-                repos.into_iter().map(crate::git::RepoBlobs::new).collect(),
-            ),
-            &manifest,
-            &who,
+            manifest: &manifest,
             lock_timeout,
-            crate::store::snapshot::DEFAULT_BUILD_JOBS,
-            &progress,
-            &interrupt,
-        )
+            jobs: crate::store::snapshot::DEFAULT_BUILD_JOBS,
+            progress: &progress,
+            interrupt: &interrupt,
+        }
+        .run(entries, &blobs, &who)
         .map_err(|e| failed(e.to_string()))?;
         Ok(())
     })();

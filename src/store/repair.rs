@@ -33,140 +33,156 @@ pub struct Repairer {
     pub reason: String,
 }
 
-/// Rebuild the snapshot of `commit` from `blobs` and put the rebuilt copy where the damaged one
-/// was, without a moment at which a reader resolving the link finds nothing or a partial tree.
-///
-/// 1. Build a fresh copy of `entries` (the commit's tree, as git has it) in a staging directory
-///    under `snapshots/.repair/`, writing every file from `blobs` (nothing is shared with the
-///    damaged copy), and rename it to `snapshots/.repair/<commit>`.
-/// 2. Under the root's lock: if the link names the commit, swap it to the fresh copy, and
-///    journal the repair. From here readers get intact files.
-/// 3. Under the lock: rename the damaged `snapshots/<commit>` to `snapshots/.retired-…`. A reader
-///    that resolved the link to it keeps its files; GC deletes it after `--grace`.
-/// 4. Build `snapshots/<commit>` again by hard-linking every file of the fresh copy (no content
-///    is written twice) and install it with a new manifest ([`Root::install`]).
-/// 5. Under the lock: if the link names the fresh copy, swap it back to `snapshots/<commit>`
-///    ([`finish`] does 3 to 6).
-/// 6. Retire the fresh copy's name; its files live on in `snapshots/<commit>`.
-///
-/// A crash leaves the link on a complete copy of the commit: the damaged one (before 2), the
-/// fresh one (2 to 5), or the rebuilt one. [`finish`] completes an interrupted repair.
-#[allow(clippy::too_many_arguments)]
-pub fn repair(
-    root: &Root,
-    commit: &str,
-    entries: Entries,
-    blobs: &dyn Blobs,
-    manifest: &Manifest,
-    who: &Repairer,
-    lock_timeout: Duration,
-    jobs: usize,
-    progress: &gix::progress::tree::Root,
-    interrupt: &AtomicBool,
-) -> Result<Stats, RepairError> {
-    // 1.
-    let staging = root.begin_repair_staging()?;
-    let fresh = snapshot::build(
-        entries,
-        blobs,
-        snapshot::Into {
-            dir: staging.dir(),
-            previous: None,
-            reuse: Reuse::FullCopy,
-            jobs,
-        },
-        progress,
-        interrupt,
-    )?;
-    root.install_fresh_copy(staging, commit)?;
-    // 2.
-    {
-        let lock = root.lock(lock_timeout)?;
-        if root.relink(&lock, commit, true)? {
-            let now = SystemTime::now();
-            root.records().record_publication(
-                &lock,
-                &Publication {
-                    commit: commit.to_string(),
-                    cause: Cause::Repair,
-                    observed_at: now,
-                    published_at: now,
-                    host: who.host.clone(),
-                    pid: who.pid,
-                    repo: who.repo.clone(),
-                    ref_name: who.ref_name.clone(),
-                    moved_link: false,
-                    reason: Some(who.reason.clone()),
-                },
-            )?;
-        }
-    }
-    finish(
-        root,
-        commit,
-        &fresh.entries,
-        blobs,
-        manifest,
-        lock_timeout,
-        jobs,
-        progress,
-        interrupt,
-    )?;
-    Ok(fresh.stats)
+/// One repair of the snapshot of `commit`: where, with what settings, watched by whom.
+#[derive(Clone, Copy)]
+pub struct Repair<'a> {
+    pub root: &'a Root,
+    pub commit: &'a str,
+    /// The damaged snapshot's manifest (or what it should have been): the rebuilt copy gets it,
+    /// with the counts and time of the rebuild.
+    pub manifest: &'a Manifest,
+    pub lock_timeout: Duration,
+    pub jobs: usize,
+    pub progress: &'a gix::progress::tree::Root,
+    pub interrupt: &'a AtomicBool,
 }
 
-/// Steps 3 to 6 of [`repair`]: retire the damaged `snapshots/<commit>`, rebuild it from the
-/// fresh copy in `snapshots/.repair/<commit>` by hard links, swap the link back, retire the
-/// fresh copy's name. Also what completes a repair that was interrupted after step 2.
-#[allow(clippy::too_many_arguments)]
-pub fn finish(
-    root: &Root,
-    commit: &str,
-    entries: &Entries,
-    blobs: &dyn Blobs,
-    manifest: &Manifest,
-    lock_timeout: Duration,
-    jobs: usize,
-    progress: &gix::progress::tree::Root,
-    interrupt: &AtomicBool,
-) -> Result<(), RepairError> {
-    // 3.
-    {
-        let lock = root.lock(lock_timeout)?;
-        root.retire_snapshot(&lock, commit)?;
+impl Repair<'_> {
+    /// Rebuild the snapshot from `blobs` and put the rebuilt copy where the damaged one was,
+    /// without a moment at which a reader resolving the link finds nothing or a partial tree.
+    ///
+    /// 1. Build a fresh copy of `entries` (the commit's tree, as git has it) in a staging
+    ///    directory under `snapshots/.repair/`, writing every file from `blobs` (nothing is
+    ///    shared with the damaged copy), and rename it to `snapshots/.repair/<commit>`.
+    /// 2. Under the root's lock: if the link names the commit, swap it to the fresh copy, and
+    ///    journal the repair as `who`'s. From here readers get intact files.
+    /// 3. Under the lock: rename the damaged `snapshots/<commit>` to `snapshots/.retired-…`. A
+    ///    reader that resolved the link to it keeps its files; GC deletes it after `--grace`.
+    /// 4. Build `snapshots/<commit>` again by hard-linking every file of the fresh copy (no
+    ///    content is written twice) and install it with a new manifest ([`Root::install`]).
+    /// 5. Under the lock: if the link names the fresh copy, swap it back to `snapshots/<commit>`.
+    /// 6. Retire the fresh copy's name; its files live on in `snapshots/<commit>`.
+    ///
+    /// A crash leaves the link on a complete copy of the commit: the damaged one (before 2), the
+    /// fresh one (2 to 5), or the rebuilt one. [`Repair::finish`] does 3 to 6, and so completes
+    /// an interrupted repair.
+    pub fn run(
+        &self,
+        entries: Entries,
+        blobs: &dyn Blobs,
+        who: &Repairer,
+    ) -> Result<Stats, RepairError> {
+        // (1)
+        let fresh = self.build_fresh_copy(entries, blobs)?;
+        // (2)
+        self.move_readers_to_fresh_copy(who)?;
+        // (3) to (6)
+        self.finish(&fresh.entries, blobs)?;
+        Ok(fresh.stats)
     }
-    // 4.
-    // Without the fresh copy (removed by hand), every file is written from the cache.
-    let fresh_dir = root.open_fresh_copy(commit)?;
-    let staging = root.begin_staging()?;
-    let rebuilt = snapshot::build(
-        entries.clone(),
-        blobs,
-        snapshot::Into {
-            dir: staging.dir(),
-            previous: fresh_dir.as_ref().map(|dir| Previous { dir, entries }),
-            reuse: Reuse::HardLink,
-            jobs,
-        },
-        progress,
-        interrupt,
-    )?;
-    let mut manifest = manifest.clone();
-    manifest.files = rebuilt.stats.files;
-    manifest.bytes = rebuilt.stats.bytes;
-    manifest.materialized_at = SystemTime::now();
-    root.install(staging, &manifest, &rebuilt.entries)?;
-    // 5.
-    {
-        let lock = root.lock(lock_timeout)?;
-        if root
-            .current()?
-            .is_some_and(|c| c.commit == commit && c.in_repair)
+
+    /// Steps 3 to 6 of [`Repair::run`]: retire the damaged `snapshots/<commit>`, rebuild it from
+    /// the fresh copy in `snapshots/.repair/<commit>` by hard links, swap the link back, retire
+    /// the fresh copy's name. Also what completes a repair that was interrupted after step 2.
+    pub fn finish(&self, entries: &Entries, blobs: &dyn Blobs) -> Result<(), RepairError> {
+        let (root, commit) = (self.root, self.commit);
+        // (3)
         {
-            root.relink(&lock, commit, false)?;
+            let lock = root.lock(self.lock_timeout)?;
+            root.retire_snapshot(&lock, commit)?;
         }
+        // (4)
+        self.rebuild_from_fresh_copy(entries, blobs)?;
+        // (5)
+        {
+            let lock = root.lock(self.lock_timeout)?;
+            if root
+                .current()?
+                .is_some_and(|c| c.commit == commit && c.in_repair)
+            {
+                root.relink(&lock, commit, false)?;
+            }
+        }
+        // (6)
+        root.retire_fresh_copy(commit)?;
+        Ok(())
     }
-    // 6.
-    root.retire_fresh_copy(commit)?;
-    Ok(())
+
+    /// Step 1: every file written from the blobs into `snapshots/.repair/<commit>`.
+    fn build_fresh_copy(
+        &self,
+        entries: Entries,
+        blobs: &dyn Blobs,
+    ) -> Result<snapshot::Built, RepairError> {
+        let staging = self.root.begin_repair_staging()?;
+        let fresh = snapshot::build(
+            entries,
+            blobs,
+            snapshot::Into {
+                dir: staging.dir(),
+                previous: None,
+                reuse: Reuse::FullCopy,
+                jobs: self.jobs,
+            },
+            self.progress,
+            self.interrupt,
+        )?;
+        self.root.install_fresh_copy(staging, self.commit)?;
+        Ok(fresh)
+    }
+
+    /// Step 2: the link to the fresh copy, journaled as a repair.
+    fn move_readers_to_fresh_copy(&self, who: &Repairer) -> Result<(), RepairError> {
+        let lock = self.root.lock(self.lock_timeout)?;
+        if !self.root.relink(&lock, self.commit, true)? {
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        self.root.records().record_publication(
+            &lock,
+            &Publication {
+                commit: self.commit.to_string(),
+                cause: Cause::Repair,
+                observed_at: now,
+                published_at: now,
+                host: who.host.clone(),
+                pid: who.pid,
+                repo: who.repo.clone(),
+                ref_name: who.ref_name.clone(),
+                moved_link: false,
+                reason: Some(who.reason.clone()),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Step 4: `snapshots/<commit>` again, hard-linked from the fresh copy. Without the fresh
+    /// copy (removed by hand), every file is written from the cache.
+    fn rebuild_from_fresh_copy(
+        &self,
+        entries: &Entries,
+        blobs: &dyn Blobs,
+    ) -> Result<(), RepairError> {
+        let root = self.root;
+        let fresh_dir = root.open_fresh_copy(self.commit)?;
+        let staging = root.begin_staging()?;
+        let rebuilt = snapshot::build(
+            entries.clone(),
+            blobs,
+            snapshot::Into {
+                dir: staging.dir(),
+                previous: fresh_dir.as_ref().map(|dir| Previous { dir, entries }),
+                reuse: Reuse::HardLink,
+                jobs: self.jobs,
+            },
+            self.progress,
+            self.interrupt,
+        )?;
+        let mut manifest = self.manifest.clone();
+        manifest.files = rebuilt.stats.files;
+        manifest.bytes = rebuilt.stats.bytes;
+        manifest.materialized_at = SystemTime::now();
+        root.install(staging, &manifest, &rebuilt.entries)?;
+        Ok(())
+    }
 }

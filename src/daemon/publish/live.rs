@@ -14,7 +14,7 @@ use crate::store::{Current, Manifest};
 impl Publisher {
     /// Step 5: when `--verify-period` has passed since the last check, check the live snapshot
     /// cheaply against its entry list ([`snapshot::quick_check`]: types, modes and sizes, no
-    /// content read), and repair it if it is damaged ([`repair::repair`]: rebuilt from the
+    /// content read), and repair it if it is damaged ([`repair::Repair::run`]: rebuilt from the
     /// cache, fetching the commit if the cache let it go, and the link swapped to the rebuilt
     /// copy). A repair that was interrupted is finished at once. A failed repair is logged and
     /// tried again at the next cycle; it does not fail the sync.
@@ -93,27 +93,11 @@ impl Publisher {
         };
         if current.in_repair {
             let entries = recorded.unwrap_or(entries);
-            repair::finish(
-                &self.root,
-                &current.commit,
-                &entries,
-                &blobs,
-                &manifest,
-                self.settings.lock_timeout,
-                self.settings.build_jobs,
-                progress,
-                interrupt,
-            )?;
+            self.repair_of(&current.commit, &manifest, progress, interrupt)
+                .finish(&entries, &blobs)?;
         } else {
-            self.rebuild(
-                &current.commit,
-                entries,
-                &blobs,
-                &manifest,
-                problem,
-                progress,
-                interrupt,
-            )?;
+            let job = self.repair_of(&current.commit, &manifest, progress, interrupt);
+            self.rebuild(&job, entries, &blobs, problem)?;
         }
         tracing::info!(commit = %current.commit, "repaired the live snapshot; readers are served the rebuilt copy");
         Ok(())
@@ -122,7 +106,7 @@ impl Publisher {
     /// Make sure the live snapshot of the remote's commit holds what this publisher publishes,
     /// rebuilding it if it does not: a root whose commit stays while the settings change (a new
     /// `--subdir`, sparse patterns or `--submodules`; a snapshot of dagsnap before 0.3, which
-    /// published submodules as empty directories). The rebuild is a repair ([`repair::repair`]):
+    /// published submodules as empty directories). The rebuild is a repair ([`repair::Repair::run`]):
     /// readers are moved to the new copy atomically. Looked at once per process and commit, so
     /// idle polls cost nothing more.
     pub(super) fn settle_live(
@@ -150,32 +134,41 @@ impl Publisher {
             tracing::info!(commit = %current.commit, %why, "the live snapshot was published with other settings; rebuilding it with this publisher's and swapping the link to the new copy");
             let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
             let manifest = content_manifest(info, &expected, &expanded, Stats::default());
-            self.rebuild(
-                &current.commit,
-                expanded.entries,
-                &expanded.blobs,
-                &manifest,
-                format!("published with other settings: {why}"),
-                progress,
-                interrupt,
-            )?;
+            let job = self.repair_of(&current.commit, &manifest, progress, interrupt);
+            let reason = format!("published with other settings: {why}");
+            self.rebuild(&job, expanded.entries, &expanded.blobs, reason)?;
         }
         self.settled = Some(current.commit.clone());
         Ok(())
     }
 
-    /// Rebuild the snapshot of `commit` and move readers to the new copy ([`repair::repair`]),
-    /// journaled as this publisher's repair for `reason`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn rebuild(
+    /// A repair of the snapshot of `commit` with this publisher's settings.
+    fn repair_of<'a>(
+        &'a self,
+        commit: &'a str,
+        manifest: &'a Manifest,
+        progress: &'a gix::progress::tree::Root,
+        interrupt: &'a AtomicBool,
+    ) -> repair::Repair<'a> {
+        repair::Repair {
+            root: &self.root,
+            commit,
+            manifest,
+            lock_timeout: self.settings.lock_timeout,
+            jobs: self.settings.build_jobs,
+            progress,
+            interrupt,
+        }
+    }
+
+    /// Rebuild a snapshot and move readers to the new copy ([`repair::Repair::run`]), journaled
+    /// as this publisher's repair for `reason`.
+    fn rebuild(
         &self,
-        commit: &str,
+        job: &repair::Repair<'_>,
         entries: crate::entries::Entries,
         blobs: &dyn crate::entries::Blobs,
-        manifest: &Manifest,
         reason: String,
-        progress: &gix::progress::tree::Root,
-        interrupt: &AtomicBool,
     ) -> Result<(), PublishError> {
         let who = repair::Repairer {
             host: crate::fsutil::hostname(),
@@ -184,18 +177,7 @@ impl Publisher {
             ref_name: self.remote.target.to_string(),
             reason,
         };
-        let repaired = repair::repair(
-            &self.root,
-            commit,
-            entries,
-            blobs,
-            manifest,
-            &who,
-            self.settings.lock_timeout,
-            self.settings.build_jobs,
-            progress,
-            interrupt,
-        );
+        let repaired = job.run(entries, blobs, &who);
         crate::git::pages::give_back();
         repaired?;
         Ok(())
