@@ -16,14 +16,14 @@
 use gix::ObjectId;
 
 /// Git's mode of a regular file.
-pub const MODE_FILE: u32 = 0o100644;
+pub(crate) const MODE_FILE: u32 = 0o100644;
 /// Git's mode of an executable file.
-pub const MODE_EXECUTABLE: u32 = 0o100755;
+pub(crate) const MODE_EXECUTABLE: u32 = 0o100755;
 /// Git's mode of a symlink.
-pub const MODE_SYMLINK: u32 = 0o120000;
+pub(crate) const MODE_SYMLINK: u32 = 0o120000;
 /// Git's mode of a submodule (a gitlink: a commit id; in a snapshot, a directory holding the
 /// submodule's files, or empty with `--submodules off`).
-pub const MODE_SUBMODULE: u32 = 0o160000;
+pub(crate) const MODE_SUBMODULE: u32 = 0o160000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -119,13 +119,13 @@ impl Entries {
 
 /// Why a blob could not be copied: reading it (the source's fault) or writing it (the target's).
 #[derive(Debug)]
-pub enum CopyError {
+pub(crate) enum CopyError {
     Read(String),
     Write(std::io::Error),
 }
 
 /// Where the content of each entry comes from (the git side provides it; the store writes it).
-pub trait Blobs {
+pub(crate) trait Blobs {
     /// Put the content of blob `id` into `buf`, replacing what it held.
     fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String>;
 
@@ -158,7 +158,7 @@ pub trait Blobs {
 /// (`2024-01-01T00:00:00.sql`).
 ///
 /// Returns why the path is refused.
-pub fn check_path(path: &[u8], mode: u32) -> Result<(), &'static str> {
+pub(crate) fn check_path(path: &[u8], mode: u32) -> Result<(), &'static str> {
     if path.is_empty() {
         return Err("is empty");
     }
@@ -171,7 +171,7 @@ pub fn check_path(path: &[u8], mode: u32) -> Result<(), &'static str> {
 }
 
 /// One path component, as [`check_path`] judges it.
-pub fn check_component(name: &[u8], is_symlink: bool) -> Result<(), &'static str> {
+pub(crate) fn check_component(name: &[u8], is_symlink: bool) -> Result<(), &'static str> {
     use gix::validate::path::component::{Error, Mode, Options};
     // Git's defaults on Linux (core.protectNTFS is on everywhere since git 2.24) plus HFS+, whose
     // aliases of `.git` are as dangerous on a volume a Mac may mount; not Windows' device names

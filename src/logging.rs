@@ -59,7 +59,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<Style, String> {
 
 /// Writes each log line with its control characters escaped (see [`crate::text::escape`]),
 /// except the newline that ends it. The formatter hands over one whole line per write.
-pub struct EscapingWriter<W: Write>(pub W);
+pub(crate) struct EscapingWriter<W: Write>(pub W);
 
 impl<W: Write> Write for EscapingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

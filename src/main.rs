@@ -5,20 +5,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use dagsnap::cli::gitsync;
-use dagsnap::cli::SyncPlan;
-use dagsnap::cli::{
+use dagsnap::rfc3339;
+use dagsnap::{gitsync, history, status, verify};
+use dagsnap::{
     CachesArgs, Cli, Command, GcArgs, ListArgs, LogArgs, LogFormat, PinArgs, RecheckArgs,
-    RemoveArgs, RollbackArgs, StatusArgs, SyncArgs, UnpinArgs, VerifyArgs,
+    RemoveArgs, RollbackArgs, StatusArgs, SyncArgs, SyncPlan, UnpinArgs, VerifyArgs,
 };
-use dagsnap::daemon::{self, Exit};
-use dagsnap::git::{Remote, Target};
-use dagsnap::ops::status;
-use dagsnap::ops::{history, verify};
-use dagsnap::progress::Style;
-use dagsnap::store::rfc3339;
-use dagsnap::store::Root;
-use dagsnap::store::StoreError;
+use dagsnap::{Exit, Remote, Root, StoreError, Style, Target};
 
 /// Exit codes: 0 success or clean stop; 1 the sync failed (or nothing is live, for `status`);
 /// 2 the command line, root or cache is unusable and retrying will not help.
@@ -49,7 +42,7 @@ fn main() -> ExitCode {
         (_, LogFormat::Auto) => LogFormat::Text,
         (_, format) => format,
     };
-    let style = match dagsnap::logging::init(format, &cli.log_level) {
+    let style = match dagsnap::init_logging(format, &cli.log_level) {
         Ok(style) => style,
         Err(message) => {
             eprintln!("dagsnap: {message}");
@@ -91,10 +84,10 @@ fn main() -> ExitCode {
 }
 
 /// The mount of `root` (or of its nearest existing ancestor, before it is created).
-fn volume_mount(root: &std::path::Path) -> Option<dagsnap::store::volume::Mount> {
+fn volume_mount(root: &std::path::Path) -> Option<dagsnap::Mount> {
     root.ancestors()
         .find(|p| p.exists())
-        .and_then(dagsnap::store::volume::Mount::of)
+        .and_then(dagsnap::Mount::of)
 }
 
 /// Started as git-sync: under its name (a symlink `git-sync` to dagsnap, as in an image that
@@ -167,14 +160,12 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
     let mount = volume_mount(&args.root.root);
     let plan = SyncPlan::new(args, mount.as_ref()).map_err(|e| (EXIT_USAGE, e))?;
     if plan.group_write {
-        dagsnap::fsutil::set_group_write(true);
+        dagsnap::set_group_write(true);
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
     }
     if plan.remote.is_ssh() {
         // Before any thread exists: this may set LD_PRELOAD for the ssh processes.
-        if let Some(dir) =
-            dagsnap::git::access::provide_passwd_entry(&plan.cache_dir).map_err(usage)?
-        {
+        if let Some(dir) = dagsnap::provide_passwd_entry(&plan.cache_dir).map_err(usage)? {
             tracing::info!(files = %dir.display(), "this uid has no passwd entry; giving ssh one through nss_wrapper");
         }
     }
@@ -198,7 +189,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
     let surface = plan.surface().map_err(|e| (EXIT_USAGE, e))?;
     let redactor = plan.remote.redactor().clone();
-    let exit = runtime.block_on(daemon::run(
+    let exit = runtime.block_on(dagsnap::run(
         plan.opener(),
         plan.root.clone(),
         plan.schedule.clone(),
@@ -265,7 +256,7 @@ fn collect_garbage(args: GcArgs) -> Outcome {
     } else {
         Duration::ZERO
     };
-    let report = dagsnap::store::gc::run(&root, &args.retention.policy(pending), args.lock_timeout)
+    let report = dagsnap::gc::run(&root, &args.retention.policy(pending), args.lock_timeout)
         .map_err(|e| (EXIT_FAILED, e.to_string()))?;
     println!(
         "removed {} snapshot(s), kept {}, removed {} abandoned staging dir(s)",
@@ -280,7 +271,7 @@ fn collect_garbage(args: GcArgs) -> Outcome {
 }
 
 fn remove(args: RemoveArgs) -> Outcome {
-    use dagsnap::ops::remove::{self, RemoveError};
+    use dagsnap::remove::{self, RemoveError};
     let root = args.root.locate().map_err(usage)?;
     let code = |e: &RemoveError| match e {
         RemoveError::Store(StoreError::Lock(_)) | RemoveError::Store(StoreError::Io(_)) => {
@@ -309,8 +300,8 @@ fn remove(args: RemoveArgs) -> Outcome {
 }
 
 fn caches(args: CachesArgs) -> Outcome {
-    use dagsnap::ops::caches;
-    let base = args.base.unwrap_or_else(dagsnap::cli::default_cache_base);
+    use dagsnap::caches;
+    let base = args.base.unwrap_or_else(dagsnap::default_cache_base);
     let failed = |e: std::io::Error| (EXIT_FAILED, format!("cannot read {}: {e}", base.display()));
     let shown = if args.prune {
         caches::prune(&base).map_err(failed)?
@@ -371,7 +362,7 @@ fn describe_change(root: &Root, change: &history::Change, verb: &str) -> String 
         root.manifest(commit)
             .ok()
             .flatten()
-            .map(|m| format!(" ({})", dagsnap::text::escape(&m.subject)))
+            .map(|m| format!(" ({})", dagsnap::escape(&m.subject)))
             .unwrap_or_default()
     };
     let moved = match &change.from {

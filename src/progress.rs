@@ -24,7 +24,7 @@ pub enum Style {
 }
 
 /// Owns the progress tree and the thread that reports it; stops the thread when dropped.
-pub struct Reporter {
+pub(crate) struct Reporter {
     tree: Arc<tree::Root>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -36,7 +36,7 @@ const QUIET_START: Duration = Duration::from_secs(2);
 impl Reporter {
     /// Start reporting: a log line every `interval` (`Style::Log`), or a redrawn status line at
     /// least every second (`Style::Terminal`).
-    pub fn start(style: Style, interval: Duration) -> Reporter {
+    pub(crate) fn start(style: Style, interval: Duration) -> Reporter {
         let tree = tree::Root::new();
         let stop = Arc::new(AtomicBool::new(false));
         let interval = match style {
@@ -54,13 +54,8 @@ impl Reporter {
         Reporter { tree, stop, thread }
     }
 
-    /// The tree gix operations report into.
-    pub fn tree(&self) -> &tree::Root {
-        &self.tree
-    }
-
     /// A shared handle on the tree, for work running on another thread.
-    pub fn shared_tree(&self) -> Arc<tree::Root> {
+    pub(crate) fn shared_tree(&self) -> Arc<tree::Root> {
         Arc::clone(&self.tree)
     }
 }

@@ -29,7 +29,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 
 /// A path or name given as bytes (git allows any byte but NUL), for messages: invalid UTF-8 is
 /// shown as `\x..`, control characters escaped.
-pub fn escape_bytes(bytes: &[u8]) -> String {
+pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         out.push_str(&escape(chunk.valid()));

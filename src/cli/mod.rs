@@ -19,18 +19,16 @@ pub mod gitsync;
 mod operate;
 mod plan;
 mod sync;
-pub mod values;
+pub(crate) mod values;
 
 pub use operate::{
     CachesArgs, GcArgs, ListArgs, LogArgs, PinArgs, RecheckArgs, RemoveArgs, RollbackArgs,
     StatusArgs, UnpinArgs, VerifyArgs,
 };
-pub use plan::{SyncPlan, MIN_UNVERIFIED_GRACE};
-pub use sync::{
-    default_cache_base, AccessArgs, CheckArgs, GitConfig, HookArgs, HttpArgs, RetentionArgs,
-    Submodules, SyncArgs,
-};
-pub use values::{parse_bool, parse_duration, parse_positive_duration, parse_signal};
+pub use plan::SyncPlan;
+pub use sync::{default_cache_base, SyncArgs};
+pub(crate) use sync::Submodules;
+pub(crate) use values::parse_signal;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -20,7 +20,7 @@ use crate::store::volume::{Locks, Mount};
 use crate::store::Root;
 
 /// The least `--grace` on a volume whose locks are not known to work.
-pub const MIN_UNVERIFIED_GRACE: Duration = Duration::from_secs(120);
+pub(crate) const MIN_UNVERIFIED_GRACE: Duration = Duration::from_secs(120);
 
 /// A `sync` that can run: every setting checked, the pieces of the loop built.
 #[derive(Debug)]

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 /// A duration in Go's or humantime's notation; negative durations are refused.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     match go_duration(trimmed) {
         Some(Ok(duration)) => return Ok(duration),
@@ -24,7 +24,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration that must be greater than zero.
-pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     if duration.is_zero() {
         return Err(format!(
@@ -100,7 +100,7 @@ fn go_duration(text: &str) -> Option<Result<Duration, String>> {
 }
 
 /// A boolean as Go's `strconv.ParseBool` reads it, plus yes/no/on/off, in any case.
-pub fn parse_bool(text: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "t" | "true" | "y" | "yes" | "on" => Ok(true),
         "0" | "f" | "false" | "n" | "no" | "off" => Ok(false),
@@ -112,7 +112,7 @@ pub fn parse_bool(text: &str) -> Result<bool, String> {
 
 /// An integer as Go's `strconv.ParseInt(s, 0, 64)` reads it: a sign, then decimal, `0x` hex,
 /// `0o` or leading-`0` octal, or `0b` binary, with `_` between digits.
-pub fn parse_go_int(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_go_int(text: &str) -> Result<i64, String> {
     let invalid = || format!("invalid number '{text}'");
     let trimmed = text.trim();
     let (negative, body) = match trimmed.strip_prefix('-') {
@@ -143,7 +143,7 @@ pub fn parse_go_int(text: &str) -> Result<i64, String> {
 /// git-sync's `--git-config` syntax, which dagsnap's own `--git-config` reads too:
 /// `key:value,key2:value2`, where keys and values may be double-quoted (with `\"` inside) to
 /// hold `:` or `,`.
-pub fn parse_git_config(text: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_git_config(text: &str) -> Result<Vec<(String, String)>, String> {
     let bad =
         || format!("invalid --git-config {text:?}: expected key:value pairs separated by commas");
     let mut pairs = Vec::new();
@@ -186,7 +186,7 @@ pub fn parse_git_config(text: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Pairs as [`parse_git_config`] reads them back.
-pub fn format_git_config(pairs: &[(String, String)]) -> String {
+pub(crate) fn format_git_config(pairs: &[(String, String)]) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
     pairs
         .iter()
@@ -196,7 +196,7 @@ pub fn format_git_config(pairs: &[(String, String)]) -> String {
 }
 
 /// A signal by name (`HUP`, `SIGUSR1`, in any case) or number.
-pub fn parse_signal(text: &str) -> Result<i32, String> {
+pub(crate) fn parse_signal(text: &str) -> Result<i32, String> {
     let trimmed = text.trim();
     if let Ok(number) = parse_go_int(trimmed) {
         return i32::try_from(number)

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How much of the start of a check's output is kept.
-pub const OUTPUT_HEAD: usize = 16 << 10;
+pub(crate) const OUTPUT_HEAD: usize = 16 << 10;
 /// How much of the end of a check's output is kept.
-pub const OUTPUT_TAIL: usize = 48 << 10;
+pub(crate) const OUTPUT_TAIL: usize = 48 << 10;
 
 /// The operator's check.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct CheckCommand {
 
 /// What the check is told about the commit.
 #[derive(Debug, Clone)]
-pub struct CheckEnv<'a> {
+pub(crate) struct CheckEnv<'a> {
     pub commit: &'a str,
     pub previous: Option<&'a str>,
     pub ref_name: &'a str,
@@ -48,7 +48,7 @@ pub struct CheckEnv<'a> {
 
 /// How a check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ended {
+pub(crate) enum Ended {
     /// It exited with `code`, or was killed by `signal` (not one dagsnap sent).
     Exited {
         code: Option<i32>,
@@ -62,7 +62,7 @@ pub enum Ended {
 }
 
 #[derive(Debug, Clone)]
-pub struct Ran {
+pub(crate) struct Ran {
     pub ended: Ended,
     pub duration: Duration,
     pub output: String,
@@ -79,7 +79,7 @@ pub struct Ran {
 /// 3. Wait for it to end, killing its group at `--check-timeout` or when the cycle is
 ///    interrupted ([`wait`]).
 /// 4. Kill whatever it left behind in its group, and take what it printed.
-pub fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &AtomicBool) -> Ran {
+pub(crate) fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &AtomicBool) -> Ran {
     let started = Instant::now();
     // (1)
     let mut child = match command(check, snapshot, env).spawn() {

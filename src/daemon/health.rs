@@ -25,7 +25,7 @@ const LIVENESS_SLACK: Duration = Duration::from_secs(5);
 
 /// What one finished cycle was, for those waiting on it.
 #[derive(Debug, Clone, Serialize)]
-pub struct CycleDone {
+pub(crate) struct CycleDone {
     /// The cycle's number (1 for the first one this process ran).
     pub cycle: u64,
     /// `published`, `unchanged`, `held`, `superseded`, `deferred`, `skipped` or `failed`.
@@ -54,7 +54,7 @@ struct State {
 
 /// The loop's shared self-report.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     state: Mutex<State>,
     done: watch::Sender<Option<CycleDone>>,
     created: Instant,
@@ -69,7 +69,7 @@ pub struct Health {
 
 /// The answer of `/readyz`.
 #[derive(Debug, Serialize)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub ready: bool,
     /// Why not, when not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,7 +87,7 @@ pub struct Readiness {
 }
 
 impl Health {
-    pub fn new(
+    pub(crate) fn new(
         root: Root,
         period: Duration,
         sync_timeout: Duration,
@@ -112,12 +112,12 @@ impl Health {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn standing_by(&self, waiting: bool) {
+    pub(crate) fn standing_by(&self, waiting: bool) {
         self.state().standing_by = waiting;
     }
 
     /// A cycle starts; returns its number.
-    pub fn cycle_started(&self) -> u64 {
+    pub(crate) fn cycle_started(&self) -> u64 {
         let mut state = self.state();
         state.started += 1;
         let now = Instant::now();
@@ -127,12 +127,12 @@ impl Health {
     }
 
     /// Cycles started so far.
-    pub fn cycles_started(&self) -> u64 {
+    pub(crate) fn cycles_started(&self) -> u64 {
         self.state().started
     }
 
     /// A cycle ended: `Ok` with what it did (and the ref it followed), or the error.
-    pub fn cycle_finished(&self, done: CycleDone, followed_ref: Option<String>, failed: bool) {
+    pub(crate) fn cycle_finished(&self, done: CycleDone, followed_ref: Option<String>, failed: bool) {
         {
             let mut state = self.state();
             state.running_since = None;
@@ -154,12 +154,12 @@ impl Health {
     }
 
     /// The loop waits `wait` before its next cycle.
-    pub fn planned(&self, wait: Duration) {
+    pub(crate) fn planned(&self, wait: Duration) {
         self.state().planned_wait = wait;
     }
 
     /// Wait until a cycle numbered above `after` has finished, at most `limit`.
-    pub async fn wait_for_cycle_after(&self, after: u64, limit: Duration) -> Option<CycleDone> {
+    pub(crate) async fn wait_for_cycle_after(&self, after: u64, limit: Duration) -> Option<CycleDone> {
         let mut done = self.done.subscribe();
         let finished = async {
             done.wait_for(|d| d.as_ref().is_some_and(|d| d.cycle > after))
@@ -171,16 +171,16 @@ impl Health {
     }
 
     /// How long a `POST /sync?wait=1` may wait: a cycle, plus one already running.
-    pub fn wait_limit(&self) -> Duration {
+    pub(crate) fn wait_limit(&self) -> Duration {
         self.sync_timeout * 2 + self.period + LIVENESS_SLACK
     }
 
-    pub fn followed_ref(&self) -> Option<String> {
+    pub(crate) fn followed_ref(&self) -> Option<String> {
         self.state().followed_ref.clone()
     }
 
     /// `Ok` while the loop is alive; why not, when it is wedged.
-    pub fn liveness(&self) -> Result<(), String> {
+    pub(crate) fn liveness(&self) -> Result<(), String> {
         let state = self.state();
         if state.standing_by {
             return Ok(());
@@ -204,7 +204,7 @@ impl Health {
     }
 
     /// Whether readers are served, and how fresh it is.
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         let (live, served_by) = match self.root.current() {
             Ok(Some(current)) if current.complete => (Some(current.commit), None),
             // A root being taken over: git-sync's worktree serves readers meanwhile.
@@ -241,15 +241,5 @@ impl Health {
             consecutive_failures: state.failures,
             last_error: state.last_error.clone(),
         }
-    }
-
-    /// For the publisher record: (last success, consecutive failures, last error).
-    pub fn summary(&self) -> (Option<SystemTime>, u64, Option<String>) {
-        let state = self.state();
-        (
-            state.last_success.map(|s| s.0),
-            state.failures,
-            state.last_error.clone(),
-        )
     }
 }

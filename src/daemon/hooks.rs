@@ -23,11 +23,11 @@ use tokio::task::JoinHandle;
 use super::health::Health;
 
 /// How much of a hook's output is kept (the end of it).
-pub const OUTPUT_TAIL: usize = 64 << 10;
+pub(crate) const OUTPUT_TAIL: usize = 64 << 10;
 
 /// A publication, as hooks see it.
 #[derive(Debug, Clone, Serialize)]
-pub struct HookEvent {
+pub(crate) struct HookEvent {
     pub commit: String,
     pub previous: Option<String>,
     /// The snapshot directory (the exec hook's working directory).
@@ -58,7 +58,7 @@ pub struct WebHook {
 }
 
 /// The running hook workers.
-pub struct Hooks {
+pub(crate) struct Hooks {
     senders: Vec<watch::Sender<Option<HookEvent>>>,
     workers: Vec<JoinHandle<bool>>,
     /// Process groups of exec hooks running now, killed when the hooks stop.
@@ -68,7 +68,7 @@ pub struct Hooks {
 impl Hooks {
     /// Start a worker per configured hook. With `one_time`, a failed run is not retried: the
     /// process reports it in its exit status instead ([`Hooks::finish`]).
-    pub fn start(
+    pub(crate) fn start(
         exec: Option<ExecHook>,
         web: Option<WebHook>,
         health: Arc<Health>,
@@ -114,12 +114,12 @@ impl Hooks {
         hooks
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.senders.is_empty()
     }
 
     /// Hand a publication to every hook (replacing one that has not started yet).
-    pub fn publish(&self, event: &HookEvent) {
+    pub(crate) fn publish(&self, event: &HookEvent) {
         for sender in &self.senders {
             sender.send_replace(Some(event.clone()));
         }
@@ -127,7 +127,7 @@ impl Hooks {
 
     /// Let the hooks finish what they were handed, then stop them; whether every last run
     /// succeeded (for `--one-time`, whose exit status says so).
-    pub async fn finish(mut self) -> bool {
+    pub(crate) async fn finish(mut self) -> bool {
         self.senders.clear();
         let mut all = true;
         for worker in std::mem::take(&mut self.workers) {
@@ -358,7 +358,7 @@ async fn web(hook: &WebHook, client: &reqwest::Client, event: &HookEvent) -> Res
 }
 
 /// `--touch-file`: create it, or bump its modification time, after every publish.
-pub fn touch(path: &Path) -> std::io::Result<()> {
+pub(crate) fn touch(path: &Path) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -371,14 +371,14 @@ pub fn touch(path: &Path) -> std::io::Result<()> {
 
 /// `--error-file`: the last error, as JSON, written atomically; removed after a success.
 #[derive(Debug, Serialize)]
-pub struct ErrorRecord<'a> {
+pub(crate) struct ErrorRecord<'a> {
     #[serde(with = "crate::store::rfc3339")]
     pub time: SystemTime,
     pub error: &'a str,
     pub consecutive_failures: u64,
 }
 
-pub fn write_error(path: &Path, record: &ErrorRecord<'_>) -> std::io::Result<()> {
+pub(crate) fn write_error(path: &Path, record: &ErrorRecord<'_>) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -387,7 +387,7 @@ pub fn write_error(path: &Path, record: &ErrorRecord<'_>) -> std::io::Result<()>
     crate::fsutil::write_atomically(path, &bytes).map_err(|e| e.source)
 }
 
-pub fn clear_error(path: &Path) -> std::io::Result<()> {
+pub(crate) fn clear_error(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -56,7 +56,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BODY: usize = 1 << 20;
 
 /// Parse `--http-bind`: `:8080` (every interface), `127.0.0.1:8080`, `[::]:8080`.
-pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
     let full = match text.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
@@ -68,7 +68,7 @@ pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// Bind `--http-bind` (before the loop starts, so that a busy port is one clear error).
-pub fn bind(text: &str) -> Result<std::net::TcpListener, String> {
+pub(crate) fn bind(text: &str) -> Result<std::net::TcpListener, String> {
     let addr = parse_bind(text)?;
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         format!("cannot listen on --http-bind {text}: {e}; choose a free port or address")
@@ -233,7 +233,7 @@ impl Slots {
 }
 
 /// Serve until the runtime shuts down.
-pub async fn serve(listener: std::net::TcpListener, health: Arc<Health>, auth: Arc<Auth>) {
+pub(crate) async fn serve(listener: std::net::TcpListener, health: Arc<Health>, auth: Arc<Auth>) {
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {

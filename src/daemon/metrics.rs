@@ -17,28 +17,28 @@ use prometheus_client::registry::Registry;
 
 /// `result` of a cycle, as `dagsnap_syncs_total` counts it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
+pub(crate) struct ResultLabel {
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabel {
+pub(crate) struct PhaseLabel {
     pub phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CommitLabel {
+pub(crate) struct CommitLabel {
     pub commit: String,
 }
 
 /// git-sync's `status` label: `success`, `error` or `noop`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
+pub(crate) struct StatusLabel {
     pub status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HookLabel {
+pub(crate) struct HookLabel {
     pub hook: &'static str,
     pub result: &'static str,
 }
@@ -64,7 +64,7 @@ const SYNC_RESULTS: [&str; 9] = [
 ];
 
 /// The metric families, registered once.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     syncs: Family<ResultLabel, Counter>,
     phase_seconds: HistogramFamily<PhaseLabel>,
@@ -87,7 +87,7 @@ pub struct Metrics {
 
 /// What one cycle reports to the metrics.
 #[derive(Debug, Clone, Default)]
-pub struct CycleReport {
+pub(crate) struct CycleReport {
     /// One of [`SYNC_RESULTS`].
     pub result: &'static str,
     /// git-sync's status for it: `success` (the link moved, or the first sync), `noop`, `error`.
@@ -103,7 +103,7 @@ pub struct CycleReport {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
             syncs: Family::default(),
@@ -247,7 +247,7 @@ impl Metrics {
     }
 
     /// Record one cycle.
-    pub fn record_cycle(&self, report: &CycleReport) {
+    pub(crate) fn record_cycle(&self, report: &CycleReport) {
         self.syncs
             .get_or_create(&ResultLabel {
                 result: report.result,
@@ -285,7 +285,7 @@ impl Metrics {
             .observe(report.duration.as_secs_f64());
     }
 
-    pub fn set_health(&self, last_success: Option<SystemTime>, consecutive_failures: u64) {
+    pub(crate) fn set_health(&self, last_success: Option<SystemTime>, consecutive_failures: u64) {
         if let Some(at) = last_success {
             let seconds = at
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -297,7 +297,7 @@ impl Metrics {
     }
 
     /// What the root looks like after a cycle.
-    pub fn set_root(&self, live: Option<&str>, retained: usize, pinned: bool) {
+    pub(crate) fn set_root(&self, live: Option<&str>, retained: usize, pinned: bool) {
         let live = live.map(|c| CommitLabel {
             commit: c.to_string(),
         });
@@ -314,34 +314,34 @@ impl Metrics {
         self.pinned.set(i64::from(pinned));
     }
 
-    pub fn set_lock_fault(&self, fault: bool) {
+    pub(crate) fn set_lock_fault(&self, fault: bool) {
         self.lock_fault.set(i64::from(fault));
     }
 
     /// `--check-command` is configured: its series start at zero.
-    pub fn check_configured(&self) {
+    pub(crate) fn check_configured(&self) {
         for result in ["accepted", "rejected", "timeout", "abandoned"] {
             let _ = self.checks.get_or_create(&ResultLabel { result });
         }
     }
 
-    pub fn record_check(&self, result: &'static str) {
+    pub(crate) fn record_check(&self, result: &'static str) {
         self.checks.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// A hook is configured: its series start at zero.
-    pub fn hook_configured(&self, hook: &'static str) {
+    pub(crate) fn hook_configured(&self, hook: &'static str) {
         for result in ["success", "failure", "timeout"] {
             let _ = self.hooks.get_or_create(&HookLabel { hook, result });
         }
     }
 
-    pub fn record_hook(&self, hook: &'static str, result: &'static str) {
+    pub(crate) fn record_hook(&self, hook: &'static str, result: &'static str) {
         self.hooks.get_or_create(&HookLabel { hook, result }).inc();
     }
 
     /// The Prometheus text format (version 0.0.4).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);

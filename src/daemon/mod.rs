@@ -5,13 +5,14 @@
 //! commit before the link moves ([`check`]); and the watchdog that ends the process within its
 //! bound after SIGTERM whatever a system call does ([`shutdown`]).
 
-pub mod check;
-pub mod health;
-pub mod hooks;
-pub mod http;
-pub mod metrics;
-pub mod publish;
+pub(crate) mod check;
+pub(crate) mod health;
+pub(crate) mod hooks;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod publish;
 mod run;
-pub mod shutdown;
+pub(crate) mod shutdown;
 
-pub use run::{run, Exit, Opener, Schedule, Surface};
+pub use run::{run, Exit};
+pub(crate) use run::{Opener, Schedule, Surface};

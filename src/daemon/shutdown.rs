@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// After SIGTERM, how long a cycle in flight may take to wind down before the process exits
 /// anyway (Kubernetes sends SIGKILL 30 s after SIGTERM by default).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// When the first SIGTERM or SIGINT arrived, in milliseconds of `CLOCK_MONOTONIC`; 0: none.
 static ASKED_AT: AtomicU64 = AtomicU64::new(0);
@@ -36,7 +36,7 @@ fn monotonic_ms() -> u64 {
 /// Install the watchdog: from now on, the process exits with status 0 at most
 /// [`SHUTDOWN_GRACE`] (plus a tenth of a second) after the first SIGTERM or SIGINT, even when
 /// the loop cannot finish. Tokio's own handlers for these signals keep working beside it.
-pub fn arm() -> std::io::Result<()> {
+pub(crate) fn arm() -> std::io::Result<()> {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the action only reads the monotonic clock and does an atomic compare-and-swap,
         // both async-signal-safe; it allocates nothing and takes no lock.

@@ -643,12 +643,12 @@ fn not_regular(path: &Path, what: &str) -> IoError {
 
 /// Whether `error` says that something else than a directory is where one was expected (a
 /// symlink, a file): what [`Dir::open_dir`] and [`Dir::create_dir`] fail with then.
-pub fn is_not_a_directory(error: &IoError) -> bool {
+pub(crate) fn is_not_a_directory(error: &IoError) -> bool {
     matches!(error.errno(), Some(libc::ENOTDIR) | Some(libc::ELOOP))
 }
 
 /// Whether `error` says that something else than a regular file is where one was expected.
-pub fn is_not_regular(error: &IoError) -> bool {
+pub(crate) fn is_not_regular(error: &IoError) -> bool {
     error.source.kind() == io::ErrorKind::InvalidData
         || matches!(error.errno(), Some(libc::ELOOP) | Some(libc::EISDIR))
 }

@@ -46,7 +46,7 @@ fn holder_suffix(holder: &Option<String>) -> String {
 
 /// A lock on a whole file, released when dropped (or when the process dies).
 #[derive(Debug)]
-pub struct FileLock {
+pub(crate) struct FileLock {
     /// The lock lives as long as this open file description.
     _file: fs::File,
     /// The directory holding the file, and its name: where [`FileLock::is_still_at_path`]
@@ -56,25 +56,18 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Take the lock at `path` exclusively (the file is created if missing), waiting at most
-    /// `timeout`; a zero `timeout` tries once. The file's content is not touched, so taking
-    /// and releasing the lock leaves no trace on disk. `path`'s directory is reached by its
-    /// path: for directories of this process's own (a private cache); under the root, use
-    /// [`FileLock::acquire_in`].
-    pub fn acquire(path: &Path, timeout: Duration) -> Result<FileLock, LockError> {
-        let (dir, name) = parent(path)?;
-        Self::acquire_inner(&dir, name, timeout, false)
-    }
-
-    /// [`FileLock::acquire`] of `name` in `dir`.
-    pub fn acquire_in(dir: &Dir, name: &str, timeout: Duration) -> Result<FileLock, LockError> {
+    /// Take the lock `name` in `dir` exclusively (the file is created if missing), waiting at
+    /// most `timeout`; a zero `timeout` tries once. The file's content is not touched, so
+    /// taking and releasing the lock leaves no trace on disk.
+    pub(crate) fn acquire_in(dir: &Dir, name: &str, timeout: Duration) -> Result<FileLock, LockError> {
         Self::acquire_inner(dir, OsStr::new(name), timeout, false)
     }
 
-    /// Like [`FileLock::acquire`], and then write the holder's identity (`host pid`) into the
+    /// Like [`FileLock::acquire_in`] for the file at `path` (reached by its path: for
+    /// directories of this process's own, such as a private cache), and then write the holder's identity (`host pid`) into the
     /// file so that whoever finds it busy can say who holds it. For private locks, where the
     /// write costs nothing and the name helps.
-    pub fn acquire_as_holder(path: &Path, timeout: Duration) -> Result<FileLock, LockError> {
+    pub(crate) fn acquire_as_holder(path: &Path, timeout: Duration) -> Result<FileLock, LockError> {
         let (dir, name) = parent(path)?;
         Self::acquire_inner(&dir, name, timeout, true)
     }
@@ -123,19 +116,19 @@ impl FileLock {
 
     /// Try once to take a shared lock on `name` in `dir`: any number of shared holders
     /// coexist, and they keep an exclusive lock out. `None` if someone holds it exclusively.
-    pub fn try_shared(dir: &Dir, name: &str) -> Result<Option<FileLock>, LockError> {
+    pub(crate) fn try_shared(dir: &Dir, name: &str) -> Result<Option<FileLock>, LockError> {
         Self::try_once(dir, OsStr::new(name), libc::F_RDLCK)
     }
 
     /// Try once to take an exclusive lock on `name` in `dir`. `None` if anyone holds it.
-    pub fn try_exclusive(dir: &Dir, name: &str) -> Result<Option<FileLock>, LockError> {
+    pub(crate) fn try_exclusive(dir: &Dir, name: &str) -> Result<Option<FileLock>, LockError> {
         Self::try_once(dir, OsStr::new(name), libc::F_WRLCK)
     }
 
     /// Whether anyone holds a lock on `name` in `dir` now, asked without taking one and
     /// without write access: works on a read-only mount, and creates nothing (a missing file
     /// is not held). Anything but a regular file there is not held either.
-    pub fn is_held_in(dir: &Dir, name: &str) -> Result<bool, LockError> {
+    pub(crate) fn is_held_in(dir: &Dir, name: &str) -> Result<bool, LockError> {
         let path = dir.join(name);
         let file = match dir.open_read(name) {
             Ok(Some(file)) => file,
@@ -158,7 +151,7 @@ impl FileLock {
     }
 
     /// [`FileLock::is_held_in`] for a path of this process's own (a private cache).
-    pub fn is_held(path: &Path) -> Result<bool, LockError> {
+    pub(crate) fn is_held(path: &Path) -> Result<bool, LockError> {
         let (dir, name) = match parent(path) {
             Ok(found) => found,
             Err(LockError::Io(e)) if e.errno() == Some(libc::ENOENT) => return Ok(false),
@@ -181,7 +174,7 @@ impl FileLock {
 
     /// Replace the locked file's content (a record its holder keeps up to date while it holds
     /// the lock). Readers may see it torn and must read it as untrusted input.
-    pub fn rewrite(&self, contents: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn rewrite(&self, contents: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         self._file.write_all_at(contents, 0)?;
         self._file.set_len(contents.len() as u64)
@@ -189,7 +182,7 @@ impl FileLock {
 
     /// Turn an exclusive lock into a shared one, atomically: there is no moment at which the
     /// file is unlocked.
-    pub fn downgrade(&self) -> Result<(), LockError> {
+    pub(crate) fn downgrade(&self) -> Result<(), LockError> {
         match set_lock(&self._file, &self.path(), libc::F_RDLCK)? {
             true => Ok(()),
             false => Err(IoError::new(
@@ -201,18 +194,18 @@ impl FileLock {
         }
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(&self.name)
     }
 
     /// The file's name in its directory.
-    pub fn name(&self) -> &OsStr {
+    pub(crate) fn name(&self) -> &OsStr {
         &self.name
     }
 
     /// Whether the locked file is still the one at its name. A lock on a file that was deleted
     /// (or replaced) protects nothing: whoever opens the name now locks another file.
-    pub fn is_still_at_path(&self) -> bool {
+    pub(crate) fn is_still_at_path(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         match (self._file.metadata(), self.dir.stat(&self.name)) {
             (Ok(held), Ok(Some(there))) => held.dev() == there.st_dev && held.ino() == there.st_ino,
@@ -273,7 +266,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
         let first = FileLock::acquire_as_holder(&path, Duration::ZERO).unwrap();
-        let err = FileLock::acquire(&path, Duration::from_millis(50)).unwrap_err();
+        let d = Dir::open_path(dir.path()).unwrap();
+        let err = FileLock::acquire_in(&d, "lock", Duration::from_millis(50)).unwrap_err();
         match &err {
             LockError::Busy { holder, .. } => {
                 assert!(holder.as_deref().unwrap_or("").contains("pid"), "{err}")
@@ -281,7 +275,7 @@ mod tests {
             other => panic!("expected Busy, got {other}"),
         }
         drop(first);
-        FileLock::acquire(&path, Duration::ZERO).unwrap();
+        FileLock::acquire_in(&d, "lock", Duration::ZERO).unwrap();
     }
 
     #[test]

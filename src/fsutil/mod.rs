@@ -6,12 +6,11 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 mod dir;
-pub mod lock;
-pub use dir::{is_not_a_directory, is_not_regular, Dir, Found, Kind};
+pub(crate) mod lock;
+pub(crate) use dir::{is_not_a_directory, is_not_regular, Dir, Found, Kind};
 
 /// An I/O failure on a named path: `"<action> <path>: <cause><hint>"`.
 ///
@@ -40,34 +39,8 @@ impl IoError {
     }
 }
 
-/// The hint for the first OS error found in `err`'s chain of causes (errors from gix wrap the
-/// `io::Error` that says "disk full").
-pub fn hint_in_chain(err: &(dyn std::error::Error + 'static)) -> &'static str {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io.raw_os_error().is_some() {
-                return hint(io);
-            }
-        }
-        current = e.source();
-    }
-    // Some layers flatten their cause into text.
-    let text = err.to_string();
-    for (needle, errno) in [
-        ("No space left on device", libc::ENOSPC),
-        ("Disk quota exceeded", libc::EDQUOT),
-        ("Read-only file system", libc::EROFS),
-    ] {
-        if text.contains(needle) {
-            return hint(&io::Error::from_raw_os_error(errno));
-        }
-    }
-    ""
-}
-
 /// What to do about the errno of `err`, as a suffix for an error message (empty if unknown).
-pub fn hint(err: &io::Error) -> &'static str {
+pub(crate) fn hint(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
             " (the filesystem is full: free space or grow the volume; dagsnap retries by itself)"
@@ -84,7 +57,7 @@ pub fn hint(err: &io::Error) -> &'static str {
 }
 
 /// Attach an action and a path to an `io::Result`.
-pub trait Context<T> {
+pub(crate) trait Context<T> {
     fn at(self, action: &'static str, path: &Path) -> Result<T, IoError>;
 }
 
@@ -94,30 +67,10 @@ impl<T> Context<T> for io::Result<T> {
     }
 }
 
-/// Make the entries of `dir` (creations, renames, removals) durable.
-///
-/// A rename is only durable once the directory that holds it has been fsynced; the file data
-/// itself is covered separately by [`sync_filesystem`].
-pub fn fsync_dir(dir: &Path) -> Result<(), IoError> {
-    let handle = fs::File::open(dir).at("open directory for fsync", dir)?;
-    handle.sync_all().at("fsync directory", dir)
-}
-
-/// Flush every dirty page of the filesystem that holds `path` with one `syncfs(2)`.
-///
-/// One call instead of an fsync per file: a snapshot of 10,000 files would otherwise cost
-/// 10,000 synchronous round trips, which on NFS is minutes. The staging directory is private
-/// until it is renamed, so flushing the whole filesystem is the cheapest correct barrier.
-pub fn sync_filesystem(path: &Path) -> Result<(), IoError> {
-    let handle = fs::File::open(path).at("open for syncfs", path)?;
-    nix::unistd::syncfs(handle.as_raw_fd())
-        .map_err(|errno| IoError::new("syncfs", path, io::Error::from(errno)))
-}
-
 /// The process's umask, read from `/proc/self/status` (reading it with `umask(2)` means
 /// changing it for a moment, which other threads would see). `0o777`, the most restrictive, if
 /// it cannot be read.
-pub fn umask() -> u32 {
+pub(crate) fn umask() -> u32 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -138,12 +91,12 @@ pub fn set_group_write(on: bool) {
     GROUP_WRITE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-pub fn group_write() -> bool {
+pub(crate) fn group_write() -> bool {
     GROUP_WRITE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The mode of the directories dagsnap creates under the root.
-pub fn dir_mode() -> u32 {
+pub(crate) fn dir_mode() -> u32 {
     if group_write() {
         0o775
     } else {
@@ -152,7 +105,7 @@ pub fn dir_mode() -> u32 {
 }
 
 /// The mode of the records and lock files dagsnap creates under the root.
-pub fn file_mode() -> u32 {
+pub(crate) fn file_mode() -> u32 {
     if group_write() {
         0o664
     } else {
@@ -162,7 +115,7 @@ pub fn file_mode() -> u32 {
 
 /// Mode bits of a read-only snapshot entry: readable (and searchable) by everyone, writable by
 /// no one. Executable files keep `x` for everyone, as git records only "executable or not".
-pub fn read_only_mode(is_dir: bool, executable: bool) -> u32 {
+pub(crate) fn read_only_mode(is_dir: bool, executable: bool) -> u32 {
     if is_dir || executable {
         0o555
     } else {
@@ -205,19 +158,19 @@ fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr), IoError> {
 /// Readers of small state files see the old or the new version, never a torn one, and a crash
 /// leaves at most a `.tmp-*` file that start-up ignores. For files of this process's own (the
 /// cache's marker, the error file); records under the root go through their store's [`Dir`].
-pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), IoError> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), IoError> {
     let (parent, name) = split(path)?;
     Dir::open_path(parent)?.write_atomically(name, contents)
 }
 
 /// A suffix that does not collide between processes, hosts and threads sharing a directory:
 /// pid plus random bits (the pid alone repeats across pods).
-pub fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
 }
 
 /// This host's name, for naming staging directories and journal entries.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

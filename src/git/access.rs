@@ -157,7 +157,7 @@ impl Default for Access {
 
 /// The parts of a URL that carry credentials, and the URL without them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitUrl {
+pub(crate) struct SplitUrl {
     pub url: String,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -165,7 +165,7 @@ pub struct SplitUrl {
 
 /// Take `user:password@` out of an http(s) URL; other URLs are returned as they are (an ssh
 /// user name is not a secret, and ssh never takes a password from dagsnap).
-pub fn split_credentials(url: &str) -> SplitUrl {
+pub(crate) fn split_credentials(url: &str) -> SplitUrl {
     let unchanged = SplitUrl {
         url: url.to_string(),
         username: None,
@@ -364,7 +364,7 @@ impl Access {
 /// `HTTPS_PROXY` for https and `HTTP_PROXY` for http URLs, else `ALL_PROXY` (upper or lower case),
 /// unless `NO_PROXY` names the host (`*`, the host, or a domain it is in). Returns the variable
 /// and the proxy, its credentials masked.
-pub fn proxy_for(url: &str) -> Option<(String, String)> {
+pub(crate) fn proxy_for(url: &str) -> Option<(String, String)> {
     let (scheme, rest) = url.split_once("://")?;
     let host = rest
         .split(['/', '?'])

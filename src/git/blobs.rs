@@ -29,19 +29,19 @@ const STREAM_CHUNK: usize = 256 << 10;
 
 /// A repository's objects, as the content of a snapshot.
 #[derive(Clone)]
-pub struct RepoBlobs {
+pub(crate) struct RepoBlobs {
     repo: gix::Repository,
 }
 
 impl RepoBlobs {
-    pub fn new(repo: gix::Repository) -> RepoBlobs {
+    pub(crate) fn new(repo: gix::Repository) -> RepoBlobs {
         RepoBlobs {
             repo: super::pages::keep_mapped(repo),
         }
     }
 
     /// Whether this repository has object `id`.
-    pub fn has(&self, id: &gix::oid) -> bool {
+    pub(crate) fn has(&self, id: &gix::oid) -> bool {
         self.repo.has_object(id)
     }
 

@@ -58,7 +58,7 @@ pub struct CommitInfo {
 /// or depth means the directory is re-initialized. The root it publishes into is recorded too,
 /// so that `dagsnap caches --prune` can tell caches of roots that are gone.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CacheRecord {
+pub(crate) struct CacheRecord {
     pub layout: u32,
     pub url: String,
     pub depth: u32,
@@ -72,7 +72,7 @@ impl CacheRecord {
     }
 
     /// The record of the cache in `dir`, if it has a readable one.
-    pub fn read(dir: &Path) -> Option<CacheRecord> {
+    pub(crate) fn read(dir: &Path) -> Option<CacheRecord> {
         let bytes = std::fs::read(dir.join(MARKER)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }

@@ -7,7 +7,7 @@
 
 /// What went wrong and what to do about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Diagnosis {
+pub(crate) struct Diagnosis {
     pub reason: &'static str,
     pub fix: &'static str,
 }
@@ -109,7 +109,7 @@ const KNOWN: &[(&[&str], Diagnosis)] = &[
 
 /// How a request through an HTTP proxy failed, when it failed on the way to the proxy or in it:
 /// the start of a sentence that names the proxy next.
-pub fn explain_proxy_failure(text: &str) -> Option<&'static str> {
+pub(crate) fn explain_proxy_failure(text: &str) -> Option<&'static str> {
     const FAILURES: &[(&[&str], &str)] = &[
         (
             &["tunnel", "Proxy"],
@@ -141,7 +141,7 @@ pub fn explain_proxy_failure(text: &str) -> Option<&'static str> {
 }
 
 /// Recognize `text` (an error chain, possibly with ssh's own log appended).
-pub fn explain(text: &str) -> Option<Diagnosis> {
+pub(crate) fn explain(text: &str) -> Option<Diagnosis> {
     KNOWN
         .iter()
         .find(|(needles, _)| needles.iter().any(|n| text.contains(n)))
@@ -149,7 +149,7 @@ pub fn explain(text: &str) -> Option<Diagnosis> {
 }
 
 /// `text` on one line: ssh logs and some errors span several.
-pub fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '@'))

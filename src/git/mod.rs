@@ -28,23 +28,24 @@
 //! that listing again and has a conversation only if the answer differs. Only a new commit
 //! causes a pack to be negotiated and received.
 
-pub mod access;
+pub(crate) mod access;
 mod blobs;
 mod cache;
-pub mod diagnose;
+pub(crate) mod diagnose;
 mod fetch;
 mod http;
 mod listing;
 mod no_progress;
-pub mod pages;
-pub mod redact;
+pub(crate) mod pages;
+pub(crate) mod redact;
 mod remote;
-pub mod select;
-pub mod submodules;
-pub mod tree;
+pub(crate) mod select;
+pub(crate) mod submodules;
+pub(crate) mod tree;
 
-pub use blobs::RepoBlobs;
-pub use cache::{Cache, CacheRecord, CommitInfo, Observation};
+pub(crate) use blobs::RepoBlobs;
+pub use cache::Cache;
+pub(crate) use cache::{CacheRecord, CommitInfo, Observation};
 pub use remote::{Remote, Target};
 
 use std::path::PathBuf;
@@ -186,13 +187,13 @@ impl SourceError {
 /// Open the repository at `dir` to read its objects, as operator commands do with a cache they
 /// do not own: git's configuration of this host and user ignored, and packs kept mapped while
 /// the handle lives ([`pages::keep_mapped`], which [`pages::release`] relies on).
-pub fn open_for_reading(dir: &std::path::Path) -> gix::error::Result<gix::Repository> {
+pub(crate) fn open_for_reading(dir: &std::path::Path) -> gix::error::Result<gix::Repository> {
     gix::open::Options::isolated()
         .open(dir)
         .map(|repo| pages::keep_mapped(repo.to_thread_local()))
 }
 
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -43,7 +43,7 @@ const WHILE_RUNNING_EVERY: Duration = Duration::from_millis(1);
 /// operator command), never while this runs: it runs on that thread, or on threads it waits for
 /// (the build's workers). [`while_running`] runs beside gix's own work, which maps and unmaps
 /// the pack it receives, and uses `MADV_PAGEOUT` instead.
-pub fn release() {
+pub(crate) fn release() {
     release_with(libc::MADV_DONTNEED);
 }
 
@@ -70,7 +70,7 @@ fn release_with(advice: libc::c_int) {
 /// glibc keeps freed memory in its arenas for reuse; after a build of 100,000 files that is
 /// some 20 MiB (entry lists, the workers' buffers) an idle loop would hold until the next build.
 /// `malloc_trim` returns the free pages of every arena to the kernel.
-pub fn give_back() {
+pub(crate) fn give_back() {
     release();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases memory the allocator holds free; it takes the arenas'
@@ -82,13 +82,13 @@ pub fn give_back() {
 
 /// `repo`, reading through a handle that keeps every pack gix maps for as long as it lives,
 /// even one deleted from disk (see [`release`] for why).
-pub fn keep_mapped(mut repo: gix::Repository) -> gix::Repository {
+pub(crate) fn keep_mapped(mut repo: gix::Repository) -> gix::Repository {
     repo.objects.prevent_pack_unload();
     repo
 }
 
 /// Hand back pack pages if [`EVERY`] has passed since they last were: for readers of objects.
-pub fn release_if_due() {
+pub(crate) fn release_if_due() {
     static START: OnceLock<Instant> = OnceLock::new();
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = START.get_or_init(Instant::now).elapsed().as_micros() as u64;
@@ -110,7 +110,7 @@ pub fn release_if_due() {
 /// The pages of a pack just received are not yet written back, so the kernel unmaps them and
 /// keeps them in the page cache, as `MADV_DONTNEED` would. (Kernels before 5.4 refuse it; the
 /// pages then stay until the fetch ends.)
-pub fn while_running<T>(work: impl FnOnce() -> T) -> T {
+pub(crate) fn while_running<T>(work: impl FnOnce() -> T) -> T {
     let done = Mutex::new(false);
     let wake = Condvar::new();
     let result = std::thread::scope(|scope| {

@@ -36,7 +36,7 @@ impl SelectError {
 }
 
 /// `--subdir`, normalized: no leading or trailing slash, no empty, `.` or `..` component.
-pub fn parse_subdir(value: &str) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn parse_subdir(value: &str) -> Result<Option<Vec<u8>>, String> {
     let trimmed = value.trim().trim_matches('/');
     if trimmed.is_empty() || trimmed == "." {
         return Ok(None);
@@ -52,7 +52,7 @@ pub fn parse_subdir(value: &str) -> Result<Option<Vec<u8>>, String> {
 }
 
 /// The id of the tree at `subdir` of `tree`.
-pub fn subtree(
+pub(crate) fn subtree(
     repo: &gix::Repository,
     tree: ObjectId,
     subdir: &[u8],

@@ -120,7 +120,7 @@ impl SubmoduleError {
 
 /// One submodule of a snapshot, for the manifest and for operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Module {
+pub(crate) struct Module {
     /// Its path in the snapshot (nested ones under their parent's).
     pub path: Vec<u8>,
     pub commit: ObjectId,
@@ -129,7 +129,7 @@ pub struct Module {
 }
 
 /// A commit's entries with its submodules filled in.
-pub struct Expanded {
+pub(crate) struct Expanded {
     pub entries: Entries,
     /// Where the blobs come from: the superproject's repository first.
     pub blobs: ReposBlobs,
@@ -138,7 +138,7 @@ pub struct Expanded {
 
 /// Blobs from several repositories (a superproject and its submodules): each is asked in turn.
 /// Object ids are content hashes, so any repository that has the object has the right one.
-pub struct ReposBlobs(pub Vec<RepoBlobs>);
+pub(crate) struct ReposBlobs(pub Vec<RepoBlobs>);
 
 impl crate::entries::Blobs for ReposBlobs {
     fn read(&self, id: &gix::oid, buf: &mut Vec<u8>) -> Result<(), String> {
@@ -183,7 +183,7 @@ struct Caches {
 }
 
 /// Fills in the submodules of a commit's entries; keeps the submodules' caches between cycles.
-pub struct Expander {
+pub(crate) struct Expander {
     mode: Mode,
     caches: Caches,
     said_off: bool,
@@ -201,7 +201,7 @@ impl std::fmt::Debug for Expander {
 impl Expander {
     /// For a publisher whose cache is `cache_dir`: the submodules' caches live beside its
     /// repository, as private as it is.
-    pub fn new(mode: Mode, cache_dir: &Path, root: &Path) -> Expander {
+    pub(crate) fn new(mode: Mode, cache_dir: &Path, root: &Path) -> Expander {
         Expander {
             mode,
             caches: Caches {
@@ -215,7 +215,7 @@ impl Expander {
 
     /// `tree`'s entries (fetched from `remote`) with every submodule the mode asks for filled
     /// in.
-    pub fn expand(
+    pub(crate) fn expand(
         &mut self,
         remote: &Remote,
         tree: Tree,
@@ -474,7 +474,7 @@ impl Expander {
 /// `cache_dir` hold them, read as they are (no lock, no fetch): what `verify` checks a
 /// snapshot with submodules against. `modules` are the manifest's (path, commit, URL as
 /// recorded); returns the entries under their paths and the repositories that hold them.
-pub fn cached_modules(
+pub(crate) fn cached_modules(
     cache_dir: &Path,
     modules: &[(Vec<u8>, ObjectId, String)],
 ) -> Result<(Vec<Entry>, Vec<gix::Repository>), SubmoduleError> {
@@ -521,7 +521,7 @@ pub fn cached_modules(
 }
 
 /// A tree whose submodules are to be filled in.
-pub struct Tree {
+pub(crate) struct Tree {
     /// The repository holding it.
     pub repo: gix::Repository,
     pub entries: Entries,
@@ -577,7 +577,7 @@ fn trim_slash(path: &[u8]) -> &[u8] {
 }
 
 /// The content of `.gitmodules` at the top of the tree `tree` (a commit's), if there is one.
-pub fn gitmodules_of_tree(
+pub(crate) fn gitmodules_of_tree(
     repo: &gix::Repository,
     tree: ObjectId,
 ) -> Result<Option<Vec<u8>>, String> {
@@ -647,7 +647,7 @@ fn prepare_modules_dir(dir: &Path) -> Result<(), SourceError> {
 /// as git does: `./x` and `../x` are relative to that repository (each `../` drops one path
 /// component of its URL; the scheme and host, or scp-like `host:`, stay), anything else is
 /// used as it is.
-pub fn resolve_url(base: &str, url: &str) -> Result<String, String> {
+pub(crate) fn resolve_url(base: &str, url: &str) -> Result<String, String> {
     if !(url.starts_with("./") || url.starts_with("../")) {
         return Ok(url.to_string());
     }
@@ -701,7 +701,7 @@ fn submodule_remote(parent: &Remote, url: &str, commit: ObjectId) -> Result<Remo
 }
 
 /// Scheme, host and port of a URL, to tell whether two URLs reach the same server.
-pub fn server_of(url: &str) -> Option<(String, String, Option<u16>)> {
+pub(crate) fn server_of(url: &str) -> Option<(String, String, Option<u16>)> {
     let parsed = gix::url::parse(gix::bstr::BStr::new(url)).ok()?;
     Some((
         parsed.scheme.as_str().to_string(),

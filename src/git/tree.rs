@@ -34,7 +34,7 @@ impl TreeError {
 }
 
 /// Every file, symlink and submodule of `tree`, with sizes unknown (0) until written.
-pub fn entries(repo: &gix::Repository, tree: ObjectId) -> Result<Entries, TreeError> {
+pub(crate) fn entries(repo: &gix::Repository, tree: ObjectId) -> Result<Entries, TreeError> {
     let mut out = Vec::new();
     let mut prefix = Vec::new();
     let walked = walk(repo, tree, &mut prefix, &mut out);

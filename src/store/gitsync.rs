@@ -32,7 +32,7 @@ const TEMP_LINK: &str = "tmp-link";
 const V3_PREFIX: &str = "rev-";
 
 /// Whether `name`, at the top of a root, is one of git-sync's files.
-pub fn is_git_sync_entry(name: &OsStr) -> bool {
+pub(crate) fn is_git_sync_entry(name: &OsStr) -> bool {
     let Some(name) = name.to_str() else {
         return false;
     };
@@ -43,7 +43,7 @@ pub fn is_git_sync_entry(name: &OsStr) -> bool {
 }
 
 /// Whether the root holds any of git-sync's files.
-pub fn present(root: &Path) -> bool {
+pub(crate) fn present(root: &Path) -> bool {
     fs::read_dir(root).is_ok_and(|entries| {
         entries
             .filter_map(Result::ok)
@@ -54,7 +54,7 @@ pub fn present(root: &Path) -> bool {
 /// The commit and worktree directory a link's `target` names, if it is one of git-sync's
 /// worktrees in `root`. `link_dir` is the directory holding the link (relative targets are
 /// relative to it).
-pub fn worktree_of(root: &Path, link_dir: &Path, target: &Path) -> Option<(String, PathBuf)> {
+pub(crate) fn worktree_of(root: &Path, link_dir: &Path, target: &Path) -> Option<(String, PathBuf)> {
     let absolute = if target.is_absolute() {
         target.to_path_buf()
     } else {
@@ -84,7 +84,7 @@ pub fn worktree_of(root: &Path, link_dir: &Path, target: &Path) -> Option<(Strin
 /// When git-sync last wrote the root: the newest modification among its repository's
 /// bookkeeping (what a fetch, a new worktree or a cleanup changes), its worktrees, and the link
 /// if the link is git-sync's (`link_is_git_sync`).
-pub fn last_write(root: &Path, link: &Path, link_is_git_sync: bool) -> Option<SystemTime> {
+pub(crate) fn last_write(root: &Path, link: &Path, link_is_git_sync: bool) -> Option<SystemTime> {
     let git = root.join(GIT_DIR);
     let mut watched = vec![
         git.clone(),
@@ -131,7 +131,7 @@ pub fn last_write(root: &Path, link: &Path, link_is_git_sync: bool) -> Option<Sy
 /// one of them (dagsnap's own link, when `--link` is `.git` or `tmp-link`, as git-sync's
 /// defaults make it with `--repo=…/.git`), anything at `link_top` (the first component of the
 /// configured link), and anything else under those names stays.
-pub fn remove(root: &Dir, link_top: &OsStr) -> Result<Vec<PathBuf>, IoError> {
+pub(crate) fn remove(root: &Dir, link_top: &OsStr) -> Result<Vec<PathBuf>, IoError> {
     let mut found: Vec<(std::ffi::OsString, Kind)> = Vec::new();
     for (name, kind) in root.entries()? {
         if !is_git_sync_entry(&name) || name == link_top {

@@ -49,7 +49,7 @@ use super::StoreError;
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::{self, is_not_a_directory, Dir, Found, IoError};
 
-pub const STORE_DIR: &str = ".dagsnap";
+pub(crate) const STORE_DIR: &str = ".dagsnap";
 pub(super) const SNAPSHOTS_DIR: &str = "snapshots";
 pub(super) const MANIFESTS_DIR: &str = "manifests";
 pub(super) const STAGING_PREFIX: &str = ".staging-";
@@ -80,7 +80,7 @@ const OPTIONAL_DIRS: &[&str] = &[
 /// may lie and still be believed. Clocks of NTP-synchronized nodes differ by milliseconds; an
 /// observation further ahead comes from a clock that ran ahead (or this one was stepped back),
 /// and trusting it would stop every correctly clocked publisher until that time.
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
 /// Proof that the root's lock is held, required by every operation that moves the link.
 #[derive(Debug)]
@@ -456,7 +456,7 @@ fn millis() -> u128 {
 }
 
 /// A full SHA-1 or SHA-256 commit id in lowercase hex.
-pub fn is_commit_id(name: &str) -> bool {
+pub(crate) fn is_commit_id(name: &str) -> bool {
     (name.len() == 40 || name.len() == 64)
         && name
             .bytes()

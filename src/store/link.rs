@@ -20,10 +20,10 @@ use crate::fsutil::{self, Dir, IoError, Kind};
 /// Prefix of the temporary links [`swap`] creates next to the link. It starts with `.dagsnap`
 /// so the `.airflowignore` that dagsnap writes hides a leftover one from Airflow, and start-up
 /// recognizes and removes leftovers after a crash.
-pub const TEMP_PREFIX: &str = ".dagsnap-link-";
+pub(crate) const TEMP_PREFIX: &str = ".dagsnap-link-";
 
 /// What [`Root::desired`] says when the pin names the commit.
-pub const BY_PIN: &str = "the pin";
+pub(crate) const BY_PIN: &str = "the pin";
 
 /// The action of the error [`open_parent`] fails with when a directory on the way is not one.
 const NOT_A_LINK_DIR: &str = "use as the link's directory";
@@ -315,7 +315,7 @@ impl Root {
 }
 
 /// When the link at `link_rel` under `root` was last swapped, if there is one.
-pub fn link_modified(root: &Path, link_rel: &Path) -> Option<SystemTime> {
+pub(crate) fn link_modified(root: &Path, link_rel: &Path) -> Option<SystemTime> {
     let dir = open_parent(root, link_rel).ok()?;
     let stat = dir.stat(file_name(link_rel)).ok()??;
     Some(
@@ -349,7 +349,7 @@ pub fn link_modified(root: &Path, link_rel: &Path) -> Option<SystemTime> {
 ///
 /// `target` is stored as given; callers pass a path relative to the link's directory so the
 /// link resolves the same in every pod, whatever the volume's mount point.
-pub fn swap(root: &Path, link_rel: &Path, target: &Path) -> Result<(), IoError> {
+pub(crate) fn swap(root: &Path, link_rel: &Path, target: &Path) -> Result<(), IoError> {
     // (1)
     let dir = open_parent(root, link_rel)?;
     let name = file_name(link_rel);
@@ -369,7 +369,7 @@ pub fn swap(root: &Path, link_rel: &Path, target: &Path) -> Result<(), IoError> 
 /// `root` with `O_NOFOLLOW` at every step: each directory between the root and the link must be
 /// a real directory, so the link can never land outside the root through a symlink. (`root`
 /// itself is the operator's choice and may be reached through symlinks.)
-pub fn open_parent(root: &Path, link_rel: &Path) -> Result<Dir, IoError> {
+pub(crate) fn open_parent(root: &Path, link_rel: &Path) -> Result<Dir, IoError> {
     let mut dir = Dir::open_path(root)?;
     let parents: Vec<Component> = link_rel
         .parent()
@@ -404,7 +404,7 @@ pub fn open_parent(root: &Path, link_rel: &Path) -> Result<Dir, IoError> {
 /// The link's target as stored, or `None` if there is no link (or no directory for it yet).
 /// Anything at that path that is not a symlink is an error: it is something dagsnap did not
 /// create.
-pub fn read(root: &Path, link_rel: &Path) -> Result<Option<PathBuf>, ReadError> {
+pub(crate) fn read(root: &Path, link_rel: &Path) -> Result<Option<PathBuf>, ReadError> {
     let dir = match open_parent(root, link_rel) {
         Ok(dir) => dir,
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
@@ -425,7 +425,7 @@ pub fn read(root: &Path, link_rel: &Path) -> Result<Option<PathBuf>, ReadError> 
 }
 
 /// Remove temporary links a crash left between steps 2 and 3 of [`swap`].
-pub fn remove_stale_temporaries(root: &Path, link_rel: &Path) -> Result<(), IoError> {
+pub(crate) fn remove_stale_temporaries(root: &Path, link_rel: &Path) -> Result<(), IoError> {
     let dir = match open_parent(root, link_rel) {
         Ok(dir) => dir,
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(()),
@@ -450,7 +450,7 @@ pub fn remove_stale_temporaries(root: &Path, link_rel: &Path) -> Result<(), IoEr
 
 /// The relative path from the directory of a link at `link_rel` (relative to a root) back up to
 /// that root: `""` for `current`, `"../"` for `dags/current`.
-pub fn path_to_root(link_rel: &Path) -> PathBuf {
+pub(crate) fn path_to_root(link_rel: &Path) -> PathBuf {
     let depth = link_rel
         .components()
         .filter(|c| matches!(c, Component::Normal(_)))

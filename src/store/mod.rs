@@ -18,21 +18,25 @@
 mod adopt;
 mod error;
 pub mod gc;
-pub mod gitsync;
+pub(crate) mod gitsync;
 mod layout;
 mod lifecycle;
-pub mod link;
-pub mod records;
-pub mod repair;
-pub mod snapshot;
-pub mod volume;
+pub(crate) mod link;
+pub(crate) mod records;
+pub(crate) mod repair;
+pub(crate) mod snapshot;
+pub(crate) mod volume;
 
-pub use adopt::{Created, GitSyncLive};
 pub use error::StoreError;
-pub use layout::{is_commit_id, Root, RootLock, Store, MAX_CLOCK_SKEW, STORE_DIR};
-pub use lifecycle::{Installed, Staging, StagingDir, StoreEntry};
-pub use link::{Current, Decision, BY_PIN};
-pub use records::{
-    rfc3339, Cause, CheckClaim, Claim, DirIdentity, Expected, LinkHistory, LockFault, LockWitness,
-    Manifest, ModuleRecord, Observed, Pin, Publication, SourceRecord, Verdict,
+pub use layout::Root;
+pub use records::{rfc3339, Cause, Publication};
+
+pub(crate) use adopt::{Created, GitSyncLive};
+pub(crate) use layout::{is_commit_id, RootLock, Store, MAX_CLOCK_SKEW, STORE_DIR};
+pub(crate) use lifecycle::Installed;
+pub(crate) use link::{Current, Decision, BY_PIN};
+pub(crate) use records::{
+    CheckClaim, Claim, Expected, LockFault, LockWitness, Manifest, ModuleRecord, Pin,
+    SourceRecord, Verdict,
 };
+

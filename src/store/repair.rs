@@ -24,7 +24,7 @@ pub enum RepairError {
 
 /// Who repairs, for the journal entry.
 #[derive(Debug, Clone)]
-pub struct Repairer {
+pub(crate) struct Repairer {
     pub host: String,
     pub pid: u32,
     pub repo: String,
@@ -35,7 +35,7 @@ pub struct Repairer {
 
 /// One repair of the snapshot of `commit`: where, with what settings, watched by whom.
 #[derive(Clone, Copy)]
-pub struct Repair<'a> {
+pub(crate) struct Repair<'a> {
     pub root: &'a Root,
     pub commit: &'a str,
     /// The damaged snapshot's manifest (or what it should have been): the rebuilt copy gets it,
@@ -66,7 +66,7 @@ impl Repair<'_> {
     /// A crash leaves the link on a complete copy of the commit: the damaged one (before 2), the
     /// fresh one (2 to 5), or the rebuilt one. [`Repair::finish`] does 3 to 6, and so completes
     /// an interrupted repair.
-    pub fn run(
+    pub(crate) fn run(
         &self,
         entries: Entries,
         blobs: &dyn Blobs,
@@ -84,7 +84,7 @@ impl Repair<'_> {
     /// Steps 3 to 6 of [`Repair::run`]: retire the damaged `snapshots/<commit>`, rebuild it from
     /// the fresh copy in `snapshots/.repair/<commit>` by hard links, swap the link back, retire
     /// the fresh copy's name. Also what completes a repair that was interrupted after step 2.
-    pub fn finish(&self, entries: &Entries, blobs: &dyn Blobs) -> Result<(), RepairError> {
+    pub(crate) fn finish(&self, entries: &Entries, blobs: &dyn Blobs) -> Result<(), RepairError> {
         let (root, commit) = (self.root, self.commit);
         // (3)
         {

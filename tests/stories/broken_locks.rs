@@ -14,14 +14,14 @@ use crate::servers::free_port;
 use crate::support::*;
 
 /// FUSE mounts of one directory, each its own client: unmounted when dropped.
-pub struct Mounts {
+pub(crate) struct Mounts {
     pub points: Vec<PathBuf>,
     /// The FUSE daemons: stopping one (SIGSTOP) stalls its mount, as a hung NFS server would.
     pub daemons: Vec<Group>,
 }
 
 impl Mounts {
-    pub fn of(shared: &Path, scratch: &Scratch, count: usize) -> Option<Mounts> {
+    pub(crate) fn of(shared: &Path, scratch: &Scratch, count: usize) -> Option<Mounts> {
         if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
             skip(
                 "root and /dev/fuse, for FUSE mounts",

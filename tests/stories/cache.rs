@@ -2,7 +2,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use dagsnap::git::{Cache, Remote as Source, Target};
+use dagsnap::{Cache, Remote as Source, Target};
 
 use crate::support::*;
 

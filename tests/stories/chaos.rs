@@ -46,7 +46,7 @@ fn damage(path: &Path, how: Damage) {
             .and_then(|f| f.set_len(0)),
         (Damage::Truncate, true) => Ok(()),
         (Damage::Delete, false) => fs::remove_file(path),
-        (Damage::Delete, true) => dagsnap::fsutil::remove_tree(path).map_err(|e| e.source),
+        (Damage::Delete, true) => dagsnap::remove_tree(path).map_err(|e| e.source),
         (Damage::Unreadable, _) => fs::set_permissions(path, fs::Permissions::from_mode(0o000)),
     };
     // A file the loop replaced meanwhile is fine; anything else is the story's own bug.

@@ -261,7 +261,7 @@ fn rollback_refuses_a_snapshot_replaced_on_disk() {
     let scratch = Scratch::new();
     let commits = publish_versions(&remote, &scratch, 2, "v");
     let old = scratch.root().join(SNAPSHOTS).join(&commits[0]);
-    dagsnap::fsutil::remove_tree(&old).unwrap();
+    dagsnap::remove_tree(&old).unwrap();
     fs::create_dir(&old).unwrap();
     fs::write(old.join("a.py"), "planted\n").unwrap();
 

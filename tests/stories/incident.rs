@@ -196,7 +196,7 @@ fn rolling_back_again_goes_further_back_and_never_forward() {
     let v = publish_versions(&remote, &scratch, 5, "v");
     // v1 is evicted: rollback steps over it and says so.
     let old = scratch.root().join(SNAPSHOTS).join(&v[1]);
-    dagsnap::fsutil::remove_tree(&old).unwrap();
+    dagsnap::remove_tree(&old).unwrap();
 
     let out = on_root(
         &scratch,
@@ -477,7 +477,7 @@ fn a_pinned_snapshot_deleted_by_hand_is_rebuilt_and_stays_pinned() {
     assert!(on_root(&scratch, &["pin", "--reason", "release freeze"])
         .status
         .success());
-    dagsnap::fsutil::remove_tree(&scratch.root().join(SNAPSHOTS).join(&pinned)).unwrap();
+    dagsnap::remove_tree(&scratch.root().join(SNAPSHOTS).join(&pinned)).unwrap();
 
     let out = sync_once(&scratch, &remote.url(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -237,7 +237,7 @@ fn a_snapshot_deleted_by_hand_is_republished() {
     let scratch = Scratch::new();
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
     let snapshot = scratch.root().join(SNAPSHOTS).join(&commit);
-    dagsnap::fsutil::remove_tree(&snapshot).unwrap();
+    dagsnap::remove_tree(&snapshot).unwrap();
 
     let out = sync_once(&scratch, &remote.url(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -308,7 +308,7 @@ fn every_option_reads_from_the_environment() {
 #[test]
 fn every_sync_option_has_its_environment_variable() {
     use clap::CommandFactory;
-    let cli = dagsnap::cli::Cli::command();
+    let cli = dagsnap::Cli::command();
     let sync = cli.find_subcommand("sync").unwrap();
     let mut wrong = Vec::new();
     let mut checked = 0;

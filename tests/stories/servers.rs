@@ -21,7 +21,7 @@ fn require(binary: &str, package: &str) -> PathBuf {
     panic!("{binary} is not installed: apt-get install {package} (.ci/run does this)");
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -42,7 +42,7 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
 }
 
 /// Where the server's repositories live: bare clones of fixture repositories.
-pub fn publish_bare(source: &Path, projects: &Path, name: &str) -> PathBuf {
+pub(crate) fn publish_bare(source: &Path, projects: &Path, name: &str) -> PathBuf {
     let bare = projects.join(name);
     if bare.exists() {
         fs::remove_dir_all(&bare).unwrap();
@@ -60,7 +60,7 @@ pub fn publish_bare(source: &Path, projects: &Path, name: &str) -> PathBuf {
 /// Repositories are served three ways: `/<name>` anonymously, `/private/<name>` behind HTTP
 /// basic auth, and `/forbidden/<name>` always answering 403. With `tls`, nginx speaks HTTPS
 /// with a certificate from a CA made for the test (`ca_file`).
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     pub port: u16,
     pub projects: PathBuf,
     pub tls: bool,
@@ -73,7 +73,7 @@ pub struct HttpServer {
 
 /// Which door of the server a URL goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Door {
+pub(crate) enum Door {
     Public,
     Private,
     Forbidden,
@@ -157,16 +157,16 @@ fn make_certificates(dir: &Path) {
 }
 
 impl HttpServer {
-    pub fn start() -> HttpServer {
+    pub(crate) fn start() -> HttpServer {
         Self::start_with(false, "git-user", "initial-password")
     }
 
-    pub fn start_with(tls: bool, user: &str, password: &str) -> HttpServer {
+    pub(crate) fn start_with(tls: bool, user: &str, password: &str) -> HttpServer {
         Self::start_tuned(tls, user, password, "")
     }
 
     /// A server with `directives` added to nginx's `http` block (keep-alive limits, say).
-    pub fn start_tuned(tls: bool, user: &str, password: &str, directives: &str) -> HttpServer {
+    pub(crate) fn start_tuned(tls: bool, user: &str, password: &str, directives: &str) -> HttpServer {
         let nginx = require("nginx", "nginx");
         let fcgiwrap = require("fcgiwrap", "fcgiwrap");
         let backend = Path::new("/usr/lib/git-core/git-http-backend");
@@ -294,12 +294,12 @@ http {{
     }
 
     /// Serve `source` as `name`; returns its anonymous URL.
-    pub fn serve(&self, source: &Path, name: &str) -> String {
+    pub(crate) fn serve(&self, source: &Path, name: &str) -> String {
         publish_bare(source, &self.projects, name);
         self.url(Door::Public, name)
     }
 
-    pub fn url(&self, door: Door, name: &str) -> String {
+    pub(crate) fn url(&self, door: Door, name: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         let prefix = match door {
             Door::Public => "",
@@ -311,14 +311,14 @@ http {{
     }
 
     /// Every request nginx answered so far, one line each ("combined" format).
-    pub fn access_log(&self) -> String {
+    pub(crate) fn access_log(&self) -> String {
         fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default()
     }
 
     /// Give the server a certificate signed by a new CA, written over `ca_file`, and wait until
     /// nginx presents it (it reloads on SIGHUP) and its old worker, which holds the connections
     /// made before, has exited.
-    pub fn rotate_certificate(&self) {
+    pub(crate) fn rotate_certificate(&self) {
         assert!(self.tls, "an http server has no certificate");
         let d = self._dir.path();
         let new = d.join("rotated");
@@ -355,14 +355,14 @@ http {{
     }
 
     /// Change the basic-auth password (nginx reads the file on every request).
-    pub fn set_password(&self, user: &str, password: &str) {
+    pub(crate) fn set_password(&self, user: &str, password: &str) {
         let tmp = self.htpasswd.with_extension("new");
         fs::write(&tmp, format!("{user}:{{PLAIN}}{password}\n")).unwrap();
         fs::rename(&tmp, &self.htpasswd).unwrap();
     }
 
     /// Bring the served copy up to date with `source`.
-    pub fn update(&self, source: &Path, name: &str) {
+    pub(crate) fn update(&self, source: &Path, name: &str) {
         crate::support::git(
             &self.projects.join(name),
             &[
@@ -376,13 +376,13 @@ http {{
 }
 
 /// A TCP server that accepts connections and then says nothing, ever.
-pub struct SilentServer {
+pub(crate) struct SilentServer {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SilentServer {
-    pub fn start() -> SilentServer {
+    pub(crate) fn start() -> SilentServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -408,7 +408,7 @@ impl Drop for SilentServer {
 }
 
 /// OpenSSH's sshd on a high port, with a generated host key and one authorized client key.
-pub struct SshServer {
+pub(crate) struct SshServer {
     pub port: u16,
     pub user: String,
     pub client_key: PathBuf,
@@ -422,13 +422,13 @@ pub struct SshServer {
 const GIT_SHELL_USER: &str = "dagsnap-git";
 
 impl SshServer {
-    pub fn start() -> SshServer {
+    pub(crate) fn start() -> SshServer {
         Self::start_as(None)
     }
 
     /// An sshd whose account for the tests is a `git-shell` user (created if missing; needs
     /// root). Without root, the current user is used.
-    pub fn start_git_shell() -> SshServer {
+    pub(crate) fn start_git_shell() -> SshServer {
         if !nix::unistd::geteuid().is_root() {
             return Self::start_as(None);
         }
@@ -541,7 +541,7 @@ impl SshServer {
     }
 
     /// Serve `source` as `name`; returns the repository's absolute path on the server.
-    pub fn serve(&self, source: &Path, name: &str) -> PathBuf {
+    pub(crate) fn serve(&self, source: &Path, name: &str) -> PathBuf {
         let bare = publish_bare(source, &self.projects, name);
         if self.user == GIT_SHELL_USER {
             // git refuses to serve a repository owned by someone else ("dubious ownership").
@@ -558,7 +558,7 @@ impl SshServer {
     }
 
     /// The `ssh://user@127.0.0.1:port/path` URL of a served repository.
-    pub fn url_of(&self, path: &Path) -> String {
+    pub(crate) fn url_of(&self, path: &Path) -> String {
         format!(
             "ssh://{}@127.0.0.1:{}{}",
             self.user,
@@ -567,14 +567,14 @@ impl SshServer {
         )
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self._dir.path().join("sshd.log")).unwrap_or_default()
     }
 }
 
 /// One request a [`WebhookReceiver`] got.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     pub method: String,
     pub path: String,
     /// Header names in lower case.
@@ -583,7 +583,7 @@ pub struct Received {
 }
 
 impl Received {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -592,14 +592,14 @@ impl Received {
 }
 
 /// A receiver for webhooks: answers every request with `status` and remembers it.
-pub struct WebhookReceiver {
+pub(crate) struct WebhookReceiver {
     pub port: u16,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WebhookReceiver {
-    pub fn start(status: u16) -> WebhookReceiver {
+    pub(crate) fn start(status: u16) -> WebhookReceiver {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -661,11 +661,11 @@ impl WebhookReceiver {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    pub fn requests(&self) -> Vec<Received> {
+    pub(crate) fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }

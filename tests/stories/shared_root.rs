@@ -102,7 +102,7 @@ fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
             .status
             .success()
     );
-    let root = dagsnap::store::Root::new(&root_path, Path::new("current")).unwrap();
+    let root = dagsnap::Root::new(&root_path, Path::new("current")).unwrap();
 
     // Hold the root's lock, as a publisher in the middle of a swap would.
     let lock = root.lock(Duration::ZERO).unwrap();
@@ -119,9 +119,9 @@ fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
         root_path.join(SNAPSHOTS).join(&c2).is_dir()
     });
     // B wins the lock first: stand in for it through the library, with B's observation.
-    let b_publication = dagsnap::store::Publication {
+    let b_publication = dagsnap::Publication {
         commit: c2.clone(),
-        cause: dagsnap::store::Cause::Sync,
+        cause: dagsnap::Cause::Sync,
         observed_at: SystemTime::now(),
         published_at: SystemTime::now(),
         host: "stand-in-for-b".into(),
@@ -367,7 +367,7 @@ fn a_busy_root_lock_skips_cycles_with_a_warning_and_publishes_once_free() {
     let first = remote.commit(&[("a.py", "1\n")], "one");
     let scratch = Scratch::new();
     assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
-    let root = dagsnap::store::Root::new(&scratch.root(), Path::new("current")).unwrap();
+    let root = dagsnap::Root::new(&scratch.root(), Path::new("current")).unwrap();
     // Another publisher (or a wedged NFS lock) holds the root's lock.
     let held = root.lock(Duration::ZERO).unwrap();
     let second = remote.commit(&[("a.py", "2\n")], "two");

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const SNAPSHOTS: &str = ".dagsnap/snapshots";
+pub(crate) const SNAPSHOTS: &str = ".dagsnap/snapshots";
 
 /// Run git in `dir` with no user or system configuration leaking in.
-pub fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let output = git_command(dir).args(args).output().expect("git runs");
     assert!(
         output.status.success(),
@@ -39,13 +39,13 @@ fn git_command(dir: &Path) -> Command {
 }
 
 /// A repository the tests push commits into; dagsnap fetches from it over file://.
-pub struct Remote {
+pub(crate) struct Remote {
     pub dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
 impl Remote {
-    pub fn new() -> Remote {
+    pub(crate) fn new() -> Remote {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("dags-repo");
         fs::create_dir(&dir).unwrap();
@@ -53,16 +53,16 @@ impl Remote {
         Remote { dir, _tmp: tmp }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("file://{}", self.dir.display())
     }
 
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         self.dir.display().to_string()
     }
 
     /// Write files (path, content), stage everything, commit; returns the commit id.
-    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+    pub(crate) fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
         for (path, content) in files {
             let full = self.dir.join(path);
             if let Some(parent) = full.parent() {
@@ -73,17 +73,17 @@ impl Remote {
         self.commit_all(message)
     }
 
-    pub fn commit_all(&self, message: &str) -> String {
+    pub(crate) fn commit_all(&self, message: &str) -> String {
         git(&self.dir, &["add", "-A"]);
         git(&self.dir, &["commit", "-q", "--allow-empty", "-m", message]);
         self.head()
     }
 
-    pub fn head(&self) -> String {
+    pub(crate) fn head(&self) -> String {
         git(&self.dir, &["rev-parse", "HEAD"])
     }
 
-    pub fn git(&self, args: &[&str]) -> String {
+    pub(crate) fn git(&self, args: &[&str]) -> String {
         git(&self.dir, args)
     }
 
@@ -91,7 +91,7 @@ impl Remote {
     /// takes names the worktree or `git add` would refuse (`.GIT`, a 300-byte name, a path
     /// longer than PATH_MAX). The index and worktree are left alone, so use a remote for either
     /// this or [`Remote::commit`], not both.
-    pub fn commit_tree(&self, files: &[TreeFile], message: &str) -> String {
+    pub(crate) fn commit_tree(&self, files: &[TreeFile], message: &str) -> String {
         #[derive(Default)]
         struct Dir(BTreeMap<Vec<u8>, Node>);
         enum Node {
@@ -149,27 +149,27 @@ impl Remote {
 }
 
 /// One file of [`Remote::commit_tree`]: a path as bytes, its content, and git's mode.
-pub struct TreeFile {
+pub(crate) struct TreeFile {
     pub path: Vec<u8>,
     pub content: Vec<u8>,
     pub mode: &'static str,
 }
 
 impl TreeFile {
-    pub fn file(path: impl Into<Vec<u8>>, content: impl Into<Vec<u8>>) -> TreeFile {
+    pub(crate) fn file(path: impl Into<Vec<u8>>, content: impl Into<Vec<u8>>) -> TreeFile {
         TreeFile {
             path: path.into(),
             content: content.into(),
             mode: "100644",
         }
     }
-    pub fn executable(path: impl Into<Vec<u8>>, content: impl Into<Vec<u8>>) -> TreeFile {
+    pub(crate) fn executable(path: impl Into<Vec<u8>>, content: impl Into<Vec<u8>>) -> TreeFile {
         TreeFile {
             mode: "100755",
             ..TreeFile::file(path, content)
         }
     }
-    pub fn symlink(path: impl Into<Vec<u8>>, target: impl Into<Vec<u8>>) -> TreeFile {
+    pub(crate) fn symlink(path: impl Into<Vec<u8>>, target: impl Into<Vec<u8>>) -> TreeFile {
         TreeFile {
             mode: "120000",
             ..TreeFile::file(path, target)
@@ -199,7 +199,7 @@ fn pipe_git(dir: &Path, args: &[&str], input: &[u8]) -> String {
 impl Remote {
     /// Create `count` commits on `branch` in one `git fast-import` run, each holding
     /// `files_per_commit` files whose content names the commit's number. Returns the ids.
-    pub fn fast_commits(&self, branch: &str, count: usize, files_per_commit: usize) -> Vec<String> {
+    pub(crate) fn fast_commits(&self, branch: &str, count: usize, files_per_commit: usize) -> Vec<String> {
         let mut stream = String::new();
         for i in 1..=count {
             stream.push_str(&format!(
@@ -249,42 +249,42 @@ impl Remote {
 }
 
 /// A scratch area for one story: a root, a cache, and a HOME that is not the developer's.
-pub struct Scratch {
+pub(crate) struct Scratch {
     pub tmp: tempfile::TempDir,
 }
 
 impl Scratch {
-    pub fn new() -> Scratch {
+    pub(crate) fn new() -> Scratch {
         Scratch {
             tmp: tempfile::tempdir().unwrap(),
         }
     }
-    pub fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.tmp.path().join("root")
     }
-    pub fn cache(&self) -> PathBuf {
+    pub(crate) fn cache(&self) -> PathBuf {
         self.tmp.path().join("cache")
     }
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 }
 
 /// The dagsnap binary with a clean environment: no DAGSNAP_* from the developer's shell, text
 /// logs, a private HOME, no stdin.
-pub fn dagsnap(home: &Path) -> Command {
+pub(crate) fn dagsnap(home: &Path) -> Command {
     dagsnap_via(&[], home)
 }
 
 /// [`dagsnap`] run through a wrapper such as `["unshare", "-n"]` or `["setpriv", ...]`.
-pub fn dagsnap_via(wrapper: &[&str], home: &Path) -> Command {
+pub(crate) fn dagsnap_via(wrapper: &[&str], home: &Path) -> Command {
     program_via(wrapper, Path::new(env!("CARGO_BIN_EXE_dagsnap")), home)
 }
 
 /// The dagsnap binary under the name `git-sync` (a symlink in `home`, as an image that replaces
 /// git-sync's has it), with [`dagsnap`]'s clean environment and no GITSYNC_* or GIT_* settings
 /// from the developer's shell.
-pub fn git_sync_via(wrapper: &[&str], home: &Path) -> Command {
+pub(crate) fn git_sync_via(wrapper: &[&str], home: &Path) -> Command {
     let bin = home.join("bin");
     fs::create_dir_all(&bin).unwrap();
     let link = bin.join("git-sync");
@@ -335,18 +335,18 @@ fn program_via(wrapper: &[&str], binary: &Path, home: &Path) -> Command {
 }
 
 /// `dagsnap sync --one-time` of `repo` into the scratch root, with extra arguments.
-pub fn sync_once(scratch: &Scratch, repo: &str, extra: &[&str]) -> Output {
+pub(crate) fn sync_once(scratch: &Scratch, repo: &str, extra: &[&str]) -> Output {
     sync_once_with(scratch, &scratch.cache(), repo, extra)
 }
 
-pub fn sync_once_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Output {
+pub(crate) fn sync_once_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Output {
     sync_once_command(scratch, cache, repo, extra)
         .output()
         .unwrap()
 }
 
 /// The command of [`sync_once_with`], for callers that add environment variables.
-pub fn sync_once_command(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Command {
+pub(crate) fn sync_once_command(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Command {
     let mut cmd = dagsnap(scratch.tmp.path());
     cmd.args(["sync", "--one-time", "--repo", repo])
         .arg("--root")
@@ -358,16 +358,16 @@ pub fn sync_once_command(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&
 }
 
 /// Start `dagsnap sync` as a loop in the background (stderr captured to a file).
-pub fn spawn_loop(scratch: &Scratch, repo: &str, extra: &[&str]) -> Daemon {
+pub(crate) fn spawn_loop(scratch: &Scratch, repo: &str, extra: &[&str]) -> Daemon {
     spawn_loop_with(scratch, &scratch.cache(), repo, extra)
 }
 
-pub fn spawn_loop_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Daemon {
+pub(crate) fn spawn_loop_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Daemon {
     spawn_loop_in_env(scratch, cache, repo, extra, &[])
 }
 
 /// [`spawn_loop_with`], with `env` added to the loop's environment.
-pub fn spawn_loop_in_env(
+pub(crate) fn spawn_loop_in_env(
     scratch: &Scratch,
     cache: &Path,
     repo: &str,
@@ -393,10 +393,10 @@ pub fn spawn_loop_in_env(
 
 /// A child process in a process group of its own, killed with everything it started when the
 /// guard is dropped, so that a failed assertion never leaves a server or a loop running.
-pub struct Group(pub Child);
+pub(crate) struct Group(pub Child);
 
 impl Group {
-    pub fn spawn(cmd: &mut Command) -> Group {
+    pub(crate) fn spawn(cmd: &mut Command) -> Group {
         Group(
             cmd.process_group(0)
                 .spawn()
@@ -404,7 +404,7 @@ impl Group {
         )
     }
 
-    pub fn pid(&self) -> nix::unistd::Pid {
+    pub(crate) fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.0.id() as i32)
     }
 }
@@ -427,7 +427,7 @@ fn kill_group(child: &mut Child) {
 /// Skip a story whose environment is missing (`what` it needs and `why` it is missing), or,
 /// under the test command (`DAGSNAP_TEST_STRICT=1`, set by `scripts/test`), fail it: in CI a
 /// skipped story would count as passed.
-pub fn skip(what: &str, why: &str) {
+pub(crate) fn skip(what: &str, why: &str) {
     if std::env::var_os("DAGSNAP_TEST_STRICT").is_some_and(|v| v != "0") {
         panic!("this story needs {what}, but {why}; scripts/test provides it");
     }
@@ -444,22 +444,22 @@ fn rand_suffix() -> u64 {
 }
 
 /// A running publisher, killed when dropped.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub child: Child,
     pub log: PathBuf,
 }
 
 impl Daemon {
-    pub fn pid(&self) -> nix::unistd::Pid {
+    pub(crate) fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
 
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(self.pid(), signal).unwrap();
     }
 
     /// Wait for exit; panics after `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -476,7 +476,7 @@ impl Daemon {
 
     /// SIGTERM, as Kubernetes stops a container: the loop must exit 0 within 30 s (panics with
     /// its log otherwise).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         let status = self.wait(Duration::from_secs(30));
         assert!(
@@ -487,7 +487,7 @@ impl Daemon {
     }
 
     /// Wait until the link points at `commit`; panics with the publisher's log after `timeout`.
-    pub fn wait_for_commit(&self, root: &Path, commit: &str, timeout: Duration) {
+    pub(crate) fn wait_for_commit(&self, root: &Path, commit: &str, timeout: Duration) {
         let start = Instant::now();
         while published(root).as_deref() != Some(commit) {
             assert!(
@@ -500,7 +500,7 @@ impl Daemon {
         }
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -512,7 +512,7 @@ impl Drop for Daemon {
 }
 
 /// `dagsnap <args> --root <the scratch root>`, run to its end: an operator's command.
-pub fn on_root(scratch: &Scratch, args: &[&str]) -> Output {
+pub(crate) fn on_root(scratch: &Scratch, args: &[&str]) -> Output {
     dagsnap(scratch.tmp.path())
         .args(args)
         .arg("--root")
@@ -521,17 +521,17 @@ pub fn on_root(scratch: &Scratch, args: &[&str]) -> Output {
         .unwrap()
 }
 
-pub fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-pub fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// The run failed with `code` and said so in exactly one error line containing `needle`
 /// (nothing else, e.g. from ssh, on stderr as an error); returns that line.
-pub fn assert_one_clear_line(out: &Output, code: i32, needle: &str) -> String {
+pub(crate) fn assert_one_clear_line(out: &Output, code: i32, needle: &str) -> String {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(code), "{err}");
     let error_lines: Vec<&str> = err
@@ -552,7 +552,7 @@ pub fn assert_one_clear_line(out: &Output, code: i32, needle: &str) -> String {
 
 /// Commit and publish `count` versions of `a.py` with subjects `<subject> 0`, `<subject> 1`, …;
 /// returns the commits, oldest first.
-pub fn publish_versions(
+pub(crate) fn publish_versions(
     remote: &Remote,
     scratch: &Scratch,
     count: usize,
@@ -569,7 +569,7 @@ pub fn publish_versions(
 }
 
 /// Wait until `condition` holds, polling; panics with `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
     while !condition() {
         assert!(
@@ -581,7 +581,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 }
 
 /// The commit the link points at, if any.
-pub fn published(root: &Path) -> Option<String> {
+pub(crate) fn published(root: &Path) -> Option<String> {
     fs::read_link(root.join("current"))
         .ok()
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -590,7 +590,7 @@ pub fn published(root: &Path) -> Option<String> {
 /// Check everything a reader and an operator rely on, and return the published commit:
 /// the link points at a complete, read-only snapshot of one commit, with a manifest, no git
 /// state, and no leftovers of a publish in progress.
-pub fn assert_root_valid(root: &Path) -> String {
+pub(crate) fn assert_root_valid(root: &Path) -> String {
     let target = fs::read_link(root.join("current")).expect("the link exists");
     let commit = target.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(
@@ -657,7 +657,7 @@ pub fn assert_root_valid(root: &Path) -> String {
     commit
 }
 
-pub fn staging_dirs(root: &Path) -> Vec<String> {
+pub(crate) fn staging_dirs(root: &Path) -> Vec<String> {
     match fs::read_dir(root.join(SNAPSHOTS)) {
         Ok(entries) => entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -668,14 +668,14 @@ pub fn staging_dirs(root: &Path) -> Vec<String> {
 }
 
 /// What readers see: where the link points, and every byte and mode behind it.
-pub fn reader_view(root: &Path) -> (PathBuf, BTreeMap<PathBuf, String>) {
+pub(crate) fn reader_view(root: &Path) -> (PathBuf, BTreeMap<PathBuf, String>) {
     let target = fs::read_link(root.join("current")).expect("a published link");
     let snapshot = root.join(&target);
     (target, fingerprint(&snapshot))
 }
 
 /// Everything under `root` that a write would change: kind, mode, size, mtime, content.
-pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
+pub(crate) fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;
     let mut map = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
@@ -710,12 +710,12 @@ fn md5ish(bytes: &[u8]) -> u64 {
 }
 
 /// Read a file of the published snapshot through the link.
-pub fn read_current(root: &Path, path: &str) -> String {
+pub(crate) fn read_current(root: &Path, path: &str) -> String {
     fs::read_to_string(root.join("current").join(path)).unwrap()
 }
 
 /// Every entry under `dir`: relative path -> (kind, content or target, executable).
-pub fn tree_of(dir: &Path) -> BTreeMap<Vec<u8>, (char, Vec<u8>, bool)> {
+pub(crate) fn tree_of(dir: &Path) -> BTreeMap<Vec<u8>, (char, Vec<u8>, bool)> {
     let mut out = BTreeMap::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         let entry = entry.unwrap();
@@ -742,7 +742,7 @@ pub fn tree_of(dir: &Path) -> BTreeMap<Vec<u8>, (char, Vec<u8>, bool)> {
 }
 
 /// What `git archive` of `commit` writes, extracted with tar.
-pub fn git_archive(remote: &Remote, commit: &str, into: &Path) {
+pub(crate) fn git_archive(remote: &Remote, commit: &str, into: &Path) {
     fs::create_dir_all(into).unwrap();
     let mut archive = Command::new("git")
         .current_dir(&remote.dir)
@@ -762,7 +762,7 @@ pub fn git_archive(remote: &Remote, commit: &str, into: &Path) {
 }
 
 /// The commits of the journal's link moves, oldest first.
-pub fn journal_commits(root: &Path) -> Vec<String> {
+pub(crate) fn journal_commits(root: &Path) -> Vec<String> {
     fs::read_to_string(root.join(".dagsnap/journal.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -774,7 +774,7 @@ pub fn journal_commits(root: &Path) -> Vec<String> {
 
 /// A random number generator for a story, seeded from `DAGSNAP_TEST_SEED` or at random, its
 /// seed printed so that a failure can be replayed.
-pub fn seeded_rng(story: &str) -> rand::rngs::StdRng {
+pub(crate) fn seeded_rng(story: &str) -> rand::rngs::StdRng {
     use rand::SeedableRng;
     let seed = std::env::var("DAGSNAP_TEST_SEED")
         .ok()
@@ -785,7 +785,7 @@ pub fn seeded_rng(story: &str) -> rand::rngs::StdRng {
 }
 
 /// An HTTP request to the publisher's endpoints: (status, body).
-pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+pub(crate) fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .no_proxy()
@@ -805,7 +805,7 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (
 }
 
 /// The value of a metric series in Prometheus text (`name{labels}` exactly), or 0.
-pub fn metric(metrics: &str, series: &str) -> f64 {
+pub(crate) fn metric(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|line| {
@@ -819,7 +819,7 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
 }
 
 /// This machine's host name, as dagsnap records it.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

@@ -18,7 +18,7 @@ mod types;
 mod verdict;
 
 use steps::Step;
-pub use types::{Content, Gate, Outcome, PublishError, Settings};
+pub(crate) use types::{Content, Gate, Outcome, PublishError, Settings};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

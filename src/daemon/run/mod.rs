@@ -66,7 +66,7 @@ pub enum Exit {
 }
 
 /// Opens the publisher; called again while the cache is busy (see [`run`]).
-pub type Opener = Arc<dyn Fn() -> Result<Publisher, PublishError> + Send + Sync>;
+pub(crate) type Opener = Arc<dyn Fn() -> Result<Publisher, PublishError> + Send + Sync>;
 
 /// While another process holds the cache, how often to try to take it over.
 const STANDBY_POLL: Duration = Duration::from_secs(1);

@@ -19,7 +19,7 @@ use crate::store::{is_commit_id, Store};
 
 const DIR: &str = "leases";
 /// The longest a lease is honoured, counted from when its file was written.
-pub const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Deserialize)]
 struct Lease {

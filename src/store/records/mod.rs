@@ -10,20 +10,20 @@
 //!   journal), with one warning that names the file and says what dagsnap does instead;
 //! - nothing that reads records fails because one is damaged, and the next write replaces it.
 
-pub mod claims;
+pub(crate) mod claims;
 mod journal;
-pub mod leases;
-pub mod publishers;
+pub(crate) mod leases;
+pub(crate) mod publishers;
 mod types;
-pub mod verdicts;
+pub(crate) mod verdicts;
 
-pub use claims::Claim;
-pub use journal::LinkHistory;
-pub use publishers::{
+pub(crate) use claims::Claim;
+pub(crate) use journal::LinkHistory;
+pub(crate) use publishers::{
     LockFault, LockWitness, Observed, PublisherRecord, Registration, SeenPublisher,
 };
 pub use types::*;
-pub use verdicts::{CheckClaim, Verdict};
+pub(crate) use verdicts::{CheckClaim, Verdict};
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -366,7 +366,7 @@ impl Records {
 /// [`MAX_CLOCK_SKEW`] ahead of this host's clock. One further ahead comes from a clock that ran
 /// ahead (or was forged, or this clock was stepped back); believing it would stop every
 /// correctly clocked publisher until that time, or have the link put back on it every cycle.
-pub fn believed(publication: &Publication, now: SystemTime) -> bool {
+pub(crate) fn believed(publication: &Publication, now: SystemTime) -> bool {
     publication.observed_at <= now + MAX_CLOCK_SKEW
 }
 

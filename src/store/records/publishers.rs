@@ -379,7 +379,7 @@ pub(in crate::store) fn remove_dead(store: &Store) {
 mod optional_time {
     use std::time::SystemTime;
 
-    pub fn serialize<S: serde::Serializer>(
+    pub(crate) fn serialize<S: serde::Serializer>(
         t: &Option<SystemTime>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -389,7 +389,7 @@ mod optional_time {
         }
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Option<SystemTime>, D::Error> {
         let text: Option<String> = serde::Deserialize::deserialize(d)?;

@@ -127,7 +127,7 @@ fn shown_line(line: &str) -> String {
 }
 
 /// A short, stable name for a check command: FNV-1a 64 of its text, in hex.
-pub fn fingerprint(command: &str) -> String {
+pub(crate) fn fingerprint(command: &str) -> String {
     let hash = command.bytes().fold(0xcbf29ce484222325u64, |hash, b| {
         (hash ^ u64::from(b)).wrapping_mul(0x100000001b3)
     });

@@ -17,7 +17,7 @@ use crate::text::escape_bytes;
 /// else (a `__pycache__` written by a reader running as root, a file added by hand). Costs one
 /// `lstat` per entry, made by `jobs` threads a directory each (on a network volume each is a
 /// round trip). Returns a problem found.
-pub fn quick_check(dir: &Path, entries: &Entries, jobs: usize) -> Result<(), String> {
+pub(crate) fn quick_check(dir: &Path, entries: &Entries, jobs: usize) -> Result<(), String> {
     let mut expected: HashSet<&[u8]> = HashSet::new();
     for entry in &entries.0 {
         for (i, _) in entry.path.iter().enumerate().filter(|(_, b)| **b == b'/') {

@@ -17,7 +17,7 @@ mod parallel;
 mod share;
 mod write;
 
-pub use check::quick_check;
+pub(crate) use check::quick_check;
 use dirs::Directories;
 use share::SharingIndex;
 use write::{write_all, Shared};
@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use gix::ObjectId;
 
-pub use crate::entries::Blobs;
+pub(crate) use crate::entries::Blobs;
 use crate::entries::{Entries, Entry};
 use crate::fsutil::{self, Dir, IoError};
 use crate::text::escape_bytes;
@@ -38,7 +38,7 @@ use crate::text::escape_bytes;
 /// create, link and chmod is a 1 ms round trip, 16 make a one-file update of 10,000 files 13x
 /// faster than one thread (32: 19x); on local disk 16 are still faster than one, and 32 no
 /// longer are (docs/benchmarks.md, "Network volumes").
-pub const DEFAULT_BUILD_JOBS: usize = 16;
+pub(crate) const DEFAULT_BUILD_JOBS: usize = 16;
 
 /// Linux's limit on a path handed to a system call, including the terminating NUL.
 const PATH_MAX: usize = libc::PATH_MAX as usize;
@@ -86,14 +86,14 @@ impl SnapshotError {
 
 /// An earlier snapshot on the same filesystem whose unchanged files can be shared.
 #[derive(Debug, Clone, Copy)]
-pub struct Previous<'a> {
+pub(crate) struct Previous<'a> {
     pub dir: &'a Dir,
     pub entries: &'a Entries,
 }
 
 /// Where [`build`] writes, and how.
 #[derive(Debug, Clone, Copy)]
-pub struct Into<'a> {
+pub(crate) struct Into<'a> {
     /// The empty directory to build in (a staging directory).
     pub dir: &'a Dir,
     /// The snapshot whose unchanged files may be shared.
@@ -114,7 +114,7 @@ pub enum Reuse {
 
 /// What a build produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Built {
+pub(crate) struct Built {
     pub stats: Stats,
     pub entries: Entries,
 }
@@ -166,7 +166,7 @@ pub struct Stats {
 ///
 /// If `interrupt` is raised, the build stops at its next check and returns `Cancelled`; the
 /// caller's staging guard removes the directory. Errors name the path in the repository.
-pub fn build(
+pub(crate) fn build(
     entries: Entries,
     blobs: &dyn Blobs,
     into: Into<'_>,
