@@ -19,6 +19,7 @@
 //! design and its invariants in prose.
 
 mod cli;
+mod commit;
 mod daemon;
 mod entries;
 mod fsutil;
@@ -37,6 +38,7 @@ pub use crate::{
         UnpinArgs, VerifyArgs,
     },
     // The sync loop.
+    commit::CommitId,
     daemon::{run, Exit},
     fsutil::{remove_tree, set_group_write},
     git::{access::provide_passwd_entry, Cache, Remote, Target},

@@ -358,7 +358,7 @@ fn show_log(args: LogArgs) -> Outcome {
 }
 
 fn describe_change(root: &Root, change: &history::Change, verb: &str) -> String {
-    let subject = |commit: &str| {
+    let subject = |commit: &dagsnap::CommitId| {
         root.manifest(commit)
             .ok()
             .flatten()

@@ -26,8 +26,8 @@ pub use operate::{
     StatusArgs, UnpinArgs, VerifyArgs,
 };
 pub use plan::SyncPlan;
-pub use sync::{default_cache_base, SyncArgs};
 pub(crate) use sync::Submodules;
+pub use sync::{default_cache_base, SyncArgs};
 pub(crate) use values::parse_signal;
 
 #[derive(Debug, Parser)]

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::commit::CommitId;
+
 /// How much of the start of a check's output is kept.
 pub(crate) const OUTPUT_HEAD: usize = 16 << 10;
 /// How much of the end of a check's output is kept.
@@ -41,7 +43,7 @@ pub struct CheckCommand {
 /// What the check is told about the commit.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckEnv<'a> {
-    pub commit: &'a str,
+    pub commit: &'a CommitId,
     pub previous: Option<&'a str>,
     pub ref_name: &'a str,
 }
@@ -79,7 +81,12 @@ pub(crate) struct Ran {
 /// 3. Wait for it to end, killing its group at `--check-timeout` or when the cycle is
 ///    interrupted ([`wait`]).
 /// 4. Kill whatever it left behind in its group, and take what it printed.
-pub(crate) fn run(check: &CheckCommand, snapshot: &Path, env: &CheckEnv, interrupt: &AtomicBool) -> Ran {
+pub(crate) fn run(
+    check: &CheckCommand,
+    snapshot: &Path,
+    env: &CheckEnv,
+    interrupt: &AtomicBool,
+) -> Ran {
     let started = Instant::now();
     // (1)
     let mut child = match command(check, snapshot, env).spawn() {

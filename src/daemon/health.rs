@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use super::metrics::Metrics;
+use crate::commit::CommitId;
 use crate::store::Root;
 
 /// Added to every liveness limit: scheduling noise, a slow `stat` on NFS.
@@ -31,7 +32,7 @@ pub(crate) struct CycleDone {
     /// `published`, `unchanged`, `held`, `superseded`, `deferred`, `skipped` or `failed`.
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -75,7 +76,7 @@ pub(crate) struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub live_commit: Option<String>,
+    pub live_commit: Option<CommitId>,
     /// `git-sync` while readers are still served git-sync's worktree (a root being taken over).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_by: Option<&'static str>,
@@ -132,7 +133,12 @@ impl Health {
     }
 
     /// A cycle ended: `Ok` with what it did (and the ref it followed), or the error.
-    pub(crate) fn cycle_finished(&self, done: CycleDone, followed_ref: Option<String>, failed: bool) {
+    pub(crate) fn cycle_finished(
+        &self,
+        done: CycleDone,
+        followed_ref: Option<String>,
+        failed: bool,
+    ) {
         {
             let mut state = self.state();
             state.running_since = None;
@@ -159,7 +165,11 @@ impl Health {
     }
 
     /// Wait until a cycle numbered above `after` has finished, at most `limit`.
-    pub(crate) async fn wait_for_cycle_after(&self, after: u64, limit: Duration) -> Option<CycleDone> {
+    pub(crate) async fn wait_for_cycle_after(
+        &self,
+        after: u64,
+        limit: Duration,
+    ) -> Option<CycleDone> {
         let mut done = self.done.subscribe();
         let finished = async {
             done.wait_for(|d| d.as_ref().is_some_and(|d| d.cycle > after))

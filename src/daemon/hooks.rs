@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::health::Health;
+use crate::commit::CommitId;
 
 /// How much of a hook's output is kept (the end of it).
 pub(crate) const OUTPUT_TAIL: usize = 64 << 10;
@@ -28,8 +29,8 @@ pub(crate) const OUTPUT_TAIL: usize = 64 << 10;
 /// A publication, as hooks see it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct HookEvent {
-    pub commit: String,
-    pub previous: Option<String>,
+    pub commit: CommitId,
+    pub previous: Option<CommitId>,
     /// The snapshot directory (the exec hook's working directory).
     pub snapshot: PathBuf,
     #[serde(rename = "ref")]
@@ -331,7 +332,7 @@ async fn web(hook: &WebHook, client: &reqwest::Client, event: &HookEvent) -> Res
         .map_err(|_| Failure::Failed(format!("invalid --webhook-method {}", hook.method)))?;
     let response = client
         .request(method, &hook.url)
-        .header("Gitsync-Hash", &event.commit)
+        .header("Gitsync-Hash", event.commit.as_str())
         .header("Content-Type", "application/json")
         .body(serde_json::to_vec(event).unwrap_or_default())
         .send()

@@ -59,7 +59,11 @@ impl FileLock {
     /// Take the lock `name` in `dir` exclusively (the file is created if missing), waiting at
     /// most `timeout`; a zero `timeout` tries once. The file's content is not touched, so
     /// taking and releasing the lock leaves no trace on disk.
-    pub(crate) fn acquire_in(dir: &Dir, name: &str, timeout: Duration) -> Result<FileLock, LockError> {
+    pub(crate) fn acquire_in(
+        dir: &Dir,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<FileLock, LockError> {
         Self::acquire_inner(dir, OsStr::new(name), timeout, false)
     }
 

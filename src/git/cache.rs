@@ -13,6 +13,7 @@ use super::http::SharedHttp;
 use super::listing::{Listing, Settings};
 use super::remote::{Remote, Target};
 use super::{error_chain, SourceError};
+use crate::commit::CommitId;
 use crate::fsutil::lock::{FileLock, LockError};
 use crate::fsutil::{self, Context, IoError};
 
@@ -45,7 +46,7 @@ pub struct Observation {
 /// Metadata of a commit, for manifests and status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {
-    pub commit: String,
+    pub commit: CommitId,
     pub tree: String,
     pub tree_id: ObjectId,
     pub subject: String,
@@ -483,7 +484,7 @@ impl Cache {
             .unwrap_or_default();
         let commit_time = commit_obj.time().map(|t| t.seconds).unwrap_or(0);
         Ok(CommitInfo {
-            commit: commit.to_string(),
+            commit: CommitId::from(commit),
             tree: tree.to_string(),
             tree_id: tree.detach(),
             subject,

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::commit::CommitId;
 use crate::store::records::{rfc3339, Cause, Pin, Publication};
-use crate::store::{Root, RootLock, StoreError};
+use crate::store::{Author, Root, RootLock, StoreError};
 use crate::text::escape;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,7 @@ pub enum HistoryError {
     NothingPublished { root: String },
     #[error("commit {commit} was rejected by the check at {checked_at} ({why}: {headline}); add --force to publish it anyway, or `dagsnap recheck {commit}` to have the sync loops check it again")]
     Rejected {
-        commit: String,
+        commit: CommitId,
         checked_at: String,
         why: String,
         headline: String,
@@ -49,7 +50,7 @@ pub enum HistoryError {
 /// One retained snapshot, as `list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotInfo {
-    pub commit: String,
+    pub commit: CommitId,
     pub short: String,
     pub subject: String,
     pub author: String,
@@ -233,8 +234,8 @@ pub enum RollbackTarget {
 /// What a rollback or pin changed.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<CommitId>,
+    pub to: CommitId,
     pub pin: Pin,
     /// Commits a rollback stepped over, and why.
     pub skipped: Vec<Skipped>,
@@ -243,7 +244,7 @@ pub struct Change {
 /// A commit `rollback` did not go to although it was live earlier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
-    pub commit: String,
+    pub commit: CommitId,
     pub why: String,
 }
 
@@ -259,9 +260,7 @@ pub fn rollback(
     let (lock, current) = begin_change(root, lock_timeout)?;
     let (to, skipped) = match target {
         RollbackTarget::Commit(wanted) => (root.resolve_commit(&wanted)?, Vec::new()),
-        RollbackTarget::Steps(steps) => {
-            earlier_publication(root, current.as_deref(), steps, force)?
-        }
+        RollbackTarget::Steps(steps) => earlier_publication(root, current.as_ref(), steps, force)?,
     };
     refuse_rejected(root, &to, force)?;
     let mut change = move_and_pin(root, &lock, current, to, Cause::Rollback, reason)?;
@@ -292,10 +291,10 @@ pub fn pin(
 }
 
 /// A commit whose newest verdict is a rejection goes live only by force.
-fn refuse_rejected(root: &Root, commit: &str, force: bool) -> Result<(), HistoryError> {
+fn refuse_rejected(root: &Root, commit: &CommitId, force: bool) -> Result<(), HistoryError> {
     match root.records().rejection(commit) {
         Some(verdict) if !force => Err(HistoryError::Rejected {
-            commit: commit.to_string(),
+            commit: commit.clone(),
             checked_at: rfc3339::format(verdict.checked_at),
             why: verdict.why(),
             headline: verdict.headline(),
@@ -323,7 +322,7 @@ pub fn unpin(
 /// What `recheck` forgot.
 #[derive(Debug, Clone)]
 pub struct Rechecked {
-    pub commit: String,
+    pub commit: CommitId,
     /// The verdicts forgotten, newest first.
     pub forgotten: Vec<crate::store::Verdict>,
 }
@@ -364,16 +363,16 @@ pub fn recheck(
 fn resolve_checked(
     verdicts: &[crate::store::Verdict],
     wanted: &str,
-) -> Result<String, HistoryError> {
-    let mut matches: Vec<&str> = verdicts
+) -> Result<CommitId, HistoryError> {
+    let mut matches: Vec<&CommitId> = verdicts
         .iter()
-        .map(|v| v.commit.as_str())
+        .map(|v| &v.commit)
         .filter(|c| c.starts_with(&wanted.to_ascii_lowercase()))
         .collect();
     matches.sort();
     matches.dedup();
     match matches.as_slice() {
-        [one] => Ok(one.to_string()),
+        [one] => Ok((*one).clone()),
         [] => Err(HistoryError::NoVerdict {
             wanted: wanted.to_string(),
         }),
@@ -389,7 +388,7 @@ fn resolve_checked(
 fn begin_change(
     root: &Root,
     lock_timeout: Duration,
-) -> Result<(RootLock, Option<String>), HistoryError> {
+) -> Result<(RootLock, Option<CommitId>), HistoryError> {
     root.require_writable()?;
     let lock = root.lock(lock_timeout)?;
     let current = root.current()?.map(|c| c.commit);
@@ -407,10 +406,10 @@ fn begin_change(
 /// in the result with the reason; it does not count as a step.
 fn earlier_publication(
     root: &Root,
-    current: Option<&str>,
+    current: Option<&CommitId>,
     steps: usize,
     force: bool,
-) -> Result<(String, Vec<Skipped>), HistoryError> {
+) -> Result<(CommitId, Vec<Skipped>), HistoryError> {
     let steps = steps.max(1);
     let journal = root.records().journal()?;
     let moves: Vec<&Publication> = journal.iter().filter(|e| e.moved_link).collect();
@@ -419,9 +418,9 @@ fn earlier_publication(
         .iter()
         .rposition(|e| e.cause == Cause::Sync)
         .unwrap_or(moves.len().saturating_sub(1));
-    let mut history: Vec<&str> = Vec::new();
+    let mut history: Vec<&CommitId> = Vec::new();
     for entry in moves[..(chain_start + 1).min(moves.len())].iter().rev() {
-        if !history.contains(&entry.commit.as_str()) {
+        if !history.contains(&&entry.commit) {
             history.push(&entry.commit);
         }
     }
@@ -451,21 +450,21 @@ fn earlier_publication(
         };
         if let Some(why) = why {
             skipped.push(Skipped {
-                commit: commit.to_string(),
+                commit: (*commit).clone(),
                 why,
             });
             continue;
         }
         taken += 1;
         if taken == steps {
-            return Ok((commit.to_string(), skipped));
+            return Ok(((*commit).clone(), skipped));
         }
     }
     Err(HistoryError::NoEarlier {
         steps,
         skipped: skipped
             .iter()
-            .map(|s| format!("{}: {}", &s.commit[..12.min(s.commit.len())], s.why))
+            .map(|s| format!("{}: {}", s.commit.short(), s.why))
             .collect(),
         retained: list(root)?
             .iter()
@@ -478,12 +477,12 @@ fn earlier_publication(
 fn move_and_pin(
     root: &Root,
     lock: &RootLock,
-    from: Option<String>,
-    to: String,
+    from: Option<CommitId>,
+    to: CommitId,
     cause: Cause,
     reason: Option<String>,
 ) -> Result<Change, HistoryError> {
-    let moves = from.as_deref() != Some(to.as_str());
+    let moves = from.as_ref() != Some(&to);
     if moves {
         // Readers would get whatever is under that name: only what dagsnap built goes live.
         root.check_snapshot(&to, None)
@@ -521,25 +520,19 @@ fn move_and_pin(
 /// the pin is released, any publisher that polls afterwards wins the never-backward comparison.
 fn operator_entry(
     root: &Root,
-    commit: &str,
+    commit: &CommitId,
     cause: Cause,
     moved_link: bool,
     reason: Option<String>,
 ) -> Result<Publication, StoreError> {
     let source = root.records().source()?;
-    let now = SystemTime::now();
-    Ok(Publication {
-        commit: commit.to_string(),
-        cause,
-        observed_at: now,
-        published_at: now,
+    let who = Author {
         host: format!("{}@{}", operator(), crate::fsutil::hostname()),
         pid: std::process::id(),
         repo: source.as_ref().map(|s| s.repo.clone()).unwrap_or_default(),
         ref_name: source.map(|s| s.ref_name).unwrap_or_default(),
-        moved_link,
-        reason,
-    })
+    };
+    Ok(who.entry(commit.clone(), cause, moved_link, reason))
 }
 
 /// Who is at the keyboard: `$USER`, else the uid.

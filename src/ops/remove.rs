@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::commit::CommitId;
 use crate::store::{Root, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,9 +15,9 @@ pub enum RemoveError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{commit} is live (the link points at it); roll back or wait for the next publish, then remove it")]
-    Live { commit: String },
+    Live { commit: CommitId },
     #[error("{commit} is pinned; `dagsnap unpin` first")]
-    Pinned { commit: String },
+    Pinned { commit: CommitId },
     #[error("sync loops of {root} are running; stop them first (dagsnap never pulls a root from under its publishers)")]
     PublishersRunning { root: String },
 }
@@ -27,7 +28,7 @@ pub fn snapshots(
     root: &Root,
     wanted: &[String],
     lock_timeout: Duration,
-) -> Result<Vec<String>, RemoveError> {
+) -> Result<Vec<CommitId>, RemoveError> {
     root.require_writable()?;
     let lock = root.lock(lock_timeout)?;
     let live = root.current()?.map(|c| c.commit);
@@ -35,10 +36,10 @@ pub fn snapshots(
     let mut doomed = Vec::new();
     for wanted in wanted {
         let commit = root.resolve_commit(wanted)?;
-        if live.as_deref() == Some(commit.as_str()) {
+        if live.as_ref() == Some(&commit) {
             return Err(RemoveError::Live { commit });
         }
-        if pinned.as_deref() == Some(commit.as_str()) {
+        if pinned.as_ref() == Some(&commit) {
             return Err(RemoveError::Pinned { commit });
         }
         doomed.push(commit);

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::commit::CommitId;
 use crate::store::records::SeenPublisher;
 use crate::store::{rfc3339, Pin, Root, StoreError};
 
@@ -24,7 +25,7 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolves_elsewhere: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,7 +89,7 @@ pub struct Status {
 
 #[derive(Debug, Serialize)]
 pub struct RejectedView {
-    pub commit: String,
+    pub commit: CommitId,
     pub checked_at: String,
     pub checked_by: String,
     /// "exit status 1", "timed out after 2m", ...
@@ -126,7 +127,7 @@ impl CheckView {
 
 #[derive(Debug, Serialize)]
 pub struct GitSyncView {
-    pub commit: String,
+    pub commit: CommitId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_write_seconds_ago: Option<u64>,
 }

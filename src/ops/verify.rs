@@ -21,10 +21,11 @@ use std::sync::atomic::AtomicBool;
 use gix::ObjectId;
 use serde::Serialize;
 
+use crate::commit::CommitId;
 use crate::entries::{Entries, Entry, MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK};
 use crate::fsutil;
 use crate::store::repair;
-use crate::store::{Root, StoreError};
+use crate::store::{Author, Root, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -33,12 +34,15 @@ pub enum VerifyError {
     #[error("nothing is published under {root} and no commit was named; give one")]
     NothingPublished { root: String },
     #[error("snapshot {commit} has no {what} to verify against (built by an older dagsnap?); pass --cache-dir of a publisher to verify against git")]
-    NoRecord { commit: String, what: &'static str },
+    NoRecord {
+        commit: CommitId,
+        what: &'static str,
+    },
     #[error("cannot repair {commit}: {cause}")]
-    Repair { commit: String, cause: String },
+    Repair { commit: CommitId, cause: String },
     #[error("cannot read tree {tree} of {commit} from the cache {}: {cause}", cache.display())]
     Cache {
-        commit: String,
+        commit: CommitId,
         tree: String,
         cache: PathBuf,
         cause: String,
@@ -64,7 +68,7 @@ pub struct Problem {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub commit: String,
+    pub commit: CommitId,
     pub source: Source,
     pub checked: usize,
     pub missing: Vec<Problem>,
@@ -93,18 +97,15 @@ pub struct RepairFrom {
 /// with the objects from `from`.
 pub fn repair(
     root: &Root,
-    commit: &str,
+    commit: &CommitId,
     from: RepairFrom,
     reason: String,
     lock_timeout: std::time::Duration,
 ) -> Result<(), VerifyError> {
     root.require_writable()?;
-    let id = ObjectId::from_hex(commit.as_bytes()).map_err(|e| VerifyError::Repair {
-        commit: commit.to_string(),
-        cause: e.to_string(),
-    })?;
+    let id = commit.object_id();
     let failed = |cause: String| VerifyError::Repair {
-        commit: commit.to_string(),
+        commit: commit.clone(),
         cause,
     };
     let progress = gix::progress::tree::Root::new();
@@ -156,12 +157,11 @@ pub fn repair(
             ),
         };
         let source = root.records().source()?;
-        let who = repair::Repairer {
+        let who = Author {
             host: format!("{}@{}", operator(), crate::fsutil::hostname()),
             pid: std::process::id(),
             repo: source.as_ref().map(|s| s.repo.clone()).unwrap_or_default(),
             ref_name: source.map(|s| s.ref_name).unwrap_or_default(),
-            reason,
         };
         let blobs = crate::git::submodules::ReposBlobs(
             repos.into_iter().map(crate::git::RepoBlobs::new).collect(),
@@ -175,7 +175,7 @@ pub fn repair(
             progress: &progress,
             interrupt: &interrupt,
         }
-        .run(entries, &blobs, &who)
+        .run(entries, &blobs, &who, reason)
         .map_err(|e| failed(e.to_string()))?;
         Ok(())
     })();
@@ -382,7 +382,11 @@ fn hash_file(path: &Path) -> io::Result<ObjectId> {
 
 /// The commit's entries as git has them, from a publisher's cache. Opens the cache read-only
 /// and without its lock: a running publisher may keep it.
-fn entries_from_cache(root: &Root, commit: &str, cache: &Path) -> Result<Entries, VerifyError> {
+fn entries_from_cache(
+    root: &Root,
+    commit: &CommitId,
+    cache: &Path,
+) -> Result<Entries, VerifyError> {
     Ok(from_git_cache(root, commit, cache)?.0)
 }
 
@@ -393,17 +397,17 @@ fn entries_from_cache(root: &Root, commit: &str, cache: &Path) -> Result<Entries
 /// kept). Also the repositories the objects come from.
 fn from_git_cache(
     root: &Root,
-    commit: &str,
+    commit: &CommitId,
     cache: &Path,
 ) -> Result<(Entries, Vec<gix::Repository>), VerifyError> {
     let manifest = root
         .manifest(commit)?
         .ok_or_else(|| VerifyError::NoRecord {
-            commit: commit.to_string(),
+            commit: commit.clone(),
             what: "manifest",
         })?;
     let failed = |cause: String| VerifyError::Cache {
-        commit: commit.to_string(),
+        commit: commit.clone(),
         tree: manifest.tree.clone(),
         cache: cache.to_path_buf(),
         cause,
@@ -424,7 +428,7 @@ fn from_git_cache(
         .any(|part| part.starts_with("sparse="))
     {
         let recorded = root.entries(commit)?.ok_or_else(|| VerifyError::NoRecord {
-            commit: commit.to_string(),
+            commit: commit.clone(),
             what: "entry list",
         })?;
         let kept: HashSet<&[u8]> = recorded.0.iter().map(|e| e.path.as_slice()).collect();

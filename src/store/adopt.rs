@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use super::layout::{AIRFLOWIGNORE, STORE_DIR};
 use super::link::{self, parent_of};
 use super::{gitsync, Root, RootLock, StoreError};
+use crate::commit::CommitId;
 use crate::fsutil::{self, is_not_a_directory, Context, Dir, Found, IoError, Kind};
 
 /// Directories a fresh filesystem brings along; their presence does not make a root foreign.
@@ -28,7 +29,7 @@ pub struct Created {
 /// The link shows one of git-sync's worktrees (a root being taken over from git-sync).
 #[derive(Debug, Clone)]
 pub struct GitSyncLive {
-    pub commit: String,
+    pub commit: CommitId,
     pub dir: PathBuf,
     /// When git-sync last wrote the root.
     pub last_write: Option<SystemTime>,

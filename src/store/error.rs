@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::link;
 use super::records::SourceRecord;
 use super::STORE_DIR;
+use crate::commit::CommitId;
 use crate::fsutil::lock::LockError;
 use crate::fsutil::IoError;
 
@@ -29,7 +30,7 @@ pub enum StoreError {
     #[error("{} is {what}, where dagsnap needs a real directory inside the root (a symlink could put what readers see outside it); move it away, or choose another --link", path.display())]
     NotARealDirectory { path: PathBuf, what: &'static str },
     #[error("snapshot {commit} cannot be trusted: {why}. Choose another snapshot; a sync loop rebuilds this one when it publishes the commit again")]
-    Untrusted { commit: String, why: String },
+    Untrusted { commit: CommitId, why: String },
     #[error("no retained snapshot matches '{wanted}'; retained: {}. Choose one of these (a prefix of 4 or more digits is enough)", if retained.is_empty() { "none".to_string() } else { retained.join(", ") })]
     NotRetained {
         wanted: String,
@@ -43,7 +44,7 @@ pub enum StoreError {
     #[error("root {} is read-only here ({cause}); list, log, status and verify work, but run this command where the volume is mounted read-write", root.display())]
     ReadOnly { root: PathBuf, cause: String },
     #[error("snapshot {commit} disappeared before it could be published (removed by GC or by hand); it is rebuilt on the next cycle")]
-    SnapshotGone { commit: String },
+    SnapshotGone { commit: CommitId },
     #[error("root {} publishes {theirs} and a publisher of it is running; this one was started for {ours}. Use another --root, or fix --repo/--ref so all publishers of this root agree", root.display())]
     SourceMismatch {
         root: PathBuf,

@@ -26,6 +26,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::commit::CommitId;
 use crate::store::{Root, RootLock, StoreError};
 
 /// How much to keep.
@@ -44,7 +45,7 @@ pub struct Policy {
 /// What a collection did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
-    pub removed: Vec<String>,
+    pub removed: Vec<CommitId>,
     pub kept: usize,
     pub staging_removed: usize,
     pub trash_emptied: usize,
@@ -55,14 +56,14 @@ pub fn plan(
     root: &Root,
     policy: &Policy,
     now: SystemTime,
-) -> Result<(Vec<String>, usize), StoreError> {
+) -> Result<(Vec<CommitId>, usize), StoreError> {
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
     let leased = root.records().leased(now);
 
     // When each commit was last active: retired by the next link move, or still live.
     let history = root.records().link_history()?;
-    let last_active = |commit: &str| -> Option<SystemTime> {
+    let last_active = |commit: &CommitId| -> Option<SystemTime> {
         history
             .published
             .contains_key(commit)
@@ -70,7 +71,7 @@ pub fn plan(
     };
 
     // (commit, last active, was ever linked)
-    let mut candidates: Vec<(String, SystemTime, bool)> = Vec::new();
+    let mut candidates: Vec<(CommitId, SystemTime, bool)> = Vec::new();
     for commit in root.snapshot_commits()? {
         let (active, linked) = match last_active(&commit) {
             Some(at) => (at, true),
@@ -183,13 +184,13 @@ pub fn collect(
 }
 
 /// Whether the link, the pin or the newest publication names `commit` now.
-fn named(root: &Root, commit: &str) -> Result<bool, StoreError> {
+fn named(root: &Root, commit: &CommitId) -> Result<bool, StoreError> {
     let current = root.current()?.map(|c| c.commit);
     let pinned = root.pinned()?.map(|p| p.commit);
     let latest = root.records().latest()?.map(|p| p.commit);
     Ok([current, pinned, latest]
         .iter()
-        .any(|c| c.as_deref() == Some(commit)))
+        .any(|c| c.as_ref() == Some(commit)))
 }
 
 /// A whole collection: take the lock, collect, release it, empty the trash.

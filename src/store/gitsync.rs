@@ -20,6 +20,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::commit::CommitId;
 use crate::fsutil::{Dir, IoError, Kind};
 
 /// git-sync v4's worktrees, under the root.
@@ -37,9 +38,7 @@ pub(crate) fn is_git_sync_entry(name: &OsStr) -> bool {
         return false;
     };
     matches!(name, GIT_DIR | WORKTREES | TEMP_LINK)
-        || name
-            .strip_prefix(V3_PREFIX)
-            .is_some_and(crate::store::is_commit_id)
+        || name.strip_prefix(V3_PREFIX).is_some_and(CommitId::is_valid)
 }
 
 /// Whether the root holds any of git-sync's files.
@@ -54,7 +53,11 @@ pub(crate) fn present(root: &Path) -> bool {
 /// The commit and worktree directory a link's `target` names, if it is one of git-sync's
 /// worktrees in `root`. `link_dir` is the directory holding the link (relative targets are
 /// relative to it).
-pub(crate) fn worktree_of(root: &Path, link_dir: &Path, target: &Path) -> Option<(String, PathBuf)> {
+pub(crate) fn worktree_of(
+    root: &Path,
+    link_dir: &Path,
+    target: &Path,
+) -> Option<(CommitId, PathBuf)> {
     let absolute = if target.is_absolute() {
         target.to_path_buf()
     } else {
@@ -78,7 +81,7 @@ pub(crate) fn worktree_of(root: &Path, link_dir: &Path, target: &Path) -> Option
         [dir] => dir.to_str()?.strip_prefix(V3_PREFIX)?,
         _ => return None,
     };
-    crate::store::is_commit_id(commit).then(|| (commit.to_string(), resolved.clone()))
+    Some((CommitId::parse(commit).ok()?, resolved.clone()))
 }
 
 /// When git-sync last wrote the root: the newest modification among its repository's
@@ -190,16 +193,16 @@ mod tests {
         let v4 = PathBuf::from(format!(".worktrees/{SHA}"));
         assert_eq!(
             worktree_of(root, root, &v4),
-            Some((SHA.to_string(), root.join(&v4)))
+            Some((CommitId::parse(SHA).unwrap(), root.join(&v4)))
         );
         let nested = PathBuf::from(format!("../.worktrees/{SHA}"));
         assert_eq!(
-            worktree_of(root, &root.join("links"), &nested).map(|w| w.0),
+            worktree_of(root, &root.join("links"), &nested).map(|w| w.0.to_string()),
             Some(SHA.to_string())
         );
         let absolute = root.join(format!("rev-{SHA}"));
         assert_eq!(
-            worktree_of(root, root, &absolute).map(|w| w.0),
+            worktree_of(root, root, &absolute).map(|w| w.0.to_string()),
             Some(SHA.to_string())
         );
         for other in [

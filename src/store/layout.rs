@@ -46,6 +46,7 @@ use std::time::{Duration, SystemTime};
 use super::gitsync;
 use super::records::{warn_damaged, Records};
 use super::StoreError;
+use crate::commit::CommitId;
 use crate::fsutil::lock::FileLock;
 use crate::fsutil::{self, is_not_a_directory, Dir, Found, IoError};
 
@@ -204,12 +205,12 @@ impl Root {
     }
 
     /// Where the snapshot of `commit` is (for messages and the programs run in it).
-    pub fn snapshot_path(&self, commit: &str) -> PathBuf {
+    pub fn snapshot_path(&self, commit: &CommitId) -> PathBuf {
         self.store().path().join(SNAPSHOTS_DIR).join(commit)
     }
 
     /// Where a repair keeps its fresh copy of `commit` (see `store::repair`).
-    pub fn fresh_copy_path(&self, commit: &str) -> PathBuf {
+    pub fn fresh_copy_path(&self, commit: &CommitId) -> PathBuf {
         self.store()
             .path()
             .join(SNAPSHOTS_DIR)
@@ -453,14 +454,6 @@ fn millis() -> u128 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
-}
-
-/// A full SHA-1 or SHA-256 commit id in lowercase hex.
-pub(crate) fn is_commit_id(name: &str) -> bool {
-    (name.len() == 40 || name.len() == 64)
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

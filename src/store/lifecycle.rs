@@ -29,7 +29,8 @@ use super::layout::{
 };
 use super::link::{self, Current};
 use super::records::{self, read_json, warn_damaged, DirIdentity, Expected, Manifest, Read};
-use super::{is_commit_id, Root, RootLock, StoreError};
+use super::{Root, RootLock, StoreError};
+use crate::commit::CommitId;
 use crate::entries::Entries;
 use crate::fsutil::{self, Dir, Found, Kind};
 
@@ -165,7 +166,7 @@ fn rename_aside(dir: &Dir, name: &str, label: &str, aside: Aside) -> Result<(), 
 
 impl Root {
     /// Whether `snapshots/<commit>` is a directory (not a symlink to one).
-    pub fn has_snapshot(&self, commit: &str) -> bool {
+    pub fn has_snapshot(&self, commit: &CommitId) -> bool {
         self.snapshots_dir()
             .ok()
             .flatten()
@@ -173,7 +174,7 @@ impl Root {
     }
 
     /// `snapshots/<commit>`, opened without following a symlink; `None` if it is not there.
-    pub fn open_snapshot(&self, commit: &str) -> Result<Option<Dir>, StoreError> {
+    pub fn open_snapshot(&self, commit: &CommitId) -> Result<Option<Dir>, StoreError> {
         match self.snapshots_dir()? {
             Some(snapshots) => Ok(snapshots.open_dir(commit)?),
             None => Ok(None),
@@ -193,7 +194,7 @@ impl Root {
     }
 
     /// The repair's fresh copy of `commit`, opened without following a symlink.
-    pub fn open_fresh_copy(&self, commit: &str) -> Result<Option<Dir>, StoreError> {
+    pub fn open_fresh_copy(&self, commit: &CommitId) -> Result<Option<Dir>, StoreError> {
         match self.repair_dir()? {
             Some(repair) => Ok(repair.open_dir(commit)?),
             None => Ok(None),
@@ -209,7 +210,11 @@ impl Root {
     /// modification time, which a rename keeps, so only the directory dagsnap built has them), or,
     /// for a manifest without one (older dagsnap) or a volume restored from a backup, whose
     /// files match the recorded entry list in type, mode and size. Returns why not, otherwise.
-    pub fn check_snapshot(&self, commit: &str, expected: Option<&Expected>) -> Result<(), String> {
+    pub fn check_snapshot(
+        &self,
+        commit: &CommitId,
+        expected: Option<&Expected>,
+    ) -> Result<(), String> {
         let stat = match self.snapshots_dir() {
             Ok(Some(snapshots)) => snapshots.stat(commit),
             Ok(None) => Ok(None),
@@ -257,7 +262,12 @@ impl Root {
     }
 
     /// Move a snapshot that cannot be trusted out of the way, so that it is rebuilt.
-    pub fn set_aside(&self, lock: &RootLock, commit: &str, why: &str) -> Result<(), StoreError> {
+    pub fn set_aside(
+        &self,
+        lock: &RootLock,
+        commit: &CommitId,
+        why: &str,
+    ) -> Result<(), StoreError> {
         tracing::warn!(%commit, why, "moving aside a snapshot dagsnap did not build (or that was changed); it is rebuilt");
         self.move_snapshot_to_trash(lock, commit)
     }
@@ -338,7 +348,11 @@ impl Root {
 
     /// Rename a repair's staged fresh copy of `commit` to `snapshots/.repair/<commit>`, retiring
     /// any copy an interrupted repair left there.
-    pub fn install_fresh_copy(&self, staging: Staging, commit: &str) -> Result<(), StoreError> {
+    pub fn install_fresh_copy(
+        &self,
+        staging: Staging,
+        commit: &CommitId,
+    ) -> Result<(), StoreError> {
         let repair = staging.parent.try_clone()?;
         if repair.kind(commit)?.is_some() {
             rename_aside(&repair, commit, commit, Aside::Retired)?;
@@ -351,7 +365,7 @@ impl Root {
 
     /// Take `snapshots/<commit>` out of service without deleting it: readers that resolved the
     /// link to it keep their files until GC deletes it after `--grace`.
-    pub fn retire_snapshot(&self, _lock: &RootLock, commit: &str) -> Result<(), StoreError> {
+    pub fn retire_snapshot(&self, _lock: &RootLock, commit: &CommitId) -> Result<(), StoreError> {
         match self.snapshots_dir()? {
             Some(snapshots) if snapshots.kind(commit)?.is_some() => {
                 rename_aside(&snapshots, commit, commit, Aside::Retired)
@@ -362,7 +376,7 @@ impl Root {
 
     /// Take the repair's fresh copy of `commit` out of service (its files live on in
     /// `snapshots/<commit>`, which shares them).
-    pub fn retire_fresh_copy(&self, commit: &str) -> Result<(), StoreError> {
+    pub fn retire_fresh_copy(&self, commit: &CommitId) -> Result<(), StoreError> {
         match self.repair_dir()? {
             Some(repair) if repair.kind(commit)?.is_some() => {
                 rename_aside(&repair, commit, commit, Aside::Retired)
@@ -418,7 +432,11 @@ impl Root {
     /// publisher decides to link it meanwhile; the slow deletion happens later, without the
     /// lock ([`Root::empty_trash`]). Its manifest and entry list stay until the trash is
     /// emptied, so that [`Root::restore_from_trash`] can bring it back whole.
-    pub fn move_snapshot_to_trash(&self, _lock: &RootLock, commit: &str) -> Result<(), StoreError> {
+    pub fn move_snapshot_to_trash(
+        &self,
+        _lock: &RootLock,
+        commit: &CommitId,
+    ) -> Result<(), StoreError> {
         match self.snapshots_dir()? {
             Some(snapshots) => rename_aside(&snapshots, commit, commit, Aside::Trash),
             None => Ok(()),
@@ -430,7 +448,7 @@ impl Root {
     /// [`Root::empty_trash`]). For a link that names a snapshot GC just retired: on a volume
     /// whose locks do not work, another publisher may have decided to link it before GC moved
     /// it. Whether it was restored.
-    pub fn restore_from_trash(&self, commit: &str, quarantine: Duration) -> bool {
+    pub fn restore_from_trash(&self, commit: &CommitId, quarantine: Duration) -> bool {
         if self.has_snapshot(commit) {
             return true;
         }
@@ -474,7 +492,7 @@ impl Root {
     pub fn empty_trash(&self, quarantine: Duration) -> Result<usize, StoreError> {
         let now = SystemTime::now();
         let store = self.store();
-        let mut doomed: Vec<(StoreEntry, Option<String>)> = Vec::new();
+        let mut doomed: Vec<(StoreEntry, Option<CommitId>)> = Vec::new();
         let dirs = [self.snapshots_dir()?, self.repair_dir()?, store.open()?];
         for dir in dirs.into_iter().flatten() {
             for name in dir.names()? {
@@ -487,7 +505,7 @@ impl Root {
                 let due = trashed_at(tail)
                     .is_none_or(|at| now.duration_since(at).is_ok_and(|age| age >= quarantine));
                 if due {
-                    let commit = is_commit_id(label).then(|| label.to_string());
+                    let commit = CommitId::parse(label).ok();
                     doomed.push((StoreEntry::in_dir(&dir, name)?, commit));
                 }
             }
@@ -502,7 +520,7 @@ impl Root {
         for (entry, commit) in &doomed {
             entry.remove()?;
             // The records of a snapshot go with it, unless it was built again meanwhile.
-            if let (Some(commit), Some(manifests)) = (commit.as_deref(), &manifests) {
+            if let (Some(commit), Some(manifests)) = (commit, &manifests) {
                 if !self.has_snapshot(commit) {
                     let _ = manifests.remove_file(format!("{commit}.json"));
                     let _ = manifests.remove_file(format!("{commit}.entries"));
@@ -534,21 +552,20 @@ impl Root {
     }
 
     /// Commits of every installed snapshot.
-    pub fn snapshot_commits(&self) -> Result<Vec<String>, StoreError> {
+    pub fn snapshot_commits(&self) -> Result<Vec<CommitId>, StoreError> {
         let Some(snapshots) = self.snapshots_dir()? else {
             return Ok(Vec::new());
         };
         Ok(snapshots
             .names()?
             .into_iter()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| is_commit_id(n))
+            .filter_map(|n| CommitId::parse(n.to_str()?).ok())
             .collect())
     }
 
     /// What the snapshot of `commit` is, as recorded when it was built; `None` when there is
     /// no readable manifest (a damaged one is warned about).
-    pub fn manifest(&self, commit: &str) -> Result<Option<Manifest>, StoreError> {
+    pub fn manifest(&self, commit: &CommitId) -> Result<Option<Manifest>, StoreError> {
         let Some(manifests) = self.manifests_dir()? else {
             return Ok(None);
         };
@@ -576,7 +593,7 @@ impl Root {
     /// write the records before one of them wins the rename; until the loser writes them again,
     /// the list's times are the loser's, and comparing them would take the winner's files for
     /// edited ones.
-    pub fn entries(&self, commit: &str) -> Result<Option<Entries>, StoreError> {
+    pub fn entries(&self, commit: &CommitId) -> Result<Option<Entries>, StoreError> {
         let Some(manifests) = self.manifests_dir()? else {
             return Ok(None);
         };
@@ -600,7 +617,7 @@ impl Root {
 
     /// Whether the manifest of `commit` records the identity of the directory now at
     /// `snapshots/<commit>`.
-    fn built_here(&self, commit: &str) -> bool {
+    fn built_here(&self, commit: &CommitId) -> bool {
         let Ok(Some(snapshots)) = self.snapshots_dir() else {
             return false;
         };
@@ -615,15 +632,15 @@ impl Root {
 
     /// The full id of the snapshot that `wanted` names: a full id or an unambiguous prefix of at
     /// least 4 hex digits, among installed snapshots.
-    pub fn resolve_commit(&self, wanted: &str) -> Result<String, StoreError> {
+    pub fn resolve_commit(&self, wanted: &str) -> Result<CommitId, StoreError> {
         let wanted = wanted.trim().to_ascii_lowercase();
         let retained = self.snapshot_commits()?;
-        let matches: Vec<&String> = retained
+        let matches: Vec<&CommitId> = retained
             .iter()
             .filter(|c| wanted.len() >= 4 && c.starts_with(&wanted))
             .collect();
         match matches.as_slice() {
-            [one] => Ok(one.to_string()),
+            [one] => Ok((*one).clone()),
             [] => Err(StoreError::NotRetained {
                 wanted,
                 retained: self.describe_commits(&retained),
@@ -631,13 +648,13 @@ impl Root {
             many => Err(StoreError::Ambiguous {
                 wanted,
                 matches: self
-                    .describe_commits(&many.iter().map(|c| c.to_string()).collect::<Vec<_>>()),
+                    .describe_commits(&many.iter().map(|c| (*c).clone()).collect::<Vec<_>>()),
             }),
         }
     }
 
     /// `<short sha> <subject>` for each commit, for error messages.
-    fn describe_commits(&self, commits: &[String]) -> Vec<String> {
+    fn describe_commits(&self, commits: &[CommitId]) -> Vec<String> {
         commits
             .iter()
             .map(|c| {
@@ -647,9 +664,7 @@ impl Root {
                     .flatten()
                     .map(|m| m.subject)
                     .unwrap_or_default();
-                format!("{} {subject}", &c[..12.min(c.len())])
-                    .trim_end()
-                    .to_string()
+                format!("{} {subject}", c.short()).trim_end().to_string()
             })
             .collect()
     }

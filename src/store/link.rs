@@ -13,8 +13,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::layout::{REPAIR_DIR, SNAPSHOTS_DIR, STORE_DIR};
-use super::records::{Cause, Pin, Publication};
-use super::{gitsync, is_commit_id, Root, RootLock, StoreError};
+use super::records::{Author, Cause, Pin, Publication};
+use super::{gitsync, Root, RootLock, StoreError};
+use crate::commit::CommitId;
 use crate::fsutil::{self, Dir, IoError, Kind};
 
 /// Prefix of the temporary links [`swap`] creates next to the link. It starts with `.dagsnap`
@@ -31,7 +32,7 @@ const NOT_A_LINK_DIR: &str = "use as the link's directory";
 /// What the link points at right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Current {
-    pub commit: String,
+    pub commit: CommitId,
     /// False if the snapshot was deleted from under the link (a dangling link).
     pub complete: bool,
     /// The directory the link names: `snapshots/<commit>`, or, while a repair swaps a fresh
@@ -45,7 +46,7 @@ pub struct Current {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Published {
-        previous: Option<String>,
+        previous: Option<CommitId>,
     },
     /// The link already showed this commit.
     AlreadyCurrent,
@@ -116,20 +117,20 @@ impl Root {
             Some(Some(commit)) if commit.starts_with('/') => (&commit[1..], true),
             _ => (rest.unwrap_or_default(), false),
         };
-        if !is_commit_id(commit) {
+        let Ok(commit) = CommitId::parse(commit) else {
             return Err(StoreError::ForeignLink { link, target });
-        }
+        };
         let (dir, complete) = if in_repair {
-            let dir = self.fresh_copy_path(commit);
+            let dir = self.fresh_copy_path(&commit);
             let complete = self
                 .repair_dir()?
-                .is_some_and(|d| matches!(d.kind(commit), Ok(Some(Kind::Dir))));
+                .is_some_and(|d| matches!(d.kind(&commit), Ok(Some(Kind::Dir))));
             (dir, complete)
         } else {
-            (self.snapshot_path(commit), self.has_snapshot(commit))
+            (self.snapshot_path(&commit), self.has_snapshot(&commit))
         };
         Ok(Current {
-            commit: commit.to_string(),
+            commit,
             complete,
             dir,
             in_repair,
@@ -138,7 +139,7 @@ impl Root {
 
     /// What the link stores to point at the snapshot of `commit` (or its repair's fresh copy):
     /// relative to the link's directory, so it resolves the same in every pod.
-    fn link_target(&self, commit: &str, fresh_copy: bool) -> PathBuf {
+    fn link_target(&self, commit: &CommitId, fresh_copy: bool) -> PathBuf {
         let snapshots = path_to_root(&self.link_rel)
             .join(STORE_DIR)
             .join(SNAPSHOTS_DIR);
@@ -180,7 +181,7 @@ impl Root {
         let records = self.records();
         // A pin holds the link on its commit; only that commit may be (re)linked, e.g. when
         // its snapshot was deleted by hand and rebuilt.
-        let live = current.as_ref().map(|c| c.commit.as_str());
+        let live = current.as_ref().map(|c| &c.commit);
         if let Some(pin) = records
             .pin(live)?
             .filter(|p| p.commit != publication.commit)
@@ -224,7 +225,7 @@ impl Root {
     /// What the link should show, whatever moved it last: the pinned commit while an operator
     /// pins one, else the commit of the newest publication that moved the link; with what names
     /// it. `live` is the commit the link shows (a damaged pin holds it).
-    pub fn desired(&self, live: &str) -> Result<Option<(String, &'static str)>, StoreError> {
+    pub fn desired(&self, live: &CommitId) -> Result<Option<(CommitId, &'static str)>, StoreError> {
         let records = self.records();
         if let Some(pin) = records.pin(Some(live))? {
             return Ok(Some((pin.commit, BY_PIN)));
@@ -244,11 +245,11 @@ impl Root {
     /// lock it wrongly believed exclusive, and stalled before swapping, can swap an older commit
     /// over a newer one, or over a pin; every publisher's next cycle, and the late one right
     /// after its swap, puts the link back.
-    pub fn reconcile_link(
+    pub(crate) fn reconcile_link(
         &self,
         lock: &RootLock,
-        who: &Publication,
-    ) -> Result<Option<(String, String, &'static str)>, StoreError> {
+        who: &Author,
+    ) -> Result<Option<(CommitId, CommitId, &'static str)>, StoreError> {
         let Some(current) = self.current()? else {
             return Ok(None);
         };
@@ -258,15 +259,11 @@ impl Root {
         if desired == current.commit || self.check_snapshot(&desired, None).is_err() {
             return Ok(None);
         }
-        let entry = Publication {
-            commit: desired.clone(),
-            cause: Cause::Reconcile,
-            reason: Some(format!(
-                "the link showed {}; {because} names {desired}",
-                current.commit
-            )),
-            ..who.clone()
-        };
+        let reason = format!(
+            "the link showed {}; {because} names {desired}",
+            current.commit
+        );
+        let entry = who.entry(desired.clone(), Cause::Reconcile, true, Some(reason));
         self.publish(lock, &entry)?;
         Ok(Some((current.commit, desired, because)))
     }
@@ -277,7 +274,7 @@ impl Root {
     pub fn relink(
         &self,
         _lock: &RootLock,
-        commit: &str,
+        commit: &CommitId,
         fresh_copy: bool,
     ) -> Result<bool, StoreError> {
         match self.current()? {
@@ -296,7 +293,7 @@ impl Root {
     /// The operator's pin, if any (a damaged pin file holds what is live).
     pub fn pinned(&self) -> Result<Option<Pin>, StoreError> {
         let live = self.current().ok().flatten().map(|c| c.commit);
-        self.records().pin(live.as_deref())
+        self.records().pin(live.as_ref())
     }
 
     /// Release the pin, whatever state its file is in; returns what it was.

@@ -32,11 +32,10 @@ pub use layout::Root;
 pub use records::{rfc3339, Cause, Publication};
 
 pub(crate) use adopt::{Created, GitSyncLive};
-pub(crate) use layout::{is_commit_id, RootLock, Store, MAX_CLOCK_SKEW, STORE_DIR};
+pub(crate) use layout::{RootLock, Store, MAX_CLOCK_SKEW, STORE_DIR};
 pub(crate) use lifecycle::Installed;
 pub(crate) use link::{Current, Decision, BY_PIN};
 pub(crate) use records::{
-    CheckClaim, Claim, Expected, LockFault, LockWitness, Manifest, ModuleRecord, Pin,
+    Author, CheckClaim, Claim, Expected, LockFault, LockWitness, Manifest, ModuleRecord, Pin,
     SourceRecord, Verdict,
 };
-

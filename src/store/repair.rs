@@ -10,9 +10,10 @@
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
+use crate::commit::CommitId;
 use crate::entries::{Blobs, Entries};
 use crate::store::snapshot::{self, Previous, Reuse, SnapshotError, Stats};
-use crate::store::{Cause, Manifest, Publication, Root, StoreError};
+use crate::store::{Author, Cause, Manifest, Root, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepairError {
@@ -22,22 +23,11 @@ pub enum RepairError {
     Snapshot(#[from] SnapshotError),
 }
 
-/// Who repairs, for the journal entry.
-#[derive(Debug, Clone)]
-pub(crate) struct Repairer {
-    pub host: String,
-    pub pid: u32,
-    pub repo: String,
-    pub ref_name: String,
-    /// What was wrong, for the journal (`dagsnap log` shows it).
-    pub reason: String,
-}
-
 /// One repair of the snapshot of `commit`: where, with what settings, watched by whom.
 #[derive(Clone, Copy)]
 pub(crate) struct Repair<'a> {
     pub root: &'a Root,
-    pub commit: &'a str,
+    pub commit: &'a CommitId,
     /// The damaged snapshot's manifest (or what it should have been): the rebuilt copy gets it,
     /// with the counts and time of the rebuild.
     pub manifest: &'a Manifest,
@@ -55,7 +45,7 @@ impl Repair<'_> {
     ///    directory under `snapshots/.repair/`, writing every file from `blobs` (nothing is
     ///    shared with the damaged copy), and rename it to `snapshots/.repair/<commit>`.
     /// 2. Under the root's lock: if the link names the commit, swap it to the fresh copy, and
-    ///    journal the repair as `who`'s. From here readers get intact files.
+    ///    journal the repair as `who`'s, for `reason`. From here readers get intact files.
     /// 3. Under the lock: rename the damaged `snapshots/<commit>` to `snapshots/.retired-…`. A
     ///    reader that resolved the link to it keeps its files; GC deletes it after `--grace`.
     /// 4. Build `snapshots/<commit>` again by hard-linking every file of the fresh copy (no
@@ -70,12 +60,13 @@ impl Repair<'_> {
         &self,
         entries: Entries,
         blobs: &dyn Blobs,
-        who: &Repairer,
+        who: &Author,
+        reason: String,
     ) -> Result<Stats, RepairError> {
         // (1)
         let fresh = self.build_fresh_copy(entries, blobs)?;
         // (2)
-        self.move_readers_to_fresh_copy(who)?;
+        self.move_readers_to_fresh_copy(who, reason)?;
         // (3) to (6)
         self.finish(&fresh.entries, blobs)?;
         Ok(fresh.stats)
@@ -132,27 +123,13 @@ impl Repair<'_> {
     }
 
     /// Step 2: the link to the fresh copy, journaled as a repair.
-    fn move_readers_to_fresh_copy(&self, who: &Repairer) -> Result<(), RepairError> {
+    fn move_readers_to_fresh_copy(&self, who: &Author, reason: String) -> Result<(), RepairError> {
         let lock = self.root.lock(self.lock_timeout)?;
         if !self.root.relink(&lock, self.commit, true)? {
             return Ok(());
         }
-        let now = SystemTime::now();
-        self.root.records().record_publication(
-            &lock,
-            &Publication {
-                commit: self.commit.to_string(),
-                cause: Cause::Repair,
-                observed_at: now,
-                published_at: now,
-                host: who.host.clone(),
-                pid: who.pid,
-                repo: who.repo.clone(),
-                ref_name: who.ref_name.clone(),
-                moved_link: false,
-                reason: Some(who.reason.clone()),
-            },
-        )?;
+        let entry = who.entry(self.commit.clone(), Cause::Repair, false, Some(reason));
+        self.root.records().record_publication(&lock, &entry)?;
         Ok(())
     }
 

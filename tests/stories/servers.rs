@@ -166,7 +166,12 @@ impl HttpServer {
     }
 
     /// A server with `directives` added to nginx's `http` block (keep-alive limits, say).
-    pub(crate) fn start_tuned(tls: bool, user: &str, password: &str, directives: &str) -> HttpServer {
+    pub(crate) fn start_tuned(
+        tls: bool,
+        user: &str,
+        password: &str,
+        directives: &str,
+    ) -> HttpServer {
         let nginx = require("nginx", "nginx");
         let fcgiwrap = require("fcgiwrap", "fcgiwrap");
         let backend = Path::new("/usr/lib/git-core/git-http-backend");

@@ -120,7 +120,7 @@ fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
     });
     // B wins the lock first: stand in for it through the library, with B's observation.
     let b_publication = dagsnap::Publication {
-        commit: c2.clone(),
+        commit: dagsnap::CommitId::parse(&c2).unwrap(),
         cause: dagsnap::Cause::Sync,
         observed_at: SystemTime::now(),
         published_at: SystemTime::now(),
@@ -159,7 +159,7 @@ fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
         .journal()
         .unwrap()
         .into_iter()
-        .map(|p| p.commit)
+        .map(|p| p.commit.to_string())
         .collect();
     assert_eq!(journal, vec![c0, c2], "c1 was never published");
 }

@@ -199,7 +199,12 @@ fn pipe_git(dir: &Path, args: &[&str], input: &[u8]) -> String {
 impl Remote {
     /// Create `count` commits on `branch` in one `git fast-import` run, each holding
     /// `files_per_commit` files whose content names the commit's number. Returns the ids.
-    pub(crate) fn fast_commits(&self, branch: &str, count: usize, files_per_commit: usize) -> Vec<String> {
+    pub(crate) fn fast_commits(
+        &self,
+        branch: &str,
+        count: usize,
+        files_per_commit: usize,
+    ) -> Vec<String> {
         let mut stream = String::new();
         for i in 1..=count {
             stream.push_str(&format!(
@@ -339,14 +344,24 @@ pub(crate) fn sync_once(scratch: &Scratch, repo: &str, extra: &[&str]) -> Output
     sync_once_with(scratch, &scratch.cache(), repo, extra)
 }
 
-pub(crate) fn sync_once_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Output {
+pub(crate) fn sync_once_with(
+    scratch: &Scratch,
+    cache: &Path,
+    repo: &str,
+    extra: &[&str],
+) -> Output {
     sync_once_command(scratch, cache, repo, extra)
         .output()
         .unwrap()
 }
 
 /// The command of [`sync_once_with`], for callers that add environment variables.
-pub(crate) fn sync_once_command(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Command {
+pub(crate) fn sync_once_command(
+    scratch: &Scratch,
+    cache: &Path,
+    repo: &str,
+    extra: &[&str],
+) -> Command {
     let mut cmd = dagsnap(scratch.tmp.path());
     cmd.args(["sync", "--one-time", "--repo", repo])
         .arg("--root")
@@ -362,7 +377,12 @@ pub(crate) fn spawn_loop(scratch: &Scratch, repo: &str, extra: &[&str]) -> Daemo
     spawn_loop_with(scratch, &scratch.cache(), repo, extra)
 }
 
-pub(crate) fn spawn_loop_with(scratch: &Scratch, cache: &Path, repo: &str, extra: &[&str]) -> Daemon {
+pub(crate) fn spawn_loop_with(
+    scratch: &Scratch,
+    cache: &Path,
+    repo: &str,
+    extra: &[&str],
+) -> Daemon {
     spawn_loop_in_env(scratch, cache, repo, extra, &[])
 }
 
@@ -785,7 +805,12 @@ pub(crate) fn seeded_rng(story: &str) -> rand::rngs::StdRng {
 }
 
 /// An HTTP request to the publisher's endpoints: (status, body).
-pub(crate) fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+pub(crate) fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .no_proxy()

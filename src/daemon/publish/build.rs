@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use super::{PublishError, Publisher};
+use crate::commit::CommitId;
 use crate::git::select;
 use crate::git::submodules::Expanded;
 use crate::git::{CommitInfo, SourceError};
@@ -160,7 +161,7 @@ pub(super) fn module_records(modules: &[crate::git::submodules::Module]) -> Vec<
         .iter()
         .map(|m| ModuleRecord {
             path: String::from_utf8_lossy(&m.path).into_owned(),
-            commit: m.commit.to_string(),
+            commit: CommitId::from(m.commit),
             url: m.url.clone(),
         })
         .collect()

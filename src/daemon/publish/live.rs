@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use super::build::{content_manifest, manifest_for};
 use super::{PublishError, Publisher};
+use crate::commit::CommitId;
 use crate::git::SourceError;
 use crate::store::repair;
 use crate::store::snapshot::{self, Stats};
-use crate::store::{Current, Manifest};
+use crate::store::{Author, Current, Manifest};
 
 impl Publisher {
     /// Step 5: when `--verify-period` has passed since the last check, check the live snapshot
@@ -116,7 +117,7 @@ impl Publisher {
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<(), PublishError> {
-        if self.settled.as_deref() == Some(current.commit.as_str()) {
+        if self.settled.as_ref() == Some(&current.commit) {
             return Ok(());
         }
         let info = self.cache.commit_info(id)?;
@@ -145,7 +146,7 @@ impl Publisher {
     /// A repair of the snapshot of `commit` with this publisher's settings.
     fn repair_of<'a>(
         &'a self,
-        commit: &'a str,
+        commit: &'a CommitId,
         manifest: &'a Manifest,
         progress: &'a gix::progress::tree::Root,
         interrupt: &'a AtomicBool,
@@ -170,14 +171,13 @@ impl Publisher {
         blobs: &dyn crate::entries::Blobs,
         reason: String,
     ) -> Result<(), PublishError> {
-        let who = repair::Repairer {
+        let who = Author {
             host: crate::fsutil::hostname(),
             pid: std::process::id(),
             repo: self.remote.display_url(),
             ref_name: self.remote.target.to_string(),
-            reason,
         };
-        let repaired = job.run(entries, blobs, &who);
+        let repaired = job.run(entries, blobs, &who, reason);
         crate::git::pages::give_back();
         repaired?;
         Ok(())

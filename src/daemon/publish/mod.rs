@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::commit::CommitId;
 use crate::git::submodules::Expander;
 use crate::git::{Cache, Remote};
 use crate::store::records::{PublisherRecord, Registration};
@@ -62,9 +63,9 @@ pub struct Publisher {
     /// The last remote commit found to change nothing published, and the live commit that
     /// holds the same: later polls that see both again need not look again, and it is
     /// journaled once.
-    same: Option<(String, String)>,
+    same: Option<(CommitId, CommitId)>,
     /// The live commit whose snapshot was found to hold what this publisher publishes.
-    settled: Option<String>,
+    settled: Option<CommitId>,
 }
 
 /// Where a cycle spent its time, for the metrics.

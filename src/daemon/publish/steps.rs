@@ -6,16 +6,18 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Outcome, PublishError, Publisher};
+use crate::commit::CommitId;
 use crate::git::CommitInfo;
 use crate::git::Observation;
 use crate::store::snapshot::Stats;
 use crate::store::{
-    gc, Cause, Current, Decision, Expected, GitSyncLive, Publication, RootLock, StoreError, Verdict,
+    gc, Author, Cause, Current, Decision, Expected, GitSyncLive, Publication, RootLock, StoreError,
+    Verdict,
 };
 
 /// What the remote said (step 2), for the steps after it.
 pub(super) struct Seen {
-    pub commit: String,
+    pub commit: CommitId,
     pub observation: Observation,
 }
 
@@ -46,7 +48,7 @@ impl Publisher {
         self.followed_ref = Some(observation.ref_name.clone());
         self.observe_locks();
         Ok(Seen {
-            commit: observation.commit.to_string(),
+            commit: CommitId::from(observation.commit),
             observation,
         })
     }
@@ -238,7 +240,7 @@ impl Publisher {
     }
 
     /// The recorded rejection of `commit` by the configured check, if any.
-    pub(super) fn known_rejection(&self, commit: &str) -> Option<Verdict> {
+    pub(super) fn known_rejection(&self, commit: &CommitId) -> Option<Verdict> {
         let check = self.gate.check.as_ref()?;
         let fingerprint = crate::store::records::verdicts::fingerprint(&check.command);
         self.root
@@ -318,17 +320,11 @@ impl Publisher {
     }
 
     pub(super) fn reconcile_under(&self, lock: &RootLock) -> Result<(), PublishError> {
-        let who = Publication {
-            commit: String::new(),
-            cause: Cause::Reconcile,
-            observed_at: SystemTime::now(),
-            published_at: SystemTime::now(),
+        let who = Author {
             host: crate::fsutil::hostname(),
             pid: std::process::id(),
             repo: self.remote.display_url(),
             ref_name: self.source.ref_name.clone(),
-            moved_link: true,
-            reason: None,
         };
         if let Some((from, to, because)) = self.root.reconcile_link(lock, &who)? {
             tracing::warn!(%from, %to, because, "the link showed a commit that is neither pinned nor the newest publication (a publisher swapped late, or something else moved it); put it back");
@@ -340,7 +336,11 @@ impl Publisher {
     /// there (on a volume without working locks, GC elsewhere may have retired it between our
     /// decision and our swap; it is in the trash, whole, and comes back), and what the link
     /// shows is reconciled once more (a newer publication or a pin may have appeared).
-    pub(super) fn after_swap(&self, commit: &str, lock: &RootLock) -> Result<(), PublishError> {
+    pub(super) fn after_swap(
+        &self,
+        commit: &CommitId,
+        lock: &RootLock,
+    ) -> Result<(), PublishError> {
         if !self.root.has_snapshot(commit) {
             if self
                 .root
@@ -349,7 +349,7 @@ impl Publisher {
                 tracing::warn!(%commit, "the snapshot was retired by GC while this publisher linked it (locks on this volume may not work); brought it back");
             } else {
                 return Err(StoreError::SnapshotGone {
-                    commit: commit.to_string(),
+                    commit: commit.clone(),
                 }
                 .into());
             }
@@ -407,7 +407,7 @@ impl Publisher {
     /// written under the root's lock like every record.
     pub(super) fn journal(
         &self,
-        commit: &str,
+        commit: &CommitId,
         cause: Cause,
         ref_name: &str,
         reason: String,
@@ -417,7 +417,7 @@ impl Publisher {
         self.root.records().record_publication(
             &lock,
             &Publication {
-                commit: commit.to_string(),
+                commit: commit.clone(),
                 cause,
                 observed_at: now,
                 published_at: now,
@@ -436,11 +436,11 @@ impl Publisher {
     /// `live` stays.
     pub(super) fn journal_same(
         &mut self,
-        commit: &str,
-        live: &str,
+        commit: &CommitId,
+        live: &CommitId,
         ref_name: &str,
     ) -> Result<(), PublishError> {
-        self.same = Some((commit.to_string(), live.to_string()));
+        self.same = Some((commit.clone(), live.clone()));
         // Said already by a peer, or by this publisher before a restart.
         let journaled = self.root.records().journal().unwrap_or_default();
         if journaled

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::commit::CommitId;
 use crate::fsutil::lock::LockError;
 use crate::git::select::Sparse;
 use crate::git::submodules::Mode as SubmoduleMode;
@@ -105,33 +106,33 @@ impl PublishError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The link already shows the remote's commit; nothing was written.
-    Unchanged { commit: String },
+    Unchanged { commit: CommitId },
     /// The link now shows `commit`.
     Published {
-        commit: String,
-        previous: Option<String>,
+        commit: CommitId,
+        previous: Option<CommitId>,
         /// `None` when the snapshot already existed (built earlier or by another publisher).
         built: Option<Stats>,
         elapsed: Duration,
     },
     /// Another publisher had already published a newer observation; the link was left alone.
-    Superseded { commit: String, current: String },
+    Superseded { commit: CommitId, current: CommitId },
     /// The remote has `commit` but an operator pinned the link; it was left alone.
-    Held { commit: String, pin: Pin },
+    Held { commit: CommitId, pin: Pin },
     /// `commit` changes nothing this publisher publishes (only paths outside `--subdir`): the
     /// link stays on `live`, whose snapshot holds the same tree.
-    Same { commit: String, live: String },
+    Same { commit: CommitId, live: CommitId },
     /// `--check-command` rejected `commit` (now, or at an earlier poll: a commit is checked
     /// once); the link stays where it was.
-    Rejected { commit: String, verdict: Verdict },
+    Rejected { commit: CommitId, verdict: Verdict },
     /// The link moved less than `--min-publish-interval` ago: `commit`'s snapshot is ready and
     /// goes live after `wait`.
-    Throttled { commit: String, wait: Duration },
+    Throttled { commit: CommitId, wait: Duration },
     /// The link shows git-sync's worktree of `git_sync`, and git-sync wrote the root less than
     /// `--adopt-after` ago: `commit`'s snapshot is ready, the link is left to git-sync for now.
     Deferred {
-        commit: String,
-        git_sync: String,
+        commit: CommitId,
+        git_sync: CommitId,
         quiet_for: Duration,
     },
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{PublishError, Publisher};
+use crate::commit::CommitId;
 use crate::fsutil::lock::LockError;
 use crate::store::snapshot::SnapshotError;
 use crate::store::{Cause, CheckClaim, Current, StoreError, Verdict};
@@ -17,7 +18,7 @@ impl Publisher {
     /// the cycle's interrupt stops is abandoned: no verdict, the cycle ends as cancelled.
     pub(super) fn check(
         &mut self,
-        commit: &str,
+        commit: &CommitId,
         ref_name: &str,
         current: Option<&Current>,
         interrupt: &AtomicBool,
@@ -39,7 +40,7 @@ impl Publisher {
         tracing::info!(%commit, check = %crate::text::escape(&command.command), "checking the new snapshot before it goes live");
         let ran = check::run(&command, &self.root.snapshot_path(commit), &env, interrupt);
         let mut verdict = Verdict {
-            commit: commit.to_string(),
+            commit: commit.clone(),
             fingerprint,
             accepted: false,
             exit_code: None,
@@ -99,7 +100,7 @@ impl Publisher {
     /// check's timeout (and a little), instead of running it again.
     fn claim_check(
         &self,
-        commit: &str,
+        commit: &CommitId,
         fingerprint: &str,
         timeout: Duration,
         interrupt: &AtomicBool,

@@ -27,6 +27,7 @@ use std::time::Duration;
 use super::health::{CycleDone, Health};
 use super::hooks::{ExecHook, Hooks, WebHook};
 use super::http::{self, Auth};
+use crate::commit::CommitId;
 use crate::daemon::publish::{Outcome, PublishError, Publisher, Timings};
 use crate::git::redact::Redactor;
 use crate::progress::{Reporter, Style};
@@ -207,7 +208,7 @@ struct Loop {
     /// Consecutive failures.
     failures: u64,
     /// The last (remote commit, pinned or other commit) the log said was held back.
-    held: Option<(String, String)>,
+    held: Option<(String, CommitId)>,
     /// A cycle succeeded since start (git-sync's "first sync").
     synced_once: bool,
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{Loop, Ran};
+use crate::commit::CommitId;
 use crate::daemon::health::CycleDone;
 use crate::daemon::hooks::{self, ErrorRecord, HookEvent};
 use crate::daemon::metrics::CycleReport;
@@ -142,15 +143,15 @@ pub(super) struct AfterCycle<'a> {
     pub rejection: Option<String>,
     pub failures: u64,
     pub first_success: bool,
-    pub previous: Option<String>,
+    pub previous: Option<CommitId>,
 }
 
 /// Log what a cycle did. `held` remembers the last (remote commit, pinned commit) reported, so
 /// a pinned root says so once per new remote commit rather than at every poll.
-pub(super) fn report(outcome: &Outcome, held: &mut Option<(String, String)>) {
+pub(super) fn report(outcome: &Outcome, held: &mut Option<(String, CommitId)>) {
     match outcome {
         Outcome::Held { commit, pin } => {
-            let now = Some((commit.clone(), pin.commit.clone()));
+            let now = Some((commit.to_string(), pin.commit.clone()));
             if *held != now {
                 const HELD: &str = "the root is pinned; not moving the link to the remote's commit (dagsnap unpin releases it)";
                 if pin.reason.is_empty() {

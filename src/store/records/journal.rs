@@ -9,6 +9,7 @@ use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::time::SystemTime;
 
 use super::{Check, Publication};
+use crate::commit::CommitId;
 use crate::fsutil::{is_not_regular, Context, Dir, IoError};
 use crate::store::StoreError;
 
@@ -146,8 +147,8 @@ fn encode(entry: &Publication, path: &std::path::Path) -> Result<Vec<u8>, StoreE
 /// the one the journal says is live.
 #[derive(Debug, Default, Clone)]
 pub struct LinkHistory {
-    pub published: HashMap<String, SystemTime>,
-    pub retired: HashMap<String, SystemTime>,
+    pub published: HashMap<CommitId, SystemTime>,
+    pub retired: HashMap<CommitId, SystemTime>,
 }
 
 impl LinkHistory {
@@ -178,7 +179,7 @@ mod tests {
 
     fn entry(n: u8) -> Publication {
         Publication {
-            commit: format!("{:040x}", n),
+            commit: CommitId::parse(&format!("{:040x}", n)).unwrap(),
             cause: Cause::Sync,
             observed_at: SystemTime::UNIX_EPOCH,
             published_at: SystemTime::UNIX_EPOCH,

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{sub_dir, MAX_RECORD};
+use crate::commit::CommitId;
 use crate::fsutil::{Dir, Found};
-use crate::store::{is_commit_id, Store};
+use crate::store::Store;
 
 const DIR: &str = "leases";
 /// The longest a lease is honoured, counted from when its file was written.
@@ -23,13 +24,13 @@ pub(crate) const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Deserialize)]
 struct Lease {
-    commit: String,
+    commit: CommitId,
     expires_at: u64,
 }
 
 /// Each lease file with the commit it names and when it ends (`None`: damaged: unreadable,
 /// not a regular file, over [`MAX_RECORD`] bytes).
-fn read_all(dir: &Dir) -> Vec<(OsString, Option<(String, SystemTime)>)> {
+fn read_all(dir: &Dir) -> Vec<(OsString, Option<(CommitId, SystemTime)>)> {
     dir.names()
         .unwrap_or_default()
         .into_iter()
@@ -39,9 +40,7 @@ fn read_all(dir: &Dir) -> Vec<(OsString, Option<(String, SystemTime)>)> {
         })
         .map(|name| {
             let lease = match dir.read_record(&name, MAX_RECORD) {
-                Ok(Found::Bytes(bytes)) => serde_json::from_slice::<Lease>(&bytes)
-                    .ok()
-                    .filter(|lease| is_commit_id(&lease.commit)),
+                Ok(Found::Bytes(bytes)) => serde_json::from_slice::<Lease>(&bytes).ok(),
                 _ => None,
             };
             let written = dir
@@ -60,7 +59,7 @@ fn read_all(dir: &Dir) -> Vec<(OsString, Option<(String, SystemTime)>)> {
 }
 
 /// The commits that an unexpired lease names.
-pub(in crate::store) fn leased(store: &Store, now: SystemTime) -> HashSet<String> {
+pub(in crate::store) fn leased(store: &Store, now: SystemTime) -> HashSet<CommitId> {
     let Some(dir) = sub_dir(store, DIR) else {
         return HashSet::new();
     };

@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{RootLock, Store, StoreError, MAX_CLOCK_SKEW};
+use crate::commit::CommitId;
 use crate::fsutil::{self, Dir, Found, IoError};
 
 /// Where dagsnap before 0.3 kept the latest publication (one file, overwritten); still read
@@ -127,7 +128,7 @@ impl Records {
     }
 
     /// The verdict of the check named `fingerprint` on `commit`, if recorded.
-    pub fn verdict(&self, commit: &str, fingerprint: &str) -> Option<Verdict> {
+    pub fn verdict(&self, commit: &CommitId, fingerprint: &str) -> Option<Verdict> {
         verdicts::read(&self.store, commit, fingerprint)
     }
 
@@ -143,7 +144,7 @@ impl Records {
 
     /// The newest verdict on `commit` (by any check command), if it is a rejection: what
     /// operator commands go by, since they do not know the loops' check command.
-    pub fn rejection(&self, commit: &str) -> Option<Verdict> {
+    pub fn rejection(&self, commit: &CommitId) -> Option<Verdict> {
         self.verdicts()
             .into_iter()
             .find(|v| v.commit == commit)
@@ -151,14 +152,14 @@ impl Records {
     }
 
     /// Forget the verdicts on `commit` (`dagsnap recheck`); how many went.
-    pub fn forget_verdicts(&self, _lock: &RootLock, commit: &str) -> usize {
+    pub fn forget_verdicts(&self, _lock: &RootLock, commit: &CommitId) -> usize {
         verdicts::forget(&self.store, commit)
     }
 
     /// The right to run the check on `commit` now, or `None` while another publisher runs it.
     pub fn claim_check(
         &self,
-        commit: &str,
+        commit: &CommitId,
         fingerprint: &str,
     ) -> Result<Option<CheckClaim>, StoreError> {
         verdicts::claim(&self.store, commit, fingerprint)
@@ -166,7 +167,7 @@ impl Records {
 
     /// Remove verdicts nobody needs any more (GC); `retained` says which commits have a
     /// snapshot.
-    pub fn remove_unneeded_verdicts(&self, _lock: &RootLock, retained: &dyn Fn(&str) -> bool) {
+    pub fn remove_unneeded_verdicts(&self, _lock: &RootLock, retained: &dyn Fn(&CommitId) -> bool) {
         verdicts::remove_unneeded(&self.store, retained)
     }
 
@@ -259,7 +260,7 @@ impl Records {
 
     /// The operator's pin, if any. A pin file that cannot be read is taken as a pin of the live
     /// snapshot (`live`): when in doubt, hold the link where it is, and say how to release it.
-    pub fn pin(&self, live: Option<&str>) -> Result<Option<Pin>, StoreError> {
+    pub fn pin(&self, live: Option<&CommitId>) -> Result<Option<Pin>, StoreError> {
         let Some(store) = self.store.open()? else {
             return Ok(None);
         };
@@ -284,7 +285,7 @@ impl Records {
                     .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s.st_mtime.max(0) as u64))
                     .unwrap_or_else(SystemTime::now);
                 Ok(Some(Pin {
-                    commit: live.to_string(),
+                    commit: live.clone(),
                     reason: format!("pin.json is damaged ({why})"),
                     pinned_at,
                     pinned_by: "unknown".into(),
@@ -352,7 +353,7 @@ impl Records {
     }
 
     /// Commits that a reader's unexpired lease asks GC to keep (see [`leases`]).
-    pub fn leased(&self, now: SystemTime) -> HashSet<String> {
+    pub fn leased(&self, now: SystemTime) -> HashSet<CommitId> {
         leases::leased(&self.store, now)
     }
 
@@ -409,7 +410,10 @@ pub(crate) enum Read<T> {
 
 /// A record that can say whether what was parsed makes sense.
 pub(crate) trait Check {
-    fn check(&self) -> Result<(), String>;
+    /// Why the record makes no sense, beyond what deserialization already refused.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Read the JSON record `name` in `dir` (a regular file of at most [`MAX_RECORD`] bytes,

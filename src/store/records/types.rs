@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::Check;
-use crate::store::is_commit_id;
+use crate::commit::CommitId;
 
 /// What happened, in a journal entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ impl std::fmt::Display for Cause {
 /// why. `publications/` holds one file per entry that moved the link; `journal.jsonl` holds them all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publication {
-    pub commit: String,
+    pub commit: CommitId,
     pub cause: Cause,
     /// When the publisher asked the remote for the state that produced this publication.
     #[serde(with = "rfc3339")]
@@ -88,6 +88,42 @@ fn yes() -> bool {
     true
 }
 
+/// Who writes a journal entry: a publisher (its host and process, and what it follows) or an
+/// operator at a keyboard.
+#[derive(Debug, Clone)]
+pub(crate) struct Author {
+    pub host: String,
+    pub pid: u32,
+    /// Repository URL, credentials redacted.
+    pub repo: String,
+    pub ref_name: String,
+}
+
+impl Author {
+    /// An entry by this author about `commit`, observed and written now.
+    pub(crate) fn entry(
+        &self,
+        commit: CommitId,
+        cause: Cause,
+        moved_link: bool,
+        reason: Option<String>,
+    ) -> Publication {
+        let now = SystemTime::now();
+        Publication {
+            commit,
+            cause,
+            observed_at: now,
+            published_at: now,
+            host: self.host.clone(),
+            pid: self.pid,
+            repo: self.repo.clone(),
+            ref_name: self.ref_name.clone(),
+            moved_link,
+            reason,
+        }
+    }
+}
+
 impl Publication {
     /// Operators' entries (rollback, pin, unpin) say nothing about the remote, but they end the
     /// ordering of observations made before them: a loop that polled before an `unpin` must not
@@ -98,19 +134,13 @@ impl Publication {
     }
 }
 
-impl Check for Publication {
-    fn check(&self) -> Result<(), String> {
-        if !is_commit_id(&self.commit) {
-            return Err(format!("'{}' is not a commit id", self.commit));
-        }
-        Ok(())
-    }
-}
+/// Its commit is checked as it is read ([`CommitId`]); nothing else can be inconsistent.
+impl Check for Publication {}
 
 /// What a snapshot holds, written next to the store as `manifests/<sha>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    pub commit: String,
+    pub commit: CommitId,
     pub tree: String,
     pub subject: String,
     pub author: String,
@@ -204,7 +234,7 @@ impl Expected {
 pub struct ModuleRecord {
     /// Its path in the snapshot (not valid UTF-8: lossily converted; for people only).
     pub path: String,
-    pub commit: String,
+    pub commit: CommitId,
     /// Where it was fetched from, credentials masked.
     pub url: String,
 }
@@ -229,18 +259,8 @@ impl DirIdentity {
 
 impl Check for Manifest {
     fn check(&self) -> Result<(), String> {
-        if !is_commit_id(&self.commit) {
-            return Err(format!("'{}' is not a commit id", self.commit));
-        }
         if !["", "off", "shallow", "recursive"].contains(&self.submodules.as_str()) {
             return Err(format!("unknown submodules mode '{}'", self.submodules));
-        }
-        if let Some(module) = self.modules.iter().find(|m| !is_commit_id(&m.commit)) {
-            return Err(format!(
-                "submodule '{}' has '{}' for a commit id",
-                crate::text::escape(&module.path),
-                module.commit
-            ));
         }
         Ok(())
     }
@@ -323,7 +343,7 @@ impl std::fmt::Display for SourceRecord {
 /// An operator's instruction that sync loops must not move the link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
-    pub commit: String,
+    pub commit: CommitId,
     #[serde(default)]
     pub reason: String,
     #[serde(with = "rfc3339")]
@@ -331,14 +351,8 @@ pub struct Pin {
     pub pinned_by: String,
 }
 
-impl Check for Pin {
-    fn check(&self) -> Result<(), String> {
-        if !is_commit_id(&self.commit) {
-            return Err(format!("'{}' is not a commit id", self.commit));
-        }
-        Ok(())
-    }
-}
+/// Its commit is checked as it is read ([`CommitId`]); nothing else can be inconsistent.
+impl Check for Pin {}
 
 /// RFC 3339 timestamps with nanoseconds in UTC, for the records under `.dagsnap/`.
 pub mod rfc3339 {

@@ -15,16 +15,17 @@ use serde::{Deserialize, Serialize};
 
 use super::claims::lock_file;
 use super::{read_json, sub_dir, write_json, Check, Read};
+use crate::commit::CommitId;
 use crate::fsutil::lock::{FileLock, LockError};
 use crate::fsutil::Dir;
-use crate::store::{is_commit_id, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 const DIR: &str = "verdicts";
 
 /// What the check said of one commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
-    pub commit: String,
+    pub commit: CommitId,
     /// Names the check command (see [`fingerprint`]).
     pub fingerprint: String,
     pub accepted: bool,
@@ -54,14 +55,8 @@ pub struct Verdict {
     pub pid: u32,
 }
 
-impl Check for Verdict {
-    fn check(&self) -> Result<(), String> {
-        if !is_commit_id(&self.commit) {
-            return Err(format!("'{}' is not a commit id", self.commit));
-        }
-        Ok(())
-    }
-}
+/// Its commit is checked as it is read ([`CommitId`]); nothing else can be inconsistent.
+impl Check for Verdict {}
 
 impl Verdict {
     /// Why it was rejected, in a few words: "exit status 1", "timed out after 2m".
@@ -134,12 +129,16 @@ pub(crate) fn fingerprint(command: &str) -> String {
     format!("{hash:016x}")
 }
 
-fn name(commit: &str, fingerprint: &str) -> String {
+fn name(commit: &CommitId, fingerprint: &str) -> String {
     format!("{commit}.{fingerprint}.json")
 }
 
 /// The verdict on `commit` by the check named `fingerprint`, if one was recorded (and is valid).
-pub(in crate::store) fn read(store: &Store, commit: &str, fingerprint: &str) -> Option<Verdict> {
+pub(in crate::store) fn read(
+    store: &Store,
+    commit: &CommitId,
+    fingerprint: &str,
+) -> Option<Verdict> {
     let dir = sub_dir(store, DIR)?;
     match read_json::<Verdict>(&dir, name(commit, fingerprint)) {
         Ok(Read::Valid(v)) if v.commit == commit && v.fingerprint == fingerprint => Some(v),
@@ -178,7 +177,7 @@ pub(in crate::store) fn all(store: &Store) -> Vec<Verdict> {
 }
 
 /// Forget every verdict on `commit`; how many went.
-pub(in crate::store) fn forget(store: &Store, commit: &str) -> usize {
+pub(in crate::store) fn forget(store: &Store, commit: &CommitId) -> usize {
     let Some(dir) = sub_dir(store, DIR) else {
         return 0;
     };
@@ -202,7 +201,7 @@ const KEEP_UNRETAINED: std::time::Duration = std::time::Duration::from_secs(30 *
 
 /// Remove damaged verdicts, old verdicts on commits no longer in the store (`retained`), and
 /// all but the newest [`KEPT`] (GC). Only names in `verdicts/` go, never through a symlink.
-pub(in crate::store) fn remove_unneeded(store: &Store, retained: &dyn Fn(&str) -> bool) {
+pub(in crate::store) fn remove_unneeded(store: &Store, retained: &dyn Fn(&CommitId) -> bool) {
     let Some(dir) = sub_dir(store, DIR) else {
         return;
     };
@@ -243,7 +242,7 @@ pub struct CheckClaim {
 /// Take the right to check `commit`, or `None` if another publisher is checking it now.
 pub(in crate::store) fn claim(
     store: &Store,
-    commit: &str,
+    commit: &CommitId,
     fingerprint: &str,
 ) -> Result<Option<CheckClaim>, StoreError> {
     let dir = store.ensure(DIR)?;
@@ -271,7 +270,7 @@ mod tests {
 
     fn verdict() -> Verdict {
         Verdict {
-            commit: "c".repeat(40),
+            commit: CommitId::parse(&"c".repeat(40)).unwrap(),
             fingerprint: fingerprint("check"),
             accepted: false,
             exit_code: None,
