@@ -9,6 +9,7 @@ mod broken_locks;
 mod cache;
 mod chaos;
 mod damaged_state;
+mod docs;
 mod gate;
 mod git_sync;
 mod incident;
