@@ -236,7 +236,12 @@ fn publishers_on_a_volume_whose_locks_do_not_travel_never_break_readers_and_say_
     assert!(out.status.success(), "{}", stderr(&out));
     let pinned = published(&real_root).unwrap();
     let pinned_at = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
+    // The publishers have seen the pin and held the link on it.
+    wait_until(
+        Duration::from_secs(30),
+        "the publishers to hold on the pin",
+        || log_of(&scratch, &p1).contains("the root is pinned"),
+    );
 
     // A publisher of another configuration, through a fourth mount where no lock is visible,
     // is refused: the others' heartbeats say they run.
@@ -304,7 +309,11 @@ fn a_link_moved_off_the_pin_or_the_newest_publication_is_put_back() {
     let scratch = Scratch::new();
     let versions = publish_versions(&remote, &scratch, 3, "v");
     let link = scratch.root().join("current");
-    let daemon = spawn_loop(&scratch, &remote.url(), &["--period", "100ms"]);
+    let daemon = spawn_loop(
+        &scratch,
+        &remote.url(),
+        &["--period", "100ms", "--log-level", "dagsnap=debug"],
+    );
     wait_until(Duration::from_secs(30), "the loop", || {
         daemon.logs().contains("dagsnap sync starting")
     });
@@ -330,7 +339,9 @@ fn a_link_moved_off_the_pin_or_the_newest_publication_is_put_back() {
     std::os::unix::fs::symlink(Path::new(SNAPSHOTS).join(&versions[2]), &temp).unwrap();
     fs::rename(&temp, &link).unwrap();
     daemon.wait_for_commit(&scratch.root(), &versions[1], Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    // The loop's next cycles found the pin and left the link on it.
+    let held = ["pinned; link left alone"];
+    daemon.wait_for_lines(&held, daemon.log_lines(&held) + 2, Duration::from_secs(10));
     assert_eq!(
         published(&scratch.root()).as_deref(),
         Some(versions[1].as_str()),

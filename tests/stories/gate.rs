@@ -117,6 +117,8 @@ fn a_commit_that_does_not_import_is_rejected_once_and_the_fix_goes_live_at_once(
     let args = [
         "--period",
         "200ms",
+        "--log-level",
+        "dagsnap=debug",
         "--http-bind",
         &bind,
         "--error-file",
@@ -206,7 +208,8 @@ fn a_commit_that_does_not_import_is_rejected_once_and_the_fix_goes_live_at_once(
     assert!(metric(&text, "dagsnap_syncs_total{result=\"rejected\"}") >= 1.0);
 
     // Later polls see the same commit and do not check it again, and neither does a restart.
-    std::thread::sleep(Duration::from_millis(1500));
+    let not_again = ["rejected by the check earlier; not checked again"];
+    daemon.wait_for_lines(&not_again, 2, Duration::from_secs(30));
     assert_eq!(check.runs_of(&bad), 1);
     daemon.signal(Signal::SIGTERM);
     assert!(daemon.wait(Duration::from_secs(30)).success());
@@ -216,7 +219,7 @@ fn a_commit_that_does_not_import_is_rejected_once_and_the_fix_goes_live_at_once(
         "the rejection after the restart",
         || daemon.logs().contains("the check rejected this commit"),
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    daemon.wait_for_lines(&not_again, 2, Duration::from_secs(30));
     assert_eq!(check.runs_of(&bad), 1, "{}", daemon.logs());
     assert_eq!(published(&scratch.root()).as_deref(), Some(good.as_str()));
     assert_eq!(
@@ -390,7 +393,15 @@ fn two_publishers_on_one_root_check_each_commit_once() {
         "sleep 1\ngrep -q broken dags/a.py && { echo 'dags/a.py is broken'; exit 1; }\necho ok",
     );
     let first = remote.commit(&[("dags/a.py", "x = 1\n")], "first");
-    let args = ["--period", "100ms", "--check-command", &check.command()].map(str::to_string);
+    let args = [
+        "--period",
+        "100ms",
+        "--log-level",
+        "dagsnap=debug",
+        "--check-command",
+        &check.command(),
+    ]
+    .map(str::to_string);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = spawn_loop_with(&scratch, &scratch.path("cache-a"), &remote.url(), &args);
     let b = spawn_loop_with(&scratch, &scratch.path("cache-b"), &remote.url(), &args);
@@ -406,7 +417,10 @@ fn two_publishers_on_one_root_check_each_commit_once() {
     );
     let second = remote.commit(&[("dags/a.py", "x = 2\n")], "second");
     a.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
+    // Both have polled again since and found nothing left to check.
+    for publisher in [&a, &b] {
+        publisher.wait_for_lines(&["up to date", &second], 2, Duration::from_secs(30));
+    }
     for commit in [&first, &broken, &second] {
         assert_eq!(
             check.runs_of(commit),

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::servers::{Door, HttpServer, SshServer, WebhookReceiver};
+use crate::servers::WebhookReceiver;
 use crate::support::*;
 
 /// git-sync's publishing, step for step (see the script's header).
 const GIT_SYNC_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/git-sync-v4.sh");
 
 /// dagsnap started as `git-sync` with `env` (and only that) as its configuration.
-fn git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Command {
+pub(crate) fn git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = git_sync_via(&[], scratch.tmp.path());
     cmd.args(args)
         .env("DAGSNAP_CACHE_DIR", scratch.cache())
@@ -26,12 +26,12 @@ fn git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-fn run_git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run_git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Output {
     git_sync(scratch, args, env).output().unwrap()
 }
 
 /// A loop started as git-sync, its stderr in a file; stopped with its process group.
-fn spawn_git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+pub(crate) fn spawn_git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     let log = scratch.path(&format!("git-sync-{}.log", rand::random::<u32>()));
     let child = git_sync(scratch, args, env)
         .stdout(Stdio::null())
@@ -42,14 +42,14 @@ fn spawn_git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Dae
     Daemon { child, log }
 }
 
-fn link_target(link: &Path) -> String {
+pub(crate) fn link_target(link: &Path) -> String {
     fs::read_link(link)
         .map(|t| t.display().to_string())
         .unwrap_or_default()
 }
 
 /// The commit a link shows, whoever published it (dagsnap's snapshot or git-sync's worktree).
-fn shown_commit(link: &Path) -> Option<String> {
+pub(crate) fn shown_commit(link: &Path) -> Option<String> {
     fs::read_link(link)
         .ok()
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -131,101 +131,8 @@ fn started_as_git_sync_it_publishes_what_git_sync_would_with_git_sync_s_defaults
     }
 }
 
-#[test]
-fn git_sync_s_period_wait_and_failure_budget_keep_their_meaning() {
-    let remote = Remote::new();
-    let first = remote.commit(&[("a.py", "1\n")], "one");
-    let scratch = Scratch::new();
-    let root = scratch.root().display().to_string();
-    let url = remote.url();
-
-    // v3's --wait (seconds, fractional) beats v4's --period.
-    let mut daemon = spawn_git_sync(
-        &scratch,
-        &[],
-        &[
-            ("GITSYNC_REPO", &url),
-            ("GITSYNC_ROOT", &root),
-            ("GITSYNC_LINK", "dags"),
-            ("GITSYNC_PERIOD", "1h"),
-            ("GIT_SYNC_WAIT", "0.2"),
-        ],
-    );
-    wait_until(Duration::from_secs(30), "the first publish", || {
-        shown_commit(&scratch.root().join("dags")).as_deref() == Some(first.as_str())
-    });
-    let second = remote.commit(&[("a.py", "2\n")], "two");
-    wait_until(
-        Duration::from_secs(10),
-        "the next poll, 0.2 s later",
-        || shown_commit(&scratch.root().join("dags")).as_deref() == Some(second.as_str()),
-    );
-    assert!(
-        daemon
-            .logs()
-            .contains("setting --period from deprecated --wait"),
-        "{}",
-        daemon.logs()
-    );
-
-    // git-sync's default --max-failures is 0: the first failure ends the process, as in
-    // git-sync, and what is published stays live.
-    fs::rename(&remote.dir, remote.dir.with_extension("gone")).unwrap();
-    let status = daemon.wait(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(1), "{}", daemon.logs());
-    assert_eq!(
-        daemon.logs().matches("sync failed").count() + daemon.logs().matches("giving up").count(),
-        1,
-        "{}",
-        daemon.logs()
-    );
-    assert_eq!(assert_root_valid_at(&scratch.root(), "dags"), second);
-
-    // --max-failures 3 gives up at the third failure in a row, as git-sync does.
-    let mut daemon = spawn_git_sync(
-        &scratch,
-        &["--max-failures=3", "--period=50ms"],
-        &[
-            ("GITSYNC_REPO", &url),
-            ("GITSYNC_ROOT", &root),
-            ("GITSYNC_LINK", "dags"),
-            ("DAGSNAP_BACKOFF_MAX", "100ms"),
-        ],
-    );
-    let status = daemon.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1));
-    let logs = daemon.logs();
-    assert_eq!(
-        logs.matches("sync failed; the published snapshot is unchanged")
-            .count(),
-        2,
-        "{logs}"
-    );
-    assert!(logs.contains("giving up after 3 failed sync(s)"), "{logs}");
-
-    // -1 never gives up.
-    let daemon = spawn_git_sync(
-        &scratch,
-        &["--max-failures=-1", "--period=50ms"],
-        &[
-            ("GITSYNC_REPO", &url),
-            ("GITSYNC_ROOT", &root),
-            ("GITSYNC_LINK", "dags"),
-            ("DAGSNAP_BACKOFF_MAX", "100ms"),
-        ],
-    );
-    wait_until(Duration::from_secs(30), "five failures", || {
-        daemon.logs().matches("sync failed").count() >= 5
-    });
-    fs::rename(remote.dir.with_extension("gone"), &remote.dir).unwrap();
-    let third = remote.commit(&[("a.py", "3\n")], "three");
-    wait_until(Duration::from_secs(30), "recovery", || {
-        shown_commit(&scratch.root().join("dags")).as_deref() == Some(third.as_str())
-    });
-}
-
 /// [`assert_root_valid`] for a link that is not `current`.
-fn assert_root_valid_at(root: &Path, link: &str) -> String {
+pub(crate) fn assert_root_valid_at(root: &Path, link: &str) -> String {
     let target = fs::read_link(root.join(link)).expect("the link exists");
     assert!(target.starts_with(SNAPSHOTS), "{}", target.display());
     assert!(root.join(link).join(".").is_dir(), "the link resolves");
@@ -727,257 +634,6 @@ fn a_rolling_update_with_git_sync_and_dagsnap_on_one_root_never_breaks_a_reader(
     );
 }
 
-/// The environment the Airflow Helm chart renders for its git-sync containers
-/// (`chart/templates/_helpers.yaml`, `git_sync_container`): both v3 and v4 names, as the chart
-/// sets them, for `dags.gitSync` values repo, branch/ref `main`, rev `HEAD`, depth 1,
-/// maxFailures 0, period 1s; `is_init` adds the init container's one-time settings.
-fn chart_env(repo: &str, is_init: bool) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("GIT_SYNC_REV", "HEAD"),
-        ("GITSYNC_REF", "main"),
-        ("GIT_SYNC_BRANCH", "main"),
-        ("GIT_SYNC_REPO", repo),
-        ("GITSYNC_REPO", repo),
-        ("GIT_SYNC_DEPTH", "1"),
-        ("GITSYNC_DEPTH", "1"),
-        ("GIT_SYNC_ROOT", "/git"),
-        ("GITSYNC_ROOT", "/git"),
-        ("GIT_SYNC_DEST", "repo"),
-        ("GITSYNC_LINK", "repo"),
-        ("GIT_SYNC_ADD_USER", "true"),
-        ("GITSYNC_ADD_USER", "true"),
-        ("GITSYNC_PERIOD", "1s"),
-        ("GIT_SYNC_MAX_SYNC_FAILURES", "0"),
-        ("GITSYNC_MAX_FAILURES", "0"),
-    ];
-    if is_init {
-        env.extend([("GIT_SYNC_ONE_TIME", "true"), ("GITSYNC_ONE_TIME", "true")]);
-    }
-    env.into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// The chart's credentialsSecret case: user and password from the secret, in all four names.
-fn chart_https_env(user: &str, password: &str) -> Vec<(String, String)> {
-    [
-        ("GIT_SYNC_USERNAME", user),
-        ("GITSYNC_USERNAME", user),
-        ("GIT_SYNC_PASSWORD", password),
-        ("GITSYNC_PASSWORD", password),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-/// The chart's sshKeySecret + knownHosts case.
-fn chart_ssh_env() -> Vec<(String, String)> {
-    [
-        ("GIT_SSH_KEY_FILE", "/etc/git-secret/ssh"),
-        ("GITSYNC_SSH_KEY_FILE", "/etc/git-secret/ssh"),
-        ("GIT_SYNC_SSH", "true"),
-        ("GITSYNC_SSH", "true"),
-        ("GIT_KNOWN_HOSTS", "true"),
-        ("GITSYNC_SSH_KNOWN_HOSTS", "true"),
-        ("GIT_SSH_KNOWN_HOSTS_FILE", "/etc/git-secret/known_hosts"),
-        (
-            "GITSYNC_SSH_KNOWN_HOSTS_FILE",
-            "/etc/git-secret/known_hosts",
-        ),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-/// A pod of the chart, as far as git-sync's container sees it: the dags volume at /git
-/// (group-writable, `fsGroup: 0`), the secret files under /etc/git-secret (root-owned, mode
-/// 0440 as the chart's `defaultMode: 288`), uid 65533 without a passwd entry and with the pod's
-/// group 0, HOME=/ and a private /tmp, in a mount namespace of its own.
-struct ChartPod {
-    scratch: Scratch,
-    git: PathBuf,
-    secrets: PathBuf,
-    tmp: PathBuf,
-}
-
-impl ChartPod {
-    const UID: u32 = 65533;
-
-    fn new() -> Option<ChartPod> {
-        if !nix::unistd::geteuid().is_root() {
-            skip(
-                "root, for a mount namespace and uid 65533",
-                "this is not root",
-            );
-            return None;
-        }
-        // The chart's mount points. (Created empty on this machine if missing; the pod's
-        // volumes are bound onto them inside the namespace only.)
-        for point in ["/git", "/etc/git-secret"] {
-            fs::create_dir_all(point).unwrap();
-        }
-        let scratch = Scratch::new();
-        fs::set_permissions(scratch.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let (git, secrets, tmp) = (
-            scratch.path("dags-volume"),
-            scratch.path("git-secret"),
-            scratch.path("pod-tmp"),
-        );
-        for dir in [&git, &secrets, &tmp] {
-            fs::create_dir_all(dir).unwrap();
-        }
-        fs::set_permissions(&git, fs::Permissions::from_mode(0o2775)).unwrap();
-        nix::unistd::chown(&tmp, Some(nix::unistd::Uid::from_raw(Self::UID)), None).unwrap();
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).unwrap();
-        Some(ChartPod {
-            scratch,
-            git,
-            secrets,
-            tmp,
-        })
-    }
-
-    /// Put a secret file where the chart mounts it.
-    fn secret(&self, name: &str, content: &[u8]) {
-        let path = self.secrets.join(name);
-        fs::write(&path, content).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o440)).unwrap();
-    }
-
-    /// The container's command: the image's `git-sync`, with exactly `env`.
-    fn container(&self, env: &[(String, String)]) -> Command {
-        const ENTER: &str = r#"mount --bind "$1" /git && mount --bind "$2" /etc/git-secret && exec setpriv --reuid=65533 --regid=65533 --groups=0 "$3""#;
-        let mut cmd = git_sync_via(
-            &[
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                ENTER,
-                "sh",
-                self.git.to_str().unwrap(),
-                self.secrets.to_str().unwrap(),
-            ],
-            self.scratch.tmp.path(),
-        );
-        cmd.env("HOME", "/")
-            .env("TMPDIR", &self.tmp)
-            .env("DAGSNAP_LOG_FORMAT", "json")
-            .envs(env.iter().map(|(k, v)| (k, v)));
-        cmd
-    }
-
-    fn link(&self) -> PathBuf {
-        self.git.join("repo")
-    }
-}
-
-#[test]
-fn the_airflow_chart_s_https_git_sync_containers_run_unchanged() {
-    let Some(pod) = ChartPod::new() else { return };
-    let remote = Remote::new();
-    let first = remote.commit(&[("dags/a.py", "1\n")], "one");
-    let server = HttpServer::start_with(true, "airflow", "s3cret-token");
-    server.serve(&remote.dir, "dags.git");
-    let url = server.url(Door::Private, "dags.git");
-    // A private CA reaches git through dags.gitSync.env, as git would read it.
-    pod.secret("ca.pem", &fs::read(&server.ca_file).unwrap());
-    let extra = vec![(
-        "GIT_SSL_CAINFO".to_string(),
-        "/etc/git-secret/ca.pem".to_string(),
-    )];
-    let credentials = chart_https_env("airflow", "s3cret-token");
-
-    // The init container: one sync, then exit 0, so the first DAG parse has files.
-    let init = [chart_env(&url, true), credentials.clone(), extra.clone()].concat();
-    let out = pod.container(&init).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\nnginx: {}",
-        stderr(&out),
-        server.access_log()
-    );
-    assert_eq!(
-        fs::read_to_string(pod.link().join("dags/a.py")).unwrap(),
-        "1\n"
-    );
-    assert!(
-        link_target(&pod.link()).starts_with(".dagsnap/snapshots/"),
-        "relative, inside the volume"
-    );
-    assert_eq!(shown_commit(&pod.link()).as_deref(), Some(first.as_str()));
-    assert!(!stderr(&out).contains("s3cret-token"));
-    let owner = fs::metadata(pod.git.join(".dagsnap")).unwrap();
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(
-        owner.uid(),
-        ChartPod::UID,
-        "written as the container's user"
-    );
-
-    // The sidecar: the same environment without one-time, following the branch.
-    let sidecar = [chart_env(&url, false), credentials, extra].concat();
-    let log = pod.scratch.path("sidecar.log");
-    let _sidecar = Group::spawn(
-        pod.container(&sidecar)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap()),
-    );
-    let second = remote.commit(&[("dags/a.py", "2\n")], "two");
-    server.update(&remote.dir, "dags.git");
-    wait_until(
-        Duration::from_secs(60),
-        "the sidecar to publish the push",
-        || shown_commit(&pod.link()).as_deref() == Some(second.as_str()),
-    );
-    assert_eq!(
-        fs::read_to_string(pod.link().join("dags/a.py")).unwrap(),
-        "2\n"
-    );
-    let logs = fs::read_to_string(&log).unwrap();
-    assert!(!logs.contains("s3cret-token"), "{logs}");
-    assert!(
-        logs.lines()
-            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
-        "JSON logs in a container:\n{logs}"
-    );
-}
-
-#[test]
-fn the_airflow_chart_s_ssh_git_sync_container_runs_unchanged() {
-    let Some(pod) = ChartPod::new() else { return };
-    let remote = Remote::new();
-    let commit = remote.commit(&[("dags/a.py", "over ssh\n")], "one");
-    let server = SshServer::start_git_shell();
-    let path = server.serve(&remote.dir, "dags.git");
-    pod.secret("ssh", &fs::read(&server.client_key).unwrap());
-    pod.secret("known_hosts", &fs::read(&server.known_hosts).unwrap());
-    let env = [chart_env(&server.url_of(&path), true), chart_ssh_env()].concat();
-    let out = pod
-        .container(&env)
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\nsshd: {}",
-        stderr(&out),
-        server.log()
-    );
-    assert_eq!(shown_commit(&pod.link()).as_deref(), Some(commit.as_str()));
-    assert_eq!(
-        fs::read_to_string(pod.link().join("dags/a.py")).unwrap(),
-        "over ssh\n"
-    );
-    let err = stderr(&out);
-    assert!(err.contains("no passwd entry; giving ssh one"), "{err}");
-    assert!(err.contains("--add-user is not needed"), "{err}");
-}
-
 #[test]
 fn without_arguments_in_git_sync_s_environment_dagsnap_runs_as_git_sync() {
     let remote = Remote::new();
@@ -1001,137 +657,4 @@ fn without_arguments_in_git_sync_s_environment_dagsnap_runs_as_git_sync() {
     let out = dagsnap(scratch.tmp.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("git-sync"), "{}", stderr(&out));
-}
-
-#[test]
-fn until_the_first_sync_init_period_and_init_max_failures_apply() {
-    let remote = Remote::new();
-    remote.commit(&[("a.py", "1\n")], "one");
-    let scratch = Scratch::new();
-    let root = scratch.root().display().to_string();
-    let hidden = remote.dir.with_extension("not-yet");
-    fs::rename(&remote.dir, &hidden).unwrap();
-    // A network that comes up late: retry every 100 ms (not the hour of --period, nor its
-    // backoff), and give up after 4 failures in a row before the first success.
-    let env = [
-        ("GITSYNC_REPO", remote.url()),
-        ("GITSYNC_ROOT", root.clone()),
-        ("GITSYNC_LINK", "dags".into()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut daemon = spawn_git_sync(
-        &scratch,
-        &[
-            "--period=1h",
-            "--init-period=100ms",
-            "--init-max-failures=4",
-            "--max-failures=-1",
-        ],
-        &env,
-    );
-    let status = daemon.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1), "{}", daemon.logs());
-    let logs = daemon.logs();
-    assert_eq!(
-        logs.matches("sync failed; the published snapshot is unchanged")
-            .count(),
-        3,
-        "{logs}"
-    );
-    assert!(logs.contains("retry_in=100ms"), "{logs}");
-    assert!(logs.contains("giving up after 4 failed sync(s)"), "{logs}");
-
-    // Once a sync succeeded, --max-failures applies: -1 never gives up.
-    fs::rename(&hidden, &remote.dir).unwrap();
-    let daemon = spawn_git_sync(
-        &scratch,
-        &[
-            "--period=50ms",
-            "--init-max-failures=2",
-            "--max-failures=-1",
-        ],
-        &[&env[..], &[("DAGSNAP_BACKOFF_MAX", "100ms")]].concat(),
-    );
-    wait_until(Duration::from_secs(30), "the first sync", || {
-        scratch.root().join("dags").exists()
-    });
-    fs::rename(&remote.dir, &hidden).unwrap();
-    wait_until(
-        Duration::from_secs(30),
-        "five failures after the first success",
-        || daemon.logs().matches("sync failed").count() >= 5,
-    );
-    assert!(!daemon.logs().contains("giving up"), "{}", daemon.logs());
-}
-
-#[test]
-fn sync_on_signal_syncs_when_the_signal_arrives() {
-    let remote = Remote::new();
-    let first = remote.commit(&[("a.py", "1\n")], "one");
-    let scratch = Scratch::new();
-    let root = scratch.root().display().to_string();
-    let daemon = spawn_git_sync(
-        &scratch,
-        &[
-            "--period=1h",
-            "--sync-on-signal=SIGUSR1",
-            "--max-failures=-1",
-        ],
-        &[
-            ("GITSYNC_REPO", &remote.url()),
-            ("GITSYNC_ROOT", &root),
-            ("GITSYNC_LINK", "dags"),
-        ],
-    );
-    wait_until(Duration::from_secs(30), "the first sync", || {
-        shown_commit(&scratch.root().join("dags")).as_deref() == Some(first.as_str())
-    });
-    let second = remote.commit(&[("a.py", "2\n")], "two");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        shown_commit(&scratch.root().join("dags")).as_deref(),
-        Some(first.as_str()),
-        "no poll for an hour"
-    );
-    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
-    wait_until(Duration::from_secs(30), "the signalled sync", || {
-        shown_commit(&scratch.root().join("dags")).as_deref() == Some(second.as_str())
-    });
-}
-
-#[test]
-fn group_write_makes_the_root_s_records_writable_by_the_group_and_snapshots_stay_read_only() {
-    use std::os::unix::fs::MetadataExt;
-    let remote = Remote::new();
-    let commit = remote.commit(&[("dags/a.py", "1\n")], "one");
-    let scratch = Scratch::new();
-    let root = scratch.root();
-    let out = run_git_sync(
-        &scratch,
-        &["--group-write", "--one-time"],
-        &[
-            ("GITSYNC_REPO", &remote.url()),
-            ("GITSYNC_ROOT", root.to_str().unwrap()),
-            ("GITSYNC_LINK", "dags"),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    for entry in walkdir::WalkDir::new(root.join(".dagsnap"))
-        .into_iter()
-        .filter_map(Result::ok)
-    {
-        let meta = entry.metadata().unwrap();
-        let path = entry.path();
-        if path.starts_with(root.join(SNAPSHOTS).join(&commit)) {
-            assert_eq!(meta.mode() & 0o222, 0, "{} is read-only", path.display());
-        } else if !meta.file_type().is_symlink() && !path.starts_with(root.join(SNAPSHOTS)) {
-            assert_eq!(
-                meta.mode() & 0o020,
-                0o020,
-                "{} is group-writable ({:o})",
-                path.display(),
-                meta.mode()
-            );
-        }
-    }
 }

@@ -55,17 +55,17 @@ fn rollback_while_two_sync_loops_run_holds_until_unpin() {
         "the loops built the newest commit",
         || scratch.root().join(SNAPSHOTS).join(&c5).is_dir(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // A loop that saw the newest commit held the link on the pin, and says so.
+    wait_until(Duration::from_secs(10), "a loop says it is pinned", || {
+        loops
+            .iter()
+            .any(|d| d.log_lines(&["the root is pinned", &c5]) > 0)
+    });
     assert_eq!(
         published(&scratch.root()),
         Some(c2.clone()),
         "the pin holds"
     );
-    wait_until(Duration::from_secs(10), "a loop says it is pinned", || {
-        loops
-            .iter()
-            .any(|d| d.logs().contains("the root is pinned"))
-    });
     let status = on_root(&scratch, &["status", "--json"]);
     assert_eq!(json(&status)["pinned"]["commit"], c2.as_str());
     assert_eq!(json(&status)["pinned"]["reason"], "v3 breaks the scheduler");

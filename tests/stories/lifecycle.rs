@@ -434,6 +434,8 @@ fn a_second_publisher_with_the_same_configuration_stands_by_and_takes_over() {
                     "sync",
                     "--period",
                     "100ms",
+                    "--log-level",
+                    "dagsnap=debug",
                     "--repo",
                     &remote.url(),
                     "--root",
@@ -455,7 +457,10 @@ fn a_second_publisher_with_the_same_configuration_stands_by_and_takes_over() {
     wait_until(Duration::from_secs(30), "the second stands by", || {
         logs().contains("standing by")
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // It looked again (the cache still held) and stayed.
+    wait_until(Duration::from_secs(30), "the second to look again", || {
+        logs().contains("the cache is still held; standing by")
+    });
     assert!(
         b.0.try_wait().unwrap().is_none(),
         "it did not exit: {}",

@@ -74,6 +74,60 @@ fn gc_keeps_the_current_the_newest_and_the_recent_and_deletes_the_rest() {
     assert_eq!(assert_root_valid(&scratch.root()), published_commits[5]);
 }
 
+/// A lease as the Airflow bundle writes it: `leases/<commit>.<holder>.json`, renamed into place.
+fn lease(scratch: &Scratch, commit: &str, holder: &str, expires_at: i64) {
+    let leases = scratch.root().join(".dagsnap/leases");
+    fs::create_dir_all(&leases).unwrap();
+    let name = format!("{commit}.{holder}.json");
+    let temp = leases.join(format!(".tmp-{name}"));
+    fs::write(
+        &temp,
+        format!(r#"{{"commit": "{commit}", "holder": "{holder}", "expires_at": {expires_at}}}"#),
+    )
+    .unwrap();
+    fs::rename(&temp, leases.join(&name)).unwrap();
+}
+
+fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn gc_keeps_a_snapshot_a_worker_leases_until_the_lease_ends() {
+    let remote = Remote::new();
+    let scratch = Scratch::new();
+    let v = publish_versions(&remote, &scratch, 4, "v");
+    // A worker runs a DAG of v0 for another hour; one that ran v1 finished (its lease ended).
+    lease(&scratch, &v[0], "worker-1.4242", now_seconds() + 3600);
+    lease(&scratch, &v[1], "worker-2.77", now_seconds() - 10);
+
+    let out = gc(&scratch, &["--keep", "0", "--grace", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut expected = vec![v[0].clone(), v[3].clone()];
+    expected.sort();
+    assert_eq!(
+        snapshots(&scratch),
+        expected,
+        "the current snapshot and the leased one stay; the rest goes"
+    );
+    let leases = scratch.root().join(".dagsnap/leases");
+    assert!(leases.join(format!("{}.worker-1.4242.json", v[0])).exists());
+    assert!(
+        !leases.join(format!("{}.worker-2.77.json", v[1])).exists(),
+        "an ended lease is removed"
+    );
+
+    // The run ends: the worker's lease runs out, and the next collection deletes v0.
+    lease(&scratch, &v[0], "worker-1.4242", now_seconds() - 1);
+    let out = gc(&scratch, &["--keep", "0", "--grace", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(snapshots(&scratch), vec![v[3].clone()]);
+    assert_eq!(assert_root_valid(&scratch.root()), v[3]);
+}
+
 #[test]
 fn gc_never_follows_a_symlink_out_of_the_store() {
     let outside = tempfile::tempdir().unwrap();
@@ -136,6 +190,20 @@ fn gc_removes_staging_directories_abandoned_by_dead_publishers_on_any_host() {
         "a fresh one may belong to a live publisher and stays"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 abandoned staging"));
+
+    // A publisher that dies mid-build on a small volume need not hold its space for an hour.
+    let stalled = store.join(format!(
+        ".staging-worker-9.1.{}.00000000000000cc",
+        now - 600
+    ));
+    fs::create_dir_all(stalled.join("dags")).unwrap();
+    let out = gc(&scratch, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stalled.exists(), "ten minutes is within the default hour");
+    let out = gc(&scratch, &["--staging-max-age", "5m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stalled.exists(), "--staging-max-age 5m removes it");
+    assert!(fresh.exists(), "the fresh one stays");
 }
 
 #[test]

@@ -355,13 +355,15 @@ fn a_private_submodule_over_https_uses_the_same_credentials_and_idle_polls_ask_o
     };
     let (lib_before, dags_before) = (requests("lib.git"), requests("dags.git"));
     assert!(lib_before > 0);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Three idle polls of the superproject (each asks its server), then the submodule's count.
+    wait_until(Duration::from_secs(30), "three idle polls", || {
+        requests("dags.git") >= dags_before + 3
+    });
     assert_eq!(
         requests("lib.git"),
         lib_before,
         "idle polls do not ask the submodule's server"
     );
-    assert!(requests("dags.git") > dags_before, "the loop kept polling");
     assert!(!daemon.logs().contains(TOKEN));
     let status = stdout(&on_root(&scratch, &["status"]));
     assert!(
@@ -387,7 +389,14 @@ fn a_subdirectory_is_published_alone_and_the_link_moves_only_when_it_changes() {
     let daemon = spawn_loop(
         &scratch,
         &remote.url(),
-        &["--subdir", "dags", "--period", "100ms"],
+        &[
+            "--subdir",
+            "dags",
+            "--period",
+            "100ms",
+            "--log-level",
+            "dagsnap=debug",
+        ],
     );
     daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
     let files: Vec<PathBuf> = published_checkout(&scratch).into_keys().collect();
@@ -403,7 +412,12 @@ fn a_subdirectory_is_published_alone_and_the_link_moves_only_when_it_changes() {
         "the unchanged commit noticed",
         || daemon.logs().contains("changes nothing in --subdir dags"),
     );
-    std::thread::sleep(Duration::from_millis(800));
+    // Two more polls found it again and left the link alone.
+    daemon.wait_for_lines(
+        &["up to date: the commit changes nothing published", &outside],
+        2,
+        Duration::from_secs(30),
+    );
     assert_eq!(published(&scratch.root()).as_deref(), Some(first.as_str()));
     let log = stdout(&on_root(&scratch, &["log"]));
     let unchanged: Vec<&str> = log.lines().filter(|l| l.contains("unchanged")).collect();

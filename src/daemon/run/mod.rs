@@ -421,6 +421,7 @@ impl Loop {
             }
         };
         self.health.planned(wait);
+        tracing::debug!(next_poll_in = %humantime::format_duration(round_ms(wait)), "waiting for the next poll");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             wake = self.signals.next() => match wake {

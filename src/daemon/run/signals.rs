@@ -103,7 +103,9 @@ pub(super) async fn stand_by(
                 return Err(render(&e));
             }
             Err(e) if e.is_cache_busy() => {
-                if !waiting {
+                if waiting {
+                    tracing::debug!("the cache is still held; standing by");
+                } else {
                     tracing::info!(reason = %render(&e), "standing by: another dagsnap process with this configuration runs on this host; this one takes over when it stops");
                     waiting = true;
                 }
