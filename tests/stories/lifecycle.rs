@@ -459,7 +459,7 @@ fn a_second_publisher_with_the_same_configuration_stands_by_and_takes_over() {
     });
     // It looked again (the cache still held) and stayed.
     wait_until(Duration::from_secs(30), "the second to look again", || {
-        logs().contains("the cache is still held; standing by")
+        logs().contains("the cache is still in use; waiting to take over")
     });
     assert!(
         b.0.try_wait().unwrap().is_none(),

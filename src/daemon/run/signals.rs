@@ -104,7 +104,7 @@ pub(super) async fn stand_by(
             }
             Err(e) if e.is_cache_busy() => {
                 if waiting {
-                    tracing::debug!("the cache is still held; standing by");
+                    tracing::debug!("the cache is still in use; waiting to take over");
                 } else {
                     tracing::info!(reason = %render(&e), "standing by: another dagsnap process with this configuration runs on this host; this one takes over when it stops");
                     waiting = true;
