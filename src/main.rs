@@ -163,8 +163,10 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         dagsnap::set_group_write(true);
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
     }
+    // Before any thread exists: these change the environment of the processes dagsnap starts.
+    plan.export_git_config().map_err(|e| (EXIT_USAGE, e))?;
     if plan.remote.is_ssh() {
-        // Before any thread exists: this may set LD_PRELOAD for the ssh processes.
+        // This may set LD_PRELOAD for the ssh processes.
         if let Some(dir) = dagsnap::provide_passwd_entry(&plan.cache_dir).map_err(usage)? {
             tracing::info!(files = %dir.display(), "this uid has no passwd entry; giving ssh one through nss_wrapper");
         }

@@ -62,7 +62,7 @@ impl SyncPlan {
         let settings = settings(&args, mount, &mut warnings)?;
         let content = content(&args)?;
         let root = owned_files(&args, root);
-        let gate = gate(&args)?;
+        let gate = gate(&args, &cache_dir)?;
         check_http(&args)?;
         let (touch_file, error_file) = (
             relative_to_root(&args, &args.hooks.touch_file),
@@ -83,6 +83,7 @@ impl SyncPlan {
                 direct: hook.exechook_direct,
                 timeout: hook.exechook_timeout,
                 backoff: hook.exechook_backoff,
+                work_dir: cache_dir.join(HOOK_DIR),
             }),
             web_hook: hook.webhook_url.clone().map(|url| WebHook {
                 url,
@@ -103,6 +104,13 @@ impl SyncPlan {
             gate,
             warnings,
         })
+    }
+
+    /// Give the git processes dagsnap starts the configured git configuration
+    /// ([`crate::git::access::export_git_config`]). Before any other thread starts.
+    pub fn export_git_config(&self) -> Result<(), String> {
+        crate::git::access::export_git_config(self.remote.git_config(), &self.cache_dir)
+            .map_err(|e| e.to_string())
     }
 
     /// Opens the publisher; called again while its cache is busy (see `daemon::run`).
@@ -224,6 +232,11 @@ fn owned_files(args: &SyncArgs, root: Root) -> Root {
     root
 }
 
+/// The writable directories of the exec hook and the check, in the private cache directory
+/// (`$DAGSNAP_HOOK_DIR`): the snapshot they run in is read-only.
+const HOOK_DIR: &str = "exechook";
+const CHECK_DIR: &str = "check";
+
 /// A file given relative to the root, made absolute.
 fn relative_to_root(args: &SyncArgs, path: &Option<PathBuf>) -> Option<PathBuf> {
     path.as_ref().map(|p| {
@@ -236,12 +249,13 @@ fn relative_to_root(args: &SyncArgs, path: &Option<PathBuf>) -> Option<PathBuf> 
 }
 
 /// `--check-command`, which must end before the cycle's `--sync-timeout` does.
-fn gate(args: &SyncArgs) -> Result<Gate, String> {
+fn gate(args: &SyncArgs, cache_dir: &Path) -> Result<Gate, String> {
     let gate = Gate {
         check: args.check.command().map(|command| CheckCommand {
             command: command.to_string(),
             direct: args.check.check_direct,
             timeout: args.check.check_timeout,
+            work_dir: cache_dir.join(CHECK_DIR),
         }),
     };
     if gate.check.is_some() && args.check.check_timeout >= args.sync_timeout {

@@ -141,41 +141,21 @@ pub(crate) fn parse_go_int(text: &str) -> Result<i64, String> {
 }
 
 /// git-sync's `--git-config` syntax, which dagsnap's own `--git-config` reads too:
-/// `key:value,key2:value2`, where keys and values may be double-quoted (with `\"` inside) to
-/// hold `:` or `,`.
+/// `key:value,key2:value2`. Keys and values may be double-quoted to hold `:` or `,`; within
+/// quoted keys and in every value, quoted or not, `\n`, `\t`, `\"`, `\,` and `\\` stand for a
+/// newline, a tab, a quote, a comma and a backslash, and any other escape is an error (as
+/// git-sync reads it).
 pub(crate) fn parse_git_config(text: &str) -> Result<Vec<(String, String)>, String> {
     let bad =
         || format!("invalid --git-config {text:?}: expected key:value pairs separated by commas");
     let mut pairs = Vec::new();
     let mut chars = text.chars().peekable();
-    let read = |chars: &mut std::iter::Peekable<std::str::Chars>, stop: &[char]| {
-        let mut out = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('\\') => out.push(chars.next()?),
-                    Some('"') => return Some(out),
-                    Some(c) => out.push(c),
-                    None => return None,
-                }
-            }
-        }
-        while let Some(&c) = chars.peek() {
-            if stop.contains(&c) {
-                break;
-            }
-            out.push(c);
-            chars.next();
-        }
-        Some(out)
-    };
     while chars.peek().is_some() {
-        let key = read(&mut chars, &[':']).ok_or_else(bad)?;
+        let key = read_config_part(&mut chars, ':', false).ok_or_else(bad)?;
         if chars.next() != Some(':') || key.is_empty() {
             return Err(bad());
         }
-        let value = read(&mut chars, &[',']).ok_or_else(bad)?;
+        let value = read_config_part(&mut chars, ',', true).ok_or_else(bad)?;
         pairs.push((key, value));
         match chars.next() {
             Some(',') | None => {}
@@ -185,9 +165,62 @@ pub(crate) fn parse_git_config(text: &str) -> Result<Vec<(String, String)>, Stri
     Ok(pairs)
 }
 
+/// One key or value of [`parse_git_config`], up to (not including) `stop`; `None` when it is
+/// malformed (an unknown escape, an unterminated quote).
+fn read_config_part(
+    chars: &mut std::iter::Peekable<std::str::Chars>,
+    stop: char,
+    escapes_unquoted: bool,
+) -> Option<String> {
+    let escaped = |c: char| match c {
+        'n' => Some('\n'),
+        't' => Some('\t'),
+        '"' | ',' | '\\' => Some(c),
+        _ => None,
+    };
+    let mut out = String::new();
+    if chars.peek() == Some(&'"') {
+        chars.next();
+        loop {
+            match chars.next()? {
+                '\\' => out.push(escaped(chars.next()?)?),
+                '"' => return Some(out),
+                c => out.push(c),
+            }
+        }
+    }
+    while let Some(&c) = chars.peek() {
+        if c == stop {
+            break;
+        }
+        chars.next();
+        if c == '\\' && escapes_unquoted {
+            out.push(escaped(chars.next()?)?);
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 /// Pairs as [`parse_git_config`] reads them back.
 pub(crate) fn format_git_config(pairs: &[(String, String)]) -> String {
-    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let quote = |s: &str| {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '"' | '\\' | ',' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    };
     pairs
         .iter()
         .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,9 @@ pub struct CheckCommand {
     /// `sh -c`.
     pub direct: bool,
     pub timeout: Duration,
+    /// A writable directory of its own (`$DAGSNAP_HOOK_DIR`), kept between runs: the snapshot
+    /// it runs in is read-only.
+    pub work_dir: PathBuf,
 }
 
 /// What the check is told about the commit.
@@ -89,7 +92,14 @@ pub(crate) fn run(
 ) -> Ran {
     let started = Instant::now();
     // (1)
-    let mut child = match command(check, snapshot, env).spawn() {
+    let spawned = crate::fsutil::ensure_private_dir(&check.work_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            command(check, snapshot, env)
+                .spawn()
+                .map_err(|e| e.to_string())
+        });
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             return Ran {
@@ -134,6 +144,7 @@ fn command(check: &CheckCommand, snapshot: &Path, env: &CheckEnv) -> Command {
     };
     command
         .current_dir(snapshot)
+        .env("DAGSNAP_HOOK_DIR", &check.work_dir)
         .env("DAGSNAP_COMMIT", env.commit)
         .env("GITSYNC_HASH", env.commit)
         .env("DAGSNAP_SNAPSHOT", snapshot)

@@ -46,6 +46,9 @@ pub struct ExecHook {
     pub direct: bool,
     pub timeout: Duration,
     pub backoff: Duration,
+    /// A writable directory of its own (`$DAGSNAP_HOOK_DIR`), kept between runs: the snapshot
+    /// it runs in is read-only.
+    pub work_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -250,12 +253,15 @@ async fn exec(hook: &ExecHook, event: &HookEvent, running: &AtomicI32) -> Result
     } else {
         ("sh", Some(hook.command.as_str()))
     };
+    crate::fsutil::ensure_private_dir(&hook.work_dir)
+        .map_err(|e| Failure::Failed(format!("cannot make the hook's directory: {e}")))?;
     let mut command = tokio::process::Command::new(program);
     if let Some(script) = shell {
         command.arg("-c").arg(script);
     }
     command
         .current_dir(&event.snapshot)
+        .env("DAGSNAP_HOOK_DIR", &hook.work_dir)
         .env("DAGSNAP_COMMIT", &event.commit)
         .env("GITSYNC_HASH", &event.commit)
         .env("DAGSNAP_PREVIOUS", event.previous.as_deref().unwrap_or(""))

@@ -153,6 +153,20 @@ fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr), IoError> {
     Ok((parent, name))
 }
 
+/// Make `path` a directory private to this uid (`0700`) if it is not one yet; an existing one
+/// is left as it is.
+pub(crate) fn ensure_private_dir(path: &Path) -> Result<(), IoError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(IoError::new("create directory", path, e)),
+    }
+}
+
 /// Write `contents` to `path` atomically: a temporary sibling, fsync, rename.
 ///
 /// Readers of small state files see the old or the new version, never a torn one, and a crash

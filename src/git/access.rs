@@ -23,6 +23,8 @@ pub enum AccessError {
     EmptyPassword { path: PathBuf },
     #[error("refusing to send credentials over plain http to {url}; use https, or pass --allow-insecure-http-credentials if this network is trusted")]
     InsecureHttp { url: String },
+    #[error("cannot write the git configuration for git processes to {}: {cause}; the cache directory must be writable", path.display())]
+    GitConfig { path: PathBuf, cause: String },
     #[error("ssh key file {} is not readable ({cause}); mount the deploy key there or fix --ssh-key-file", path.display())]
     KeyFile { path: PathBuf, cause: String },
     #[error("ssh known hosts file {} is not readable ({cause}); create it with `ssh-keyscan -p PORT HOST > FILE` (and check the fingerprint) or fix --ssh-known-hosts-file", path.display())]
@@ -44,6 +46,72 @@ const NSS_WRAPPER: &[&str] = &[
     "/usr/lib64/libnss_wrapper.so",
     "/usr/lib/libnss_wrapper.so",
 ];
+
+/// Give the git processes dagsnap starts (the `git upload-pack` serving a `file://` remote, a
+/// check, a hook) `config`, as git-sync's `git config --global` gives them: `safe.directory` is
+/// what lets a local repository owned by another user be read. A global configuration file of
+/// its own, `gitconfig` in `dir` (the private cache directory), includes the one git would read
+/// otherwise and adds `config`; `GIT_CONFIG_GLOBAL` names it. (Command-line configuration would
+/// not do: git, and gix after it, drop it from the environment of a local `upload-pack`.)
+///
+/// Must be called before any other thread starts (it changes the environment).
+pub(crate) fn export_git_config(
+    config: &[(String, String)],
+    dir: &Path,
+) -> Result<(), AccessError> {
+    if config.is_empty() {
+        return Ok(());
+    }
+    let previous = std::env::var_os("GIT_CONFIG_GLOBAL")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".gitconfig")));
+    let mut text = String::from("# Written by dagsnap from --git-config: the git configuration of the git processes it starts.\n");
+    if let Some(previous) = previous {
+        text.push_str(&format!(
+            "[include]\n\tpath = {}\n",
+            git_config_value(&previous.to_string_lossy())
+        ));
+    }
+    for (key, value) in config {
+        let (section, name) = match (key.split_once('.'), key.rsplit_once('.')) {
+            (Some((section, _)), Some((rest, name))) if rest.len() > section.len() => (
+                format!("{section} {}", git_config_value(&rest[section.len() + 1..])),
+                name,
+            ),
+            (Some((section, name)), _) => (section.to_string(), name),
+            _ => continue,
+        };
+        text.push_str(&format!(
+            "[{section}]\n\t{name} = {}\n",
+            git_config_value(value)
+        ));
+    }
+    let failed = |e: crate::fsutil::IoError| AccessError::GitConfig {
+        path: e.path.clone(),
+        cause: e.to_string(),
+    };
+    crate::fsutil::ensure_private_dir(dir).map_err(failed)?;
+    let file = dir.join("gitconfig");
+    crate::fsutil::write_atomically(&file, text.as_bytes()).map_err(failed)?;
+    std::env::set_var("GIT_CONFIG_GLOBAL", &file);
+    Ok(())
+}
+
+/// A value (or subsection name) quoted as git's configuration files read it.
+fn git_config_value(value: &str) -> String {
+    let mut out = String::from('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
 
 /// OpenSSH exits with "No user exists for uid" when the process's uid has no passwd entry,
 /// which is common in containers run as an arbitrary uid. In that case, give the ssh processes

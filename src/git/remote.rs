@@ -75,6 +75,11 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// The git configuration given for it (`--git-config`), as key and value.
+    pub(crate) fn git_config(&self) -> &[(String, String)] {
+        &self.access.git_config
+    }
+
     /// Describe the repository at `url`. Credentials in an http(s) URL are moved into `access`
     /// (unless `--username`/a password were given, which win) and the URL is kept without them;
     /// everything `access` refers to is checked now, so that a typo fails at start-up.

@@ -82,9 +82,9 @@ impl Root {
     }
 
     /// Remove git-sync's files once nobody can need them: the link has been dagsnap's for
-    /// `grace` (no reader still holds a worktree it resolved before), and git-sync has not
-    /// written the root since the link became dagsnap's (a running git-sync would have taken
-    /// it back). Only what git-sync wrote goes, never the configured link
+    /// `grace` (no reader still holds a worktree it resolved before), counted from its first
+    /// move after git-sync last wrote the root (a running git-sync would have taken it back,
+    /// and the count starts again). Only what git-sync wrote goes, never the configured link
     /// ([`gitsync::remove`]). Returns what was removed, if anything.
     pub fn remove_git_sync_leftovers(
         &self,
@@ -97,16 +97,23 @@ impl Root {
         if !self.current()?.is_some_and(|c| c.complete) {
             return Ok(Vec::new());
         }
-        let link = self.link_path();
-        let Some(ours_since) = link::link_modified(&self.root, &self.link_rel) else {
-            return Ok(Vec::new());
-        };
-        let held_long_enough = SystemTime::now()
-            .duration_since(ours_since)
-            .is_ok_and(|held| held >= grace);
-        let git_sync_quiet_since =
-            gitsync::last_write(&self.root, &link, false).is_none_or(|at| at <= ours_since);
-        if !(held_long_enough && git_sync_quiet_since) {
+        // Since when the link has been dagsnap's: its first move after git-sync last wrote the
+        // root (the journal's, not the link's mtime, which every publish renews).
+        let git_sync_wrote = gitsync::last_write(&self.root, &self.link_path(), false);
+        let ours_since = self
+            .records()
+            .journal()?
+            .iter()
+            .filter(|p| p.moved_link)
+            .map(|p| p.published_at)
+            .filter(|at| git_sync_wrote.is_none_or(|wrote| *at >= wrote))
+            .min();
+        let held_long_enough = ours_since.is_some_and(|since| {
+            SystemTime::now()
+                .duration_since(since)
+                .is_ok_and(|held| held >= grace)
+        });
+        if !held_long_enough {
             return Ok(Vec::new());
         }
         let link_top = self
@@ -121,9 +128,9 @@ impl Root {
     /// Make the root ready for a publisher, adopting what an earlier run left.
     ///
     /// - A missing root is created; a root that is a file, or not writable, is refused.
-    /// - A root holding anything dagsnap did not create (a git-sync checkout, a real directory
-    ///   where the link goes, a link to elsewhere) is refused, never cleaned: those files may be
-    ///   what readers use today.
+    /// - A root holding git-sync's checkout (unless taken over), a real directory where the
+    ///   link goes, or a link to elsewhere is refused, never cleaned: those files may be what
+    ///   readers use today. Anything else dagsnap did not create stays, and is warned about.
     /// - The store directories and `.airflowignore` are created if absent; an existing
     ///   `.airflowignore` is the user's and is left alone.
     /// - Temporary links and this host's staging directories left by a crash are removed.
@@ -158,7 +165,7 @@ impl Root {
             });
         }
         let root = self.store().root_dir()?;
-        self.refuse_foreign_entries(&root)?;
+        self.check_foreign_entries(&root)?;
         self.current()?;
 
         created.store = root.kind(STORE_DIR)? != Some(Kind::Dir);
@@ -239,28 +246,33 @@ impl Root {
         Ok(created)
     }
 
-    fn refuse_foreign_entries(&self, root: &Dir) -> Result<(), StoreError> {
-        let mut foreign: Vec<String> = root
+    /// What else the root holds. git-sync's files are refused unless the root is being taken
+    /// over from git-sync: they may be what readers use today, and a git-sync may still write
+    /// them. Anything else (a stray file, a directory of another tool, `lost+found`) is left
+    /// where it is and published beside, with one warning naming it: dagsnap never deletes
+    /// what it did not create, and needs nothing but its store and its link.
+    fn check_foreign_entries(&self, root: &Dir) -> Result<(), StoreError> {
+        let foreign: Vec<OsString> = root
             .names()?
             .into_iter()
             .filter(|name| {
                 !self.owns_top_entry(name) && !FILESYSTEM_ENTRIES.iter().any(|f| name == *f)
             })
-            .map(|name: OsString| name.to_string_lossy().into_owned())
             .collect();
-        if foreign.is_empty() {
-            return Ok(());
+        if foreign.iter().any(|name| gitsync::is_git_sync_entry(name)) {
+            return Err(StoreError::ForeignContent {
+                root: self.root.clone(),
+                entries: listed(foreign),
+            });
         }
-        foreign.sort();
-        if foreign.len() > 8 {
-            let more = foreign.len() - 8;
-            foreign.truncate(8);
-            foreign.push(format!("and {more} more"));
+        if !foreign.is_empty() {
+            tracing::warn!(
+                root = %self.root.display(),
+                entries = %listed(foreign).join(", "),
+                "the root holds entries dagsnap did not create; publishing beside them, never deleting them (readers of the root itself see them too)"
+            );
         }
-        Err(StoreError::ForeignContent {
-            root: self.root.clone(),
-            entries: foreign,
-        })
+        Ok(())
     }
 
     /// Write `.airflowignore` unless one exists. It appears whole or not at all: written under a
@@ -328,4 +340,19 @@ fn process_alive(pid: u32) -> bool {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Err(nix::errno::Errno::ESRCH)
     )
+}
+
+/// Names for a message, sorted, at most eight and a count of the rest.
+fn listed(names: Vec<OsString>) -> Vec<String> {
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|n| crate::text::escape(&n.to_string_lossy()).into_owned())
+        .collect();
+    names.sort();
+    if names.len() > 8 {
+        let more = names.len() - 8;
+        names.truncate(8);
+        names.push(format!("and {more} more"));
+    }
+    names
 }

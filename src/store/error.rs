@@ -43,6 +43,12 @@ pub enum StoreError {
     },
     #[error("root {} is read-only here ({cause}); list, log, status and verify work, but run this command where the volume is mounted read-write", root.display())]
     ReadOnly { root: PathBuf, cause: String },
+    #[error("root {} is not writable by uid {uid} ({cause}); list, log, status and verify work, but run this command as the publishers' user (or one that may write there)", root.display())]
+    NotWritableByUs {
+        root: PathBuf,
+        cause: String,
+        uid: u32,
+    },
     #[error("snapshot {commit} disappeared before it could be published (removed by GC or by hand); it is rebuilt on the next cycle")]
     SnapshotGone { commit: CommitId },
     #[error("root {} publishes {theirs} and a publisher of it is running; this one was started for {ours}. Use another --root, or fix --repo/--ref so all publishers of this root agree", root.display())]

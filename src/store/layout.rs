@@ -282,9 +282,16 @@ impl Root {
         let store = self.store().path();
         match nix::unistd::access(&store, nix::unistd::AccessFlags::W_OK) {
             Ok(()) => Ok(()),
-            Err(errno) => Err(StoreError::ReadOnly {
+            // The mount is read-only: another mount of the volume may not be.
+            Err(errno @ nix::errno::Errno::EROFS) => Err(StoreError::ReadOnly {
                 root: self.root.clone(),
                 cause: std::io::Error::from(errno).to_string(),
+            }),
+            // The files belong to another user: the same mount works for that user.
+            Err(errno) => Err(StoreError::NotWritableByUs {
+                root: self.root.clone(),
+                cause: std::io::Error::from(errno).to_string(),
+                uid: nix::unistd::geteuid().as_raw(),
             }),
         }
     }

@@ -410,7 +410,13 @@ impl Readers {
     }
 }
 
-fn git_sync_model(remote: &Remote, root: &Path, link: &str, period: &str, once: bool) -> Command {
+pub(crate) fn git_sync_model(
+    remote: &Remote,
+    root: &Path,
+    link: &str,
+    period: &str,
+    once: bool,
+) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg(GIT_SYNC_MODEL)
         .args([remote.url().as_str(), root.to_str().unwrap(), link, period])

@@ -125,7 +125,6 @@ fn git_gc_git_and_stale_worktree_timeout_are_taken_and_explained() {
         "--git /opt/git/bin/git is not used: dagsnap fetches with its own git implementation",
         "--git-gc has nothing to do",
         "previous snapshots stay for 30m after they stop being live (--grace)",
-        "--stale-worktree-timeout 30m only makes that longer",
     ] {
         assert!(log.contains(note), "{note:?} in:\n{log}");
     }

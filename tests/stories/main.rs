@@ -7,6 +7,7 @@ mod bad_input;
 mod boundaries;
 mod broken_locks;
 mod cache;
+mod carried_over;
 mod chaos;
 mod chart;
 mod damaged_state;

@@ -408,12 +408,54 @@ mod tests {
             ]
         );
         assert!(parse_git_config("novalue").is_err());
+        // git-sync's escapes, in quoted keys and in every value.
+        assert_eq!(
+            parse_git_config(r#""a.b":"x\n\ty",c.d:p\,q"#).unwrap(),
+            [
+                ("a.b".to_string(), "x\n\ty".to_string()),
+                ("c.d".into(), "p,q".into())
+            ]
+        );
+        assert!(parse_git_config(r#"a.b:x\q"#).is_err());
         let i = run(&["--git-config=http.sslCAInfo:/ca.pem"], &BASE).unwrap();
         assert_eq!(option(&i, "ca-file").as_deref(), Some("/ca.pem"));
-        assert!(run(&["--git-config=core.autocrlf:true"], &BASE)
-            .unwrap_err()
-            .0
-            .contains("core.autocrlf"));
+        // Every key is passed on, from --git-config and each --git-config-add, in order.
+        let i = run(
+            &[
+                "--git-config=core.autocrlf:true",
+                "--git-config-add=safe.directory:*",
+                "--git-config-add",
+                "http.lowSpeedLimit:1000",
+            ],
+            &BASE,
+        )
+        .unwrap();
+        let passed = option(&i, "git-config").unwrap();
+        assert_eq!(
+            parse_git_config(&passed).unwrap(),
+            [
+                ("core.autocrlf".to_string(), "true".to_string()),
+                ("safe.directory".into(), "*".into()),
+                ("http.lowSpeedLimit".into(), "1000".into())
+            ]
+        );
+        assert!(run(&["--git-config-add=a:b,c:d"], &BASE).is_err());
+    }
+
+    #[test]
+    fn filters_git_knows_are_taken_and_others_refused() {
+        for good in [
+            "blob:none",
+            "blob:limit=1m",
+            "tree:0",
+            "combine:blob:none+tree:3",
+        ] {
+            assert!(run(&[&format!("--filter={good}")], &BASE).is_ok(), "{good}");
+        }
+        for bad in ["blob:some", "tree:x", "nothing"] {
+            let e = run(&[&format!("--filter={bad}")], &BASE).unwrap_err().0;
+            assert!(e.contains("is not a git filter"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct Credentials {
     pub ca_file: Option<String>,
     /// `--git-config` keys passed on as git configuration.
     pub git_config: Vec<(String, String)>,
+    /// Credentials go over plain `http://`, as git-sync sends them (warned at start).
+    pub allow_insecure_http: bool,
 }
 
 /// The HTTP endpoints and the log level.
@@ -118,13 +120,15 @@ pub(super) fn translate(
 ) -> Result<Translation, ConfigError> {
     let repository = repository(s, notes)?;
     let timing = timing(s, notes)?;
-    let files = files(s, notes)?;
+    let files = files(s, env, notes)?;
     let hooks = hooks(s, notes)?;
     let credentials = credentials(s, env, &repository.repo, notes)?;
     let serving = serving(s, notes)?;
+    let adopt_after = dagsnap_duration(env, "DAGSNAP_ADOPT_AFTER").unwrap_or(DEFAULT_ADOPT_AFTER);
     notes.push(Note::Info(format!(
-        "running as git-sync: readers use {} as before; snapshots live in .dagsnap/ next to it (hidden from Airflow by .airflowignore), and a root git-sync published is taken over once git-sync has left it alone for 30s (DAGSNAP_ADOPT_AFTER)",
-        repository.link
+        "running as git-sync: readers use {} as before; snapshots live in .dagsnap/ next to it (hidden from Airflow by .airflowignore), and a root git-sync published is taken over once git-sync has left it alone for {} (DAGSNAP_ADOPT_AFTER)",
+        repository.link,
+        humantime::format_duration(adopt_after)
     )));
     Ok(Translation {
         repository,
@@ -191,6 +195,18 @@ fn repository(s: &Settings, notes: &mut Vec<Note>) -> Result<Repository, ConfigE
         info(
             notes,
             "--git-gc has nothing to do: dagsnap's git cache is private and bounded, and the root holds no git state",
+        );
+    }
+    let filter = s.string("filter");
+    if !filter.is_empty() {
+        if !is_filter_spec(&filter) {
+            return Err(invalid(format!(
+                "invalid flag: --filter {filter:?} is not a git filter (blob:none, blob:limit=<n>[kmg], tree:<depth>, object:type=<type>, sparse:oid=<blob>, combine:<a>+<b>)"
+            )));
+        }
+        info(
+            notes,
+            &format!("--filter {filter}: dagsnap fetches the tip commit of --depth's history and builds from it; the filter is accepted and not needed"),
         );
     }
     let mut link = s.string("link");
@@ -281,24 +297,59 @@ fn timing(s: &Settings, notes: &mut Vec<Note>) -> Result<Timing, ConfigError> {
 }
 
 /// `--touch-file`, `--error-file`, `--add-user`, `--group-write`, `--stale-worktree-timeout`.
-fn files(s: &Settings, notes: &mut Vec<Note>) -> Result<Files, ConfigError> {
+///
+/// Snapshots stay `--grace` after they stop being live: dagsnap's own `DAGSNAP_GRACE` if set
+/// (it wins over `--stale-worktree-timeout`, which is said), else the longer of the default
+/// and `--stale-worktree-timeout`.
+fn files(
+    s: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+    notes: &mut Vec<Note>,
+) -> Result<Files, ConfigError> {
     let optional = |name: &str| Some(s.string(name)).filter(|v| !v.is_empty());
     if s.bool("add-user") {
         info(notes, "--add-user is not needed: when this uid has no passwd entry, ssh gets one through nss_wrapper, and /etc/passwd is left alone");
     }
     let stale = s.duration("stale-worktree-timeout");
-    let grace = Duration::from_secs(600);
+    let (grace, from_flag) = match dagsnap_duration(env, "DAGSNAP_GRACE") {
+        Some(grace) => {
+            if s.given("stale-worktree-timeout") && stale != grace {
+                info(
+                    notes,
+                    &format!(
+                        "DAGSNAP_GRACE {} wins over --stale-worktree-timeout {}",
+                        humantime::format_duration(grace),
+                        humantime::format_duration(stale)
+                    ),
+                );
+            }
+            (grace, None)
+        }
+        None => {
+            let grace = stale.max(DEFAULT_GRACE);
+            (grace, (stale > DEFAULT_GRACE).then_some(stale))
+        }
+    };
     info(notes, &format!(
-        "previous snapshots stay for {} after they stop being live (--grace), so that readers never lose files they opened; --stale-worktree-timeout {} only makes that longer",
-        humantime::format_duration(stale.max(grace)),
-        humantime::format_duration(stale)
+        "previous snapshots stay for {} after they stop being live (--grace), so that readers never lose files they opened",
+        humantime::format_duration(grace),
     ));
     Ok(Files {
         touch_file: optional("touch-file"),
         error_file: optional("error-file"),
         group_write: s.bool("group-write"),
-        grace: (stale > grace).then_some(stale),
+        grace: from_flag,
     })
+}
+
+/// dagsnap's defaults for what git-sync has no flag for (`sync`'s own defaults).
+const DEFAULT_GRACE: Duration = Duration::from_secs(600);
+const DEFAULT_ADOPT_AFTER: Duration = Duration::from_secs(30);
+
+/// A duration dagsnap's own environment variable `name` sets, if it reads as one (a bad value
+/// is refused by `sync` itself, with its name).
+fn dagsnap_duration(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<Duration> {
+    env(name).and_then(|v| crate::cli::values::parse_duration(&v).ok())
 }
 
 /// `--exechook-*` (from `--sync-hook-command`), `--pre-publish-exechook-*`, `--webhook-*`.
@@ -446,6 +497,15 @@ fn credentials(
         );
     }
     let (ca_file, git_config) = git_config(s, notes)?;
+    let has_credentials = !username.is_empty()
+        || password.is_some()
+        || reqwest::Url::parse(repo).is_ok_and(|u| !u.username().is_empty());
+    let allow_insecure_http = has_credentials && repo.to_ascii_lowercase().starts_with("http://");
+    if allow_insecure_http {
+        notes.push(Note::Warn(
+            "credentials for --repo go over plain http://, as git-sync sends them: anyone on the network path can read them; use https:// (dagsnap's own `sync` refuses this unless --allow-insecure-http-credentials)".to_string(),
+        ));
+    }
     Ok(Credentials {
         username: (!username.is_empty()).then_some(username),
         password_file: (!password_file.is_empty()).then_some(password_file),
@@ -454,6 +514,7 @@ fn credentials(
         ssh_known_hosts,
         ca_file,
         git_config,
+        allow_insecure_http,
     })
 }
 
@@ -539,36 +600,68 @@ fn ssh(s: &Settings, repo: &str, notes: &mut Vec<Note>) -> SshFiles {
     (keys, Some((check, file)))
 }
 
+/// Whether `spec` is one of git's partial-clone filter specifications.
+fn is_filter_spec(spec: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match spec.split_once(':') {
+        Some(("blob", "none")) => true,
+        Some(("blob", rest)) => rest
+            .strip_prefix("limit=")
+            .is_some_and(|n| digits(n.trim_end_matches(['k', 'm', 'g', 'K', 'M', 'G']))),
+        Some(("tree", depth)) => digits(depth),
+        Some(("object", rest)) => rest
+            .strip_prefix("type=")
+            .is_some_and(|t| ["blob", "tree", "commit", "tag"].contains(&t)),
+        Some(("sparse", rest)) => rest.strip_prefix("oid=").is_some_and(|o| !o.is_empty()),
+        Some(("combine", rest)) => rest.split('+').all(is_filter_spec),
+        _ => false,
+    }
+}
+
 /// `--git-config`'s CA file and the git configuration passed on.
 type GitConfig = (Option<String>, Vec<(String, String)>);
 
-/// `--git-config`: `http.sslCAInfo` is `--ca-file`; git's transport policy is passed on as
-/// git configuration; anything else is refused, naming it.
+/// `--git-config` and each `--git-config-add`, as git-sync passes them to `git config`:
+/// `http.sslCAInfo` is dagsnap's `--ca-file`; every key is passed on as git configuration (the
+/// cache's, and that of the git processes dagsnap starts: `safe.directory` lets a local
+/// repository owned by another user be read, as git-sync's global configuration does).
 fn git_config(s: &Settings, notes: &mut Vec<Note>) -> Result<GitConfig, ConfigError> {
+    let mut pairs = Vec::new();
     let text = s.string("git-config");
-    let (mut ca_file, mut passed) = (None, Vec::new());
-    if text.is_empty() {
-        return Ok((ca_file, passed));
+    if !text.is_empty() {
+        pairs.extend(parse_git_config(&text).map_err(|e| invalid(format!("invalid flag: {e}")))?);
     }
-    for (key, value) in
-        parse_git_config(&text).map_err(|e| invalid(format!("invalid flag: {e}")))?
+    for one in s
+        .list("git-config-add")
+        .into_iter()
+        .filter(|v| !v.is_empty())
     {
-        match key.to_ascii_lowercase().as_str() {
-            "http.sslcainfo" => ca_file = Some(value),
-            "safe.directory" => info(
-                notes,
-                "--git-config safe.directory has nothing to do: dagsnap's cache is private to this process",
-            ),
-            // git's transport policy, which dagsnap applies to submodules as git does.
-            "protocol.file.allow" | "protocol.allow" => passed.push((key, value)),
-            _ => {
-                return Err(invalid(format!(
-                    "--git-config {key} is not supported by dagsnap (it understands http.sslCAInfo, safe.directory, protocol.allow and protocol.file.allow); remove it, or tell us what you need it for"
-                )))
-            }
+        let parsed = parse_git_config(&one)
+            .map_err(|e| invalid(format!("invalid flag: --git-config-add {e}")))?;
+        if parsed.len() != 1 {
+            return Err(invalid(format!(
+                "invalid flag: --git-config-add takes one key:value, got {one:?}"
+            )));
+        }
+        pairs.extend(parsed);
+    }
+    let mut ca_file = None;
+    for (key, value) in &pairs {
+        if key.eq_ignore_ascii_case("http.sslcainfo") {
+            ca_file = Some(value.clone());
         }
     }
-    Ok((ca_file, passed))
+    if !pairs.is_empty() {
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        info(
+            notes,
+            &format!(
+                "git configuration {} applies to dagsnap's fetches (gix reads the keys it knows) and to the git processes it starts",
+                keys.join(", ")
+            ),
+        );
+    }
+    Ok((ca_file, pairs))
 }
 
 /// `--http-bind`, `--http-metrics`, `--http-pprof`, `-v`/`--verbose`.
@@ -671,6 +764,7 @@ impl Translation {
             argv.opt_maybe("ssh-known-hosts-file", file.as_deref());
         }
         argv.opt_maybe("ca-file", c.ca_file.as_deref());
+        argv.flag_if("allow-insecure-http-credentials", c.allow_insecure_http);
         if !c.git_config.is_empty() {
             argv.opt("git-config", &format_git_config(&c.git_config));
         }

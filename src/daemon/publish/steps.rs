@@ -170,6 +170,7 @@ impl Publisher {
             commit: seen.commit.clone(),
             git_sync: git_sync.commit.clone(),
             quiet_for,
+            resume_in: after - quiet_for,
         })
     }
 

@@ -134,6 +134,8 @@ pub enum Outcome {
         commit: CommitId,
         git_sync: CommitId,
         quiet_for: Duration,
+        /// When the link may move if git-sync stays quiet: `--adopt-after` less `quiet_for`.
+        resume_in: Duration,
     },
 }
 

@@ -27,12 +27,11 @@ use std::time::Duration;
 use super::health::{CycleDone, Health};
 use super::hooks::{ExecHook, Hooks, WebHook};
 use super::http::{self, Auth};
-use crate::commit::CommitId;
 use crate::daemon::publish::{Outcome, PublishError, Publisher, Timings};
 use crate::git::redact::Redactor;
 use crate::progress::{Reporter, Style};
 use crate::store::Root;
-use report::{report, round_ms, AfterCycle};
+use report::{report, round_ms, AfterCycle, Said};
 use signals::{kill_descendants, stand_by, Signals, Wake};
 
 /// When and how persistently to sync.
@@ -158,8 +157,9 @@ pub async fn run(
         health,
         signals,
         failures: 0,
-        held: None,
+        said: Said::default(),
         synced_once: false,
+        held_back_since: None,
     };
     loop {
         // (1)
@@ -179,6 +179,18 @@ pub async fn run(
             return Ok(Exit::Clean);
         }
         if looper.schedule.one_time && failed.is_none() && done.outcome != "skipped" {
+            // The tip is ready but may not go live yet (git-sync still writes the root, or
+            // --min-publish-interval): a one-time run publishes it or fails, never exits 0
+            // with an older tree live.
+            if let Some(exit) = looper.held_back(&ran) {
+                return Ok(exit);
+            }
+            if looper.held_back_since.is_some() {
+                if let Some(exit) = looper.wait_next(&ran, None).await {
+                    return Ok(exit);
+                }
+                continue;
+            }
             if looper.hooks.is_empty() || looper.hooks.finish().await {
                 return Ok(Exit::Clean);
             }
@@ -207,10 +219,12 @@ struct Loop {
     signals: Signals,
     /// Consecutive failures.
     failures: u64,
-    /// The last (remote commit, pinned or other commit) the log said was held back.
-    held: Option<(String, CommitId)>,
+    /// What the log already said of states that last.
+    said: Said,
     /// A cycle succeeded since start (git-sync's "first sync").
     synced_once: bool,
+    /// Since when a one-time run's commit has been ready but held back ([`Loop::held_back`]).
+    held_back_since: Option<std::time::Instant>,
 }
 
 /// A cycle that returned, with what the loop learned of it.
@@ -342,12 +356,38 @@ impl Loop {
         done
     }
 
+    /// For a one-time run: whether the remote's commit is ready but may not go live yet (the
+    /// link is left to git-sync while it writes the root, or `--min-publish-interval` holds
+    /// it), remembering since when; the exit once that has lasted `--sync-timeout`.
+    fn held_back(&mut self, ran: &Ran) -> Option<Exit> {
+        let timeout = humantime::format_duration(self.schedule.sync_timeout);
+        let why = match &ran.result {
+            Ok(Outcome::Deferred { commit, .. }) => format!(
+                "git-sync kept writing this root, so {commit} did not go live within --sync-timeout {timeout}; stop git-sync first, or run without --one-time"
+            ),
+            Ok(Outcome::Throttled { commit, .. }) => format!(
+                "--min-publish-interval held {commit} back longer than --sync-timeout {timeout}; a one-time run publishes or fails"
+            ),
+            _ => {
+                self.held_back_since = None;
+                return None;
+            }
+        };
+        let since = *self
+            .held_back_since
+            .get_or_insert_with(std::time::Instant::now);
+        (since.elapsed() >= self.schedule.sync_timeout).then_some(Exit::GaveUp {
+            failures: 1,
+            last_error: why,
+        })
+    }
+
     /// Step 2: what the cycle means for the loop: the failure to report (and count), if any.
     /// An exit when a stop was requested and the cycle was cut short by it.
     fn judge(&mut self, ran: &Ran) -> Result<Option<String>, Exit> {
         let failed = match &ran.result {
             Ok(outcome) => {
-                report(outcome, &mut self.held);
+                report(outcome, &mut self.said);
                 match outcome {
                     // Nothing is live and the remote's commit was rejected: an init container
                     // must not let Airflow start on an empty folder.
@@ -398,6 +438,7 @@ impl Loop {
         };
         let throttled = match &ran.result {
             Ok(Outcome::Throttled { wait, .. }) => Some(*wait),
+            Ok(Outcome::Deferred { resume_in, .. }) => Some(*resume_in),
             _ => None,
         };
         let wait = match failed {

@@ -146,9 +146,23 @@ pub(super) struct AfterCycle<'a> {
     pub previous: Option<CommitId>,
 }
 
-/// Log what a cycle did. `held` remembers the last (remote commit, pinned commit) reported, so
-/// a pinned root says so once per new remote commit rather than at every poll.
-pub(super) fn report(outcome: &Outcome, held: &mut Option<(String, CommitId)>) {
+/// How often waiting for git-sync is said again at info while a take-over lasts.
+const GIT_SYNC_REMINDER: Duration = Duration::from_secs(600);
+
+/// What the log already said, so that a state that lasts is said once.
+#[derive(Debug, Default)]
+pub(super) struct Said {
+    /// The last (remote commit, pinned or rejected commit) reported as held back.
+    held: Option<(String, CommitId)>,
+    /// When waiting for git-sync was last said at info: once per take-over, however often
+    /// git-sync takes the link back meanwhile, and again every [`GIT_SYNC_REMINDER`].
+    git_sync_wait: Option<std::time::Instant>,
+}
+
+/// Log what a cycle did. A pinned root says so once per new remote commit, a rejected commit
+/// once, waiting for git-sync once per take-over, rather than at every poll.
+pub(super) fn report(outcome: &Outcome, said: &mut Said) {
+    let held = &mut said.held;
     match outcome {
         Outcome::Held { commit, pin } => {
             let now = Some((commit.to_string(), pin.commit.clone()));
@@ -169,11 +183,14 @@ pub(super) fn report(outcome: &Outcome, held: &mut Option<(String, CommitId)>) {
             commit,
             git_sync,
             quiet_for,
+            ..
         } => {
-            let now = Some(("git-sync".to_string(), git_sync.clone()));
-            if *held != now {
+            let due = said
+                .git_sync_wait
+                .is_none_or(|at| at.elapsed() >= GIT_SYNC_REMINDER);
+            if due {
                 tracing::info!(remote = %commit, git_sync_commit = %git_sync, git_sync_wrote_ago = %humantime::format_duration(Duration::from_secs(quiet_for.as_secs())), "git-sync still writes this root; the snapshot is ready, and the link moves once git-sync has left the root alone for --adopt-after");
-                *held = now;
+                said.git_sync_wait = Some(std::time::Instant::now());
             } else {
                 tracing::debug!(remote = %commit, git_sync_commit = %git_sync, "waiting for git-sync to go quiet");
             }
