@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         match note {
             gitsync::Note::Info(text) => tracing::info!("{text}"),
             gitsync::Note::Warn(text) => tracing::warn!("{text}"),
+            gitsync::Note::Deprecated(text) => tracing::info!("deprecated: {text}"),
         }
     }
     let result = match cli.command {

@@ -374,3 +374,46 @@ fn an_operator_without_write_permission_is_told_to_run_as_the_publishers_user() 
         stderr(&out)
     );
 }
+
+#[test]
+fn the_chart_s_environment_starts_with_one_line_per_difference_and_no_warning() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let root = scratch.root().display().to_string();
+    // The chart's git-sync environment (v3 and v4 names side by side), pointed at this root.
+    let env: Vec<(String, String)> = crate::chart::chart_env(&remote.url(), true)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "GIT_SYNC_ROOT" | "GITSYNC_ROOT" => (k, root.clone()),
+            _ => (k, v),
+        })
+        .collect();
+    let out = git_sync_via(&[], scratch.tmp.path())
+        .env("DAGSNAP_CACHE_DIR", scratch.cache())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(assert_root_valid_at(&scratch.root(), "repo"), commit);
+    let start: Vec<&str> = log
+        .lines()
+        .take_while(|l| !l.contains("dagsnap sync starting"))
+        .collect();
+    assert!(
+        start.iter().all(|l| l.contains(" INFO ")),
+        "no warning for a configuration that works:\n{log}"
+    );
+    let deprecated: Vec<&&str> = start.iter().filter(|l| l.contains("deprecated")).collect();
+    assert_eq!(deprecated.len(), 1, "{log}");
+    for name in [
+        "$GIT_SYNC_REPO",
+        "$GIT_SYNC_ROOT",
+        "--branch (for --ref)",
+        "--dest (for --link)",
+    ] {
+        assert!(deprecated[0].contains(name), "{name} in:\n{log}");
+    }
+    assert!(start.len() <= 6, "one line per difference:\n{log}");
+}

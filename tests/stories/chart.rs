@@ -15,7 +15,7 @@ use crate::support::*;
 /// (`chart/templates/_helpers.yaml`, `git_sync_container`): both v3 and v4 names, as the chart
 /// sets them, for `dags.gitSync` values repo, branch/ref `main`, rev `HEAD`, depth 1,
 /// maxFailures 0, period 1s; `is_init` adds the init container's one-time settings.
-fn chart_env(repo: &str, is_init: bool) -> Vec<(String, String)> {
+pub(crate) fn chart_env(repo: &str, is_init: bool) -> Vec<(String, String)> {
     let mut env = vec![
         ("GIT_SYNC_REV", "HEAD"),
         ("GITSYNC_REF", "main"),

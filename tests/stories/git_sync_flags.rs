@@ -168,9 +168,7 @@ fn git_sync_s_period_wait_and_failure_budget_keep_their_meaning() {
         || shown_commit(&scratch.root().join("dags")).as_deref() == Some(second.as_str()),
     );
     assert!(
-        daemon
-            .logs()
-            .contains("setting --period from deprecated --wait"),
+        daemon.logs().contains("--wait (for --period)"),
         "{}",
         daemon.logs()
     );

@@ -76,6 +76,8 @@ impl Invocation {
 pub enum Note {
     Info(String),
     Warn(String),
+    /// A deprecated name in use; [`parse`] says them all in one [`Note::Info`].
+    Deprecated(String),
 }
 
 /// A configuration git-sync would refuse too, or one dagsnap cannot honour: one line.
@@ -106,7 +108,32 @@ pub fn parse(
         return Ok(Parsed::Print(help()));
     }
     let translation = translate::translate(&settings, env, &mut notes)?;
-    Ok(Parsed::Run(Box::new(Invocation { translation, notes })))
+    Ok(Parsed::Run(Box::new(Invocation {
+        translation,
+        notes: with_deprecations_in_one_line(notes),
+    })))
+}
+
+/// The notes, every [`Note::Deprecated`] merged into one line where the first one was.
+fn with_deprecations_in_one_line(notes: Vec<Note>) -> Vec<Note> {
+    let names: Vec<String> = notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::Deprecated(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut merged = Some(Note::Info(format!(
+        "deprecated git-sync names in use, read as git-sync reads them: {}",
+        names.join(", ")
+    )));
+    notes
+        .into_iter()
+        .filter_map(|n| match n {
+            Note::Deprecated(_) => merged.take(),
+            other => Some(other),
+        })
+        .collect()
 }
 
 pub(super) fn invalid(text: impl Into<String>) -> ConfigError {
@@ -208,11 +235,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(option(&i, "period").as_deref(), Some("4000000000ns"));
-        assert!(i.notes.contains(&Note::Warn(
-            "env $GIT_SYNC_PERIOD has been deprecated, use $GITSYNC_PERIOD instead".into()
-        )));
-        assert!(i.notes.contains(&Note::Warn(
-            "env $GITSYNC_PERIOD was overridden by $GIT_SYNC_PERIOD".into()
+        assert!(i.notes.contains(&Note::Info(
+            "deprecated git-sync names in use, read as git-sync reads them: $GIT_SYNC_PERIOD (wins over $GITSYNC_PERIOD)".into()
         )));
         // v3's --wait (seconds) beats v4's --period.
         let i = run(

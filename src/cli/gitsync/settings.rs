@@ -41,18 +41,14 @@ pub(super) fn from_env(
     let mut count = usize::from(found.is_some());
     for alt in older {
         if let Some(value) = env(alt) {
-            notes.push(Note::Warn(format!(
-                "env ${alt} has been deprecated, use ${first} instead"
-            )));
             found = Some((value, alt));
             count += 1;
         }
     }
-    if count > 1 {
-        if let Some((_, winner)) = &found {
-            notes.push(Note::Warn(format!(
-                "env ${first} was overridden by ${winner}"
-            )));
+    if let Some((_, winner)) = &found {
+        if winner != first {
+            let how = if count > 1 { "wins over" } else { "for" };
+            notes.push(Note::Deprecated(format!("${winner} ({how} ${first})")));
         }
     }
     found

@@ -140,6 +140,11 @@ pub(super) fn translate(
     })
 }
 
+/// A deprecated name of git-sync's in use (`old` standing for `new`): said in one line at start.
+fn deprecated(notes: &mut Vec<Note>, old: &str, new: &str) {
+    notes.push(Note::Deprecated(format!("{old} (for {new})")));
+}
+
 fn info(notes: &mut Vec<Note>, text: &str) {
     notes.push(Note::Info(text.to_string()));
 }
@@ -159,11 +164,11 @@ fn repository(s: &Settings, notes: &mut Vec<Note>) -> Result<Repository, ConfigE
     let mut git_ref = s.string("ref");
     match (branch.is_empty(), rev.is_empty() || rev == "HEAD") {
         (false, true) => {
-            info(notes, "setting --ref from deprecated --branch");
+            deprecated(notes, "--branch", "--ref");
             git_ref = branch;
         }
         (true, false) => {
-            info(notes, "setting --ref from deprecated --rev");
+            deprecated(notes, "--rev", "--ref");
             git_ref = rev;
         }
         (false, false) => {
@@ -211,7 +216,7 @@ fn repository(s: &Settings, notes: &mut Vec<Note>) -> Result<Repository, ConfigE
     }
     let mut link = s.string("link");
     if !s.string("dest").is_empty() {
-        info(notes, "setting --link from deprecated --dest");
+        deprecated(notes, "--dest", "--link");
         link = s.string("dest");
     }
     if link.is_empty() {
@@ -240,7 +245,7 @@ fn timing(s: &Settings, notes: &mut Vec<Note>) -> Result<Timing, ConfigError> {
     let mut period = s.duration("period");
     let wait = s.float("wait");
     if wait != 0.0 {
-        info(notes, "setting --period from deprecated --wait");
+        deprecated(notes, "--wait", "--period");
         period = Duration::from_millis((wait * 1000.0).max(0.0) as u64);
     }
     if period < Duration::from_millis(10) {
@@ -261,7 +266,7 @@ fn timing(s: &Settings, notes: &mut Vec<Note>) -> Result<Timing, ConfigError> {
     let mut sync_timeout = s.duration("sync-timeout");
     let timeout = s.int("timeout");
     if timeout != 0 {
-        info(notes, "setting --sync-timeout from deprecated --timeout");
+        deprecated(notes, "--timeout", "--sync-timeout");
         sync_timeout = Duration::from_secs(timeout.max(0) as u64);
     }
     if sync_timeout < Duration::from_millis(10) {
@@ -271,10 +276,7 @@ fn timing(s: &Settings, notes: &mut Vec<Note>) -> Result<Timing, ConfigError> {
     }
     let mut max_failures = s.int("max-failures");
     if s.int("max-sync-failures") != 0 {
-        info(
-            notes,
-            "setting --max-failures from deprecated --max-sync-failures",
-        );
+        deprecated(notes, "--max-sync-failures", "--max-failures");
         max_failures = s.int("max-sync-failures");
     }
     let init_max_failures = s.int("init-max-failures");
@@ -364,10 +366,7 @@ fn hooks(s: &Settings, notes: &mut Vec<Note>) -> Result<Hooks, ConfigError> {
     };
     let mut exechook = s.string("exechook-command");
     if !s.string("sync-hook-command").is_empty() {
-        info(
-            notes,
-            "setting --exechook-command from deprecated --sync-hook-command",
-        );
+        deprecated(notes, "--sync-hook-command", "--exechook-command");
         exechook = s.string("sync-hook-command");
     }
     let exechook = if exechook.is_empty() {
@@ -433,10 +432,7 @@ fn credentials(
 ) -> Result<Credentials, ConfigError> {
     let mut password = from_env(PASSWORD_ENV, env, notes).map(|(v, _)| v);
     if !s.string("password").is_empty() {
-        info(
-            notes,
-            "setting $GITSYNC_PASSWORD from deprecated --password",
-        );
+        deprecated(notes, "--password", "$GITSYNC_PASSWORD");
         password = Some(s.string("password"));
     }
     let mut password = password.filter(|p| !p.is_empty());
