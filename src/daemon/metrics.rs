@@ -224,7 +224,7 @@ impl Metrics {
         );
         registry.register(
             "git_fetch_count",
-            "How many fetches received a pack (git-sync counts its git fetch runs)",
+            "Fetches as git-sync counts its git fetch runs: a pack received, or the remote moved to a commit the cache holds",
             metrics.git_fetch_count.clone(),
         );
     }

@@ -417,3 +417,30 @@ fn the_chart_s_environment_starts_with_one_line_per_difference_and_no_warning() 
     }
     assert!(start.len() <= 6, "one line per difference:\n{log}");
 }
+
+#[test]
+fn a_move_back_to_a_known_commit_counts_as_a_fetch_as_git_sync_counts_it() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let (daemon, base) = crate::sidecar::sidecar(&scratch, &remote.url(), &["--period", "100ms"]);
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    let second = remote.commit(&[("dags/a.py", "2\n")], "two");
+    daemon.wait_for_commit(&scratch.root(), &second, Duration::from_secs(30));
+    // Someone force-pushes the branch back: the cache holds that commit already.
+    remote.git(&["reset", "--hard", &first]);
+    daemon.wait_for_commit(&scratch.root(), &first, Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "three fetches counted", || {
+        metric(&crate::sidecar::metrics(&base), "git_fetch_count_total") >= 3.0
+    });
+    // Unchanged polls since add nothing.
+    let unchanged = |text: &str| metric(text, "dagsnap_syncs_total{result=\"unchanged\"}");
+    let before = unchanged(&crate::sidecar::metrics(&base));
+    wait_until(Duration::from_secs(10), "three unchanged polls", || {
+        unchanged(&crate::sidecar::metrics(&base)) >= before + 3.0
+    });
+    assert_eq!(
+        metric(&crate::sidecar::metrics(&base), "git_fetch_count_total"),
+        3.0
+    );
+}

@@ -46,6 +46,8 @@ pub struct Publisher {
     timings: Timings,
     /// The full ref the last cycle's observation matched (`refs/heads/main`).
     followed_ref: Option<String>,
+    /// The commit the last observation found, to count fetches as git-sync does.
+    last_seen: Option<gix::ObjectId>,
     /// This process's record under the root, for `dagsnap status`, and its heartbeat.
     registration: Registration,
     /// The root's source as this publisher follows it.
@@ -78,7 +80,8 @@ pub struct Timings {
     /// Waiting for the lock, deciding and swapping the link, collecting garbage.
     pub publish: Option<Duration>,
     pub lock_wait: Option<Duration>,
-    /// A pack was received.
+    /// A fetch as git-sync counts them (`git_fetch_count_total`): a pack was received, or the
+    /// remote moved to a commit the cache already holds (a move back), which git-sync fetches.
     pub fetched: bool,
 }
 
@@ -137,6 +140,7 @@ impl Publisher {
                 last_verified: None,
                 timings: Timings::default(),
                 followed_ref: None,
+                last_seen: None,
                 registration,
                 source,
                 witness: LockWitness::default(),

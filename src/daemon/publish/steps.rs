@@ -44,7 +44,11 @@ impl Publisher {
         let fetching = Instant::now();
         let observation = self.cache.update(&self.remote, progress, interrupt)?;
         self.timings.fetch = Some(fetching.elapsed());
-        self.timings.fetched = observation.fetched;
+        self.timings.fetched = observation.fetched
+            || self
+                .last_seen
+                .is_some_and(|last| last != observation.commit);
+        self.last_seen = Some(observation.commit);
         self.followed_ref = Some(observation.ref_name.clone());
         self.observe_locks();
         Ok(Seen {
