@@ -31,6 +31,8 @@ pub enum AccessError {
     KnownHostsFile { path: PathBuf, cause: String },
     #[error("CA file {} is not usable ({cause}); it must hold PEM certificates", path.display())]
     CaFile { path: PathBuf, cause: String },
+    #[error("cannot set up TLS: {cause}")]
+    Tls { cause: String },
     #[error("--username is set but no password: give --password-file or DAGSNAP_PASSWORD")]
     NoPassword,
     #[error("uid {uid} has no /etc/passwd entry and OpenSSH refuses to run without one; install libnss-wrapper (dagsnap then supplies an entry itself) or add uid {uid} to /etc/passwd")]
@@ -312,7 +314,7 @@ impl Access {
             })?;
         }
         if let Some(ca) = &self.ca_file {
-            certificates(ca)?;
+            super::tls::read_ca_file(ca)?;
         }
         Ok(())
     }
@@ -409,15 +411,15 @@ impl Access {
         extra_ca.extend(options.ssl_ca_info.clone());
         let timeout = self.http_timeout;
         let configure: Box<http::reqwest::ConfigureClientFn> = Box::new(move |builder| {
-            let mut roots = Vec::new();
-            if https {
-                roots.extend_from_slice(system_roots());
-                for path in &extra_ca {
-                    roots.extend(certificates(path).map_err(gix::Error::from_error)?);
-                }
+            let builder = builder.timeout(timeout);
+            if !https {
+                // Nothing to verify: no trust store read at all.
+                return Ok(builder.tls_certs_only(Vec::new()));
             }
-            // Only these: the platform verifier would read the whole store again.
-            Ok(builder.timeout(timeout).tls_certs_only(roots))
+            // dagsnap's trust (`git::tls`), not the platform verifier, which would read the
+            // whole store again for every client.
+            let config = super::tls::client_config(&extra_ca).map_err(gix::Error::from_error)?;
+            Ok(builder.tls_backend_preconfigured(config))
         });
         let backend = http::reqwest::Options {
             configure_client: Some(configure),
@@ -492,30 +494,6 @@ pub(super) fn system_root_certificates() -> &'static [CertificateDer<'static>] {
         );
         found.certs
     })
-}
-
-/// [`system_root_certificates`], as the HTTP client takes them.
-fn system_roots() -> &'static [reqwest::Certificate] {
-    static ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(|| {
-        system_root_certificates()
-            .iter()
-            .filter_map(|der| reqwest::Certificate::from_der(der).ok())
-            .collect()
-    })
-}
-
-fn certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, AccessError> {
-    let failed = |cause: String| AccessError::CaFile {
-        path: path.to_path_buf(),
-        cause,
-    };
-    let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| failed(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(failed("no certificate in it".into()));
-    }
-    Ok(certs)
 }
 
 /// Single-quote `path` for `sh -c`.

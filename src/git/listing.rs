@@ -15,12 +15,11 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 /// An `ls-refs` request as it was sent, and the server's whole answer to it.
 pub(super) struct Listing {
@@ -279,31 +278,20 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream
     Err(last)
 }
 
-/// The system's roots and the configured CA files, as the HTTP client trusts them.
+/// The system's roots and the configured CA files, as the HTTP client trusts them
+/// (`git::tls`).
 fn tls_config(
     ca_file: Option<&Path>,
     ca_info: Option<&Path>,
 ) -> Result<Arc<rustls::ClientConfig>, NotHere> {
-    let mut roots = rustls::RootCertStore::empty();
-    let (_added, _ignored) =
-        roots.add_parsable_certificates(super::access::system_root_certificates().iter().cloned());
-    for path in ca_file.into_iter().chain(ca_info) {
-        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|found| found.collect())
-            .map_err(|e| NotHere(format!("cannot read {}: {e}", path.display())))?;
-        for certificate in certificates {
-            roots
-                .add(certificate)
-                .map_err(|e| NotHere(format!("a certificate of {}: {e}", path.display())))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| NotHere(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    let files: Vec<PathBuf> = ca_file
+        .into_iter()
+        .chain(ca_info)
+        .map(Path::to_path_buf)
+        .collect();
+    super::tls::client_config(&files)
+        .map(Arc::new)
+        .map_err(|e| NotHere(e.to_string()))
 }
 
 /// How an exchange ended.

@@ -13,6 +13,8 @@
 //! - `http.rs`: the HTTP client gix's conversations go through, kept for the cache's life.
 //! - `listing.rs`: an idle poll over HTTP, the last ref listing asked again.
 //! - `no_progress.rs`: fetch requests that ask the server for no progress messages.
+//! - `tls.rs`: whom HTTPS trusts: the system's roots, the CA files, and a configured CA's own
+//!   certificate presented by a server (as git accepts it).
 //! - `access.rs`: credentials, TLS and SSH settings, and git configuration for the cache.
 //! - `redact.rs`: secrets never printed. `diagnose.rs`: errors that say what to do.
 //! - `tree.rs`: a commit's tree as a list of entries, with the path rules git applies on Linux.
@@ -41,6 +43,7 @@ pub(crate) mod redact;
 mod remote;
 pub(crate) mod select;
 pub(crate) mod submodules;
+mod tls;
 pub(crate) mod tree;
 
 pub(crate) use blobs::RepoBlobs;

@@ -444,3 +444,35 @@ fn a_move_back_to_a_known_commit_counts_as_a_fetch_as_git_sync_counts_it() {
         3.0
     );
 }
+
+#[test]
+fn a_server_whose_certificate_is_its_own_ca_is_trusted_when_configured_as_the_ca() {
+    let remote = Remote::new();
+    let commit = remote.commit(&[("dags/a.py", "1\n")], "one");
+    let server = HttpServer::start_with(true, USER, TOKEN);
+    server.serve(&remote.dir, "dags.git");
+    server.present_self_signed_ca("IP:127.0.0.1,DNS:localhost");
+    let scratch = Scratch::new();
+    let ca = format!("--git-config=http.sslCAInfo:{}", server.ca_file.display());
+    let url = server.url(Door::Private, "dags.git");
+    let env = [("GITSYNC_USERNAME", USER), ("GITSYNC_PASSWORD", TOKEN)];
+    let out = git_sync_once(&scratch, &url, &[&ca, "-v=2"], &env);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(assert_root_valid_at(&scratch.root(), "dags"), commit);
+    assert!(
+        log.contains("the server presented a configured CA's own certificate"),
+        "webpki alone refuses it; git accepts it:\n{log}"
+    );
+
+    // The trust is for the names that certificate holds.
+    server.present_self_signed_ca("DNS:git.elsewhere.example");
+    let scratch = Scratch::new();
+    let out = git_sync_once(&scratch, &url, &[&ca], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not valid for") || stderr(&out).contains("NotValidForName"),
+        "{}",
+        stderr(&out)
+    );
+}
