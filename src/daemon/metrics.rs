@@ -51,7 +51,7 @@ fn seconds_histogram() -> Histogram {
 }
 
 /// What a cycle can be, as `dagsnap_syncs_total` counts it.
-const SYNC_RESULTS: [&str; 9] = [
+const SYNC_RESULTS: [&str; 10] = [
     "published",
     "unchanged",
     "held",
@@ -59,6 +59,7 @@ const SYNC_RESULTS: [&str; 9] = [
     "rejected",
     "throttled",
     "deferred",
+    "standing-back",
     "skipped",
     "failed",
 ];
@@ -77,6 +78,7 @@ pub(crate) struct Metrics {
     retained: Gauge,
     pinned: Gauge,
     lock_fault: Gauge,
+    standing_back: Gauge,
     lock_wait_seconds: Histogram,
     hooks: Family<HookLabel, Counter>,
     checks: Family<ResultLabel, Counter>,
@@ -117,6 +119,7 @@ impl Metrics {
             retained: Gauge::default(),
             pinned: Gauge::default(),
             lock_fault: Gauge::default(),
+            standing_back: Gauge::default(),
             lock_wait_seconds: seconds_histogram(),
             hooks: Family::default(),
             checks: Family::default(),
@@ -191,6 +194,11 @@ impl Metrics {
             "dagsnap_lock_fault",
             "1 while locks on the volume do not reach another publisher of the root (the link is not moved meanwhile)",
             metrics.lock_fault.clone(),
+        );
+        registry.register(
+            "dagsnap_standing_back",
+            "1 while the root follows another configuration, started after this publisher, which therefore moves nothing",
+            metrics.standing_back.clone(),
         );
         registry.register(
             "dagsnap_lock_wait_seconds",
@@ -316,6 +324,10 @@ impl Metrics {
 
     pub(crate) fn set_lock_fault(&self, fault: bool) {
         self.lock_fault.set(i64::from(fault));
+    }
+
+    pub(crate) fn set_standing_back(&self, standing_back: bool) {
+        self.standing_back.set(i64::from(standing_back));
     }
 
     /// `--check-command` is configured: its series start at zero.

@@ -184,24 +184,6 @@ impl FileLock {
         self._file.set_len(contents.len() as u64)
     }
 
-    /// Turn an exclusive lock into a shared one, atomically: there is no moment at which the
-    /// file is unlocked.
-    pub(crate) fn downgrade(&self) -> Result<(), LockError> {
-        match set_lock(&self._file, &self.path(), libc::F_RDLCK)? {
-            true => Ok(()),
-            false => Err(IoError::new(
-                "downgrade lock",
-                self.path(),
-                io::Error::from_raw_os_error(libc::EAGAIN),
-            )
-            .into()),
-        }
-    }
-
-    pub(crate) fn path(&self) -> PathBuf {
-        self.dir.join(&self.name)
-    }
-
     /// The file's name in its directory.
     pub(crate) fn name(&self) -> &OsStr {
         &self.name
@@ -306,11 +288,7 @@ mod tests {
             .unwrap()
             .expect("exclusive once alone");
         assert!(FileLock::try_shared(&d, path).unwrap().is_none());
-        exclusive.downgrade().unwrap();
-        assert!(
-            FileLock::try_shared(&d, path).unwrap().is_some(),
-            "downgraded to shared"
-        );
-        assert!(FileLock::try_exclusive(&d, path).unwrap().is_none());
+        drop(exclusive);
+        assert!(FileLock::try_shared(&d, path).unwrap().is_some());
     }
 }

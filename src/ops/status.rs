@@ -449,10 +449,13 @@ fn describe_publisher(publisher: &SeenPublisher) -> String {
         "{} pid {} ({}): last cycle {}, last success {}",
         record.host,
         record.pid,
-        if publisher.running {
-            "running"
-        } else {
-            "stopped"
+        match (publisher.running, publisher.standing_back) {
+            (true, false) => "running".to_string(),
+            (true, true) => format!(
+                "running, standing back: it follows {}@{}, the root another configuration",
+                record.repo, record.ref_name
+            ),
+            (false, _) => "stopped".to_string(),
         },
         ago(record.last_cycle_at),
         record

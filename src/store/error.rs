@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use super::link;
-use super::records::SourceRecord;
 use super::STORE_DIR;
 use crate::commit::CommitId;
 use crate::fsutil::lock::LockError;
@@ -51,12 +50,6 @@ pub enum StoreError {
     },
     #[error("snapshot {commit} disappeared before it could be published (removed by GC or by hand); it is rebuilt on the next cycle")]
     SnapshotGone { commit: CommitId },
-    #[error("root {} publishes {theirs} and a publisher of it is running; this one was started for {ours}. Use another --root, or fix --repo/--ref so all publishers of this root agree", root.display())]
-    SourceMismatch {
-        root: PathBuf,
-        theirs: Box<SourceRecord>,
-        ours: Box<SourceRecord>,
-    },
     #[error(transparent)]
     Link(#[from] link::ReadError),
     #[error(transparent)]

@@ -243,7 +243,8 @@ fn publishers_on_a_volume_whose_locks_do_not_travel_never_break_readers_and_say_
     });
 
     // A publisher of another configuration, through a fourth mount where no lock is visible,
-    // is refused: the others' heartbeats say they run.
+    // builds its snapshot and takes nothing over: the operator's pin holds the root.
+    remote.git(&["branch", "other"]);
     let out = dagsnap(scratch.tmp.path())
         .args([
             "sync",
@@ -259,11 +260,22 @@ fn publishers_on_a_volume_whose_locks_do_not_travel_never_break_readers_and_say_
         .arg(scratch.path("cache-other"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("a publisher of it is running"),
+        stderr(&out).contains("takes it over at its first publish")
+            && !stderr(&out).contains("follows this configuration from now on"),
         "{}",
         stderr(&out)
+    );
+    let out = dagsnap(scratch.tmp.path())
+        .args(["status", "--json", "--root"])
+        .arg(&real_root)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["ref"], "main",
+        "the root still follows main: {status}"
     );
 
     stop.store(true, Ordering::Relaxed);

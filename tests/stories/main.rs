@@ -28,6 +28,7 @@ mod repair;
 mod repo;
 mod retention;
 mod reuse;
+mod rollout;
 mod seed_incident;
 mod self_repair;
 mod servers;

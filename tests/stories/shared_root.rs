@@ -295,41 +295,44 @@ fn a_full_disk_fails_cleanly_keeps_serving_and_recovers_by_itself() {
 }
 
 #[test]
-fn a_publisher_for_another_repository_is_refused_while_one_runs_and_takes_over_after() {
+fn a_publisher_for_another_repository_takes_the_root_over_and_the_old_one_stands_back() {
     let ours = Remote::new();
     let our_commit = ours.commit(&[("a.py", "ours\n")], "ours");
     let theirs = Remote::new();
     let their_commit = theirs.commit(&[("a.py", "theirs\n")], "theirs");
     let scratch = Scratch::new();
-    let mut running = spawn_loop(&scratch, &ours.url(), &["--period", "1h"]);
+    let mut running = spawn_loop(&scratch, &ours.url(), &["--period", "100ms"]);
     running.wait_for_commit(&scratch.root(), &our_commit, Duration::from_secs(30));
 
+    // Started later, another configuration is the one the root follows.
     let out = sync_once_with(&scratch, &scratch.path("other-cache"), &theirs.url(), &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(published(&scratch.root()), Some(their_commit.clone()));
     assert!(
-        stderr(&out).contains("a publisher of it is running"),
+        stderr(&out).contains("follows this configuration from now on"),
         "{}",
         stderr(&out)
     );
-    assert_eq!(published(&scratch.root()), Some(our_commit.clone()));
-
-    // Same repository, another ref: also a different configuration.
-    let out = sync_once_with(
-        &scratch,
-        &scratch.path("other-cache"),
-        &ours.url(),
-        &["--ref", &our_commit],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-
-    // Once the old publisher is gone (a finished rolling update), the new configuration takes over.
-    running.signal(Signal::SIGTERM);
-    assert!(running.wait(Duration::from_secs(30)).success());
-    let out = sync_once_with(&scratch, &scratch.path("other-cache"), &theirs.url(), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(published(&scratch.root()), Some(their_commit));
+    running.wait_for_lines(&["standing back"], 1, Duration::from_secs(10));
+    // A new commit of the old configuration moves nothing.
+    let newer = ours.commit(&[("a.py", "ours 2\n")], "ours 2");
+    running.wait_for_lines(&["standing back"], 1, Duration::from_secs(10));
+    let out = on_root(&scratch, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["repo"], theirs.url().as_str(), "{status}");
+    let publishers = status["publishers"].as_array().unwrap();
     assert!(
-        stderr(&out).contains("now follows the new one"),
+        publishers.iter().any(|p| p["standing_back"] == true),
+        "the old publisher is shown standing back: {status}"
+    );
+    assert_ne!(published(&scratch.root()), Some(newer));
+    running.stop();
+
+    // A finished rolling update: nobody follows the old configuration any more.
+    let out = sync_once_with(&scratch, &scratch.path("third-cache"), &ours.url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("follows this configuration from now on"),
         "{}",
         stderr(&out)
     );

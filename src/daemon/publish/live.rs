@@ -13,7 +13,7 @@ use crate::store::snapshot::{self, Stats};
 use crate::store::{Author, Current, Manifest};
 
 impl Publisher {
-    /// Step 5: when `--verify-period` has passed since the last check, check the live snapshot
+    /// Step 16: when `--verify-period` has passed since the last check, check the live snapshot
     /// cheaply against its entry list ([`snapshot::quick_check`]: types, modes and sizes, no
     /// content read), and repair it if it is damaged ([`repair::Repair::run`]: rebuilt from the
     /// cache, fetching the commit if the cache let it go, and the link swapped to the rebuilt

@@ -52,6 +52,9 @@ pub struct Publisher {
     registration: Registration,
     /// The root's source as this publisher follows it.
     source: SourceRecord,
+    /// When this publisher started: a configuration that took the root over later is the one
+    /// the root follows, and this publisher stands back.
+    started_at: SystemTime,
     /// What this publisher saw of its peers' heartbeats and locks.
     witness: LockWitness,
     /// A peer whose locks do not reach this publisher, while that lasts.
@@ -98,12 +101,14 @@ impl Publisher {
         content: Content,
     ) -> Result<Publisher, PublishError> {
         refuse_cache_inside_root(cache_dir, root.path())?;
+        let started_at = SystemTime::now();
         let created = root.adopt()?;
         let opened = (|| {
             let source = SourceRecord {
                 repo: remote.display_url(),
                 ref_name: remote.target.to_string(),
                 select: content.source_key(),
+                claimed_at: None,
             };
             let claim = root.records().claim(&source, settings.lock_timeout)?;
             root.record_link()?;
@@ -115,7 +120,7 @@ impl Publisher {
                 version: env!("CARGO_PKG_VERSION").into(),
                 repo: source.repo.clone(),
                 ref_name: source.ref_name.clone(),
-                started_at: now,
+                started_at,
                 last_cycle_at: now,
                 last_success_at: None,
                 consecutive_failures: 0,
@@ -143,6 +148,7 @@ impl Publisher {
                 last_seen: None,
                 registration,
                 source,
+                started_at,
                 witness: LockWitness::default(),
                 lock_fault: None,
                 gate: Gate::default(),
@@ -226,40 +232,42 @@ impl Publisher {
     ///
     /// 1. **Cache intact**: if the cache directory is gone (or its lock file replaced), start
     ///    it over.
-    /// 2. **Observe**: ask the remote for the target commit, fetching it into the cache if it
+    /// 2. **Standing back**: the root follows another configuration, started after this
+    ///    publisher: this one moves nothing until it stops ([`Outcome::StandingBack`]).
+    /// 3. **Observe**: ask the remote for the target commit, fetching it into the cache if it
     ///    is new; look at the peers' heartbeats ([`Publisher::observe_locks`]): while a peer's
     ///    locks are invisible from here, the cycle moves nothing and fails, saying why.
-    /// 3. **Reconcile**: if the link shows something other than the pin or the newest
+    /// 4. **Reconcile**: if the link shows something other than the pin or the newest
     ///    publication names, put it back ([`Root::reconcile_link`]).
-    /// 4. **Unchanged**: the link shows the commit's complete snapshot: make sure it holds what
+    /// 5. **Unchanged**: the link shows the commit's complete snapshot: make sure it holds what
     ///    this publisher publishes, tidy up after git-sync; done ([`Outcome::Unchanged`]).
-    /// 5. **Same**: the commit changes nothing published (only paths outside `--subdir`), as
+    /// 6. **Same**: the commit changes nothing published (only paths outside `--subdir`), as
     ///    found now or at an earlier poll: the link stays ([`Outcome::Same`]).
-    /// 6. **Rejected**: the check rejected the commit at an earlier poll (a verdict in the
+    /// 7. **Rejected**: the check rejected the commit at an earlier poll (a verdict in the
     ///    root): it is neither built nor checked again ([`Outcome::Rejected`]).
-    /// 7. **Build**: unless the commit's trusted snapshot is installed, build it in a staging
+    /// 8. **Build**: unless the commit's trusted snapshot is installed, build it in a staging
     ///    directory and install it (one that is not trusted is moved aside first). An
     ///    interrupt abandons the staging directory.
-    /// 8. **Check**: with `--check-command`, check the installed snapshot before anything can
+    /// 9. **Check**: with `--check-command`, check the installed snapshot before anything can
     ///    link it, once per commit and command for the whole root ([`Publisher::check`]); a
     ///    rejection is recorded and ends the cycle.
-    /// 9. **Pinned**: an operator pins another snapshot: the link stays ([`Outcome::Held`]).
-    /// 10. **Deferred to git-sync**: in a root taken over from git-sync that git-sync wrote
+    /// 10. **Pinned**: an operator pins another snapshot: the link stays ([`Outcome::Held`]).
+    /// 11. **Deferred to git-sync**: in a root taken over from git-sync that git-sync wrote
     ///     less than `--adopt-after` ago, the link stays git-sync's ([`Outcome::Deferred`]).
-    /// 11. **Throttled**: the link moved less than `--min-publish-interval` ago: the snapshot
+    /// 12. **Throttled**: the link moved less than `--min-publish-interval` ago: the snapshot
     ///     is ready and goes live when the interval ends ([`Outcome::Throttled`]).
-    /// 12. **Publish under the lock**: move the link unless another publisher published a newer
+    /// 13. **Publish under the lock**: move the link unless another publisher published a newer
     ///     observation of the remote (never backward), a pin appeared, or the root now follows
     ///     another configuration; then check that the snapshot is still there (GC elsewhere may
     ///     have retired it on a volume without working locks: it is brought back) and
     ///     reconcile once more.
-    /// 13. **GC**: when the store changed, retire old snapshots under the lock, delete them
+    /// 14. **GC**: when the store changed, retire old snapshots under the lock, delete them
     ///     after it is released ([`gc::collect`]).
-    /// 14. **Retry**: a failure in steps 2 to 13 that may be the cache's fault
+    /// 15. **Retry**: a failure in steps 3 to 14 that may be the cache's fault
     ///     ([`PublishError::blames_cache`]) starts the cache over and runs them once more, so
     ///     damage to the cache never outlives a cycle and is never reported as the operator's
     ///     mistake.
-    /// 15. **Verify**: every `--verify-period`, check the live snapshot and repair it if it was
+    /// 16. **Verify**: every `--verify-period`, check the live snapshot and repair it if it was
     ///     changed on disk ([`Publisher::check_live`]).
     pub fn cycle(
         &mut self,
@@ -274,7 +282,7 @@ impl Publisher {
             self.cache.recreate()?;
         }
         let outcome = match self.guarded_cycle(progress, interrupt, started) {
-            // (14)
+            // (15)
             Err(e) if e.blames_cache() && !interrupt.load(Ordering::Relaxed) => {
                 // What reading a damaged cache says (an object "is a tag, not a commit") would
                 // mislead: say what is done, and keep the details for the debug log. If a fresh
@@ -300,7 +308,7 @@ impl Publisher {
             // Just written and sealed by this cycle: nothing to check it against yet.
             self.last_verified = Some(Instant::now());
         }
-        // (15)
+        // (16)
         self.check_live(progress, interrupt);
         Ok(outcome)
     }
@@ -324,7 +332,7 @@ impl Publisher {
         })
     }
 
-    /// Steps 2 to 13 of [`Publisher::cycle`], each a method of its own (`steps`).
+    /// Steps 2 to 14 of [`Publisher::cycle`], each a method of its own (`steps`).
     fn cycle_inner(
         &mut self,
         progress: &gix::progress::tree::Root,
@@ -332,21 +340,25 @@ impl Publisher {
         started: Instant,
     ) -> Result<Outcome, PublishError> {
         // (2)
+        if let Some(follows) = self.claimed_by_another()? {
+            return Ok(Outcome::StandingBack { follows });
+        }
+        // (3)
         let seen = self.observe(progress, interrupt)?;
-        // (3) While locks do not work, only an operator's pin is restored: every publisher
+        // (4) While locks do not work, only an operator's pin is restored: every publisher
         // puts the link on the same pinned commit, so they cannot fight over it.
         self.reconcile(self.lock_fault.is_some())?;
         let current = self.root.current()?;
-        // (4)
+        // (5)
         if let Some(outcome) = self.unchanged(&seen, current.as_ref(), progress, interrupt)? {
             return Ok(outcome);
         }
-        // (5)
+        // (6)
         let candidate = match self.same(&seen, current.as_ref())? {
             Step::Done(outcome) => return Ok(outcome),
             Step::Next(candidate) => candidate,
         };
-        // (6)
+        // (7)
         if let Some(verdict) = self.known_rejection(&seen.commit) {
             self.refuse_if_locks_unreliable()?;
             return Ok(Outcome::Rejected {
@@ -354,10 +366,10 @@ impl Publisher {
                 verdict,
             });
         }
-        // (7)
+        // (8)
         let built = self.build_if_needed(&seen, candidate, progress, interrupt)?;
         self.refuse_if_locks_unreliable()?;
-        // (8)
+        // (9)
         if let Some(verdict) = self.check(
             &seen.commit,
             &seen.observation.ref_name,
@@ -369,22 +381,22 @@ impl Publisher {
                 verdict,
             });
         }
-        // (9)
+        // (10)
         if let Some(outcome) = self.pinned(&seen, built.is_some())? {
             return Ok(outcome);
         }
-        // (10)
+        // (11)
         let git_sync = self.root.git_sync_live();
         if let Some(outcome) = self.deferred(&seen, git_sync.as_ref()) {
             return Ok(outcome);
         }
-        // (11)
+        // (12)
         if let Some(outcome) = self.throttled(&seen) {
             return Ok(outcome);
         }
-        // (12)
+        // (13)
         let (outcome, lock) = self.publish(seen, built, git_sync.as_ref(), started)?;
-        // (13) Retention changes when the store changes (the link moved, or a snapshot was
+        // (14) Retention changes when the store changes (the link moved, or a snapshot was
         // built).
         if built.is_some() || matches!(outcome, Outcome::Published { .. }) {
             self.collect_garbage(lock);

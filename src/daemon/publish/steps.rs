@@ -11,11 +11,11 @@ use crate::git::CommitInfo;
 use crate::git::Observation;
 use crate::store::snapshot::Stats;
 use crate::store::{
-    gc, Author, Cause, Current, Decision, Expected, GitSyncLive, Publication, RootLock, StoreError,
-    Verdict,
+    gc, Author, Cause, Current, Decision, Expected, GitSyncLive, Publication, RootLock,
+    SourceRecord, StoreError, Verdict,
 };
 
-/// What the remote said (step 2), for the steps after it.
+/// What the remote said (step 3), for the steps after it.
 pub(super) struct Seen {
     pub commit: CommitId,
     pub observation: Observation,
@@ -27,14 +27,14 @@ pub(super) enum Step<T> {
     Next(T),
 }
 
-/// The commit to build and what its snapshot must hold (from step 5, for step 7).
+/// The commit to build and what its snapshot must hold (from step 6, for step 8).
 pub(super) struct Candidate {
     pub info: CommitInfo,
     pub expected: Expected,
 }
 
 impl Publisher {
-    /// Step 2: ask the remote for the target commit (fetching it if it is new), and look at
+    /// Step 3: ask the remote for the target commit (fetching it if it is new), and look at
     /// the peers' heartbeats.
     pub(super) fn observe(
         &mut self,
@@ -57,7 +57,7 @@ impl Publisher {
         })
     }
 
-    /// Step 4: the link shows the commit's complete snapshot: make sure it holds what this
+    /// Step 5: the link shows the commit's complete snapshot: make sure it holds what this
     /// publisher publishes, and tidy up after git-sync.
     pub(super) fn unchanged(
         &mut self,
@@ -83,7 +83,7 @@ impl Publisher {
         Ok(None)
     }
 
-    /// Step 5: whether the commit changes nothing published (only paths outside `--subdir`),
+    /// Step 6: whether the commit changes nothing published (only paths outside `--subdir`),
     /// as found at an earlier poll (which an idle poll of a monorepo whose other folders move
     /// then costs nothing more) or now; else what a snapshot of it must hold.
     pub(super) fn same(
@@ -119,7 +119,7 @@ impl Publisher {
         Ok(Step::Next(Candidate { info, expected }))
     }
 
-    /// Step 7: unless the commit's trusted snapshot is installed, build and install it (one
+    /// Step 8: unless the commit's trusted snapshot is installed, build and install it (one
     /// that is not trusted is moved aside first). What was built, if anything.
     pub(super) fn build_if_needed(
         &mut self,
@@ -147,9 +147,9 @@ impl Publisher {
         Ok(built)
     }
 
-    /// Step 9: while an operator pins the link, keep following the remote (the snapshot is
+    /// Step 10: while an operator pins the link, keep following the remote (the snapshot is
     /// ready for when the pin is released) but leave the link alone. Checked again under the
-    /// lock in step 12; this early look spares idle polls the lock.
+    /// lock in step 13; this early look spares idle polls the lock.
     pub(super) fn pinned(&self, seen: &Seen, built: bool) -> Result<Option<Outcome>, PublishError> {
         match self.root.pinned()?.filter(|p| p.commit != seen.commit) {
             Some(pin) => {
@@ -165,7 +165,7 @@ impl Publisher {
         }
     }
 
-    /// Step 10: a root being taken over from git-sync: the link moves only once git-sync has
+    /// Step 11: a root being taken over from git-sync: the link moves only once git-sync has
     /// left the root alone for `--adopt-after` (see `store::gitsync`).
     pub(super) fn deferred(&self, seen: &Seen, git_sync: Option<&GitSyncLive>) -> Option<Outcome> {
         let (git_sync, after) = (git_sync?, self.root.adopt_after()?);
@@ -178,7 +178,7 @@ impl Publisher {
         })
     }
 
-    /// Step 11: at most one link move per `--min-publish-interval` (Airflow 2 reads through the
+    /// Step 12: at most one link move per `--min-publish-interval` (Airflow 2 reads through the
     /// link for each file: fewer swaps, fewer passes that straddle one). The newest commit goes
     /// live when the interval ends: the loop comes back then.
     pub(super) fn throttled(&self, seen: &Seen) -> Option<Outcome> {
@@ -190,9 +190,9 @@ impl Publisher {
         })
     }
 
-    /// Step 12: under the root's lock, move the link unless that would move it backward (or a
+    /// Step 13: under the root's lock, move the link unless that would move it backward (or a
     /// pin appeared, or the root follows another configuration now), then check the snapshot
-    /// is still there and reconcile once more. The outcome, and the lock for step 13.
+    /// is still there and reconcile once more. The outcome, and the lock for step 14.
     pub(super) fn publish(
         &mut self,
         seen: Seen,
@@ -203,7 +203,21 @@ impl Publisher {
         let publishing = Instant::now();
         let lock = self.root.lock(self.settings.lock_timeout)?;
         self.timings.lock_wait = Some(publishing.elapsed());
-        self.refuse_if_claimed_by_another()?;
+        if let Some(follows) = self.claimed_by_another()? {
+            return Ok((Outcome::StandingBack { follows }, lock));
+        }
+        // The root still follows the configuration this one replaces: take it over before the
+        // link moves (its publishers stand back from then on), and give it back if the link
+        // does not move after all.
+        let replaced = self
+            .root
+            .records()
+            .source()?
+            .filter(|theirs| !theirs.same_as(&self.source));
+        if let Some(theirs) = &replaced {
+            self.root.records().take_over(&lock, &self.source)?;
+            tracing::warn!(from = %theirs, to = %self.source, "this root follows this configuration from now on; publishers of the previous one stand back until they are stopped");
+        }
         let Seen {
             commit,
             observation,
@@ -220,7 +234,13 @@ impl Publisher {
             moved_link: true,
             reason: None,
         };
-        let outcome = match self.root.publish_if_newer(&lock, &publication)? {
+        let decided = self.root.publish_if_newer(&lock, &publication);
+        if let (Some(theirs), false) =
+            (&replaced, matches!(decided, Ok(Decision::Published { .. })))
+        {
+            self.root.records().put_back_source(&lock, theirs)?;
+        }
+        let outcome = match decided? {
             Decision::AlreadyCurrent => Outcome::Unchanged { commit },
             Decision::Superseded { newer } => Outcome::Superseded {
                 commit,
@@ -292,19 +312,17 @@ impl Publisher {
 
     /// The root follows another configuration now: a publisher of it took the root over (on a
     /// volume whose locks do not work, this publisher's claim did not keep it out).
-    pub(super) fn refuse_if_claimed_by_another(&self) -> Result<(), PublishError> {
-        match self.root.records().source()? {
-            Some(theirs) if !theirs.same_as(&self.source) => Err(StoreError::SourceMismatch {
-                root: self.root.path().to_path_buf(),
-                theirs: Box::new(theirs),
-                ours: Box::new(self.source.clone()),
-            }
-            .into()),
-            _ => Ok(()),
-        }
+    /// Step 2: the configuration the root follows, when another took it over after this
+    /// publisher started (see `store::records::claims`). This publisher then stands back: it
+    /// fetches, builds, moves, reconciles and collects nothing.
+    pub(super) fn claimed_by_another(&self) -> Result<Option<SourceRecord>, PublishError> {
+        Ok(self.root.records().source()?.filter(|theirs| {
+            !theirs.same_as(&self.source)
+                && theirs.claimed_at.is_some_and(|at| at >= self.started_at)
+        }))
     }
 
-    /// Step 2: put the link back on what the pin or the newest publication names, if it shows
+    /// Step 4: put the link back on what the pin or the newest publication names, if it shows
     /// something else (`pin_only`: only on the pin).
     pub(super) fn reconcile(&mut self, pin_only: bool) -> Result<(), PublishError> {
         let Some(current) = self.root.current()? else {
@@ -319,7 +337,9 @@ impl Publisher {
         if desired == current.commit || !self.root.has_snapshot(&desired) {
             return Ok(());
         }
-        self.refuse_if_claimed_by_another()?;
+        if self.claimed_by_another()?.is_some() {
+            return Ok(());
+        }
         let lock = self.root.lock(self.settings.lock_timeout)?;
         self.reconcile_under(&lock)
     }

@@ -11,6 +11,7 @@ use crate::git::SourceError;
 use crate::store::gc;
 use crate::store::repair::RepairError;
 use crate::store::snapshot::{Reuse, SnapshotError, Stats};
+use crate::store::SourceRecord;
 use crate::store::{Pin, StoreError, Verdict};
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,9 @@ pub enum Outcome {
     Throttled { commit: CommitId, wait: Duration },
     /// The link shows git-sync's worktree of `git_sync`, and git-sync wrote the root less than
     /// `--adopt-after` ago: `commit`'s snapshot is ready, the link is left to git-sync for now.
+    /// The root follows another configuration, started after this publisher (a rolling update
+    /// that changed `--ref` or `--repo`): this publisher moves nothing until it stops.
+    StandingBack { follows: SourceRecord },
     Deferred {
         commit: CommitId,
         git_sync: CommitId,

@@ -11,7 +11,7 @@ use crate::store::snapshot::SnapshotError;
 use crate::store::{Cause, CheckClaim, Current, StoreError, Verdict};
 
 impl Publisher {
-    /// Step 8: run the operator's check on the installed snapshot of `commit`, once per
+    /// Step 9: run the operator's check on the installed snapshot of `commit`, once per
     /// commit and check command for the whole root: a recorded verdict is used as is, and a
     /// publisher that finds another running the check waits for its verdict (at most the check's
     /// timeout) instead of running it again. Returns the rejection, if it was rejected. A check

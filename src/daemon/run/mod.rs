@@ -312,6 +312,11 @@ impl Loop {
         self.health
             .metrics
             .set_lock_fault(owned.lock_fault().is_some());
+        if let Ok(outcome) = &result {
+            self.health
+                .metrics
+                .set_standing_back(matches!(outcome, Outcome::StandingBack { .. }));
+        }
         if let Some(check) = owned.take_check_result() {
             self.health.metrics.record_check(check);
         }
@@ -362,6 +367,15 @@ impl Loop {
     fn held_back(&mut self, ran: &Ran) -> Option<Exit> {
         let timeout = humantime::format_duration(self.schedule.sync_timeout);
         let why = match &ran.result {
+            // Not a wait: another configuration owns the root now.
+            Ok(Outcome::StandingBack { follows }) => {
+                return Some(Exit::GaveUp {
+                    failures: 1,
+                    last_error: format!(
+                        "the root follows {follows} now (a publisher of it started after this run): nothing was published"
+                    ),
+                })
+            }
             Ok(Outcome::Deferred { commit, .. }) => format!(
                 "git-sync kept writing this root, so {commit} did not go live within --sync-timeout {timeout}; stop git-sync first, or run without --one-time"
             ),

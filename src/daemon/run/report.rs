@@ -27,6 +27,7 @@ impl Loop {
             (Ok(Outcome::Deferred { commit, .. }), None) => ("deferred", Some(commit.clone())),
             (Ok(Outcome::Throttled { commit, .. }), None) => ("throttled", Some(commit.clone())),
             (Ok(Outcome::Rejected { commit, .. }), None) => ("rejected", Some(commit.clone())),
+            (Ok(Outcome::StandingBack { .. }), None) => ("standing-back", None),
             (Err(_), None) => ("skipped", None),
         };
         // git-sync counts a sync that changed something, and the first one, as a success.
@@ -154,6 +155,8 @@ const GIT_SYNC_REMINDER: Duration = Duration::from_secs(600);
 pub(super) struct Said {
     /// The last (remote commit, pinned or rejected commit) reported as held back.
     held: Option<(String, CommitId)>,
+    /// The configuration this publisher last said it stands back for.
+    standing_back: Option<String>,
     /// When waiting for git-sync was last said at info: once per take-over, however often
     /// git-sync takes the link back meanwhile, and again every [`GIT_SYNC_REMINDER`].
     git_sync_wait: Option<std::time::Instant>,
@@ -203,6 +206,16 @@ pub(super) fn report(outcome: &Outcome, said: &mut Said) {
                 *held = now;
             } else {
                 tracing::debug!(%commit, "rejected by the check earlier; not checked again");
+            }
+            return;
+        }
+        Outcome::StandingBack { follows } => {
+            let now = follows.to_string();
+            if said.standing_back.as_deref() != Some(now.as_str()) {
+                tracing::warn!(%follows, "standing back: a publisher of another configuration started after this one, and the root follows it now; this publisher moves nothing until it is stopped (a finished rolling update stops it; start this configuration again to go back)");
+                said.standing_back = Some(now);
+            } else {
+                tracing::debug!(%follows, "standing back");
             }
             return;
         }

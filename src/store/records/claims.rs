@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{read_json, set_aside, warn_damaged, write_json, Read, SourceRecord};
 use crate::fsutil::lock::{FileLock, LockError};
 use crate::fsutil::{is_not_regular, Dir};
-use crate::store::{Store, StoreError};
+use crate::store::{RootLock, Store, StoreError};
 
 const SOURCE_FILE: &str = "source.json";
 const PUBLISHERS_FILE: &str = "publishers";
@@ -19,16 +19,20 @@ pub struct Claim {
 }
 
 /// Register this process as a publisher of `source` in the store at `store` for as long as the
-/// returned [`Claim`] lives, refusing if live publishers of this root follow something else.
+/// returned [`Claim`] lives. The configuration started last is the one the root follows.
 ///
 /// Every publisher holds a shared lock on `.dagsnap/publishers` for its lifetime. Under a short
 /// exclusive lock on `.dagsnap/claim.lock`:
 /// - no record yet (or a damaged one), or the same source: take the shared lock (writing the
 ///   record if it is new or damaged);
-/// - a different source: if the exclusive lock can be taken and no publisher of the old
-///   configuration beat recently (its heartbeat in `publishers.d`, which does not depend on
-///   locks working), nobody follows it any more (a finished rolling update): rewrite the
-///   record, then downgrade to shared. Otherwise refuse with [`StoreError::SourceMismatch`].
+/// - a different source: take the shared lock and leave the record: this configuration takes
+///   the root over at its first publish ([`take_over`]), not before, so that a configuration
+///   that cannot publish (a wrong ref) never stops the one that does. Publishers of the old
+///   configuration that still run then find the record changed and stand back (they move
+///   nothing, and say so) until they stop: a rolling update that changes `--ref` or `--repo`
+///   completes by itself, readers keep the old configuration's tree until the new one's first
+///   snapshot is live and never see it after, and a configuration started by mistake is
+///   undone by starting the right one again.
 ///
 /// "The same source" compares normalized forms ([`SourceRecord::same_as`]): `main` and
 /// `refs/heads/main`, or `/srv/dags`, `/srv/dags/` and `file:///srv/dags`, are one
@@ -40,7 +44,6 @@ pub(in crate::store) fn claim(
     source: &SourceRecord,
     timeout: Duration,
 ) -> Result<Claim, StoreError> {
-    let root = store.root_path();
     let dir = store.create()?;
     // A lock of its own, not the root's: a start-up must not wait for publishes or GC.
     let _serialized = lock_file(&dir, CLAIM_LOCK_FILE, |dir, name| {
@@ -62,30 +65,8 @@ pub(in crate::store) fn claim(
     };
     let held = match recorded {
         Some(theirs) if !theirs.same_as(source) => {
-            match lock_file(&dir, PUBLISHERS_FILE, FileLock::try_exclusive)? {
-                // The lock says nobody follows the old configuration; a heartbeat may say otherwise
-                // on a volume whose locks stay on each client.
-                Some(_) if super::publishers::alive_publisher_of(store, &theirs).is_some() => {
-                    return Err(StoreError::SourceMismatch {
-                        root: root.to_path_buf(),
-                        theirs: Box::new(theirs),
-                        ours: Box::new(source.clone()),
-                    })
-                }
-                Some(exclusive) => {
-                    tracing::warn!(from = %theirs, to = %source, "no publisher of the previous configuration is running; this root now follows the new one");
-                    write_json(&dir, SOURCE_FILE, source)?;
-                    exclusive.downgrade()?;
-                    Some(exclusive)
-                }
-                None => {
-                    return Err(StoreError::SourceMismatch {
-                        root: root.to_path_buf(),
-                        theirs: Box::new(theirs),
-                        ours: Box::new(source.clone()),
-                    })
-                }
-            }
+            tracing::warn!(follows = %theirs, ours = %source, "this root follows another configuration; this publisher takes it over at its first publish, and publishers of the other stand back from then on (if this is a mistake, stop this one; starting the right one again takes the root back)");
+            lock_file(&dir, PUBLISHERS_FILE, FileLock::try_shared)?
         }
         Some(_) => lock_file(&dir, PUBLISHERS_FILE, FileLock::try_shared)?,
         None => {
@@ -102,6 +83,31 @@ pub(in crate::store) fn claim(
         })
     })?;
     Ok(Claim { _shared: lock })
+}
+
+/// Make `source` the configuration the root follows, claimed now, as its publisher publishes
+/// for the first time (under the root's lock, which `_lock` proves).
+pub(in crate::store) fn take_over(
+    store: &Store,
+    _lock: &RootLock,
+    source: &SourceRecord,
+) -> Result<SourceRecord, StoreError> {
+    let claimed = SourceRecord {
+        claimed_at: Some(std::time::SystemTime::now()),
+        ..source.clone()
+    };
+    put_back(store, _lock, &claimed)?;
+    Ok(claimed)
+}
+
+/// Write `record` back as the configuration the root follows, as it was (a take-over that
+/// did not publish after all).
+pub(in crate::store) fn put_back(
+    store: &Store,
+    _lock: &RootLock,
+    record: &SourceRecord,
+) -> Result<(), StoreError> {
+    write_json(&store.create()?, SOURCE_FILE, record)
 }
 
 /// Take a lock on the file `name` in `dir` with `take`; something else than a regular file in

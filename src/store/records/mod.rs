@@ -321,6 +321,24 @@ impl Records {
         claims::claim(&self.store, source, timeout)
     }
 
+    /// Make `source` the configuration this root follows, from now (see [`claims::take_over`]).
+    pub(crate) fn take_over(
+        &self,
+        lock: &RootLock,
+        source: &SourceRecord,
+    ) -> Result<SourceRecord, StoreError> {
+        claims::take_over(&self.store, lock, source)
+    }
+
+    /// Write `record` back as the configuration the root follows (see [`claims::put_back`]).
+    pub(crate) fn put_back_source(
+        &self,
+        lock: &RootLock,
+        record: &SourceRecord,
+    ) -> Result<(), StoreError> {
+        claims::put_back(&self.store, lock, record)
+    }
+
     /// The repository and ref recorded for this root.
     pub fn source(&self) -> Result<Option<SourceRecord>, StoreError> {
         claims::source(&self.store)

@@ -84,6 +84,10 @@ pub struct SeenPublisher {
     pub record: PublisherRecord,
     /// It holds the lock on its record: it runs now.
     pub running: bool,
+    /// It runs, but the root follows another configuration (started after it): it moves
+    /// nothing until it stops.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub standing_back: bool,
 }
 
 /// This process's own record, locked while it runs.
@@ -169,11 +173,20 @@ pub(in crate::store) fn read_all(store: &Store) -> Vec<SeenPublisher> {
     let Some(dir) = sub_dir(store, DIR) else {
         return Vec::new();
     };
+    let source = super::claims::source(store).ok().flatten();
     let mut seen: Vec<SeenPublisher> = records_in(&dir)
         .into_iter()
-        .map(|(name, record)| SeenPublisher {
-            running: record.stopped_at.is_none() && is_running(&dir, &name),
-            record,
+        .map(|(name, record)| {
+            let running = record.stopped_at.is_none() && is_running(&dir, &name);
+            let standing_back = running
+                && source
+                    .as_ref()
+                    .is_some_and(|s| !s.follows(&record.repo, &record.ref_name));
+            SeenPublisher {
+                running,
+                standing_back,
+                record,
+            }
         })
         .collect();
     seen.sort_by(|a, b| {
@@ -195,33 +208,6 @@ impl Drop for Registration {
         self.record.stopped_at = Some(SystemTime::now());
         self.write();
     }
-}
-
-/// Whether a publisher of `source` (another configuration than the caller's) beat recently,
-/// whatever the locks say: its record was written within three of its periods (and at least a
-/// minute). On a volume whose locks do not work, this is what keeps a publisher of another
-/// configuration from taking over a root whose publishers still run.
-pub(in crate::store) fn alive_publisher_of(
-    store: &Store,
-    source: &super::SourceRecord,
-) -> Option<PublisherRecord> {
-    let dir = sub_dir(store, DIR)?;
-    let now = SystemTime::now();
-    records_in(&dir)
-        .into_iter()
-        .filter(|(_, record)| {
-            record.stopped_at.is_none()
-                // Publisher records do not say what they select; repository and ref tell the
-                // configurations apart well enough to find a running one.
-                && source.follows(&record.repo, &record.ref_name)
-        })
-        .find(|(name, record)| {
-            let period = Duration::from_millis(record.period_ms.unwrap_or(10_000));
-            let window = (period * 3).max(Duration::from_secs(60));
-            modified(&dir, name)
-                .is_some_and(|at| now.duration_since(at).is_ok_and(|age| age <= window))
-        })
-        .map(|(_, record)| record)
 }
 
 /// When `name` in `dir` was last written.
@@ -376,7 +362,7 @@ pub(in crate::store) fn remove_dead(store: &Store) {
     }
 }
 
-mod optional_time {
+pub(super) mod optional_time {
     use std::time::SystemTime;
 
     pub(crate) fn serialize<S: serde::Serializer>(

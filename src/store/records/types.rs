@@ -279,6 +279,14 @@ pub struct SourceRecord {
     /// in [`Manifest::select`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub select: String,
+    /// When this configuration took the root over from another (its first publish): a
+    /// publisher of another configuration started before that stands back.
+    #[serde(
+        default,
+        with = "super::publishers::optional_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub claimed_at: Option<SystemTime>,
 }
 
 impl SourceRecord {
@@ -382,6 +390,7 @@ mod tests {
             repo: repo.into(),
             ref_name: r.into(),
             select: String::new(),
+            claimed_at: None,
         };
         let base = record("/srv/dags", "main");
         for same in [
