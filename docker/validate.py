@@ -4,10 +4,12 @@ Kubernetes API schemas, offline (kubernetes-validate ships the schemas; nothing 
 
 - docker/kubernetes*.yaml: every document, strictly (unknown fields are errors), for the oldest
   Kubernetes with native sidecars (1.29) and the newest the validator knows.
-- docker/airflow-values-*.yaml: the chart renders these into pods; each pod-shaped part (the
-  containers, init containers, volumes and probes the values hand to the chart) is wrapped into a
-  Pod the way the chart places it and validated the same way. Volume mounts must name a volume
-  the pod has (the chart adds `dags`).
+- docker/airflow-values-*.yaml: against the Airflow chart's own values schema
+  (docker/airflow-chart/values.schema.json, as `helm install` checks them); then, since the chart
+  renders these into pods, each pod-shaped part (the containers, init containers, volumes and
+  probes the values hand to the chart) is wrapped into a Pod the way the chart places it and
+  validated against the Kubernetes schemas too. Volume mounts must name a volume the pod has (the
+  chart adds `dags`).
 
 Usage: docker/validate.py [FILES...]   (default: the files above)
 """
@@ -17,12 +19,16 @@ import glob
 import os
 import sys
 
+import json
+
+import jsonschema
 import kubernetes_validate
 import yaml
 
 VERSIONS = ["1.29.0", None]  # None: the validator's newest
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The chart's own volumes that values may mount.
+CHART_SCHEMA = os.path.join(HERE, "airflow-chart", "values.schema.json")
 CHART_VOLUMES = [{"name": "dags", "emptyDir": {}}, {"name": "config", "emptyDir": {}}]
 COMPONENTS = ["scheduler", "dagProcessor", "workers", "triggerer", "webserver", "apiServer"]
 
@@ -70,11 +76,21 @@ def check_manifest(path):
     return problems
 
 
+def chart_schema_problems(values, rel):
+    with open(CHART_SCHEMA) as f:
+        schema = json.load(f)
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{rel} (the chart's values schema): {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+        for e in sorted(validator.iter_errors(values), key=lambda e: list(e.absolute_path))
+    ]
+
+
 def check_values(path):
     with open(path) as f:
         values = yaml.safe_load(f)
-    problems = []
     rel = os.path.relpath(path)
+    problems = chart_schema_problems(values, rel)
     main = {"name": "airflow", "image": "apache/airflow:2.10.5"}
     for component in COMPONENTS:
         part = values.get(component) or {}

@@ -341,8 +341,10 @@ fn a_check_interrupted_by_sigterm_is_abandoned_not_held_against_the_commit() {
     let args = ["--period", "200ms", "--check-command", &check.command()].map(str::to_string);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut daemon = spawn_loop(&scratch, &remote.url(), &args);
+    // Written by the shell in two steps (create, then the pid): wait for the pid itself.
     wait_until(Duration::from_secs(30), "the check running", || {
-        check.seen.join("grandchild").exists()
+        fs::read_to_string(check.seen.join("grandchild"))
+            .is_ok_and(|pid| pid.trim().parse::<i32>().is_ok())
     });
     let pids: Vec<i32> = ["check", "grandchild"]
         .iter()
