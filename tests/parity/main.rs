@@ -439,3 +439,34 @@ fn dagsnap_serves_the_metric_names_git_sync_serves() {
         names[1]
     );
 }
+
+#[test]
+fn every_flag_of_git_sync_is_one_dagsnap_reads() {
+    let Some(git_sync) = real_git_sync() else {
+        return;
+    };
+    let flags = |program: &Path, args: &[&str]| -> std::collections::BTreeSet<String> {
+        let out = Command::new(program).args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .filter(|l| l.trim_start().starts_with('-'))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
+            .map(|w| w.trim_end_matches(',').to_string())
+            .collect()
+    };
+    let theirs = flags(&git_sync, &["--help"]);
+    let ours = flags(
+        Path::new(env!("CARGO_BIN_EXE_dagsnap")),
+        &["git-sync", "--help"],
+    );
+    assert!(theirs.len() > 40, "git-sync's flags: {theirs:?}");
+    let unknown: Vec<&String> = theirs.difference(&ours).collect();
+    assert!(
+        unknown.is_empty(),
+        "git-sync flags dagsnap does not read: {unknown:?}"
+    );
+}

@@ -60,3 +60,38 @@ fn the_code_map_names_every_source_file() {
         "docs/design.md's code map names {stale:?}, which src/ no longer has"
     );
 }
+
+#[test]
+fn every_git_sync_flag_has_its_row_in_the_migration_guide() {
+    let help = crate::support::dagsnap(Path::new("/"))
+        .args(["git-sync", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let guide = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/migrating.md"))
+        .expect("docs/migrating.md");
+    let flags: BTreeSet<&str> = help
+        .lines()
+        // A flag's own line starts with it (`    -v, --verbose ($GITSYNC_VERBOSE)`).
+        .filter(|l| l.trim_start().starts_with('-'))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
+        .map(|w| w.trim_end_matches(','))
+        .collect();
+    assert!(flags.len() > 50, "read the flags from:\n{help}");
+    let missing: Vec<&&str> = flags
+        .iter()
+        .filter(|flag| {
+            ![
+                format!("`{flag}`"),
+                format!("`{flag} "),
+                format!("`{flag}="),
+            ]
+            .iter()
+            .any(|quoted| guide.contains(quoted.as_str()))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/migrating.md has no row for {missing:?}: say what dagsnap does with each"
+    );
+}
