@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         Command::Pin(args) => pin(args),
         Command::Unpin(args) => unpin(args),
         Command::Recheck(args) => recheck(args),
-        Command::Verify(args) => verify_snapshot(args),
+        Command::Verify(args) => verify_snapshot(*args),
         // Replaced by `sync` above.
         Command::GitSync(_) => Err((
             EXIT_USAGE,
@@ -132,6 +132,7 @@ fn as_git_sync(args: &[std::ffi::OsString]) -> Result<(Cli, Vec<gitsync::Note>),
     })?;
     if let Command::Sync(sync) = &mut cli.command {
         sync.access.password = invocation.password();
+        sync.access.github_app_private_key = invocation.github_app_key();
         sync.hooks.exechook_direct = invocation.exechook_direct();
         sync.check.check_direct = invocation.check_direct();
     }
@@ -501,7 +502,9 @@ fn verify_snapshot(args: VerifyArgs) -> Outcome {
                 &url,
                 Target::RemoteHead,
                 1,
-                args.access.access(Duration::from_secs(300)),
+                args.access
+                    .access(Duration::from_secs(300))
+                    .map_err(|e| (EXIT_USAGE, e))?,
             )
             .map_err(usage)?,
         ),

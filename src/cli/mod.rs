@@ -77,7 +77,7 @@ pub enum Command {
     /// it again at their next poll.
     Recheck(RecheckArgs),
     /// Check that a snapshot on disk still holds exactly its commit.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// Delete snapshots the retention policy no longer keeps (sync does this after publishing).
     Gc(GcArgs),
     /// Delete retained snapshots by name, or (--all) everything dagsnap made in a root.

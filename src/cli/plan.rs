@@ -52,7 +52,7 @@ impl SyncPlan {
     pub fn new(args: SyncArgs, mount: Option<&Mount>) -> Result<SyncPlan, String> {
         let mut warnings = Vec::new();
         let target = Target::parse(args.git_ref.as_deref())?;
-        let access = args.access.access(args.sync_timeout);
+        let access = args.access.access(args.sync_timeout)?;
         if !access.ssh.check_host_keys {
             warnings.push("SSH HOST KEY CHECKING IS OFF (--ssh-known-hosts=false): anyone between this pod and the server can serve it DAGs. Use --ssh-known-hosts-file instead".into());
         }

@@ -410,6 +410,41 @@ pub struct AccessArgs {
     /// submodules on this machine's disk, which git (and dagsnap) refuse by default.
     #[arg(long = "git-config", env = "DAGSNAP_GIT_CONFIG", value_parser = parse_git_config_arg)]
     pub git_config: Vec<GitConfig>,
+
+    /// A URL asked for HTTPS credentials before every fetch, answering `username=` and
+    /// `password=` lines (git-sync's --askpass-url; a cloud's metadata server, say).
+    #[arg(long, env = "DAGSNAP_ASKPASS_URL")]
+    pub askpass_url: Option<String>,
+
+    /// A GitHub App's private key (PEM file): its installation token is the HTTPS password,
+    /// renewed before it expires. With --github-app-client-id (or -application-id) and
+    /// --github-app-installation-id.
+    #[arg(long, env = "DAGSNAP_GITHUB_APP_PRIVATE_KEY_FILE")]
+    pub github_app_private_key_file: Option<PathBuf>,
+
+    /// The GitHub App's private key itself (git-sync's $GITSYNC_GITHUB_APP_PRIVATE_KEY).
+    #[arg(skip)]
+    pub github_app_private_key: Option<String>,
+
+    /// The GitHub App's client id (the JWT's issuer).
+    #[arg(long, env = "DAGSNAP_GITHUB_APP_CLIENT_ID")]
+    pub github_app_client_id: Option<String>,
+
+    /// The GitHub App's application id (the JWT's issuer, when no client id is given).
+    #[arg(long, env = "DAGSNAP_GITHUB_APP_APPLICATION_ID")]
+    pub github_app_application_id: Option<u64>,
+
+    /// The installation of the GitHub App whose token is used.
+    #[arg(long, env = "DAGSNAP_GITHUB_APP_INSTALLATION_ID")]
+    pub github_app_installation_id: Option<u64>,
+
+    /// The GitHub API's base URL (a GitHub Enterprise server's).
+    #[arg(
+        long,
+        env = "DAGSNAP_GITHUB_BASE_URL",
+        default_value = "https://api.github.com/"
+    )]
+    pub github_base_url: String,
 }
 
 /// One `--git-config`'s pairs.
@@ -421,19 +456,36 @@ fn parse_git_config_arg(text: &str) -> Result<GitConfig, String> {
 }
 
 impl AccessArgs {
-    /// The access settings, with the password source: the file if given, else DAGSNAP_PASSWORD.
-    pub fn access(&self, request_timeout: Duration) -> crate::git::access::Access {
+    /// The access settings, with the one source of the HTTPS password: the file, or
+    /// DAGSNAP_PASSWORD, or an askpass service, or a GitHub App. Two at once are refused.
+    pub fn access(&self, request_timeout: Duration) -> Result<crate::git::access::Access, String> {
         use crate::git::access::{Access, Password, Ssh};
         let given = self
             .password
             .clone()
-            .or_else(|| std::env::var("DAGSNAP_PASSWORD").ok());
-        let password = match (&self.password_file, given) {
-            (Some(file), _) => Some(Password::File(file.clone())),
-            (None, Some(value)) if !value.is_empty() => Some(Password::Fixed(value)),
-            _ => None,
-        };
-        Access {
+            .or_else(|| std::env::var("DAGSNAP_PASSWORD").ok())
+            .filter(|value| !value.is_empty());
+        let mut sources = Vec::new();
+        if let Some(file) = &self.password_file {
+            sources.push(("--password-file", Password::File(file.clone())));
+        } else if let Some(value) = given {
+            sources.push(("DAGSNAP_PASSWORD", Password::Fixed(value)));
+        }
+        if let Some(url) = &self.askpass_url {
+            sources.push(("--askpass-url", Password::Askpass(url.clone())));
+        }
+        if let Some(app) = self.github_app()? {
+            sources.push(("--github-app-*", Password::GitHubApp(app)));
+        }
+        if sources.len() > 1 {
+            let names: Vec<&str> = sources.iter().map(|(name, _)| *name).collect();
+            return Err(format!(
+                "{} each give the HTTPS password: keep one",
+                names.join(" and ")
+            ));
+        }
+        let password = sources.pop().map(|(_, source)| source);
+        Ok(Access {
             username: self.username.clone(),
             password,
             allow_insecure_http: self.allow_insecure_http_credentials,
@@ -447,6 +499,34 @@ impl AccessArgs {
             },
             http_timeout: request_timeout,
             git_config: self.git_config.iter().flat_map(|c| c.0.clone()).collect(),
+        })
+    }
+
+    /// The GitHub App, if its flags are given, checked as git-sync checks them.
+    fn github_app(&self) -> Result<Option<crate::git::GitHubApp>, String> {
+        use crate::git::{AppKey, GitHubApp};
+        let key = match (
+            &self.github_app_private_key_file,
+            &self.github_app_private_key,
+        ) {
+            (Some(file), _) => Some(AppKey::File(file.clone())),
+            (None, Some(pem)) if !pem.is_empty() => Some(AppKey::Pem(pem.clone())),
+            _ => None,
+        };
+        let issuer = self
+            .github_app_client_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .or_else(|| self.github_app_application_id.map(|id| id.to_string()));
+        match (key, issuer, self.github_app_installation_id) {
+            (None, None, None) => Ok(None),
+            (Some(key), Some(issuer), Some(installation)) => Ok(Some(GitHubApp::new(
+                key,
+                issuer,
+                installation,
+                self.github_base_url.clone(),
+            ))),
+            _ => Err("GitHub App authentication needs the app's private key (--github-app-private-key-file), its client id (or application id) and the installation id".into()),
         }
     }
 }

@@ -33,6 +33,10 @@ pub enum AccessError {
     CaFile { path: PathBuf, cause: String },
     #[error("cannot set up TLS: {cause}")]
     Tls { cause: String },
+    #[error("cannot get credentials from the askpass service {url}: {cause}; check that it runs and answers username= and password= lines")]
+    Askpass { url: String, cause: String },
+    #[error("GitHub App authentication failed: {cause}; check the app's key, its client or application id, and the installation id")]
+    GitHubApp { cause: String },
     #[error("--username is set but no password: give --password-file or DAGSNAP_PASSWORD")]
     NoPassword,
     #[error("uid {uid} has no /etc/passwd entry and OpenSSH refuses to run without one; install libnss-wrapper (dagsnap then supplies an entry itself) or add uid {uid} to /etc/passwd")]
@@ -180,6 +184,10 @@ pub enum Password {
     File(PathBuf),
     /// Given once, from the environment or moved out of the URL.
     Fixed(String),
+    /// Asked of an askpass service before every fetch (`--askpass-url`): user and password.
+    Askpass(String),
+    /// A GitHub App's installation token, renewed before it expires.
+    GitHubApp(super::credentials::GitHubApp),
 }
 
 /// SSH settings, turned into the `ssh` command gix runs.
@@ -300,7 +308,11 @@ impl Access {
         if self.username.is_some() && self.password.is_none() {
             return Err(AccessError::NoPassword);
         }
-        self.password(redactor)?;
+        // A password file is read now, so a typo fails at start; services are asked at the
+        // first fetch.
+        if matches!(self.password, Some(Password::File(_) | Password::Fixed(_))) {
+            self.credentials(redactor)?;
+        }
         for key in &self.ssh.key_files {
             std::fs::File::open(key).map_err(|e| AccessError::KeyFile {
                 path: key.clone(),
@@ -316,16 +328,34 @@ impl Access {
         if let Some(ca) = &self.ca_file {
             super::tls::read_ca_file(ca)?;
         }
+        if let Some(Password::GitHubApp(app)) = &self.password {
+            if let super::credentials::AppKey::File(path) = &app.key {
+                super::credentials::check_key_file(path)?;
+            }
+        }
         Ok(())
     }
 
-    /// The current password: the file is read anew each time, and whatever is read is added to
-    /// the redactor before it can appear anywhere.
-    pub fn password(&self, redactor: &Redactor) -> Result<Option<String>, AccessError> {
-        let password = match &self.password {
+    /// The current user and password: a password file is read anew each time, an askpass
+    /// service asked, a GitHub App's token renewed when it is due; whatever comes back is added
+    /// to the redactor before it can appear anywhere.
+    pub fn credentials(
+        &self,
+        redactor: &Redactor,
+    ) -> Result<Option<(String, String)>, AccessError> {
+        let user = || self.username.clone().unwrap_or_default();
+        let ca_files: Vec<PathBuf> = self.ca_file.iter().cloned().collect();
+        let (user, password) = match &self.password {
             None => return Ok(None),
-            Some(Password::Fixed(p)) => p.clone(),
-            Some(Password::File(path)) => {
+            Some(Password::Fixed(p)) => (user(), p.clone()),
+            Some(Password::Askpass(url)) => super::credentials::askpass(
+                url,
+                self.username.as_deref(),
+                &ca_files,
+                self.http_timeout,
+            )?,
+            Some(Password::GitHubApp(app)) => app.credentials(&ca_files, self.http_timeout)?,
+            Some(Password::File(path)) => (user(), {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| AccessError::PasswordFile {
                         path: path.clone(),
@@ -336,10 +366,10 @@ impl Access {
                     return Err(AccessError::EmptyPassword { path: path.clone() });
                 }
                 trimmed
-            }
+            }),
         };
         redactor.add_secret(&password);
-        Ok(Some(password))
+        Ok(Some((user, password)))
     }
 
     /// True if dagsnap supplies HTTP credentials itself (otherwise git's credential helpers, if
@@ -592,13 +622,13 @@ mod tests {
         };
         let redactor = Redactor::default();
         assert_eq!(
-            access.password(&redactor).unwrap().as_deref(),
-            Some("first-token")
+            access.credentials(&redactor).unwrap(),
+            Some(("bot".to_string(), "first-token".to_string()))
         );
         std::fs::write(&file, "second-token").unwrap();
         assert_eq!(
-            access.password(&redactor).unwrap().as_deref(),
-            Some("second-token")
+            access.credentials(&redactor).unwrap(),
+            Some(("bot".to_string(), "second-token".to_string()))
         );
         assert_eq!(
             redactor.redact("first-token second-token"),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
-use super::fetch::{current_password, with_ssh_log, Conversation, Fetched};
+use super::fetch::{current_credentials, with_ssh_log, Conversation, Fetched};
 use super::http::SharedHttp;
 use super::listing::{Listing, Settings};
 use super::remote::{Remote, Target};
@@ -110,7 +110,7 @@ pub struct Cache {
 /// ones it was asked with, and until the cache is reset.
 struct IdleCheck {
     listing: Listing,
-    password: Option<String>,
+    credentials: Option<(String, String)>,
     commit: ObjectId,
     ref_name: String,
 }
@@ -302,8 +302,8 @@ impl Cache {
     ) -> Result<Observation, SourceError> {
         self.maintain()?;
         let observed_at = SystemTime::now();
-        // Read the password now, every time: a rotated token is picked up without a restart.
-        let password = current_password(remote)?;
+        // Read the credentials now, every time: a rotated token is picked up without a restart.
+        let credentials = current_credentials(remote)?;
         if let Some(check) = self.idle.take() {
             // The commit was in the cache when the check was made, and only a reset (which
             // drops the check) removes what the target ref holds.
@@ -311,7 +311,8 @@ impl Cache {
                 timeout: remote.access.http_timeout,
                 ca_file: remote.access.ca_file.as_deref(),
             };
-            if check.password == password && self.http.answers_as_before(&check.listing, &settings)
+            if check.credentials == credentials
+                && self.http.answers_as_before(&check.listing, &settings)
             {
                 tracing::debug!(commit = %check.commit, "the remote answered the last listing as before");
                 let observation = Observation {
@@ -345,7 +346,7 @@ impl Cache {
             &Conversation {
                 repo: &repo,
                 remote,
-                password: password.as_deref(),
+                credentials: borrowed(&credentials),
                 progress,
                 interrupt,
                 http: &self.http,
@@ -369,7 +370,7 @@ impl Cache {
         } = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
         self.idle = listing.map(|listing| IdleCheck {
             listing,
-            password,
+            credentials,
             commit,
             ref_name: ref_name.clone(),
         });
@@ -418,12 +419,12 @@ impl Cache {
         if repo.has_object(commit) {
             return Ok(());
         }
-        let password = current_password(remote)?;
+        let credentials = current_credentials(remote)?;
         let ssh_log = self.dir.join(SSH_LOG);
         let talk = Conversation {
             repo: &repo,
             remote,
-            password: password.as_deref(),
+            credentials: borrowed(&credentials),
             progress,
             interrupt,
             http: &self.http,
@@ -643,4 +644,11 @@ fn cache_config(remote: &Remote, ssh_log: &Path) -> Vec<String> {
         "clone.rejectShallow=false".into(),
     ]);
     config
+}
+
+/// The user and password as a conversation borrows them.
+fn borrowed(credentials: &Option<(String, String)>) -> Option<(&str, &str)> {
+    credentials
+        .as_ref()
+        .map(|(user, password)| (user.as_str(), password.as_str()))
 }

@@ -24,8 +24,8 @@ pub(super) struct Fetched {
 pub(super) struct Conversation<'a> {
     pub(super) repo: &'a gix::Repository,
     pub(super) remote: &'a Remote,
-    /// The HTTP password as of this cycle ([`current_password`]).
-    pub(super) password: Option<&'a str>,
+    /// The HTTP user and password as of this cycle ([`current_credentials`]).
+    pub(super) credentials: Option<(&'a str, &'a str)>,
     pub(super) progress: &'a gix::progress::tree::Root,
     pub(super) interrupt: &'a AtomicBool,
     /// The cache's HTTP client: its connections and its last ref listing outlive the conversation.
@@ -117,9 +117,10 @@ impl<'a> Conversation<'a> {
         let https = remote.url.to_ascii_lowercase().starts_with("https://");
         connection =
             connection.with_transport_options(remote.access.http_options(from_config, https));
-        if let (Some(password), true) = (self.password, remote.access.has_http_credentials()) {
-            let username = remote.access.username.clone().unwrap_or_default();
-            let password = password.to_string();
+        if let (Some((username, password)), true) =
+            (self.credentials, remote.access.has_http_credentials())
+        {
+            let (username, password) = (username.to_string(), password.to_string());
             connection = connection.with_credentials(move |action| match action {
                 gix::credentials::helper::Action::Get(context) => {
                     Ok(Some(gix::credentials::protocol::Outcome {
@@ -245,14 +246,17 @@ impl<'a> Conversation<'a> {
     }
 }
 
-/// The HTTP password as of now (a password file is read again each time), for http remotes.
-pub(super) fn current_password(remote: &Remote) -> Result<Option<String>, SourceError> {
+/// The HTTP user and password as of now (a password file is read again each time, an askpass
+/// service or a GitHub App asked), for http remotes.
+pub(super) fn current_credentials(
+    remote: &Remote,
+) -> Result<Option<(String, String)>, SourceError> {
     if !remote.is_http() {
         return Ok(None);
     }
     remote
         .access
-        .password(&remote.redactor)
+        .credentials(&remote.redactor)
         .map_err(|source| SourceError::Access {
             url: remote.display_url(),
             source,

@@ -16,6 +16,7 @@
 //! - `tls.rs`: whom HTTPS trusts: the system's roots, the CA files, and a configured CA's own
 //!   certificate presented by a server (as git accepts it).
 //! - `access.rs`: credentials, TLS and SSH settings, and git configuration for the cache.
+//! - `credentials.rs`: credentials asked for at each conversation (askpass, a GitHub App).
 //! - `redact.rs`: secrets never printed. `diagnose.rs`: errors that say what to do.
 //! - `tree.rs`: a commit's tree as a list of entries, with the path rules git applies on Linux.
 //! - `select.rs`: `--subdir` and sparse patterns, the part of a commit that is published.
@@ -33,6 +34,7 @@
 pub(crate) mod access;
 mod blobs;
 mod cache;
+mod credentials;
 pub(crate) mod diagnose;
 mod fetch;
 mod http;
@@ -49,6 +51,7 @@ pub(crate) mod tree;
 pub(crate) use blobs::RepoBlobs;
 pub use cache::Cache;
 pub(crate) use cache::{CacheRecord, CommitInfo, Observation};
+pub(crate) use credentials::{AppKey, GitHubApp};
 pub use remote::{Remote, Target};
 
 use std::path::PathBuf;

@@ -10,6 +10,7 @@ mod cache;
 mod carried_over;
 mod chaos;
 mod chart;
+mod credential_services;
 mod damaged_state;
 mod docs;
 mod durability;

@@ -61,6 +61,11 @@ impl Invocation {
         self.translation.credentials.password.clone()
     }
 
+    /// `$GITSYNC_GITHUB_APP_PRIVATE_KEY`: never on the command line.
+    pub fn github_app_key(&self) -> Option<String> {
+        self.translation.credentials.other.github_app_key.clone()
+    }
+
     /// git-sync runs `--exechook-command` as a program, not through a shell.
     pub fn exechook_direct(&self) -> bool {
         self.translation.hooks.exechook.is_some()

@@ -103,6 +103,7 @@ pub struct Credentials {
     pub git_config: Vec<(String, String)>,
     /// Credentials go over plain `http://`, as git-sync sends them (warned at start).
     pub allow_insecure_http: bool,
+    pub other: OtherAuth,
 }
 
 /// The HTTP endpoints and the log level.
@@ -481,7 +482,8 @@ fn credentials(
             }
         }
     }
-    refuse_unsupported_auth(s, env)?;
+    let has_password = password.is_some() || !password_file.is_empty();
+    let other = other_auth(s, env, has_password)?;
     let (ssh_key_files, ssh_known_hosts) = ssh(s, repo, notes);
     if s.string("git") != "git" {
         info(
@@ -511,6 +513,7 @@ fn credentials(
         ca_file,
         git_config,
         allow_insecure_http,
+        other,
     })
 }
 
@@ -550,25 +553,65 @@ fn check_password_sources(
 }
 
 /// The ways of authenticating dagsnap does not have (yet): refused at start, naming them.
-fn refuse_unsupported_auth(
+/// `--cookie-file` (refused), `--askpass-url` and the GitHub App's flags, as git-sync checks
+/// them: one source of credentials.
+fn other_auth(
     s: &Settings,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+    has_password: bool,
+) -> Result<OtherAuth, ConfigError> {
     if s.bool("cookie-file") {
-        return Err(invalid("--cookie-file is not supported by dagsnap: give the credentials with --username and --password-file (or $GITSYNC_PASSWORD)"));
+        return Err(invalid("--cookie-file is not supported by dagsnap: give the credentials with --username and --password-file (or $GITSYNC_PASSWORD), --askpass-url or a GitHub App"));
     }
-    if !s.string("askpass-url").is_empty() {
-        return Err(invalid("--askpass-url is not supported by dagsnap: give the credentials with --username and --password-file (or $GITSYNC_PASSWORD); a rotated password file is read again before every fetch"));
-    }
-    let github_app = s.given("github-app-private-key-file")
-        || s.given("github-app-client-id")
-        || s.int("github-app-application-id") != 0
-        || s.int("github-app-installation-id") != 0
-        || from_env(GITHUB_KEY_ENV, env, &mut Vec::new()).is_some();
+    let askpass_url = Some(s.string("askpass-url")).filter(|u| !u.is_empty());
+    let key_file = Some(s.string("github-app-private-key-file")).filter(|f| !f.is_empty());
+    let key = from_env(GITHUB_KEY_ENV, env, &mut Vec::new()).map(|(pem, _)| pem);
+    let client_id = Some(s.string("github-app-client-id")).filter(|c| !c.is_empty());
+    let application_id = Some(s.int("github-app-application-id")).filter(|id| *id != 0);
+    let installation_id = Some(s.int("github-app-installation-id")).filter(|id| *id != 0);
+    let github_app = key_file.is_some()
+        || key.is_some()
+        || client_id.is_some()
+        || application_id.is_some()
+        || installation_id.is_some();
     if github_app {
-        return Err(invalid("GitHub app authentication (--github-app-*) is not supported by dagsnap: use a token (e.g. a fine-grained personal access token or a deploy key) with --username and --password-file"));
+        if key_file.is_none() && key.is_none() {
+            return Err(invalid("required flag: --github-app-private-key-file or $GITSYNC_GITHUB_APP_PRIVATE_KEY must be specified when using GitHub app auth"));
+        }
+        if client_id.is_none() && application_id.is_none() {
+            return Err(invalid("required flag: --github-app-application-id or --github-app-client-id must be specified when using GitHub app auth"));
+        }
+        if installation_id.is_none() {
+            return Err(invalid("required flag: --github-app-installation-id must be specified when using GitHub app auth"));
+        }
     }
-    Ok(())
+    let sources =
+        usize::from(has_password) + usize::from(askpass_url.is_some()) + usize::from(github_app);
+    if sources > 1 {
+        return Err(invalid("only one of --password-file/$GITSYNC_PASSWORD, --askpass-url and GitHub app auth may be specified"));
+    }
+    Ok(OtherAuth {
+        askpass_url,
+        github_app_key_file: key_file,
+        github_app_key: key,
+        github_app_client_id: client_id,
+        github_app_application_id: application_id,
+        github_app_installation_id: installation_id,
+        github_base_url: github_app.then(|| s.string("github-base-url")),
+    })
+}
+
+/// Credentials asked for at every conversation: an askpass service or a GitHub App.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtherAuth {
+    pub askpass_url: Option<String>,
+    pub github_app_key_file: Option<String>,
+    /// `$GITSYNC_GITHUB_APP_PRIVATE_KEY`: never on a command line.
+    pub github_app_key: Option<String>,
+    pub github_app_client_id: Option<String>,
+    pub github_app_application_id: Option<i64>,
+    pub github_app_installation_id: Option<i64>,
+    pub github_base_url: Option<String>,
 }
 
 /// SSH's key files and host key checking, for SSH remotes only (git-sync's defaults name
@@ -761,6 +804,20 @@ impl Translation {
         }
         argv.opt_maybe("ca-file", c.ca_file.as_deref());
         argv.flag_if("allow-insecure-http-credentials", c.allow_insecure_http);
+        let o = &c.other;
+        argv.opt_maybe("askpass-url", o.askpass_url.as_deref());
+        argv.opt_maybe(
+            "github-app-private-key-file",
+            o.github_app_key_file.as_deref(),
+        );
+        argv.opt_maybe("github-app-client-id", o.github_app_client_id.as_deref());
+        if let Some(id) = o.github_app_application_id {
+            argv.opt("github-app-application-id", &id.to_string());
+        }
+        if let Some(id) = o.github_app_installation_id {
+            argv.opt("github-app-installation-id", &id.to_string());
+        }
+        argv.opt_maybe("github-base-url", o.github_base_url.as_deref());
         if !c.git_config.is_empty() {
             argv.opt("git-config", &format_git_config(&c.git_config));
         }
