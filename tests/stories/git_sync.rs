@@ -233,11 +233,7 @@ fn bad_git_sync_settings_fail_at_start_with_one_line_and_the_dags_stay() {
             &[],
             "$GITSYNC_PASSWORD or --password-file must be specified",
         ),
-        (
-            &["--askpass-url=http://127.0.0.1:1/"],
-            &[],
-            "--askpass-url is not supported",
-        ),
+        (&["--cookie-file"], &[], "--cookie-file is not supported"),
         (
             &["--http-metrics"],
             &[],

@@ -364,10 +364,16 @@ mod tests {
                 "$GITSYNC_PASSWORD or --password-file must be specified",
             ),
             (&["--submodules=all"], &BASE, "--submodules must be one of"),
+            (&["--cookie-file"], &BASE, "--cookie-file is not supported"),
             (
-                &["--askpass-url=http://x/"],
+                &["--askpass-url=http://x/", "--password-file=/p"],
                 &BASE,
-                "--askpass-url is not supported",
+                "only one of --password-file/$GITSYNC_PASSWORD, --askpass-url and GitHub app auth",
+            ),
+            (
+                &["--github-app-installation-id=42"],
+                &BASE,
+                "--github-app-private-key-file or $GITSYNC_GITHUB_APP_PRIVATE_KEY must be specified",
             ),
             (
                 &["--sync-on-signal=SIGNOPE"],
