@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn bad_values_get_git_sync_s_one_line_errors() {
-        let cases: [Case; 14] = [
+        let cases: [Case; 16] = [
             (&[], &[BASE[1]], "required flag: --repo must be specified"),
             (&[], &[BASE[0]], "required flag: --root must be specified"),
             (&["--period=5ms"], &BASE, "--period must be at least 10ms"),
