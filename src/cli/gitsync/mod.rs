@@ -366,7 +366,7 @@ mod tests {
             (&["--submodules=all"], &BASE, "--submodules must be one of"),
             (&["--cookie-file"], &BASE, "--cookie-file is not supported"),
             (
-                &["--askpass-url=http://x/", "--password-file=/p"],
+                &["--askpass-url=http://x/", "--username=u", "--password-file=/p"],
                 &BASE,
                 "only one of --password-file/$GITSYNC_PASSWORD, --askpass-url and GitHub app auth",
             ),
