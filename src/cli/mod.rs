@@ -111,9 +111,9 @@ pub struct PublishRoot {
     #[arg(long, env = "DAGSNAP_ROOT")]
     pub root: PathBuf,
 
-    /// The link readers use (Airflow's dags_folder points at it): a path inside the root,
-    /// relative to it or absolute. Recorded in the root, so operator commands find it.
-    /// [default: current]
+    /// The link readers use (Airflow's dags_folder points at it): relative to the root, or
+    /// absolute (inside the root, or outside it on the same volume, as git-sync allows).
+    /// Recorded in the root, so operator commands find it. [default: current]
     #[arg(long, env = "DAGSNAP_LINK")]
     pub link: Option<PathBuf>,
 }

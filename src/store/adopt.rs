@@ -72,7 +72,7 @@ impl Root {
     pub fn git_sync_live(&self) -> Option<GitSyncLive> {
         self.adopt_git_sync?;
         let link = self.link_path();
-        let target = link::read(&self.root, &self.link_rel).ok()??;
+        let target = link::read(self.link_base(), &self.link_rel).ok()??;
         let (commit, dir) = gitsync::worktree_of(&self.root, parent_of(&link), &target)?;
         Some(GitSyncLive {
             commit,
@@ -116,12 +116,16 @@ impl Root {
         if !held_long_enough {
             return Ok(Vec::new());
         }
-        let link_top = self
-            .link_rel
-            .components()
-            .next()
-            .map(|c| c.as_os_str().to_owned())
-            .unwrap_or_default();
+        // The configured link's entry in the root, if the link is in it.
+        let link_top = if self.link_base() == self.root.as_path() {
+            self.link_rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_owned())
+                .unwrap_or_default()
+        } else {
+            std::ffi::OsString::new()
+        };
         Ok(gitsync::remove(&self.store().root_dir()?, &link_top)?)
     }
 
@@ -172,7 +176,7 @@ impl Root {
         self.ensure_layout()?;
         created.link_dirs = self.ensure_link_parents(&root)?;
         created.airflowignore = self.ensure_airflowignore(&root)?;
-        link::remove_stale_temporaries(&self.root, &self.link_rel)?;
+        link::remove_stale_temporaries(self.link_base(), &self.link_rel)?;
         self.remove_own_stale_staging()?;
         Ok(created)
     }
@@ -197,10 +201,10 @@ impl Root {
             removed.push(root.join(STORE_DIR));
         }
         for dir in created.link_dirs.iter().rev() {
-            let Ok(relative) = dir.strip_prefix(&self.root) else {
+            let Ok(relative) = dir.strip_prefix(self.link_base()) else {
                 continue;
             };
-            let removed_it = link::open_parent(&self.root, relative)
+            let removed_it = link::open_parent(self.link_base(), relative)
                 .and_then(|parent| parent.remove_dir(relative.file_name().unwrap_or_default()))
                 .is_ok();
             if removed_it {
@@ -213,10 +217,14 @@ impl Root {
         removed
     }
 
-    /// Every directory between the root and the link exists and is a real directory; returns
-    /// those it created.
+    /// Every directory between the root (or, for a link outside it, the directory holding both)
+    /// and the link exists and is a real directory; returns those it created.
     fn ensure_link_parents(&self, root: &Dir) -> Result<Vec<PathBuf>, StoreError> {
-        let mut at = root.try_clone()?;
+        let mut at = if self.link_base() == self.root.as_path() {
+            root.try_clone()?
+        } else {
+            Dir::open_path(self.link_base())?
+        };
         let mut created = Vec::new();
         let parents: Vec<Component> = self
             .link_rel

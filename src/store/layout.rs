@@ -89,11 +89,17 @@ pub struct RootLock {
     _lock: FileLock,
 }
 
-/// A published root at a path, with the link at `link_rel` inside it.
+/// A published root at a path, with the link at `link_rel` under `link_base`: the root itself,
+/// or, for a link outside the root (git-sync's `--root=R/root --link=R/other/dir/link`), the
+/// deepest directory holding both.
 #[derive(Debug, Clone)]
 pub struct Root {
     pub(super) root: PathBuf,
     pub(super) link_rel: PathBuf,
+    /// Where `link_rel` starts: the root, or a directory holding both the root and the link.
+    pub(super) link_base: PathBuf,
+    /// The root relative to `link_base` (empty when the link is inside the root).
+    pub(super) root_from_base: PathBuf,
     /// Other top-level names that belong to this configuration (a touch or error file kept in
     /// the root, as git-sync's defaults have them), so a restart does not take them for foreign.
     pub(super) own_entries: Vec<std::ffi::OsString>,
@@ -127,6 +133,52 @@ impl Root {
         Ok(Root {
             root: root.to_path_buf(),
             link_rel: link.to_path_buf(),
+            link_base: root.to_path_buf(),
+            root_from_base: PathBuf::new(),
+            own_entries: Vec::new(),
+            adopt_git_sync: None,
+        })
+    }
+
+    /// Describe the root at `root` with its link at the absolute `link`, outside the root (as
+    /// git-sync allows). The link is reached from the deepest directory holding both, with the
+    /// same rule as inside the root: every directory on the way is a real directory; its target
+    /// is relative (`../root/.dagsnap/snapshots/<commit>`), so it resolves the same wherever the
+    /// volume is mounted.
+    fn with_outside_link(root: &Path, link: &Path) -> Result<Root, StoreError> {
+        let invalid = |reason| StoreError::InvalidLink {
+            given: link.display().to_string(),
+            reason,
+        };
+        let (root_abs, link_abs) = (absolute(root), absolute(link));
+        let base: PathBuf = root_abs
+            .components()
+            .zip(link_abs.components())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect();
+        let link_rel = link_abs
+            .strip_prefix(&base)
+            .map_err(|_| invalid("it shares no directory with --root"))?
+            .to_path_buf();
+        if link_rel.as_os_str().is_empty() || root_abs.starts_with(&link_abs) {
+            return Err(invalid("it must not be --root or a directory holding it"));
+        }
+        if !link_rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(invalid("it must be a plain path (no '..' or '.')"));
+        }
+        let root_from_base = root_abs
+            .strip_prefix(&base)
+            .map_err(|_| invalid("it shares no directory with --root"))?
+            .to_path_buf();
+        Ok(Root {
+            root: root.to_path_buf(),
+            link_rel,
+            link_base: base,
+            root_from_base,
             own_entries: Vec::new(),
             adopt_git_sync: None,
         })
@@ -137,26 +189,16 @@ impl Root {
     /// root's publishers recorded, else `current`.
     pub fn locate(root: &Path, link: Option<&Path>) -> Result<Root, StoreError> {
         let link = match link {
-            Some(link) if link.is_absolute() => {
-                let absolute = |p: &Path| -> PathBuf {
-                    std::path::absolute(p)
-                        .unwrap_or_else(|_| p.to_path_buf())
-                        .components()
-                        .filter(|c| !matches!(c, Component::CurDir))
-                        .collect()
-                };
-                absolute(link)
-                    .strip_prefix(absolute(root))
-                    .map(Path::to_path_buf)
-                    .map_err(|_| StoreError::InvalidLink {
-                        given: link.display().to_string(),
-                        reason: "an absolute --link must be inside --root",
-                    })?
-            }
             Some(link) => link.to_path_buf(),
             None => Self::recorded_link(root).unwrap_or_else(|| PathBuf::from(DEFAULT_LINK)),
         };
-        Root::new(root, &link)
+        if !link.is_absolute() {
+            return Root::new(root, &link);
+        }
+        match absolute(&link).strip_prefix(absolute(root)) {
+            Ok(inside) => Root::new(root, inside),
+            Err(_) => Root::with_outside_link(root, &link),
+        }
     }
 
     /// The link recorded in the root at `root`, if readable and valid.
@@ -167,16 +209,27 @@ impl Root {
         };
         let text = String::from_utf8(bytes).ok()?;
         let link = PathBuf::from(text.trim_end_matches('\n'));
-        // Input like any other: only a link `Root::new` accepts.
-        Root::new(root, &link).ok().map(|_| link)
+        // Input like any other: only a link `Root::locate` accepts.
+        Root::locate(root, Some(&link)).ok().map(|_| link)
+    }
+
+    /// The link as recorded for operator commands: relative to the root, or absolute when it
+    /// is outside it.
+    fn link_record(&self) -> PathBuf {
+        if self.root_from_base.as_os_str().is_empty() {
+            self.link_rel.clone()
+        } else {
+            absolute(&self.link_base).join(&self.link_rel)
+        }
     }
 
     /// Record this root's link for operator commands, unless already recorded.
     pub fn record_link(&self) -> Result<(), StoreError> {
-        if Self::recorded_link(&self.root).as_deref() == Some(self.link_rel.as_path()) {
+        let record = self.link_record();
+        if Self::recorded_link(&self.root).as_deref() == Some(record.as_path()) {
             return Ok(());
         }
-        let mut text = self.link_rel.as_os_str().as_encoded_bytes().to_vec();
+        let mut text = record.as_os_str().as_encoded_bytes().to_vec();
         text.push(b'\n');
         Ok(self.store().create()?.write_atomically(LINK_FILE, &text)?)
     }
@@ -186,7 +239,21 @@ impl Root {
     }
 
     pub fn link_path(&self) -> PathBuf {
-        self.root.join(&self.link_rel)
+        self.link_base.join(&self.link_rel)
+    }
+
+    /// The directory the link's path starts from (the root, unless the link is outside it).
+    pub(super) fn link_base(&self) -> &Path {
+        &self.link_base
+    }
+
+    /// The link's target for the snapshot directory `in_store` (relative to the store):
+    /// relative to the link's directory, so that it resolves the same in every pod.
+    pub(super) fn target_in_store(&self, in_store: &Path) -> PathBuf {
+        super::link::path_to_root(&self.link_rel)
+            .join(&self.root_from_base)
+            .join(STORE_DIR)
+            .join(in_store)
     }
 
     /// The link's path relative to the root, as readers' configuration names it.
@@ -299,7 +366,13 @@ impl Root {
     /// Whether a name at the top of the root belongs to dagsnap or to this configuration.
     pub(super) fn owns_top_entry(&self, name: &OsStr) -> bool {
         let name_str = name.to_string_lossy();
-        let link_top = self.link_rel.components().next().map(|c| c.as_os_str());
+        // A link outside the root has no entry in it.
+        let link_top = self
+            .root_from_base
+            .as_os_str()
+            .is_empty()
+            .then(|| self.link_rel.components().next().map(|c| c.as_os_str()))
+            .flatten();
         name_str.starts_with(STORE_DIR)
             || (self.adopt_git_sync.is_some() && gitsync::is_git_sync_entry(name))
             || name_str == AIRFLOWIGNORE
@@ -461,6 +534,15 @@ fn millis() -> u128 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+/// `p` made absolute lexically (without resolving symlinks), without `.` components.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
 }
 
 #[cfg(test)]

@@ -680,10 +680,10 @@ impl Root {
         let link = self.link_path();
         let name = self.link_rel.file_name().unwrap_or_default();
         if self.current().ok().flatten().is_some() {
-            link::open_parent(&self.root, &self.link_rel)?.remove_file(name)?;
+            link::open_parent(self.link_base(), &self.link_rel)?.remove_file(name)?;
             removed.push(link.clone());
         }
-        link::remove_stale_temporaries(&self.root, &self.link_rel)?;
+        link::remove_stale_temporaries(self.link_base(), &self.link_rel)?;
         let root = self.store().root_dir()?;
         let ours = format!("{STORE_DIR}\n");
         if matches!(root.read_record(super::layout::AIRFLOWIGNORE, 4096)?, Found::Bytes(b) if b == ours.as_bytes())
@@ -696,12 +696,12 @@ impl Root {
         removed.push(root.join(STORE_DIR));
         let mut dir = self.link_rel.parent().map(Path::to_path_buf);
         while let Some(relative) = dir.filter(|d| !d.as_os_str().is_empty()) {
-            let gone = link::open_parent(&self.root, &relative)
+            let gone = link::open_parent(self.link_base(), &relative)
                 .and_then(|parent| parent.remove_dir(relative.file_name().unwrap_or_default()));
             if gone.is_err() {
                 break;
             }
-            removed.push(self.root.join(&relative));
+            removed.push(self.link_base().join(&relative));
             dir = relative.parent().map(Path::to_path_buf);
         }
         Ok(removed)

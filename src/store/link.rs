@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::layout::{REPAIR_DIR, SNAPSHOTS_DIR, STORE_DIR};
+use super::layout::{REPAIR_DIR, SNAPSHOTS_DIR};
 use super::records::{Author, Cause, Pin, Publication};
 use super::{gitsync, Root, RootLock, StoreError};
 use crate::commit::CommitId;
@@ -71,7 +71,7 @@ pub enum ReadError {
 impl Root {
     /// Where the link points now. `None` when there is no link yet.
     pub fn current(&self) -> Result<Option<Current>, StoreError> {
-        let Some(target) = read(&self.root, &self.link_rel)? else {
+        let Some(target) = read(self.link_base(), &self.link_rel)? else {
             return Ok(None);
         };
         // git-sync's link, in a root being taken over: nothing of dagsnap's is live yet.
@@ -106,9 +106,7 @@ impl Root {
     /// What a link target names.
     fn current_from(&self, target: PathBuf) -> Result<Current, StoreError> {
         let link = self.link_path();
-        let prefix = path_to_root(&self.link_rel)
-            .join(STORE_DIR)
-            .join(SNAPSHOTS_DIR);
+        let prefix = self.target_in_store(Path::new(SNAPSHOTS_DIR));
         let rest = target
             .strip_prefix(&prefix)
             .ok()
@@ -140,9 +138,7 @@ impl Root {
     /// What the link stores to point at the snapshot of `commit` (or its repair's fresh copy):
     /// relative to the link's directory, so it resolves the same in every pod.
     fn link_target(&self, commit: &CommitId, fresh_copy: bool) -> PathBuf {
-        let snapshots = path_to_root(&self.link_rel)
-            .join(STORE_DIR)
-            .join(SNAPSHOTS_DIR);
+        let snapshots = self.target_in_store(Path::new(SNAPSHOTS_DIR));
         if fresh_copy {
             snapshots.join(REPAIR_DIR).join(commit)
         } else {
@@ -215,7 +211,7 @@ impl Root {
     pub fn publish(&self, lock: &RootLock, publication: &Publication) -> Result<(), StoreError> {
         self.records().record_publication(lock, publication)?;
         swap(
-            &self.root,
+            self.link_base(),
             &self.link_rel,
             &self.link_target(&publication.commit, false),
         )?;
@@ -280,7 +276,7 @@ impl Root {
         match self.current()? {
             Some(current) if current.commit == commit => {
                 swap(
-                    &self.root,
+                    self.link_base(),
                     &self.link_rel,
                     &self.link_target(commit, fresh_copy),
                 )?;
@@ -306,7 +302,7 @@ impl Root {
     /// How long ago the link last moved (the swap creates a new symlink, so the link's own
     /// modification time is the time of the last swap, whoever made it); `None` without a link.
     pub fn since_link_moved(&self) -> Option<Duration> {
-        let moved = link_modified(&self.root, &self.link_rel)?;
+        let moved = link_modified(self.link_base(), &self.link_rel)?;
         Some(SystemTime::now().duration_since(moved).unwrap_or_default())
     }
 }
@@ -362,10 +358,11 @@ pub(crate) fn swap(root: &Path, link_rel: &Path, target: &Path) -> Result<(), Io
     dir.fsync()
 }
 
-/// The directory that holds the link at `link_rel` under `root`, opened by walking down from
-/// `root` with `O_NOFOLLOW` at every step: each directory between the root and the link must be
-/// a real directory, so the link can never land outside the root through a symlink. (`root`
-/// itself is the operator's choice and may be reached through symlinks.)
+/// The directory that holds the link at `link_rel` under `root` (the root, or for a link outside
+/// it the directory holding both), opened by walking down from `root` with `O_NOFOLLOW` at every
+/// step: each directory between it and the link must be a real directory, so the link can never
+/// land elsewhere through a symlink. (`root` itself is the operator's choice and may be reached
+/// through symlinks.)
 pub(crate) fn open_parent(root: &Path, link_rel: &Path) -> Result<Dir, IoError> {
     let mut dir = Dir::open_path(root)?;
     let parents: Vec<Component> = link_rel

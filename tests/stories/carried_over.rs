@@ -476,3 +476,63 @@ fn a_server_whose_certificate_is_its_own_ca_is_trusted_when_configured_as_the_ca
         stderr(&out)
     );
 }
+
+#[test]
+fn an_absolute_link_outside_the_root_is_published_as_git_sync_publishes_it() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let volume = scratch.path("volume");
+    let (root, link) = (volume.join("root"), volume.join("other/dir/link"));
+    let root_s = root.display().to_string();
+    let link_s = link.display().to_string();
+    let env = [
+        ("GITSYNC_ROOT", root_s.as_str()),
+        ("GITSYNC_LINK", link_s.as_str()),
+    ];
+    let run = || {
+        git_sync_via(&[], scratch.tmp.path())
+            .env("DAGSNAP_CACHE_DIR", scratch.cache())
+            .env("GITSYNC_REPO", remote.url())
+            .envs(env)
+            .arg("--one-time")
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A relative target, so it resolves wherever the volume is mounted.
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("../../root/.dagsnap/snapshots").join(&first)
+    );
+    assert_eq!(fs::read_to_string(link.join("dags/a.py")).unwrap(), "1\n");
+    assert!(!root.join("link").exists() && !root.join("other").exists());
+
+    let second = remote.commit(&[("dags/a.py", "2\n")], "two");
+    let out = run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(link.join("dags/a.py")).unwrap(), "2\n");
+    // Operator commands find the link from the root's record.
+    let out = dagsnap(scratch.tmp.path())
+        .args(["status", "--json", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["commit"], second.as_str(), "{status}");
+    assert_eq!(status["link"], link_s.as_str(), "{status}");
+
+    // The directories on the way must be real ones: a symlink there is refused, never followed.
+    let elsewhere = scratch.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::rename(volume.join("other"), scratch.path("other.moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, volume.join("other")).unwrap();
+    remote.commit(&[("dags/a.py", "3\n")], "three");
+    let out = run();
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        fs::read_dir(&elsewhere).unwrap().next().is_none(),
+        "nothing was written through the symlink"
+    );
+}
