@@ -411,6 +411,11 @@ pub struct AccessArgs {
     #[arg(long = "git-config", env = "DAGSNAP_GIT_CONFIG", value_parser = parse_git_config_arg)]
     pub git_config: Vec<GitConfig>,
 
+    /// A cookie file (Netscape format, git's http.cookieFile): the cookies that match the
+    /// repository's URL go with every request, read again at every fetch.
+    #[arg(long, env = "DAGSNAP_COOKIE_FILE")]
+    pub cookie_file: Option<PathBuf>,
+
     /// A URL asked for HTTPS credentials before every fetch, answering `username=` and
     /// `password=` lines (git-sync's --askpass-url; a cloud's metadata server, say).
     #[arg(long, env = "DAGSNAP_ASKPASS_URL")]
@@ -499,6 +504,7 @@ impl AccessArgs {
             },
             http_timeout: request_timeout,
             git_config: self.git_config.iter().flat_map(|c| c.0.clone()).collect(),
+            cookie_file: self.cookie_file.clone(),
         })
     }
 

@@ -37,6 +37,8 @@ pub enum AccessError {
     Askpass { url: String, cause: String },
     #[error("GitHub App authentication failed: {cause}; check the app's key, its client or application id, and the installation id")]
     GitHubApp { cause: String },
+    #[error("cannot read the cookie file {}: {cause}; mount it there or fix --cookie-file", path.display())]
+    CookieFile { path: PathBuf, cause: String },
     #[error("--username is set but no password: give --password-file or DAGSNAP_PASSWORD")]
     NoPassword,
     #[error("uid {uid} has no /etc/passwd entry and OpenSSH refuses to run without one; install libnss-wrapper (dagsnap then supplies an entry itself) or add uid {uid} to /etc/passwd")]
@@ -213,6 +215,8 @@ pub struct Access {
     pub http_timeout: Duration,
     /// `--git-config`: git configuration for every fetch (`git -c`), key and value.
     pub git_config: Vec<(String, String)>,
+    /// `--cookie-file`: cookies (Netscape format) sent with every HTTP request to the remote.
+    pub cookie_file: Option<PathBuf>,
 }
 
 impl Default for Access {
@@ -229,6 +233,7 @@ impl Default for Access {
             },
             http_timeout: Duration::from_secs(300),
             git_config: Vec::new(),
+            cookie_file: None,
         }
     }
 }
@@ -429,12 +434,15 @@ impl Access {
         &self,
         from_config: Option<Box<dyn std::any::Any>>,
         https: bool,
+        cookie: Option<String>,
     ) -> Box<dyn std::any::Any> {
         use gix::protocol::transport::client::blocking_io::http;
         let mut options = from_config
             .and_then(|o| o.downcast::<http::Options>().ok())
             .map(|o| *o)
             .unwrap_or_default();
+        // `--cookie-file`'s cookies for this URL, read for this conversation.
+        options.extra_headers.extend(cookie);
         let mut extra_ca: Vec<PathBuf> = self.ca_file.iter().cloned().collect();
         // `http.sslCAInfo` / GIT_SSL_CAINFO, which the reqwest backend does not apply by itself
         // (left in the options for the listing's own connection, see `git::listing`).

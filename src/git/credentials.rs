@@ -239,3 +239,79 @@ pub(crate) fn check_key_file(path: &Path) -> Result<(), AccessError> {
         .map(drop)
         .map_err(|cause| AccessError::GitHubApp { cause })
 }
+
+/// The `Cookie:` header for `url` from a Netscape cookie file (git's `http.cookieFile`, what
+/// git-sync's `--cookie-file` names): the cookies whose domain, path and `secure` flag match
+/// and that have not expired. Read at every conversation, so a refreshed file is followed.
+pub(crate) fn cookie_header(file: &Path, url: &str) -> Result<Option<String>, AccessError> {
+    let text = std::fs::read_to_string(file).map_err(|e| AccessError::CookieFile {
+        path: file.to_path_buf(),
+        cause: e.to_string(),
+    })?;
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return Ok(None);
+    };
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let https = parsed.scheme() == "https";
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cookies: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let line = line.strip_prefix("#HttpOnly_").unwrap_or(line);
+            if line.starts_with('#') || line.trim().is_empty() {
+                return None;
+            }
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [domain, subdomains, path, secure, expiry, name, value] = fields[..] else {
+                return None;
+            };
+            let domain = domain.trim_start_matches('.').to_ascii_lowercase();
+            let domain_ok = host == domain
+                || (subdomains.eq_ignore_ascii_case("TRUE")
+                    && host.ends_with(&format!(".{domain}")));
+            let path_ok = parsed.path().starts_with(path);
+            let secure_ok = !secure.eq_ignore_ascii_case("TRUE") || https;
+            let live = expiry.parse::<u64>().map_or(true, |at| at == 0 || at > now);
+            (domain_ok && path_ok && secure_ok && live).then(|| format!("{name}={value}"))
+        })
+        .collect();
+    Ok((!cookies.is_empty()).then(|| format!("Cookie: {}", cookies.join("; "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookies_of_a_url_are_those_that_match_and_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cookies");
+        std::fs::write(
+            &file,
+            "# Netscape HTTP Cookie File\n\
+             .googlesource.com\tTRUE\t/\tTRUE\t0\to\tgit-ci.example=abc\n\
+             #HttpOnly_git.example\tFALSE\t/repos\tFALSE\t4102444800\tsession\tx1\n\
+             git.example\tFALSE\t/other\tFALSE\t0\tnope\t1\n\
+             git.example\tFALSE\t/\tFALSE\t1\texpired\t1\n\
+             elsewhere.example\tFALSE\t/\tFALSE\t0\tforeign\t1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cookie_header(&file, "http://git.example/repos/dags.git").unwrap(),
+            Some("Cookie: session=x1".into())
+        );
+        assert_eq!(
+            cookie_header(&file, "https://chromium.googlesource.com/a.git").unwrap(),
+            Some("Cookie: o=git-ci.example=abc".into())
+        );
+        assert_eq!(
+            cookie_header(&file, "http://chromium.googlesource.com/a.git").unwrap(),
+            None,
+            "a secure cookie never goes over http"
+        );
+        assert!(cookie_header(&dir.path().join("missing"), "http://h/").is_err());
+    }
+}

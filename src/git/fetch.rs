@@ -115,8 +115,22 @@ impl<'a> Conversation<'a> {
             .transport_options(remote.url.as_str(), None)
             .map_err(|e| self.error("configure HTTP for", &e))?;
         let https = remote.url.to_ascii_lowercase().starts_with("https://");
-        connection =
-            connection.with_transport_options(remote.access.http_options(from_config, https));
+        let cookie = match &remote.access.cookie_file {
+            Some(file) => {
+                super::credentials::cookie_header(file, &remote.url).map_err(|source| {
+                    SourceError::Access {
+                        url: remote.display_url(),
+                        source,
+                    }
+                })?
+            }
+            None => None,
+        };
+        connection = connection.with_transport_options(remote.access.http_options(
+            from_config,
+            https,
+            cookie,
+        ));
         if let (Some((username, password)), true) =
             (self.credentials, remote.access.has_http_credentials())
         {

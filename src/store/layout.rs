@@ -157,6 +157,12 @@ impl Root {
             .take_while(|(a, b)| a == b)
             .map(|(a, _)| a)
             .collect();
+        // Below a directory the two share, other than `/`: the link is on the root's volume.
+        if base.parent().is_none() {
+            return Err(invalid(
+                "an absolute --link outside --root must share a directory with it other than / (the root's volume)",
+            ));
+        }
         let link_rel = link_abs
             .strip_prefix(&base)
             .map_err(|_| invalid("it shares no directory with --root"))?

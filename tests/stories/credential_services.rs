@@ -294,3 +294,66 @@ fn two_sources_of_the_password_are_refused_at_start() {
         "GitHub App authentication needs the app's private key",
     );
 }
+
+/// Records the headers of every request and refuses them all (it is not a git server).
+const RECORDER: &str = r#"
+import http.server, sys
+port, log = int(sys.argv[1]), sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(log, "a") as f:
+            f.write("%s %s Cookie: %s\n" % (self.command, self.path, self.headers.get("Cookie", "")))
+        self.send_response(403); self.send_header("Content-Length", "0"); self.end_headers()
+    do_POST = do_GET
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+#[test]
+fn the_cookie_file_s_cookies_for_the_repository_go_with_its_requests() {
+    let scratch = Scratch::new();
+    let script = scratch.path("recorder.py");
+    fs::write(&script, RECORDER).unwrap();
+    let log = scratch.path("requests");
+    let port = free_port();
+    let _server = Group::spawn(
+        Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until(Duration::from_secs(20), "the recorder", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let cookies = scratch.path("cookie_file");
+    fs::write(
+        &cookies,
+        "# Netscape HTTP Cookie File\n\
+         127.0.0.1\tFALSE\t/\tFALSE\t0\to\tgit-bot=s3cret\n\
+         other.example\tFALSE\t/\tFALSE\t0\tforeign\tno\n",
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/dags.git");
+    let out = sync_once(
+        &scratch,
+        &url,
+        &["--cookie-file", cookies.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the recorder refuses: {}",
+        stderr(&out)
+    );
+    let seen = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        seen.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("Cookie: o=git-bot=s3cret")),
+        "the first request carried the repository's cookie, and only it:\n{seen}"
+    );
+    assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+}

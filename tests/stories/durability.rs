@@ -27,17 +27,36 @@ fn durability_calls(scratch: &Scratch, repo: &str) -> Vec<String> {
     }
     let out = traced.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    fs::read_to_string(&trace)
-        .unwrap()
-        .lines()
-        // `<pid> syscall(...) = 0`: the pid goes, failed calls (`= -1 ...`) stay out.
-        .filter(|line| line.ends_with("= 0"))
-        .map(|line| {
-            line.split_once(' ')
-                .map_or(line, |(_, call)| call)
-                .to_string()
-        })
+    joined_calls(&fs::read_to_string(&trace).unwrap())
+        .into_iter()
+        // Failed calls (`= -1 ...`) stay out.
+        .filter(|call| call.ends_with("= 0"))
         .collect()
+}
+
+/// strace's lines as whole calls, without the pid: a call another thread interrupted is
+/// printed in two parts (`<pid> renameat(... <unfinished ...>`, later `<pid> <... renameat
+/// resumed>) = 0`); they are joined where the call began.
+fn joined_calls(trace: &str) -> Vec<String> {
+    let mut calls: Vec<String> = Vec::new();
+    let mut open: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in trace.lines() {
+        let Some((pid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        if let Some(begun) = call.strip_suffix(" <unfinished ...>") {
+            open.insert(pid.to_string(), calls.len());
+            calls.push(begun.to_string());
+        } else if call.starts_with("<... ") {
+            let rest = call.split_once("resumed>").map_or("", |(_, rest)| rest);
+            if let Some(at) = open.remove(pid) {
+                calls[at].push_str(rest);
+            }
+        } else {
+            calls.push(call.to_string());
+        }
+    }
+    calls
 }
 
 fn position(calls: &[String], what: &str, matches: impl Fn(&str) -> bool) -> usize {

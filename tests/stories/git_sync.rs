@@ -206,7 +206,7 @@ fn bad_git_sync_settings_fail_at_start_with_one_line_and_the_dags_stay() {
     ];
     let out = run_git_sync(&scratch, &["--one-time"], &base);
     assert!(out.status.success(), "{}", stderr(&out));
-    let cases: [BadCase; 10] = [
+    let cases: [BadCase; 9] = [
         (
             &["--period=5ms"],
             &[],
@@ -233,7 +233,6 @@ fn bad_git_sync_settings_fail_at_start_with_one_line_and_the_dags_stay() {
             &[],
             "$GITSYNC_PASSWORD or --password-file must be specified",
         ),
-        (&["--cookie-file"], &[], "--cookie-file is not supported"),
         (
             &["--http-metrics"],
             &[],

@@ -553,16 +553,13 @@ fn check_password_sources(
 }
 
 /// The ways of authenticating dagsnap does not have (yet): refused at start, naming them.
-/// `--cookie-file` (refused), `--askpass-url` and the GitHub App's flags, as git-sync checks
-/// them: one source of credentials.
+/// `--cookie-file` (git-sync's `/etc/git-secret/cookie_file`), `--askpass-url` and the GitHub
+/// App's flags, as git-sync checks them: one source of credentials.
 fn other_auth(
     s: &Settings,
     env: &dyn Fn(&str) -> Option<String>,
     has_password: bool,
 ) -> Result<OtherAuth, ConfigError> {
-    if s.bool("cookie-file") {
-        return Err(invalid("--cookie-file is not supported by dagsnap: give the credentials with --username and --password-file (or $GITSYNC_PASSWORD), --askpass-url or a GitHub App"));
-    }
     let askpass_url = Some(s.string("askpass-url")).filter(|u| !u.is_empty());
     let key_file = Some(s.string("github-app-private-key-file")).filter(|f| !f.is_empty());
     let key = from_env(GITHUB_KEY_ENV, env, &mut Vec::new()).map(|(pem, _)| pem);
@@ -591,6 +588,10 @@ fn other_auth(
         return Err(invalid("only one of --password-file/$GITSYNC_PASSWORD, --askpass-url and GitHub app auth may be specified"));
     }
     Ok(OtherAuth {
+        // git-sync's fixed path for it (a mounted secret).
+        cookie_file: s
+            .bool("cookie-file")
+            .then(|| "/etc/git-secret/cookie_file".to_string()),
         askpass_url,
         github_app_key_file: key_file,
         github_app_key: key,
@@ -604,6 +605,7 @@ fn other_auth(
 /// Credentials asked for at every conversation: an askpass service or a GitHub App.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OtherAuth {
+    pub cookie_file: Option<String>,
     pub askpass_url: Option<String>,
     pub github_app_key_file: Option<String>,
     /// `$GITSYNC_GITHUB_APP_PRIVATE_KEY`: never on a command line.
@@ -805,6 +807,7 @@ impl Translation {
         argv.opt_maybe("ca-file", c.ca_file.as_deref());
         argv.flag_if("allow-insecure-http-credentials", c.allow_insecure_http);
         let o = &c.other;
+        argv.opt_maybe("cookie-file", o.cookie_file.as_deref());
         argv.opt_maybe("askpass-url", o.askpass_url.as_deref());
         argv.opt_maybe(
             "github-app-private-key-file",
