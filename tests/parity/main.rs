@@ -118,6 +118,8 @@ struct Observed {
     commit: Option<String>,
     touch_file: bool,
     error_file: bool,
+    /// What `--one-time` printed on stdout (logs go to stderr, in each one's format).
+    stdout: String,
 }
 
 /// Run `runner` once (`--one-time`) with `args` and `env` into a fresh root; what it left.
@@ -175,6 +177,7 @@ fn run(runner: Runner, git_sync: &Path, args: &[&str], env: &[(&str, &str)]) -> 
             .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned())),
         touch_file: scratch.root().join("touched").exists(),
         error_file: scratch.root().join("error.json").exists(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     };
     (observed, out)
 }
