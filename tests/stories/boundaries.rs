@@ -205,6 +205,25 @@ fn ends_within(
     }
 }
 
+/// Let a stopped FUSE server go on when dropped.
+struct Resume(nix::unistd::Pid);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// Whether every thread of the FUSE server `pid` waits for a request (none holds one).
+fn server_idle(pid: nix::unistd::Pid) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| w == "fuse_dev_do_read")
+    })
+}
+
 #[test]
 fn sigterm_ends_the_process_within_its_bound_while_the_volume_stalls() {
     let remote = Remote::new();
@@ -226,12 +245,17 @@ fn sigterm_ends_the_process_within_its_bound_while_the_volume_stalls() {
             .arg(&root)
             .arg("--cache-dir")
             .arg(scratch.cache())
+            .args(["--log-level", "dagsnap=debug"])
             .stderr(fs::File::create(&log).unwrap())
             .process_group(0)
             .spawn()
             .unwrap(),
         log: log.clone(),
     };
+    // Declared after the loop, so dropped before it: whatever fails below, the volume answers
+    // again before the loop is killed and waited for (a process with a request the stopped
+    // server took cannot die until it is answered).
+    let _resume = Resume(mounts.daemons[0].pid());
     daemon.wait_for_commit(&volume.join("root"), &first, Duration::from_secs(30));
     wait_until(Duration::from_secs(30), "the first cycle to end", || {
         beat(&volume.join("root"), daemon.child.id()) >= 1
@@ -239,8 +263,14 @@ fn sigterm_ends_the_process_within_its_bound_while_the_volume_stalls() {
     // The volume stops answering (its server hangs) while the loop waits; then a cycle starts
     // (SIGHUP) and its system calls on the volume hang. (Stopped between requests, the server
     // leaves them queued, where a fatal signal can still end them: a request it had already
-    // taken would hold even SIGKILL until answered, in the kernel's FUSE client.)
-    std::thread::sleep(Duration::from_millis(500));
+    // taken would hold even SIGKILL until answered, in the kernel's FUSE client.) So: the loop
+    // waits for its next poll, and every thread of the server waits for a request.
+    daemon.wait_for_lines(&["waiting for the next poll"], 1, Duration::from_secs(30));
+    wait_until(
+        Duration::from_secs(30),
+        "the volume's server to be idle",
+        || server_idle(mounts.daemons[0].pid()),
+    );
     stall(nix::sys::signal::Signal::SIGSTOP);
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
     std::thread::sleep(Duration::from_secs(2));
