@@ -166,7 +166,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
     }
     // Before any thread exists: these change the environment of the processes dagsnap starts.
-    plan.export_git_config().map_err(|e| (EXIT_USAGE, e))?;
+    plan.export_git_config();
     if plan.remote.is_ssh() {
         // This may set LD_PRELOAD for the ssh processes.
         if let Some(dir) = dagsnap::provide_passwd_entry(&plan.cache_dir).map_err(usage)? {

@@ -108,9 +108,8 @@ impl SyncPlan {
 
     /// Give the git processes dagsnap starts the configured git configuration
     /// ([`crate::git::access::export_git_config`]). Before any other thread starts.
-    pub fn export_git_config(&self) -> Result<(), String> {
-        crate::git::access::export_git_config(self.remote.git_config(), &self.cache_dir)
-            .map_err(|e| e.to_string())
+    pub fn export_git_config(&self) {
+        crate::git::access::export_git_config(self.remote.git_config(), &self.cache_dir);
     }
 
     /// Opens the publisher; called again while its cache is busy (see `daemon::run`).

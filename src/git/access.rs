@@ -23,8 +23,6 @@ pub enum AccessError {
     EmptyPassword { path: PathBuf },
     #[error("refusing to send credentials over plain http to {url}; use https, or pass --allow-insecure-http-credentials if this network is trusted")]
     InsecureHttp { url: String },
-    #[error("cannot write the git configuration for git processes to {}: {cause}; the cache directory must be writable", path.display())]
-    GitConfig { path: PathBuf, cause: String },
     #[error("ssh key file {} is not readable ({cause}); mount the deploy key there or fix --ssh-key-file", path.display())]
     KeyFile { path: PathBuf, cause: String },
     #[error("ssh known hosts file {} is not readable ({cause}); create it with `ssh-keyscan -p PORT HOST > FILE` (and check the fingerprint) or fix --ssh-known-hosts-file", path.display())]
@@ -55,26 +53,46 @@ const NSS_WRAPPER: &[&str] = &[
     "/usr/lib/libnss_wrapper.so",
 ];
 
+/// The name of the global git configuration file of the git processes dagsnap starts, in its
+/// private cache directory ([`export_git_config`], [`write_git_config`]).
+pub(crate) const GIT_CONFIG_FILE: &str = "gitconfig";
+
+/// The global git configuration git would read without dagsnap's, which dagsnap's includes.
+static PREVIOUS_GLOBAL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
 /// Give the git processes dagsnap starts (the `git upload-pack` serving a `file://` remote, a
 /// check, a hook) `config`, as git-sync's `git config --global` gives them: `safe.directory` is
-/// what lets a local repository owned by another user be read. A global configuration file of
-/// its own, `gitconfig` in `dir` (the private cache directory), includes the one git would read
-/// otherwise and adds `config`; `GIT_CONFIG_GLOBAL` names it. (Command-line configuration would
-/// not do: git, and gix after it, drop it from the environment of a local `upload-pack`.)
+/// what lets a local repository owned by another user be read. `GIT_CONFIG_GLOBAL` names a file
+/// of dagsnap's own, `gitconfig` in the private cache directory `dir`, which the cache writes
+/// when it opens ([`write_git_config`]): it includes the file git would read otherwise and
+/// adds `config`. (Command-line configuration would not do: git, and gix after it, drop it from
+/// the environment of a local `upload-pack`.)
 ///
 /// Must be called before any other thread starts (it changes the environment).
-pub(crate) fn export_git_config(
-    config: &[(String, String)],
-    dir: &Path,
-) -> Result<(), AccessError> {
+pub(crate) fn export_git_config(config: &[(String, String)], dir: &Path) {
     if config.is_empty() {
-        return Ok(());
+        return;
     }
     let previous = std::env::var_os("GIT_CONFIG_GLOBAL")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".gitconfig")));
-    let mut text = String::from("# Written by dagsnap from --git-config: the git configuration of the git processes it starts.\n");
-    if let Some(previous) = previous {
+    let _ = PREVIOUS_GLOBAL.set(previous);
+    std::env::set_var("GIT_CONFIG_GLOBAL", dir.join(GIT_CONFIG_FILE));
+}
+
+/// Write the global git configuration file [`export_git_config`] named, into the cache
+/// directory `dir`, for `config`.
+pub(crate) fn write_git_config(
+    config: &[(String, String)],
+    dir: &Path,
+) -> Result<(), crate::fsutil::IoError> {
+    if config.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::from(
+        "# Written by dagsnap from --git-config: the git configuration of the git processes it starts.\n",
+    );
+    if let Some(Some(previous)) = PREVIOUS_GLOBAL.get() {
         text.push_str(&format!(
             "[include]\n\tpath = {}\n",
             git_config_value(&previous.to_string_lossy())
@@ -94,15 +112,7 @@ pub(crate) fn export_git_config(
             git_config_value(value)
         ));
     }
-    let failed = |e: crate::fsutil::IoError| AccessError::GitConfig {
-        path: e.path.clone(),
-        cause: e.to_string(),
-    };
-    crate::fsutil::ensure_private_dir(dir).map_err(failed)?;
-    let file = dir.join("gitconfig");
-    crate::fsutil::write_atomically(&file, text.as_bytes()).map_err(failed)?;
-    std::env::set_var("GIT_CONFIG_GLOBAL", &file);
-    Ok(())
+    crate::fsutil::write_atomically(&dir.join(GIT_CONFIG_FILE), text.as_bytes())
 }
 
 /// A value (or subsection name) quoted as git's configuration files read it.

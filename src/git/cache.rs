@@ -143,6 +143,7 @@ impl Cache {
             root: Some(std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf())),
         };
         let config = cache_config(remote, &dir.join(SSH_LOG));
+        super::access::write_git_config(remote.git_config(), dir)?;
         let marker = dir.join(MARKER);
         let repo_dir = dir.join("repo.git");
         remove_stale_lock_files(&repo_dir)?;
