@@ -143,12 +143,21 @@ fn a_local_repository_owned_by_another_user_is_read_when_safe_directory_says_so(
     assert!(chowned.success());
     let scratch = Scratch::new();
     // git refuses to serve a repository of another user...
-    let out = git_sync_once(&scratch, &remote.url(), &[], &[]);
+    let out = git_sync_once(
+        &scratch,
+        &remote.url(),
+        &["--git-config=core.quotePath:false"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("dubious ownership"),
         "{}",
         stderr(&out)
+    );
+    assert!(
+        !scratch.cache().exists(),
+        "a failed first start takes back its cache, git configuration file included"
     );
     // ...unless git configuration says it is safe, as git-sync's users say it.
     let out = git_sync_once(
