@@ -41,9 +41,11 @@ fn joined_calls(trace: &str) -> Vec<String> {
     let mut calls: Vec<String> = Vec::new();
     let mut open: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for line in trace.lines() {
+        // strace pads the pid to five columns: a short pid is followed by several spaces.
         let Some((pid, call)) = line.split_once(' ') else {
             continue;
         };
+        let call = call.trim_start();
         if let Some(begun) = call.strip_suffix(" <unfinished ...>") {
             open.insert(pid.to_string(), calls.len());
             calls.push(begun.to_string());
