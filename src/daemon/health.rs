@@ -62,6 +62,8 @@ pub(crate) struct Health {
     pub metrics: Metrics,
     /// Raised by `POST /sync`; any number of raises during a cycle make one more cycle.
     pub trigger: Notify,
+    /// Versions readers asked for (`POST /versions/<commit>`), served by the next cycle.
+    pub versions: super::versions::Versions,
     root: Root,
     period: Duration,
     sync_timeout: Duration,
@@ -100,6 +102,7 @@ impl Health {
             created: Instant::now(),
             metrics: Metrics::new(),
             trigger: Notify::new(),
+            versions: Default::default(),
             root,
             period,
             sync_timeout,

@@ -6,12 +6,14 @@
 //! | `GET /readyz`, `GET /` | 200 when readers are served, 503 when not; JSON ([`Health::readiness`]) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /sync` | 202: a cycle runs now (coalesced); `?wait=1`: its outcome |
+//! | `POST /versions/<commit>` | the commit's snapshot, built if the root lacks it, and leased (`?lease=<s>`); see [`super::versions`] |
 //!
 //! The server runs on the loop's runtime but can never stall or slow it: requests only read the
 //! shared state (a mutex held for a few field reads) or raise the trigger. Whoever can reach the
 //! port is input, and nothing they send can starve the kubelet's probes:
 //!
-//! - `POST /sync` is authenticated on its headers, before a byte of its body is read, when a
+//! - `POST /sync` and `POST /versions/...` are authenticated on their headers, before a byte of
+//!   the body is read, when a
 //!   secret is configured: a bearer token or GitLab's `X-Gitlab-Token`, compared in constant
 //!   time; a missing or wrong one is answered 401 at once and the connection closed. Only a
 //!   GitHub delivery needs its body to be authenticated (`X-Hub-Signature-256` signs it): that
@@ -333,12 +335,19 @@ async fn handle(request: Request<Incoming>, health: &Health, auth: &Auth, slot: 
             )
         }
         (Method::POST, "/sync") => sync(request, health, auth, slot).await,
+        (Method::POST, p) if p.starts_with("/versions/") => {
+            version(request, health, auth, slot).await
+        }
         (_, "/healthz" | "/readyz" | "/" | "/metrics" | "/sync") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+        }
+        (_, p) if p.starts_with("/versions/") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /metrics or POST /sync".into(),
+            "not found; try /healthz, /readyz, /metrics, POST /sync or POST /versions/<commit>"
+                .into(),
         ),
     }
 }
@@ -477,6 +486,142 @@ async fn answer(
     }
 }
 
+/// A query parameter's value.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `POST /versions/<commit>[?lease=<seconds>][&wait=<seconds>]`: the snapshot of a commit
+/// the root may not hold, built by the next cycle without moving the link and leased
+/// (`super::versions`). Authenticated as `POST /sync` is, by a bearer token (a webhook
+/// signature is for pushes). 200 with where it is; 404 when the remote does not have the
+/// commit; 409 when the root's check rejected it; 502 when building it failed; 503 when too
+/// many versions are asked for at once; 504 when it is not ready within the wait (ask again:
+/// the request is not lost).
+async fn version(request: Request<Incoming>, health: &Health, auth: &Auth, slot: &Slot) -> Reply {
+    use super::versions::{Answer, DEFAULT_LEASE};
+    match auth.authenticate(request.headers()) {
+        Gate::Let(Caller::Anyone) => {}
+        Gate::Let(_) => slot.protect(),
+        Gate::Refuse(why) => return closing(text(StatusCode::UNAUTHORIZED, why.into())),
+        Gate::Signed { .. } => {
+            return closing(text(
+                StatusCode::UNAUTHORIZED,
+                "a webhook signature is for pushes; ask for a version with the bearer token of --trigger-token-file".into(),
+            ))
+        }
+    }
+    let asked = request.uri().path().trim_start_matches("/versions/");
+    let commit = match crate::commit::CommitId::parse(asked) {
+        Ok(commit) => commit,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let query = request.uri().query();
+    let seconds = |name: &str| -> Result<Option<Duration>, String> {
+        match query_param(query, name) {
+            None => Ok(None),
+            Some(value) => value
+                .parse::<u64>()
+                .map(|s| Some(Duration::from_secs(s)))
+                .map_err(|_| {
+                    format!(
+                        "{name}={} is not a number of seconds",
+                        crate::text::escape(value)
+                    )
+                }),
+        }
+    };
+    let (lease, wait) = match (seconds("lease"), seconds("wait")) {
+        (Ok(lease), Ok(wait)) => (lease.unwrap_or(DEFAULT_LEASE), wait),
+        (Err(why), _) | (_, Err(why)) => return text(StatusCode::BAD_REQUEST, why),
+    };
+    let wait = wait.map_or(health.wait_limit(), |w| w.min(health.wait_limit()));
+    let answer = match health.versions.ask(commit, lease) {
+        Ok(answer) => answer,
+        Err(_) => {
+            let mut busy = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} versions are being materialized already; ask again shortly",
+                    super::versions::MAX_PENDING
+                ),
+            );
+            busy.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return busy;
+        }
+    };
+    health.trigger.notify_one();
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(answer)) => {
+            let status = match &answer {
+                Answer::Ready { .. } => StatusCode::OK,
+                Answer::NotInRemote { .. } => StatusCode::NOT_FOUND,
+                Answer::Rejected { .. } => StatusCode::CONFLICT,
+                Answer::Failed { .. } => StatusCode::BAD_GATEWAY,
+            };
+            json(status, &answer)
+        }
+        Ok(Err(_)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the loop stopped before serving the request".into(),
+        ),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the version was not ready within {}; it is still being materialized, ask again",
+                humantime::format_duration(wait)
+            ),
+        ),
+    }
+}
+
+/// Where a server bound to `addr` can be reached, for the publisher's record: loopback first,
+/// then every address of this host's interfaces when bound to all of them.
+pub(crate) fn urls(addr: SocketAddr) -> Vec<String> {
+    let url = |ip: std::net::IpAddr| SocketAddr::new(ip, addr.port()).to_string();
+    if !addr.ip().is_unspecified() {
+        return vec![format!("http://{}", url(addr.ip()))];
+    }
+    let v6 = addr.is_ipv6();
+    let loopback: std::net::IpAddr = if v6 {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
+    let mut found = vec![loopback];
+    if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
+        for interface in interfaces {
+            let Some(address) = interface.address else {
+                continue;
+            };
+            let ip: Option<std::net::IpAddr> = if let Some(v4) = address.as_sockaddr_in() {
+                Some(v4.ip().into())
+            } else if v6 {
+                address
+                    .as_sockaddr_in6()
+                    .map(|a| a.ip().into())
+                    .filter(|ip: &std::net::IpAddr| match ip {
+                        // Link-local addresses need a scope a URL cannot carry.
+                        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                        std::net::IpAddr::V4(_) => true,
+                    })
+            } else {
+                None
+            };
+            if let Some(ip) = ip.filter(|ip| !ip.is_loopback() && !found.contains(ip)) {
+                found.push(ip);
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|ip| format!("http://{}", url(ip)))
+        .collect()
+}
+
 /// Why a webhook delivery runs nothing: not a push, or a push to a ref this loop does not
 /// follow (`followed`, learned from its last successful cycle).
 fn ignored_event(
@@ -560,6 +705,19 @@ mod tests {
         assert_eq!(auth.authenticate(&HeaderMap::new()), Gate::Refuse(REFUSED));
         let garbled = headers(&[("x-hub-signature-256", "sha256=zz")]);
         assert_eq!(auth.authenticate(&garbled), Gate::Refuse(REFUSED));
+    }
+
+    #[test]
+    fn a_server_bound_to_every_interface_is_announced_loopback_first() {
+        let urls = urls("0.0.0.0:8080".parse().unwrap());
+        assert_eq!(urls[0], "http://127.0.0.1:8080");
+        assert!(urls.iter().all(|u| u.ends_with(":8080")));
+        assert_eq!(
+            super::urls("10.1.2.3:9".parse().unwrap()),
+            ["http://10.1.2.3:9"]
+        );
+        assert_eq!(query_param(Some("a=1&lease=60"), "lease"), Some("60"));
+        assert_eq!(query_param(Some("leases=60"), "lease"), None);
     }
 
     #[test]

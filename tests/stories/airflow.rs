@@ -459,13 +459,13 @@ fn a_task_s_bundle_version_reads_that_commit_and_leases_it_against_gc() {
     // What a worker does for a task of a DAG run scheduled on the first commit: the bundle
     // initialized with that version, after the link moved on twice.
     let script = r#"
-import json, sys
+import json, os, sys
 from dagsnap_airflow import DagsnapBundle, SnapshotGone
 root, version = sys.argv[1], sys.argv[2]
 out = {}
 latest = DagsnapBundle(name="dags", root=root)
 latest.initialize()
-out["latest_path"] = str(latest.path)
+out["latest_path"] = os.path.realpath(latest.path)
 out["latest_version"] = getattr(latest.get_current_version(), "version", latest.get_current_version())
 task = DagsnapBundle(name="dags", root=root, version=version, lease_seconds=3600)
 task.initialize()
@@ -488,6 +488,7 @@ print(json.dumps(out))
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let snapshots = fs::canonicalize(root.join(SNAPSHOTS)).unwrap();
     assert_eq!(seen["latest_version"], versions[2].as_str());
+    // The processor's path is its private view, which shows the live snapshot.
     assert_eq!(
         Path::new(seen["latest_path"].as_str().unwrap()),
         snapshots.join(&versions[2])

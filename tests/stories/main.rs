@@ -40,3 +40,4 @@ mod status;
 mod support;
 mod transports;
 mod untrusted;
+mod versions;

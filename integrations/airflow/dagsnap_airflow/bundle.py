@@ -4,17 +4,21 @@ Airflow resolves ``dags_folder`` again for every file it opens, so a parsing pas
 straddles a link swap reads some files from one commit and some from the next (and misses
 files that the newer commit renamed). This bundle resolves the link once per refresh:
 
-- ``refresh()`` reads where the link points, once; ``path`` is that snapshot's directory until
-  the next refresh, and ``get_current_version()`` is its commit. Every file Airflow parses in
-  between comes from one complete, read-only snapshot, whatever the link does meanwhile.
+- ``refresh()`` reads where the link points: one ``readlink`` when nothing changed. When it
+  moved, the processor's view (``view``: a private symlink, the bundle's ``path``) is moved to
+  the new snapshot, and ``get_current_version()`` is its commit. A file is read from the
+  snapshot of the last refresh when its parse starts, and its result is labelled with that
+  commit: Airflow 3.3's processor labels results with the version of its last refresh.
 - Initialized with a version (a worker running a task of a DAG run), ``path`` is that commit's
-  snapshot: the task runs exactly the code its DAG run was scheduled with, with no git, no clone
-  and no credentials on the worker. A version whose snapshot retention removed is an error that
-  says which retention setting to raise.
-- When the volume is writable where the bundle runs, a worker leaves a lease on the version it
-  uses (``.dagsnap/leases/``); dagsnap's GC keeps leased snapshots until the lease expires
-  (``lease_seconds``, 24 hours by default). On a read-only mount, retention alone (``--keep``,
-  ``--grace``) must cover the longest DAG run.
+  snapshot: the task runs exactly the code its DAG run recorded, with no git, no clone and no
+  credentials on the worker. A version the root does not hold (retention removed it, or this
+  node's root never saw it) is asked of a running publisher of the root (``publishers``), which
+  fetches and builds it without moving the link; only when none can provide it is it an error
+  (:class:`SnapshotGone`) that says why.
+- A task leases its version (``leases``): a short lease (``lease_seconds``, 5 minutes) renewed
+  while the task's process lives, so that the snapshot stays as long as the task runs and goes
+  minutes after. Leases need the volume writable where the task runs; on a read-only mount,
+  retention (``--keep``, ``--grace``) must cover the longest task.
 
 Snapshots that stop being live stay for dagsnap's ``--grace`` (10 minutes by default): the DAG
 processor may still read one up to a parsing pass after it was replaced, so ``--grace`` must
@@ -25,14 +29,15 @@ Nothing here writes into a snapshot, and the bundle works on a read-only mount.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
 from airflow.dag_processing.bundles.base import BaseDagBundle
+
+from dagsnap_airflow import leases, publishers
+from dagsnap_airflow.view import View
 
 try:  # Airflow 3.3 and later: a structured version.
     from airflow.dag_processing.bundles.base import BundleVersion
@@ -44,13 +49,19 @@ _STORE = ".dagsnap"
 
 
 class SnapshotGone(RuntimeError):
-    """The snapshot of a version a task needs is not in the root (any more)."""
+    """The snapshot of a version a task needs is not in the root, and no publisher of the root
+    could provide it."""
 
 
 class DagsnapBundle(BaseDagBundle):
     """DAGs from a dagsnap root: ``root`` (the directory ``dagsnap sync --root`` publishes into)
     and optionally ``link`` (the link inside it; default: the one the root records, else
-    ``current``). ``lease_seconds`` is how long a worker's lease on a version lasts."""
+    ``current``).
+
+    For tasks: ``lease_seconds`` is how long a task's lease outlives its process (renewed every
+    third of it while the task runs); ``token_file`` holds the publisher's
+    ``--trigger-token-file`` token (default: ``$DAGSNAP_TRIGGER_TOKEN_FILE``), to ask it for a
+    version the root does not hold; ``materialize_timeout`` bounds that wait in seconds."""
 
     supports_versioning = True
 
@@ -59,15 +70,22 @@ class DagsnapBundle(BaseDagBundle):
         *,
         root: str,
         link: str | None = None,
-        lease_seconds: int = 24 * 3600,
+        lease_seconds: int = 300,
+        token_file: str | None = None,
+        materialize_timeout: float = 600,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
         self.link = self.root / (link or self._recorded_link() or "current")
         self.lease_seconds = int(lease_seconds)
+        self.token_file = token_file or os.environ.get("DAGSNAP_TRIGGER_TOKEN_FILE")
+        self.materialize_timeout = float(materialize_timeout)
         self._snapshot: Path | None = None
         self._commit: str | None = None
+        self._target: str | None = None
+        self._view: View | None = None
+        self._lease: leases.Renewal | None = None
 
     # -- the BaseDagBundle contract -------------------------------------------------------
 
@@ -80,6 +98,8 @@ class DagsnapBundle(BaseDagBundle):
 
     @property
     def path(self) -> Path:
+        if self._view is not None:
+            return self._view.path
         if self._snapshot is not None:
             return self._snapshot
         if self.version:
@@ -116,7 +136,7 @@ class DagsnapBundle(BaseDagBundle):
         return text
 
     def _resolve_link(self) -> None:
-        """Resolve the link once: path and version stay on that snapshot until the next refresh."""
+        """Where the link points; unchanged since the last refresh costs one ``readlink``."""
         try:
             target = os.readlink(self.link)
         except OSError as e:
@@ -124,6 +144,8 @@ class DagsnapBundle(BaseDagBundle):
                 f"{self.link} is not a dagsnap link ({e.strerror}); is `dagsnap sync --root {self.root}` "
                 f"publishing there, and is the volume mounted?"
             ) from e
+        if target == self._target:
+            return
         snapshot = Path(os.path.normpath(self.link.parent / target))
         commit = snapshot.name
         inside = self._snapshots() in snapshot.parents
@@ -131,39 +153,60 @@ class DagsnapBundle(BaseDagBundle):
             raise SnapshotGone(
                 f"{self.link} points to {target}, which is not a complete dagsnap snapshot under {self.root}"
             )
+        if self._view is None:
+            try:
+                self._view = View(self)
+            except OSError:
+                # No writable temporary directory: each refresh's snapshot directly.
+                self._view = None
+        if self._view is not None:
+            self._view.show(snapshot.absolute())
         self._snapshot = snapshot
         self._commit = commit
+        self._target = target
 
     def _use_version(self, version: str) -> None:
         if not _COMMIT.match(version):
             raise SnapshotGone(f"bundle version {version!r} is not a commit id that dagsnap published")
         snapshot = self._snapshots() / version
+        store = self.root / _STORE
+        # The lease first: a GC that would retire the snapshot sees it.
+        self._lease = leases.Renewal(self, store, version, self.lease_seconds)
         if not snapshot.is_dir():
-            raise SnapshotGone(
-                f"the snapshot of commit {version} is no longer in {self.root}: dagsnap's retention removed it. "
-                f"Raise `dagsnap sync --keep` (snapshots kept for rollback) or `--grace` (how long a replaced "
-                f"snapshot stays) so that they cover the longest DAG run, or let workers lease versions by "
-                f"mounting the volume writable for them"
-            )
+            self._materialize(version)
         self._snapshot = snapshot
         self._commit = version
-        self._take_lease(version)
 
-    def _take_lease(self, commit: str) -> None:
-        """Ask dagsnap's GC to keep ``commit`` for ``lease_seconds`` (only where the volume is
-        writable; a read-only mount relies on retention)."""
-        leases = self.root / _STORE / "leases"
-        holder = f"{socket.gethostname()}.{os.getpid()}"
-        record = {
-            "commit": commit,
-            "holder": holder,
-            "expires_at": int(time.time()) + max(self.lease_seconds, 0),
-        }
-        name = f"{commit}.{holder}.json"
+    def _materialize(self, version: str) -> None:
+        """Ask a running publisher of the root for ``version``'s snapshot."""
+        token = None
+        if self.token_file:
+            try:
+                token = Path(self.token_file).read_text().strip() or None
+            except OSError as e:
+                raise SnapshotGone(f"cannot read token_file {self.token_file}: {e.strerror}") from e
         try:
-            leases.mkdir(mode=0o755, exist_ok=True)
-            temp = leases / f".tmp-{name}"
-            temp.write_text(json.dumps(record))
-            os.replace(temp, leases / name)
-        except OSError:
-            pass
+            publishers.materialize(
+                self.root / _STORE,
+                version,
+                lease_seconds=max(self.lease_seconds, 60),
+                timeout=self.materialize_timeout,
+                token=token,
+            )
+        except publishers.Unavailable as e:
+            raise SnapshotGone(
+                f"the snapshot of commit {version} is not in {self.root}, and no publisher could provide it: {e}. "
+                f"Where no publisher can be asked, raise `dagsnap sync --keep` (snapshots kept for rollback) or "
+                f"`--grace` (how long a replaced snapshot stays) so that they cover the longest DAG run"
+            ) from e
+        # Built by a publisher that may mount the root elsewhere, on a network volume whose
+        # clients cache a directory's absence for a moment.
+        snapshot = self._snapshots() / version
+        for _ in range(50):
+            if snapshot.is_dir():
+                return
+            time.sleep(0.1)
+        raise SnapshotGone(
+            f"a publisher materialized commit {version}, but {snapshot} does not appear here: "
+            f"is {self.root} the same volume the publisher writes?"
+        )

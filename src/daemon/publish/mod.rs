@@ -9,6 +9,7 @@
 //! - `build`: what a snapshot of a commit must hold, and building it.
 //! - `verdict`: the operator's check on an installed snapshot, once per commit for the root.
 //! - `live`: keeping the live snapshot what it should be (the periodic check, repairs).
+//! - `versions`: a version on demand: a commit's snapshot built for a reader, the link unmoved.
 //! - `types`: [`PublishError`], [`Outcome`] and the settings a publisher is opened with.
 
 mod build;
@@ -16,9 +17,11 @@ mod live;
 mod steps;
 mod types;
 mod verdict;
+mod versions;
 
 use steps::Step;
 pub(crate) use types::{Content, Gate, Outcome, PublishError, Settings};
+pub(crate) use versions::VersionError;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,6 +133,7 @@ impl Publisher {
                 period_ms: u64::try_from(settings.period.as_millis()).ok(),
                 lock_fault: None,
                 suspects: Vec::new(),
+                serves: Vec::new(),
             })?;
             Ok::<_, PublishError>((claim, cache, registration, source))
         })();
@@ -209,6 +213,11 @@ impl Publisher {
 
     pub fn remote(&self) -> &Remote {
         &self.remote
+    }
+
+    /// Say in this publisher's record where it answers HTTP (`POST /versions/<commit>`).
+    pub fn announce(&mut self, urls: Vec<String>) {
+        self.registration.set_serves(urls);
     }
 
     /// A peer whose locks do not reach this publisher, while that lasts.

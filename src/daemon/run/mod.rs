@@ -129,19 +129,22 @@ pub async fn run(
     if surface.checks {
         health.metrics.check_configured();
     }
+    let mut serves = Vec::new();
     if let Some((listener, auth)) = surface.http.take() {
-        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz, /metrics and POST /sync");
+        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz, /metrics, POST /sync and POST /versions/<commit>");
+        serves = listener.local_addr().map(http::urls).unwrap_or_default();
         tokio::spawn(http::serve(listener, Arc::clone(&health), Arc::new(auth)));
     }
     // A one-time sync (an init container) waits for a busy cache at most a cycle's length.
     let patience = schedule.one_time.then_some(schedule.sync_timeout);
     health.standing_by(true);
-    let publisher = match stand_by(&open, patience, &mut signals).await {
+    let mut publisher = match stand_by(&open, patience, &mut signals).await {
         Ok(Some(publisher)) => publisher,
         Ok(None) => return Ok(Exit::Clean),
         Err(message) => return Ok(Exit::Unusable { message }),
     };
     health.standing_by(false);
+    publisher.announce(serves);
     let mut looper = Loop {
         hooks: Hooks::start(
             surface.exec_hook.clone(),
@@ -256,10 +259,13 @@ impl Loop {
         let cycle = self.health.cycle_started();
         let started = std::time::Instant::now();
         let interrupt = Arc::new(AtomicBool::new(false));
+        let asked = self.health.versions.take();
         let mut task = tokio::task::spawn_blocking({
             let interrupt = Arc::clone(&interrupt);
             let tree = self.reporter.shared_tree();
             move || {
+                // Versions readers asked for first: a task waits on each.
+                crate::daemon::versions::serve(&mut owned, asked, &tree, &interrupt);
                 let result = owned.cycle(&tree, &interrupt);
                 (owned, result)
             }

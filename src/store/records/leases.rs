@@ -3,7 +3,9 @@
 //! The Airflow bundle (`integrations/airflow`) writes one when a worker runs a task against a
 //! version (the commit its DAG run was scheduled with), where the volume is writable for it:
 //! `{"commit": ..., "holder": ..., "expires_at": <unix seconds>}`. GC keeps a leased snapshot
-//! until the lease expires, then removes the lease. Leases are input like any record: a damaged
+//! until the lease expires, then removes the lease. A publisher that materializes a version for
+//! a reader (`POST /versions/<commit>`) leases it the same way, as `dagsnap-<host>-<pid>`, so
+//! that it survives until the reader takes its own. Leases are input like any record: a damaged
 //! one is ignored, and none is honoured for more than [`MAX_LEASE`] after it was written, so a
 //! mistaken far-future expiry cannot keep a snapshot forever.
 
@@ -11,21 +13,52 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{sub_dir, MAX_RECORD};
+use super::{sub_dir, write_json, MAX_RECORD};
 use crate::commit::CommitId;
 use crate::fsutil::{Dir, Found};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 const DIR: &str = "leases";
 /// The longest a lease is honoured, counted from when its file was written.
 pub(crate) const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Lease {
     commit: CommitId,
+    #[serde(default)]
+    holder: String,
     expires_at: u64,
+}
+
+/// Write (or renew) `holder`'s lease on `commit` until `until`. `holder` becomes part of a file
+/// name: anything but letters, digits, `-`, `_` and `.` is replaced.
+pub(in crate::store) fn write(
+    store: &Store,
+    commit: &CommitId,
+    holder: &str,
+    until: SystemTime,
+) -> Result<(), StoreError> {
+    let holder: String = holder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let dir = store.ensure(DIR)?;
+    let lease = Lease {
+        commit: commit.clone(),
+        expires_at: until
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        holder: holder.clone(),
+    };
+    write_json(&dir, &format!("{commit}.{holder}.json"), &lease)
 }
 
 /// Each lease file with the commit it names and when it ends (`None`: damaged: unreadable,

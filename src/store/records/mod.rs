@@ -375,6 +375,16 @@ impl Records {
         leases::leased(&self.store, now)
     }
 
+    /// Ask GC to keep `commit` until `until`, as `holder` (see [`leases`]).
+    pub fn lease(
+        &self,
+        commit: &CommitId,
+        holder: &str,
+        until: SystemTime,
+    ) -> Result<(), StoreError> {
+        leases::write(&self.store, commit, holder, until)
+    }
+
     /// Remove expired and damaged leases (GC).
     pub fn remove_expired_leases(&self, _lock: &RootLock, now: SystemTime) {
         leases::remove_expired(&self.store, now)

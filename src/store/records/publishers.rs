@@ -69,6 +69,10 @@ pub struct PublisherRecord {
     /// a peer on another host needs to see before it believes that locks fail between the two.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspects: Vec<String>,
+    /// Where this publisher answers HTTP (`http://address:port`, loopback first): readers that
+    /// need a version the root does not hold ask it there (`POST /versions/<commit>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serves: Vec<String>,
 }
 
 impl Check for PublisherRecord {
@@ -135,6 +139,12 @@ impl Registration {
     pub fn set_lock_fault(&mut self, fault: Option<String>, suspects: Vec<String>) {
         self.record.lock_fault = fault;
         self.record.suspects = suspects;
+    }
+
+    /// Say in the record where this publisher answers HTTP.
+    pub fn set_serves(&mut self, urls: Vec<String>) {
+        self.record.serves = urls;
+        self.write();
     }
 
     /// The name of this record in `publishers.d/`, which its owner keeps locked.

@@ -1,0 +1,175 @@
+//! A version on demand: the snapshot of a commit that a reader needs and the root does not hold,
+//! built without moving the link (see `daemon::versions` for how requests reach the loop).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+use super::{PublishError, Publisher};
+use crate::commit::CommitId;
+use crate::git::SourceError;
+
+/// Why a version could not be materialized.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VersionError {
+    #[error("{commit} is not in {url}: {reason}. Is the version from another repository, or was it force-pushed away?")]
+    NotInRemote {
+        commit: CommitId,
+        url: String,
+        reason: String,
+    },
+    #[error(
+        "{commit} was rejected by --check-command in this root ({why}); it is never materialized"
+    )]
+    Rejected { commit: CommitId, why: String },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// A version that is in the root, leased.
+#[derive(Debug)]
+pub(crate) struct Materialized {
+    pub dir: PathBuf,
+    pub leased_until: SystemTime,
+    /// Built now (false: an intact snapshot was there).
+    pub built: bool,
+}
+
+impl Publisher {
+    /// Make sure the root holds the snapshot of `commit`, with this publisher's settings, and
+    /// lease it for `lease`; the link never moves. The steps:
+    ///
+    /// 1. **Rejected**: a commit the root's check rejected is refused, as the cycle refuses it.
+    /// 2. **Lease** first: a peer's GC that sees the snapshot installed sees the lease too.
+    /// 3. **Present**: an intact snapshot of it is installed: done (one that is not intact is
+    ///    set aside and built again, as the cycle does).
+    /// 4. **Fetch** the commit by id if the cache lacks it; a remote that does not give it is
+    ///    [`VersionError::NotInRemote`].
+    /// 5. **Build** and install it as step 8 of the cycle does (sharing unchanged files with
+    ///    the live snapshot).
+    pub(crate) fn materialize(
+        &mut self,
+        commit: &CommitId,
+        lease: Duration,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Materialized, VersionError> {
+        // (1)
+        if let Some(verdict) = self.known_rejection(commit) {
+            return Err(VersionError::Rejected {
+                commit: commit.clone(),
+                why: verdict.why().to_string(),
+            });
+        }
+        // (2)
+        let leased_until = SystemTime::now() + lease;
+        let holder = format!(
+            "dagsnap-{}-{}",
+            crate::fsutil::hostname(),
+            std::process::id()
+        );
+        self.root
+            .records()
+            .lease(commit, &holder, leased_until)
+            .map_err(PublishError::from)?;
+        // (3)
+        let id = commit.object_id();
+        let dir = self.root.snapshot_path(commit);
+        if self.root.has_snapshot(commit) && self.root.check_snapshot(commit, None).is_ok() {
+            return Ok(Materialized {
+                dir,
+                leased_until,
+                built: false,
+            });
+        }
+        // (4)
+        let not_in_remote = |reason: String| VersionError::NotInRemote {
+            commit: commit.clone(),
+            url: self.remote.display_url(),
+            reason,
+        };
+        // A server that refuses a want hangs up as it says why; a reply cut by the hang-up
+        // (a broken pipe while the request is still being sent) is asked again, twice.
+        let mut hang_ups = 0;
+        loop {
+            match self
+                .cache
+                .fetch_commit(&self.remote, id, progress, interrupt)
+            {
+                Ok(()) => break,
+                Err(e) => match refused_by_remote(&e) {
+                    Some(reason) => return Err(not_in_remote(reason)),
+                    None if hung_up(&e) && hang_ups < 2 => hang_ups += 1,
+                    None => return Err(PublishError::from(e).into()),
+                },
+            }
+        }
+        let info = match self.cache.commit_info(id) {
+            Ok(info) => info,
+            Err(SourceError::Object { cause, .. }) => {
+                return Err(not_in_remote(format!(
+                    "the remote has no commit by that id ({cause})"
+                )))
+            }
+            Err(e) => return Err(PublishError::from(e).into()),
+        };
+        // (5)
+        let expected = self.expected(&info)?;
+        if self.root.has_snapshot(commit) {
+            if let Err(why) = self.root.check_snapshot(commit, Some(&expected)) {
+                let lock = self
+                    .root
+                    .lock(self.settings.lock_timeout)
+                    .map_err(PublishError::from)?;
+                self.root
+                    .set_aside(&lock, commit, &why)
+                    .map_err(PublishError::from)?;
+            }
+        }
+        let built = !self.root.has_snapshot(commit);
+        if built {
+            self.build(info, &expected, progress, interrupt)?;
+        }
+        Ok(Materialized {
+            dir,
+            leased_until,
+            built,
+        })
+    }
+}
+
+/// What a server says when it will not give a commit by id: it does not have it, or it is not
+/// reachable from any of its refs. `None` for any other failure (the network, credentials).
+fn refused_by_remote(error: &SourceError) -> Option<String> {
+    let SourceError::Remote { cause, .. } = error else {
+        return None;
+    };
+    let lower = cause.to_lowercase();
+    [
+        "not our ref",
+        "not a valid object",
+        "no such remote ref",
+        "couldn't find remote ref",
+    ]
+    .iter()
+    .find(|phrase| lower.contains(*phrase))
+    .map(|phrase| {
+        format!("the server has no commit by that id that its refs reach (it said \"{phrase}\")")
+    })
+}
+
+/// A fetch cut short by the server closing the connection.
+fn hung_up(error: &SourceError) -> bool {
+    let SourceError::Remote { cause, .. } = error else {
+        return false;
+    };
+    let lower = cause.to_lowercase();
+    [
+        "broken pipe",
+        "connection reset",
+        "early eof",
+        "unexpected end of file",
+    ]
+    .iter()
+    .any(|phrase| lower.contains(phrase))
+}
