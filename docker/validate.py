@@ -8,8 +8,11 @@ Kubernetes API schemas, offline (kubernetes-validate ships the schemas; nothing 
   (docker/airflow-chart/values.schema.json, as `helm install` checks them); then, since the chart
   renders these into pods, each pod-shaped part (the containers, init containers, volumes and
   probes the values hand to the chart) is wrapped into a Pod the way the chart places it and
-  validated against the Kubernetes schemas too. Volume mounts must name a volume the pod has (the
-  chart adds `dags`).
+  validated against the Kubernetes schemas too (Airflow's own container with the component's
+  extraVolumeMounts). Volume mounts must name a volume the pod has (the chart adds `dags`).
+
+- A DagsnapBundle configuration (the chart's config, or a container's environment): valid JSON,
+  kwargs the bundle takes, its root and token file on volumes Airflow's container mounts.
 
 Usage: docker/validate.py [FILES...]   (default: the files above)
 """
@@ -73,6 +76,10 @@ def check_manifest(path):
             template = doc.get("spec", {}).get("template", {}).get("spec")
             if template:
                 problems += mounts_resolve(template, where)
+                for container in template.get("containers", []):
+                    for env in container.get("env", []):
+                        if env.get("name") == "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST":
+                            problems += bundle_problems(env["value"], where, container.get("volumeMounts", []))
     return problems
 
 
@@ -86,16 +93,43 @@ def chart_schema_problems(values, rel):
     ]
 
 
+BUNDLE_KWARGS = {"root", "link", "lease_seconds", "token_file", "materialize_timeout"}
+
+
+def bundle_problems(config_list, where, mounts):
+    """A dag_bundle_config_list naming DagsnapBundle: valid JSON, kwargs the bundle takes, and
+    its root and token file on volumes Airflow's container mounts (when `mounts` is given)."""
+    try:
+        bundles = json.loads(config_list)
+    except ValueError as e:
+        return [f"{where}: dag_bundle_config_list is not JSON: {e}"]
+    problems = []
+    for bundle in bundles:
+        if bundle.get("classpath") != "dagsnap_airflow.DagsnapBundle":
+            continue
+        kwargs = bundle.get("kwargs") or {}
+        unknown = set(kwargs) - BUNDLE_KWARGS
+        if unknown or "root" not in kwargs:
+            problems.append(f"{where}: DagsnapBundle kwargs {sorted(kwargs)}: needs root, takes {sorted(BUNDLE_KWARGS)}")
+        for key in ("root", "token_file"):
+            path = kwargs.get(key)
+            if mounts is not None and path and not any(path.startswith(m["mountPath"]) for m in mounts):
+                problems.append(f"{where}: the bundle's {key} {path} is on no volume Airflow's container mounts")
+    return problems
+
+
 def check_values(path):
     with open(path) as f:
         values = yaml.safe_load(f)
     rel = os.path.relpath(path)
     problems = chart_schema_problems(values, rel)
-    main = {"name": "airflow", "image": "apache/airflow:2.10.5"}
     for component in COMPONENTS:
         part = values.get(component) or {}
         if not any(k in part for k in ("extraInitContainers", "extraContainers", "extraVolumes")):
             continue
+        main = {"name": "airflow", "image": "apache/airflow:3.0.6"}
+        if part.get("extraVolumeMounts"):
+            main["volumeMounts"] = part["extraVolumeMounts"]
         spec = {
             "initContainers": part.get("extraInitContainers", []),
             "containers": [main] + part.get("extraContainers", []),
@@ -104,6 +138,12 @@ def check_values(path):
         where = f"{rel}: {component}"
         problems += validate(pod(component, spec), where)
         problems += mounts_resolve(spec, where)
+    config_list = ((values.get("config") or {}).get("dag_processor") or {}).get("dag_bundle_config_list")
+    if config_list:
+        for component in COMPONENTS:
+            part = values.get(component) or {}
+            if "extraVolumeMounts" in part:
+                problems += bundle_problems(config_list, f"{rel}: {component}", part["extraVolumeMounts"])
     git_sync = (values.get("dags") or {}).get("gitSync") or {}
     if git_sync:
         container = {"name": "git-sync", "image": "dagsnap"}

@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const DAGS: usize = 40;
+pub(crate) const DAGS: usize = 40;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/airflow");
 
 /// A virtual environment with Airflow, provisioned by scripts/test.
-struct Airflow {
+pub(crate) struct Airflow {
     venv: PathBuf,
 }
 
 impl Airflow {
-    fn find(major: u32) -> Option<Airflow> {
+    pub(crate) fn find(major: u32) -> Option<Airflow> {
         let venv =
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/tools/airflow{major}"));
         if venv.join("bin/airflow").exists() {
@@ -34,12 +34,12 @@ impl Airflow {
         None
     }
 
-    fn python(&self) -> PathBuf {
+    pub(crate) fn python(&self) -> PathBuf {
         self.venv.join("bin/python")
     }
 
     /// `airflow ...` with a private AIRFLOW_HOME and a sqlite database in it.
-    fn command(&self, home: &Path, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, home: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(self.venv.join("bin/airflow"));
         cmd.args(args)
             .env("AIRFLOW_HOME", home)
@@ -61,14 +61,14 @@ impl Airflow {
         cmd
     }
 
-    fn migrate(&self, home: &Path) {
+    pub(crate) fn migrate(&self, home: &Path) {
         fs::create_dir_all(home).unwrap();
         let out = self.command(home, &["db", "migrate"]).output().unwrap();
         assert!(out.status.success(), "airflow db migrate: {}", stderr(&out));
     }
 
     /// What the database says (tests/fixtures/airflow/state.py).
-    fn state(&self, home: &Path) -> serde_json::Value {
+    pub(crate) fn state(&self, home: &Path) -> serde_json::Value {
         let out = Command::new(self.python())
             .arg(Path::new(FIXTURES).join("state.py"))
             .arg(home.join("airflow.db"))
@@ -91,7 +91,7 @@ fn dag_file(k: usize, n: usize) -> String {
 
 /// `count` commits of a 40-DAG repository on branch `work`, made with fast-import: every DAG
 /// file changes in every commit, and one DAG file moves into or out of `dags/moved/` in each.
-fn dag_commits(remote: &Remote, count: usize) -> Vec<String> {
+pub(crate) fn dag_commits(remote: &Remote, count: usize) -> Vec<String> {
     let mut stream = String::new();
     for n in 1..=count {
         stream.push_str(&format!(
@@ -160,18 +160,36 @@ fn advance(
 
 /// What one DAG-processor run under load showed.
 #[derive(Debug, Default)]
-struct Run {
+pub(crate) struct Run {
     import_errors: Vec<String>,
     missing_files: usize,
     lowest_active: Option<u64>,
     versions: Vec<String>,
     end_version: Option<String>,
     end_active: u64,
+    /// For each serialized DAG seen (once per DAG, label and code): how many commits its label
+    /// (the bundle version it was written with) lies ahead of the commit its code is from.
+    pub(crate) label_gaps: Vec<i64>,
+    /// At each sample, for each DAG: how many commits the version a DAG run created then would
+    /// record (the DAG's) lies ahead of the code of its latest serialized DAG (the tasks it
+    /// would run).
+    pub(crate) recorded_gaps: Vec<i64>,
+}
+
+/// The median and the largest of `gaps`, and how many are not zero.
+pub(crate) fn gap_summary(gaps: &[i64]) -> (i64, i64, usize) {
+    let mut sorted = gaps.to_vec();
+    sorted.sort_unstable();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+    let largest = sorted.iter().map(|g| g.abs()).max().unwrap_or(0);
+    (median, largest, sorted.iter().filter(|g| **g != 0).count())
 }
 
 /// Airflow 3's DAG processor on the dagsnap root `root` through `bundle` (a
-/// dag_bundle_config_list entry), while the remote moves through `commits` every 300 ms.
-fn processor_run(
+/// dag_bundle_config_list entry), with `env` added, while the remote moves through `commits`
+/// every 300 ms.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn processor_run(
     airflow: &Airflow,
     scratch: &Scratch,
     name: &str,
@@ -179,13 +197,21 @@ fn processor_run(
     remote: &Remote,
     commits: &[String],
     tip: &str,
+    env: &[(&str, &str)],
 ) -> Run {
     let home = scratch.path(name);
     airflow.migrate(&home);
     let log = home.join("processor.log");
+    let number: std::collections::HashMap<&str, i64> = commits
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as i64 + 1))
+        .collect();
+    let mut labelled_seen = std::collections::HashSet::new();
     let processor = Group::spawn(
         airflow
             .command(&home, &["dag-processor"])
+            .envs(env.iter().copied())
             .env(
                 "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
                 format!("[{bundle}]"),
@@ -203,8 +229,20 @@ fn processor_run(
         || airflow.state(&home)["active"].as_u64() == Some(DAGS as u64),
     );
     let mut last_sample = Instant::now();
-    let observe = |run: &mut Run| {
+    let mut observe = |run: &mut Run| {
         let state = airflow.state(&home);
+        for row in state["labels"].as_array().into_iter().flatten() {
+            let commit = |v: &serde_json::Value| v.as_str().and_then(|c| number.get(c)).copied();
+            let (Some(recorded), Some(labelled), Some(code)) =
+                (commit(&row[1]), commit(&row[2]), row[3].as_i64())
+            else {
+                continue;
+            };
+            run.recorded_gaps.push(recorded - code);
+            if labelled_seen.insert((row[0].to_string(), labelled, code)) {
+                run.label_gaps.push(labelled - code);
+            }
+        }
         if let Some(active) = state["active"].as_u64() {
             run.lowest_active = Some(run.lowest_active.map_or(active, |l| l.min(active)));
         }
@@ -284,7 +322,14 @@ fn airflow_3_parses_every_pass_from_one_snapshot_while_commits_arrive() {
         root.display()
     );
     let ours = processor_run(
-        &airflow, &scratch, "bundle", &bundle, &remote, &commits, &tip,
+        &airflow,
+        &scratch,
+        "bundle",
+        &bundle,
+        &remote,
+        &commits,
+        &tip,
+        &[],
     );
     eprintln!("DagsnapBundle: {ours:?}");
     assert!(
@@ -320,7 +365,14 @@ fn airflow_3_parses_every_pass_from_one_snapshot_while_commits_arrive() {
         root.join("current").display()
     );
     let plain = processor_run(
-        &airflow, &scratch, "folder", &folder, &remote, &commits, &tip,
+        &airflow,
+        &scratch,
+        "folder",
+        &folder,
+        &remote,
+        &commits,
+        &tip,
+        &[],
     );
     eprintln!(
         "LocalDagBundle through the link: {} distinct import errors, {} missing-file messages, lowest active {:?}",
@@ -546,7 +598,7 @@ print(json.dumps(out))
 }
 
 /// A DAG whose first task waits and whose second records which commit's files it read.
-fn probe_dag(result: &Path) -> String {
+pub(crate) fn probe_dag(result: &Path) -> String {
     format!(
         "import time\nfrom datetime import datetime\nfrom pathlib import Path\nfrom airflow.sdk import DAG, task\n\n\
          with DAG(dag_id='probe', start_date=datetime(2024, 1, 1), schedule=None, catchup=False):\n\
@@ -580,51 +632,16 @@ fn a_dag_run_runs_its_tasks_on_the_commit_it_started_with_after_the_link_moved_o
     // The scheduler, the DAG processor and the API server of one Airflow 3 deployment, with the
     // local executor: a real DAG run, whose tasks initialize the bundle at its version.
     let home = scratch.path("airflow");
-    airflow.migrate(&home);
-    let port = crate::servers::free_port().to_string();
-    let bundle = format!(
-        r#"[{{"name": "dags", "classpath": "dagsnap_airflow.DagsnapBundle", "kwargs": {{"root": "{}"}}}}]"#,
-        root.display()
-    );
-    let component = |args: &[&str], log: &str| {
-        Group::spawn(
-            airflow
-                .command(&home, args)
-                .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", &bundle)
-                .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
-                .env("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
-                .env(
-                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
-                    format!("http://127.0.0.1:{port}/execution/"),
-                )
-                .env(
-                    "AIRFLOW__API_AUTH__JWT_SECRET",
-                    "a-secret-for-this-story-only-0123456789",
-                )
-                .env("AIRFLOW__API__PORT", &port)
-                .env("AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC", "1")
-                .stdout(fs::File::create(home.join(log)).unwrap())
-                .stderr(Stdio::null()),
-        )
-    };
-    let _api = component(
-        &["api-server", "--host", "127.0.0.1", "--port", &port],
-        "api.log",
-    );
-    let _processor = component(&["dag-processor"], "processor.log");
-    let _scheduler = component(&["scheduler"], "scheduler.log");
+    let bundle = bundle_config(&root, &serde_json::json!({}));
+    let mut deployment = Deployment::start(&airflow, &home, &bundle);
+    deployment.scheduler(&airflow, &bundle);
     wait_until(Duration::from_secs(120), "the DAG to be parsed", || {
         airflow.state(&home)["dags"]
             .as_array()
             .is_some_and(|d| !d.is_empty())
     });
-    for args in [
-        &["dags", "unpause", "probe"][..],
-        &["dags", "trigger", "probe"],
-    ] {
-        let out = airflow.command(&home, args).output().unwrap();
-        assert!(out.status.success(), "airflow {args:?}: {}", stderr(&out));
-    }
+    deployment.run(&airflow, &["dags", "unpause", "probe"]);
+    deployment.run(&airflow, &["dags", "trigger", "probe"]);
     wait_until(Duration::from_secs(120), "the first task to run", || {
         airflow.state(&home)["tasks"]
             .as_array()
@@ -656,6 +673,78 @@ fn a_dag_run_runs_its_tasks_on_the_commit_it_started_with_after_the_link_moved_o
     wait_until(Duration::from_secs(60), "the run to succeed", || {
         airflow.state(&home)["runs"][0][1] == "success"
     });
+}
+
+/// A `dag_bundle_config_list` with one DagsnapBundle on `root`, with more `kwargs`.
+pub(crate) fn bundle_config(root: &Path, kwargs: &serde_json::Value) -> String {
+    let mut kwargs = kwargs.clone();
+    kwargs["root"] = serde_json::json!(root);
+    serde_json::json!([{"name": "dags", "classpath": "dagsnap_airflow.DagsnapBundle", "kwargs": kwargs}])
+        .to_string()
+}
+
+/// One Airflow 3 deployment with the local executor: the API server and the DAG processor
+/// (with `processor_bundles`), then ([`Deployment::scheduler`]) the scheduler, whose task
+/// processes use their own bundle configuration (on Kubernetes, the workers'). Each component
+/// is stopped with its process group when dropped.
+pub(crate) struct Deployment {
+    home: PathBuf,
+    port: String,
+    processes: Vec<Group>,
+}
+
+impl Deployment {
+    pub(crate) fn start(airflow: &Airflow, home: &Path, processor_bundles: &str) -> Deployment {
+        airflow.migrate(home);
+        let mut deployment = Deployment {
+            home: home.to_path_buf(),
+            port: crate::servers::free_port().to_string(),
+            processes: Vec::new(),
+        };
+        let port = deployment.port.clone();
+        deployment.component(
+            airflow,
+            &["api-server", "--host", "127.0.0.1", "--port", &port],
+            processor_bundles,
+        );
+        deployment.component(airflow, &["dag-processor"], processor_bundles);
+        deployment
+    }
+
+    /// Start the scheduler; the tasks it runs read `task_bundles`.
+    pub(crate) fn scheduler(&mut self, airflow: &Airflow, task_bundles: &str) {
+        self.component(airflow, &["scheduler"], task_bundles);
+    }
+
+    fn component(&mut self, airflow: &Airflow, args: &[&str], bundles: &str) {
+        let log = self.home.join(format!("{}.log", args[0]));
+        let group = Group::spawn(
+            airflow
+                .command(&self.home, args)
+                .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", bundles)
+                .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
+                .env("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+                .env(
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+                    format!("http://127.0.0.1:{}/execution/", self.port),
+                )
+                .env(
+                    "AIRFLOW__API_AUTH__JWT_SECRET",
+                    "a-secret-for-this-story-only-0123456789",
+                )
+                .env("AIRFLOW__API__PORT", &self.port)
+                .env("AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC", "1")
+                .stdout(fs::File::create(log).unwrap())
+                .stderr(Stdio::null()),
+        );
+        self.processes.push(group);
+    }
+
+    /// `airflow <args>`, run to its end, successfully.
+    pub(crate) fn run(&self, airflow: &Airflow, args: &[&str]) {
+        let out = airflow.command(&self.home, args).output().unwrap();
+        assert!(out.status.success(), "airflow {args:?}: {}", stderr(&out));
+    }
 }
 
 const CHECK_DAGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/airflow/check_dags.py");

@@ -2,6 +2,7 @@
 //! signals. One test binary keeps link time down on small CI machines.
 
 mod airflow;
+mod airflow_versions;
 mod auth;
 mod bad_input;
 mod boundaries;

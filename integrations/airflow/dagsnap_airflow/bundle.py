@@ -189,7 +189,7 @@ class DagsnapBundle(BaseDagBundle):
             publishers.materialize(
                 self.root / _STORE,
                 version,
-                lease_seconds=max(self.lease_seconds, 60),
+                lease_seconds=self.lease_seconds,
                 timeout=self.materialize_timeout,
                 token=token,
             )
