@@ -331,7 +331,14 @@ fn airflow_3_parses_every_pass_from_one_snapshot_while_commits_arrive() {
         &tip,
         &[],
     );
-    eprintln!("DagsnapBundle: {ours:?}");
+    eprintln!(
+        "DagsnapBundle: import errors {:?}, {} missing-file messages, ends on {:?} with {} active; labels (median, largest, off): {:?}",
+        ours.import_errors,
+        ours.missing_files,
+        ours.end_version,
+        ours.end_active,
+        gap_summary(&ours.label_gaps)
+    );
     assert!(
         ours.import_errors.is_empty(),
         "import errors: {:?}",
