@@ -82,6 +82,7 @@ pub(crate) struct Metrics {
     lock_wait_seconds: Histogram,
     hooks: Family<HookLabel, Counter>,
     checks: Family<ResultLabel, Counter>,
+    versions: Family<ResultLabel, Counter>,
     git_sync_count: Family<StatusLabel, Counter>,
     git_sync_duration: HistogramFamily<StatusLabel>,
     git_fetch_count: Counter,
@@ -123,6 +124,7 @@ impl Metrics {
             lock_wait_seconds: seconds_histogram(),
             hooks: Family::default(),
             checks: Family::default(),
+            versions: Family::default(),
             git_sync_count: Family::default(),
             git_sync_duration: Family::new_with_constructor(seconds_histogram),
             git_fetch_count: Counter::default(),
@@ -214,6 +216,11 @@ impl Metrics {
             "dagsnap_check",
             "Runs of --check-command by result: accepted, rejected, timeout, abandoned",
             metrics.checks.clone(),
+        );
+        registry.register(
+            "dagsnap_versions",
+            "Versions readers asked for (POST /versions/<commit>) by result: built, present, not_in_remote, rejected, failed",
+            metrics.versions.clone(),
         );
     }
 
@@ -335,6 +342,11 @@ impl Metrics {
         for result in ["accepted", "rejected", "timeout", "abandoned"] {
             let _ = self.checks.get_or_create(&ResultLabel { result });
         }
+    }
+
+    /// A version a reader asked for was served with `result`.
+    pub(crate) fn record_version(&self, result: &'static str) {
+        self.versions.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub(crate) fn record_check(&self, result: &'static str) {

@@ -123,6 +123,7 @@ impl Versions {
 pub(crate) fn serve(
     publisher: &mut Publisher,
     asked: Vec<Pending>,
+    metrics: &super::metrics::Metrics,
     progress: &gix::progress::tree::Root,
     interrupt: &std::sync::atomic::AtomicBool,
 ) {
@@ -131,6 +132,7 @@ pub(crate) fn serve(
         let started = std::time::Instant::now();
         let answer = match publisher.materialize(&commit, pending.lease, progress, interrupt) {
             Ok(done) => {
+                metrics.record_version(if done.built { "built" } else { "present" });
                 tracing::info!(%commit, built = done.built, elapsed_ms = started.elapsed().as_millis() as u64, "materialized a version a reader asked for; the link stays");
                 Answer::Ready {
                     commit,
@@ -148,11 +150,17 @@ pub(crate) fn serve(
                     .redactor()
                     .redact(&crate::git::error_chain(&e));
                 tracing::warn!(%commit, error = %reason, "could not materialize a version a reader asked for");
-                match e {
-                    VersionError::NotInRemote { .. } => Answer::NotInRemote { commit, reason },
-                    VersionError::Rejected { .. } => Answer::Rejected { commit, reason },
-                    VersionError::Publish(_) => Answer::Failed { commit, reason },
-                }
+                let (result, answer) = match e {
+                    VersionError::NotInRemote { .. } => {
+                        ("not_in_remote", Answer::NotInRemote { commit, reason })
+                    }
+                    VersionError::Rejected { .. } => {
+                        ("rejected", Answer::Rejected { commit, reason })
+                    }
+                    VersionError::Publish(_) => ("failed", Answer::Failed { commit, reason }),
+                };
+                metrics.record_version(result);
+                answer
             }
         };
         pending.answer(answer);

@@ -128,6 +128,11 @@ fn a_version_retention_removed_is_built_on_request_and_leased_while_the_link_sta
         (200, serde_json::json!(false)),
         "{body}"
     );
+    let (_, metrics) = http("GET", &format!("{base}/metrics"), &[], b"");
+    for result in ["built", "present"] {
+        let series = format!("dagsnap_versions_total{{result=\"{result}\"}}");
+        assert_eq!(metric(&metrics, &series), 1.0, "{series} in:\n{metrics}");
+    }
 
     // A new commit goes live and GC runs: the leased version stays, and the snapshot verifies.
     let next = remote.commit(&[("a.py", "3\n")], "v 3");

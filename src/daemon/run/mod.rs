@@ -263,9 +263,11 @@ impl Loop {
         let mut task = tokio::task::spawn_blocking({
             let interrupt = Arc::clone(&interrupt);
             let tree = self.reporter.shared_tree();
+            let health = Arc::clone(&self.health);
             move || {
                 // Versions readers asked for first: a task waits on each.
-                crate::daemon::versions::serve(&mut owned, asked, &tree, &interrupt);
+                let metrics = &health.metrics;
+                crate::daemon::versions::serve(&mut owned, asked, metrics, &tree, &interrupt);
                 let result = owned.cycle(&tree, &interrupt);
                 (owned, result)
             }
