@@ -27,6 +27,7 @@ mod git;
 mod logging;
 mod ops;
 mod progress;
+mod signatures;
 mod store;
 mod text;
 

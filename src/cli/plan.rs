@@ -147,6 +147,7 @@ impl SyncPlan {
             error_file: self.error_file.clone(),
             ready_max_age: self.ready_max_age,
             checks: self.gate.check.is_some(),
+            signatures: self.gate.signatures.is_some(),
         })
     }
 }
@@ -256,6 +257,7 @@ fn gate(args: &SyncArgs, cache_dir: &Path) -> Result<Gate, String> {
             timeout: args.check.check_timeout,
             work_dir: cache_dir.join(CHECK_DIR),
         }),
+        signatures: signatures(args)?,
     };
     if gate.check.is_some() && args.check.check_timeout >= args.sync_timeout {
         return Err(format!(
@@ -265,6 +267,24 @@ fn gate(args: &SyncArgs, cache_dir: &Path) -> Result<Gate, String> {
         ));
     }
     Ok(gate)
+}
+
+/// `--verify-signatures` with its trusted keys, read now: a file that cannot be read or parsed
+/// is one line at start. Key files without the mode are refused too (they would do nothing).
+fn signatures(args: &SyncArgs) -> Result<Option<crate::signatures::Policy>, String> {
+    let check = &args.check;
+    let files = crate::signatures::KeyFiles {
+        allowed_signers: check.allowed_signers.clone(),
+        revoked_keys: check.revoked_keys.clone(),
+        gpg_keyring: check.gpg_keyring.clone(),
+    };
+    match check.verify_signatures {
+        None if files != crate::signatures::KeyFiles::default() => Err(
+            "--allowed-signers, --revoked-keys and --gpg-keyring need --verify-signatures (commit, tag or tag-and-commit)".into(),
+        ),
+        None => Ok(None),
+        Some(mode) => crate::signatures::Policy::load(mode, files).map(Some),
+    }
 }
 
 /// Options of the HTTP endpoints need them on; a secret that cannot be read would refuse

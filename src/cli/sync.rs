@@ -293,6 +293,27 @@ pub struct CheckArgs {
     /// than --sync-timeout.
     #[arg(long, env = "DAGSNAP_CHECK_TIMEOUT", default_value = "2m", value_parser = parse_positive_duration)]
     pub check_timeout: Duration,
+
+    /// Publish only signed code: `commit` (the commit carries a good signature by a trusted
+    /// key), `tag` (--ref names an annotated tag signed by a trusted key), `tag-and-commit`
+    /// (both). A refused commit is never live; submodule commits are not verified.
+    #[arg(long, env = "DAGSNAP_VERIFY_SIGNATURES", value_parser = crate::signatures::Mode::parse)]
+    pub verify_signatures: Option<crate::signatures::Mode>,
+
+    /// Trusted SSH signing keys, in git's allowed-signers format (gpg.ssh.allowedSignersFile);
+    /// re-read when it changes.
+    #[arg(long, env = "DAGSNAP_ALLOWED_SIGNERS")]
+    pub allowed_signers: Option<PathBuf>,
+
+    /// Revoked SSH keys, one public key per line (gpg.ssh.revocationFile); re-read when it
+    /// changes.
+    #[arg(long, env = "DAGSNAP_REVOKED_KEYS")]
+    pub revoked_keys: Option<PathBuf>,
+
+    /// Trusted OpenPGP keys: exported public keys (`gpg --export`, binary or armored);
+    /// re-read when it changes.
+    #[arg(long, env = "DAGSNAP_GPG_KEYRING")]
+    pub gpg_keyring: Option<PathBuf>,
 }
 
 impl CheckArgs {

@@ -21,6 +21,12 @@ pub(crate) struct ResultLabel {
     pub result: &'static str,
 }
 
+/// `reason` of a signature refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PhaseLabel {
     pub phase: &'static str,
@@ -83,6 +89,7 @@ pub(crate) struct Metrics {
     hooks: Family<HookLabel, Counter>,
     checks: Family<ResultLabel, Counter>,
     versions: Family<ResultLabel, Counter>,
+    signature_refusals: Family<ReasonLabel, Counter>,
     git_sync_count: Family<StatusLabel, Counter>,
     git_sync_duration: HistogramFamily<StatusLabel>,
     git_fetch_count: Counter,
@@ -125,6 +132,7 @@ impl Metrics {
             hooks: Family::default(),
             checks: Family::default(),
             versions: Family::default(),
+            signature_refusals: Family::default(),
             git_sync_count: Family::default(),
             git_sync_duration: Family::new_with_constructor(seconds_histogram),
             git_fetch_count: Counter::default(),
@@ -221,6 +229,11 @@ impl Metrics {
             "dagsnap_versions",
             "Versions readers asked for (POST /versions/<commit>) by result: built, present, not_in_remote, rejected, failed",
             metrics.versions.clone(),
+        );
+        registry.register(
+            "dagsnap_signature_refusals",
+            "Commits refused by --verify-signatures, by reason: unsigned, unknown_key, bad_signature, expired, revoked, wrong_principal",
+            metrics.signature_refusals.clone(),
         );
     }
 
@@ -342,6 +355,22 @@ impl Metrics {
         for result in ["accepted", "rejected", "timeout", "abandoned"] {
             let _ = self.checks.get_or_create(&ResultLabel { result });
         }
+    }
+
+    /// `--verify-signatures` is on: its series start at zero.
+    pub(crate) fn signatures_configured(&self) {
+        for reason in crate::signatures::Reason::ALL {
+            let reason = reason.label();
+            let _ = self
+                .signature_refusals
+                .get_or_create(&ReasonLabel { reason });
+        }
+    }
+
+    pub(crate) fn record_signature_refusal(&self, reason: &'static str) {
+        self.signature_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// A version a reader asked for was served with `result`.

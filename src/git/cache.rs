@@ -41,6 +41,8 @@ pub struct Observation {
     pub observed_at: SystemTime,
     /// Whether a pack was received this time (false for an unchanged poll).
     pub fetched: bool,
+    /// The annotated tag object the ref points at, when it does (in the cache).
+    pub tag: Option<ObjectId>,
 }
 
 /// Metadata of a commit, for manifests and status.
@@ -113,6 +115,7 @@ struct IdleCheck {
     credentials: Option<(String, String)>,
     commit: ObjectId,
     ref_name: String,
+    tag: Option<ObjectId>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -321,6 +324,7 @@ impl Cache {
                     ref_name: check.ref_name.clone(),
                     observed_at,
                     fetched: false,
+                    tag: check.tag,
                 };
                 self.idle = Some(check);
                 return Ok(observation);
@@ -334,6 +338,7 @@ impl Cache {
                     ref_name: id.to_string(),
                     observed_at,
                     fetched: false,
+                    tag: None,
                 });
             }
         }
@@ -368,12 +373,14 @@ impl Cache {
             commit,
             ref_name,
             fetched,
+            tag,
         } = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
         self.idle = listing.map(|listing| IdleCheck {
             listing,
             credentials,
             commit,
             ref_name: ref_name.clone(),
+            tag,
         });
         if fetched {
             self.after_fetch()?;
@@ -383,6 +390,7 @@ impl Cache {
             ref_name,
             observed_at,
             fetched,
+            tag,
         })
     }
 

@@ -18,6 +18,8 @@ pub(super) struct Fetched {
     pub(super) commit: ObjectId,
     pub(super) ref_name: String,
     pub(super) fetched: bool,
+    /// The annotated tag object the ref points at, when it points at one.
+    pub(super) tag: Option<ObjectId>,
 }
 
 /// Everything one conversation with the remote needs, for the cache's repository.
@@ -219,8 +221,17 @@ impl<'a> Conversation<'a> {
                 url: remote.display_url(),
             });
         };
+        // An annotated tag: the ref's own target is the tag object (its signature is verified
+        // with --verify-signatures tag), which must be in the cache too.
+        let tag = match &mapping.remote {
+            gix::protocol::fetch::refmap::Source::Ref(r) => match r.unpack() {
+                (_, Some(target), Some(_)) if target != commit.as_ref() => Some(target.to_owned()),
+                _ => None,
+            },
+            gix::protocol::fetch::refmap::Source::ObjectId(_) => None,
+        };
 
-        let fetched = if repo.has_object(commit) {
+        let fetched = if repo.has_object(commit) && tag.is_none_or(|t| repo.has_object(t)) {
             // Unchanged (or already fetched by an earlier cycle): dropping `prepare` ends the
             // conversation with a flush, without negotiating a pack.
             drop(prepare);
@@ -252,6 +263,7 @@ impl<'a> Conversation<'a> {
             commit,
             ref_name,
             fetched,
+            tag,
         })
     }
 

@@ -29,13 +29,16 @@ pub enum HistoryError {
     },
     #[error("nothing is published under {root} yet; there is nothing to pin")]
     NothingPublished { root: String },
-    #[error("commit {commit} was rejected by the check at {checked_at} ({why}: {headline}); add --force to publish it anyway, or `dagsnap recheck {commit}` to have the sync loops check it again")]
+    #[error("commit {commit} was rejected by {by} at {checked_at} ({why}: {headline}); add --force to publish it anyway, or `dagsnap recheck {commit}` to have the sync loops check it again")]
     Rejected {
         commit: CommitId,
+        by: &'static str,
         checked_at: String,
         why: String,
         headline: String,
     },
+    #[error("commit {commit} was never verified by --verify-signatures, which this root's publishers require ({mode}); add --force to publish it anyway")]
+    Unverified { commit: CommitId, mode: String },
     #[error("no commit was rejected by the check under this root; nothing to check again")]
     NothingRejected,
     #[error("the check has no verdict on a commit {wanted}...; `dagsnap list` marks rejected commits with R")]
@@ -290,11 +293,23 @@ pub fn pin(
     move_and_pin(root, &lock, current, to, Cause::Pin, reason)
 }
 
-/// A commit whose newest verdict is a rejection goes live only by force.
+/// A commit whose newest verdict is a rejection goes live only by force; so does one that was
+/// never verified, in a root whose publishers require signatures.
 fn refuse_rejected(root: &Root, commit: &CommitId, force: bool) -> Result<(), HistoryError> {
+    if let (Some(mode), false) = (root.records().unverified(commit), force) {
+        return Err(HistoryError::Unverified {
+            commit: commit.clone(),
+            mode,
+        });
+    }
     match root.records().rejection(commit) {
         Some(verdict) if !force => Err(HistoryError::Rejected {
             commit: commit.clone(),
+            by: if verdict.signature.is_some() {
+                "--verify-signatures"
+            } else {
+                "the check"
+            },
             checked_at: rfc3339::format(verdict.checked_at),
             why: verdict.why(),
             headline: verdict.headline(),

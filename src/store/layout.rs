@@ -17,9 +17,10 @@
 //!                                         believed one is what the link should show
 //!     journal.jsonl                       every publication, oldest first (trimmed at 1 MiB)
 //!     pin.json                            present while an operator pins a snapshot
+//!     signatures.json                     present while publishers run with --verify-signatures
 //!     state.json                          the latest publication as dagsnap < 0.3 kept it
 //!     publishers.d/<host>.<pid>.json      each publisher's record and heartbeat (locked)
-//!     verdicts/<sha>.<fp>.json            what --check-command said of a commit
+//!     verdicts/<sha>.<fp>.json            what --check-command (or --verify-signatures) said
 //!     verdicts/<sha>.<fp>.checking        locked by the publisher running that check
 //!     leases/<sha>.<holder>.json          a reader asking GC to keep a snapshot (the Airflow
 //!                                         bundle writes these: part of the contract)

@@ -37,6 +37,7 @@ mod servers;
 mod shapes;
 mod shared_root;
 mod sidecar;
+mod signatures;
 mod status;
 mod support;
 mod transports;

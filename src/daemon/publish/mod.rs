@@ -8,12 +8,14 @@
 //!   share (the heartbeat watch, reconciling the link, the journal, GC).
 //! - `build`: what a snapshot of a commit must hold, and building it.
 //! - `verdict`: the operator's check on an installed snapshot, once per commit for the root.
+//! - `signed`: `--verify-signatures`: only a commit signed by a trusted key is built.
 //! - `live`: keeping the live snapshot what it should be (the periodic check, repairs).
 //! - `versions`: a version on demand: a commit's snapshot built for a reader, the link unmoved.
 //! - `types`: [`PublishError`], [`Outcome`] and the settings a publisher is opened with.
 
 mod build;
 mod live;
+mod signed;
 mod steps;
 mod types;
 mod verdict;
@@ -65,6 +67,8 @@ pub struct Publisher {
     gate: Gate,
     /// What the last cycle's check did (`accepted`, `rejected`, `timeout`, `abandoned`).
     last_check: Option<&'static str>,
+    /// Why the last cycle refused a signature (`unsigned`, `unknown_key`, ...).
+    last_signature_refusal: Option<&'static str>,
     content: Content,
     /// Fills in submodules; keeps their caches.
     expander: Expander,
@@ -157,6 +161,7 @@ impl Publisher {
                 lock_fault: None,
                 gate: Gate::default(),
                 last_check: None,
+                last_signature_refusal: None,
                 content,
                 same: None,
                 settled: None,
@@ -227,6 +232,10 @@ impl Publisher {
 
     /// Check every new commit with the operator's check before the link moves to it.
     pub fn with_gate(mut self, gate: Gate) -> Publisher {
+        let mode = gate.signatures.as_ref().map(|policy| policy.mode.name());
+        if let Err(e) = self.root.records().require_signatures(mode) {
+            tracing::warn!(error = %e, "cannot record in the root whether signatures are required");
+        }
         self.gate = gate;
         self
     }
@@ -253,7 +262,9 @@ impl Publisher {
     /// 6. **Same**: the commit changes nothing published (only paths outside `--subdir`), as
     ///    found now or at an earlier poll: the link stays ([`Outcome::Same`]).
     /// 7. **Rejected**: the check rejected the commit at an earlier poll (a verdict in the
-    ///    root): it is neither built nor checked again ([`Outcome::Rejected`]).
+    ///    root), or, with `--verify-signatures`, its signature (or its tag's) does not verify
+    ///    against the trusted keys (verified once per commit and key set, recorded as a verdict):
+    ///    it is neither built nor checked ([`Outcome::Rejected`]).
     /// 8. **Build**: unless the commit's trusted snapshot is installed, build it in a staging
     ///    directory and install it (one that is not trusted is moved aside first). An
     ///    interrupt abandons the staging directory.
@@ -364,12 +375,18 @@ impl Publisher {
         }
         // (6)
         let candidate = match self.same(&seen, current.as_ref())? {
-            Step::Done(outcome) => return Ok(outcome),
+            Step::Done(outcome) => return Ok(*outcome),
             Step::Next(candidate) => candidate,
         };
         // (7)
         if let Some(verdict) = self.known_rejection(&seen.commit) {
             self.refuse_if_locks_unreliable()?;
+            return Ok(Outcome::Rejected {
+                commit: seen.commit,
+                verdict,
+            });
+        }
+        if let Some(verdict) = self.unsigned(&seen)? {
             return Ok(Outcome::Rejected {
                 commit: seen.commit,
                 verdict,

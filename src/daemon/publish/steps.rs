@@ -23,7 +23,7 @@ pub(super) struct Seen {
 
 /// A step either ends the cycle with its outcome, or hands the next steps what it found.
 pub(super) enum Step<T> {
-    Done(Outcome),
+    Done(Box<Outcome>),
     Next(T),
 }
 
@@ -95,10 +95,10 @@ impl Publisher {
             if *same == seen.commit && *live == current.commit && current.complete {
                 let live = live.clone();
                 self.refuse_if_locks_unreliable()?;
-                return Ok(Step::Done(Outcome::Same {
+                return Ok(Step::Done(Box::new(Outcome::Same {
                     commit: seen.commit.clone(),
                     live,
-                }));
+                })));
             }
         }
         // The store may have been deleted or damaged under a running loop: put it back.
@@ -110,10 +110,10 @@ impl Publisher {
             if let Some(live) = current.map(|c| c.commit.clone()) {
                 self.refuse_if_locks_unreliable()?;
                 self.journal_same(&seen.commit, &live, &seen.observation.ref_name)?;
-                return Ok(Step::Done(Outcome::Same {
+                return Ok(Step::Done(Box::new(Outcome::Same {
                     commit: seen.commit.clone(),
                     live,
-                }));
+                })));
             }
         }
         Ok(Step::Next(Candidate { info, expected }))

@@ -212,4 +212,6 @@ impl Content {
 #[derive(Debug, Clone, Default)]
 pub struct Gate {
     pub check: Option<crate::daemon::check::CheckCommand>,
+    /// `--verify-signatures` and the trusted keys.
+    pub signatures: Option<crate::signatures::Policy>,
 }

@@ -53,6 +53,7 @@ impl Publisher {
             checked_at: SystemTime::now(),
             host: crate::fsutil::hostname(),
             pid: std::process::id(),
+            signature: None,
         };
         let result = match ran.ended {
             Ended::Abandoned => {

@@ -46,7 +46,7 @@ impl Publisher {
     /// 4. **Fetch** the commit by id if the cache lacks it; a remote that does not give it is
     ///    [`VersionError::NotInRemote`].
     /// 5. **Build** and install it as step 8 of the cycle does (sharing unchanged files with
-    ///    the live snapshot).
+    ///    the live snapshot), once `--verify-signatures` (if set) accepts the commit.
     pub(crate) fn materialize(
         &mut self,
         commit: &CommitId,
@@ -114,6 +114,12 @@ impl Publisher {
             Err(e) => return Err(PublishError::from(e).into()),
         };
         // (5)
+        if let Some(why) = self.version_unsigned(commit) {
+            return Err(VersionError::Rejected {
+                commit: commit.clone(),
+                why,
+            });
+        }
         let expected = self.expected(&info)?;
         if self.root.has_snapshot(commit) {
             if let Err(why) = self.root.check_snapshot(commit, Some(&expected)) {

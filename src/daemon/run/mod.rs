@@ -94,6 +94,8 @@ pub struct Surface {
     pub ready_max_age: Option<Duration>,
     /// `--check-command` is set: its metric series start at zero.
     pub checks: bool,
+    /// `--verify-signatures` is set: its refusal series start at zero.
+    pub signatures: bool,
 }
 
 /// Open the publisher (standing by while its cache is busy), then run cycles until a signal, a
@@ -128,6 +130,9 @@ pub async fn run(
     ));
     if surface.checks {
         health.metrics.check_configured();
+    }
+    if surface.signatures {
+        health.metrics.signatures_configured();
     }
     let mut serves = Vec::new();
     if let Some((listener, auth)) = surface.http.take() {
@@ -328,6 +333,9 @@ impl Loop {
         if let Some(check) = owned.take_check_result() {
             self.health.metrics.record_check(check);
         }
+        if let Some(reason) = owned.take_signature_refusal() {
+            self.health.metrics.record_signature_refusal(reason);
+        }
         let ran = Ran {
             result,
             cycle,
@@ -352,7 +360,8 @@ impl Loop {
                 failed,
                 rejection: match &ran.result {
                     Ok(Outcome::Rejected { commit, verdict }) => Some(format!(
-                        "commit {commit} was rejected by --check-command ({}); the link stays where it was: {}",
+                        "commit {commit} was rejected by {} ({}); the link stays where it was: {}",
+                        verdict.by(),
                         verdict.why(),
                         verdict.headline()
                     )),
@@ -418,7 +427,8 @@ impl Loop {
                             && !matches!(ran.root.current(), Ok(Some(c)) if c.complete) =>
                     {
                         Some(format!(
-                            "commit {commit} was rejected by --check-command ({}) and no earlier snapshot is live: {}",
+                            "commit {commit} was rejected by {} ({}) and no earlier snapshot is live: {}",
+                            verdict.by(),
                             verdict.why(),
                             verdict.headline()
                         ))

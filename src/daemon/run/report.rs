@@ -202,10 +202,14 @@ pub(super) fn report(outcome: &Outcome, said: &mut Said) {
         Outcome::Rejected { commit, verdict } => {
             let now = Some(("rejected".to_string(), commit.clone()));
             if *held != now {
-                tracing::warn!(%commit, why = %verdict.why(), output = %verdict.excerpt(20).join(" | "), "the check rejected this commit; the link stays where it is (`dagsnap recheck` runs the check again)");
+                if verdict.signature.is_some() {
+                    tracing::warn!(%commit, why = %verdict.why(), detail = %verdict.headline(), "this commit's signature was refused; the link stays where it is (a commit signed by a trusted key goes live at once)");
+                } else {
+                    tracing::warn!(%commit, why = %verdict.why(), output = %verdict.excerpt(20).join(" | "), "the check rejected this commit; the link stays where it is (`dagsnap recheck` runs the check again)");
+                }
                 *held = now;
             } else {
-                tracing::debug!(%commit, "rejected by the check earlier; not checked again");
+                tracing::debug!(%commit, by = verdict.by(), "rejected earlier; not verified or checked again");
             }
             return;
         }

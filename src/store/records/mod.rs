@@ -23,7 +23,7 @@ pub(crate) use publishers::{
     LockFault, LockWitness, Observed, PublisherRecord, Registration, SeenPublisher,
 };
 pub use types::*;
-pub(crate) use verdicts::{CheckClaim, Verdict};
+pub(crate) use verdicts::{CheckClaim, SignatureVerdict, Verdict};
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -149,6 +149,22 @@ impl Records {
             .into_iter()
             .find(|v| v.commit == commit)
             .filter(|v| !v.accepted)
+    }
+
+    /// Say whether the root's publishers require signatures (`--verify-signatures` mode).
+    pub fn require_signatures(&self, mode: Option<&str>) -> Result<(), StoreError> {
+        verdicts::require_signatures(&self.store, mode)
+    }
+
+    /// Whether moving the link to `commit` needs force because signatures are required and no
+    /// signature verdict accepted it: the mode required, when so.
+    pub fn unverified(&self, commit: &CommitId) -> Option<String> {
+        let mode = verdicts::signatures_required(&self.store)?;
+        let verified = self
+            .verdicts()
+            .iter()
+            .any(|v| v.commit == commit && v.accepted && v.signature.is_some());
+        (!verified).then_some(mode)
     }
 
     /// Forget the verdicts on `commit` (`dagsnap recheck`); how many went.

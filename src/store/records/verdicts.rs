@@ -1,4 +1,6 @@
-//! `.dagsnap/verdicts/<commit>.<fingerprint>.json`: what `--check-command` said of a commit.
+//! `.dagsnap/verdicts/<commit>.<fingerprint>.json`: what `--check-command` said of a commit,
+//! or what `--verify-signatures` found (the fingerprint then names the mode and the key set:
+//! `signatures-<mode>-<digest>`, so a change of keys verifies again).
 //!
 //! A commit is checked once per check command (the fingerprint names the command): the
 //! verdict is shared by every publisher of the root and survives restarts, so a rejected commit
@@ -21,6 +23,50 @@ use crate::fsutil::Dir;
 use crate::store::{Store, StoreError};
 
 const DIR: &str = "verdicts";
+/// Present while the root's publishers run with `--verify-signatures`: operator commands then
+/// move the link only to verified commits (unless forced).
+const SIGNATURES_REQUIRED: &str = "signatures.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Required {
+    mode: String,
+}
+
+impl Check for Required {}
+
+/// Say in the root that publishers require signatures (`Some(mode)`), or no longer.
+pub(in crate::store) fn require_signatures(
+    store: &Store,
+    mode: Option<&str>,
+) -> Result<(), StoreError> {
+    match mode {
+        Some(mode) => write_json(
+            &store.create()?,
+            SIGNATURES_REQUIRED,
+            &Required { mode: mode.into() },
+        ),
+        None => {
+            if let Some(dir) = store.open()? {
+                if dir.kind(SIGNATURES_REQUIRED)?.is_some() {
+                    tracing::info!("this publisher runs without --verify-signatures: operator commands no longer require verified commits in this root");
+                    dir.remove_file(SIGNATURES_REQUIRED)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The mode the root's publishers require, if they do (a damaged record counts as required:
+/// refusing is the safe side).
+pub(in crate::store) fn signatures_required(store: &Store) -> Option<String> {
+    let dir = store.open().ok()??;
+    match read_json::<Required>(&dir, SIGNATURES_REQUIRED) {
+        Ok(Read::Missing) => None,
+        Ok(Read::Valid(required)) => Some(required.mode),
+        _ => Some("unknown".into()),
+    }
+}
 
 /// What the check said of one commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,14 +99,51 @@ pub struct Verdict {
     pub checked_at: SystemTime,
     pub host: String,
     pub pid: u32,
+    /// Set for a verdict of `--verify-signatures` rather than of the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Box<SignatureVerdict>>,
+}
+
+/// What the signature verification found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureVerdict {
+    /// `verified`, or why not: `unsigned`, `unknown_key`, `bad_signature`, `expired`,
+    /// `revoked`, `wrong_principal`.
+    pub reason: String,
+    /// The signing key's fingerprint, when the signature names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Who the trusted keys say signed (an allowed-signers principal, an OpenPGP user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// Its commit is checked as it is read ([`CommitId`]); nothing else can be inconsistent.
 impl Check for Verdict {}
 
 impl Verdict {
+    /// What reached it: `--check-command` or `--verify-signatures`.
+    pub fn by(&self) -> &'static str {
+        if self.signature.is_some() {
+            "--verify-signatures"
+        } else {
+            "--check-command"
+        }
+    }
+
     /// Why it was rejected, in a few words: "exit status 1", "timed out after 2m".
     pub fn why(&self) -> String {
+        if let Some(signature) = &self.signature {
+            let key = signature
+                .key
+                .as_deref()
+                .map(|k| format!(" (key {k})"))
+                .unwrap_or_default();
+            return format!(
+                "signature refused: {}{key}",
+                signature.reason.replace('_', " ")
+            );
+        }
         if let Some(reason) = &self.not_started {
             return crate::text::escape(reason).into_owned();
         }
@@ -281,6 +364,7 @@ mod tests {
             output: String::new(),
             output_dropped: 0,
             checked_at: SystemTime::UNIX_EPOCH,
+            signature: None,
             host: "host".into(),
             pid: 1,
         }
