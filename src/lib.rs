@@ -7,6 +7,7 @@
 //!
 //! The code is layered; each layer is a folder and knows only the ones below it:
 //! - `git`: the remote, the ref to follow, the private cache, credentials and diagnostics;
+//! - `signatures`: verifying signed commits and tags against trusted keys;
 //! - `store`: the root readers see — layout, snapshots, the link, locks, records, retention;
 //! - `daemon`: one sync cycle (`daemon::publish::Publisher::cycle`) and the loop around it;
 //! - `ops`: the operator's commands (status, list, log, rollback, pin, verify);

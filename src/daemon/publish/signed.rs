@@ -26,6 +26,7 @@ impl Publisher {
         }
         let started = Instant::now();
         let found = self.verify_signatures(seen, &policy);
+        let elapsed_us = started.elapsed().as_micros() as u64;
         let (signature, output) = match &found {
             Ok(signer) => (
                 SignatureVerdict {
@@ -63,11 +64,11 @@ impl Publisher {
         self.root.records().record_verdict(&verdict)?;
         match found {
             Ok(signer) => {
-                tracing::info!(commit = %seen.commit, key = %signer.fingerprint, signer = %crate::text::escape(&signer.principal), mode = policy.mode.name(), "the signature verified");
+                tracing::info!(commit = %seen.commit, key = %signer.fingerprint, signer = %crate::text::escape(&signer.principal), mode = policy.mode.name(), elapsed_us, "the signature verified");
                 Ok(None)
             }
             Err((_, refusal)) => {
-                tracing::warn!(commit = %seen.commit, reason = refusal.reason.label(), key = refusal.key.as_deref().unwrap_or("none"), detail = %refusal.detail, "the signature was refused; the commit is not published and the live snapshot stays");
+                tracing::warn!(commit = %seen.commit, reason = refusal.reason.label(), key = refusal.key.as_deref().unwrap_or("none"), detail = %refusal.detail, elapsed_us, "the signature was refused; the commit is not published and the live snapshot stays");
                 self.last_signature_refusal = Some(refusal.reason.label());
                 self.journal(
                     &seen.commit,
