@@ -134,10 +134,10 @@ impl Keys {
         script
     }
 
-    /// Export `fingerprints` into a keyring file (binary).
+    /// Export `fingerprints` into a keyring file (armored).
     fn keyring(&self, fingerprints: &[&str]) -> PathBuf {
-        let file = self.path("keyring.gpg");
-        let mut args = vec!["--export"];
+        let file = self.path("keyring.asc");
+        let mut args = vec!["--armor", "--export"];
         args.extend(fingerprints);
         let out = self.gpg(&args);
         fs::write(&file, out.stdout).unwrap();
@@ -272,10 +272,13 @@ fn dagsnap_s_verdict_equals_git_s_on_every_case_of_the_corpus() {
     let pgp_rsa = keys.gpg_key("quin@example.com", "rsa2048", "never", None);
     let pgp_old = keys.gpg_key("old@example.com", "ed25519", "1y", Some("20200101T000000"));
     let pgp_rev = keys.gpg_key("rev@example.com", "ed25519", "never", None);
+    // A key that signs with a subkey (gpg picks the newest signing subkey).
+    let pgp_sub = keys.gpg_key("sub@example.com", "ed25519", "never", None);
+    keys.gpg(&["--quick-add-key", &pgp_sub, "ed25519", "sign", "never"]);
     let trust = Trust {
         allowed: allowed.clone(),
         revoked: Some(revoked),
-        keyring: keys.keyring(&[&pgp_ed, &pgp_rsa, &pgp_old, &pgp_rev]),
+        keyring: keys.keyring(&[&pgp_ed, &pgp_rsa, &pgp_old, &pgp_rev, &pgp_sub]),
     };
     let stranger = keys.gpg_key("stranger@example.com", "ed25519", "never", None);
 
@@ -312,6 +315,7 @@ fn dagsnap_s_verdict_equals_git_s_on_every_case_of_the_corpus() {
         ("ssh other namespace", ssh("gus"), COMMIT_DATE, false),
         ("openpgp ed25519", pgp(&pgp_ed), COMMIT_DATE, true),
         ("openpgp rsa", pgp(&pgp_rsa), COMMIT_DATE, true),
+        ("openpgp signing subkey", pgp(&pgp_sub), COMMIT_DATE, true),
         ("openpgp stranger", pgp(&stranger), COMMIT_DATE, false),
         ("openpgp revoked", pgp(&pgp_rev), COMMIT_DATE, false),
     ];
@@ -334,7 +338,7 @@ fn dagsnap_s_verdict_equals_git_s_on_every_case_of_the_corpus() {
     keys.gpg(&["--delete-secret-and-public-key", &stranger]);
     // The revocation reaches dagsnap's keyring as an operator re-exports it.
     let trust = Trust {
-        keyring: keys.keyring(&[&pgp_ed, &pgp_rsa, &pgp_old, &pgp_rev]),
+        keyring: keys.keyring(&[&pgp_ed, &pgp_rsa, &pgp_old, &pgp_rev, &pgp_sub]),
         ..trust
     };
 
