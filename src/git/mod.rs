@@ -21,6 +21,7 @@
 //! - `tree.rs`: a commit's tree as a list of entries, with the path rules git applies on Linux.
 //! - `select.rs`: `--subdir` and sparse patterns, the part of a commit that is published.
 //! - `submodules.rs`: each submodule's commit fetched into a cache of its own and filled in.
+//! - `gitmodules.rs`: what `.gitmodules` says: paths, URLs resolved, the server a URL names.
 //! - `blobs.rs`: objects as a snapshot's content. `pages.rs`: pack pages handed back, so memory
 //!   does not grow with the repository.
 //!
@@ -37,6 +38,7 @@ mod cache;
 mod credentials;
 pub(crate) mod diagnose;
 mod fetch;
+mod gitmodules;
 mod http;
 mod listing;
 mod no_progress;

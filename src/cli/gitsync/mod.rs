@@ -23,7 +23,9 @@
 //! - `flags`: git-sync's flags, their environment variables and defaults.
 //! - `settings`: steps 1 and 2.
 //! - `translate`: steps 3 and 4.
+//! - `argv`: the translation as the `sync` command line clap parses.
 
+mod argv;
 mod flags;
 mod settings;
 mod translate;
