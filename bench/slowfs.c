@@ -15,6 +15,8 @@
  *        (Debian: apt-get install libfuse3-dev pkg-config)
  * Run:   SLOWFS_DELAY_US=1000 ./slowfs BACKING MOUNTPOINT -o allow_other,default_permissions
  * Stop:  fusermount3 -u MOUNTPOINT      (prints how many operations waited)
+ * Count: SLOWFS_COUNT_FILE=PATH makes it write how many operations waited so far into PATH
+ *        ten times a second, for a benchmark that measures a phase.
  *
  * It stays in the foreground. bench/netvol.py builds and runs it.
  */
@@ -26,6 +28,7 @@
 #include <fcntl.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +52,24 @@ static void wait_rtt(void)
         while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
         }
     }
+}
+
+/* Write the count of waited operations into `path` ten times a second. */
+static void *count_writer(void *path)
+{
+    for (;;) {
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", (const char *)path);
+        FILE *f = fopen(tmp, "w");
+        if (f) {
+            fprintf(f, "%ld\n", atomic_load(&waits));
+            fclose(f);
+            rename(tmp, (const char *)path);
+        }
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
 }
 
 /* FUSE paths start with '/': relative to the backing directory, "." for its top. */
@@ -287,6 +308,12 @@ int main(int argc, char *argv[])
         delay_us = atol(env);
     const char *threads_env = getenv("SLOWFS_THREADS");
     unsigned int threads = threads_env ? (unsigned int)atoi(threads_env) : 256;
+    const char *count_file = getenv("SLOWFS_COUNT_FILE");
+    if (count_file) {
+        pthread_t writer;
+        pthread_create(&writer, NULL, count_writer, (void *)count_file);
+        pthread_detach(writer);
+    }
     backing = open(argv[1], O_RDONLY | O_DIRECTORY);
     if (backing == -1) {
         perror(argv[1]);

@@ -209,7 +209,11 @@ pub(super) fn report(outcome: &Outcome, said: &mut Said) {
                 }
                 *held = now;
             } else {
-                tracing::debug!(%commit, by = verdict.by(), "rejected earlier; not verified or checked again");
+                if verdict.signature.is_some() {
+                    tracing::debug!(%commit, "signature refused earlier; not verified again");
+                } else {
+                    tracing::debug!(%commit, "rejected by the check earlier; not checked again");
+                }
             }
             return;
         }
