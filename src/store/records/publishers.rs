@@ -245,7 +245,14 @@ struct PeerBeat {
     strikes: u32,
     /// Cycles in a row in which the beat did not advance.
     still: u32,
+    /// When this publisher last saw the beat advance (its own clock).
+    advanced_at: std::time::Instant,
 }
+
+/// However fast this publisher polls, a peer's beat is given this long, and three of its own
+/// periods, to advance before the peer counts as stopped: a slow peer (a cycle on a slow
+/// volume takes seconds) must not make a fault come and go, and the link move in between.
+const STILL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Locks taken through another client of the volume are invisible here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,7 +281,8 @@ impl LockWitness {
     /// advanced while its lock is invisible from here, in two observations in a row, proves
     /// that locks do not travel between the two (one observation could be a peer that stopped
     /// between writing its beat and our look). A peer whose beat stands still for three cycles
-    /// has stopped, and its evidence is forgotten.
+    /// and for [`STILL_PATIENCE`] (or three of its periods, if longer) has stopped, and its
+    /// evidence is forgotten.
     ///
     /// Records are input, so only a record a real publisher could have written is evidence
     /// ([`credible`]): not one in this publisher's own name (`me`, as `host pid`); on this host
@@ -299,17 +307,27 @@ impl LockWitness {
             let held = FileLock::is_held_in(&dir, &name.to_string_lossy()).unwrap_or(true);
             present.insert(name.clone());
             let beat = record.beat;
+            let now = std::time::Instant::now();
             let peer = self.peers.entry(name).or_insert(PeerBeat {
                 beat,
                 strikes: 0,
                 still: 0,
+                advanced_at: now,
             });
+            let patience = Duration::from_millis(record.period_ms.unwrap_or(0))
+                .saturating_mul(3)
+                .max(STILL_PATIENCE);
             if beat > peer.beat {
                 peer.still = 0;
+                peer.advanced_at = now;
                 peer.strikes = if held { 0 } else { peer.strikes + 1 };
+            } else if held {
+                // Its lock is visible now: whatever it was, it is not evidence any more.
+                peer.still += 1;
+                peer.strikes = 0;
             } else {
                 peer.still += 1;
-                if peer.still >= 3 {
+                if peer.still >= 3 && now.duration_since(peer.advanced_at) >= patience {
                     peer.strikes = 0;
                 }
             }
