@@ -502,9 +502,8 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 /// the request is not lost).
 async fn version(request: Request<Incoming>, health: &Health, auth: &Auth, slot: &Slot) -> Reply {
     use super::versions::{Answer, DEFAULT_LEASE};
-    match auth.authenticate(request.headers()) {
-        Gate::Let(Caller::Anyone) => {}
-        Gate::Let(_) => slot.protect(),
+    let caller = match auth.authenticate(request.headers()) {
+        Gate::Let(caller) => caller,
         Gate::Refuse(why) => return closing(text(StatusCode::UNAUTHORIZED, why.into())),
         Gate::Signed { .. } => {
             return closing(text(
@@ -512,7 +511,7 @@ async fn version(request: Request<Incoming>, health: &Health, auth: &Auth, slot:
                 "a webhook signature is for pushes; ask for a version with the bearer token of --trigger-token-file".into(),
             ))
         }
-    }
+    };
     let asked = request.uri().path().trim_start_matches("/versions/");
     let commit = match crate::commit::CommitId::parse(asked) {
         Ok(commit) => commit,
@@ -538,19 +537,24 @@ async fn version(request: Request<Incoming>, health: &Health, auth: &Auth, slot:
         (Err(why), _) | (_, Err(why)) => return text(StatusCode::BAD_REQUEST, why),
     };
     let wait = wait.map_or(health.wait_limit(), |w| w.min(health.wait_limit()));
+    let Some(_place) = health.versions.wait_place() else {
+        return come_back(format!(
+            "{} callers wait for versions already; ask again shortly",
+            super::versions::MAX_WAITING
+        ));
+    };
+    // An authenticated caller keeps its connection while it waits; without a secret, anyone
+    // may ask, but nobody may hold a slot against a probe.
+    if caller != Caller::Anyone {
+        slot.protect();
+    }
     let answer = match health.versions.ask(commit, lease) {
         Ok(answer) => answer,
         Err(_) => {
-            let mut busy = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{} versions are being materialized already; ask again shortly",
-                    super::versions::MAX_PENDING
-                ),
-            );
-            busy.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return busy;
+            return come_back(format!(
+                "{} versions are being materialized already; ask again shortly",
+                super::versions::MAX_PENDING
+            ))
         }
     };
     health.trigger.notify_one();
@@ -576,6 +580,14 @@ async fn version(request: Request<Incoming>, health: &Health, auth: &Auth, slot:
             ),
         ),
     }
+}
+
+/// 503 with a Retry-After: the caller should ask again in a few seconds.
+fn come_back(why: String) -> Reply {
+    let mut busy = text(StatusCode::SERVICE_UNAVAILABLE, why);
+    busy.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("2"));
+    busy
 }
 
 /// Where a server bound to `addr` can be reached, for the publisher's record: loopback first,

@@ -23,6 +23,10 @@ use crate::commit::CommitId;
 
 /// Distinct commits waiting to be materialized at once.
 pub(crate) const MAX_PENDING: usize = 16;
+/// Callers waiting for an answer at once, each holding one of the server's connections: a
+/// quarter of them, so that a new worker whose tasks all start together cannot take the
+/// connections the kubelet's probes need. Those beyond are told to come back (503).
+pub(crate) const MAX_WAITING: usize = 8;
 /// The longest lease a caller may ask for: a reader that needs longer renews its own.
 pub(crate) const MAX_LEASE: Duration = Duration::from_secs(3600);
 /// The lease given when the caller names none: long enough for a task to start and take its
@@ -72,6 +76,16 @@ impl Pending {
 #[derive(Debug, Default)]
 pub(crate) struct Versions {
     pending: Mutex<VecDeque<Pending>>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A caller's place among those waiting ([`MAX_WAITING`]), given back when dropped.
+pub(crate) struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The queue is full: the caller should retry shortly.
@@ -109,6 +123,17 @@ impl Versions {
             waiters: vec![tx],
         });
         Ok(rx)
+    }
+
+    /// A place to wait for an answer, unless [`MAX_WAITING`] callers wait already.
+    pub(crate) fn wait_place(&self) -> Option<Waiting<'_>> {
+        use std::sync::atomic::Ordering;
+        self.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_WAITING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(&self.waiting))
     }
 
     /// Everything queued, for the loop to serve. A request whose callers stopped waiting is
@@ -194,6 +219,20 @@ mod tests {
             assert!(matches!(rx.try_recv(), Ok(Answer::Failed { .. })));
         }
         assert!(versions.take().is_empty());
+    }
+
+    #[test]
+    fn at_most_a_quarter_of_the_connections_wait_for_versions() {
+        let versions = Versions::default();
+        let places: Vec<_> = (0..MAX_WAITING)
+            .map(|_| versions.wait_place().unwrap())
+            .collect();
+        assert!(
+            versions.wait_place().is_none(),
+            "the ninth caller comes back later"
+        );
+        drop(places);
+        assert!(versions.wait_place().is_some(), "places are given back");
     }
 
     #[test]
