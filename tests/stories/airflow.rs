@@ -158,6 +158,42 @@ fn advance(
     last
 }
 
+/// The churn the processor stories run under: 100 commits of the 40-DAG repository, `main` on
+/// the first, published by a loop polling every 100 ms; the processor runs move `main` on.
+pub(crate) struct Churn {
+    pub(crate) remote: Remote,
+    pub(crate) commits: Vec<String>,
+    pub(crate) scratch: Scratch,
+    pub(crate) root: PathBuf,
+    pub(crate) daemon: Daemon,
+    pub(crate) tip: String,
+}
+
+impl Churn {
+    pub(crate) fn start() -> Churn {
+        let remote = Remote::new();
+        let commits = dag_commits(&remote, 100);
+        remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
+        let scratch = Scratch::new();
+        let root = scratch.root();
+        let daemon = spawn_loop(
+            &scratch,
+            &remote.url(),
+            &["--ref", "main", "--period", "100ms"],
+        );
+        daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));
+        let tip = commits.last().unwrap().clone();
+        Churn {
+            remote,
+            commits,
+            scratch,
+            root,
+            daemon,
+            tip,
+        }
+    }
+}
+
 /// What one DAG-processor run under load showed.
 #[derive(Debug, Default)]
 pub(crate) struct Run {
@@ -304,23 +340,16 @@ fn airflow_3_parses_every_pass_from_one_snapshot_while_commits_arrive() {
     let Some(airflow) = Airflow::find(3) else {
         return;
     };
-    let remote = Remote::new();
-    let commits = dag_commits(&remote, 100);
-    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
-    let scratch = Scratch::new();
-    let root = scratch.root();
-    let daemon = spawn_loop(
-        &scratch,
-        &remote.url(),
-        &["--ref", "main", "--period", "100ms"],
-    );
-    daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));
-    let tip = commits.last().unwrap().clone();
+    let Churn {
+        remote,
+        commits,
+        scratch,
+        root,
+        daemon,
+        tip,
+    } = Churn::start();
 
-    let bundle = format!(
-        r#"{{"name": "dags", "classpath": "dagsnap_airflow.DagsnapBundle", "kwargs": {{"root": "{}"}}}}"#,
-        root.display()
-    );
+    let bundle = bundle_entry(&root, &serde_json::json!({}));
     let ours = processor_run(
         &airflow,
         &scratch,
@@ -604,8 +633,20 @@ print(json.dumps(out))
     );
 }
 
+/// The first commit of a probe repository: the probe DAG, writing into `result`, and a marker
+/// file saying "first".
+pub(crate) fn commit_probe(remote: &Remote, result: &Path) -> String {
+    remote.commit(
+        &[
+            ("dags/probe.py", &probe_dag(result)),
+            ("dags/marker.txt", "first\n"),
+        ],
+        "first",
+    )
+}
+
 /// A DAG whose first task waits and whose second records which commit's files it read.
-pub(crate) fn probe_dag(result: &Path) -> String {
+fn probe_dag(result: &Path) -> String {
     format!(
         "import time\nfrom datetime import datetime\nfrom pathlib import Path\nfrom airflow.sdk import DAG, task\n\n\
          with DAG(dag_id='probe', start_date=datetime(2024, 1, 1), schedule=None, catchup=False):\n\
@@ -625,13 +666,7 @@ fn a_dag_run_runs_its_tasks_on_the_commit_it_started_with_after_the_link_moved_o
     let scratch = Scratch::new();
     let result = scratch.path("result.txt");
     let remote = Remote::new();
-    let first = remote.commit(
-        &[
-            ("dags/probe.py", &probe_dag(&result)),
-            ("dags/marker.txt", "first\n"),
-        ],
-        "first",
-    );
+    let first = commit_probe(&remote, &result);
     let root = scratch.root();
     let daemon = spawn_loop(&scratch, &remote.url(), &["--period", "200ms"]);
     daemon.wait_for_commit(&root, &first, Duration::from_secs(60));
@@ -682,12 +717,17 @@ fn a_dag_run_runs_its_tasks_on_the_commit_it_started_with_after_the_link_moved_o
     });
 }
 
-/// A `dag_bundle_config_list` with one DagsnapBundle on `root`, with more `kwargs`.
-pub(crate) fn bundle_config(root: &Path, kwargs: &serde_json::Value) -> String {
+/// A `dag_bundle_config_list` entry: a DagsnapBundle on `root`, with more `kwargs`.
+pub(crate) fn bundle_entry(root: &Path, kwargs: &serde_json::Value) -> String {
     let mut kwargs = kwargs.clone();
     kwargs["root"] = serde_json::json!(root);
-    serde_json::json!([{"name": "dags", "classpath": "dagsnap_airflow.DagsnapBundle", "kwargs": kwargs}])
+    serde_json::json!({"name": "dags", "classpath": "dagsnap_airflow.DagsnapBundle", "kwargs": kwargs})
         .to_string()
+}
+
+/// A `dag_bundle_config_list` of that one entry.
+pub(crate) fn bundle_config(root: &Path, kwargs: &serde_json::Value) -> String {
+    format!("[{}]", bundle_entry(root, kwargs))
 }
 
 /// One Airflow 3 deployment with the local executor: the API server and the DAG processor

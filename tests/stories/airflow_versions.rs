@@ -84,13 +84,7 @@ fn a_dag_run_whose_commit_was_collected_runs_both_tasks_on_it_and_its_leases_lap
     let scratch = Scratch::new();
     let result = scratch.path("result.txt");
     let remote = Remote::new();
-    let first = remote.commit(
-        &[
-            ("dags/probe.py", &probe_dag(&result)),
-            ("dags/marker.txt", "first\n"),
-        ],
-        "first",
-    );
+    let first = commit_probe(&remote, &result);
     let root = scratch.root();
     let (daemon, token) = publisher(&scratch, &remote, &["--keep", "0", "--grace", "0s"]);
     daemon.wait_for_commit(&root, &first, Duration::from_secs(60));
@@ -208,13 +202,7 @@ fn a_worker_root_that_never_held_the_run_s_commit_gets_it_from_its_own_publisher
     let worker_node = Scratch::new();
     let result = scheduler_node.path("result.txt");
     let remote = Remote::new();
-    let first = remote.commit(
-        &[
-            ("dags/probe.py", &probe_dag(&result)),
-            ("dags/marker.txt", "first\n"),
-        ],
-        "first",
-    );
+    let first = commit_probe(&remote, &result);
     let (scheduler_publisher, _) = publisher(&scheduler_node, &remote, &[]);
     scheduler_publisher.wait_for_commit(&scheduler_node.root(), &first, Duration::from_secs(60));
     let home = scheduler_node.path("airflow");
@@ -272,30 +260,18 @@ fn under_churn_each_parse_is_labelled_with_the_commit_it_read_and_airflow_s_wind
     let Some(airflow) = Airflow::find(3) else {
         return;
     };
-    let remote = Remote::new();
-    let commits = dag_commits(&remote, 100);
-    remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
-    let scratch = Scratch::new();
-    let root = scratch.root();
-    let daemon = spawn_loop(
-        &scratch,
-        &remote.url(),
-        &["--ref", "main", "--period", "100ms"],
-    );
-    daemon.wait_for_commit(&root, &commits[0], Duration::from_secs(60));
-    let tip = commits.last().unwrap().clone();
-    let bundle = bundle_config(&root, &serde_json::json!({}));
-    let bundle = bundle.trim_start_matches('[').trim_end_matches(']');
+    let churn = Churn::start();
+    let bundle = bundle_entry(&churn.root, &serde_json::json!({}));
     // Airflow's own window closed: a serialized DAG is written at every parse that changed it,
     // with the DAG's recorded version.
     let run = processor_run(
         &airflow,
-        &scratch,
+        &churn.scratch,
         "closed",
-        bundle,
-        &remote,
-        &commits,
-        &tip,
+        &bundle,
+        &churn.remote,
+        &churn.commits,
+        &churn.tip,
         &[("AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL", "0")],
     );
     let (label_median, label_max, mislabelled) = gap_summary(&run.label_gaps);

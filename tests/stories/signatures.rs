@@ -401,6 +401,8 @@ fn dagsnap_s_verdict_equals_git_s_on_every_case_of_the_corpus() {
         ("v1", "tag-and-commit", false),
         ("v1", "commit", false),
         ("v0", "tag", false),
+        // A branch in tag mode: nothing signs it.
+        ("case-0", "tag", false),
     ] {
         let git_tag = repo.git_verifies("verify-tag", tag, &trust);
         let git_commit = repo.git_verifies("verify-commit", &unsigned, &trust);

@@ -15,17 +15,28 @@ impl Publisher {
     /// The refusal of `seen`'s commit by `--verify-signatures`, if it is refused (verified now,
     /// or at an earlier poll by any publisher of the root).
     pub(super) fn unsigned(&mut self, seen: &Seen) -> Result<Option<Verdict>, PublishError> {
-        let Some(policy) = self.gate.signatures.as_mut() else {
+        // Taken out for the step (the keys are not copied), and put back whatever it returns.
+        let Some(mut policy) = self.gate.signatures.take() else {
             return Ok(None);
         };
         policy.refresh();
-        let policy = policy.clone();
+        let verdict = self.signature_verdict(seen, &policy);
+        self.gate.signatures = Some(policy);
+        verdict
+    }
+
+    /// The verdict on `seen`'s commit under `policy`: recorded earlier, or reached now.
+    fn signature_verdict(
+        &mut self,
+        seen: &Seen,
+        policy: &Policy,
+    ) -> Result<Option<Verdict>, PublishError> {
         let fingerprint = policy.fingerprint();
         if let Some(verdict) = self.root.records().verdict(&seen.commit, &fingerprint) {
             return Ok((!verdict.accepted).then_some(verdict));
         }
         let started = Instant::now();
-        let found = self.verify_signatures(seen, &policy);
+        let found = self.verify_signatures(seen, policy);
         let elapsed_us = started.elapsed().as_micros() as u64;
         let (signature, output) = match &found {
             Ok(signer) => (
@@ -138,7 +149,7 @@ impl Publisher {
     pub(super) fn version_unsigned(&mut self, commit: &crate::commit::CommitId) -> Option<String> {
         let policy = self.gate.signatures.as_mut()?;
         policy.refresh();
-        let policy = policy.clone();
+        let policy = &*policy;
         if let Some(verdict) = self.root.records().verdict(commit, &policy.fingerprint()) {
             return (!verdict.accepted).then(|| verdict.why());
         }
