@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use crate::git_sync::{assert_root_valid_at, git_sync_model, link_target, spawn_git_sync};
+use crate::git_sync::{
+    assert_root_valid_at, git_sync_model, git_sync_model_once, link_target, spawn_git_sync,
+};
 use crate::servers::{Door, HttpServer};
 use crate::support::*;
 
@@ -213,14 +215,7 @@ fn a_one_time_run_on_a_root_git_sync_just_wrote_publishes_the_tip() {
     remote.commit(&[("dags/a.py", "1\n")], "one");
     let scratch = Scratch::new();
     let root = scratch.root();
-    let out = git_sync_model(&remote, &root, "dags", "1", true)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    git_sync_model_once(&remote, &root, "dags");
     let tip = remote.commit(&[("dags/a.py", "2\n")], "two");
     // git-sync wrote the root a moment ago: the link is git-sync's for another 2 s.
     let out = git_sync_once(
@@ -277,14 +272,7 @@ fn git_sync_s_files_go_once_the_link_has_been_dagsnap_s_for_the_grace_while_comm
     remote.commit(&[("dags/a.py", "0\n")], "zero");
     let scratch = Scratch::new();
     let root = scratch.root();
-    let out = git_sync_model(&remote, &root, "dags", "1", true)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    git_sync_model_once(&remote, &root, "dags");
     let root_s = root.display().to_string();
     let url = remote.url();
     let daemon = spawn_git_sync(

@@ -419,13 +419,9 @@ pub(crate) fn git_sync_model(
     cmd
 }
 
-#[test]
-fn a_root_git_sync_published_is_taken_over_while_readers_read() {
-    let remote = Remote::new();
-    let first = remote.commit(&[("dags/a.py", "1\n")], "one");
-    let scratch = Scratch::new();
-    let root = scratch.root();
-    let out = git_sync_model(&remote, &root, "repo", "1", true)
+/// One sync of git-sync's model into `root` (its link named `link`), which must succeed.
+pub(crate) fn git_sync_model_once(remote: &Remote, root: &Path, link: &str) {
+    let out = git_sync_model(remote, root, link, "1", true)
         .output()
         .unwrap();
     assert!(
@@ -433,6 +429,15 @@ fn a_root_git_sync_published_is_taken_over_while_readers_read() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_root_git_sync_published_is_taken_over_while_readers_read() {
+    let remote = Remote::new();
+    let first = remote.commit(&[("dags/a.py", "1\n")], "one");
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    git_sync_model_once(&remote, &root, "repo");
     assert!(link_target(&root.join("repo")).starts_with(".worktrees/"));
     let git_sync_wrote = Instant::now();
 
