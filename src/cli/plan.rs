@@ -61,6 +61,10 @@ impl SyncPlan {
         let root = args.root.locate().map_err(|e| e.to_string())?;
         let settings = settings(&args, mount, &mut warnings)?;
         let content = content(&args)?;
+        let remote = remote.reading_only(select::Selection::of(
+            content.subdir.clone(),
+            content.sparse.clone(),
+        ));
         let root = owned_files(&args, root);
         let gate = gate(&args, &cache_dir)?;
         check_http(&args)?;

@@ -9,6 +9,7 @@ use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
 use super::fetch::{current_credentials, with_ssh_log, Conversation, Fetched};
+use super::filtered::Served;
 use super::http::SharedHttp;
 use super::listing::{Listing, Settings};
 use super::remote::{Remote, Target};
@@ -97,6 +98,11 @@ pub struct Cache {
     reset_due: bool,
     /// Set when the cache's packs should be consolidated before the next fetch.
     consolidate_due: bool,
+    /// The remote is read in part (`--subdir`, sparse patterns): the cache may hold only the
+    /// selection's blobs, so `git repack` cannot consolidate it and it is re-created instead.
+    partial: bool,
+    /// Said once: the server sent whole commits where part would do.
+    said_whole: bool,
     /// This process created the cache directory (see [`Cache::remove_if_created`]).
     created_dir: bool,
     /// The HTTP backend every conversation of this cache uses.
@@ -180,6 +186,8 @@ impl Cache {
             record,
             resolved: None,
             reset_due: false,
+            partial: false,
+            said_whole: false,
             created_dir,
             http: SharedHttp::default(),
             idle: None,
@@ -231,6 +239,12 @@ impl Cache {
     /// before each update; caches only ever fetched into by commit id (a submodule's) are
     /// maintained by their owner the same way.
     pub fn maintain(&mut self) -> Result<(), SourceError> {
+        if self.consolidate_due && self.partial {
+            // A fetch of the tip is what a filtered cache needs: its trees and the selection.
+            tracing::debug!(cache = %self.dir.display(), "re-creating the cache, which holds only the selection's blobs (one filtered fetch of the tip)");
+            self.consolidate_due = false;
+            self.reset_due = true;
+        }
         if self.consolidate_due && !self.reset_due {
             self.consolidate_due = false;
             if let Err(why) = self.consolidate() {
@@ -304,6 +318,7 @@ impl Cache {
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Observation, SourceError> {
+        self.partial = remote.selection.is_some();
         self.maintain()?;
         let observed_at = SystemTime::now();
         // Read the credentials now, every time: a rotated token is picked up without a restart.
@@ -374,7 +389,9 @@ impl Cache {
             ref_name,
             fetched,
             tag,
+            served,
         } = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
+        self.note_served(served, remote);
         self.idle = listing.map(|listing| IdleCheck {
             listing,
             credentials,
@@ -444,10 +461,26 @@ impl Cache {
                 self.http.start_over();
                 with_ssh_log(e, &ssh_log, remote)
             })?;
+        self.note_served(fetched.served, remote);
         if fetched.fetched {
             self.after_fetch()?;
         }
         Ok(())
+    }
+
+    /// Say once that the server sent whole commits where part of them would do.
+    fn note_served(&mut self, served: Option<Served>, remote: &Remote) {
+        let why = match served {
+            None | Some(Served::Filtered) => return,
+            Some(Served::Whole) => "the server does not filter (git: uploadpack.allowFilter)",
+            Some(Served::WholeNoObjectsById) => {
+                "the server does not give objects by id (git: protocol v2, or uploadpack.allowAnySHA1InWant)"
+            }
+        };
+        if !self.said_whole {
+            self.said_whole = true;
+            tracing::info!(url = %remote.display_url(), "{why}: fetching whole commits, not only the part that is published; this costs transfer, nothing else");
+        }
     }
 
     /// Keep the cache bounded as packs accumulate: one pack arrives per fetch, and a shallow

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gix::ObjectId;
 
+use super::filtered::Served;
 use super::http::SharedHttp;
 use super::remote::{Remote, Target};
 use super::{error_chain, SourceError};
@@ -20,6 +21,29 @@ pub(super) struct Fetched {
     pub(super) fetched: bool,
     /// The annotated tag object the ref points at, when it points at one.
     pub(super) tag: Option<ObjectId>,
+    /// How the server served a fetch of part of the commit (`None`: nothing fetched that way).
+    pub(super) served: Option<Served>,
+}
+
+/// The commits the cache follows (its local refs): what it tells the server it has.
+fn followed_commits(repo: &gix::Repository) -> Vec<ObjectId> {
+    let Ok(platform) = repo.references() else {
+        return Vec::new();
+    };
+    let Ok(refs) = platform.prefixed("refs/dagsnap/") else {
+        return Vec::new();
+    };
+    let mut ids: Vec<ObjectId> = refs
+        .filter_map(Result::ok)
+        .filter_map(|mut r| r.peel_to_id().ok().map(|id| id.detach()))
+        .filter(|id| {
+            repo.find_header(*id)
+                .is_ok_and(|h| h.kind() == gix::object::Kind::Commit)
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Everything one conversation with the remote needs, for the cache's repository.
@@ -88,7 +112,7 @@ impl<'a> Conversation<'a> {
 
     /// Connect to the remote with dagsnap's HTTP settings and, if configured, its credentials.
     /// Without dagsnap credentials, git's credential helpers (if configured) are asked as usual.
-    fn connect<'c, 'r>(
+    pub(super) fn connect<'c, 'r>(
         &self,
         git_remote: &'c gix::Remote<'r>,
     ) -> Result<Connection<'c, 'r>, SourceError> {
@@ -113,9 +137,25 @@ impl<'a> Conversation<'a> {
         let transport: Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send> =
             Box::new(http.connect(url, version));
         let mut connection = git_remote.to_connection_with_transport(transport);
+        if let Some(options) = self.transport_options()? {
+            connection = connection.with_transport_options(options);
+        }
+        if let Some(credentials) = self.credentials_fn() {
+            connection = connection.with_credentials(credentials);
+        }
+        Ok(connection)
+    }
+
+    /// How the transport is configured before its handshake: dagsnap's HTTP settings (CA,
+    /// proxy, cookie, timeouts), or git's configuration for other transports.
+    pub(super) fn transport_options(&self) -> Result<Option<Box<dyn std::any::Any>>, SourceError> {
+        let (repo, remote) = (self.repo, self.remote);
         let from_config = repo
             .transport_options(remote.url.as_str(), None)
             .map_err(|e| self.error("configure HTTP for", &e))?;
+        if !remote.is_http() {
+            return Ok(from_config);
+        }
         let https = remote.url.to_ascii_lowercase().starts_with("https://");
         let cookie = match &remote.access.cookie_file {
             Some(file) => {
@@ -128,35 +168,36 @@ impl<'a> Conversation<'a> {
             }
             None => None,
         };
-        connection = connection.with_transport_options(remote.access.http_options(
-            from_config,
-            https,
-            cookie,
-        ));
-        if let (Some((username, password)), true) =
-            (self.credentials, remote.access.has_http_credentials())
-        {
-            let (username, password) = (username.to_string(), password.to_string());
-            connection = connection.with_credentials(move |action| match action {
-                gix::credentials::helper::Action::Get(context) => {
-                    Ok(Some(gix::credentials::protocol::Outcome {
-                        identity: gix::sec::identity::Account {
-                            username: username.clone(),
-                            password: password.clone(),
-                            oauth_refresh_token: None,
-                        },
-                        next: context.into(),
-                    }))
-                }
-                // Nothing to store or forget: the credentials come from dagsnap's configuration.
-                _ => Ok(None),
-            });
-        }
-        Ok(connection)
+        Ok(Some(remote.access.http_options(from_config, https, cookie)))
+    }
+
+    /// What answers the server's request for credentials: dagsnap's HTTP user and password when
+    /// it has them (`None`: git's credential helpers, as git would ask them).
+    pub(super) fn credentials_fn(&self) -> Option<gix::protocol::AuthenticateFn<'static>> {
+        let (Some((username, password)), true) =
+            (self.credentials, self.remote.access.has_http_credentials())
+        else {
+            return None;
+        };
+        let (username, password) = (username.to_string(), password.to_string());
+        Some(Box::new(move |action| match action {
+            gix::credentials::helper::Action::Get(context) => {
+                Ok(Some(gix::credentials::protocol::Outcome {
+                    identity: gix::sec::identity::Account {
+                        username: username.clone(),
+                        password: password.clone(),
+                        oauth_refresh_token: None,
+                    },
+                    next: context.into(),
+                }))
+            }
+            // Nothing to store or forget: the credentials come from dagsnap's configuration.
+            _ => Ok(None),
+        }))
     }
 
     /// A gix remote for `remote.url` that fetches exactly `specs` and no tags.
-    fn make_remote(&self, specs: &[String]) -> Result<gix::Remote<'a>, SourceError> {
+    pub(super) fn make_remote(&self, specs: &[String]) -> Result<gix::Remote<'a>, SourceError> {
         let (repo, remote) = (self.repo, self.remote);
         let invalid = |e: gix::Error| SourceError::Remote {
             during: "set up a fetch from",
@@ -231,20 +272,36 @@ impl<'a> Conversation<'a> {
             gix::protocol::fetch::refmap::Source::ObjectId(_) => None,
         };
 
-        let fetched = if repo.has_object(commit) && tag.is_none_or(|t| repo.has_object(t)) {
-            // Unchanged (or already fetched by an earlier cycle): dropping `prepare` ends the
-            // conversation with a flush, without negotiating a pack.
-            drop(prepare);
-            false
-        } else {
-            // gix indexes the pack it receives through a map of it: bound what that holds.
-            super::pages::while_running(|| {
-                prepare
-                    .with_shallow(remote.shallow())
-                    .receive(progress.add_child("fetch"), interrupt)
-            })
-            .map_err(|e| self.error("fetch from", &e))?;
-            true
+        let present = repo.has_object(commit) && tag.is_none_or(|t| repo.has_object(t));
+        let (fetched, served) = match &remote.selection {
+            Some(selection) => {
+                // Requests gix's fetch cannot make (a filter, objects by id): this
+                // conversation ends with a flush, and each request has its own.
+                drop(prepare);
+                let haves = followed_commits(repo);
+                let want = tag.unwrap_or(commit);
+                let served = self.fetch_selection(selection, commit, want, &haves)?;
+                if served.is_some() {
+                    self.point(local_ref, want)?;
+                }
+                (served.is_some(), served)
+            }
+            None if present => {
+                // Unchanged (or already fetched by an earlier cycle): dropping `prepare` ends
+                // the conversation with a flush, without negotiating a pack.
+                drop(prepare);
+                (false, None)
+            }
+            None => {
+                // gix indexes the pack it receives through a map of it: bound what that holds.
+                super::pages::while_running(|| {
+                    prepare
+                        .with_shallow(remote.shallow())
+                        .receive(progress.add_child("fetch"), interrupt)
+                })
+                .map_err(|e| self.error("fetch from", &e))?;
+                (true, None)
+            }
         };
 
         let object = repo.find_header(commit).map_err(|e| SourceError::Remote {
@@ -264,10 +321,27 @@ impl<'a> Conversation<'a> {
             ref_name,
             fetched,
             tag,
+            served,
         })
     }
 
-    fn error(&self, during: &'static str, err: &gix::Error) -> SourceError {
+    /// Point the cache's `local_ref` at `id`, as gix's fetch does with its refspec.
+    fn point(&self, local_ref: &str, id: ObjectId) -> Result<(), SourceError> {
+        self.repo
+            .reference(
+                local_ref,
+                id,
+                gix::refs::transaction::PreviousValue::Any,
+                "fetch",
+            )
+            .map(drop)
+            .map_err(|e| SourceError::CacheRepo {
+                dir: self.repo.path().to_path_buf(),
+                cause: format!("cannot point {local_ref} at {id}: {}", error_chain(&e)),
+            })
+    }
+
+    pub(super) fn error(&self, during: &'static str, err: &gix::Error) -> SourceError {
         remote_error(self.remote, during, err, self.interrupt)
     }
 }

@@ -10,6 +10,7 @@
 //! - `remote.rs`: [`Remote`] and [`Target`].
 //! - `cache.rs`: [`Cache`], its on-disk layout, its lock, and keeping it bounded.
 //! - `fetch.rs`: one conversation with the remote (list refs, receive a pack only when new).
+//! - `filtered.rs`: with a selection, commits and trees without blobs, then its blobs by id.
 //! - `http.rs`: the HTTP client gix's conversations go through, kept for the cache's life.
 //! - `listing.rs`: an idle poll over HTTP, the last ref listing asked again.
 //! - `no_progress.rs`: fetch requests that ask the server for no progress messages.
@@ -38,6 +39,7 @@ mod cache;
 mod credentials;
 pub(crate) mod diagnose;
 mod fetch;
+mod filtered;
 mod gitmodules;
 mod http;
 mod listing;

@@ -6,6 +6,7 @@ use gix::ObjectId;
 
 use super::access::{self, Access, Password};
 use super::redact::Redactor;
+use super::select::Selection;
 
 /// What `--ref` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,9 @@ pub struct Remote {
     /// Commits of history to fetch; 0 means all.
     pub depth: u32,
     pub(super) access: Access,
+    /// The part of each commit the publisher reads, when not the whole tree: the cache then
+    /// fetches only its blobs from servers that allow it ([`super::filtered`]).
+    pub(super) selection: Option<Selection>,
 }
 
 impl Remote {
@@ -120,7 +124,13 @@ impl Remote {
             target,
             depth,
             access,
+            selection: None,
         })
+    }
+
+    /// The same remote, of which only `selection` of each commit is read (`None`: all of it).
+    pub fn reading_only(self, selection: Option<Selection>) -> Remote {
+        Remote { selection, ..self }
     }
 
     /// True for remotes reached through `ssh`: `ssh://` and scp-like `[user@]host:path`.

@@ -210,6 +210,75 @@ fn trim_trailing_spaces(line: &[u8]) -> &[u8] {
     &line[..end]
 }
 
+/// The part of each commit a publisher reads: the tree at `--subdir`, narrowed by the sparse
+/// patterns. Given to the [`super::Remote`], it lets the cache fetch commits and trees without
+/// blobs and then only the blobs it names ([`super::filtered`]).
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub subdir: Option<Vec<u8>>,
+    pub sparse: Option<Sparse>,
+}
+
+impl Selection {
+    /// A selection of part of the tree; `None` for the whole tree (every blob is read anyway).
+    pub fn of(subdir: Option<Vec<u8>>, sparse: Option<Sparse>) -> Option<Selection> {
+        (subdir.is_some() || sparse.is_some()).then_some(Selection { subdir, sparse })
+    }
+
+    /// The blobs of `tree` (a commit's) the selection reads that `repo` lacks: its files and
+    /// symlinks, and the top `.gitmodules`, which says where its submodules come from. A
+    /// selection that selects nothing here needs nothing: building the snapshot says why.
+    pub(crate) fn missing_blobs(
+        &self,
+        repo: &gix::Repository,
+        tree: ObjectId,
+    ) -> Result<Vec<ObjectId>, String> {
+        let mut wanted = Vec::new();
+        let top = repo.find_tree(tree).map_err(|e| super::error_chain(&e))?;
+        if let Some(entry) = top
+            .lookup_entry_by_path(".gitmodules")
+            .map_err(|e| super::error_chain(&e))?
+        {
+            if entry.mode().is_blob() {
+                wanted.push(entry.object_id());
+            }
+        }
+        let selected = match &self.subdir {
+            Some(subdir) => match subtree(repo, tree, subdir) {
+                Ok(id) => id,
+                Err(SelectError::Read { cause, .. }) => return Err(cause),
+                Err(_) => return Ok(missing(repo, wanted)),
+            },
+            None => tree,
+        };
+        let entries = super::tree::entries(repo, selected).map_err(|e| e.to_string())?;
+        let prefix = self.subdir.clone().unwrap_or_default();
+        let entries = match &self.sparse {
+            Some(sparse) => match sparse.filter(entries, &prefix) {
+                Ok(kept) => kept,
+                Err(_) => return Ok(missing(repo, wanted)),
+            },
+            None => entries,
+        };
+        wanted.extend(
+            entries
+                .0
+                .iter()
+                .filter(|e| e.mode != crate::entries::MODE_SUBMODULE)
+                .map(|e| e.id),
+        );
+        Ok(missing(repo, wanted))
+    }
+}
+
+/// `ids` without repeats and without what `repo` has.
+fn missing(repo: &gix::Repository, mut ids: Vec<ObjectId>) -> Vec<ObjectId> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids.retain(|id| !repo.has_object(id));
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

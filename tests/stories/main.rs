@@ -23,6 +23,7 @@ mod incident;
 mod lifecycle;
 mod names;
 mod network_boundaries;
+mod partial_fetch;
 mod publishing;
 mod readers;
 mod refs;

@@ -209,10 +209,12 @@ fn repository(s: &Settings, notes: &mut Vec<Note>) -> Result<Repository, ConfigE
                 "invalid flag: --filter {filter:?} is not a git filter (blob:none, blob:limit=<n>[kmg], tree:<depth>, object:type=<type>, sparse:oid=<blob>, combine:<a>+<b>)"
             )));
         }
-        info(
-            notes,
-            &format!("--filter {filter}: dagsnap fetches the tip commit of --depth's history and builds from it; the filter is accepted and not needed"),
-        );
+        let what = if sparse.is_empty() {
+            "every file is published, so every blob is needed and the filter would save nothing; with --sparse-checkout-file, dagsnap fetches commits and trees without blobs, then only the selected files' blobs"
+        } else {
+            "with --sparse-checkout-file, dagsnap fetches commits and trees without blobs (filter blob:none), then only the selected files' blobs, from servers that filter"
+        };
+        info(notes, &format!("--filter {filter}: {what}"));
     }
     let mut link = s.string("link");
     if !s.string("dest").is_empty() {
