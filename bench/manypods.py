@@ -57,6 +57,8 @@ def main():
     parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--idle", type=float, default=30)
     parser.add_argument("--delay", default="1ms")
+    parser.add_argument("--binary", default=DAGSNAP,
+                        help="the dagsnap to run (operation counts do not depend on the build)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as work:
@@ -89,7 +91,7 @@ def main():
             for i in range(args.publishers):
                 log = open(os.path.join(work, f"publisher-{i}.log"), "w")
                 processes.append(subprocess.Popen(
-                    [DAGSNAP, "sync", "--repo", f"file://{remote}", "--root", root,
+                    [os.path.abspath(args.binary), "sync", "--repo", f"file://{remote}", "--root", root,
                      "--cache-dir", os.path.join(work, f"cache-{i}"), "--period", args.period],
                     stdout=subprocess.DEVNULL, stderr=log, start_new_session=True))
             link = os.path.join(root, "current")

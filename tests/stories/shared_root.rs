@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use crate::readers::Readers;
 use crate::support::*;
 
-fn publishers_share_one_root(count: usize) {
+fn publishers_share_one_root(count: usize, readers: usize) {
     let remote = Remote::new();
     let commits = remote.fast_commits("work", 110, 40);
     remote.git(&["update-ref", "refs/heads/main", &commits[0]]);
@@ -29,7 +29,7 @@ fn publishers_share_one_root(count: usize) {
         })
         .collect();
     daemons[0].wait_for_commit(&root, &commits[0], Duration::from_secs(60));
-    let readers = Readers::start(&root, 2, 2);
+    let readers = Readers::start(&root, readers / 2, readers - readers / 2);
 
     // The remote advances every 300 ms for 30 s.
     let start = Instant::now();
@@ -69,6 +69,15 @@ fn publishers_share_one_root(count: usize) {
         );
     }
     assert_eq!(assert_root_valid(&root), *tip);
+    // Never backward: the link's moves follow the remote's order, whoever made them.
+    let order: Vec<usize> = journal_commits(&root)
+        .iter()
+        .map(|c| commits.iter().position(|k| k == c).unwrap())
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "the link moved backward: positions {order:?}"
+    );
     let retained = fs::read_dir(root.join(SNAPSHOTS)).unwrap().count();
     assert!(
         retained < next / 2,
@@ -83,12 +92,18 @@ fn publishers_share_one_root(count: usize) {
 
 #[test]
 fn two_publishers_share_one_root_without_errors() {
-    publishers_share_one_root(2);
+    publishers_share_one_root(2, 4);
 }
 
 #[test]
 fn four_publishers_share_one_root_without_errors() {
-    publishers_share_one_root(4);
+    publishers_share_one_root(4, 4);
+}
+
+/// Many pods on one volume (scheduler, web servers, workers): 8 publishers, 40 readers.
+#[test]
+fn eight_publishers_and_forty_readers_share_one_root_and_it_never_goes_backward() {
+    publishers_share_one_root(8, 40);
 }
 
 #[test]

@@ -236,9 +236,17 @@ fn modified(dir: &Dir, name: &OsStr) -> Option<SystemTime> {
 #[derive(Debug, Default)]
 pub struct LockWitness {
     peers: std::collections::HashMap<OsString, PeerBeat>,
+    /// Where the next look starts in the sorted list of peers' records.
+    cursor: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Peers' records read per look: each costs the volume an open, a read and a lock test, and
+/// with a hundred pods on one root every publisher reading every peer's record each poll would
+/// be most of what the root costs its NFS server. A look reads the next few in turn; evidence
+/// is counted per peer, so a fault is found after two looks at a peer however many there are.
+const PEERS_PER_LOOK: usize = 8;
+
+#[derive(Debug, Clone)]
 struct PeerBeat {
     beat: u64,
     /// Cycles in a row in which the beat advanced and the lock was invisible.
@@ -247,6 +255,10 @@ struct PeerBeat {
     still: u32,
     /// When this publisher last saw the beat advance (its own clock).
     advanced_at: std::time::Instant,
+    /// `host pid`, when the peer is a credible suspect (see [`credible`]).
+    suspect: Option<String>,
+    /// The peer's locks are proven invisible from here, as of the last look at it.
+    fault: Option<LockFault>,
 }
 
 /// However fast this publisher polls, a peer's beat is given this long, and three of its own
@@ -277,12 +289,13 @@ pub struct Observed {
 }
 
 impl LockWitness {
-    /// Look at every peer's record once (a cycle of this publisher): a peer whose beat
-    /// advanced while its lock is invisible from here, in two observations in a row, proves
-    /// that locks do not travel between the two (one observation could be a peer that stopped
-    /// between writing its beat and our look). A peer whose beat stands still for three cycles
-    /// and for [`STILL_PATIENCE`] (or three of its periods, if longer) has stopped, and its
-    /// evidence is forgotten.
+    /// Look at the next [`PEERS_PER_LOOK`] peers' records (a cycle of this publisher; all of
+    /// them when there are no more): a peer whose beat advanced while its lock is invisible from
+    /// here, in two looks at it in a row, proves that locks do not travel between the two (one
+    /// look could be a peer that stopped between writing its beat and our look). A peer whose
+    /// beat stands still for three looks and for [`STILL_PATIENCE`] (or three of its periods,
+    /// if longer) has stopped, and its evidence is forgotten. What each look concluded stands
+    /// until the next look at that peer.
     ///
     /// Records are input, so only a record a real publisher could have written is evidence
     /// ([`credible`]): not one in this publisher's own name (`me`, as `host pid`); on this host
@@ -294,57 +307,78 @@ impl LockWitness {
         let Some(dir) = sub_dir(store, DIR) else {
             return Observed::default();
         };
-        let mut present = std::collections::HashSet::new();
-        let mut observed = Observed::default();
-        for (name, record) in records_in(&dir) {
-            if name == own || record.stopped_at.is_some() {
-                continue;
-            }
-            let identity = format!("{} {}", record.host, record.pid);
-            if identity == me {
-                continue;
-            }
-            let held = FileLock::is_held_in(&dir, &name.to_string_lossy()).unwrap_or(true);
-            present.insert(name.clone());
-            let beat = record.beat;
-            let now = std::time::Instant::now();
-            let peer = self.peers.entry(name).or_insert(PeerBeat {
-                beat,
-                strikes: 0,
-                still: 0,
-                advanced_at: now,
-            });
-            let patience = Duration::from_millis(record.period_ms.unwrap_or(0))
-                .saturating_mul(3)
-                .max(STILL_PATIENCE);
-            if beat > peer.beat {
-                peer.still = 0;
-                peer.advanced_at = now;
-                peer.strikes = if held { 0 } else { peer.strikes + 1 };
-            } else if held {
-                // Its lock is visible now: whatever it was, it is not evidence any more.
-                peer.still += 1;
-                peer.strikes = 0;
-            } else {
-                peer.still += 1;
-                if peer.still >= 3 && now.duration_since(peer.advanced_at) >= patience {
-                    peer.strikes = 0;
-                }
-            }
-            peer.beat = beat;
-            if peer.strikes == 0 || !credible(&record, me) {
-                continue;
-            }
-            observed.suspects.push(identity);
-            if peer.strikes >= 2 && observed.fault.is_none() && corroborated(&record, me) {
-                observed.fault = Some(LockFault {
-                    host: record.host.clone(),
-                    pid: record.pid,
-                });
+        let mut names: Vec<OsString> = dir
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n != own && n.to_string_lossy().ends_with(".json"))
+            .collect();
+        names.sort();
+        self.peers.retain(|name, _| names.contains(name));
+        let take = names.len().min(PEERS_PER_LOOK);
+        let start = self.cursor % names.len().max(1);
+        self.cursor = start + take;
+        for name in names.iter().cycle().skip(start).take(take) {
+            match super::read_json::<PublisherRecord>(&dir, name) {
+                Ok(Read::Valid(record)) => self.look_at(&dir, name, &record, me),
+                // Torn while its publisher rewrote it, or damaged: no evidence either way.
+                _ => continue,
             }
         }
-        self.peers.retain(|name, _| present.contains(name));
-        observed
+        let mut suspects: Vec<(&OsString, &PeerBeat)> = self.peers.iter().collect();
+        suspects.sort_by(|a, b| a.0.cmp(b.0));
+        Observed {
+            fault: suspects.iter().find_map(|(_, peer)| peer.fault.clone()),
+            suspects: suspects
+                .iter()
+                .filter_map(|(_, peer)| peer.suspect.clone())
+                .collect(),
+        }
+    }
+
+    /// One look at the peer whose record `name` holds `record`.
+    fn look_at(&mut self, dir: &Dir, name: &OsStr, record: &PublisherRecord, me: &str) {
+        let identity = format!("{} {}", record.host, record.pid);
+        if record.stopped_at.is_some() || identity == me {
+            self.peers.remove(name);
+            return;
+        }
+        let held = FileLock::is_held_in(dir, &name.to_string_lossy()).unwrap_or(true);
+        let beat = record.beat;
+        let now = std::time::Instant::now();
+        let peer = self.peers.entry(name.to_os_string()).or_insert(PeerBeat {
+            beat,
+            strikes: 0,
+            still: 0,
+            advanced_at: now,
+            suspect: None,
+            fault: None,
+        });
+        let patience = Duration::from_millis(record.period_ms.unwrap_or(0))
+            .saturating_mul(3)
+            .max(STILL_PATIENCE);
+        if beat > peer.beat {
+            peer.still = 0;
+            peer.advanced_at = now;
+            peer.strikes = if held { 0 } else { peer.strikes + 1 };
+        } else if held {
+            // Its lock is visible now: whatever it was, it is not evidence any more.
+            peer.still += 1;
+            peer.strikes = 0;
+        } else {
+            peer.still += 1;
+            if peer.still >= 3 && now.duration_since(peer.advanced_at) >= patience {
+                peer.strikes = 0;
+            }
+        }
+        peer.beat = beat;
+        let suspected = peer.strikes > 0 && credible(record, me);
+        peer.suspect = suspected.then_some(identity);
+        peer.fault =
+            (suspected && peer.strikes >= 2 && corroborated(record, me)).then(|| LockFault {
+                host: record.host.clone(),
+                pid: record.pid,
+            });
     }
 }
 
