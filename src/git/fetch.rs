@@ -25,25 +25,44 @@ pub(super) struct Fetched {
     pub(super) served: Option<Served>,
 }
 
-/// The commits the cache follows (its local refs): what it tells the server it has.
-fn followed_commits(repo: &gix::Repository) -> Vec<ObjectId> {
+/// The commits the cache follows (its local refs): what it tells the server it has. One the
+/// cache cannot read means its objects are damaged: an error that has the cache re-created.
+fn followed_commits(repo: &gix::Repository) -> Result<Vec<ObjectId>, SourceError> {
     let Ok(platform) = repo.references() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let Ok(refs) = platform.prefixed("refs/dagsnap/") else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let mut ids: Vec<ObjectId> = refs
-        .filter_map(Result::ok)
-        .filter_map(|mut r| r.peel_to_id().ok().map(|id| id.detach()))
-        .filter(|id| {
-            repo.find_header(*id)
-                .is_ok_and(|h| h.kind() == gix::object::Kind::Commit)
-        })
-        .collect();
+    let mut ids = Vec::new();
+    for mut reference in refs.filter_map(Result::ok) {
+        let id = match reference.peel_to_id() {
+            Ok(id) => id.detach(),
+            Err(e) => {
+                return Err(SourceError::CacheRepo {
+                    dir: repo.path().to_path_buf(),
+                    cause: format!(
+                        "{} cannot be read: {}",
+                        reference.name().as_bstr(),
+                        error_chain(&e)
+                    ),
+                })
+            }
+        };
+        match repo.find_header(id) {
+            Ok(header) if header.kind() == gix::object::Kind::Commit => ids.push(id),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(SourceError::Object {
+                    commit: id,
+                    cause: error_chain(&e),
+                })
+            }
+        }
+    }
     ids.sort_unstable();
     ids.dedup();
-    ids
+    Ok(ids)
 }
 
 /// Everything one conversation with the remote needs, for the cache's repository.
@@ -223,8 +242,7 @@ impl<'a> Conversation<'a> {
         spec_source: &str,
         local_ref: &str,
     ) -> Result<Fetched, SourceError> {
-        let (repo, remote, progress, interrupt) =
-            (self.repo, self.remote, self.progress, self.interrupt);
+        let (repo, remote, progress) = (self.repo, self.remote, self.progress);
         let git_remote = self.make_remote(&[format!("+{spec_source}:{local_ref}")])?;
         // The listing this exchange makes is the one a later poll may ask again, not any before it.
         self.http.forget_listing();
@@ -278,7 +296,7 @@ impl<'a> Conversation<'a> {
                 // Requests gix's fetch cannot make (a filter, objects by id): this
                 // conversation ends with a flush, and each request has its own.
                 drop(prepare);
-                let haves = followed_commits(repo);
+                let haves = followed_commits(repo)?;
                 let want = tag.unwrap_or(commit);
                 let served = self.fetch_selection(selection, commit, want, &haves)?;
                 if served.is_some() {
@@ -293,13 +311,12 @@ impl<'a> Conversation<'a> {
                 (false, None)
             }
             None => {
-                // gix indexes the pack it receives through a map of it: bound what that holds.
-                super::pages::while_running(|| {
-                    prepare
-                        .with_shallow(remote.shallow())
-                        .receive(progress.add_child("fetch"), interrupt)
-                })
-                .map_err(|e| self.error("fetch from", &e))?;
+                // Not gix's receive: dagsnap indexes the pack itself, so that no object is
+                // ever held whole in memory ([`super::index_pack`]).
+                drop(prepare);
+                let want = tag.unwrap_or(commit);
+                self.request(&[want], &followed_commits(repo)?, None, true)?;
+                self.point(local_ref, want)?;
                 (true, None)
             }
         };

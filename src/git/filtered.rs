@@ -10,8 +10,6 @@
 //! check and its verification read the selection's entries, and the consolidation of a
 //! filtered cache re-creates it ([`super::Cache`]), which costs one filtered fetch.
 
-use std::sync::atomic::AtomicBool;
-
 use gix::protocol::fetch::negotiate::{one_round, Action, Round};
 use gix::protocol::fetch::{Arguments, Response};
 use gix::ObjectId;
@@ -209,7 +207,7 @@ impl Conversation<'_> {
 
     /// One fetch request on a connection of its own: `wants`, `haves`, `filter` if the server
     /// filters (returns whether it was applied), and `--depth` if `deepen`.
-    fn request(
+    pub(super) fn request(
         &self,
         wants: &[ObjectId],
         haves: &[ObjectId],
@@ -257,12 +255,13 @@ impl Conversation<'_> {
             haves,
             filter,
         };
-        let mut bundle = None;
         let fetched = super::pages::while_running(|| {
             gix::protocol::fetch(
                 &mut request,
-                |pack, progress, interrupt| {
-                    bundle = Some(write_pack(repo, pack, progress, interrupt)?);
+                |pack, _progress, interrupt| {
+                    let received = super::index_pack::receive(pack, repo, interrupt)
+                        .map_err(gix::Error::from_error)?;
+                    tracing::debug!(pack = %received.pack.display(), objects = received.objects, "received a pack");
                     Ok(true)
                 },
                 self.progress.add_child("fetch"),
@@ -288,30 +287,8 @@ impl Conversation<'_> {
             let _ = gix::protocol::indicate_end_of_interaction(&mut *transport, false);
         }
         fetched.map_err(|e| self.error("fetch from", &e))?;
-        if let Some(keep) = bundle.and_then(|b| b.keep_path) {
-            let _ = std::fs::remove_file(keep);
-        }
         Ok(filter.is_some())
     }
-}
-
-/// Index the received pack into the cache's pack directory.
-fn write_pack(
-    repo: &gix::Repository,
-    pack: &mut dyn std::io::BufRead,
-    progress: &mut dyn gix::DynNestedProgress,
-    interrupt: &AtomicBool,
-) -> gix::Result<gix::odb::pack::bundle::write::Outcome> {
-    gix::odb::pack::Bundle::write_to_directory(
-        pack,
-        Some(&repo.objects.store_ref().path().join("pack")),
-        progress,
-        interrupt,
-        Some(repo.objects.clone()),
-        repo.object_hash(),
-        Default::default(),
-    )
-    .map_err(gix::Error::from_error)
 }
 
 /// One request: these wants, these haves, this filter, and done (one round).

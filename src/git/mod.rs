@@ -10,7 +10,10 @@
 //! - `remote.rs`: [`Remote`] and [`Target`].
 //! - `cache.rs`: [`Cache`], its on-disk layout, its lock, and keeping it bounded.
 //! - `fetch.rs`: one conversation with the remote (list refs, receive a pack only when new).
-//! - `filtered.rs`: with a selection, commits and trees without blobs, then its blobs by id.
+//! - `filtered.rs`: with a selection, the commit filtered, then what it reads by id; every
+//!   request of a fetch is made here.
+//! - `index_pack.rs`: a received pack indexed without holding any object whole (`delta.rs`:
+//!   git's delta format).
 //! - `http.rs`: the HTTP client gix's conversations go through, kept for the cache's life.
 //! - `listing.rs`: an idle poll over HTTP, the last ref listing asked again.
 //! - `no_progress.rs`: fetch requests that ask the server for no progress messages.
@@ -37,11 +40,13 @@ pub(crate) mod access;
 mod blobs;
 mod cache;
 mod credentials;
+mod delta;
 pub(crate) mod diagnose;
 mod fetch;
 mod filtered;
 mod gitmodules;
 mod http;
+mod index_pack;
 mod listing;
 mod no_progress;
 pub(crate) mod pages;
