@@ -619,6 +619,18 @@ fn remove_stale_lock_files(repo_dir: &Path) -> Result<(), SourceError> {
             std::fs::remove_file(entry.path()).at("remove stale lock file", entry.path())?;
         }
     }
+    // A pack or index an interrupted fetch was writing (`index_pack`): never named, never read.
+    let packs = repo_dir.join("objects/pack");
+    for entry in std::fs::read_dir(&packs).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(super::index_pack::TEMPORARY)
+        {
+            tracing::info!(path = %entry.path().display(), "removing a pack file left in the cache by an interrupted fetch");
+            std::fs::remove_file(entry.path()).at("remove an unfinished pack", &entry.path())?;
+        }
+    }
     Ok(())
 }
 
@@ -636,6 +648,11 @@ fn pack_sizes(dir: &Path) -> Vec<u64> {
             entries
                 .filter_map(Result::ok)
                 .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .filter(|e| {
+                    !e.file_name()
+                        .to_string_lossy()
+                        .starts_with(super::index_pack::TEMPORARY)
+                })
                 .filter_map(|e| e.metadata().ok().map(|m| m.len()))
                 .collect()
         })

@@ -35,6 +35,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gix::odb::pack::data::{self, entry::Header};
 use gix::ObjectId;
 
+/// How the names of the pack and index being written start, until they are named for good.
+pub(crate) const TEMPORARY: &str = "tmp-dagsnap-";
+
 /// The piece an object is inflated into and hashed from.
 const CHUNK: usize = 256 << 10;
 
@@ -98,7 +101,7 @@ pub(crate) fn receive(
         source,
     };
     let temporary = tempfile::Builder::new()
-        .prefix("tmp-dagsnap-")
+        .prefix(TEMPORARY)
         .suffix(".pack")
         .tempfile_in(&dir)
         .map_err(write_error)?;
@@ -207,14 +210,24 @@ fn parse(
                     object_kind,
                     entry.decompressed_size,
                 ));
-                inflate(tee, entry.decompressed_size, &mut chunk, &mut |piece| {
-                    hasher.update(piece)
-                })?;
+                inflate(
+                    tee,
+                    entry.decompressed_size,
+                    &mut chunk,
+                    interrupt,
+                    &mut |piece| hasher.update(piece),
+                )?;
                 let id = hasher.try_finalize().map_err(|e| damaged(e.to_string()))?;
                 Some((object_kind, id))
             }
             _ => {
-                inflate(tee, entry.decompressed_size, &mut chunk, &mut |_| {})?;
+                inflate(
+                    tee,
+                    entry.decompressed_size,
+                    &mut chunk,
+                    interrupt,
+                    &mut |_| {},
+                )?;
                 None
             }
         };
@@ -238,12 +251,17 @@ fn inflate(
     input: &mut dyn BufRead,
     size: u64,
     chunk: &mut [u8],
+    interrupt: &AtomicBool,
     sink: &mut dyn FnMut(&[u8]),
 ) -> Result<(), IndexError> {
     use gix::zlib::{Decompress, FlushDecompress, Status};
     let mut state = Decompress::new();
     let mut total = 0u64;
     loop {
+        // A large object takes a while: a stop does not wait for its end.
+        if interrupt.load(Ordering::Relaxed) {
+            return Err(IndexError::Interrupted);
+        }
         let buffer = input.fill_buf().map_err(IndexError::Read)?;
         let eof = buffer.is_empty();
         let (in_before, out_before) = (state.total_in(), state.total_out());

@@ -110,7 +110,7 @@ pub(super) fn write_index(
     sorted.sort_unstable_by_key(|entry| entry.0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temporary = tempfile::Builder::new()
-        .prefix("tmp-dagsnap-")
+        .prefix(super::TEMPORARY)
         .suffix(".idx")
         .tempfile_in(dir)?;
     {
