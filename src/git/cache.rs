@@ -37,9 +37,12 @@ pub struct Observation {
     pub commit: ObjectId,
     /// The full ref name that matched (`refs/heads/main`), or the commit id for a fixed commit.
     pub ref_name: String,
-    /// When the question was sent. The remote's answer reflects a state at least this recent,
-    /// which is what the never-backward rule compares.
+    /// When the question was sent. The remote's answer reflects a state at least this recent.
     pub observed_at: SystemTime,
+    /// When the answer was in: the state it reflects is no more recent than this. Two
+    /// publishers' observations are ordered only when one's question followed the other's
+    /// answer (the never-backward rule, `store::link`).
+    pub answered_at: SystemTime,
     /// Whether a pack was received this time (false for an unchanged poll).
     pub fetched: bool,
     /// The annotated tag object the ref points at, when it does (in the cache).
@@ -338,6 +341,7 @@ impl Cache {
                     commit: check.commit,
                     ref_name: check.ref_name.clone(),
                     observed_at,
+                    answered_at: SystemTime::now(),
                     fetched: false,
                     tag: check.tag,
                 };
@@ -352,6 +356,7 @@ impl Cache {
                     commit: *id,
                     ref_name: id.to_string(),
                     observed_at,
+                    answered_at: observed_at,
                     fetched: false,
                     tag: None,
                 });
@@ -390,6 +395,7 @@ impl Cache {
             fetched,
             tag,
             served,
+            answered_at,
         } = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
         self.note_served(served, remote);
         self.idle = listing.map(|listing| IdleCheck {
@@ -406,6 +412,7 @@ impl Cache {
             commit,
             ref_name,
             observed_at,
+            answered_at,
             fetched,
             tag,
         })

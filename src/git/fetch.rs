@@ -23,6 +23,8 @@ pub(super) struct Fetched {
     pub(super) tag: Option<ObjectId>,
     /// How the server served a fetch of part of the commit (`None`: nothing fetched that way).
     pub(super) served: Option<Served>,
+    /// When the ref listing's answer was in.
+    pub(super) answered_at: std::time::SystemTime,
 }
 
 /// The commits the cache follows (its local refs): what it tells the server it has. One the
@@ -250,6 +252,7 @@ impl<'a> Conversation<'a> {
         let prepare = connection
             .prepare_fetch(progress.add_child("list refs"), Default::default())
             .map_err(|e| self.error("list refs of", &e))?;
+        let answered_at = std::time::SystemTime::now();
 
         let ref_map = prepare.ref_map();
         let mapping = ref_map.mappings.iter().find(|m| {
@@ -339,6 +342,7 @@ impl<'a> Conversation<'a> {
             fetched,
             tag,
             served,
+            answered_at,
         })
     }
 

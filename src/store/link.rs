@@ -152,10 +152,12 @@ impl Root {
     /// publisher of this root:
     /// 1. If the link already shows the commit, there is nothing to do. If an operator pinned a
     ///    snapshot, the link stays where the pin put it.
-    /// 2. If the newest publication names another commit observed later than ours, another
-    ///    publisher saw a newer state of the remote: leave the link alone. The record, not the
-    ///    link, is compared, because a publisher that died between writing the record and
-    ///    moving the link still saw what it saw. "Newest" is what [`super::Records::latest`]
+    /// 2. If the newest publication names another commit, and its answer came after our
+    ///    question was sent, leave the link alone: another publisher may have seen a newer state
+    ///    of the remote (a question sent later can be answered from an older state, so only a
+    ///    question sent after the other's answer is surely newer; our next poll will be). The
+    ///    record, not the link, is compared, because a publisher that died between writing the
+    ///    record and moving the link still saw what it saw. "Newest" is what [`super::Records::latest`]
     ///    says, for this decision as for every other: a record whose observation lies more
     ///    than [`super::MAX_CLOCK_SKEW`] ahead of this host's clock is believed by none.
     /// 3. The snapshot must still exist (GC or a person may have removed it since it was
@@ -186,7 +188,7 @@ impl Root {
         }
         // (2)
         if let Some(latest) = records.latest()? {
-            if latest.commit != publication.commit && latest.observed_at > publication.observed_at {
+            if latest.commit != publication.commit && latest.may_be_as_recent_as(publication) {
                 return Ok(Decision::Superseded { newer: latest });
             }
         }

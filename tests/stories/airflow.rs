@@ -645,14 +645,18 @@ pub(crate) fn commit_probe(remote: &Remote, result: &Path) -> String {
     )
 }
 
-/// A DAG whose first task waits and whose second records which commit's files it read.
+/// A DAG whose first task waits and whose second records which commit's files it read: it
+/// writes the result whole and then names it, since the stories read the file as soon as its
+/// name exists.
 fn probe_dag(result: &Path) -> String {
     format!(
         "import time\nfrom datetime import datetime\nfrom pathlib import Path\nfrom airflow.sdk import DAG, task\n\n\
          with DAG(dag_id='probe', start_date=datetime(2024, 1, 1), schedule=None, catchup=False):\n\
          \x20   @task\n    def wait():\n        time.sleep(8)\n\n\
          \x20   @task\n    def read():\n        marker = (Path(__file__).parent / 'marker.txt').read_text().strip()\n        \
-         Path({result:?}).write_text(marker + ' ' + __file__)\n\n\
+         partial = Path({result:?} + '.partial')\n        \
+         partial.write_text(marker + ' ' + __file__)\n        \
+         partial.replace({result:?})\n\n\
          \x20   wait() >> read()\n",
         result = result.display().to_string()
     )

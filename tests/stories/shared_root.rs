@@ -138,6 +138,7 @@ fn a_publisher_with_a_stale_view_never_moves_the_link_backward() {
         commit: dagsnap::CommitId::parse(&c2).unwrap(),
         cause: dagsnap::Cause::Sync,
         observed_at: SystemTime::now(),
+        answered_at: Some(SystemTime::now()),
         published_at: SystemTime::now(),
         host: "stand-in-for-b".into(),
         pid: 1,

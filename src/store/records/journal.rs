@@ -182,6 +182,7 @@ mod tests {
             commit: CommitId::parse(&format!("{:040x}", n)).unwrap(),
             cause: Cause::Sync,
             observed_at: SystemTime::UNIX_EPOCH,
+            answered_at: None,
             published_at: SystemTime::UNIX_EPOCH,
             host: "h".into(),
             pid: 1,

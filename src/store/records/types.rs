@@ -68,6 +68,13 @@ pub struct Publication {
     /// When the publisher asked the remote for the state that produced this publication.
     #[serde(with = "rfc3339")]
     pub observed_at: SystemTime,
+    /// When the remote's answer was in (records before 0.5 have none: `observed_at` then).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::publishers::optional_time"
+    )]
+    pub answered_at: Option<SystemTime>,
     #[serde(with = "rfc3339")]
     pub published_at: SystemTime,
     pub host: String,
@@ -113,6 +120,7 @@ impl Author {
             commit,
             cause,
             observed_at: now,
+            answered_at: None,
             published_at: now,
             host: self.host.clone(),
             pid: self.pid,
@@ -131,6 +139,14 @@ impl Publication {
     /// reset. Such entries carry the time of the action as their observation time.
     pub fn resets_ordering(&self) -> bool {
         matches!(self.cause, Cause::Rollback | Cause::Pin | Cause::Unpin)
+    }
+
+    /// Whether the state this publication saw may be as recent as the one `later` saw: unless
+    /// `later`'s question was sent after this one's answer came, the two answers cannot be
+    /// ordered (a question sent later can be answered from an older state), and the link must
+    /// not move from this one to `later`'s commit on the strength of the clock alone.
+    pub fn may_be_as_recent_as(&self, later: &Publication) -> bool {
+        self.answered_at.unwrap_or(self.observed_at) >= later.observed_at
     }
 }
 
@@ -383,6 +399,32 @@ pub mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_question_sent_after_the_others_answer_is_surely_newer() {
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let seen = |asked: u64, answered: Option<u64>| Publication {
+            commit: CommitId::parse(&"a".repeat(40)).unwrap(),
+            cause: Cause::Sync,
+            observed_at: at(asked),
+            answered_at: answered.map(at),
+            published_at: at(answered.unwrap_or(asked)),
+            host: "h".into(),
+            pid: 1,
+            repo: "r".into(),
+            ref_name: "main".into(),
+            moved_link: true,
+            reason: None,
+        };
+        // Asked at 100, answered at 105 (from the state of 104): a question sent at 101 may
+        // have been answered from the state of 102, older.
+        let first = seen(100, Some(105));
+        assert!(first.may_be_as_recent_as(&seen(101, Some(103))));
+        assert!(first.may_be_as_recent_as(&seen(105, Some(106))));
+        assert!(!first.may_be_as_recent_as(&seen(106, Some(107))));
+        // A record without an answer time (before 0.5, or an operator's) counts its question.
+        assert!(!seen(100, None).may_be_as_recent_as(&seen(101, None)));
+    }
 
     #[test]
     fn one_source_however_it_is_spelled() {
