@@ -295,3 +295,79 @@ fn under_churn_each_parse_is_labelled_with_the_commit_it_read_and_airflow_s_wind
         run.label_gaps
     );
 }
+
+#[test]
+fn a_bundle_with_a_subdir_reads_the_dag_folder_of_the_snapshot_its_version_names() {
+    let Some(airflow) = Airflow::find(3) else {
+        return;
+    };
+    // A whole repository published: DAGs in dags/, a plugin beside them.
+    let remote = Remote::new();
+    let first = remote.commit(
+        &[("dags/a.py", "first\n"), ("plugins/p.py", "plugin one\n")],
+        "one",
+    );
+    let scratch = Scratch::new();
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let second = remote.commit(
+        &[("dags/a.py", "second\n"), ("plugins/p.py", "plugin two\n")],
+        "two",
+    );
+    assert!(sync_once(&scratch, &remote.url(), &[]).status.success());
+    let root = scratch.root();
+    let script = r#"
+import json, os, sys
+from dagsnap_airflow import DagsnapBundle, SnapshotGone
+root, first = sys.argv[1], sys.argv[2]
+out = {}
+latest = DagsnapBundle(name="dags", root=root, subdir="dags")
+latest.initialize()
+out["latest_file"] = open(latest.path / "a.py").read()
+out["latest_plugin"] = open(latest.path.parent / "plugins" / "p.py").read()
+out["latest_version"] = getattr(latest.get_current_version(), "version", latest.get_current_version())
+task = DagsnapBundle(name="dags", root=root, version=first, subdir="dags/", lease_seconds=3600)
+task.initialize()
+out["task_path"] = str(task.path)
+out["task_file"] = open(task.path / "a.py").read()
+try:
+    DagsnapBundle(name="dags", root=root, subdir="../etc")
+except ValueError as e:
+    out["outside"] = str(e)
+try:
+    DagsnapBundle(name="dags", root=root, subdir="dagz").initialize()
+except SnapshotGone as e:
+    out["missing"] = str(e)
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(airflow.python())
+        .args(["-c", script])
+        .arg(&root)
+        .arg(&first)
+        .env("AIRFLOW_HOME", scratch.path("airflow"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The version names the whole snapshot; the path is its DAG folder.
+    assert_eq!(seen["latest_version"], second.as_str());
+    assert_eq!(seen["latest_file"], "second\n");
+    assert_eq!(
+        seen["latest_plugin"], "plugin two\n",
+        "the plugins beside the DAGs are the same snapshot's"
+    );
+    assert_eq!(
+        seen["task_path"].as_str().unwrap(),
+        root.join(SNAPSHOTS).join(&first).join("dags").to_str().unwrap()
+    );
+    assert_eq!(seen["task_file"], "first\n", "a task reads its run's commit");
+    assert!(
+        seen["outside"].as_str().unwrap().contains("inside the snapshot"),
+        "{}",
+        seen["outside"]
+    );
+    let missing = seen["missing"].as_str().unwrap();
+    assert!(
+        missing.contains("dagz") && missing.contains("subdir="),
+        "{missing}"
+    );
+}

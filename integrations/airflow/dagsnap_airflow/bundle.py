@@ -20,6 +20,11 @@ files that the newer commit renamed). This bundle resolves the link once per ref
   minutes after. Leases need the volume writable where the task runs; on a read-only mount,
   retention (``--keep``, ``--grace``) must cover the longest task.
 
+- ``subdir`` (optional) is where the DAGs are inside each snapshot (``dags``): the bundle's
+  ``path`` is that folder of the snapshot, while its version still names the whole snapshot,
+  so that the DAG folder, and the plugins and libraries beside it in the same snapshot, always
+  go together (a root publishing a whole repository, or several repositories as one).
+
 Snapshots that stop being live stay for dagsnap's ``--grace`` (10 minutes by default): the DAG
 processor may still read one up to a parsing pass after it was replaced, so ``--grace`` must
 exceed the longest parsing pass.
@@ -61,7 +66,8 @@ class DagsnapBundle(BaseDagBundle):
     For tasks: ``lease_seconds`` is how long a task's lease outlives its process (renewed every
     third of it while the task runs); ``token_file`` holds the publisher's
     ``--trigger-token-file`` token (default: ``$DAGSNAP_TRIGGER_TOKEN_FILE``), to ask it for a
-    version the root does not hold; ``materialize_timeout`` bounds that wait in seconds."""
+    version the root does not hold; ``materialize_timeout`` bounds that wait in seconds.
+    ``subdir`` is the DAG folder inside each snapshot (default: the snapshot's top)."""
 
     supports_versioning = True
 
@@ -73,9 +79,11 @@ class DagsnapBundle(BaseDagBundle):
         lease_seconds: int = 300,
         token_file: str | None = None,
         materialize_timeout: float = 600,
+        subdir: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.subdir = _relative_folder(subdir)
         self.root = Path(root)
         self.link = self.root / (link or self._recorded_link() or "current")
         self.lease_seconds = int(lease_seconds)
@@ -98,6 +106,10 @@ class DagsnapBundle(BaseDagBundle):
 
     @property
     def path(self) -> Path:
+        return self._top() / self.subdir if self.subdir else self._top()
+
+    def _top(self) -> Path:
+        """The snapshot as the bundle shows it: the view, the version's snapshot, or the link."""
         if self._view is not None:
             return self._view.path
         if self._snapshot is not None:
@@ -106,6 +118,15 @@ class DagsnapBundle(BaseDagBundle):
             return self._snapshots() / self.version
         # Not initialized yet: where the link points now.
         return self.link
+
+    def _check_subdir(self, snapshot: Path, commit: str) -> None:
+        """The DAG folder must be in the snapshot, or the processor would find no DAGs and
+        deactivate every one."""
+        if self.subdir and not (snapshot / self.subdir).is_dir():
+            raise SnapshotGone(
+                f"the snapshot of {commit} has no folder {self.subdir}; check the bundle's subdir= "
+                f"against what the root publishes (`dagsnap status --root {self.root}`)"
+            )
 
     def get_current_version(self):
         if self._commit is None:
@@ -153,6 +174,7 @@ class DagsnapBundle(BaseDagBundle):
             raise SnapshotGone(
                 f"{self.link} points to {target}, which is not a complete dagsnap snapshot under {self.root}"
             )
+        self._check_subdir(snapshot, commit)
         if self._view is None:
             try:
                 self._view = View(self)
@@ -174,6 +196,7 @@ class DagsnapBundle(BaseDagBundle):
         self._lease = leases.Renewal(self, store, version, self.lease_seconds)
         if not snapshot.is_dir():
             self._materialize(version)
+        self._check_subdir(snapshot, version)
         self._snapshot = snapshot
         self._commit = version
 
@@ -210,3 +233,15 @@ class DagsnapBundle(BaseDagBundle):
             f"a publisher materialized commit {version}, but {snapshot} does not appear here: "
             f"is {self.root} the same volume the publisher writes?"
         )
+
+
+def _relative_folder(subdir: str | None) -> Path | None:
+    """``subdir=`` checked: a folder inside the snapshot, never a way out of it."""
+    if subdir is None or subdir.strip("/") in ("", "."):
+        return None
+    path = Path(subdir.strip("/"))
+    if subdir.startswith("/") or ".." in path.parts:
+        raise ValueError(
+            f"DagsnapBundle subdir={subdir!r}: give a folder inside the snapshot, like 'dags'"
+        )
+    return path
