@@ -357,11 +357,21 @@ print(json.dumps(out))
     );
     assert_eq!(
         seen["task_path"].as_str().unwrap(),
-        root.join(SNAPSHOTS).join(&first).join("dags").to_str().unwrap()
+        root.join(SNAPSHOTS)
+            .join(&first)
+            .join("dags")
+            .to_str()
+            .unwrap()
     );
-    assert_eq!(seen["task_file"], "first\n", "a task reads its run's commit");
+    assert_eq!(
+        seen["task_file"], "first\n",
+        "a task reads its run's commit"
+    );
     assert!(
-        seen["outside"].as_str().unwrap().contains("inside the snapshot"),
+        seen["outside"]
+            .as_str()
+            .unwrap()
+            .contains("inside the snapshot"),
         "{}",
         seen["outside"]
     );

@@ -299,7 +299,10 @@ impl Modes {
     }
 }
 
-/// A modification time in nanoseconds since the epoch, as entry lists record it.
-pub(super) fn mtime_ns(seconds: i64, nanoseconds: i64) -> i128 {
-    i128::from(seconds) * 1_000_000_000 + i128::from(nanoseconds)
+/// A modification time in nanoseconds since the epoch, as entry lists record it: 64 bits hold
+/// the years 1678 to 2261, and an entry list holds one per file (saturated beyond).
+pub(super) fn mtime_ns(seconds: i64, nanoseconds: i64) -> i64 {
+    seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(nanoseconds)
 }

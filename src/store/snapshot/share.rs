@@ -82,7 +82,7 @@ impl<'a> Sharing<'a, '_> {
         entry: &Entry,
         into: &Dir,
         leaf: &OsStr,
-    ) -> Option<(u64, Option<i128>)> {
+    ) -> Option<(u64, Option<i64>)> {
         if self.disabled.load(Ordering::Relaxed) {
             return None;
         }
@@ -112,7 +112,7 @@ impl<'a> Sharing<'a, '_> {
     /// symlink on the way, and its name), and its modification time, if the file there is
     /// still what was recorded: a regular file, read-only, of the recorded size and (when
     /// recorded) modification time.
-    pub(super) fn intact_source(&mut self, old: &'a Entry) -> Option<(&Dir, &'a OsStr, i128)> {
+    pub(super) fn intact_source(&mut self, old: &'a Entry) -> Option<(&Dir, &'a OsStr, i64)> {
         let (parent, leaf) = split_path(&old.path);
         let previous = self.index.previous.dir;
         // Every directory on the way must be a real one: a symlink planted in place of one would

@@ -35,7 +35,7 @@ pub(super) struct Shared<'a> {
 /// What one worker wrote: the size (and a file's modification time) of each of its entries,
 /// and how many it shared.
 pub(super) struct Written {
-    sizes: Vec<(usize, u64, Option<i128>)>,
+    sizes: Vec<(usize, u64, Option<i64>)>,
     reused: u64,
 }
 
@@ -171,7 +171,7 @@ pub(super) fn write_file(
     executable: bool,
     modes: Modes,
     fill: impl FnOnce(&mut fs::File) -> Result<u64, CopyError>,
-) -> Result<(u64, Option<i128>), CopyError> {
+) -> Result<(u64, Option<i64>), CopyError> {
     let mode = fsutil::read_only_mode(false, executable);
     // O_CREAT with a read-only mode still gives a writable descriptor: permissions are checked
     // when an existing file is opened, not when it is created.
@@ -261,4 +261,4 @@ pub(super) fn write_all(
 }
 
 /// Files shared, and each entry's (number, size, modification time).
-pub(super) type Reused = (u64, Vec<(usize, u64, Option<i128>)>);
+pub(super) type Reused = (u64, Vec<(usize, u64, Option<i64>)>);
