@@ -106,6 +106,8 @@ pub struct Cache {
     partial: bool,
     /// Said once: the server sent whole commits where part would do.
     said_whole: bool,
+    /// The commit whose selection this process made complete in the cache (see `partial`).
+    complete: Option<ObjectId>,
     /// This process created the cache directory (see [`Cache::remove_if_created`]).
     created_dir: bool,
     /// The HTTP backend every conversation of this cache uses.
@@ -189,8 +191,9 @@ impl Cache {
             record,
             resolved: None,
             reset_due: false,
-            partial: false,
+            partial: remote.selection.is_some(),
             said_whole: false,
+            complete: None,
             created_dir,
             http: SharedHttp::default(),
             idle: None,
@@ -306,6 +309,7 @@ impl Cache {
         )?;
         self.resolved = None;
         self.idle = None;
+        self.complete = None;
         self.reset_due = false;
         Ok(())
     }
@@ -321,7 +325,6 @@ impl Cache {
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Observation, SourceError> {
-        self.partial = remote.selection.is_some();
         self.maintain()?;
         let observed_at = SystemTime::now();
         // Read the credentials now, every time: a rotated token is picked up without a restart.
@@ -376,6 +379,7 @@ impl Cache {
                 progress,
                 interrupt,
                 http: &self.http,
+                complete: self.complete,
             },
         );
         // The listing the conversation made (its `ls-refs`, made last), for the next poll if
@@ -398,6 +402,7 @@ impl Cache {
             answered_at,
         } = result.map_err(|e| with_ssh_log(e, &ssh_log, remote))?;
         self.note_served(served, remote);
+        self.complete = Some(commit);
         self.idle = listing.map(|listing| IdleCheck {
             listing,
             credentials,
@@ -461,6 +466,7 @@ impl Cache {
             progress,
             interrupt,
             http: &self.http,
+            complete: None,
         };
         let fetched = talk
             .fetch_if_needed(&commit.to_string(), REPAIR_REF)
@@ -481,12 +487,12 @@ impl Cache {
             None | Some(Served::Filtered) => return,
             Some(Served::Whole) => "the server does not filter (git: uploadpack.allowFilter)",
             Some(Served::WholeNoObjectsById) => {
-                "the server does not give objects by id (git: protocol v2, or uploadpack.allowAnySHA1InWant)"
+                "the server does not give objects by id (git: protocol v2, or uploadpack.allowReachableSHA1InWant)"
             }
         };
         if !self.said_whole {
             self.said_whole = true;
-            tracing::info!(url = %remote.display_url(), "{why}: fetching whole commits, not only the part that is published; this costs transfer, nothing else");
+            tracing::info!(url = %remote.display_url(), "{why}: fetching whole commits, not only the part that is published; this costs transfer, nothing else (docs/operations.md, \"Fetching only the selection\")");
         }
     }
 

@@ -77,6 +77,9 @@ pub(super) struct Conversation<'a> {
     pub(super) interrupt: &'a AtomicBool,
     /// The cache's HTTP client: its connections and its last ref listing outlive the conversation.
     pub(super) http: &'a SharedHttp,
+    /// The commit whose selection this process already made complete in the cache: a poll
+    /// that finds it again need not walk the selection ([`super::filtered`]).
+    pub(super) complete: Option<ObjectId>,
 }
 
 type Connection<'a, 'r> = gix::remote::Connection<
@@ -133,7 +136,27 @@ impl<'a> Conversation<'a> {
 
     /// Connect to the remote with dagsnap's HTTP settings and, if configured, its credentials.
     /// Without dagsnap credentials, git's credential helpers (if configured) are asked as usual.
-    pub(super) fn connect<'c, 'r>(
+    fn connect<'c, 'r>(
+        &self,
+        git_remote: &'c gix::Remote<'r>,
+    ) -> Result<Connection<'c, 'r>, SourceError> {
+        let mut connection = self.open_transport(git_remote)?;
+        if !self.remote.is_http() {
+            return Ok(connection);
+        }
+        if let Some(options) = self.transport_options()? {
+            connection = connection.with_transport_options(options);
+        }
+        if let Some(credentials) = self.credentials_fn() {
+            connection = connection.with_credentials(credentials);
+        }
+        Ok(connection)
+    }
+
+    /// A connection whose transport is made but not configured (over HTTP: on the cache's
+    /// client, in the protocol version its configuration names). The caller configures it
+    /// ([`Self::transport_options`], [`Self::credentials_fn`]) or lets gix's handshake do so.
+    pub(super) fn open_transport<'c, 'r>(
         &self,
         git_remote: &'c gix::Remote<'r>,
     ) -> Result<Connection<'c, 'r>, SourceError> {
@@ -157,14 +180,7 @@ impl<'a> Conversation<'a> {
         };
         let transport: Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send> =
             Box::new(http.connect(url, version));
-        let mut connection = git_remote.to_connection_with_transport(transport);
-        if let Some(options) = self.transport_options()? {
-            connection = connection.with_transport_options(options);
-        }
-        if let Some(credentials) = self.credentials_fn() {
-            connection = connection.with_credentials(credentials);
-        }
-        Ok(connection)
+        Ok(git_remote.to_connection_with_transport(transport))
     }
 
     /// How the transport is configured before its handshake: dagsnap's HTTP settings (CA,
@@ -295,6 +311,11 @@ impl<'a> Conversation<'a> {
 
         let present = repo.has_object(commit) && tag.is_none_or(|t| repo.has_object(t));
         let (fetched, served) = match &remote.selection {
+            // Checked by this process already: the selection's objects are all here.
+            Some(_) if present && self.complete == Some(commit) => {
+                drop(prepare);
+                (false, None)
+            }
             Some(selection) => {
                 // Requests gix's fetch cannot make (a filter, objects by id): this
                 // conversation ends with a flush, and each request has its own.

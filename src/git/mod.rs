@@ -10,9 +10,9 @@
 //! - `remote.rs`: [`Remote`] and [`Target`].
 //! - `cache.rs`: [`Cache`], its on-disk layout, its lock, and keeping it bounded.
 //! - `fetch.rs`: one conversation with the remote (list refs, receive a pack only when new).
-//! - `filtered.rs`: with a selection, the commit filtered, then what it reads by id; every
-//!   request of a fetch is made here.
-//! - `index_pack.rs`: a received pack indexed without holding any object whole (`delta.rs`:
+//! - `request.rs`: one fetch request (wants, haves, a filter), the way every pack comes in.
+//! - `filtered.rs`: with a selection, the commit filtered, then what the selection reads by id.
+//! - `index_pack/`: a received pack indexed without holding any object whole (`delta.rs`:
 //!   git's delta format).
 //! - `http.rs`: the HTTP client gix's conversations go through, kept for the cache's life.
 //! - `listing.rs`: an idle poll over HTTP, the last ref listing asked again.
@@ -52,6 +52,7 @@ mod no_progress;
 pub(crate) mod pages;
 pub(crate) mod redact;
 mod remote;
+mod request;
 pub(crate) mod select;
 pub(crate) mod submodules;
 mod tls;
@@ -180,6 +181,25 @@ fn known_refs_suffix(known: &[String]) -> String {
 }
 
 impl SourceError {
+    /// What the server said when it refused an object asked for by id (it does not have it, it
+    /// is not reachable from its refs, or the protocol does not let it give objects by id);
+    /// `None` for any other failure.
+    pub(crate) fn object_refused(&self) -> Option<&'static str> {
+        let SourceError::Remote { cause, .. } = self else {
+            return None;
+        };
+        let lower = cause.to_lowercase();
+        [
+            "not our ref",
+            "not a valid object",
+            "no such remote ref",
+            "couldn't find remote ref",
+            "allow-tip-sha1-in-want",
+        ]
+        .into_iter()
+        .find(|phrase| lower.contains(phrase))
+    }
+
     /// True when the cache may be at fault, so that starting it over may help: damaged or
     /// missing objects, an unusable repository or directory, a pack that could not be
     /// received into it. Not a remote that cannot be reached or refuses us, nor a wrong setting.

@@ -109,6 +109,29 @@ fn assert_snapshot_is_archive_of(scratch: &Scratch, remote: &Remote, commit: &st
     );
 }
 
+/// A DAG beside a larger file outside dags/; the commit.
+fn dags_beside_a_service(remote: &Remote) -> String {
+    remote.commit(
+        &[
+            ("dags/a.py", "a\n"),
+            ("services/api/big.txt", &"x".repeat(10_000)),
+        ],
+        "one",
+    )
+}
+
+/// Whether the cache in `scratch` holds the object `spec` (`<commit>:<path>`) names.
+fn cached(scratch: &Scratch, remote: &Remote, spec: &str) -> bool {
+    let id = remote.git(&["rev-parse", spec]);
+    Command::new("git")
+        .arg("--git-dir")
+        .arg(scratch.cache().join("repo.git"))
+        .args(["cat-file", "-e", &id])
+        .status()
+        .unwrap()
+        .success()
+}
+
 fn serve_filtering(server: &HttpServer, remote: &Remote, allow: bool) -> String {
     let url = server.serve(&remote.dir, "mono.git");
     let value = if allow { "true" } else { "false" };
@@ -221,13 +244,7 @@ fn sparse_patterns_fetch_only_the_files_they_select() {
 #[test]
 fn a_server_that_does_not_filter_gets_whole_commits_and_one_info_line() {
     let remote = Remote::new();
-    let commit = remote.commit(
-        &[
-            ("dags/a.py", "a\n"),
-            ("services/big.txt", &"x".repeat(10_000)),
-        ],
-        "one",
-    );
+    let commit = dags_beside_a_service(&remote);
     let server = HttpServer::start();
     let url = serve_filtering(&server, &remote, false);
     let scratch = Scratch::new();
@@ -247,13 +264,7 @@ fn a_server_that_will_not_give_objects_by_id_gets_asked_for_the_whole_commit() {
     // server speaks protocol v0 on a connection that stays open, filters, and refuses blobs by
     // id ("not our ref") unless uploadpack.allowReachableSHA1InWant is set.
     let remote = Remote::new();
-    let commit = remote.commit(
-        &[
-            ("dags/a.py", "a\n"),
-            ("services/big.txt", &"x".repeat(10_000)),
-        ],
-        "one",
-    );
+    let commit = dags_beside_a_service(&remote);
     let server = crate::servers::SshServer::start();
     let path = server.serve(&remote.dir, "mono.git");
     git(&path, &["config", "uploadpack.allowFilter", "true"]);
@@ -330,17 +341,7 @@ fn a_nested_folder_is_reached_tree_by_tree_and_nothing_outside_it_is_cached() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_snapshot_is_archive_of(&scratch, &remote, &commit, "platform/airflow/dags");
-    let cache = scratch.cache().join("repo.git");
-    let has = |spec: &str| {
-        let id = remote.git(&["rev-parse", &format!("{commit}:{spec}")]);
-        Command::new("git")
-            .arg("--git-dir")
-            .arg(&cache)
-            .args(["cat-file", "-e", &id])
-            .status()
-            .unwrap()
-            .success()
-    };
+    let has = |path: &str| cached(&scratch, &remote, &format!("{commit}:{path}"));
     assert!(has("platform/airflow/dags/sub/b.py"));
     assert!(
         !has("platform/airflow/setup.py"),
@@ -353,5 +354,34 @@ fn a_nested_folder_is_reached_tree_by_tree_and_nothing_outside_it_is_cached() {
     assert!(
         !has("services"),
         "a tree outside the path to the folder was fetched"
+    );
+}
+
+#[test]
+fn a_server_that_refuses_the_tree_filter_is_asked_without_blobs_instead() {
+    // git with tree filters banned (uploadpackfilter.tree.allow=false), as some hosts serve
+    // blob:none only: the commit comes with its trees, then the folder's blobs by id.
+    let remote = Remote::new();
+    let commit = dags_beside_a_service(&remote);
+    for (key, value) in [
+        ("uploadpack.allowFilter", "true"),
+        ("uploadpackfilter.tree.allow", "false"),
+    ] {
+        remote.git(&["config", key, value]);
+    }
+    let scratch = Scratch::new();
+    let out = sync_once(&scratch, &remote.url(), &["--subdir", "dags"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("fetching whole commits"),
+        "{}",
+        stderr(&out)
+    );
+    assert_snapshot_is_archive_of(&scratch, &remote, &commit, "dags");
+    let has = |path: &str| cached(&scratch, &remote, &format!("{commit}:{path}"));
+    assert!(has("services/api"), "blob:none brings every tree");
+    assert!(
+        !has("services/api/big.txt"),
+        "and no blob outside the folder"
     );
 }

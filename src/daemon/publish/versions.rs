@@ -147,19 +147,7 @@ impl Publisher {
 /// What a server says when it will not give a commit by id: it does not have it, or it is not
 /// reachable from any of its refs. `None` for any other failure (the network, credentials).
 fn refused_by_remote(error: &SourceError) -> Option<String> {
-    let SourceError::Remote { cause, .. } = error else {
-        return None;
-    };
-    let lower = cause.to_lowercase();
-    [
-        "not our ref",
-        "not a valid object",
-        "no such remote ref",
-        "couldn't find remote ref",
-    ]
-    .iter()
-    .find(|phrase| lower.contains(*phrase))
-    .map(|phrase| {
+    error.object_refused().map(|phrase| {
         format!("the server has no commit by that id that its refs reach (it said \"{phrase}\")")
     })
 }

@@ -18,18 +18,14 @@ pub(super) fn resolve(
     kind: gix::hash::Kind,
     interrupt: &AtomicBool,
 ) -> Result<Vec<ObjectId>, IndexError> {
-    let by_offset: HashMap<u64, usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.offset, i))
-        .collect();
     let mut ofs_children: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut ref_children: HashMap<ObjectId, Vec<usize>> = HashMap::new();
     for (i, entry) in entries.iter().enumerate() {
         match entry.kind {
-            Kind::Ofs(base) => match by_offset.get(&base) {
-                Some(&b) => ofs_children.entry(b).or_default().push(i),
-                None => {
+            // Entries are in the pack's order: their offsets ascend.
+            Kind::Ofs(base) => match entries.binary_search_by_key(&base, |e| e.offset) {
+                Ok(b) => ofs_children.entry(b).or_default().push(i),
+                Err(_) => {
                     return Err(damaged(format!(
                         "the delta at {} names no entry",
                         entry.offset
