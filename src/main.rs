@@ -167,16 +167,26 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
     }
     // Before any thread exists: these change the environment of the processes dagsnap starts.
     plan.export_git_config();
-    if plan.remote.is_ssh() {
+    if plan.uses_ssh() {
         // This may set LD_PRELOAD for the ssh processes.
         if let Some(dir) = dagsnap::provide_passwd_entry(&plan.cache_dir).map_err(usage)? {
             tracing::info!(files = %dir.display(), "this uid has no passwd entry; giving ssh one through nss_wrapper");
         }
     }
+    let shown = |what: &dyn Fn(&dagsnap::Remote) -> String| -> String {
+        match plan.sources.as_slice() {
+            [one] if one.name.is_none() => what(&one.remote),
+            several => several
+                .iter()
+                .map(|s| format!("{}={}", s.name.as_deref().unwrap_or(""), what(&s.remote)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    };
     tracing::info!(
-        repo = %plan.remote.display_url(),
-        r#ref = %plan.remote.target,
-        depth = plan.remote.depth,
+        repo = %shown(&|r| r.display_url()),
+        r#ref = %shown(&|r| r.target.to_string()),
+        depth = %shown(&|r| r.depth.to_string()),
         root = %plan.root.path().display(),
         link = %plan.root.link_path().display(),
         cache = %plan.cache_dir.display(),
@@ -192,7 +202,7 @@ fn sync(args: SyncArgs, style: Style) -> Outcome {
         .build()
         .map_err(|e| (EXIT_FAILED, format!("cannot start the async runtime: {e}")))?;
     let surface = plan.surface().map_err(|e| (EXIT_USAGE, e))?;
-    let redactor = plan.remote.redactor().clone();
+    let redactor = plan.redactor();
     let exit = runtime.block_on(dagsnap::run(
         plan.opener(),
         plan.root.clone(),

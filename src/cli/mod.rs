@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub mod gitsync;
 mod operate;
 mod plan;
+mod sources;
 mod sync;
 pub(crate) mod values;
 

@@ -12,8 +12,10 @@ use super::{Submodules, SyncArgs};
 use crate::daemon::check::CheckCommand;
 use crate::daemon::hooks::{ExecHook, WebHook};
 use crate::daemon::http::Auth;
-use crate::daemon::publish::{Content, Gate, Publisher, Settings};
+use crate::daemon::publish::{Content, Gate, Publisher, Settings, Source};
 use crate::daemon::{Opener, Schedule, Surface};
+use crate::git::access::{Access, Password};
+use crate::git::redact::Redactor;
 use crate::git::{select, submodules, Remote, Target};
 use crate::store::snapshot::Reuse;
 use crate::store::volume::{Locks, Mount};
@@ -25,11 +27,11 @@ pub(crate) const MIN_UNVERIFIED_GRACE: Duration = Duration::from_secs(120);
 /// A `sync` that can run: every setting checked, the pieces of the loop built.
 #[derive(Debug)]
 pub struct SyncPlan {
-    pub remote: Remote,
+    /// `--repo`, or each `--source`.
+    pub sources: Vec<Source>,
     pub root: Root,
     pub cache_dir: PathBuf,
     pub settings: Settings,
-    pub content: Content,
     pub gate: Gate,
     pub schedule: Schedule,
     /// `--http-bind` and who may `POST /sync`; bound by [`SyncPlan::surface`].
@@ -51,20 +53,18 @@ impl SyncPlan {
     /// shared at all, and how long snapshots must stay.
     pub fn new(args: SyncArgs, mount: Option<&Mount>) -> Result<SyncPlan, String> {
         let mut warnings = Vec::new();
-        let target = Target::parse(args.git_ref.as_deref())?;
         let access = args.access.access(args.sync_timeout)?;
         if !access.ssh.check_host_keys {
             warnings.push("SSH HOST KEY CHECKING IS OFF (--ssh-known-hosts=false): anyone between this pod and the server can serve it DAGs. Use --ssh-known-hosts-file instead".into());
         }
-        let remote = Remote::new(&args.repo, target, args.depth, access)?;
-        let cache_dir = args.cache_dir(&remote.display_url());
+        let sources = match &args.repo {
+            Some(repo) => vec![repository(&args, repo, access)?],
+            None => several(&args, &access)?,
+        };
+        let shown: Vec<String> = sources.iter().map(|s| s.remote.display_url()).collect();
+        let cache_dir = args.cache_dir(&shown.join("\n"));
         let root = args.root.locate().map_err(|e| e.to_string())?;
         let settings = settings(&args, mount, &mut warnings)?;
-        let content = content(&args)?;
-        let remote = remote.reading_only(select::Selection::of(
-            content.subdir.clone(),
-            content.sparse.clone(),
-        ));
         let root = owned_files(&args, root);
         let gate = gate(&args, &cache_dir)?;
         check_http(&args)?;
@@ -100,11 +100,10 @@ impl SyncPlan {
             error_file,
             ready_max_age: args.http.ready_max_age,
             group_write: args.group_write,
-            remote,
+            sources,
             root,
             cache_dir,
             settings,
-            content,
             gate,
             warnings,
         })
@@ -113,26 +112,39 @@ impl SyncPlan {
     /// Give the git processes dagsnap starts the configured git configuration
     /// ([`crate::git::access::export_git_config`]). Before any other thread starts.
     pub fn export_git_config(&self) {
-        crate::git::access::export_git_config(self.remote.git_config(), &self.cache_dir);
+        if let Some(first) = self.sources.first() {
+            // One --git-config for every source.
+            crate::git::access::export_git_config(first.remote.git_config(), &self.cache_dir);
+        }
+    }
+
+    /// Whether any source is reached over ssh.
+    pub fn uses_ssh(&self) -> bool {
+        self.sources.iter().any(|s| s.remote.is_ssh())
+    }
+
+    /// Hides every source's secrets.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::joined(
+            &self
+                .sources
+                .iter()
+                .map(|s| s.remote.redactor().clone())
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Opens the publisher; called again while its cache is busy (see `daemon::run`).
     pub fn opener(&self) -> Opener {
-        let (root, remote, cache_dir) = (
+        let (root, sources, cache_dir) = (
             self.root.clone(),
-            self.remote.clone(),
+            self.sources.clone(),
             self.cache_dir.clone(),
         );
-        let (settings, content, gate) = (self.settings, self.content.clone(), self.gate.clone());
+        let (settings, gate) = (self.settings, self.gate.clone());
         Arc::new(move || {
-            Publisher::open(
-                root.clone(),
-                remote.clone(),
-                &cache_dir,
-                settings,
-                content.clone(),
-            )
-            .map(|publisher| publisher.with_gate(gate.clone()))
+            Publisher::open(root.clone(), sources.clone(), &cache_dir, settings)
+                .map(|publisher| publisher.with_gate(gate.clone()))
         })
     }
 
@@ -200,6 +212,93 @@ fn settings(
         verify_period: Some(args.verify_period).filter(|p| !p.is_zero()),
         build_jobs: args.build_jobs,
     })
+}
+
+/// `--repo`: its tree is the snapshot.
+fn repository(args: &SyncArgs, repo: &str, access: Access) -> Result<Source, String> {
+    let target = Target::parse(args.git_ref.as_deref())?;
+    let content = content(args)?;
+    let remote = Remote::new(repo, target, args.depth, access)?.reading_only(
+        select::Selection::of(content.subdir.clone(), content.sparse.clone()),
+    );
+    Ok(Source {
+        name: None,
+        remote,
+        content,
+        allow_stale: false,
+    })
+}
+
+/// Each `--source` (or each of `--sources-file`), published under its name. Settings of
+/// `--repo` that would apply to all of them at once are refused: a credential would reach every
+/// source's server, and a ref or subdir names a place in one repository.
+fn several(args: &SyncArgs, access: &Access) -> Result<Vec<Source>, String> {
+    let specs = args.sources.specs()?;
+    let one_for_all = [
+        (args.git_ref.is_some(), "--ref", "--source-ref NAME=REF"),
+        (
+            args.subdir.is_some(),
+            "--subdir",
+            "--source-subdir NAME=PATH",
+        ),
+        (
+            args.sparse_checkout_file.is_some(),
+            "--sparse-checkout-file",
+            "--source-subdir NAME=PATH",
+        ),
+        (
+            access.username.is_some(),
+            "--username",
+            "--source-username NAME=USER",
+        ),
+        (
+            access.password.is_some(),
+            "--password-file (or DAGSNAP_PASSWORD, --askpass-url, --github-app-*)",
+            "--source-password-file NAME=FILE",
+        ),
+        (
+            !access.ssh.key_files.is_empty(),
+            "--ssh-key-file",
+            "--source-ssh-key-file NAME=FILE",
+        ),
+        (
+            access.cookie_file.is_some(),
+            "--cookie-file",
+            "a source's own credentials",
+        ),
+    ];
+    if let Some((_, flag, instead)) = one_for_all.iter().find(|(given, _, _)| *given) {
+        return Err(format!("{flag} would apply to every source (a credential would reach every source's server); with --source give each source its own: {instead}"));
+    }
+    let content = content(args)?;
+    specs
+        .into_iter()
+        .map(|spec| {
+            let mut own = access.clone();
+            own.username = spec.username.clone();
+            own.password = spec.password_file.clone().map(Password::File);
+            own.ssh.key_files = spec.ssh_key_file.clone().into_iter().collect();
+            let target = Target::parse(spec.git_ref.as_deref())
+                .map_err(|e| format!("source '{}': {e}", spec.name))?;
+            let content = Content {
+                subdir: match &spec.subdir {
+                    Some(value) => select::parse_subdir(value)
+                        .map_err(|e| format!("source '{}': {e}", spec.name))?,
+                    None => None,
+                },
+                ..content.clone()
+            };
+            let remote = Remote::new(&spec.url, target, spec.depth.unwrap_or(args.depth), own)
+                .map_err(|e| format!("source '{}': {e}", spec.name))?
+                .reading_only(select::Selection::of(content.subdir.clone(), None));
+            Ok(Source {
+                name: Some(spec.name),
+                remote,
+                content,
+                allow_stale: spec.allow_stale,
+            })
+        })
+        .collect()
 }
 
 /// What of each commit is published.

@@ -26,8 +26,8 @@ pub struct SyncArgs {
     pub root: PublishRoot,
 
     /// Repository to follow: https://..., ssh://..., git@host:path, file://... or a local path.
-    #[arg(long, env = "DAGSNAP_REPO", help_heading = "Repository")]
-    pub repo: String,
+    #[arg(long, env = "DAGSNAP_REPO", help_heading = "Repository", required_unless_present_any = ["sources", "sources_file"], conflicts_with_all = ["sources", "sources_file"])]
+    pub repo: Option<String>,
 
     /// Branch, tag (annotated tags are peeled) or full commit id; unset follows the remote's HEAD.
     #[arg(long = "ref", env = "DAGSNAP_REF", help_heading = "Repository")]
@@ -100,6 +100,9 @@ pub struct SyncArgs {
     /// Longest wait between retries after failures (backoff doubles from --period up to this).
     #[arg(long, env = "DAGSNAP_BACKOFF_MAX", default_value = "5m", value_parser = parse_positive_duration, help_heading = "Schedule")]
     pub backoff_max: Duration,
+
+    #[command(flatten, next_help_heading = "Several repositories, one snapshot")]
+    pub sources: super::sources::SourceArgs,
 
     #[command(flatten, next_help_heading = "HTTP endpoints")]
     pub http: HttpArgs,

@@ -170,10 +170,7 @@ pub(crate) fn serve(
                 }
             }
             Err(e) => {
-                let reason = publisher
-                    .remote()
-                    .redactor()
-                    .redact(&crate::git::error_chain(&e));
+                let reason = publisher.redactor().redact(&crate::git::error_chain(&e));
                 tracing::warn!(%commit, error = %reason, "could not materialize a version a reader asked for");
                 let (result, answer) = match e {
                     VersionError::NotInRemote { .. } => {

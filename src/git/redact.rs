@@ -12,6 +12,9 @@
 pub struct Redactor {
     /// Secret substrings, longest first so that a secret containing another is replaced whole.
     secrets: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+    /// The redactors of other repositories whose secrets this one hides as well (a publisher
+    /// of several sources renders every error with all of them).
+    others: Vec<Redactor>,
 }
 
 const MASK: &str = "<redacted>";
@@ -59,9 +62,21 @@ impl Redactor {
         }
     }
 
+    /// One that hides what each of `all` hides, including secrets they learn later.
+    pub fn joined(all: &[Redactor]) -> Self {
+        Redactor {
+            secrets: Default::default(),
+            others: all.to_vec(),
+        }
+    }
+
     /// `text` with every known secret, and any user-info of any http(s) URL in it, masked.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
+        mask_http_userinfo(&self.mask_secrets(text.to_string()))
+    }
+
+    fn mask_secrets(&self, text: String) -> String {
+        let mut out = text;
         let secrets = self
             .secrets
             .read()
@@ -76,7 +91,10 @@ impl Redactor {
                 out = out.replace(encoded.as_str(), MASK);
             }
         }
-        mask_http_userinfo(&out)
+        drop(secrets);
+        self.others
+            .iter()
+            .fold(out, |out, other| other.mask_secrets(out))
     }
 }
 

@@ -37,5 +37,5 @@ pub(crate) use lifecycle::Installed;
 pub(crate) use link::{Current, Decision, BY_PIN};
 pub(crate) use records::{
     Author, CheckClaim, Claim, Expected, LockFault, LockWitness, Manifest, ModuleRecord, Pin,
-    SignatureVerdict, SourceRecord, Verdict,
+    SignatureVerdict, SourceCommit, SourceRecord, Verdict,
 };

@@ -4,48 +4,216 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
+use super::sources::{self, Part};
 use super::{PublishError, Publisher};
 use crate::commit::CommitId;
 use crate::git::select;
-use crate::git::submodules::Expanded;
+use crate::git::submodules::{Expanded, ReposBlobs};
 use crate::git::{CommitInfo, SourceError};
 use crate::store::snapshot::{self, Previous, SnapshotError, Stats};
 use crate::store::{Expected, Installed, Manifest, ModuleRecord};
 
+/// A version of what this publisher publishes: a commit of `--repo`, or one commit of each
+/// source, with what its snapshot must hold.
+pub(super) struct Version {
+    /// The snapshot's commit information; for several sources, combined
+    /// ([`sources::composite_info`]).
+    pub info: CommitInfo,
+    pub expected: Expected,
+    pub parts: Vec<PartInfo>,
+}
+
+/// One source's commit in a [`Version`].
+pub(super) struct PartInfo {
+    pub part: Part,
+    pub info: CommitInfo,
+    /// The tree published: the commit's, or the one at its subdir.
+    pub tree: String,
+    /// Not in the cache: a stale source's commit, whose files are those of the live snapshot.
+    pub from_live: bool,
+}
+
 impl Publisher {
-    /// What a snapshot of the commit `info` describes must hold, as this publisher publishes
-    /// it: the tree at `--subdir` (or the commit's), the selection, the submodules mode.
-    pub(super) fn expected(&self, info: &CommitInfo) -> Result<Expected, PublishError> {
-        let tree = match &self.content.subdir {
-            Some(subdir) => select::subtree(&self.cache.repo(), info.tree_id, subdir)?,
-            None => info.tree_id,
-        };
-        Ok(Expected {
-            tree: tree.to_string(),
-            select: self.content.select_key(),
-            submodules: self.content.submodules.name(),
+    /// The version `id` names, made of `parts` (what a snapshot of it must hold, for each
+    /// source what it publishes).
+    pub(super) fn version(&self, id: &CommitId, parts: &[Part]) -> Result<Version, PublishError> {
+        let mut infos = Vec::with_capacity(parts.len());
+        for part in parts {
+            infos.push(self.part_info(part)?);
+        }
+        if !self.several() {
+            let Some(one) = infos.pop() else {
+                return Err(PublishError::Internal("a version without a commit".into()));
+            };
+            let content = &self.sources[0].source.content;
+            let expected = Expected {
+                tree: one.tree.clone(),
+                select: content.select_key(),
+                submodules: content.submodules.name(),
+            };
+            return Ok(Version {
+                info: one.info.clone(),
+                expected,
+                parts: vec![one],
+            });
+        }
+        let name = |p: &PartInfo| self.sources[p.part.index].health.name.clone();
+        let mut trees: Vec<(String, String)> =
+            infos.iter().map(|p| (name(p), p.tree.clone())).collect();
+        let tree = sources::composite_tree(&mut trees);
+        let named: Vec<(String, CommitInfo)> =
+            infos.iter().map(|p| (name(p), p.info.clone())).collect();
+        Ok(Version {
+            info: sources::composite_info(id, &tree, &named),
+            expected: Expected {
+                tree,
+                select: self.source.select.clone(),
+                submodules: self.sources[0].source.content.submodules.name(),
+            },
+            parts: infos,
         })
     }
 
-    /// The entries of the commit `info` describes as this publisher publishes them (the part
-    /// `--subdir` and the sparse patterns select, submodules filled in), and where their
-    /// content comes from.
+    /// A source's commit as the cache knows it; a stale one the cache lacks as the live
+    /// snapshot's manifest recorded it.
+    fn part_info(&self, part: &Part) -> Result<PartInfo, PublishError> {
+        let followed = &self.sources[part.index];
+        let info = match (followed.cache.commit_info(part.commit), &part.stale) {
+            (Ok(info), _) => info,
+            (Err(_), Some(live)) => {
+                return Ok(PartInfo {
+                    info: CommitInfo {
+                        commit: live.commit.clone(),
+                        tree: live.tree.clone(),
+                        tree_id: gix::ObjectId::from_hex(live.tree.as_bytes())
+                            .unwrap_or_else(|_| gix::ObjectId::null(gix::hash::Kind::Sha1)),
+                        subject: live.subject.clone(),
+                        author: String::new(),
+                        commit_time: live.commit_time,
+                    },
+                    tree: live.tree.clone(),
+                    part: part.clone(),
+                    from_live: true,
+                })
+            }
+            (Err(e), None) => return Err(e.into()),
+        };
+        let tree = match &followed.source.content.subdir {
+            Some(subdir) => select::subtree(&followed.cache.repo(), info.tree_id, subdir)?,
+            None => info.tree_id,
+        };
+        Ok(PartInfo {
+            tree: tree.to_string(),
+            info,
+            part: part.clone(),
+            from_live: false,
+        })
+    }
+
+    /// Whether a commit can change nothing published: only part of each is published.
+    pub(super) fn selects_part(&self) -> bool {
+        self.several()
+            || self
+                .sources
+                .iter()
+                .any(|f| f.source.content.subdir.is_some())
+    }
+
+    /// The entries of `version` as this publisher publishes them (for each source the part its
+    /// subdir and sparse patterns select, submodules filled in, under its name when there are
+    /// several), and where their content comes from.
     pub(super) fn entries_of(
         &mut self,
-        info: &CommitInfo,
-        expected: &Expected,
+        version: &Version,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Expanded, PublishError> {
-        let repo = self.cache.repo();
+        if !self.several() {
+            return match version.parts.first() {
+                Some(part) => self.part_entries(part, progress, interrupt),
+                None => Err(PublishError::Internal("a version without a commit".into())),
+            };
+        }
+        // Git's path order: a directory sorts as its name followed by '/'.
+        let mut order: Vec<(Vec<u8>, &PartInfo)> = version
+            .parts
+            .iter()
+            .map(|p| {
+                let name = &self.sources[p.part.index].health.name;
+                ([name.as_bytes(), b"/"].concat(), p)
+            })
+            .collect();
+        order.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut all = Expanded {
+            entries: crate::entries::Entries::default(),
+            blobs: ReposBlobs(Vec::new()),
+            modules: Vec::new(),
+        };
+        for (prefix, part) in order {
+            let expanded = if part.from_live {
+                self.live_entries_under(&prefix)?
+            } else {
+                let mut expanded = self.part_entries(part, progress, interrupt)?;
+                for entry in &mut expanded.entries.0 {
+                    entry.path.splice(0..0, prefix.iter().copied());
+                }
+                for module in &mut expanded.modules {
+                    module.path.splice(0..0, prefix.iter().copied());
+                }
+                expanded
+            };
+            all.entries.0.extend(expanded.entries.0);
+            all.blobs.0.extend(expanded.blobs.0);
+            all.modules.extend(expanded.modules);
+        }
+        Ok(all)
+    }
+
+    /// The entries under `prefix` of the live snapshot: a stale source's files, shared from it.
+    fn live_entries_under(&self, prefix: &[u8]) -> Result<Expanded, PublishError> {
+        let current = self.root.current()?.filter(|c| c.complete);
+        let entries = match &current {
+            Some(current) => self.root.entries(&current.commit)?,
+            None => None,
+        };
+        let Some(entries) = entries else {
+            return Err(PublishError::Internal(
+                "a stale source's files must come from the live snapshot, which has no entry list"
+                    .into(),
+            ));
+        };
+        Ok(Expanded {
+            entries: crate::entries::Entries(
+                entries
+                    .0
+                    .into_iter()
+                    .filter(|e| e.path.starts_with(prefix))
+                    .collect(),
+            ),
+            blobs: ReposBlobs(Vec::new()),
+            modules: Vec::new(),
+        })
+    }
+
+    /// One source's entries at one commit: the part its subdir and sparse patterns select,
+    /// submodules filled in from its own caches.
+    fn part_entries(
+        &mut self,
+        part: &PartInfo,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Expanded, PublishError> {
+        let followed = &mut self.sources[part.part.index];
+        let (info, content) = (&part.info, &followed.source.content);
+        let repo = followed.cache.repo();
         let tree =
-            gix::ObjectId::from_hex(expected.tree.as_bytes()).map_err(|e| SourceError::Object {
+            gix::ObjectId::from_hex(part.tree.as_bytes()).map_err(|e| SourceError::Object {
                 commit: info.tree_id,
                 cause: e.to_string(),
             })?;
         let entries = crate::git::tree::entries(&repo, tree)?;
-        let prefix = self.content.subdir.clone().unwrap_or_default();
-        let entries = match &self.content.sparse {
+        let prefix = content.subdir.clone().unwrap_or_default();
+        let entries = match &content.sparse {
             Some(sparse) => sparse.filter(entries, &prefix)?,
             None => entries,
         };
@@ -67,15 +235,14 @@ impl Publisher {
             gitmodules,
             prefix: lookup_prefix,
         };
-        Ok(self
+        Ok(followed
             .expander
-            .expand(&self.remote, tree, progress, interrupt)?)
+            .expand(&followed.source.remote, tree, progress, interrupt)?)
     }
 
     pub(super) fn build(
         &mut self,
-        info: CommitInfo,
-        expected: &Expected,
+        version: Version,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Stats, PublishError> {
@@ -100,10 +267,10 @@ impl Publisher {
             .zip(previous_entries.as_ref())
             .map(|(dir, entries)| Previous { dir, entries });
 
-        let expanded = self.entries_of(&info, expected, progress, interrupt)?;
+        let expanded = self.entries_of(&version, progress, interrupt)?;
         let staging = self.root.begin_staging()?;
         // The manifest first: building consumes the entries.
-        let mut manifest = content_manifest(info, expected, &expanded, Stats::default());
+        let mut manifest = self.manifest_of(&version, &expanded);
         let built = snapshot::build(
             expanded.entries,
             &expanded.blobs,
@@ -128,6 +295,35 @@ impl Publisher {
             tracing::debug!(commit = %manifest.commit, "another publisher installed this commit first; discarded our copy");
         }
         Ok(built.stats)
+    }
+}
+
+impl Publisher {
+    /// The manifest of a snapshot of `version` holding what `expanded` says; for several
+    /// sources, each one's commit.
+    pub(super) fn manifest_of(&self, version: &Version, expanded: &Expanded) -> Manifest {
+        let mut manifest = content_manifest(
+            version.info.clone(),
+            &version.expected,
+            expanded,
+            Stats::default(),
+        );
+        if self.several() {
+            manifest.sources = version
+                .parts
+                .iter()
+                .map(|p| {
+                    sources::source_commit(
+                        &self.sources[p.part.index].source,
+                        &p.part,
+                        &p.info,
+                        &p.tree,
+                    )
+                })
+                .collect();
+            manifest.sources.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        manifest
     }
 }
 
@@ -183,5 +379,6 @@ pub(super) fn manifest_for(info: CommitInfo, stats: Stats) -> Manifest {
         select: String::new(),
         submodules: String::new(),
         modules: Vec::new(),
+        sources: Vec::new(),
     }
 }

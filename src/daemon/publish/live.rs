@@ -4,10 +4,11 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use super::build::{content_manifest, manifest_for};
+use super::build::{manifest_for, Version};
+use super::sources::Part;
+use super::steps::Seen;
 use super::{PublishError, Publisher};
 use crate::commit::CommitId;
-use crate::git::SourceError;
 use crate::store::repair;
 use crate::store::snapshot::{self, Stats};
 use crate::store::{Author, Current, Manifest};
@@ -38,7 +39,7 @@ impl Publisher {
             Ok(()) => self.last_verified = Some(Instant::now()),
             Err(e) if e.is_cancelled() => {}
             Err(e) => {
-                let error = self.remote.redactor().redact(&crate::git::error_chain(&e));
+                let error = self.redactor.redact(&crate::git::error_chain(&e));
                 tracing::error!(commit = %current.commit, %error, "could not repair the live snapshot; trying again at the next cycle");
             }
         }
@@ -68,21 +69,13 @@ impl Publisher {
             }
         };
         tracing::warn!(commit = %current.commit, %problem, "the live snapshot is damaged; rebuilding it and swapping the link to the rebuilt copy");
-        let id = gix::ObjectId::from_hex(current.commit.as_bytes()).map_err(|e| {
-            SourceError::Object {
-                commit: gix::ObjectId::null(gix::hash::Kind::Sha1),
-                cause: e.to_string(),
-            }
-        })?;
-        self.cache
-            .fetch_commit(&self.remote, id, progress, interrupt)?;
-        let info = self.cache.commit_info(id)?;
-        let expected = self.expected(&info)?;
+        let version = self.version_of_snapshot(&current.commit, progress, interrupt)?;
+        let expected = version.expected.clone();
         let manifest = match self.root.manifest(&current.commit)? {
             Some(manifest) => manifest,
-            None => manifest_for(info.clone(), Stats::default()),
+            None => manifest_for(version.info.clone(), Stats::default()),
         };
-        let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
+        let expanded = self.entries_of(&version, progress, interrupt)?;
         let blobs = expanded.blobs;
         // What git says the snapshot holds, unless it was built with other settings than this
         // publisher's (a pinned snapshot from before a change of --subdir): then what was
@@ -113,17 +106,19 @@ impl Publisher {
     pub(super) fn settle_live(
         &mut self,
         current: &Current,
-        id: gix::ObjectId,
+        seen: &Seen,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<(), PublishError> {
-        if self.settled.as_ref() == Some(&current.commit) {
+        // A snapshot of several sources is named by their commits and selections together:
+        // the name it shows says it holds what this publisher publishes.
+        if self.settled.as_ref() == Some(&current.commit) || self.several() {
             return Ok(());
         }
-        let info = self.cache.commit_info(id)?;
-        let expected = self.expected(&info)?;
+        let version = self.version(&seen.commit, &seen.parts)?;
         let why = match self.root.manifest(&current.commit)? {
-            Some(manifest) => expected
+            Some(manifest) => version
+                .expected
                 .matches(&manifest, || {
                     self.root.entries(&current.commit).ok().flatten()
                 })
@@ -133,14 +128,45 @@ impl Publisher {
         };
         if let Some(why) = why {
             tracing::info!(commit = %current.commit, %why, "the live snapshot was published with other settings; rebuilding it with this publisher's and swapping the link to the new copy");
-            let expanded = self.entries_of(&info, &expected, progress, interrupt)?;
-            let manifest = content_manifest(info, &expected, &expanded, Stats::default());
+            let expanded = self.entries_of(&version, progress, interrupt)?;
+            let manifest = self.manifest_of(&version, &expanded);
             let job = self.repair_of(&current.commit, &manifest, progress, interrupt);
             let reason = format!("published with other settings: {why}");
             self.rebuild(&job, expanded.entries, &expanded.blobs, reason)?;
         }
         self.settled = Some(current.commit.clone());
         Ok(())
+    }
+
+    /// The version a snapshot of `commit` holds, its commits fetched into the caches if they
+    /// let them go: `--repo`'s commit, or each source's as the snapshot's manifest lists them.
+    pub(super) fn version_of_snapshot(
+        &mut self,
+        commit: &CommitId,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Version, PublishError> {
+        let parts = if self.several() {
+            self.parts_of(commit)?
+        } else {
+            vec![Part {
+                index: 0,
+                commit: commit.object_id(),
+                ref_name: String::new(),
+                tag: None,
+                stale: None,
+            }]
+        };
+        for part in &parts {
+            let followed = &mut self.sources[part.index];
+            followed.cache.fetch_commit(
+                &followed.source.remote,
+                part.commit,
+                progress,
+                interrupt,
+            )?;
+        }
+        self.version(commit, &parts)
     }
 
     /// A repair of the snapshot of `commit` with this publisher's settings.
@@ -174,8 +200,8 @@ impl Publisher {
         let who = Author {
             host: crate::fsutil::hostname(),
             pid: std::process::id(),
-            repo: self.remote.display_url(),
-            ref_name: self.remote.target.to_string(),
+            repo: self.source.repo.clone(),
+            ref_name: self.source.ref_name.clone(),
         };
         let repaired = job.run(entries, blobs, &who, reason);
         crate::git::pages::give_back();

@@ -11,16 +11,22 @@
 //! - `signed`: `--verify-signatures`: only a commit signed by a trusted key is built.
 //! - `live`: keeping the live snapshot what it should be (the periodic check, repairs).
 //! - `versions`: a version on demand: a commit's snapshot built for a reader, the link unmoved.
+//! - `sources`: the repositories followed: `--repo`, or several sources published as one
+//!   snapshot, each under its name, and how such a snapshot is named.
+//! - `several`: observing several sources in one poll, and what one that fails holds back.
 //! - `types`: [`PublishError`], [`Outcome`] and the settings a publisher is opened with.
 
 mod build;
 mod live;
+mod several;
 mod signed;
+mod sources;
 mod steps;
 mod types;
 mod verdict;
 mod versions;
 
+pub(crate) use sources::{Source, SourceHealth};
 use steps::Step;
 pub(crate) use types::{Content, Gate, Outcome, PublishError, Settings};
 pub(crate) use versions::VersionError;
@@ -30,17 +36,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::commit::CommitId;
-use crate::git::submodules::Expander;
-use crate::git::{Cache, Remote};
+use crate::git::redact::Redactor;
 use crate::store::records::{PublisherRecord, Registration};
 use crate::store::{Claim, Created, LockFault, LockWitness, Root, SourceRecord};
+use sources::Followed;
 
-/// Publishes one repository into one root.
+/// Publishes one repository, or several as one snapshot, into one root.
 #[derive(Debug)]
 pub struct Publisher {
     root: Root,
-    remote: Remote,
-    cache: Cache,
+    /// What is followed, each with its cache: `--repo` alone, or every `--source`.
+    sources: Vec<Followed>,
+    /// Hides every source's secrets.
+    redactor: Redactor,
     settings: Settings,
     claim: Claim,
     /// What this start created under the root, taken back if it never publishes anything.
@@ -49,10 +57,6 @@ pub struct Publisher {
     last_verified: Option<Instant>,
     /// Where the last cycle spent its time.
     timings: Timings,
-    /// The full ref the last cycle's observation matched (`refs/heads/main`).
-    followed_ref: Option<String>,
-    /// The commit the last observation found, to count fetches as git-sync does.
-    last_seen: Option<gix::ObjectId>,
     /// This process's record under the root, for `dagsnap status`, and its heartbeat.
     registration: Registration,
     /// The root's source as this publisher follows it.
@@ -69,9 +73,6 @@ pub struct Publisher {
     last_check: Option<&'static str>,
     /// Why the last cycle refused a signature (`unsigned`, `unknown_key`, ...).
     last_signature_refusal: Option<&'static str>,
-    content: Content,
-    /// Fills in submodules; keeps their caches.
-    expander: Expander,
     /// The last remote commit found to change nothing published, and the live commit that
     /// holds the same: later polls that see both again need not look again, and it is
     /// journaled once.
@@ -96,30 +97,28 @@ pub struct Timings {
 }
 
 impl Publisher {
-    /// Adopt the root, register as one of its publishers, and open the private cache. Every
-    /// problem found here is one the operator has to fix (wrong path, foreign files, another
-    /// repository already published here, cache shared by mistake), so it is returned for a
-    /// clear exit rather than retried.
+    /// Adopt the root, register as one of its publishers, and open the private caches (one per
+    /// source). Every problem found here is one the operator has to fix (wrong path, foreign
+    /// files, another repository already published here, cache shared by mistake), so it is
+    /// returned for a clear exit rather than retried.
     pub fn open(
         root: Root,
-        remote: Remote,
+        sources: Vec<Source>,
         cache_dir: &Path,
         settings: Settings,
-        content: Content,
     ) -> Result<Publisher, PublishError> {
         refuse_cache_inside_root(cache_dir, root.path())?;
         let started_at = SystemTime::now();
         let created = root.adopt()?;
+        let source = sources::record(&sources);
+        let redactor = sources::redactor(&sources);
         let opened = (|| {
-            let source = SourceRecord {
-                repo: remote.display_url(),
-                ref_name: remote.target.to_string(),
-                select: content.source_key(),
-                claimed_at: None,
-            };
             let claim = root.records().claim(&source, settings.lock_timeout)?;
             root.record_link()?;
-            let cache = Cache::open(cache_dir, &remote, root.path())?;
+            let mut followed = Vec::with_capacity(sources.len());
+            for one in sources {
+                followed.push(Followed::open(one, cache_dir, root.path())?);
+            }
             let now = SystemTime::now();
             let registration = root.records().register(PublisherRecord {
                 host: crate::fsutil::hostname(),
@@ -139,21 +138,18 @@ impl Publisher {
                 suspects: Vec::new(),
                 serves: Vec::new(),
             })?;
-            Ok::<_, PublishError>((claim, cache, registration, source))
+            Ok::<_, PublishError>((claim, followed, registration))
         })();
         match opened {
-            Ok((claim, cache, registration, source)) => Ok(Publisher {
-                expander: Expander::new(content.submodules, cache_dir, root.path()),
+            Ok((claim, sources, registration)) => Ok(Publisher {
                 root,
-                remote,
-                cache,
+                sources,
+                redactor,
                 settings,
                 claim,
                 created,
                 last_verified: None,
                 timings: Timings::default(),
-                followed_ref: None,
-                last_seen: None,
                 registration,
                 source,
                 started_at,
@@ -162,7 +158,6 @@ impl Publisher {
                 gate: Gate::default(),
                 last_check: None,
                 last_signature_refusal: None,
-                content,
                 same: None,
                 settled: None,
             }),
@@ -174,13 +169,13 @@ impl Publisher {
     }
 
     /// The publisher failed for good without ever publishing: take back what its start
-    /// created (the root, its store, the private cache), unless another publisher uses the
+    /// created (the root, its store, the private caches), unless another publisher uses the
     /// root meanwhile or something was published. A first try with a wrong URL or token leaves
     /// nothing behind.
     pub fn abandon_first_start(self) {
         let Publisher {
             root,
-            cache,
+            sources,
             claim,
             created,
             ..
@@ -193,8 +188,10 @@ impl Publisher {
             return;
         }
         let mut removed = root.undo_first_start(&created);
-        if let Some(dir) = cache.remove_if_created() {
-            removed.push(dir);
+        for followed in sources {
+            if let Some(dir) = followed.cache.remove_if_created() {
+                removed.push(dir);
+            }
         }
         if !removed.is_empty() {
             let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
@@ -211,13 +208,37 @@ impl Publisher {
         self.timings
     }
 
-    /// The full ref the last cycle followed (`refs/heads/main` for `--ref main` or HEAD).
+    /// The full ref the last cycle followed (`refs/heads/main` for `--ref main` or HEAD); for
+    /// several sources, each as `NAME=REF`.
     pub fn followed_ref(&self) -> Option<String> {
-        self.followed_ref.clone()
+        match self.sources.as_slice() {
+            [one] if one.source.name.is_none() => one.followed_ref.clone(),
+            several => {
+                let refs: Vec<String> = several
+                    .iter()
+                    .filter_map(|f| Some(format!("{}={}", f.health.name, f.followed_ref.as_ref()?)))
+                    .collect();
+                (!refs.is_empty()).then(|| refs.join(" "))
+            }
+        }
     }
 
-    pub fn remote(&self) -> &Remote {
-        &self.remote
+    /// Hides the secrets of every source in what is printed.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// How each source fares, when there are several (empty for `--repo`).
+    pub fn source_health(&self) -> Vec<SourceHealth> {
+        if !self.several() {
+            return Vec::new();
+        }
+        self.sources.iter().map(|f| f.health.clone()).collect()
+    }
+
+    /// Whether this publisher publishes several sources, each under its name.
+    fn several(&self) -> bool {
+        self.sources.iter().any(|f| f.source.name.is_some())
     }
 
     /// Say in this publisher's record where it answers HTTP (`POST /versions/<commit>`).
@@ -297,9 +318,11 @@ impl Publisher {
         let started = Instant::now();
         self.timings = Timings::default();
         // (1)
-        if !self.cache.is_intact() {
-            tracing::warn!(cache = %self.cache.dir().display(), "the cache directory was deleted or replaced (a cleaner of temporary files?); re-creating it");
-            self.cache.recreate()?;
+        for followed in &mut self.sources {
+            if !followed.cache.is_intact() {
+                tracing::warn!(cache = %followed.cache.dir().display(), "the cache directory was deleted or replaced (a cleaner of temporary files?); re-creating it");
+                followed.cache.recreate()?;
+            }
         }
         let outcome = match self.guarded_cycle(progress, interrupt, started) {
             // (15)
@@ -307,10 +330,17 @@ impl Publisher {
                 // What reading a damaged cache says (an object "is a tag, not a commit") would
                 // mislead: say what is done, and keep the details for the debug log. If a fresh
                 // cache fails the same way, that error is reported as it is.
-                let error = self.remote.redactor().redact(&crate::git::error_chain(&e));
-                tracing::warn!(cache = %self.cache.dir().display(), "the cache could not be read or extended as expected (its objects may be damaged); re-creating it and trying again");
+                let error = self.redactor.redact(&crate::git::error_chain(&e));
+                // A source that failed names its cache; anything else may be any of them.
+                let only = e.failed_source();
+                for (index, followed) in self.sources.iter_mut().enumerate() {
+                    if only.is_some_and(|only| only != index) {
+                        continue;
+                    }
+                    tracing::warn!(cache = %followed.cache.dir().display(), "the cache could not be read or extended as expected (its objects may be damaged); re-creating it and trying again");
+                    followed.cache.recreate()?;
+                }
                 tracing::debug!(%error, "what the damaged cache said");
-                self.cache.recreate()?;
                 self.guarded_cycle(progress, interrupt, started)
             }
             other => other,
@@ -319,7 +349,7 @@ impl Publisher {
             Ok(_) => self.registration.update(true, None),
             Err(e) if e.is_cancelled() || e.is_contention() => {}
             Err(e) => {
-                let error = self.remote.redactor().redact(&crate::git::error_chain(e));
+                let error = self.redactor.redact(&crate::git::error_chain(e));
                 self.registration.update(false, Some(error));
             }
         }

@@ -6,6 +6,7 @@
 
 use std::time::{Instant, SystemTime};
 
+use super::sources::Part;
 use super::steps::Seen;
 use super::{PublishError, Publisher};
 use crate::signatures::{self, Object, Policy, Refusal, Signer};
@@ -92,19 +93,41 @@ impl Publisher {
         }
     }
 
-    /// Verify what the mode asks for: the tag, then the commit. The refusal says which object.
-    fn verify_signatures(
+    /// Verify what the mode asks for, for each source: the tag, then the commit. The refusal
+    /// says which object (and of which source, when there are several). A source that stands
+    /// in with its commit of the live snapshot (`--allow-stale-source`) was verified when that
+    /// snapshot was published.
+    fn verify_signatures(&self, seen: &Seen, policy: &Policy) -> Result<Signer, (String, Refusal)> {
+        let mut signer = None;
+        for part in seen.parts.iter().filter(|p| p.stale.is_none()) {
+            let followed = &self.sources[part.index];
+            let named = |what: &str| match &followed.source.name {
+                Some(name) => format!("source '{name}': {what}"),
+                None => what.to_string(),
+            };
+            let one = self
+                .verify_part(&followed.cache.repo(), part, policy)
+                .map_err(|(what, refusal)| (named(what), refusal))?;
+            signer = Some(one);
+        }
+        signer.ok_or((
+            "commit".into(),
+            Refusal::new(signatures::Reason::Unsigned, None, "nothing was verified"),
+        ))
+    }
+
+    fn verify_part(
         &self,
-        seen: &Seen,
+        repo: &gix::Repository,
+        part: &Part,
         policy: &Policy,
     ) -> Result<Signer, (&'static str, Refusal)> {
-        let repo = self.cache.repo();
         let raw = |id: gix::ObjectId| -> Option<Vec<u8>> {
             repo.find_object(id).ok().map(|object| object.data.clone())
         };
         let mut signer = None;
         if policy.mode.tag() {
-            let Some(data) = seen.observation.tag.and_then(raw) else {
+            let Some(data) = part.tag.and_then(raw) else {
                 return Err((
                     "tag",
                     Refusal::new(
@@ -112,7 +135,7 @@ impl Publisher {
                         None,
                         format!(
                             "{} is not an annotated tag, so nothing signs it; point --ref at a signed tag or use --verify-signatures commit",
-                            seen.observation.ref_name
+                            part.ref_name
                         ),
                     ),
                 ));
@@ -121,7 +144,7 @@ impl Publisher {
                 Some(signatures::verify(Object::Tag, &data, &policy.keys).map_err(|r| ("tag", r))?);
         }
         if policy.mode.commit() {
-            let Some(data) = raw(seen.commit.object_id()) else {
+            let Some(data) = raw(part.commit) else {
                 return Err((
                     "commit",
                     Refusal::new(
@@ -147,6 +170,7 @@ impl Publisher {
     /// key now (in `tag` mode, which verifies tags, only a commit verified through its tag).
     /// Why not, when not.
     pub(super) fn version_unsigned(&mut self, commit: &crate::commit::CommitId) -> Option<String> {
+        let several = self.several();
         let policy = self.gate.signatures.as_mut()?;
         policy.refresh();
         let policy = &*policy;
@@ -156,7 +180,10 @@ impl Publisher {
         if !policy.mode.commit() {
             return Some("--verify-signatures tag: only a commit that went through a verified tag in this root is materialized".into());
         }
-        let data = self
+        if several {
+            return Some("--verify-signatures: a snapshot of several sources is materialized for a reader only once this root verified it".into());
+        }
+        let data = self.sources[0]
             .cache
             .repo()
             .find_object(commit.object_id())

@@ -5,20 +5,25 @@
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::build::Version;
+use super::sources::Part;
 use super::{Outcome, PublishError, Publisher};
 use crate::commit::CommitId;
-use crate::git::CommitInfo;
 use crate::git::Observation;
 use crate::store::snapshot::Stats;
 use crate::store::{
-    gc, Author, Cause, Current, Decision, Expected, GitSyncLive, Publication, RootLock,
-    SourceRecord, StoreError, Verdict,
+    gc, Author, Cause, Current, Decision, GitSyncLive, Publication, RootLock, SourceRecord,
+    StoreError, Verdict,
 };
 
-/// What the remote said (step 3), for the steps after it.
+/// What the remote said (step 3), for the steps after it. For several sources, `commit`
+/// names the set and `observation` spans every source's (asked at the earliest question,
+/// answered by the last answer).
 pub(super) struct Seen {
     pub commit: CommitId,
     pub observation: Observation,
+    /// Each source's commit (one for `--repo`).
+    pub parts: Vec<Part>,
 }
 
 /// A step either ends the cycle with its outcome, or hands the next steps what it found.
@@ -27,32 +32,50 @@ pub(super) enum Step<T> {
     Next(T),
 }
 
-/// The commit to build and what its snapshot must hold (from step 6, for step 8).
-pub(super) struct Candidate {
-    pub info: CommitInfo,
-    pub expected: Expected,
-}
-
 impl Publisher {
-    /// Step 3: ask the remote for the target commit (fetching it if it is new), and look at
-    /// the peers' heartbeats.
+    /// Step 3: ask the remote for the target commit (fetching it if it is new), or every
+    /// source's remote for theirs, and look at the peers' heartbeats.
     pub(super) fn observe(
         &mut self,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Seen, PublishError> {
         let fetching = Instant::now();
-        let observation = self.cache.update(&self.remote, progress, interrupt)?;
+        let seen = if self.several() {
+            self.observe_sources(progress, interrupt)
+        } else {
+            self.observe_repo(progress, interrupt)
+        };
         self.timings.fetch = Some(fetching.elapsed());
+        let seen = seen?;
+        self.observe_locks();
+        Ok(seen)
+    }
+
+    /// `--repo`'s commit.
+    fn observe_repo(
+        &mut self,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Seen, PublishError> {
+        let followed = &mut self.sources[0];
+        let observation = followed
+            .cache
+            .update(&followed.source.remote, progress, interrupt)?;
         self.timings.fetched = observation.fetched
-            || self
+            || followed
                 .last_seen
                 .is_some_and(|last| last != observation.commit);
-        self.last_seen = Some(observation.commit);
-        self.followed_ref = Some(observation.ref_name.clone());
-        self.observe_locks();
+        followed.note(Ok(&observation));
         Ok(Seen {
             commit: CommitId::from(observation.commit),
+            parts: vec![Part {
+                index: 0,
+                commit: observation.commit,
+                ref_name: observation.ref_name.clone(),
+                tag: observation.tag,
+                stale: None,
+            }],
             observation,
         })
     }
@@ -71,7 +94,7 @@ impl Publisher {
         };
         if current.commit == seen.commit && current.complete {
             self.refuse_if_locks_unreliable()?;
-            self.settle_live(current, seen.observation.commit, progress, interrupt)?;
+            self.settle_live(current, seen, progress, interrupt)?;
             self.retire_git_sync();
             return Ok(Some(Outcome::Unchanged {
                 commit: seen.commit.clone(),
@@ -90,7 +113,7 @@ impl Publisher {
         &mut self,
         seen: &Seen,
         current: Option<&Current>,
-    ) -> Result<Step<Candidate>, PublishError> {
+    ) -> Result<Step<Version>, PublishError> {
         if let (Some((same, live)), Some(current)) = (&self.same, current) {
             if *same == seen.commit && *live == current.commit && current.complete {
                 let live = live.clone();
@@ -103,10 +126,9 @@ impl Publisher {
         }
         // The store may have been deleted or damaged under a running loop: put it back.
         self.root.ensure_layout()?;
-        let info = self.cache.commit_info(seen.observation.commit)?;
-        let expected = self.expected(&info)?;
+        let version = self.version(&seen.commit, &seen.parts)?;
         // Readers need not parse the same files again.
-        if self.content.subdir.is_some() && self.root.live_holds(&expected) {
+        if self.selects_part() && self.root.live_holds(&version.expected) {
             if let Some(live) = current.map(|c| c.commit.clone()) {
                 self.refuse_if_locks_unreliable()?;
                 self.journal_same(&seen.commit, &live, &seen.observation.ref_name)?;
@@ -116,7 +138,7 @@ impl Publisher {
                 })));
             }
         }
-        Ok(Step::Next(Candidate { info, expected }))
+        Ok(Step::Next(version))
     }
 
     /// Step 8: unless the commit's trusted snapshot is installed, build and install it (one
@@ -124,7 +146,7 @@ impl Publisher {
     pub(super) fn build_if_needed(
         &mut self,
         seen: &Seen,
-        candidate: Candidate,
+        candidate: Version,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Option<Stats>, PublishError> {
@@ -141,7 +163,7 @@ impl Publisher {
         let built = if self.root.has_snapshot(commit) {
             None
         } else {
-            Some(self.build(candidate.info, &candidate.expected, progress, interrupt)?)
+            Some(self.build(candidate, progress, interrupt)?)
         };
         self.timings.build = Some(building.elapsed());
         Ok(built)
@@ -221,6 +243,7 @@ impl Publisher {
         let Seen {
             commit,
             observation,
+            ..
         } = seen;
         let publication = Publication {
             commit: commit.clone(),
@@ -230,7 +253,7 @@ impl Publisher {
             published_at: SystemTime::now(),
             host: crate::fsutil::hostname(),
             pid: std::process::id(),
-            repo: self.remote.display_url(),
+            repo: self.source.repo.clone(),
             ref_name: observation.ref_name,
             moved_link: true,
             reason: None,
@@ -349,7 +372,7 @@ impl Publisher {
         let who = Author {
             host: crate::fsutil::hostname(),
             pid: std::process::id(),
-            repo: self.remote.display_url(),
+            repo: self.source.repo.clone(),
             ref_name: self.source.ref_name.clone(),
         };
         if let Some((from, to, because)) = self.root.reconcile_link(lock, &who)? {
@@ -450,7 +473,7 @@ impl Publisher {
                 published_at: now,
                 host: crate::fsutil::hostname(),
                 pid: std::process::id(),
-                repo: self.remote.display_url(),
+                repo: self.source.repo.clone(),
                 ref_name: ref_name.to_string(),
                 moved_link: false,
                 reason: Some(reason),
@@ -478,18 +501,30 @@ impl Publisher {
         {
             return Ok(());
         }
-        let subdir = self
-            .content
-            .subdir
-            .as_deref()
-            .map(crate::text::escape_bytes)
-            .unwrap_or_default();
-        tracing::info!(%commit, %live, "the new commit changes nothing in --subdir {subdir}; the link stays");
+        let (said, what) = if self.several() {
+            (
+                "the sources' new commits change nothing in what is published".to_string(),
+                "what is published".to_string(),
+            )
+        } else {
+            let subdir = self.sources[0]
+                .source
+                .content
+                .subdir
+                .as_deref()
+                .map(crate::text::escape_bytes)
+                .unwrap_or_default();
+            (
+                format!("the new commit changes nothing in --subdir {subdir}"),
+                format!("{subdir}/"),
+            )
+        };
+        tracing::info!(%commit, %live, "{said}; the link stays");
         self.journal(
             commit,
             Cause::Unchanged,
             ref_name,
-            format!("{subdir}/ is the same as in {live}, which stays live"),
+            format!("{what} is the same as in {live}, which stays live"),
         )?;
         Ok(())
     }

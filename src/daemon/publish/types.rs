@@ -36,6 +36,19 @@ pub enum PublishError {
     /// A peer's heartbeat advances under a lock invisible from here.
     #[error("locks on this volume do not reach another publisher of this root ({peer}): its heartbeat advances while its lock is invisible from here, so one of us could move the link backward or delete what the other links. Not moving the link until this clears. Mount the volume with working locks (NFSv4, or NFSv3 with lockd; not `nolock` or `local_lock`), or run a single publisher per root")]
     LocksUnreliable { peer: String },
+    /// One of several sources could not be observed (`--source`): nothing that mixes in its
+    /// stale commit is published unless `--allow-stale-source` names it.
+    #[error("source '{name}': {error}. The live snapshot stays and the other sources are still followed; nothing is published until '{name}' answers again (--allow-stale-source {name} publishes the others with its commit of the live snapshot)")]
+    SourceFailed {
+        name: String,
+        /// Which of the publisher's sources.
+        index: usize,
+        error: Box<PublishError>,
+    },
+    /// A snapshot of several sources whose sources cannot be told (its manifest is gone) or
+    /// are not this publisher's.
+    #[error("the snapshot {commit} cannot be built here: {why}")]
+    UnknownSources { commit: CommitId, why: String },
     #[error("cache directory {} is inside the root {}; readers would see git state. Put --cache-dir on local disk outside the root", cache.display(), root.display())]
     CacheInsideRoot {
         cache: std::path::PathBuf,
@@ -52,6 +65,9 @@ impl From<crate::git::submodules::SubmoduleError> for PublishError {
 impl PublishError {
     /// True for an error caused by an interrupt (signal or sync timeout) rather than a fault.
     pub fn is_cancelled(&self) -> bool {
+        if let PublishError::SourceFailed { error, .. } = self {
+            return error.is_cancelled();
+        }
         matches!(
             self,
             PublishError::Source(SourceError::Cancelled)
@@ -70,6 +86,9 @@ impl PublishError {
     /// `--lock-timeout`, or it deleted what we were about to link): not a fault, the next
     /// cycle simply tries again.
     pub fn is_contention(&self) -> bool {
+        if let PublishError::SourceFailed { error, .. } = self {
+            return error.is_contention();
+        }
         matches!(
             self,
             PublishError::Store(StoreError::Lock(LockError::Busy { .. }))
@@ -93,12 +112,24 @@ impl PublishError {
             // A library that panics on what it read most likely read damaged objects.
             PublishError::Internal(_) => true,
             PublishError::Repair(RepairError::Snapshot(e)) => e.blames_source(),
+            PublishError::SourceFailed { error, .. } => error.blames_cache(),
             PublishError::Repair(RepairError::Store(_))
             // A submodule's cache is started over by the expander itself.
             | PublishError::Submodule(_)
             | PublishError::LocksUnreliable { .. }
+            | PublishError::UnknownSources { .. }
             | PublishError::Store(_)
             | PublishError::CacheInsideRoot { .. } => false,
+        }
+    }
+}
+
+impl PublishError {
+    /// The source whose failure this is, when one of several failed.
+    pub(crate) fn failed_source(&self) -> Option<usize> {
+        match self {
+            PublishError::SourceFailed { index, .. } => Some(*index),
+            _ => None,
         }
     }
 }

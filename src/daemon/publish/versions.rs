@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
+use super::build::Version;
+use super::sources::Part;
 use super::{PublishError, Publisher};
 use crate::commit::CommitId;
 use crate::git::SourceError;
@@ -73,7 +75,6 @@ impl Publisher {
             .lease(commit, &holder, leased_until)
             .map_err(PublishError::from)?;
         // (3)
-        let id = commit.object_id();
         let dir = self.root.snapshot_path(commit);
         if self.root.has_snapshot(commit) && self.root.check_snapshot(commit, None).is_ok() {
             return Ok(Materialized {
@@ -83,35 +84,24 @@ impl Publisher {
             });
         }
         // (4)
+        let url = self.source.repo.clone();
         let not_in_remote = |reason: String| VersionError::NotInRemote {
             commit: commit.clone(),
-            url: self.remote.display_url(),
+            url: url.clone(),
             reason,
         };
-        // A server that refuses a want hangs up as it says why; a reply cut by the hang-up
-        // (a broken pipe while the request is still being sent) is asked again, twice.
-        let mut hang_ups = 0;
-        loop {
-            match self
-                .cache
-                .fetch_commit(&self.remote, id, progress, interrupt)
-            {
-                Ok(()) => break,
-                Err(e) => match refused_by_remote(&e) {
-                    Some(reason) => return Err(not_in_remote(reason)),
-                    None if hung_up(&e) && hang_ups < 2 => hang_ups += 1,
-                    None => return Err(PublishError::from(e).into()),
-                },
+        let version = if self.several() {
+            match self.version_of_snapshot(commit, progress, interrupt) {
+                Ok(version) => version,
+                Err(PublishError::UnknownSources { why, .. }) => return Err(not_in_remote(why)),
+                Err(e) => return Err(e.into()),
             }
-        }
-        let info = match self.cache.commit_info(id) {
-            Ok(info) => info,
-            Err(SourceError::Object { cause, .. }) => {
-                return Err(not_in_remote(format!(
-                    "the remote has no commit by that id ({cause})"
-                )))
-            }
-            Err(e) => return Err(PublishError::from(e).into()),
+        } else {
+            self.fetch_for_reader(commit, progress, interrupt)
+                .map_err(|e| match e {
+                    Fetched::Refused(reason) => not_in_remote(reason),
+                    Fetched::Failed(e) => e.into(),
+                })?
         };
         // (5)
         if let Some(why) = self.version_unsigned(commit) {
@@ -120,9 +110,8 @@ impl Publisher {
                 why,
             });
         }
-        let expected = self.expected(&info)?;
         if self.root.has_snapshot(commit) {
-            if let Err(why) = self.root.check_snapshot(commit, Some(&expected)) {
+            if let Err(why) = self.root.check_snapshot(commit, Some(&version.expected)) {
                 let lock = self
                     .root
                     .lock(self.settings.lock_timeout)
@@ -134,13 +123,64 @@ impl Publisher {
         }
         let built = !self.root.has_snapshot(commit);
         if built {
-            self.build(info, &expected, progress, interrupt)?;
+            self.build(version, progress, interrupt)?;
         }
         Ok(Materialized {
             dir,
             leased_until,
             built,
         })
+    }
+}
+
+/// Why a commit of `--repo` could not be had for a reader.
+enum Fetched {
+    /// The remote does not give it: why.
+    Refused(String),
+    Failed(PublishError),
+}
+
+impl Publisher {
+    /// Fetch `commit` of `--repo` by id if the cache lacks it, and what a snapshot of it holds.
+    fn fetch_for_reader(
+        &mut self,
+        commit: &CommitId,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<Version, Fetched> {
+        let id = commit.object_id();
+        let followed = &mut self.sources[0];
+        // A server that refuses a want hangs up as it says why; a reply cut by the hang-up
+        // (a broken pipe while the request is still being sent) is asked again, twice.
+        let mut hang_ups = 0;
+        loop {
+            match followed
+                .cache
+                .fetch_commit(&followed.source.remote, id, progress, interrupt)
+            {
+                Ok(()) => break,
+                Err(e) => match refused_by_remote(&e) {
+                    Some(reason) => return Err(Fetched::Refused(reason)),
+                    None if hung_up(&e) && hang_ups < 2 => hang_ups += 1,
+                    None => return Err(Fetched::Failed(e.into())),
+                },
+            }
+        }
+        let ref_name = String::new();
+        let part = Part {
+            index: 0,
+            commit: id,
+            ref_name,
+            tag: None,
+            stale: None,
+        };
+        match self.version(commit, std::slice::from_ref(&part)) {
+            Ok(version) => Ok(version),
+            Err(PublishError::Source(SourceError::Object { cause, .. })) => Err(Fetched::Refused(
+                format!("the remote has no commit by that id ({cause})"),
+            )),
+            Err(e) => Err(Fetched::Failed(e)),
+        }
     }
 }
 

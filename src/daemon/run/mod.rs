@@ -158,7 +158,7 @@ pub async fn run(
             schedule.one_time,
         ),
         reporter: Reporter::start(style, schedule.progress_interval),
-        redactor: publisher.remote().redactor().clone(),
+        redactor: publisher.redactor().clone(),
         publisher: Some(publisher),
         schedule,
         surface,

@@ -183,6 +183,36 @@ pub struct Manifest {
     /// The submodules checked out in it, nested ones included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<ModuleRecord>,
+    /// A snapshot of several repositories (`--source NAME=URL`): each one's commit, published
+    /// under `NAME/`. Its `commit` is then no git commit but the identity of this set
+    /// (`daemon::publish::sources`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceCommit>,
+}
+
+/// One repository of a snapshot of several (`--source`), as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCommit {
+    /// The source's name: its files are under `NAME/` in the snapshot.
+    pub name: String,
+    /// Repository URL, credentials redacted.
+    pub repo: String,
+    /// The full ref its commit was found at.
+    #[serde(rename = "ref")]
+    pub ref_name: String,
+    pub commit: CommitId,
+    /// The tree published under `NAME/` (the one at its subdir, when it has one).
+    pub tree: String,
+    pub subject: String,
+    /// Committer date, seconds since the epoch.
+    pub commit_time: i64,
+    /// What of its commits is published when not all (as [`Manifest::select`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub select: String,
+    /// The source failed when this snapshot was built, and `--allow-stale-source` let the
+    /// commit published before stand in for its current one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 /// What the snapshot of a commit must hold to be the one a publisher would build now: the same
