@@ -366,7 +366,14 @@ fn show_log(args: LogArgs) -> Outcome {
     if args.json {
         print_json(&entries)?;
     } else {
-        print!("{}", history::render_log(&entries));
+        let sources_of = |commit: &dagsnap::CommitId| {
+            root.manifest(commit)
+                .ok()
+                .flatten()
+                .map(|m| m.sources)
+                .unwrap_or_default()
+        };
+        print!("{}", history::render_log(&entries, &sources_of));
     }
     Ok(0)
 }

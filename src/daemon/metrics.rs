@@ -28,6 +28,11 @@ pub(crate) struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PhaseLabel {
     pub phase: &'static str,
 }
@@ -93,6 +98,8 @@ pub(crate) struct Metrics {
     git_sync_count: Family<StatusLabel, Counter>,
     git_sync_duration: HistogramFamily<StatusLabel>,
     git_fetch_count: Counter,
+    source_failures: Family<SourceLabel, Gauge>,
+    source_last_success: Family<SourceLabel, Gauge<f64, AtomicU64>>,
 }
 
 /// What one cycle reports to the metrics.
@@ -133,6 +140,8 @@ impl Metrics {
             checks: Family::default(),
             versions: Family::default(),
             signature_refusals: Family::default(),
+            source_failures: Family::default(),
+            source_last_success: Family::default(),
             git_sync_count: Family::default(),
             git_sync_duration: Family::new_with_constructor(seconds_histogram),
             git_fetch_count: Counter::default(),
@@ -169,6 +178,16 @@ impl Metrics {
             "dagsnap_consecutive_failures",
             "Failed cycles since the last success",
             metrics.consecutive_failures.clone(),
+        );
+        registry.register(
+            "dagsnap_source_consecutive_failures",
+            "With several sources (--source): polls since this source last answered (a failing source holds back every source unless --allow-stale-source names it)",
+            metrics.source_failures.clone(),
+        );
+        registry.register(
+            "dagsnap_source_last_success_timestamp_seconds",
+            "With several sources (--source): when this source last answered, Unix time",
+            metrics.source_last_success.clone(),
         );
         registry.register(
             "dagsnap_live_commit_info",
@@ -311,6 +330,24 @@ impl Metrics {
         self.git_sync_duration
             .get_or_create(&status)
             .observe(report.duration.as_secs_f64());
+    }
+
+    /// How each of several sources fares.
+    pub(crate) fn set_sources(&self, sources: &[crate::daemon::publish::SourceHealth]) {
+        for source in sources {
+            let label = SourceLabel {
+                source: source.name.clone(),
+            };
+            self.source_failures
+                .get_or_create(&label)
+                .set(source.consecutive_failures as i64);
+            if let Some(at) = source.last_success {
+                let seconds = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.source_last_success.get_or_create(&label).set(seconds);
+            }
+        }
     }
 
     pub(crate) fn set_health(&self, last_success: Option<SystemTime>, consecutive_failures: u64) {

@@ -76,6 +76,9 @@ pub struct SnapshotInfo {
     /// Its submodules: path, commit, URL.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub submodules: Vec<crate::store::ModuleRecord>,
+    /// For a snapshot of several sources, each one's commit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::store::SourceCommit>,
     #[serde(skip)]
     order: Option<SystemTime>,
 }
@@ -133,6 +136,10 @@ pub fn list(root: &Root) -> Result<Vec<SnapshotInfo>, StoreError> {
                 .as_ref()
                 .map(|m| m.modules.clone())
                 .unwrap_or_default(),
+            sources: manifest
+                .as_ref()
+                .map(|m| m.sources.clone())
+                .unwrap_or_default(),
             current: is_current,
             commit,
             order,
@@ -178,9 +185,33 @@ pub fn render_list(snapshots: &[SnapshotInfo]) -> String {
                 &module.commit[..12.min(module.commit.len())]
             ));
         }
+        for source in &s.sources {
+            out.push_str(&format!(
+                "{:<3} {:<12} {}\n",
+                "",
+                "",
+                escape(&source_line(source))
+            ));
+        }
     }
     out.push_str("* = current (what readers see), P = pinned, R = rejected by the check\n");
     out
+}
+
+/// One source of a snapshot of several: `dags at 1a2b3c4d5e6f: subject`, stale or not (to be
+/// escaped: the subject is someone else's text).
+pub fn source_line(source: &crate::store::SourceCommit) -> String {
+    format!(
+        "source {} at {}{}: {}",
+        source.name,
+        &source.commit[..12.min(source.commit.len())],
+        if source.stale {
+            " (stale: it failed, --allow-stale-source)"
+        } else {
+            ""
+        },
+        source.subject
+    )
 }
 
 /// Journal entries, newest first: at most `limit`, or all of them for 0.
@@ -194,7 +225,12 @@ pub fn log(root: &Root, limit: usize) -> Result<Vec<Publication>, StoreError> {
     Ok(entries)
 }
 
-pub fn render_log(entries: &[Publication]) -> String {
+/// `sources_of` gives the sources of a snapshot of several (from its manifest, while it is
+/// kept), shown under each entry.
+pub fn render_log(
+    entries: &[Publication],
+    sources_of: &dyn Fn(&CommitId) -> Vec<crate::store::SourceCommit>,
+) -> String {
     if entries.is_empty() {
         return "the journal is empty\n".into();
     }
@@ -221,6 +257,9 @@ pub fn render_log(entries: &[Publication]) -> String {
                 .map(|r| format!(": {}", escape(r)))
                 .unwrap_or_default()
         ));
+        for source in sources_of(&e.commit) {
+            out.push_str(&format!("{:<37}{}\n", "", escape(&source_line(&source))));
+        }
     }
     out
 }

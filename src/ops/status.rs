@@ -81,6 +81,9 @@ pub struct Status {
     /// The live snapshot's submodules: path, commit, URL.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub submodules: Vec<crate::store::ModuleRecord>,
+    /// For a snapshot of several sources, each one's commit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::store::SourceCommit>,
     /// The newest commit the check rejected, when its verdict is the newest one: the remote has
     /// moved on to a commit that readers do not get.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +179,7 @@ pub fn gather(root: &Root) -> Result<Status, StoreError> {
         rejected: None,
         select: String::new(),
         submodules: Vec::new(),
+        sources: Vec::new(),
     };
     let verdicts = root.records().verdicts();
     let live = current.as_ref().map(|c| c.commit.as_str());
@@ -255,6 +259,7 @@ fn describe_live(
         ));
         status.select = manifest.select.clone();
         status.submodules = manifest.modules.clone();
+        status.sources = manifest.sources.clone();
         status.files = Some(manifest.files);
         status.bytes = Some(manifest.bytes);
         status.published_at = Some(rfc3339::format(manifest.materialized_at));
@@ -374,6 +379,9 @@ pub fn render_text(status: &Status) -> String {
     line("ref:", ref_line.as_deref());
     if !status.select.is_empty() {
         line("publishes:", Some(&status.select));
+    }
+    for source in &status.sources {
+        line("", Some(&super::history::source_line(source)));
     }
     for module in &status.submodules {
         line(

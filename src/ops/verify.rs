@@ -108,6 +108,14 @@ pub fn repair(
         commit: commit.clone(),
         cause,
     };
+    if root
+        .manifest(commit)
+        .ok()
+        .flatten()
+        .is_some_and(|m| !m.sources.is_empty())
+    {
+        return Err(failed("it is a snapshot of several sources, which a running publisher repairs itself (every --verify-period, from its sources' caches); restart one, or roll back to another snapshot".into()));
+    }
     let progress = gix::progress::tree::Root::new();
     let interrupt = AtomicBool::new(false);
     // A publisher's cache, if it has the commit; else a temporary one of our own.

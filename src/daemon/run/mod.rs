@@ -325,6 +325,7 @@ impl Loop {
         self.health
             .metrics
             .set_lock_fault(owned.lock_fault().is_some());
+        self.health.metrics.set_sources(&owned.source_health());
         if let Ok(outcome) = &result {
             self.health
                 .metrics
