@@ -2,6 +2,7 @@
 //! signals. One test binary keeps link time down on small CI machines.
 
 mod airflow;
+mod airflow_sources;
 mod airflow_versions;
 mod auth;
 mod bad_input;
@@ -36,6 +37,7 @@ mod seed_incident;
 mod self_repair;
 mod servers;
 mod shapes;
+mod several;
 mod shared_root;
 mod sidecar;
 mod signatures;
