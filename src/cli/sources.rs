@@ -162,10 +162,15 @@ impl SourceArgs {
             s.git_ref = Some(v.into());
             Ok(())
         })?;
-        set("--source-subdir", &self.source_subdirs, "NAME=PATH", &|s, v| {
-            s.subdir = Some(v.into());
-            Ok(())
-        })?;
+        set(
+            "--source-subdir",
+            &self.source_subdirs,
+            "NAME=PATH",
+            &|s, v| {
+                s.subdir = Some(v.into());
+                Ok(())
+            },
+        )?;
         set("--source-depth", &self.source_depths, "NAME=N", &|s, v| {
             s.depth = Some(v.parse().map_err(|_| {
                 format!(

@@ -36,7 +36,9 @@ fn dag(i: usize, k: usize) -> String {
 fn push_generation(three: &mut Three, k: usize) {
     three.commit_files("lib", &[("helper.py".into(), helper(k))], k);
     three.commit_files("plugins", &[("marker.txt".into(), format!("{k}\n"))], k);
-    let dags: Vec<(String, String)> = (0..DAGS).map(|i| (format!("dag_{i}.py"), dag(i, k))).collect();
+    let dags: Vec<(String, String)> = (0..DAGS)
+        .map(|i| (format!("dag_{i}.py"), dag(i, k)))
+        .collect();
     three.commit_files("dags", &dags, k);
 }
 
@@ -52,7 +54,9 @@ fn airflow_3_parses_dags_importing_a_library_from_another_repository_while_all_t
     let mut args = three.args();
     args.extend(["--period", "100ms"].map(String::from));
     let mut daemon = spawn_sources(&scratch, &scratch.cache(), &args);
-    wait_until(Duration::from_secs(60), "the first set", || published(&root).is_some());
+    wait_until(Duration::from_secs(60), "the first set", || {
+        published(&root).is_some()
+    });
 
     let home = scratch.path("airflow");
     airflow.migrate(&home);
@@ -63,16 +67,21 @@ fn airflow_3_parses_dags_importing_a_library_from_another_repository_while_all_t
         airflow
             .command(&home, &["dag-processor"])
             .env("PYTHONPATH", root.join("current/lib"))
-            .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", format!("[{bundle}]"))
+            .env(
+                "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
+                format!("[{bundle}]"),
+            )
             .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
             .env("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "1")
             .env("AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL", "1")
             .stdout(fs::File::create(&log).unwrap())
             .stderr(Stdio::null()),
     );
-    wait_until(Duration::from_secs(120), "the processor's first pass", || {
-        airflow.state(&home)["active"].as_u64() == Some(DAGS as u64)
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "the processor's first pass",
+        || airflow.state(&home)["active"].as_u64() == Some(DAGS as u64),
+    );
 
     let mut import_errors: Vec<String> = Vec::new();
     let mut note = |state: &serde_json::Value| {
@@ -113,5 +122,9 @@ fn airflow_3_parses_dags_importing_a_library_from_another_repository_while_all_t
         "import errors while three repositories moved: {import_errors:?}"
     );
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(daemon.wait(Duration::from_secs(30)).success(), "{}", daemon.logs());
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.logs()
+    );
 }

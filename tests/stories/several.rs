@@ -42,9 +42,15 @@ impl Three {
         files: &[(String, String)],
         generation: usize,
     ) -> String {
-        let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
         let commit = self.remotes[name].commit(&files, &format!("{name} {generation}"));
-        self.generations.entry(name).or_default().push(commit.clone());
+        self.generations
+            .entry(name)
+            .or_default()
+            .push(commit.clone());
         commit
     }
 
@@ -52,11 +58,17 @@ impl Three {
         let commit = self.remotes[name].commit(
             &[
                 ("marker.txt", &format!("{generation}\n")),
-                (&format!("{name}_module.py"), &format!("GENERATION = {generation}\n")),
+                (
+                    &format!("{name}_module.py"),
+                    &format!("GENERATION = {generation}\n"),
+                ),
             ],
             &format!("{name} {generation}"),
         );
-        self.generations.entry(name).or_default().push(commit.clone());
+        self.generations
+            .entry(name)
+            .or_default()
+            .push(commit.clone());
         commit
     }
 
@@ -155,9 +167,11 @@ fn three_repositories_committed_in_lockstep_reach_readers_only_as_sets_a_snapsho
     let mut args = three.args();
     args.extend(["--period", "50ms", "--keep", "1000"].map(String::from));
     let mut daemon = spawn_sources(&scratch, &scratch.cache(), &args);
-    wait_until(Duration::from_secs(60), "the first set is published", || {
-        published(&root).is_some()
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the first set is published",
+        || published(&root).is_some(),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -198,10 +212,18 @@ fn three_repositories_committed_in_lockstep_reach_readers_only_as_sets_a_snapsho
         reader.join().unwrap();
     }
     let failures = failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "reader failures: {:?}", &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "reader failures: {:?}",
+        &failures[..failures.len().min(5)]
+    );
 
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.len() > 100, "readers made progress: {} passes", seen.len());
+    assert!(
+        seen.len() > 100,
+        "readers made progress: {} passes",
+        seen.len()
+    );
     let mut sets = BTreeMap::new();
     for (snapshot, markers) in &seen {
         let listed = sets
@@ -227,13 +249,20 @@ fn three_repositories_committed_in_lockstep_reach_readers_only_as_sets_a_snapsho
             .collect();
         if let Some(before) = &previous {
             for name in NAMES {
-                assert!(before[name] <= now[name], "{name} went backward: {before:?} then {now:?}");
+                assert!(
+                    before[name] <= now[name],
+                    "{name} went backward: {before:?} then {now:?}"
+                );
             }
         }
         previous = Some(now);
     }
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(daemon.wait(Duration::from_secs(30)).success(), "{}", daemon.logs());
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.logs()
+    );
     let status = on_root(&scratch, &["status"]);
     let text = stdout(&status);
     for name in NAMES {
@@ -255,7 +284,9 @@ fn a_failing_source_keeps_the_last_good_snapshot_live_and_is_named() {
     let bind = format!("127.0.0.1:{port}");
     args.extend(["--period", "100ms", "--http-bind", &bind].map(String::from));
     let mut daemon = spawn_sources(&scratch, &scratch.cache(), &args);
-    wait_until(Duration::from_secs(60), "the first set", || published(&root).is_some());
+    wait_until(Duration::from_secs(60), "the first set", || {
+        published(&root).is_some()
+    });
     let good = published(&root).unwrap();
 
     // The plugins repository goes away (a deleted project, a revoked token); DAGs move on.
@@ -264,19 +295,32 @@ fn a_failing_source_keeps_the_last_good_snapshot_live_and_is_named() {
     fs::rename(&plugins, &moved).unwrap();
     three.advance("dags", 1);
     daemon.wait_for_lines(&["source 'plugins'"], 2, Duration::from_secs(60));
-    assert_eq!(published(&root).as_deref(), Some(good.as_str()), "the last good set stays live");
+    assert_eq!(
+        published(&root).as_deref(),
+        Some(good.as_str()),
+        "the last good set stays live"
+    );
     let metrics = http("GET", &format!("http://{bind}/metrics"), &[], b"").1;
     assert!(
-        metric(&metrics, r#"dagsnap_source_consecutive_failures{source="plugins"}"#) >= 1.0,
+        metric(
+            &metrics,
+            r#"dagsnap_source_consecutive_failures{source="plugins"}"#
+        ) >= 1.0,
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, r#"dagsnap_source_consecutive_failures{source="dags"}"#),
+        metric(
+            &metrics,
+            r#"dagsnap_source_consecutive_failures{source="dags"}"#
+        ),
         0.0,
         "the others are still observed"
     );
     let status = stdout(&on_root(&scratch, &["status"]));
-    assert!(status.contains("source 'plugins'"), "status names the source:\n{status}");
+    assert!(
+        status.contains("source 'plugins'"),
+        "status names the source:\n{status}"
+    );
 
     // Back: the link moves once, to every source at its tip.
     fs::rename(&moved, &plugins).unwrap();
@@ -288,7 +332,11 @@ fn a_failing_source_keeps_the_last_good_snapshot_live_and_is_named() {
         published(&root).is_some_and(|s| manifest_sources(&root, &s) == want)
     });
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(daemon.wait(Duration::from_secs(30)).success(), "{}", daemon.logs());
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
+        "{}",
+        daemon.logs()
+    );
 }
 
 #[test]
@@ -308,13 +356,21 @@ fn an_operator_may_let_the_others_go_live_with_a_failing_sources_last_commit() {
 
     let out = sync_sources_once(&scratch, &args);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--allow-stale-source"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-stale-source"),
+        "{}",
+        stderr(&out)
+    );
     let live = published(&root).unwrap();
     let listed = manifest_sources(&root, &live);
     assert_eq!(listed["dags"], dags);
     assert_eq!(listed["plugins"], plugins_commit);
-    let manifest = fs::read_to_string(root.join(format!(".dagsnap/manifests/{live}.json"))).unwrap();
-    assert!(manifest.contains("\"stale\": true") || manifest.contains("\"stale\":true"), "{manifest}");
+    let manifest =
+        fs::read_to_string(root.join(format!(".dagsnap/manifests/{live}.json"))).unwrap();
+    assert!(
+        manifest.contains("\"stale\": true") || manifest.contains("\"stale\":true"),
+        "{manifest}"
+    );
     assert_eq!(read_current(&root, "plugins/marker.txt"), "0\n");
     assert_eq!(read_current(&root, "dags/marker.txt"), "1\n");
     let list = stdout(&on_root(&scratch, &["list"]));
@@ -347,18 +403,28 @@ fn rolling_back_restores_every_source_and_pins_the_set() {
         assert_eq!(read_current(&root, &format!("{name}/marker.txt")), "1\n");
     }
 
-    let out = on_root(&scratch, &["rollback", "--reason", "plugins 1 breaks the scheduler"]);
+    let out = on_root(
+        &scratch,
+        &["rollback", "--reason", "plugins 1 breaks the scheduler"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(published(&root).as_deref(), Some(first.as_str()));
     for name in NAMES {
-        assert_eq!(read_current(&root, &format!("{name}/marker.txt")), "0\n", "{name}");
+        assert_eq!(
+            read_current(&root, &format!("{name}/marker.txt")),
+            "0\n",
+            "{name}"
+        );
     }
     // The pin holds against the loop, which still sees the new set.
     assert!(sync_sources_once(&scratch, &args).status.success());
     assert_eq!(published(&root).as_deref(), Some(first.as_str()));
     let log = stdout(&on_root(&scratch, &["log"]));
     assert!(
-        log.contains(&format!("source plugins at {}", &three.generations["plugins"][0][..12])),
+        log.contains(&format!(
+            "source plugins at {}",
+            &three.generations["plugins"][0][..12]
+        )),
         "{log}"
     );
     assert!(on_root(&scratch, &["unpin"]).status.success());
@@ -402,15 +468,27 @@ fn mistakes_in_the_sources_are_one_clear_line_before_anything_is_written() {
     fs::write(&secret, "t0ken-value\n").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            [three.args(), vec!["--repo".into(), three.remotes["dags"].url()]].concat(),
+            [
+                three.args(),
+                vec!["--repo".into(), three.remotes["dags"].url()],
+            ]
+            .concat(),
             "--repo",
         ),
         (
-            [three.args(), vec!["--source-ref".into(), "plugin=main".into()]].concat(),
+            [
+                three.args(),
+                vec!["--source-ref".into(), "plugin=main".into()],
+            ]
+            .concat(),
             "'plugin'",
         ),
         (
-            [three.args(), vec!["--password-file".into(), secret.display().to_string()]].concat(),
+            [
+                three.args(),
+                vec!["--password-file".into(), secret.display().to_string()],
+            ]
+            .concat(),
             "--source-password-file",
         ),
         (
@@ -418,11 +496,21 @@ fn mistakes_in_the_sources_are_one_clear_line_before_anything_is_written() {
             "--source-subdir",
         ),
         (
-            vec!["--source".into(), format!(".dagsnap={}", three.remotes["dags"].url())],
+            vec![
+                "--source".into(),
+                format!(".dagsnap={}", three.remotes["dags"].url()),
+            ],
             "source name",
         ),
         (
-            [three.args(), vec!["--source".into(), format!("dags={}", three.remotes["lib"].url())]].concat(),
+            [
+                three.args(),
+                vec![
+                    "--source".into(),
+                    format!("dags={}", three.remotes["lib"].url()),
+                ],
+            ]
+            .concat(),
             "twice",
         ),
     ];
@@ -468,11 +556,23 @@ fn each_source_s_credentials_reach_only_its_own_server() {
     .collect();
     let out = sync_sources_once(&scratch, &args);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(read_current(&scratch.root(), "plugins/plugin.py"), "y = 1\n");
+    assert_eq!(
+        read_current(&scratch.root(), "plugins/plugin.py"),
+        "y = 1\n"
+    );
     let (log_a, log_b) = (a.access_log(), b.access_log());
-    assert!(log_a.contains("dags-user") && log_b.contains("plugins-user"), "{log_a}\n{log_b}");
-    assert!(!log_a.contains("plugins-user"), "dags' server saw the plugins user:\n{log_a}");
-    assert!(!log_b.contains("dags-user"), "plugins' server saw the dags user:\n{log_b}");
+    assert!(
+        log_a.contains("dags-user") && log_b.contains("plugins-user"),
+        "{log_a}\n{log_b}"
+    );
+    assert!(
+        !log_a.contains("plugins-user"),
+        "dags' server saw the plugins user:\n{log_a}"
+    );
+    assert!(
+        !log_b.contains("dags-user"),
+        "plugins' server saw the dags user:\n{log_b}"
+    );
     let said = stderr(&out);
     assert!(!said.contains("secret-"), "a password was printed: {said}");
 }

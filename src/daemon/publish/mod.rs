@@ -274,7 +274,9 @@ impl Publisher {
     /// 2. **Standing back**: the root follows another configuration, started after this
     ///    publisher: this one moves nothing until it stops ([`Outcome::StandingBack`]).
     /// 3. **Observe**: ask the remote for the target commit, fetching it into the cache if it
-    ///    is new; look at the peers' heartbeats ([`Publisher::observe_locks`]): while a peer's
+    ///    is new (with several sources, every source's remote, in one poll: the set of their
+    ///    commits names the snapshot, and a source that fails holds the set back unless
+    ///    `--allow-stale-source` names it, `several`); look at the peers' heartbeats ([`Publisher::observe_locks`]): while a peer's
     ///    locks are invisible from here, the cycle moves nothing and fails, saying why.
     /// 4. **Reconcile**: if the link shows something other than the pin or the newest
     ///    publication names, put it back ([`Root::reconcile_link`]).

@@ -98,11 +98,12 @@ impl Publisher {
         let now = SystemTime::now();
         let (asked, answered) = (asked.unwrap_or(now), answered.unwrap_or(now));
         let commit = self.name_of(&parts);
-        let ref_name = parts
+        let mut refs: Vec<String> = parts
             .iter()
             .map(|p| format!("{}={}", self.sources[p.index].health.name, p.ref_name))
-            .collect::<Vec<_>>()
-            .join(" ");
+            .collect();
+        refs.sort();
+        let ref_name = refs.join(" ");
         Ok(Seen {
             observation: Observation {
                 commit: commit.object_id(),
