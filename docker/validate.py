@@ -11,6 +11,13 @@ Kubernetes API schemas, offline (kubernetes-validate ships the schemas; nothing 
   validated against the Kubernetes schemas too (Airflow's own container with the component's
   extraVolumeMounts). Volume mounts must name a volume the pod has (the chart adds `dags`).
 
+- docker/kubernetes-monitoring.yaml and deploy/monitoring/prometheusrule.yaml: the Prometheus
+  operator's kinds (PodMonitor, ServiceMonitor, PrometheusRule), whose schemas are not among
+  Kubernetes' own and are not fetched: only the fields of the operator's API they may use, their
+  metadata as Kubernetes metadata, and what they point at: a monitor's selector must select a
+  pod (or Service) of these manifests that has the named port; the rule's groups must be those
+  of deploy/monitoring/rules.yaml.
+
 - A DagsnapBundle configuration (the chart's config, or a container's environment): valid JSON,
   kwargs the bundle takes, its root and token file on volumes Airflow's container mounts.
 
@@ -65,6 +72,85 @@ def pod(name, spec):
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
+OPERATOR = "monitoring.coreos.com/v1"
+# The fields of the operator's API (monitoring.coreos.com/v1) these manifests may use.
+MONITOR_FIELDS = {
+    "PodMonitor": ("podMetricsEndpoints", {"selector", "podMetricsEndpoints", "namespaceSelector", "jobLabel", "podTargetLabels"}),
+    "ServiceMonitor": ("endpoints", {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels"}),
+}
+ENDPOINT_FIELDS = {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings", "honorLabels"}
+RELABEL_FIELDS = {"sourceLabels", "targetLabel", "regex", "replacement", "action", "separator"}
+RULES = os.path.join(HERE, "..", "deploy", "monitoring", "rules.yaml")
+
+
+def all_documents():
+    docs = []
+    for path in sorted(glob.glob(os.path.join(HERE, "kubernetes*.yaml"))):
+        with open(path) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
+    return docs
+
+
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def metadata_problems(doc, where):
+    """The metadata of a custom resource, checked as a ConfigMap's (the same ObjectMeta)."""
+    holder = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc.get("metadata", {})}
+    return validate(holder, f"{where}: metadata")
+
+
+def check_operator_kind(doc, where):
+    kind = doc.get("kind")
+    problems = metadata_problems(doc, where)
+    if doc.get("apiVersion") != OPERATOR:
+        problems.append(f"{where}: apiVersion {doc.get('apiVersion')}, not {OPERATOR}")
+    unknown = set(doc) - {"apiVersion", "kind", "metadata", "spec"}
+    if unknown:
+        problems.append(f"{where}: unknown top-level fields {sorted(unknown)}")
+    spec = doc.get("spec") or {}
+    if kind == "PrometheusRule":
+        with open(RULES) as f:
+            if spec.get("groups") != yaml.safe_load(f).get("groups"):
+                problems.append(f"{where}: its groups differ from deploy/monitoring/rules.yaml; copy them over")
+        return problems
+    if kind not in MONITOR_FIELDS:
+        return problems + [f"{where}: {kind} is not a kind this check knows"]
+    list_field, fields = MONITOR_FIELDS[kind]
+    if set(spec) - fields:
+        problems.append(f"{where}: unknown spec fields {sorted(set(spec) - fields)}")
+    docs = all_documents()
+    if kind == "PodMonitor":
+        targets = [
+            (d["metadata"]["name"], t["metadata"].get("labels") or {}, [p.get("name") for c in t["spec"].get("initContainers", []) + t["spec"].get("containers", []) for p in c.get("ports", [])])
+            for d in docs
+            for t in [d.get("spec", {}).get("template")]
+            if t
+        ]
+    else:
+        targets = [
+            (d["metadata"]["name"], d["metadata"].get("labels") or {}, [p.get("name") for p in d["spec"].get("ports", [])])
+            for d in docs
+            if d.get("kind") == "Service"
+        ]
+    chosen = [t for t in targets if selects(spec.get("selector") or {}, t[1])]
+    if not chosen:
+        problems.append(f"{where}: its selector {spec.get('selector')} selects nothing in docker/kubernetes*.yaml")
+    for endpoint in spec.get(list_field) or []:
+        if set(endpoint) - ENDPOINT_FIELDS:
+            problems.append(f"{where}: unknown endpoint fields {sorted(set(endpoint) - ENDPOINT_FIELDS)}")
+        for relabel in endpoint.get("relabelings", []) + endpoint.get("metricRelabelings", []):
+            if set(relabel) - RELABEL_FIELDS:
+                problems.append(f"{where}: unknown relabeling fields {sorted(set(relabel) - RELABEL_FIELDS)}")
+        if endpoint.get("path", "/metrics") != "/metrics":
+            problems.append(f"{where}: dagsnap serves its metrics at /metrics, not {endpoint.get('path')}")
+        for name, _, ports in chosen:
+            if endpoint.get("port") not in ports:
+                problems.append(f"{where}: {name} has no port named {endpoint.get('port')} (it has {ports})")
+    return problems
+
+
 def check_manifest(path):
     problems = []
     with open(path) as f:
@@ -72,6 +158,9 @@ def check_manifest(path):
             if not doc:
                 continue
             where = f"{os.path.relpath(path)} document {i + 1} ({doc.get('kind')})"
+            if str(doc.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
+                problems += check_operator_kind(doc, where)
+                continue
             problems += validate(doc, where)
             template = doc.get("spec", {}).get("template", {}).get("spec")
             if template:
@@ -93,7 +182,7 @@ def chart_schema_problems(values, rel):
     ]
 
 
-BUNDLE_KWARGS = {"root", "link", "lease_seconds", "token_file", "materialize_timeout"}
+BUNDLE_KWARGS = {"root", "link", "subdir", "lease_seconds", "token_file", "materialize_timeout"}
 
 
 def bundle_problems(config_list, where, mounts):
@@ -159,7 +248,7 @@ def check_values(path):
 def main():
     files = sys.argv[1:] or sorted(glob.glob(os.path.join(HERE, "kubernetes*.yaml"))) + sorted(
         glob.glob(os.path.join(HERE, "airflow-values-*.yaml"))
-    )
+    ) + [os.path.join(HERE, "..", "deploy", "monitoring", "prometheusrule.yaml")]
     problems = []
     for path in files:
         found = check_values(path) if "values" in os.path.basename(path) else check_manifest(path)

@@ -164,6 +164,7 @@ impl SyncPlan {
             ready_max_age: self.ready_max_age,
             checks: self.gate.check.is_some(),
             signatures: self.gate.signatures.is_some(),
+            keep: self.settings.retention.keep,
         })
     }
 }

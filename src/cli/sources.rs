@@ -16,33 +16,68 @@ const MAX_NAME: usize = 64;
 #[derive(Debug, Args, Default)]
 pub struct SourceArgs {
     /// A repository published under NAME/ of every snapshot, beside the other sources (repeat
-    /// for each: `dags=https://...`, `plugins=git@host:plugins.git`). A change in any source
+    /// for each, or separate them with commas: `dags=https://...`, `plugins=git@host:plugins.git`). A change in any source
     /// builds one snapshot of all of them and the link moves once. Instead of --repo.
-    #[arg(long = "source", value_name = "NAME=URL")]
+    #[arg(
+        long = "source",
+        env = "DAGSNAP_SOURCE",
+        value_delimiter = ',',
+        value_name = "NAME=URL"
+    )]
     pub sources: Vec<String>,
 
     /// The branch, tag or commit a source follows (default: the remote's HEAD).
-    #[arg(long = "source-ref", value_name = "NAME=REF")]
+    #[arg(
+        long = "source-ref",
+        env = "DAGSNAP_SOURCE_REF",
+        value_delimiter = ',',
+        value_name = "NAME=REF"
+    )]
     pub source_refs: Vec<String>,
 
     /// Publish only this directory of a source's commits under NAME/.
-    #[arg(long = "source-subdir", value_name = "NAME=PATH")]
+    #[arg(
+        long = "source-subdir",
+        env = "DAGSNAP_SOURCE_SUBDIR",
+        value_delimiter = ',',
+        value_name = "NAME=PATH"
+    )]
     pub source_subdirs: Vec<String>,
 
     /// Commits of a source's history to fetch (default: --depth).
-    #[arg(long = "source-depth", value_name = "NAME=N")]
+    #[arg(
+        long = "source-depth",
+        env = "DAGSNAP_SOURCE_DEPTH",
+        value_delimiter = ',',
+        value_name = "NAME=N"
+    )]
     pub source_depths: Vec<String>,
 
     /// The HTTPS user name for one source's server.
-    #[arg(long = "source-username", value_name = "NAME=USER")]
+    #[arg(
+        long = "source-username",
+        env = "DAGSNAP_SOURCE_USERNAME",
+        value_delimiter = ',',
+        value_name = "NAME=USER"
+    )]
     pub source_usernames: Vec<String>,
 
     /// A file holding one source's HTTPS password or token, sent to that source's server only.
-    #[arg(long = "source-password-file", value_name = "NAME=FILE")]
+    #[arg(
+        long = "source-password-file",
+        env = "DAGSNAP_SOURCE_PASSWORD_FILE",
+        value_delimiter = ',',
+        value_name = "NAME=FILE"
+    )]
     pub source_password_files: Vec<String>,
 
     /// An SSH private key offered to one source's server only.
-    #[arg(long = "source-ssh-key-file", value_name = "NAME=FILE")]
+    #[arg(
+        long = "source-ssh-key-file",
+        env = "DAGSNAP_SOURCE_SSH_KEY_FILE",
+        value_delimiter = ',',
+        value_name = "NAME=FILE"
+    )]
     pub source_ssh_key_files: Vec<String>,
 
     /// The sources as a file (TOML or YAML): a list `sources` of tables with `name`, `url` and

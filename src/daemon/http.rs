@@ -328,6 +328,7 @@ async fn handle(request: Request<Incoming>, health: &Health, auth: &Auth, slot: 
         }
         (Method::GET | Method::HEAD, "/metrics") => {
             slot.protect();
+            health.metrics.set_ready(health.readiness().ready);
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -99,6 +99,11 @@ pub(crate) struct Metrics {
     git_sync_duration: HistogramFamily<StatusLabel>,
     git_fetch_count: Counter,
     source_failures: Family<SourceLabel, Gauge>,
+    ready: Gauge,
+    period: Gauge<f64, AtomicU64>,
+    keep: Gauge,
+    root_size: Gauge,
+    root_available: Gauge,
     source_last_success: Family<SourceLabel, Gauge<f64, AtomicU64>>,
 }
 
@@ -141,6 +146,11 @@ impl Metrics {
             versions: Family::default(),
             signature_refusals: Family::default(),
             source_failures: Family::default(),
+            ready: Gauge::default(),
+            period: Gauge::default(),
+            keep: Gauge::default(),
+            root_size: Gauge::default(),
+            root_available: Gauge::default(),
             source_last_success: Family::default(),
             git_sync_count: Family::default(),
             git_sync_duration: Family::new_with_constructor(seconds_histogram),
@@ -178,6 +188,31 @@ impl Metrics {
             "dagsnap_consecutive_failures",
             "Failed cycles since the last success",
             metrics.consecutive_failures.clone(),
+        );
+        registry.register(
+            "dagsnap_ready",
+            "1 while /readyz answers 200: a complete snapshot is live (and, with --ready-max-age, the remote was confirmed recently)",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "dagsnap_period_seconds",
+            "The configured --period: how often the remote is asked",
+            metrics.period.clone(),
+        );
+        registry.register(
+            "dagsnap_retention_keep",
+            "The configured --keep: snapshots kept for rollback besides the live and pinned ones",
+            metrics.keep.clone(),
+        );
+        registry.register(
+            "dagsnap_root_size_bytes",
+            "Size of the volume that holds the root (statvfs, at every cycle)",
+            metrics.root_size.clone(),
+        );
+        registry.register(
+            "dagsnap_root_available_bytes",
+            "Bytes of the volume that holds the root available to dagsnap (statvfs, at every cycle)",
+            metrics.root_available.clone(),
         );
         registry.register(
             "dagsnap_source_consecutive_failures",
@@ -332,6 +367,27 @@ impl Metrics {
             .observe(report.duration.as_secs_f64());
     }
 
+    /// What the loop was started with: `--period` and `--keep`.
+    pub(crate) fn set_configuration(&self, period: Duration, keep: usize) {
+        self.period.set(period.as_secs_f64());
+        self.keep.set(i64::try_from(keep).unwrap_or(i64::MAX));
+    }
+
+    /// What `/readyz` answers now.
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The volume's size and free bytes, when they could be read.
+    pub(crate) fn set_volume(&self, space: Option<crate::fsutil::Space>) {
+        if let Some(space) = space {
+            self.root_size
+                .set(i64::try_from(space.size).unwrap_or(i64::MAX));
+            self.root_available
+                .set(i64::try_from(space.available).unwrap_or(i64::MAX));
+        }
+    }
+
     /// How each of several sources fares.
     pub(crate) fn set_sources(&self, sources: &[crate::daemon::publish::SourceHealth]) {
         for source in sources {
@@ -391,6 +447,13 @@ impl Metrics {
     pub(crate) fn check_configured(&self) {
         for result in ["accepted", "rejected", "timeout", "abandoned"] {
             let _ = self.checks.get_or_create(&ResultLabel { result });
+        }
+    }
+
+    /// The HTTP endpoints are on, so readers may ask for versions: their series start at zero.
+    pub(crate) fn versions_served(&self) {
+        for result in ["built", "present", "not_in_remote", "rejected", "failed"] {
+            let _ = self.versions.get_or_create(&ResultLabel { result });
         }
     }
 

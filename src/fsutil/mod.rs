@@ -184,6 +184,23 @@ pub(crate) fn unique_suffix() -> String {
 }
 
 /// This host's name, for naming staging directories and journal entries.
+/// A volume's size and the bytes an unprivileged writer may still use on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub size: u64,
+    pub available: u64,
+}
+
+/// The space of the volume holding `path` (`statvfs(2)`), if it can be read.
+pub(crate) fn space(path: &std::path::Path) -> Option<Space> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = stat.fragment_size();
+    Some(Space {
+        size: stat.blocks().saturating_mul(block),
+        available: stat.blocks_available().saturating_mul(block),
+    })
+}
+
 pub(crate) fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()

@@ -22,6 +22,7 @@ mod git_sync_flags;
 mod hooks;
 mod incident;
 mod lifecycle;
+mod monitoring;
 mod names;
 mod network_boundaries;
 mod partial_fetch;

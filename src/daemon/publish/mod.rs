@@ -79,6 +79,8 @@ pub struct Publisher {
     same: Option<(CommitId, CommitId)>,
     /// The live commit whose snapshot was found to hold what this publisher publishes.
     settled: Option<CommitId>,
+    /// The root's volume: its size and free bytes, as the last cycle found them.
+    volume: Option<crate::fsutil::Space>,
 }
 
 /// Where a cycle spent its time, for the metrics.
@@ -160,6 +162,7 @@ impl Publisher {
                 last_signature_refusal: None,
                 same: None,
                 settled: None,
+                volume: None,
             }),
             Err(e) => {
                 root.undo_first_start(&created);
@@ -221,6 +224,11 @@ impl Publisher {
                 (!refs.is_empty()).then(|| refs.join(" "))
             }
         }
+    }
+
+    /// The root's volume, as the last cycle found it.
+    pub fn volume(&self) -> Option<crate::fsutil::Space> {
+        self.volume
     }
 
     /// Hides the secrets of every source in what is printed.
@@ -362,6 +370,9 @@ impl Publisher {
         }
         // (16)
         self.check_live(progress, interrupt);
+        // For the metrics (a full volume is the next build's failure); on this blocking thread,
+        // since a stalled network volume may not answer.
+        self.volume = crate::fsutil::space(self.root.path());
         Ok(outcome)
     }
 

@@ -96,6 +96,8 @@ pub struct Surface {
     pub checks: bool,
     /// `--verify-signatures` is set: its refusal series start at zero.
     pub signatures: bool,
+    /// `--keep`, for the metrics.
+    pub keep: usize,
 }
 
 /// Open the publisher (standing by while its cache is busy), then run cycles until a signal, a
@@ -128,6 +130,9 @@ pub async fn run(
         schedule.sync_timeout,
         surface.ready_max_age,
     ));
+    health
+        .metrics
+        .set_configuration(schedule.period, surface.keep);
     if surface.checks {
         health.metrics.check_configured();
     }
@@ -136,6 +141,7 @@ pub async fn run(
     }
     let mut serves = Vec::new();
     if let Some((listener, auth)) = surface.http.take() {
+        health.metrics.versions_served();
         tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz, /metrics, POST /sync and POST /versions/<commit>");
         serves = listener.local_addr().map(http::urls).unwrap_or_default();
         tokio::spawn(http::serve(listener, Arc::clone(&health), Arc::new(auth)));
@@ -326,6 +332,7 @@ impl Loop {
             .metrics
             .set_lock_fault(owned.lock_fault().is_some());
         self.health.metrics.set_sources(&owned.source_health());
+        self.health.metrics.set_volume(owned.volume());
         if let Ok(outcome) = &result {
             self.health
                 .metrics
