@@ -576,3 +576,58 @@ fn each_source_s_credentials_reach_only_its_own_server() {
     let said = stderr(&out);
     assert!(!said.contains("secret-"), "a password was printed: {said}");
 }
+
+#[test]
+fn the_check_sees_the_whole_set_and_keeps_dags_ahead_of_their_library_out() {
+    let mut three = Three::new();
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    // The operator's check runs in the set's snapshot: here, DAGs must not be ahead of the
+    // library they import.
+    let mut args = three.args();
+    args.extend(
+        [
+            "--check-command",
+            r#"test "$(cat lib/marker.txt)" -ge "$(cat dags/marker.txt)""#,
+        ]
+        .map(String::from),
+    );
+    assert!(sync_sources_once(&scratch, &args).status.success());
+    let first = published(&root).unwrap();
+    three.advance("dags", 1);
+    // Rejected: the last good set stays live (an init container still exits 0 over it).
+    let out = sync_sources_once(&scratch, &args);
+    assert!(
+        stderr(&out).contains("the check rejected"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(published(&root), Some(first));
+    three.advance("lib", 1);
+    let out = sync_sources_once(&scratch, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_current(&root, "dags/marker.txt"), "1\n");
+    assert_eq!(read_current(&root, "lib/marker.txt"), "1\n");
+}
+
+#[test]
+fn a_root_that_published_one_repository_moves_to_a_set_of_sources_in_one_step() {
+    let three = Three::new();
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    let out = sync_once(&scratch, &three.remotes["dags"].url(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_current(&root, "marker.txt"), "0\n");
+    // The new configuration takes the root over: the link moves once, to the whole set.
+    let out = sources_command(&scratch, &scratch.path("cache-sources"), &three.args())
+        .arg("--one-time")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_root_valid(&root);
+    for name in NAMES {
+        assert_eq!(read_current(&root, &format!("{name}/marker.txt")), "0\n");
+    }
+    let status = stdout(&on_root(&scratch, &["status"]));
+    assert!(status.contains("follows:     dags="), "{status}");
+}
