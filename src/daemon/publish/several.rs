@@ -97,7 +97,7 @@ impl Publisher {
         self.timings.fetched = fetched;
         let now = SystemTime::now();
         let (asked, answered) = (asked.unwrap_or(now), answered.unwrap_or(now));
-        let commit = self.name_of(&parts);
+        let commit = self.name_of(&parts)?;
         let mut refs: Vec<String> = parts
             .iter()
             .map(|p| format!("{}={}", self.sources[p.index].health.name, p.ref_name))
@@ -119,7 +119,7 @@ impl Publisher {
     }
 
     /// The name of the snapshot of `parts`: their commits and selections together.
-    fn name_of(&self, parts: &[Part]) -> CommitId {
+    fn name_of(&self, parts: &[Part]) -> Result<CommitId, PublishError> {
         let mut lines: Vec<_> = parts
             .iter()
             .map(|p| {
@@ -131,7 +131,7 @@ impl Publisher {
                 )
             })
             .collect();
-        composite_id(&mut lines)
+        composite_id(&mut lines).map_err(PublishError::Internal)
     }
 
     /// What the live snapshot's manifest says of each source (nothing for a snapshot of one
@@ -177,7 +177,7 @@ impl Publisher {
                 stale: listed.stale.then_some(listed),
             });
         }
-        if self.name_of(&parts) != *commit {
+        if self.name_of(&parts)? != *commit {
             return Err(unknown(
                 "its manifest lists sources or selections other than this publisher's".into(),
             ));

@@ -127,17 +127,18 @@ pub(super) struct Part {
 /// The name of a snapshot of several sources: the SHA-1 of its sorted `NAME COMMIT SELECT`
 /// lines. The selection is part of it: the same commits published another way are another
 /// snapshot.
-pub(super) fn composite_id(lines: &mut [(String, ObjectId, String)]) -> CommitId {
+pub(super) fn composite_id(lines: &mut [(String, ObjectId, String)]) -> Result<CommitId, String> {
     lines.sort();
     let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
     for (name, commit, select) in lines.iter() {
         hasher.update(format!("{name} {commit} {select}\n").as_bytes());
     }
-    match hasher.try_finalize() {
-        Ok(id) => CommitId::from(id),
-        // SHA-1 collision detection fires only on crafted input; our lines are not.
-        Err(_) => CommitId::from(ObjectId::null(gix::hash::Kind::Sha1)),
-    }
+    // SHA-1 collision detection fires only on crafted input, which names and commit ids are
+    // not; should it fire, the set has no name and nothing is published.
+    hasher
+        .try_finalize()
+        .map(CommitId::from)
+        .map_err(|e| format!("cannot name the set of the sources' commits: {e}"))
 }
 
 /// What a composite's sources hold, combined into the commit information of the snapshot:
@@ -256,21 +257,25 @@ mod tests {
         let one = composite_id(&mut [
             ("dags".into(), a, String::new()),
             ("lib".into(), b, String::new()),
-        ]);
+        ])
+        .unwrap();
         let two = composite_id(&mut [
             ("lib".into(), b, String::new()),
             ("dags".into(), a, String::new()),
-        ]);
+        ])
+        .unwrap();
         assert_eq!(one, two);
         let swapped = composite_id(&mut [
             ("dags".into(), b, String::new()),
             ("lib".into(), a, String::new()),
-        ]);
+        ])
+        .unwrap();
         assert_ne!(one, swapped);
         let selected = composite_id(&mut [
             ("dags".into(), a, "subdir=dags".into()),
             ("lib".into(), b, String::new()),
-        ]);
+        ])
+        .unwrap();
         assert_ne!(one, selected);
     }
 }
