@@ -363,16 +363,29 @@ fn list_snapshots(args: ListArgs) -> Outcome {
 fn show_log(args: LogArgs) -> Outcome {
     let root = args.root.locate().map_err(usage)?;
     let entries = history::log(&root, args.limit).map_err(usage)?;
+    // A snapshot of several sources: each one's commit, while its manifest is kept.
+    let sources_of = |commit: &dagsnap::CommitId| {
+        root.manifest(commit)
+            .ok()
+            .flatten()
+            .map(|m| m.sources)
+            .unwrap_or_default()
+    };
     if args.json {
-        print_json(&entries)?;
+        let mut shown = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let mut value =
+                serde_json::to_value(entry).map_err(|e| (EXIT_FAILED, e.to_string()))?;
+            let sources = sources_of(&entry.commit);
+            if let (false, Some(object)) = (sources.is_empty(), value.as_object_mut()) {
+                let sources =
+                    serde_json::to_value(sources).map_err(|e| (EXIT_FAILED, e.to_string()))?;
+                object.insert("sources".into(), sources);
+            }
+            shown.push(value);
+        }
+        print_json(&shown)?;
     } else {
-        let sources_of = |commit: &dagsnap::CommitId| {
-            root.manifest(commit)
-                .ok()
-                .flatten()
-                .map(|m| m.sources)
-                .unwrap_or_default()
-        };
         print!("{}", history::render_log(&entries, &sources_of));
     }
     Ok(0)

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::os::unix::process::CommandExt;
 
-use crate::servers::{free_port, Door, HttpServer};
+use crate::servers::{free_port, Door, HttpServer, SshServer};
 use crate::support::*;
 
 const NAMES: [&str; 3] = ["dags", "lib", "plugins"];
@@ -427,6 +427,12 @@ fn rolling_back_restores_every_source_and_pins_the_set() {
         )),
         "{log}"
     );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&on_root(&scratch, &["log", "--json"]))).unwrap();
+    assert_eq!(
+        json[0]["sources"][2]["name"], "plugins",
+        "log --json lists the sources: {json}"
+    );
     assert!(on_root(&scratch, &["unpin"]).status.success());
     assert!(sync_sources_once(&scratch, &args).status.success());
     assert_eq!(published(&root).as_deref(), Some(second.as_str()));
@@ -630,4 +636,76 @@ fn a_root_that_published_one_repository_moves_to_a_set_of_sources_in_one_step() 
     }
     let status = stdout(&on_root(&scratch, &["status"]));
     assert!(status.contains("follows:     dags="), "{status}");
+}
+
+/// `ssh-keygen -lf`: the key's SHA-256 fingerprint, as sshd logs it.
+fn fingerprint_of(key: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn each_source_s_ssh_key_is_offered_only_to_its_own_server() {
+    let (one, two) = (SshServer::start(), SshServer::start());
+    let (dags, lib) = (Remote::new(), Remote::new());
+    dags.commit(&[("dag.py", "x = 1\n")], "dags");
+    lib.commit(&[("helper.py", "y = 1\n")], "lib");
+    let (dags_path, lib_path) = (
+        one.serve(&dags.dir, "dags.git"),
+        two.serve(&lib.dir, "lib.git"),
+    );
+    let scratch = Scratch::new();
+    let known = scratch.path("known_hosts");
+    let hosts = [&one, &two]
+        .iter()
+        .map(|s| fs::read_to_string(&s.known_hosts).unwrap())
+        .collect::<String>();
+    fs::write(&known, hosts).unwrap();
+    let args: Vec<String> = [
+        "--source".to_string(),
+        format!("dags={}", one.url_of(&dags_path)),
+        "--source".into(),
+        format!("lib={}", two.url_of(&lib_path)),
+        "--source-ssh-key-file".into(),
+        format!("dags={}", one.client_key.display()),
+        "--source-ssh-key-file".into(),
+        format!("lib={}", two.client_key.display()),
+        "--ssh-known-hosts-file".into(),
+        known.display().to_string(),
+    ]
+    .to_vec();
+    let out = sync_sources_once(&scratch, &args);
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        stderr(&out),
+        one.log(),
+        two.log()
+    );
+    assert_eq!(read_current(&scratch.root(), "lib/helper.py"), "y = 1\n");
+    let (key_one, key_two) = (
+        fingerprint_of(&one.client_key),
+        fingerprint_of(&two.client_key),
+    );
+    let (log_one, log_two) = (one.log(), two.log());
+    assert!(
+        log_one.contains(&key_one) && log_two.contains(&key_two),
+        "{log_one}\n{log_two}"
+    );
+    assert!(
+        !log_one.contains(&key_two),
+        "dags' server was offered lib's key:\n{log_one}"
+    );
+    assert!(
+        !log_two.contains(&key_one),
+        "lib's server was offered dags' key:\n{log_two}"
+    );
 }
