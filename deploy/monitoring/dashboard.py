@@ -41,12 +41,14 @@ def newrow(title):
     row(title)
 
 row("What readers see")
-panel("stat", "Live commit", [(f'max by (commit) (dagsnap_live_commit_info{{{sel}}})', "{{commit}}")], w=8, h=4,
+panel("stat", "Live commit", [(f'max by (commit) (dagsnap_live_commit_info{{{sel}}})', "{{commit}}")], w=6, h=4,
       desc="The commit (or set of sources) the link points at; several values: publishers disagree for a moment, or a pod stands back.",
       extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "/^commit$/", "values": False}, "textMode": "name"}})
+panel("stat", "Age of the live commit", [(f'time() - max(dagsnap_live_commit_timestamp_seconds{{{sel}}})', "")], w=4, h=4, unit="s",
+      desc="Since the live commit (the newest source's, for several sources) was committed: old DAGs, or a quiet repository.")
 panel("stat", "Since the last successful sync", [(f'time() - max(dagsnap_last_success_timestamp_seconds{{{sel}}})', "")], w=4, h=4, unit="s",
       desc="Age of the newest confirmation that the link shows what the remote has (DagsnapDagsStale pages when it grows).")
-panel("stat", "Failures in a row (worst pod)", [(f'max(dagsnap_consecutive_failures{{{sel}}})', "")], w=4, h=4)
+panel("stat", "Failures in a row (worst pod)", [(f'max(dagsnap_consecutive_failures{{{sel}}})', "")], w=2, h=4)
 panel("stat", "Not ready", [(f'count(dagsnap_ready{{{sel}}} == 0) or vector(0)', "")], w=2, h=4,
       desc="Pods whose /readyz fails.")
 panel("stat", "Lock fault", [(f'max(dagsnap_lock_fault{{{sel}}})', "")], w=2, h=4,

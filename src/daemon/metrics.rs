@@ -83,6 +83,7 @@ pub(crate) struct Metrics {
     last_success: Gauge<f64, AtomicU64>,
     consecutive_failures: Gauge,
     live_commit: Family<CommitLabel, Gauge>,
+    live_commit_time: Gauge,
     build_files: Gauge,
     build_bytes: Gauge,
     build_reused: Gauge,
@@ -133,6 +134,7 @@ impl Metrics {
             last_success: Gauge::default(),
             consecutive_failures: Gauge::default(),
             live_commit: Family::default(),
+            live_commit_time: Gauge::default(),
             build_files: Gauge::default(),
             build_bytes: Gauge::default(),
             build_reused: Gauge::default(),
@@ -206,12 +208,12 @@ impl Metrics {
         );
         registry.register(
             "dagsnap_root_size_bytes",
-            "Size of the volume that holds the root (statvfs, at every cycle)",
+            "Size of the volume that holds the root (statvfs, at most every 30 s and after each build)",
             metrics.root_size.clone(),
         );
         registry.register(
             "dagsnap_root_available_bytes",
-            "Bytes of the volume that holds the root available to dagsnap (statvfs, at every cycle)",
+            "Bytes of the volume that holds the root available to dagsnap (statvfs, at most every 30 s and after each build)",
             metrics.root_available.clone(),
         );
         registry.register(
@@ -228,6 +230,11 @@ impl Metrics {
             "dagsnap_live_commit_info",
             "The commit the link points at (value 1)",
             metrics.live_commit.clone(),
+        );
+        registry.register(
+            "dagsnap_live_commit_timestamp_seconds",
+            "Committer date of the live commit (for several sources, of the newest source commit), Unix time: how old the DAGs readers see are",
+            metrics.live_commit_time.clone(),
         );
         registry.register(
             "dagsnap_last_build_files",
@@ -418,7 +425,15 @@ impl Metrics {
     }
 
     /// What the root looks like after a cycle.
-    pub(crate) fn set_root(&self, live: Option<&str>, retained: usize, pinned: bool) {
+    /// What the root shows. `commit_time` (the live commit's date, from its manifest) is asked
+    /// only when the live commit changed: an idle poll reads nothing more.
+    pub(crate) fn set_root(
+        &self,
+        live: Option<&str>,
+        commit_time: impl FnOnce() -> Option<i64>,
+        retained: usize,
+        pinned: bool,
+    ) {
         let live = live.map(|c| CommitLabel {
             commit: c.to_string(),
         });
@@ -429,6 +444,7 @@ impl Metrics {
             self.live_commit.clear();
             if let Some(live) = &live {
                 self.live_commit.get_or_create(live).set(1);
+                self.live_commit_time.set(commit_time().unwrap_or(0));
             }
         }
         self.retained.set(retained as i64);
@@ -528,8 +544,8 @@ mod tests {
             fetch: Some(Duration::from_millis(20)),
             ..CycleReport::default()
         });
-        metrics.set_root(Some("abc"), 3, false);
-        metrics.set_root(Some("def"), 3, true);
+        metrics.set_root(Some("abc"), || None, 3, false);
+        metrics.set_root(Some("def"), || None, 3, true);
         let text = metrics.encode();
         for needle in [
             "git_sync_count_total{status=\"success\"} 1",

@@ -72,6 +72,28 @@ fn scraped() -> BTreeMap<String, f64> {
     let healthy = scrape_when(port, "a publish", |m| {
         metric(m, r#"dagsnap_syncs_total{result="published"}"#) >= 1.0
     });
+    // The series the rules rest on say what is true of this publisher.
+    let committed: f64 = remote.git(&["log", "-1", "--format=%ct"]).parse().unwrap();
+    for (series, check) in [
+        (
+            "dagsnap_ready",
+            Box::new(|v: f64| v == 1.0) as Box<dyn Fn(f64) -> bool>,
+        ),
+        (
+            "dagsnap_period_seconds",
+            Box::new(|v| (v - 0.1).abs() < 1e-9),
+        ),
+        ("dagsnap_retention_keep", Box::new(|v| v == 5.0)),
+        ("dagsnap_root_size_bytes", Box::new(|v| v > 0.0)),
+        ("dagsnap_root_available_bytes", Box::new(|v| v > 0.0)),
+        (
+            "dagsnap_live_commit_timestamp_seconds",
+            Box::new(move |v| v == committed),
+        ),
+    ] {
+        let value = metric(&healthy, series);
+        assert!(check(value), "{series} is {value}:\n{healthy}");
+    }
 
     let (a, b) = (Remote::new(), Remote::new());
     a.commit(&[("a.py", "a = 1\n")], "a");

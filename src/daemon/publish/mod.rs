@@ -41,6 +41,9 @@ use crate::store::records::{PublisherRecord, Registration};
 use crate::store::{Claim, Created, LockFault, LockWitness, Root, SourceRecord};
 use sources::Followed;
 
+/// How often the root's volume is asked for its free space, at most (for the metrics).
+const VOLUME_EVERY: Duration = Duration::from_secs(30);
+
 /// Publishes one repository, or several as one snapshot, into one root.
 #[derive(Debug)]
 pub struct Publisher {
@@ -79,8 +82,8 @@ pub struct Publisher {
     same: Option<(CommitId, CommitId)>,
     /// The live commit whose snapshot was found to hold what this publisher publishes.
     settled: Option<CommitId>,
-    /// The root's volume: its size and free bytes, as the last cycle found them.
-    volume: Option<crate::fsutil::Space>,
+    /// The root's volume: its size and free bytes, and when they were read.
+    volume: Option<(crate::fsutil::Space, Instant)>,
 }
 
 /// Where a cycle spent its time, for the metrics.
@@ -228,7 +231,7 @@ impl Publisher {
 
     /// The root's volume, as the last cycle found it.
     pub fn volume(&self) -> Option<crate::fsutil::Space> {
-        self.volume
+        self.volume.map(|(space, _)| space)
     }
 
     /// Hides the secrets of every source in what is printed.
@@ -363,6 +366,20 @@ impl Publisher {
                 self.registration.update(false, Some(error));
             }
         }
+        // For the metrics (a full volume fails builds, so failed cycles look too); on this
+        // blocking thread, since a stalled network volume may not answer. At most every
+        // VOLUME_EVERY, or after a build: on NFS each look is a round trip, and idle polls
+        // should cost none.
+        let built = matches!(outcome, Ok(Outcome::Published { built: Some(_), .. }));
+        if built
+            || self
+                .volume
+                .is_none_or(|(_, at)| at.elapsed() >= VOLUME_EVERY)
+        {
+            if let Some(space) = crate::fsutil::space(self.root.path()) {
+                self.volume = Some((space, Instant::now()));
+            }
+        }
         let outcome = outcome?;
         if let Outcome::Published { built: Some(_), .. } = &outcome {
             // Just written and sealed by this cycle: nothing to check it against yet.
@@ -370,9 +387,6 @@ impl Publisher {
         }
         // (16)
         self.check_live(progress, interrupt);
-        // For the metrics (a full volume is the next build's failure); on this blocking thread,
-        // since a stalled network volume may not answer.
-        self.volume = crate::fsutil::space(self.root.path());
         Ok(outcome)
     }
 

@@ -74,12 +74,14 @@ impl Loop {
         let (root, health, hooks) = (&ran.root, &self.health, &self.hooks);
         let (touch_file, error_file) = (&self.surface.touch_file, &self.surface.error_file);
         let (failed, failures) = (after.failed, after.failures);
-        let current = root.current().ok().flatten();
+        let current = root.current().ok().flatten().filter(|c| c.complete);
+        let commit_time = || {
+            let current = current.as_ref()?;
+            Some(root.manifest(&current.commit).ok()??.commit_time)
+        };
         health.metrics.set_root(
-            current
-                .as_ref()
-                .filter(|c| c.complete)
-                .map(|c| c.commit.as_str()),
+            current.as_ref().map(|c| c.commit.as_str()),
+            commit_time,
             root.snapshot_commits().map(|c| c.len()).unwrap_or(0),
             root.pinned().ok().flatten().is_some(),
         );
