@@ -125,13 +125,7 @@ impl SyncPlan {
 
     /// Hides every source's secrets.
     pub fn redactor(&self) -> Redactor {
-        Redactor::joined(
-            &self
-                .sources
-                .iter()
-                .map(|s| s.remote.redactor().clone())
-                .collect::<Vec<_>>(),
-        )
+        crate::daemon::publish::redactor(&self.sources)
     }
 
     /// Opens the publisher; called again while its cache is busy (see `daemon::run`).

@@ -127,32 +127,28 @@ struct SourcesFile {
     sources: Vec<SourceSpec>,
 }
 
-impl SourceArgs {
-    /// Whether any source is given (then `--repo` must not be).
-    pub fn given(&self) -> bool {
-        !self.sources.is_empty() || self.sources_file.is_some()
-    }
+/// How a companion flag's value sets a field of a source.
+type Apply = fn(&mut SourceSpec, &str) -> Result<(), String>;
 
+impl SourceArgs {
     /// The sources, checked: names valid and distinct, every companion flag naming a source,
-    /// at least two sources... or one, which is a snapshot with the repository under `NAME/`.
+    /// `--allow-stale-source` naming one too.
     pub fn specs(&self) -> Result<Vec<SourceSpec>, String> {
         let mut specs = match (&self.sources_file, self.sources.is_empty()) {
             (Some(_), false) => {
                 return Err("--source and --sources-file both give the sources: keep one".into())
             }
             (Some(file), true) => {
-                let companions = [
-                    &self.source_refs,
-                    &self.source_subdirs,
-                    &self.source_depths,
-                    &self.source_usernames,
-                    &self.source_password_files,
-                    &self.source_ssh_key_files,
-                ];
-                if companions.iter().any(|c| !c.is_empty()) {
+                if self
+                    .companions()
+                    .iter()
+                    .any(|(_, values, _, _)| !values.is_empty())
+                {
                     return Err(format!("--source-ref, --source-subdir, --source-depth and the --source credentials go with --source; with --sources-file set them in {}", file.display()));
                 }
-                read_file(file)?
+                let specs = read_file(file)?;
+                check_names(&specs)?;
+                specs
             }
             (None, _) => self.given_as_flags()?,
         };
@@ -162,8 +158,63 @@ impl SourceArgs {
                 None => return Err(unknown("--allow-stale-source", name, &specs)),
             }
         }
-        check_names(&specs)?;
         Ok(specs)
+    }
+
+    /// Each companion flag: its name, its values, the form of one, and what it sets.
+    fn companions(&self) -> [(&'static str, &[String], &'static str, Apply); 6] {
+        [
+            ("--source-ref", &self.source_refs, "NAME=REF", |s, v| {
+                s.git_ref = Some(v.into());
+                Ok(())
+            }),
+            (
+                "--source-subdir",
+                &self.source_subdirs,
+                "NAME=PATH",
+                |s, v| {
+                    s.subdir = Some(v.into());
+                    Ok(())
+                },
+            ),
+            ("--source-depth", &self.source_depths, "NAME=N", |s, v| {
+                let depth = v.parse().map_err(|_| {
+                    format!(
+                        "--source-depth {}={v}: the depth is a number of commits (0: all history)",
+                        s.name
+                    )
+                })?;
+                s.depth = Some(depth);
+                Ok(())
+            }),
+            (
+                "--source-username",
+                &self.source_usernames,
+                "NAME=USER",
+                |s, v| {
+                    s.username = Some(v.into());
+                    Ok(())
+                },
+            ),
+            (
+                "--source-password-file",
+                &self.source_password_files,
+                "NAME=FILE",
+                |s, v| {
+                    s.password_file = Some(v.into());
+                    Ok(())
+                },
+            ),
+            (
+                "--source-ssh-key-file",
+                &self.source_ssh_key_files,
+                "NAME=FILE",
+                |s, v| {
+                    s.ssh_key_file = Some(v.into());
+                    Ok(())
+                },
+            ),
+        ]
     }
 
     fn given_as_flags(&self) -> Result<Vec<SourceSpec>, String> {
@@ -177,71 +228,15 @@ impl SourceArgs {
             });
         }
         check_names(&specs)?;
-        let mut set =
-            |flag: &str,
-             values: &[String],
-             what: &str,
-             apply: &dyn Fn(&mut SourceSpec, &str) -> Result<(), String>| {
-                for value in values {
-                    let (name, value) = pair(flag, value, what)?;
-                    let known = specs.clone();
-                    let spec = specs
-                        .iter_mut()
-                        .find(|s| s.name == name)
-                        .ok_or_else(|| unknown(flag, name, &known))?;
-                    apply(spec, value)?;
+        for (flag, values, form, apply) in self.companions() {
+            for value in values {
+                let (name, value) = pair(flag, value, form)?;
+                match specs.iter().position(|s| s.name == name) {
+                    Some(at) => apply(&mut specs[at], value)?,
+                    None => return Err(unknown(flag, name, &specs)),
                 }
-                Ok::<(), String>(())
-            };
-        set("--source-ref", &self.source_refs, "NAME=REF", &|s, v| {
-            s.git_ref = Some(v.into());
-            Ok(())
-        })?;
-        set(
-            "--source-subdir",
-            &self.source_subdirs,
-            "NAME=PATH",
-            &|s, v| {
-                s.subdir = Some(v.into());
-                Ok(())
-            },
-        )?;
-        set("--source-depth", &self.source_depths, "NAME=N", &|s, v| {
-            s.depth = Some(v.parse().map_err(|_| {
-                format!(
-                    "--source-depth {}={v}: the depth is a number of commits (0: all history)",
-                    s.name
-                )
-            })?);
-            Ok(())
-        })?;
-        set(
-            "--source-username",
-            &self.source_usernames,
-            "NAME=USER",
-            &|s, v| {
-                s.username = Some(v.into());
-                Ok(())
-            },
-        )?;
-        set(
-            "--source-password-file",
-            &self.source_password_files,
-            "NAME=FILE",
-            &|s, v| {
-                s.password_file = Some(v.into());
-                Ok(())
-            },
-        )?;
-        set(
-            "--source-ssh-key-file",
-            &self.source_ssh_key_files,
-            "NAME=FILE",
-            &|s, v| {
-                s.ssh_key_file = Some(v.into());
-                Ok(())
-            },
-        )?;
+            }
+        }
         Ok(specs)
     }
 }

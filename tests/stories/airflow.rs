@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,6 +57,20 @@ impl Airflow {
             // Python must not write bytecode into the snapshots (it runs as root here).
             .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
             .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `airflow dag-processor` over the one bundle `bundle` (a dag_bundle_config_list entry),
+    /// refreshing and parsing every second.
+    pub(crate) fn dag_processor(&self, home: &Path, bundle: &str) -> Command {
+        let mut cmd = self.command(home, &["dag-processor"]);
+        cmd.env(
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
+            format!("[{bundle}]"),
+        )
+        .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
+        .env("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "1")
+        .env("AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL", "1");
         cmd
     }
 
@@ -246,15 +259,8 @@ pub(crate) fn processor_run(
     let mut labelled_seen = std::collections::HashSet::new();
     let processor = Group::spawn(
         airflow
-            .command(&home, &["dag-processor"])
+            .dag_processor(&home, bundle)
             .envs(env.iter().copied())
-            .env(
-                "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
-                format!("[{bundle}]"),
-            )
-            .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
-            .env("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "1")
-            .env("AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL", "1")
             .stdout(fs::File::create(&log).unwrap())
             .stderr(Stdio::null()),
     );
@@ -826,21 +832,18 @@ fn the_airflow_check_gates_the_link(airflow: &Airflow) {
     let scratch = Scratch::new();
     let check = format!("{} {CHECK_DAGS} --min-dags 5", airflow.python().display());
     let log = scratch.path("loop.log");
-    let child = dagsnap(scratch.tmp.path())
-        .args(["sync", "--period", "200ms", "--repo", &remote.url()])
-        .arg("--root")
-        .arg(scratch.root())
-        .arg("--cache-dir")
-        .arg(scratch.cache())
-        .args(["--check-command", &check])
-        .env("AIRFLOW_HOME", scratch.path("airflow"))
-        .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let daemon = Daemon { child, log };
+    let daemon = Daemon::start(
+        dagsnap(scratch.tmp.path())
+            .args(["sync", "--period", "200ms", "--repo", &remote.url()])
+            .arg("--root")
+            .arg(scratch.root())
+            .arg("--cache-dir")
+            .arg(scratch.cache())
+            .args(["--check-command", &check])
+            .env("AIRFLOW_HOME", scratch.path("airflow"))
+            .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False"),
+        log,
+    );
     daemon.wait_for_commit(&scratch.root(), &good, Duration::from_secs(180));
     let rejections = || {
         daemon

@@ -65,15 +65,8 @@ fn airflow_3_parses_dags_importing_a_library_from_another_repository_while_all_t
     // The library is importable through the link, as a pod's PYTHONPATH names it.
     let processor = Group::spawn(
         airflow
-            .command(&home, &["dag-processor"])
+            .dag_processor(&home, &bundle)
             .env("PYTHONPATH", root.join("current/lib"))
-            .env(
-                "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
-                format!("[{bundle}]"),
-            )
-            .env("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "1")
-            .env("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "1")
-            .env("AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL", "1")
             .stdout(fs::File::create(&log).unwrap())
             .stderr(Stdio::null()),
     );

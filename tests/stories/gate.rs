@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -613,22 +612,19 @@ fn git_sync_s_pre_publish_hook_is_the_gate_in_the_git_sync_personality() {
     let url = remote.url();
     let hook = check.script.display().to_string();
     let log = scratch.path("git-sync.log");
-    let child = git_sync_via(&[], scratch.tmp.path())
-        .env("DAGSNAP_CACHE_DIR", scratch.cache())
-        .envs([
-            ("GITSYNC_REPO", url.as_str()),
-            ("GITSYNC_ROOT", root.as_str()),
-            ("GITSYNC_LINK", "dags"),
-            ("GITSYNC_PERIOD", "200ms"),
-            // git-sync runs the hook itself, not through a shell.
-            ("GITSYNC_PRE_PUBLISH_EXECHOOK_COMMAND", hook.as_str()),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let daemon = Daemon { child, log };
+    let daemon = Daemon::start(
+        git_sync_via(&[], scratch.tmp.path())
+            .env("DAGSNAP_CACHE_DIR", scratch.cache())
+            .envs([
+                ("GITSYNC_REPO", url.as_str()),
+                ("GITSYNC_ROOT", root.as_str()),
+                ("GITSYNC_LINK", "dags"),
+                ("GITSYNC_PERIOD", "200ms"),
+                // git-sync runs the hook itself, not through a shell.
+                ("GITSYNC_PRE_PUBLISH_EXECHOOK_COMMAND", hook.as_str()),
+            ]),
+        log,
+    );
     let link = scratch.root().join("dags");
     let shown = || {
         fs::read_link(&link)

@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,13 +32,7 @@ pub(crate) fn run_git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)
 /// A loop started as git-sync, its stderr in a file; stopped with its process group.
 pub(crate) fn spawn_git_sync(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     let log = scratch.path(&format!("git-sync-{}.log", rand::random::<u32>()));
-    let child = git_sync(scratch, args, env)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
+    Daemon::start(&mut git_sync(scratch, args, env), log)
 }
 
 pub(crate) fn link_target(link: &Path) -> String {

@@ -48,8 +48,14 @@ fn scrape_when(port: u16, what: &str, ready: impl Fn(&str) -> bool) -> String {
 
 /// Two real publishers' metrics: one following a repository with a check and a hook (every
 /// family of a healthy sidecar), one following two sources with signatures required (the
-/// sources' and the refusals' series). Series text to scraped value.
-fn scraped() -> BTreeMap<String, f64> {
+/// sources' and the refusals' series). Series text to scraped value; scraped once for both
+/// stories.
+fn scraped() -> &'static BTreeMap<String, f64> {
+    static SCRAPED: std::sync::OnceLock<BTreeMap<String, f64>> = std::sync::OnceLock::new();
+    SCRAPED.get_or_init(scrape_two_publishers)
+}
+
+fn scrape_two_publishers() -> BTreeMap<String, f64> {
     let remote = Remote::new();
     remote.commit(&[("dag.py", "x = 1\n")], "one");
     let scratch = Scratch::new();
@@ -167,6 +173,7 @@ fn as_scraped(series: &str) -> String {
 
 /// Values for one family (optionally only its series with a label), overriding the scraped
 /// ones in a case.
+#[derive(Clone)]
 struct Set {
     family: &'static str,
     label: Option<&'static str>,
@@ -395,14 +402,7 @@ fn cases() -> Vec<Case> {
 /// values `case` sets (each set must name a series the publishers export).
 fn input_series(case: &Case, scraped: &BTreeMap<String, f64>) -> String {
     let mut out = String::new();
-    let sets: Vec<Set> = healthy()
-        .into_iter()
-        .chain(case.sets.iter().map(|s| Set {
-            family: s.family,
-            label: s.label,
-            values: s.values.clone(),
-        }))
-        .collect();
+    let sets: Vec<Set> = healthy().into_iter().chain(case.sets.clone()).collect();
     for set in &sets {
         assert!(
             scraped
@@ -542,7 +542,7 @@ fn every_alert_fires_when_it_should_and_stays_quiet_otherwise_on_series_a_publis
             "  # {}\n  - interval: 1m\n    input_series:\n",
             case.name
         ));
-        file.push_str(&input_series(case, &scraped));
+        file.push_str(&input_series(case, scraped));
         file.push_str(&alert_tests(case));
     }
     let scratch = Scratch::new();

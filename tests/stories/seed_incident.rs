@@ -4,7 +4,6 @@
 //! started by the script that replaces it (contrib/seed/git-sync.sh), with the same arguments.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -193,21 +192,17 @@ fn replacement_container(scratch: &Scratch, remote: &Remote, pod: usize) -> Daem
             cmd.env_remove(key);
         }
     }
-    let child = cmd
-        .env("PATH", path)
-        .env("HOME", scratch.tmp.path())
-        // Each pod has its own local disk.
-        .env("DAGSNAP_CACHE_DIR", scratch.path(&format!("cache-{pod}")))
-        .env("DAGSNAP_LOG_FORMAT", "text")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
+    Daemon::start(
+        cmd.env("PATH", path)
+            .env("HOME", scratch.tmp.path())
+            // Each pod has its own local disk.
+            .env("DAGSNAP_CACHE_DIR", scratch.path(&format!("cache-{pod}")))
+            .env("DAGSNAP_LOG_FORMAT", "text")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(Stdio::null()),
+        log,
+    )
 }
 
 fn run_dagsnap_publishers(scratch: &Scratch, remote: &Remote, commits: &[String]) -> Tally {

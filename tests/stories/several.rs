@@ -4,12 +4,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::os::unix::process::CommandExt;
 
 use crate::servers::{free_port, Door, HttpServer, SshServer};
 use crate::support::*;
@@ -113,13 +111,7 @@ pub(crate) fn spawn_sources(scratch: &Scratch, cache: &Path, args: &[String]) ->
         "daemon-{}.log",
         cache.file_name().unwrap().to_string_lossy()
     ));
-    let child = sources_command(scratch, cache, args)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
+    Daemon::start(&mut sources_command(scratch, cache, args), log)
 }
 
 /// What the manifest of snapshot `name` lists: source name to commit.

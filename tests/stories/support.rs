@@ -158,20 +158,17 @@ pub(crate) fn spawn_loop_in_env(
     env: &[(&str, &str)],
 ) -> Daemon {
     let log = scratch.path(&format!("daemon-{}.log", rand_suffix()));
-    let child = dagsnap(scratch.tmp.path())
-        .envs(env.iter().copied())
-        .args(["sync", "--repo", repo])
-        .arg("--root")
-        .arg(scratch.root())
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
+    Daemon::start(
+        dagsnap(scratch.tmp.path())
+            .envs(env.iter().copied())
+            .args(["sync", "--repo", repo])
+            .arg("--root")
+            .arg(scratch.root())
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra),
+        log,
+    )
 }
 
 /// A child process in a process group of its own, killed with everything it started when the
@@ -251,6 +248,17 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
+    /// Start `cmd` in a process group of its own, its stderr in `log`, its stdout discarded.
+    pub(crate) fn start(cmd: &mut Command, log: PathBuf) -> Daemon {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
     pub(crate) fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }

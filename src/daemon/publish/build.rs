@@ -58,9 +58,9 @@ impl Publisher {
             });
         }
         let name = |p: &PartInfo| self.sources[p.part.index].health.name.clone();
-        let mut trees: Vec<(String, String)> =
+        let trees: Vec<(String, String)> =
             infos.iter().map(|p| (name(p), p.tree.clone())).collect();
-        let tree = sources::composite_tree(&mut trees);
+        let tree = sources::composite_tree(&trees).map_err(PublishError::Internal)?;
         let named: Vec<(String, CommitInfo)> =
             infos.iter().map(|p| (name(p), p.info.clone())).collect();
         Ok(Version {
@@ -74,13 +74,19 @@ impl Publisher {
         })
     }
 
-    /// A source's commit as the cache knows it; a stale one the cache lacks as the live
-    /// snapshot's manifest recorded it.
+    /// A source's commit as the cache knows it; a stale one the cache lacks as the manifest
+    /// of the live snapshot recorded it, when that snapshot is the one that lists it (its
+    /// files are shared from the live snapshot, and only from it).
     fn part_info(&self, part: &Part) -> Result<PartInfo, PublishError> {
         let followed = &self.sources[part.index];
         let info = match (followed.cache.commit_info(part.commit), &part.stale) {
             (Ok(info), _) => info,
-            (Err(_), Some(live)) => {
+            (Err(e), Some(stale)) => {
+                let live = self.root.current()?.filter(|c| c.complete);
+                if live.is_none_or(|live| live.commit != stale.snapshot) {
+                    return Err(e.into());
+                }
+                let live = &stale.listed;
                 return Ok(PartInfo {
                     info: CommitInfo {
                         commit: live.commit.clone(),
@@ -94,7 +100,7 @@ impl Publisher {
                     tree: live.tree.clone(),
                     part: part.clone(),
                     from_live: true,
-                })
+                });
             }
             (Err(e), None) => return Err(e.into()),
         };

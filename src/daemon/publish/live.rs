@@ -4,8 +4,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use super::build::{manifest_for, Version};
-use super::sources::Part;
+use super::build::manifest_for;
 use super::steps::Seen;
 use super::{PublishError, Publisher};
 use crate::commit::CommitId;
@@ -69,7 +68,9 @@ impl Publisher {
             }
         };
         tracing::warn!(commit = %current.commit, %problem, "the live snapshot is damaged; rebuilding it and swapping the link to the rebuilt copy");
-        let version = self.version_of_snapshot(&current.commit, progress, interrupt)?;
+        let version = self
+            .version_of_snapshot(&current.commit, progress, interrupt)
+            .map_err(|e| e.into_error(&current.commit))?;
         let expected = version.expected.clone();
         let manifest = match self.root.manifest(&current.commit)? {
             Some(manifest) => manifest,
@@ -136,37 +137,6 @@ impl Publisher {
         }
         self.settled = Some(current.commit.clone());
         Ok(())
-    }
-
-    /// The version a snapshot of `commit` holds, its commits fetched into the caches if they
-    /// let them go: `--repo`'s commit, or each source's as the snapshot's manifest lists them.
-    pub(super) fn version_of_snapshot(
-        &mut self,
-        commit: &CommitId,
-        progress: &gix::progress::tree::Root,
-        interrupt: &AtomicBool,
-    ) -> Result<Version, PublishError> {
-        let parts = if self.several() {
-            self.parts_of(commit)?
-        } else {
-            vec![Part {
-                index: 0,
-                commit: commit.object_id(),
-                ref_name: String::new(),
-                tag: None,
-                stale: None,
-            }]
-        };
-        for part in &parts {
-            let followed = &mut self.sources[part.index];
-            followed.cache.fetch_commit(
-                &followed.source.remote,
-                part.commit,
-                progress,
-                interrupt,
-            )?;
-        }
-        self.version(commit, &parts)
     }
 
     /// A repair of the snapshot of `commit` with this publisher's settings.

@@ -26,7 +26,7 @@ mod types;
 mod verdict;
 mod versions;
 
-pub(crate) use sources::{Source, SourceHealth};
+pub(crate) use sources::{redactor, Source, SourceHealth};
 use steps::Step;
 pub(crate) use types::{Content, Gate, Outcome, PublishError, Settings};
 pub(crate) use versions::VersionError;
@@ -287,8 +287,9 @@ impl Publisher {
     /// 3. **Observe**: ask the remote for the target commit, fetching it into the cache if it
     ///    is new (with several sources, every source's remote, in one poll: the set of their
     ///    commits names the snapshot, and a source that fails holds the set back unless
-    ///    `--allow-stale-source` names it, `several`); look at the peers' heartbeats ([`Publisher::observe_locks`]): while a peer's
-    ///    locks are invisible from here, the cycle moves nothing and fails, saying why.
+    ///    `--allow-stale-source` names it, `several`); look at the peers' heartbeats
+    ///    ([`Publisher::observe_locks`]): while a peer's locks are invisible from here, the
+    ///    cycle moves nothing and fails, saying why.
     /// 4. **Reconcile**: if the link shows something other than the pin or the newest
     ///    publication names, put it back ([`Root::reconcile_link`]).
     /// 5. **Unchanged**: the link shows the commit's complete snapshot: make sure it holds what

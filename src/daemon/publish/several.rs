@@ -10,12 +10,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use super::sources::{composite_id, Part};
+use super::sources::{composite_id, Part, Stale};
 use super::steps::Seen;
 use super::{PublishError, Publisher};
 use crate::commit::CommitId;
 use crate::git::{Observation, SourceError};
-use crate::store::SourceCommit;
+use crate::store::{Root, SourceCommit};
 
 impl Publisher {
     /// Ask every source's remote for its commit, fetching what is new into its cache. Every
@@ -26,7 +26,10 @@ impl Publisher {
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Seen, PublishError> {
-        let live = self.live_sources();
+        // What the live snapshot's manifest says of each source: read only when a source
+        // that may stand in stale fails, so that an idle poll reads nothing more.
+        let mut live: Option<Option<(CommitId, Vec<SourceCommit>)>> = None;
+        let root = &self.root;
         let mut parts = Vec::with_capacity(self.sources.len());
         let mut failed: Option<(usize, SourceError)> = None;
         let (mut asked, mut answered): (Option<SystemTime>, Option<SystemTime>) = (None, None);
@@ -35,13 +38,9 @@ impl Publisher {
             if interrupt.load(Ordering::Relaxed) {
                 return Err(SourceError::Cancelled.into());
             }
-            match followed
-                .cache
-                .update(&followed.source.remote, progress, interrupt)
-            {
-                Ok(observation) => {
-                    fetched |= observation.fetched
-                        || followed.last_seen.is_some_and(|l| l != observation.commit);
+            let error = match followed.ask(&self.redactor, progress, interrupt) {
+                Ok((observation, counts)) => {
+                    fetched |= counts;
                     asked = Some(
                         asked.map_or(observation.observed_at, |a| a.min(observation.observed_at)),
                     );
@@ -49,41 +48,36 @@ impl Publisher {
                         answered
                             .map_or(observation.answered_at, |a| a.max(observation.answered_at)),
                     );
-                    followed.note(Ok(&observation));
-                    parts.push(Part {
-                        index,
-                        commit: observation.commit,
-                        ref_name: observation.ref_name,
-                        tag: observation.tag,
-                        stale: None,
-                    });
+                    parts.push(Part::observed(index, &observation));
+                    continue;
                 }
                 Err(SourceError::Cancelled) => return Err(SourceError::Cancelled.into()),
-                Err(error) => {
-                    let said = self.redactor.redact(&crate::git::error_chain(&error));
-                    followed.note(Err(said.clone()));
-                    let name = followed.health.name.clone();
-                    let stand_in = followed
-                        .source
-                        .allow_stale
-                        .then(|| live.iter().find(|s| s.name == name).cloned())
-                        .flatten();
-                    match stand_in {
-                        Some(live) => {
-                            tracing::warn!(source = %name, error = %said, commit = %live.commit, "this source failed; publishing the other sources with its commit of the live snapshot (--allow-stale-source)");
-                            parts.push(Part {
-                                index,
-                                commit: live.commit.object_id(),
-                                ref_name: live.ref_name.clone(),
-                                tag: None,
-                                stale: Some(live),
-                            });
-                        }
-                        None => {
-                            tracing::warn!(source = %name, error = %said, "this source failed; the live snapshot stays until it answers");
-                            failed.get_or_insert((index, error));
-                        }
-                    }
+                Err(error) => error,
+            };
+            let name = followed.health.name.clone();
+            let said = followed.health.last_error.clone().unwrap_or_default();
+            let stand_in = followed.source.allow_stale.then(|| {
+                let (snapshot, listed) = live.get_or_insert_with(|| live_sources(root)).as_ref()?;
+                let listed = listed.iter().find(|s| s.name == name)?;
+                Some(Stale {
+                    listed: listed.clone(),
+                    snapshot: snapshot.clone(),
+                })
+            });
+            match stand_in.flatten() {
+                Some(stale) => {
+                    tracing::warn!(source = %name, error = %said, commit = %stale.listed.commit, "this source failed; publishing the other sources with its commit of the live snapshot (--allow-stale-source)");
+                    parts.push(Part {
+                        index,
+                        commit: stale.listed.commit.object_id(),
+                        ref_name: stale.listed.ref_name.clone(),
+                        tag: None,
+                        stale: Some(stale),
+                    });
+                }
+                None => {
+                    tracing::warn!(source = %name, error = %said, "this source failed; the live snapshot stays until it answers");
+                    failed.get_or_insert((index, error));
                 }
             }
         }
@@ -120,7 +114,7 @@ impl Publisher {
 
     /// The name of the snapshot of `parts`: their commits and selections together.
     fn name_of(&self, parts: &[Part]) -> Result<CommitId, PublishError> {
-        let mut lines: Vec<_> = parts
+        let lines: Vec<_> = parts
             .iter()
             .map(|p| {
                 let source = &self.sources[p.index];
@@ -131,19 +125,7 @@ impl Publisher {
                 )
             })
             .collect();
-        composite_id(&mut lines).map_err(PublishError::Internal)
-    }
-
-    /// What the live snapshot's manifest says of each source (nothing for a snapshot of one
-    /// repository).
-    fn live_sources(&self) -> Vec<SourceCommit> {
-        let Ok(Some(current)) = self.root.current() else {
-            return Vec::new();
-        };
-        match self.root.manifest(&current.commit) {
-            Ok(Some(manifest)) => manifest.sources,
-            _ => Vec::new(),
-        }
+        composite_id(&lines).map_err(PublishError::Internal)
     }
 
     /// The parts of the snapshot `commit` names, as its manifest lists them. A snapshot whose
@@ -174,7 +156,10 @@ impl Publisher {
                 commit: listed.commit.object_id(),
                 ref_name: listed.ref_name.clone(),
                 tag: None,
-                stale: listed.stale.then_some(listed),
+                stale: listed.stale.then(|| Stale {
+                    listed,
+                    snapshot: commit.clone(),
+                }),
             });
         }
         if self.name_of(&parts)? != *commit {
@@ -184,4 +169,12 @@ impl Publisher {
         }
         Ok(parts)
     }
+}
+
+/// The live snapshot and what its manifest says of each source (nothing for a snapshot of one
+/// repository, or none live).
+fn live_sources(root: &Root) -> Option<(CommitId, Vec<SourceCommit>)> {
+    let current = root.current().ok()??;
+    let manifest = root.manifest(&current.commit).ok()??;
+    Some((current.commit, manifest.sources))
 }

@@ -9,6 +9,7 @@
 //! unchanged. Its manifest lists each source's commit ([`SourceCommit`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use gix::ObjectId;
@@ -92,8 +93,34 @@ impl Followed {
         })
     }
 
+    /// Ask this source's remote for its commit, fetching it into the cache if it is new, and
+    /// note how that went. With the observation, whether it counts as a fetch as git-sync
+    /// counts them (a pack came, or the remote moved to a commit the cache holds).
+    pub(super) fn ask(
+        &mut self,
+        redactor: &Redactor,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(Observation, bool), SourceError> {
+        match self.cache.update(&self.source.remote, progress, interrupt) {
+            Ok(observation) => {
+                let fetched = observation.fetched
+                    || self
+                        .last_seen
+                        .is_some_and(|last| last != observation.commit);
+                self.note(Ok(&observation));
+                Ok((observation, fetched))
+            }
+            Err(SourceError::Cancelled) => Err(SourceError::Cancelled),
+            Err(e) => {
+                self.note(Err(redactor.redact(&crate::git::error_chain(&e))));
+                Err(e)
+            }
+        }
+    }
+
     /// Record the outcome of asking this source's remote.
-    pub(super) fn note(&mut self, result: Result<&Observation, String>) {
+    fn note(&mut self, result: Result<&Observation, String>) {
         match result {
             Ok(observation) => {
                 self.last_seen = Some(observation.commit);
@@ -119,25 +146,73 @@ pub(super) struct Part {
     pub ref_name: String,
     /// The annotated tag the ref points at, when it does.
     pub tag: Option<ObjectId>,
-    /// For a source that failed (with `--allow-stale-source`): what the live snapshot's
-    /// manifest says of it; its commit stands in for the current one.
-    pub stale: Option<SourceCommit>,
+    /// A commit that stands in for a source's current one (it failed, and
+    /// `--allow-stale-source` names it), or that a snapshot built that way lists.
+    pub stale: Option<Stale>,
+}
+
+impl Part {
+    /// The commit an observation of source `index` found.
+    pub(super) fn observed(index: usize, observation: &Observation) -> Part {
+        Part {
+            index,
+            commit: observation.commit,
+            ref_name: observation.ref_name.clone(),
+            tag: observation.tag,
+            stale: None,
+        }
+    }
+
+    /// Commit `commit` of source `index`, asked for by id (a repair, a reader's version).
+    pub(super) fn by_id(index: usize, commit: ObjectId) -> Part {
+        Part {
+            index,
+            commit,
+            ref_name: String::new(),
+            tag: None,
+            stale: None,
+        }
+    }
+}
+
+/// A stale source's commit: what the manifest of `snapshot` says of it. Its files are that
+/// snapshot's; they can stand in for a cache that lacks the commit only while `snapshot` is
+/// live, since a build shares files with the live snapshot alone.
+#[derive(Debug, Clone)]
+pub(super) struct Stale {
+    pub listed: SourceCommit,
+    pub snapshot: CommitId,
 }
 
 /// The name of a snapshot of several sources: the SHA-1 of its sorted `NAME COMMIT SELECT`
 /// lines. The selection is part of it: the same commits published another way are another
 /// snapshot.
-pub(super) fn composite_id(lines: &mut [(String, ObjectId, String)]) -> Result<CommitId, String> {
+pub(super) fn composite_id(lines: &[(String, ObjectId, String)]) -> Result<CommitId, String> {
+    let lines = lines
+        .iter()
+        .map(|(name, commit, select)| format!("{name} {commit} {select}"));
+    sha1_of_sorted(lines).map(CommitId::from)
+}
+
+/// A tree id for several trees: the SHA-1 of their sorted `NAME TREE` lines.
+pub(super) fn composite_tree(lines: &[(String, String)]) -> Result<String, String> {
+    let lines = lines.iter().map(|(name, tree)| format!("{name} {tree}"));
+    sha1_of_sorted(lines).map(|id| id.to_string())
+}
+
+/// The SHA-1 of `lines`, sorted, each ended by a newline: the same set, the same id.
+fn sha1_of_sorted(lines: impl Iterator<Item = String>) -> Result<ObjectId, String> {
+    let mut lines: Vec<String> = lines.collect();
     lines.sort();
     let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
-    for (name, commit, select) in lines.iter() {
-        hasher.update(format!("{name} {commit} {select}\n").as_bytes());
+    for line in &lines {
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
     }
     // SHA-1 collision detection fires only on crafted input, which names and commit ids are
     // not; should it fire, the set has no name and nothing is published.
     hasher
         .try_finalize()
-        .map(CommitId::from)
         .map_err(|e| format!("cannot name the set of the sources' commits: {e}"))
 }
 
@@ -162,19 +237,6 @@ pub(super) fn composite_info(
             .unwrap_or_default(),
         commit_time: newest.map_or(0, |(_, info)| info.commit_time),
     }
-}
-
-/// A tree id for several trees: the SHA-1 of their sorted `NAME TREE` lines.
-pub(super) fn composite_tree(lines: &mut [(String, String)]) -> String {
-    lines.sort();
-    let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
-    for (name, tree) in lines.iter() {
-        hasher.update(format!("{name} {tree}\n").as_bytes());
-    }
-    hasher
-        .try_finalize()
-        .map(|id| id.to_string())
-        .unwrap_or_default()
 }
 
 /// The sources as the root records the configuration it follows: one publisher's sources are
@@ -214,7 +276,7 @@ pub(super) fn record(sources: &[Source]) -> SourceRecord {
 }
 
 /// One redactor for the errors of every source.
-pub(super) fn redactor(sources: &[Source]) -> Redactor {
+pub(crate) fn redactor(sources: &[Source]) -> Redactor {
     match sources {
         [one] => one.remote.redactor().clone(),
         _ => Redactor::joined(
@@ -254,24 +316,24 @@ mod tests {
     fn a_composite_is_named_by_its_sources_whatever_their_order() {
         let a = ObjectId::from_hex(b"1111111111111111111111111111111111111111").unwrap();
         let b = ObjectId::from_hex(b"2222222222222222222222222222222222222222").unwrap();
-        let one = composite_id(&mut [
+        let one = composite_id(&[
             ("dags".into(), a, String::new()),
             ("lib".into(), b, String::new()),
         ])
         .unwrap();
-        let two = composite_id(&mut [
+        let two = composite_id(&[
             ("lib".into(), b, String::new()),
             ("dags".into(), a, String::new()),
         ])
         .unwrap();
         assert_eq!(one, two);
-        let swapped = composite_id(&mut [
+        let swapped = composite_id(&[
             ("dags".into(), b, String::new()),
             ("lib".into(), a, String::new()),
         ])
         .unwrap();
         assert_ne!(one, swapped);
-        let selected = composite_id(&mut [
+        let selected = composite_id(&[
             ("dags".into(), a, "subdir=dags".into()),
             ("lib".into(), b, String::new()),
         ])

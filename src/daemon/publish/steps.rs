@@ -58,24 +58,11 @@ impl Publisher {
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Seen, PublishError> {
-        let followed = &mut self.sources[0];
-        let observation = followed
-            .cache
-            .update(&followed.source.remote, progress, interrupt)?;
-        self.timings.fetched = observation.fetched
-            || followed
-                .last_seen
-                .is_some_and(|last| last != observation.commit);
-        followed.note(Ok(&observation));
+        let (observation, fetched) = self.sources[0].ask(&self.redactor, progress, interrupt)?;
+        self.timings.fetched = fetched;
         Ok(Seen {
             commit: CommitId::from(observation.commit),
-            parts: vec![Part {
-                index: 0,
-                commit: observation.commit,
-                ref_name: observation.ref_name.clone(),
-                tag: observation.tag,
-                stale: None,
-            }],
+            parts: vec![Part::observed(0, &observation)],
             observation,
         })
     }

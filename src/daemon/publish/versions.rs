@@ -45,8 +45,9 @@ impl Publisher {
     /// 2. **Lease** first: a peer's GC that sees the snapshot installed sees the lease too.
     /// 3. **Present**: an intact snapshot of it is installed: done (one that is not intact is
     ///    set aside and built again, as the cycle does).
-    /// 4. **Fetch** the commit by id if the cache lacks it; a remote that does not give it is
-    ///    [`VersionError::NotInRemote`].
+    /// 4. **Fetch** the commit by id if the cache lacks it (for a snapshot of several sources,
+    ///    each source's commit as the set's manifest lists it); a remote that does not give it,
+    ///    or a set whose manifest is gone, is [`VersionError::NotInRemote`].
     /// 5. **Build** and install it as step 8 of the cycle does (sharing unchanged files with
     ///    the live snapshot), once `--verify-signatures` (if set) accepts the commit.
     pub(crate) fn materialize(
@@ -90,19 +91,12 @@ impl Publisher {
             url: url.clone(),
             reason,
         };
-        let version = if self.several() {
-            match self.version_of_snapshot(commit, progress, interrupt) {
-                Ok(version) => version,
-                Err(PublishError::UnknownSources { why, .. }) => return Err(not_in_remote(why)),
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            self.fetch_for_reader(commit, progress, interrupt)
-                .map_err(|e| match e {
-                    Fetched::Refused(reason) => not_in_remote(reason),
-                    Fetched::Failed(e) => e.into(),
-                })?
-        };
+        let version = self
+            .version_of_snapshot(commit, progress, interrupt)
+            .map_err(|e| match e {
+                Fetched::Refused(reason) => not_in_remote(reason),
+                Fetched::Failed(e) => e.into(),
+            })?;
         // (5)
         if let Some(why) = self.version_unsigned(commit) {
             return Err(VersionError::Rejected {
@@ -133,53 +127,86 @@ impl Publisher {
     }
 }
 
-/// Why a commit of `--repo` could not be had for a reader.
-enum Fetched {
-    /// The remote does not give it: why.
+/// Why the commits of a version could not be had.
+pub(super) enum Fetched {
+    /// The remote does not give one of them (or the root no longer knows which they are):
+    /// why.
     Refused(String),
     Failed(PublishError),
 }
 
+impl Fetched {
+    /// As the error of a cycle that needed the snapshot of `commit`.
+    pub(super) fn into_error(self, commit: &CommitId) -> PublishError {
+        match self {
+            Fetched::Refused(why) => PublishError::UnknownSources {
+                commit: commit.clone(),
+                why,
+            },
+            Fetched::Failed(e) => e,
+        }
+    }
+}
+
 impl Publisher {
-    /// Fetch `commit` of `--repo` by id if the cache lacks it, and what a snapshot of it holds.
-    fn fetch_for_reader(
+    /// What a snapshot of `commit` holds: `--repo`'s commit, or each source's as the
+    /// snapshot's manifest lists them, each fetched by id if its cache let it go. A stale
+    /// source's commit that cannot be fetched may still come from the live snapshot
+    /// ([`Publisher::version`] decides).
+    pub(super) fn version_of_snapshot(
         &mut self,
         commit: &CommitId,
         progress: &gix::progress::tree::Root,
         interrupt: &AtomicBool,
     ) -> Result<Version, Fetched> {
-        let id = commit.object_id();
-        let followed = &mut self.sources[0];
+        let parts = if self.several() {
+            self.parts_of(commit).map_err(|e| match e {
+                PublishError::UnknownSources { why, .. } => Fetched::Refused(why),
+                e => Fetched::Failed(e),
+            })?
+        } else {
+            vec![Part::by_id(0, commit.object_id())]
+        };
+        for part in &parts {
+            match self.fetch_by_id(part, progress, interrupt) {
+                Err(_) if part.stale.is_some() => {}
+                other => other?,
+            }
+        }
+        match self.version(commit, &parts) {
+            Ok(version) => Ok(version),
+            Err(PublishError::Source(SourceError::Object { cause, .. })) => Err(Fetched::Refused(
+                format!("the remote has no commit by that id ({cause})"),
+            )),
+            Err(e) => Err(Fetched::Failed(e)),
+        }
+    }
+
+    /// Fetch `part`'s commit by id into its source's cache, if the cache lacks it.
+    fn fetch_by_id(
+        &mut self,
+        part: &Part,
+        progress: &gix::progress::tree::Root,
+        interrupt: &AtomicBool,
+    ) -> Result<(), Fetched> {
+        let followed = &mut self.sources[part.index];
         // A server that refuses a want hangs up as it says why; a reply cut by the hang-up
         // (a broken pipe while the request is still being sent) is asked again, twice.
         let mut hang_ups = 0;
         loop {
-            match followed
-                .cache
-                .fetch_commit(&followed.source.remote, id, progress, interrupt)
-            {
-                Ok(()) => break,
+            match followed.cache.fetch_commit(
+                &followed.source.remote,
+                part.commit,
+                progress,
+                interrupt,
+            ) {
+                Ok(()) => return Ok(()),
                 Err(e) => match refused_by_remote(&e) {
                     Some(reason) => return Err(Fetched::Refused(reason)),
                     None if hung_up(&e) && hang_ups < 2 => hang_ups += 1,
                     None => return Err(Fetched::Failed(e.into())),
                 },
             }
-        }
-        let ref_name = String::new();
-        let part = Part {
-            index: 0,
-            commit: id,
-            ref_name,
-            tag: None,
-            stale: None,
-        };
-        match self.version(commit, std::slice::from_ref(&part)) {
-            Ok(version) => Ok(version),
-            Err(PublishError::Source(SourceError::Object { cause, .. })) => Err(Fetched::Refused(
-                format!("the remote has no commit by that id ({cause})"),
-            )),
-            Err(e) => Err(Fetched::Failed(e)),
         }
     }
 }
