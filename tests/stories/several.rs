@@ -701,3 +701,28 @@ fn each_source_s_ssh_key_is_offered_only_to_its_own_server() {
         "lib's server was offered dags' key:\n{log_two}"
     );
 }
+
+#[test]
+fn the_loop_repairs_a_damaged_set_of_sources_in_place_of_the_same_name() {
+    let three = Three::new();
+    let scratch = Scratch::new();
+    let root = scratch.root();
+    let mut args = three.args();
+    args.extend(["--period", "50ms", "--verify-period", "200ms"].map(String::from));
+    let daemon = spawn_sources(&scratch, &scratch.cache(), &args);
+    wait_until(Duration::from_secs(60), "the first set", || {
+        published(&root).is_some()
+    });
+    let set = published(&root).unwrap();
+    // Someone edits a library file in place in the live snapshot (as root can).
+    let file = root.join("current/lib/marker.txt");
+    fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    fs::write(&file, "edited in place\n").unwrap();
+    wait_until(Duration::from_secs(60), "the loop repairs the set", || {
+        daemon.logs().contains("repaired the live snapshot")
+    });
+    assert_eq!(published(&root), Some(set.clone()), "the same set, rebuilt");
+    assert_eq!(read_current(&root, "lib/marker.txt"), "0\n");
+    assert_eq!(on_root(&scratch, &["verify"]).status.code(), Some(0));
+    assert!(!daemon.logs().contains("ERROR"), "{}", daemon.logs());
+}
