@@ -184,7 +184,7 @@ impl Publisher {
         };
         let Some(entries) = entries else {
             return Err(PublishError::Internal(
-                "a stale source's files must come from the live snapshot, which has no entry list"
+                "a stale source's files must come from the live snapshot, which has no entry list; the set is published once the source answers again"
                     .into(),
             ));
         };

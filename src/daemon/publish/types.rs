@@ -47,7 +47,7 @@ pub enum PublishError {
     },
     /// A snapshot of several sources whose sources cannot be told (its manifest is gone) or
     /// are not this publisher's.
-    #[error("the snapshot {commit} cannot be built here: {why}")]
+    #[error("the snapshot {commit} cannot be built here: {why}. Roll back to another snapshot (dagsnap list), or let the loop publish the sources' current commits")]
     UnknownSources { commit: CommitId, why: String },
     #[error("cache directory {} is inside the root {}; readers would see git state. Put --cache-dir on local disk outside the root", cache.display(), root.display())]
     CacheInsideRoot {
